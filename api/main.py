@@ -1,0 +1,92 @@
+"""The FastAPI application: lifespan (settings, engine, NATS publisher), routers, error answers.
+
+`uvicorn api.main:app` serves it. Building `app` touches nothing outside the process: settings
+are read, and connections made, when the lifespan starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from api.outbox import TaskPublisher
+from api.routes import health, pages, tasks
+from api.security import SecurityHeaders
+from api.state import Services
+from api.templating import templates
+from api.uploads import UploadRefused
+from config import get_settings
+from core.db import DATABASE_UNAVAILABLE_ERRORS, make_engine, make_sessionmaker
+from core.formats import configure_pillow
+from core.storage import Storage
+
+log = logging.getLogger(__name__)
+
+DATABASE_UNAVAILABLE = "The database is unavailable; nothing was stored. Please try again shortly."
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_pillow(settings.max_image_pixels)
+    storage = Storage(settings.uploads_dir, settings.processed_dir)
+    storage.ensure_dirs()
+    engine = make_engine(settings.database_url)
+    sessions = make_sessionmaker(engine)
+    publisher = TaskPublisher(settings.nats_url, sessions, relay_interval=settings.outbox_interval_seconds)
+    await publisher.start()
+    app.state.services = Services(settings, engine, sessions, storage, publisher)
+    try:
+        yield
+    finally:
+        await publisher.close()
+        await engine.dispose()
+
+
+def _wants_html(request: Request) -> bool:
+    return "text/html" in request.headers.get("accept", "")
+
+
+async def _upload_refused(request: Request, exc: UploadRefused) -> Response:
+    # The browser form gets a page it can show; API clients get JSON. Either way the rest of the
+    # body is not read: the connection is closed after this answer.
+    headers = {"Connection": "close"}
+    if _wants_html(request):
+        return templates.TemplateResponse(
+            request, "error.html", {"message": exc.message}, status_code=exc.status_code, headers=headers
+        )
+    return JSONResponse({"detail": exc.message}, status_code=exc.status_code, headers=headers)
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("database unavailable during %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse({"detail": DATABASE_UNAVAILABLE}, status_code=503, headers={"Retry-After": "5"})
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="imagequeue",
+        summary="Upload images; workers process them through a NATS JetStream queue.",
+        version="1.0.0",
+        lifespan=lifespan,
+    )
+    app.include_router(tasks.router)
+    app.include_router(pages.router)
+    app.include_router(health.router)
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
+    app.add_exception_handler(UploadRefused, _upload_refused)
+    for error in DATABASE_UNAVAILABLE_ERRORS:
+        app.add_exception_handler(error, _database_unavailable)
+
+    app.add_middleware(SecurityHeaders)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,49 @@
+"""Liveness (`/health`: the process answers) and readiness (`/ready`: its dependencies answer)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from api.deps import ServicesDep
+from api.schemas import HealthResponse, ReadinessResponse
+
+router = APIRouter(tags=["health"])
+
+DATABASE_CHECK_TIMEOUT_SECONDS = 2.0
+
+
+@router.get("/health", response_model=HealthResponse)
+async def health() -> HealthResponse:
+    """The process is up. Deliberately checks nothing else, so a restart never fixes an outage."""
+    return HealthResponse()
+
+
+async def _database_ok(services: ServicesDep) -> bool:
+    try:
+        async with asyncio.timeout(DATABASE_CHECK_TIMEOUT_SECONDS):
+            async with services.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+    except Exception:
+        return False
+    return True
+
+
+@router.get(
+    "/ready",
+    response_model=ReadinessResponse,
+    responses={503: {"model": ReadinessResponse, "description": "A dependency is unreachable."}},
+)
+async def ready(services: ServicesDep) -> JSONResponse:
+    """Whether this API can take uploads now: PostgreSQL and NATS JetStream both reachable."""
+    database_ok = await _database_ok(services)
+    nats_ok = services.publisher.is_ready
+    body = ReadinessResponse(
+        status="ready" if database_ok and nats_ok else "unavailable",
+        database="ok" if database_ok else "unreachable",
+        nats="ok" if nats_ok else "unreachable",
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if body.status == "ready" else 503)

@@ -1,0 +1,187 @@
+"""The REST resource: upload an image (creating a task), read a task's status, fetch its output."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Path, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from api.deps import ServicesDep, SessionDep, TaskDep
+from api.schemas import ErrorResponse, TaskStatusResponse, UploadResponse, result_url, status_url, task_status
+from api.uploads import ReceivedUpload, receive_upload
+from core.formats import CONTENT_TYPES, EXTENSIONS
+from core.models import ImageTask
+from core.storage import is_stored_name, new_stored_name, remove_quietly
+
+router = APIRouter(tags=["tasks"])
+
+UPLOAD_ACCEPTED = "Upload accepted; the image is queued for processing."
+UPLOAD_REPLAYED = "This Idempotency-Key was already used for this file; here is the task it created."
+BAD_IDEMPOTENCY_KEY = "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces."
+IDEMPOTENCY_KEY_REUSED = "This Idempotency-Key was already used for a different file."
+PROCESSED_NOT_FOUND = "Processed image not found"
+
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+_MEDIA_TYPES = {EXTENSIONS[fmt]: CONTENT_TYPES[fmt] for fmt in EXTENSIONS}
+
+# The body is read by hand (see api/uploads.py), so describe it for /docs ourselves.
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    }
+}
+
+
+def _wants_html(request: Request) -> bool:
+    return "text/html" in request.headers.get("accept", "")
+
+
+def _checked_key(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    if not _IDEMPOTENCY_KEY.fullmatch(raw):
+        raise HTTPException(status_code=400, detail=BAD_IDEMPOTENCY_KEY)
+    return raw
+
+
+async def _task_for_key(session: SessionDep, key: str, upload: ReceivedUpload) -> ImageTask | None:
+    existing = await session.scalar(select(ImageTask).where(ImageTask.idempotency_key == key))
+    if existing is not None and existing.sha256 != upload.sha256:
+        raise HTTPException(status_code=422, detail=IDEMPOTENCY_KEY_REUSED)
+    return existing
+
+
+async def _create_task(
+    services: ServicesDep, session: SessionDep, upload: ReceivedUpload, key: str | None
+) -> ImageTask:
+    input_name = new_stored_name(upload.info.extension)
+    stored = services.storage.upload_path(input_name)
+    os.replace(upload.temp_path, stored)
+    task = ImageTask(
+        filename=upload.display_name,
+        content_type=upload.info.content_type,
+        size_bytes=upload.size_bytes,
+        width=upload.info.width,
+        height=upload.info.height,
+        sha256=upload.sha256,
+        input_name=input_name,
+        idempotency_key=key,
+    )
+    session.add(task)
+    try:
+        await session.commit()
+    except BaseException:
+        remove_quietly(stored)
+        raise
+    return task
+
+
+def _answer(request: Request, task: ImageTask, message: str, *, replayed: bool):
+    if _wants_html(request):
+        return RedirectResponse(result_url(task.id), status_code=303)
+    body = UploadResponse(
+        task_id=task.id,
+        filename=task.filename,
+        message=message,
+        status_url=status_url(task.id),
+        result_url=result_url(task.id),
+    )
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return JSONResponse(body.model_dump(), headers=headers)
+
+
+@router.post(
+    "/upload",
+    response_model=UploadResponse,
+    openapi_extra=_UPLOAD_BODY,
+    responses={
+        303: {"description": "Browser form posts (Accept: text/html) are sent to the result page."},
+        400: {"model": ErrorResponse, "description": "Empty file or malformed Idempotency-Key."},
+        413: {"model": ErrorResponse, "description": "The upload is over MAX_UPLOAD_BYTES."},
+        415: {"model": ErrorResponse, "description": "Not a JPEG, PNG, GIF, WebP or BMP image."},
+        422: {"model": ErrorResponse, "description": "Bad form, too many pixels, or a reused key."},
+        503: {"model": ErrorResponse, "description": "The database is unavailable; nothing was stored."},
+    },
+)
+async def upload(
+    request: Request,
+    services: ServicesDep,
+    session: SessionDep,
+    idempotency_key: Annotated[str | None, Header()] = None,
+):
+    """Upload an image (multipart field `file`) and queue it for processing.
+
+    With an `Idempotency-Key` header, a retried upload of the same file returns the task the first
+    one created instead of a new one.
+    """
+    key = _checked_key(idempotency_key)
+    settings = services.settings
+    received = await receive_upload(
+        request,
+        storage=services.storage,
+        max_file_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_image_pixels,
+    )
+    try:
+        existing = await _task_for_key(session, key, received) if key else None
+        if existing is None:
+            try:
+                task = await _create_task(services, session, received, key)
+            except IntegrityError:
+                # A concurrent request with the same key committed first.
+                await session.rollback()
+                existing = await _task_for_key(session, key, received) if key else None
+                if existing is None:
+                    raise
+    finally:
+        remove_quietly(received.temp_path)
+    if existing is not None:
+        return _answer(request, existing, UPLOAD_REPLAYED, replayed=True)
+    await services.publisher.publish_committed(task.id)
+    return _answer(request, task, UPLOAD_ACCEPTED, replayed=False)
+
+
+@router.get(
+    "/status/{task_id}",
+    response_model=TaskStatusResponse,
+    responses={404: {"model": ErrorResponse, "description": "No such task."}},
+)
+async def get_status(task: TaskDep) -> TaskStatusResponse:
+    """A task's state: `pending`, `processing`, `done` (with `processed_url`) or `failed` (with `error`)."""
+    return task_status(task)
+
+
+@router.get(
+    "/processed/{name}",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {mt: {} for mt in _MEDIA_TYPES.values()}, "description": "The processed image."},
+        404: {"model": ErrorResponse, "description": "No such processed image."},
+    },
+)
+async def get_processed(name: Annotated[str, Path(max_length=64)], services: ServicesDep) -> FileResponse:
+    """A processed image, by the generated name given in `processed_url`."""
+    if not is_stored_name(name):
+        raise HTTPException(status_code=404, detail=PROCESSED_NOT_FOUND)
+    path = services.storage.processed_path(name)
+    if not path.is_file():
+        raise HTTPException(status_code=404, detail=PROCESSED_NOT_FOUND)
+    return FileResponse(
+        path,
+        media_type=_MEDIA_TYPES.get(path.suffix, "application/octet-stream"),
+        headers={"Cache-Control": "public, max-age=31536000, immutable"},
+    )

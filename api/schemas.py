@@ -1,0 +1,71 @@
+"""Request and response models of the HTTP API (what /docs shows); never ORM classes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from core.models import ImageTask, TaskStatus
+
+
+class UploadResponse(BaseModel):
+    task_id: int
+    filename: str = Field(description="The client's file name, kept for display only.")
+    message: str
+    status_url: str
+    result_url: str
+
+
+class TaskStatusResponse(BaseModel):
+    task_id: int
+    filename: str
+    status: TaskStatus
+    upload_time: datetime
+    error: str | None = Field(description="Why the task failed, in words meant for people.")
+    attempts: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    processed_url: str | None = Field(description="Where the processed image is, once `done`.")
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+class HealthResponse(BaseModel):
+    status: str = "ok"
+
+
+class ReadinessResponse(BaseModel):
+    status: str = Field(description="`ready`, or `unavailable` when a dependency is down.")
+    database: str
+    nats: str
+
+
+def status_url(task_id: int) -> str:
+    return f"/status/{task_id}"
+
+
+def result_url(task_id: int) -> str:
+    return f"/result/{task_id}"
+
+
+def processed_url(task: ImageTask) -> str | None:
+    if task.status != TaskStatus.DONE or task.output_name is None:
+        return None
+    return f"/processed/{task.output_name}"
+
+
+def task_status(task: ImageTask) -> TaskStatusResponse:
+    return TaskStatusResponse(
+        task_id=task.id,
+        filename=task.filename,
+        status=TaskStatus(task.status),
+        upload_time=task.upload_time,
+        error=task.error,
+        attempts=task.attempts,
+        started_at=task.started_at,
+        finished_at=task.finished_at,
+        processed_url=processed_url(task),
+    )

@@ -1,0 +1,20 @@
+"""What the API process holds for its lifetime, made in the lifespan and shared by every request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from api.outbox import TaskPublisher
+from config import Settings
+from core.storage import Storage
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    storage: Storage
+    publisher: TaskPublisher

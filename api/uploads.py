@@ -1,0 +1,219 @@
+"""Receiving an upload: stream the multipart body to disk under a generated name, within limits.
+
+Starlette's form parser caps neither the body nor file parts, so `/upload` reads the raw body
+itself and feeds python-multipart's streaming parser: memory stays at one chunk whatever the size,
+and the byte limit is enforced on the raw body before (Content-Length) and while it is read. Once
+the limit is passed the request is answered 413 at once; the rest of the body is never read.
+
+The format is identified from the bytes (Pillow reads the header only), never from the client's
+file name or declared content type. The client's file name is kept as a display name only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import anyio.to_thread
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+
+from core.formats import ImageInfo, ImageRejected, TooManyPixels, probe_image
+from core.storage import Storage, remove_quietly
+
+FILE_FIELD = "file"
+# Room for the multipart framing, part headers and a few small text fields around the file.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+MAX_TEXT_FIELD_BYTES = 8 * 1024
+MAX_PARTS = 16
+DISPLAY_NAME_MAX_CHARS = 255
+
+NOT_MULTIPART = "Send the image as multipart/form-data in a field named 'file'."
+MISSING_FILE = "No file received: send the image in a multipart/form-data field named 'file'."
+WRONG_FIELD = "Unexpected file field {name!r}: send the image in the field named 'file'."
+TWO_FILES = "Send exactly one file per upload in the field 'file'."
+TOO_MANY_PARTS = f"Too many form fields: at most {MAX_PARTS} are accepted."
+FIELD_TOO_LARGE = f"A form field is over {MAX_TEXT_FIELD_BYTES} bytes."
+MALFORMED = "The multipart body is malformed."
+EMPTY_FILE = "The uploaded file is empty."
+TOO_LARGE = "The upload is larger than the limit of {limit:,} bytes."
+
+
+class UploadRefused(Exception):
+    """The request cannot become a task; `status_code` and `message` are what the client sees."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+
+
+@dataclass
+class ReceivedUpload:
+    """A complete, identified image in a temporary file of UPLOADS_DIR; the caller names it."""
+
+    temp_path: Path
+    display_name: str
+    size_bytes: int
+    sha256: str
+    info: ImageInfo
+
+
+def display_name(raw: str | None) -> str:
+    """The client's file name made safe to store and show: last path segment, printable, bounded."""
+    name = unicodedata.normalize("NFC", raw or "")
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip()
+    if name in ("", ".", ".."):
+        return "upload"
+    return name[:DISPLAY_NAME_MAX_CHARS]
+
+
+@dataclass
+class _MultipartReceiver:
+    """python-multipart callbacks that write the `file` part to `target` and refuse the rest."""
+
+    target: BinaryIO
+    max_file_bytes: int
+    file_bytes: int = 0
+    files_seen: int = 0
+    parts_seen: int = 0
+    raw_filename: str | None = None
+    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
+    _header_field: bytearray = field(default_factory=bytearray)
+    _header_value: bytearray = field(default_factory=bytearray)
+    _headers: dict[str, bytes] = field(default_factory=dict)
+    _writing_file: bool = False
+    _text_bytes: int = 0
+
+    def callbacks(self) -> dict:
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": lambda data, start, end: self._header_field.extend(data[start:end]),
+            "on_header_value": lambda data, start, end: self._header_value.extend(data[start:end]),
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+        }
+
+    def on_part_begin(self) -> None:
+        self.parts_seen += 1
+        if self.parts_seen > MAX_PARTS:
+            raise UploadRefused(422, TOO_MANY_PARTS)
+        self._headers = {}
+        self._writing_file = False
+        self._text_bytes = 0
+
+    def on_header_end(self) -> None:
+        self._headers[self._header_field.decode("latin-1").lower()] = bytes(self._header_value)
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def on_headers_finished(self) -> None:
+        _, params = parse_options_header(self._headers.get("content-disposition"))
+        name = params.get(b"name", b"").decode("utf-8", errors="replace")
+        has_filename = b"filename" in params or b"filename*" in params
+        if name == FILE_FIELD:
+            self.files_seen += 1
+            if self.files_seen > 1:
+                raise UploadRefused(422, TWO_FILES)
+            self._writing_file = True
+            self.raw_filename = params.get(b"filename", b"").decode("utf-8", errors="replace")
+        elif has_filename:
+            raise UploadRefused(422, WRONG_FIELD.format(name=name[:100]))
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if not self._writing_file:
+            # Other text fields are allowed (and ignored for now) but bounded.
+            self._text_bytes += end - start
+            if self._text_bytes > MAX_TEXT_FIELD_BYTES:
+                raise UploadRefused(413, FIELD_TOO_LARGE)
+            return
+        self.file_bytes += end - start
+        if self.file_bytes > self.max_file_bytes:
+            raise UploadRefused(413, TOO_LARGE.format(limit=self.max_file_bytes))
+        chunk = data[start:end]
+        self.digest.update(chunk)
+        self.target.write(chunk)
+
+
+def _boundary(request: Request) -> bytes:
+    content_type, params = parse_options_header(request.headers.get("content-type"))
+    boundary = params.get(b"boundary")
+    if content_type != b"multipart/form-data" or not boundary:
+        raise UploadRefused(422, NOT_MULTIPART)
+    return boundary
+
+
+def _check_declared_length(request: Request, limit: int, max_file_bytes: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise UploadRefused(413, TOO_LARGE.format(limit=max_file_bytes))
+
+
+async def _stream_to(
+    request: Request, boundary: bytes, target: BinaryIO, max_file_bytes: int
+) -> _MultipartReceiver:
+    raw_limit = max_file_bytes + MULTIPART_OVERHEAD_BYTES
+    receiver = _MultipartReceiver(target=target, max_file_bytes=max_file_bytes)
+    parser = MultipartParser(boundary, receiver.callbacks())
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > raw_limit:
+            raise UploadRefused(413, TOO_LARGE.format(limit=max_file_bytes))
+        try:
+            parser.write(chunk)
+        except UploadRefused:
+            raise
+        except Exception:
+            raise UploadRefused(422, MALFORMED) from None
+    try:
+        parser.finalize()
+    except Exception:
+        raise UploadRefused(422, MALFORMED) from None
+    return receiver
+
+
+async def receive_upload(
+    request: Request, *, storage: Storage, max_file_bytes: int, max_pixels: int
+) -> ReceivedUpload:
+    """Stream the request's `file` part into a temporary file and identify it.
+
+    Raises UploadRefused (nothing left on disk) for anything that cannot become a task.
+    """
+    _check_declared_length(request, max_file_bytes + MULTIPART_OVERHEAD_BYTES, max_file_bytes)
+    boundary = _boundary(request)
+    temp_path = storage.temp_upload_path()
+    try:
+        # Plain blocking writes of one chunk at a time: page-cache writes cost microseconds, less
+        # than handing each chunk to a thread would.
+        with open(temp_path, "wb") as target:  # noqa: ASYNC230
+            receiver = await _stream_to(request, boundary, target, max_file_bytes)
+            if receiver.files_seen == 0:
+                raise UploadRefused(422, MISSING_FILE)
+            if receiver.file_bytes == 0:
+                raise UploadRefused(400, EMPTY_FILE)
+            target.flush()
+            os.fsync(target.fileno())
+        info = await anyio.to_thread.run_sync(probe_image, temp_path, max_pixels)
+    except TooManyPixels as exc:
+        remove_quietly(temp_path)
+        raise UploadRefused(422, str(exc)) from None
+    except ImageRejected as exc:
+        remove_quietly(temp_path)
+        raise UploadRefused(415, str(exc)) from None
+    except BaseException:
+        remove_quietly(temp_path)
+        raise
+    return ReceivedUpload(
+        temp_path=temp_path,
+        display_name=display_name(receiver.raw_filename),
+        size_bytes=receiver.file_bytes,
+        sha256=receiver.digest.hexdigest(),
+        info=info,
+    )

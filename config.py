@@ -1,0 +1,159 @@
+"""Settings for every imagequeue process: the only module that reads the environment.
+
+Layers, later ones winning: the defaults below, then `.secrets.toml` beside this file (or the file
+named by `SETTINGS_FILE_FOR_DYNACONF`), then environment variables with the unprefixed names the
+design document uses (`DATABASE_URL`, `NATS_URL`, `UPLOADS_DIR`, `PROCESSED_DIR`, ...).
+
+Nothing is read at import time: call `get_settings()` (cached) from a process's start-up code.
+A bad value stops start-up with a `ConfigError` that names the setting.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from dynaconf import Dynaconf, ValidationError, Validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    nats_url: str
+    uploads_dir: Path
+    processed_dir: Path
+    max_upload_bytes: int
+    max_image_pixels: int
+    max_frames: int
+    watermark_text: str
+    worker_concurrency: int
+    ack_wait_seconds: float
+    max_deliver: int
+    retry_delay_seconds: float
+    outbox_interval_seconds: float
+    worker_heartbeat_file: Path | None
+    log_level: str
+
+
+_DEFAULTS: dict[str, object] = {
+    "DATABASE_URL": "postgresql+asyncpg://postgres:postgres@localhost:5432/imagequeue",
+    "NATS_URL": "nats://localhost:4222",
+    "UPLOADS_DIR": "uploads",
+    "PROCESSED_DIR": "processed",
+    "MAX_UPLOAD_BYTES": 25 * 1024 * 1024,
+    "MAX_IMAGE_PIXELS": 50_000_000,
+    "MAX_FRAMES": 500,
+    "WATERMARK_TEXT": "AI magic added!",
+    "WORKER_CONCURRENCY": os.cpu_count() or 1,
+    "ACK_WAIT_SECONDS": 30,
+    "MAX_DELIVER": 5,
+    "RETRY_DELAY_SECONDS": 5,
+    "OUTBOX_INTERVAL_SECONDS": 5,
+    "WORKER_HEARTBEAT_FILE": "",
+    "LOG_LEVEL": "INFO",
+}
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_POSTGRES_SCHEMES = ("postgresql", "postgresql+asyncpg", "postgres")
+
+
+def _positive(kind: type) -> dict[str, object]:
+    return {"is_type_of": kind, "gt": 0}
+
+
+_VALIDATORS = [
+    Validator(
+        "DATABASE_URL",
+        is_type_of=str,
+        condition=lambda url: url.split("://", 1)[0] in _POSTGRES_SCHEMES,
+        messages={"condition": "DATABASE_URL must be a postgresql:// URL, got {value!r}"},
+    ),
+    Validator(
+        "NATS_URL",
+        is_type_of=str,
+        condition=lambda url: all(
+            part.strip().split("://", 1)[0] in ("nats", "tls") for part in url.split(",")
+        ),
+        messages={
+            "condition": "NATS_URL must be nats:// URLs (comma-separated for a cluster), got {value!r}"
+        },
+    ),
+    Validator("UPLOADS_DIR", "PROCESSED_DIR", "WATERMARK_TEXT", is_type_of=str, len_min=1),
+    Validator("WATERMARK_TEXT", len_max=200),
+    Validator("MAX_UPLOAD_BYTES", "MAX_IMAGE_PIXELS", "MAX_FRAMES", "WORKER_CONCURRENCY", **_positive(int)),
+    Validator("MAX_DELIVER", is_type_of=int, gte=1),
+    Validator(
+        "ACK_WAIT_SECONDS",
+        "RETRY_DELAY_SECONDS",
+        "OUTBOX_INTERVAL_SECONDS",
+        is_type_of=(int, float),
+        gt=0,
+    ),
+    Validator(
+        "ACK_WAIT_SECONDS",
+        lte=30,
+        messages={"operations": "ACK_WAIT_SECONDS must be at most 30, got {value}"},
+    ),
+    Validator("WORKER_HEARTBEAT_FILE", is_type_of=str),
+    Validator("LOG_LEVEL", is_in=_LOG_LEVELS),
+]
+
+
+def _asyncpg_url(url: str) -> str:
+    """Accept the plain `postgresql://` form operators tend to paste, and use the asyncpg driver."""
+    scheme, rest = url.split("://", 1)
+    return url if scheme == "postgresql+asyncpg" else f"postgresql+asyncpg://{rest}"
+
+
+def load_settings() -> Settings:
+    """Read and validate every layer now; raise ConfigError naming the first bad setting."""
+    raw = Dynaconf(
+        envvar_prefix=False,
+        environments=False,
+        load_dotenv=False,
+        root_path=str(PROJECT_ROOT),
+        settings_files=[".secrets.toml"],
+    )
+    for key, value in _DEFAULTS.items():
+        raw.setdefault(key, value)
+    try:
+        raw.validators.register(*_VALIDATORS)
+        raw.validators.validate()
+    except ValidationError as exc:
+        raise ConfigError(f"invalid setting: {exc}") from None
+
+    def path(key: str) -> Path:
+        return (PROJECT_ROOT / str(raw[key])).resolve()
+
+    heartbeat = str(raw["WORKER_HEARTBEAT_FILE"])
+    return Settings(
+        database_url=_asyncpg_url(raw["DATABASE_URL"]),
+        nats_url=raw["NATS_URL"],
+        uploads_dir=path("UPLOADS_DIR"),
+        processed_dir=path("PROCESSED_DIR"),
+        max_upload_bytes=raw["MAX_UPLOAD_BYTES"],
+        max_image_pixels=raw["MAX_IMAGE_PIXELS"],
+        max_frames=raw["MAX_FRAMES"],
+        watermark_text=raw["WATERMARK_TEXT"],
+        worker_concurrency=raw["WORKER_CONCURRENCY"],
+        ack_wait_seconds=float(raw["ACK_WAIT_SECONDS"]),
+        max_deliver=raw["MAX_DELIVER"],
+        retry_delay_seconds=float(raw["RETRY_DELAY_SECONDS"]),
+        outbox_interval_seconds=float(raw["OUTBOX_INTERVAL_SECONDS"]),
+        worker_heartbeat_file=Path(heartbeat) if heartbeat else None,
+        log_level=raw["LOG_LEVEL"],
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, loaded on first use (tests call `get_settings.cache_clear()`)."""
+    return load_settings()

@@ -1,0 +1,111 @@
+"""Which image formats imagequeue accepts, and how a file is identified from its bytes.
+
+Both the API (to refuse a bad upload before it is queued) and the worker (to decode it) open
+images through `open_image`, so the same formats and the same pixel limit apply everywhere.
+Opening reads the header only; pixels are decoded later, by whoever calls `load()`.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+# Raster formats whose Pillow decoders are mature and commonly uploaded. Anything else (SVG, PDF,
+# EPS, TIFF, PSD, ICO, ...) is refused: fewer decoders exposed to untrusted bytes.
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP")
+
+CONTENT_TYPES: dict[str, str] = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "WEBP": "image/webp",
+    "BMP": "image/bmp",
+}
+
+EXTENSIONS: dict[str, str] = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp"}
+
+
+class ImageRejected(ValueError):
+    """The file can never be processed; the message is meant for the person who sent it."""
+
+
+class UnsupportedImage(ImageRejected):
+    pass
+
+
+class TooManyPixels(ImageRejected):
+    pass
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    width: int
+    height: int
+    frames: int
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[self.format]
+
+    @property
+    def extension(self) -> str:
+        return EXTENSIONS[self.format]
+
+
+UNSUPPORTED_MESSAGE = "Unsupported file type: upload a JPEG, PNG, GIF, WebP or BMP image."
+
+
+def too_many_pixels_message(pixels: int, limit: int) -> str:
+    return f"Image has {pixels:,} pixels; the limit is {limit:,} pixels."
+
+
+def configure_pillow(max_pixels: int) -> None:
+    """Make Pillow's own decompression-bomb guard use our limit and fail instead of warn.
+
+    Called once at process start (API lifespan, worker main): Pillow keeps this as global state.
+    """
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+
+_PILLOW_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+def open_image(path: Path, max_pixels: int) -> Image.Image:
+    """Open `path` lazily, refusing formats outside ALLOWED_FORMATS and images over `max_pixels`.
+
+    The pixel check happens here, on the header's declared size, before any pixel is decoded: a
+    tiny file that claims 30000×30000 pixels never reaches a decoder.
+    """
+    try:
+        image = Image.open(path, formats=ALLOWED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        found = _PILLOW_PIXELS.search(str(exc))
+        pixels = int(found.group(1)) if found else max_pixels + 1
+        raise TooManyPixels(too_many_pixels_message(pixels, max_pixels)) from None
+    except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise UnsupportedImage(UNSUPPORTED_MESSAGE) from None
+    width, height = image.size
+    if width < 1 or height < 1:
+        image.close()
+        raise UnsupportedImage("The image has no pixels.")
+    if width * height > max_pixels:
+        image.close()
+        raise TooManyPixels(too_many_pixels_message(width * height, max_pixels))
+    return image
+
+
+def probe_image(path: Path, max_pixels: int) -> ImageInfo:
+    """Identify the image at `path` from its bytes (header only; nothing is decoded)."""
+    with open_image(path, max_pixels) as image:
+        return ImageInfo(
+            format=image.format or "",
+            width=image.width,
+            height=image.height,
+            frames=getattr(image, "n_frames", 1),
+        )

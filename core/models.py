@@ -1,0 +1,66 @@
+"""The `image_tasks` table: one row per upload, the record of truth for its processing.
+
+Status machine (the only transitions the code makes):
+
+    pending ──worker takes it──▶ processing ──▶ done
+                                    │  ▲
+                                    │  └── redelivered after a crash or a passing fault
+                                    └────▶ failed   (bad image, or out of attempts)
+
+`done` and `failed` are final: a redelivered message for such a row is acknowledged and ignored.
+`queued_at` is set once the task id is safely in JetStream; rows still NULL there are published
+again by the API's outbox relay, so an upload accepted while NATS was down is not lost.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import BigInteger, CheckConstraint, DateTime, Index, Integer, String, Text, func
+from sqlalchemy.orm import Mapped, mapped_column
+
+from core.db import Base
+
+
+class TaskStatus(enum.StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    DONE = "done"
+    FAILED = "failed"
+
+
+FINAL_STATUSES = (TaskStatus.DONE, TaskStatus.FAILED)
+
+_STATUS_VALUES = ", ".join(f"'{status.value}'" for status in TaskStatus)
+
+
+class ImageTask(Base):
+    __tablename__ = "image_tasks"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_STATUS_VALUES})", name="status_valid"),
+        # The outbox relay scans only rows not yet in JetStream: keep that scan small.
+        Index("ix_image_tasks_unqueued", "id", postgresql_where="queued_at IS NULL"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The client's file name, for display only; never used to build a path.
+    filename: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(
+        String(16), default=TaskStatus.PENDING, server_default=TaskStatus.PENDING.value, index=True
+    )
+    upload_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    content_type: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    # Server-generated names inside UPLOADS_DIR and PROCESSED_DIR.
+    input_name: Mapped[str] = mapped_column(String(64), unique=True)
+    output_name: Mapped[str | None] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)

@@ -1,0 +1,129 @@
+"""The JetStream side of imagequeue: names, connection, stream and consumer set-up, publishing.
+
+One stream (`IMAGE_TASKS`, file storage, work-queue retention) holds one message per task; one
+durable pull consumer (`image-workers`, explicit acks) is shared by every worker process. Whichever
+process starts first creates both; the others find them in place (JetStream's create calls are
+idempotent for an identical configuration). A message's body is the task id and nothing else;
+its `Nats-Msg-Id` header is derived from the id, so a publish repeated within the duplicate window
+(a retried request, the outbox relay racing the API) is stored once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+
+log = logging.getLogger(__name__)
+
+STREAM = "IMAGE_TASKS"
+SUBJECT = "imagequeue.tasks"
+DURABLE = "image-workers"
+
+DUPLICATE_WINDOW_SECONDS = 120.0
+PUBLISH_TIMEOUT_SECONDS = 5.0
+# JetStream's error code for "stream name already in use with a different configuration".
+_STREAM_NAME_IN_USE = 10058
+
+
+@dataclass(frozen=True)
+class ConsumerPolicy:
+    """How long a worker may hold a message silently, and how often it is offered at most."""
+
+    ack_wait_seconds: float
+    max_deliver: int
+
+
+async def connect(url: str, *, name: str) -> NATS:
+    """Connect, and keep reconnecting for ever: a NATS restart must not need a process restart."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("NATS connection error: %s", exc)
+
+    async def on_disconnected() -> None:
+        log.warning("NATS disconnected; reconnecting")
+
+    async def on_reconnected() -> None:
+        log.info("NATS reconnected")
+
+    return await nats.connect(
+        servers=[part.strip() for part in url.split(",")],
+        name=name,
+        connect_timeout=2,
+        reconnect_time_wait=1,
+        max_reconnect_attempts=-1,
+        error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
+    )
+
+
+def stream_config() -> StreamConfig:
+    return StreamConfig(
+        name=STREAM,
+        subjects=[SUBJECT],
+        storage=StorageType.FILE,
+        retention=RetentionPolicy.WORK_QUEUE,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        # A message is a task id: anything larger is a bug or an abuse.
+        max_msg_size=1024,
+    )
+
+
+def consumer_config(policy: ConsumerPolicy) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=DURABLE,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=policy.ack_wait_seconds,
+        max_deliver=policy.max_deliver,
+        filter_subject=SUBJECT,
+        max_ack_pending=10_000,
+    )
+
+
+async def ensure_stream(js: JetStreamContext) -> None:
+    """Create the stream, or bring an existing one's configuration up to date.
+
+    Only "already exists with another configuration" is handled; any other error (no JetStream on
+    the server, an immutable setting changed, no permission) propagates to stop start-up loudly.
+    """
+    config = stream_config()
+    try:
+        await js.add_stream(config)
+    except BadRequestError as exc:
+        if exc.err_code != _STREAM_NAME_IN_USE:
+            raise
+        log.info("stream %s exists with another configuration; updating it", STREAM)
+        await js.update_stream(config)
+
+
+async def ensure_consumer(js: JetStreamContext, policy: ConsumerPolicy) -> None:
+    """Create the durable consumer, or update it to `policy` (create-or-update on the server)."""
+    await js.add_consumer(STREAM, consumer_config(policy))
+
+
+def message_id(task_id: int) -> str:
+    return f"task-{task_id}"
+
+
+async def publish_task(js: JetStreamContext, task_id: int) -> None:
+    """Put a task id in the stream; returns once JetStream has stored it (or raises)."""
+    await js.publish(
+        SUBJECT,
+        str(task_id).encode(),
+        stream=STREAM,
+        timeout=PUBLISH_TIMEOUT_SECONDS,
+        headers={"Nats-Msg-Id": message_id(task_id)},
+    )
+
+
+def parse_task_id(payload: bytes) -> int | None:
+    """The task id a message carries, or None for a payload no publisher of ours would send."""
+    text = payload.decode("ascii", errors="replace").strip()
+    return int(text) if text.isdigit() and len(text) <= 18 else None

