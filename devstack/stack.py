@@ -75,14 +75,18 @@ def start_worker(env: Mapping[str, str], *, log_file: Path | None = None) -> sub
 
 
 def _start(command: list[str], env: Mapping[str, str], log_file: Path | None) -> subprocess.Popen:
-    output = open(log_file, "ab") if log_file else None  # noqa: SIM115 (the child owns it)
-    return subprocess.Popen(
-        command,
-        cwd=PROJECT_ROOT,
-        env={**os.environ, **env},
-        stdout=output,
-        stderr=subprocess.STDOUT if output else None,
-    )
+    output = open(log_file, "ab") if log_file else None  # noqa: SIM115
+    try:
+        return subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            env={**os.environ, **env},
+            stdout=output,
+            stderr=subprocess.STDOUT if output else None,
+        )
+    finally:
+        if output is not None:
+            output.close()  # the child has its own copy
 
 
 def wait_until_ready(base_url: str, *, timeout: float, process: subprocess.Popen | None = None) -> None:

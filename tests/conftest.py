@@ -1,0 +1,117 @@
+"""Fixtures: a real PostgreSQL and NATS JetStream for the whole session, migrated by Alembic, and
+the real API started as a process (uvicorn) on a free port.
+
+The settings go to every process through the environment, as in production; this process's own
+environment gets them too, so in-process code (`get_settings()`) sees the same servers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from config import get_settings
+from core.db import make_engine, make_sessionmaker
+from devstack.servers import free_port
+from devstack.stack import LocalServers, migrate, start_api, stop_process, wait_until_ready
+
+# Small limits keep the refusal tests cheap; the worker tests shorten the redelivery delays.
+TEST_SETTINGS = {
+    "MAX_UPLOAD_BYTES": "1000000",
+    "MAX_IMAGE_PIXELS": "40000000",
+    "MAX_FRAMES": "50",
+    "ACK_WAIT_SECONDS": "5",
+    "RETRY_DELAY_SECONDS": "0.5",
+    "OUTBOX_INTERVAL_SECONDS": "0.5",
+    "MAX_DELIVER": "3",
+    "WORKER_CONCURRENCY": "2",
+    "LOG_LEVEL": "INFO",
+}
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="imagequeue-tests-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def servers(workdir: Path) -> Iterator[LocalServers]:
+    local = LocalServers(workdir / "servers", nats_port=free_port())
+    local.start()
+    try:
+        migrate(local.postgres.url())
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture(scope="session")
+def stack_env(servers: LocalServers, workdir: Path) -> Iterator[dict[str, str]]:
+    env = servers.environment(
+        UPLOADS_DIR=str(workdir / "uploads"),
+        PROCESSED_DIR=str(workdir / "processed"),
+        **TEST_SETTINGS,
+    )
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    get_settings.cache_clear()
+    yield env
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def api_process(stack_env: dict[str, str], workdir: Path) -> Iterator[str]:
+    """The real API under uvicorn; yields its base URL."""
+    port = free_port()
+    log_file = workdir / "api.log"
+    process = start_api(stack_env, port, log_file=log_file)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(base_url, timeout=60, process=process)
+        yield base_url
+    except Exception:
+        print(log_file.read_text(errors="replace")[-5000:])
+        raise
+    finally:
+        stop_process(process)
+
+
+@pytest.fixture
+async def client(api_process: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=api_process, timeout=30) as http:
+        yield http
+
+
+@pytest.fixture
+async def db(stack_env: dict[str, str]) -> AsyncIterator[AsyncSession]:
+    """A session on the test database, for looking at rows the way the services left them."""
+    engine = make_engine(stack_env["DATABASE_URL"], pool_size=2)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            yield session
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def processed_dir(stack_env: dict[str, str]) -> Path:
+    return Path(stack_env["PROCESSED_DIR"])
+
+
+@pytest.fixture
+def uploads_dir(stack_env: dict[str, str]) -> Path:
+    return Path(stack_env["UPLOADS_DIR"])

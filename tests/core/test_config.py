@@ -1,0 +1,71 @@
+"""Settings: defaults, then .secrets.toml, then the environment; bad values stop start-up by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config import ConfigError, load_settings
+
+NAMES = ("DATABASE_URL", "NATS_URL", "UPLOADS_DIR", "PROCESSED_DIR", "MAX_UPLOAD_BYTES", "WATERMARK_TEXT")
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in NAMES:
+        monkeypatch.delenv(name, raising=False)
+    # An empty settings file stands in for a developer's own .secrets.toml.
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    monkeypatch.setenv("SETTINGS_FILE_FOR_DYNACONF", str(empty))
+
+
+def test_defaults_need_nothing_set() -> None:
+    settings = load_settings()
+
+    assert settings.database_url.startswith("postgresql+asyncpg://")
+    assert settings.nats_url == "nats://localhost:4222"
+    assert settings.uploads_dir.name == "uploads" and settings.processed_dir.name == "processed"
+    assert settings.watermark_text == "AI magic added!"
+    assert settings.max_upload_bytes > 0 and settings.worker_concurrency >= 1
+
+
+def test_the_secrets_file_overrides_defaults_and_the_environment_overrides_both(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text('WATERMARK_TEXT = "from the file"\nMAX_UPLOAD_BYTES = 1234\n')
+    monkeypatch.setenv("SETTINGS_FILE_FOR_DYNACONF", str(secrets))
+    monkeypatch.setenv("MAX_UPLOAD_BYTES", "4321")
+
+    settings = load_settings()
+
+    assert settings.watermark_text == "from the file"
+    assert settings.max_upload_bytes == 4321
+
+
+def test_a_plain_postgresql_url_gets_the_async_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:p@db:5432/imagequeue")
+
+    assert load_settings().database_url == "postgresql+asyncpg://u:p@db:5432/imagequeue"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DATABASE_URL", "mysql://u@db/x"),
+        ("NATS_URL", "http://nats:4222"),
+        ("MAX_UPLOAD_BYTES", "-1"),
+        ("MAX_UPLOAD_BYTES", "lots"),
+        ("ACK_WAIT_SECONDS", "90"),
+        ("LOG_LEVEL", "LOUD"),
+    ],
+)
+def test_a_bad_value_fails_with_the_setting_named(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+
+    with pytest.raises(ConfigError, match=name):
+        load_settings()

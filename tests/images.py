@@ -1,0 +1,52 @@
+"""Images made by the tests with Pillow, as bytes (no binary files live in git)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+from PIL import Image
+
+
+def encode(image: Image.Image, fmt: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def photo(width: int = 320, height: int = 240) -> Image.Image:
+    """A smooth gradient: compresses like a photo and has no red near the top-left corner."""
+    gradient = Image.linear_gradient("L").resize((width, height))
+    return Image.merge(
+        "RGB", (gradient.point(lambda v: v // 4), gradient, Image.new("L", (width, height), 200))
+    )
+
+
+def jpeg(width: int = 320, height: int = 240, **params) -> bytes:
+    return encode(photo(width, height), "JPEG", quality=90, **params)
+
+
+def png(width: int = 64, height: int = 48) -> bytes:
+    return encode(photo(width, height), "PNG")
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims `width`×`height` pixels: a decompression bomb's calling card."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 1024))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def truncated_jpeg() -> bytes:
+    """A JPEG cut off after its header: identifies fine, cannot be decoded."""
+    data = jpeg(640, 480)
+    return data[: len(data) // 3]
