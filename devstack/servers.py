@@ -110,6 +110,10 @@ class LocalNats:
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
+    @property
+    def _listen(self) -> list[str]:
+        return ["-a", "127.0.0.1", "-p", str(self.port)]
+
     def start(self, *, timeout: float = 15, jetstream: bool = True) -> None:
         venv_bin = str(Path(sys.executable).parent)
         binary = shutil.which("nats-server", path=venv_bin) or shutil.which("nats-server")
@@ -119,8 +123,7 @@ class LocalNats:
         output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         try:
             self._process = subprocess.Popen(
-                [binary, *(["-js"] if jetstream else []), "-sd", str(self.store_dir)]
-                + ["-a", "127.0.0.1", "-p", str(self.port)],
+                [binary, *(["-js"] if jetstream else []), "-sd", str(self.store_dir), *self._listen],
                 stdout=output,
                 stderr=subprocess.STDOUT,
             )

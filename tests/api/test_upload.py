@@ -97,7 +97,7 @@ async def test_the_format_comes_from_the_bytes_not_the_name(
         ("notes.jpg", b"just some text\n" * 20, 415, UNSUPPORTED_MESSAGE),
         (
             "vector.svg",
-            b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>',
+            b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10"/></svg>',
             415,
             UNSUPPORTED_MESSAGE,
         ),

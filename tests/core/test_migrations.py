@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from core.db import Base
 from devstack.stack import PROJECT_ROOT, LocalServers
 

@@ -1,0 +1,512 @@
+"""The container deployment's wiring, read from the files themselves: no Docker engine needed.
+
+docker-compose.example.yml is parsed with `yaml.safe_load`, which resolves anchors and `<<` merges the
+way Compose does; `${VAR:-default}` is read as its default, as Compose would with VAR unset. The two
+Dockerfiles are split into instructions as text, and .dockerignore is applied with a small model of the
+builder's rules (last matching pattern wins, a pattern matching a directory covers its contents).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.example.yml"
+DOCKERFILES = {"api": ROOT / "Dockerfile.api", "worker": ROOT / "Dockerfile.worker"}
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+APP_SERVICES = ("api", "worker")
+EXPECTED_DEPENDENCIES = {
+    "postgres": "service_healthy",
+    "nats": "service_healthy",
+    "migrate": "service_completed_successfully",
+}
+# What each image's process imports (api -> core <- worker, config.py under both; the API image also
+# carries the migrations, which the compose `migrate` service runs from it).
+IMAGE_CODE = {
+    "api": {"config.py", "core", "api", "alembic", "alembic.ini"},
+    "worker": {"config.py", "core", "worker"},
+}
+
+Service = dict[str, Any]
+Instruction = tuple[str, str]
+
+
+# --- compose helpers ---------------------------------------------------------------------------------
+
+_INTERPOLATION = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+
+
+def _interpolate(value: str) -> str:
+    """Compose's `${VAR:-default}` / `${VAR}` with VAR unset."""
+    return _INTERPOLATION.sub(lambda m: m.group(2) or "", value).replace("$$", "$")
+
+
+def _environment(service: Service) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {key: _interpolate(str(value)) for key, value in env.items()}
+
+
+def _named_volume_mounts(service: Service) -> dict[str, str]:
+    """Mount target -> named volume, for the short ("name:/path[:ro]") and long volume syntax."""
+    mounts: dict[str, str] = {}
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, str):
+            source, _, rest = volume.partition(":")
+            target = rest.split(":", 1)[0]
+            kind = "bind" if source.startswith(("/", ".", "~")) else "volume"
+        else:
+            source, target, kind = volume.get("source", ""), volume["target"], volume.get("type")
+        if kind == "volume" and source:
+            mounts[target] = source
+    return mounts
+
+
+def _command(value: str | list[str]) -> list[str]:
+    return shlex.split(value) if isinstance(value, str) else [str(part) for part in value]
+
+
+def _healthcheck_test(service: Service) -> list[str]:
+    return _command(service["healthcheck"]["test"])
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)")
+_DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _seconds(duration: str) -> float:
+    parts = _DURATION_PART.findall(duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"not a duration: {duration!r}"
+    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+
+
+def _option(argv: list[str], *names: str) -> str:
+    """The value after the first of `names` in an argv list."""
+    for index, arg in enumerate(argv[:-1]):
+        if arg in names:
+            return argv[index + 1]
+    raise AssertionError(f"none of {names} in {argv}")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Service]:
+    return compose["services"]
+
+
+# --- Dockerfile helpers ------------------------------------------------------------------------------
+
+
+def _instructions(path: Path) -> list[Instruction]:
+    """(KEYWORD, arguments) per instruction; continuations joined, comment lines dropped."""
+    result: list[Instruction] = []
+    pending = ""
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        keyword, _, arguments = (pending + stripped).partition(" ")
+        result.append((keyword.upper(), arguments.strip()))
+        pending = ""
+    assert not pending, f"{path.name} ends inside a continued line"
+    return result
+
+
+def _args(instructions: list[Instruction], keyword: str) -> list[str]:
+    return [arguments for kw, arguments in instructions if kw == keyword]
+
+
+def _exec_form(arguments: str) -> list[str] | None:
+    """The JSON-array argv of an exec-form instruction; None for shell form (which Docker runs via sh -c)."""
+    try:
+        argv = json.loads(arguments)
+    except json.JSONDecodeError:
+        return None
+    if isinstance(argv, list) and argv and all(isinstance(part, str) for part in argv):
+        return argv
+    return None
+
+
+def _env(instructions: list[Instruction]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for arguments in _args(instructions, "ENV"):
+        words = shlex.split(arguments)
+        if "=" not in words[0]:  # legacy `ENV KEY value`
+            env[words[0]] = " ".join(words[1:])
+            continue
+        env.update(word.split("=", 1) for word in words)
+    return env
+
+
+def _healthcheck_argv(instructions: list[Instruction]) -> list[str] | None:
+    (arguments,) = _args(instructions, "HEALTHCHECK")
+    match = re.fullmatch(r"((?:--\S+\s+)*)CMD\s+(.*)", arguments)
+    return _exec_form(match.group(2)) if match else None
+
+
+def _process_argv(instructions: list[Instruction]) -> list[str]:
+    argv: list[str] = []
+    for keyword in ("ENTRYPOINT", "CMD"):
+        found = _args(instructions, keyword)
+        if found:
+            parsed = _exec_form(found[-1])
+            assert parsed is not None, f"{keyword} {found[-1]} is shell form: sh would be PID 1, not the app"
+            argv += parsed
+    return argv
+
+
+def _user_uid(instructions: list[Instruction]) -> str:
+    users = _args(instructions, "USER")
+    assert users, "no USER instruction: the process would run as root"
+    return users[-1].split(":", 1)[0]
+
+
+@pytest.fixture(scope="module", params=sorted(DOCKERFILES))
+def image(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def dockerfile(image: str) -> list[Instruction]:
+    return _instructions(DOCKERFILES[image])
+
+
+# --- .dockerignore helpers ---------------------------------------------------------------------------
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    out, index = "", 0
+    while index < len(pattern):
+        if pattern.startswith("**/", index):
+            out, index = out + "(?:.*/)?", index + 3
+        elif pattern.startswith("**", index):
+            out, index = out + ".*", index + 2
+        elif pattern[index] == "*":
+            out, index = out + "[^/]*", index + 1
+        elif pattern[index] == "?":
+            out, index = out + "[^/]", index + 1
+        elif pattern[index] == "[":
+            end = pattern.index("]", index)
+            out, index = out + pattern[index : end + 1], end + 1
+        else:
+            out, index = out + re.escape(pattern[index]), index + 1
+    return re.compile(out)
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    ignored = False
+    for raw in patterns:
+        negated = raw.startswith("!")
+        regex = _glob_regex(raw.lstrip("!").strip("/"))
+        if any(regex.fullmatch(prefix) for prefix in prefixes):
+            ignored = not negated
+    return ignored
+
+
+def _dockerignore_patterns() -> list[str]:
+    lines = (line.strip() for line in DOCKERIGNORE.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _copied_sources(instructions: list[Instruction]) -> set[str]:
+    sources: set[str] = set()
+    for arguments in _args(instructions, "COPY"):
+        words = [word for word in shlex.split(arguments) if not word.startswith("--")]
+        sources.update(word.rstrip("/") or "/" for word in words[:-1])
+    return sources
+
+
+# --- compose: services, health and start-up order ----------------------------------------------------
+
+
+def test_compose_defines_the_five_services_without_a_version_key(compose: dict[str, Any]) -> None:
+    assert "version" not in compose, "the Compose spec dropped the top-level version: key"
+    assert set(compose["services"]) >= {"postgres", "nats", "migrate", "api", "worker"}
+
+
+@pytest.mark.parametrize("name", ["postgres", "nats", *APP_SERVICES])
+def test_long_running_service_has_a_healthcheck(services: dict[str, Service], name: str) -> None:
+    healthcheck = services[name].get("healthcheck") or {}
+    assert not healthcheck.get("disable"), f"{name}: healthcheck disabled"
+    test = _healthcheck_test(services[name])
+    assert test and test[0] in ("CMD", "CMD-SHELL"), f"{name}: healthcheck test {test}"
+
+
+def test_postgres_healthcheck_is_pg_isready_for_the_app_database(services: dict[str, Service]) -> None:
+    test = _healthcheck_test(services["postgres"])
+    env = _environment(services["postgres"])
+    argv = shlex.split(test[1]) if test[0] == "CMD-SHELL" else test[1:]
+    assert argv[0] == "pg_isready"
+    assert _option(argv, "-U", "--username") == env["POSTGRES_USER"]
+    assert _option(argv, "-d", "--dbname") == env["POSTGRES_DB"]
+
+
+def test_nats_healthcheck_requires_jetstream_on_the_monitoring_port(services: dict[str, Service]) -> None:
+    nats = services["nats"]
+    monitor_port = _option(_command(nats["command"]), "-m", "--http_port")
+    probe = " ".join(_healthcheck_test(nats))
+    assert f":{monitor_port}/healthz" in probe, probe
+    assert "js-enabled-only=true" in probe, probe
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_waits_for_healthy_backends_and_finished_migrations(
+    services: dict[str, Service], name: str
+) -> None:
+    depends_on = services[name].get("depends_on")
+    assert isinstance(depends_on, dict), f"{name}: depends_on must use the long form to carry conditions"
+    conditions = {dependency: spec.get("condition") for dependency, spec in depends_on.items()}
+    assert conditions == EXPECTED_DEPENDENCIES
+
+
+def test_migrate_runs_alembic_upgrade_head_once_from_the_api_image(services: dict[str, Service]) -> None:
+    migrate = services["migrate"]
+    assert _command(migrate["command"]) == ["alembic", "upgrade", "head"]
+    assert migrate["build"]["dockerfile"] == "Dockerfile.api"
+    assert migrate["build"] == services["api"]["build"], "migrate must run the code the api runs"
+    assert str(migrate.get("restart")) == "no", "a one-shot that restarts never completes"
+    assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    # The API image's HEALTHCHECK probes uvicorn, which never runs in this container.
+    assert migrate.get("healthcheck") == {"disable": True}
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_restarts_and_has_time_to_stop_cleanly(services: dict[str, Service], name: str) -> None:
+    assert services[name].get("restart") == "unless-stopped"
+    assert "stop_grace_period" in services[name], f"{name}: Docker's default 10 s cuts shutdown short"
+
+
+def test_worker_gets_time_to_finish_in_flight_images(services: dict[str, Service]) -> None:
+    assert _seconds(services["worker"]["stop_grace_period"]) >= 40
+
+
+def test_api_is_killed_only_after_uvicorns_graceful_shutdown(services: dict[str, Service]) -> None:
+    argv = _process_argv(_instructions(DOCKERFILES["api"]))
+    graceful = float(_option(argv, "--timeout-graceful-shutdown"))
+    assert _seconds(services["api"]["stop_grace_period"]) > graceful
+
+
+def test_api_publishes_the_port_uvicorn_listens_on(services: dict[str, Service]) -> None:
+    port = _option(_process_argv(_instructions(DOCKERFILES["api"])), "--port")
+    assert f"{port}:{port}" in [str(mapping) for mapping in services["api"].get("ports", [])]
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_compose_healthcheck_is_the_images_healthcheck(services: dict[str, Service], name: str) -> None:
+    image_probe = _healthcheck_argv(_instructions(DOCKERFILES[name]))
+    assert _healthcheck_test(services[name]) == ["CMD", *(image_probe or [])]
+
+
+def test_api_healthcheck_probes_liveness_on_the_served_port(services: dict[str, Service]) -> None:
+    port = _option(_process_argv(_instructions(DOCKERFILES["api"])), "--port")
+    probe = " ".join(_healthcheck_test(services["api"]))
+    assert re.search(rf"//(127\.0\.0\.1|localhost):{port}/health(?![\w/])", probe), probe
+
+
+def test_worker_healthcheck_fails_on_a_stale_heartbeat(services: dict[str, Service]) -> None:
+    probe = " ".join(_healthcheck_test(services["worker"]))
+    assert "WORKER_HEARTBEAT_FILE" in probe and "st_mtime > 60" in probe, probe
+
+
+def test_worker_heartbeat_file_is_writable(services: dict[str, Service]) -> None:
+    heartbeat = PurePosixPath(_env(_instructions(DOCKERFILES["worker"]))["WORKER_HEARTBEAT_FILE"])
+    assert heartbeat == PurePosixPath("/tmp/worker.heartbeat")
+    worker = services["worker"]
+    if worker.get("read_only"):
+        tmpfs = worker.get("tmpfs") or []
+        tmpfs = [tmpfs] if isinstance(tmpfs, str) else tmpfs
+        writable = [entry.split(":", 1)[0] for entry in tmpfs] + list(_named_volume_mounts(worker))
+        assert any(heartbeat.is_relative_to(path) for path in writable), f"{heartbeat} is on a read-only fs"
+
+
+# --- compose: scaling, volumes and addresses ---------------------------------------------------------
+
+
+def test_worker_can_be_scaled(services: dict[str, Service]) -> None:
+    worker = services["worker"]
+    for key in ("container_name", "ports", "hostname"):
+        assert key not in worker, f"worker sets {key}: `docker compose up --scale worker=3` would clash"
+
+
+def test_no_service_fixes_its_container_name(services: dict[str, Service]) -> None:
+    assert [name for name, service in services.items() if "container_name" in service] == []
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_mounts_the_shared_volumes_where_its_settings_point(
+    services: dict[str, Service], name: str
+) -> None:
+    env = _environment(services[name])
+    mounts = _named_volume_mounts(services[name])
+    assert mounts.get(env["UPLOADS_DIR"]) == "uploads", f"{name}: UPLOADS_DIR {env['UPLOADS_DIR']}: {mounts}"
+    assert mounts.get(env["PROCESSED_DIR"]) == "processed", f"{name}: PROCESSED_DIR: {mounts}"
+
+
+def test_every_named_volume_is_declared(compose: dict[str, Any]) -> None:
+    declared = set(compose.get("volumes") or {})
+    assert declared >= {"pgdata", "natsdata", "uploads", "processed"}
+    used = {
+        source
+        for service in compose["services"].values()
+        for source in _named_volume_mounts(service).values()
+    }
+    assert used <= declared, f"undeclared volumes: {used - declared}"
+
+
+def test_postgres_keeps_its_data_on_a_volume(services: dict[str, Service]) -> None:
+    assert _named_volume_mounts(services["postgres"]).get("/var/lib/postgresql/data") == "pgdata"
+
+
+def test_nats_runs_jetstream_with_its_store_on_a_volume(services: dict[str, Service]) -> None:
+    argv = _command(services["nats"]["command"])
+    assert "-js" in argv or "--jetstream" in argv, argv
+    store = PurePosixPath(_option(argv, "-sd", "--store_dir"))
+    mounts = _named_volume_mounts(services["nats"])
+    assert any(store.is_relative_to(target) for target in mounts), f"store {store} not on a volume: {mounts}"
+
+
+@pytest.mark.parametrize("name", [*APP_SERVICES, "migrate"])
+def test_database_url_points_at_the_postgres_service(services: dict[str, Service], name: str) -> None:
+    postgres = _environment(services["postgres"])
+    url = urlsplit(_environment(services[name])["DATABASE_URL"])
+    assert url.scheme in ("postgresql+asyncpg", "postgresql"), url.scheme
+    assert (url.hostname, url.port or 5432) == ("postgres", 5432)
+    assert url.username == postgres["POSTGRES_USER"]
+    assert url.password == postgres["POSTGRES_PASSWORD"]
+    assert url.path == f"/{postgres['POSTGRES_DB']}"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_nats_url_points_at_the_nats_service(services: dict[str, Service], name: str) -> None:
+    url = urlsplit(_environment(services[name])["NATS_URL"])
+    assert (url.scheme, url.hostname, url.port or 4222) == ("nats", "nats", 4222)
+
+
+# --- Dockerfiles -------------------------------------------------------------------------------------
+
+
+def test_base_image_is_a_pinned_python_311_slim(dockerfile: list[Instruction]) -> None:
+    base = _args(dockerfile, "FROM")[-1].split()[0]
+    pattern = r"python:3\.11(\.\d+)?-slim(-[a-z]+)?(@sha256:[0-9a-f]{64})?"
+    assert re.fullmatch(pattern, base), base
+
+
+def test_python_does_not_buffer_output_or_write_bytecode(dockerfile: list[Instruction]) -> None:
+    env = _env(dockerfile)
+    assert env.get("PYTHONUNBUFFERED") == "1"
+    assert env.get("PYTHONDONTWRITEBYTECODE") == "1"
+
+
+def test_runs_as_a_non_root_user(dockerfile: list[Instruction]) -> None:
+    uid = _user_uid(dockerfile)
+    assert uid not in ("root", "0"), uid
+
+
+def test_both_images_share_one_uid() -> None:
+    uids = {name: _user_uid(_instructions(path)) for name, path in DOCKERFILES.items()}
+    assert len(set(uids.values())) == 1, f"shared volumes need one owner: {uids}"
+    assert all(uid.isdigit() for uid in uids.values()), f"numeric, so runAsNonRoot can verify it: {uids}"
+
+
+def test_data_dirs_exist_and_belong_to_the_app_user(dockerfile: list[Instruction]) -> None:
+    env, uid = _env(dockerfile), _user_uid(dockerfile)
+    dirs = [env["UPLOADS_DIR"], env["PROCESSED_DIR"]]
+    assert dirs == ["/data/uploads", "/data/processed"]
+    creating = [run for run in _args(dockerfile, "RUN") if all(d in run for d in dirs)]
+    assert creating and re.search(rf"(-o|chown)\s+{uid}\b", creating[0]), "create the dirs owned by the uid"
+
+
+def test_healthcheck_is_in_exec_form(dockerfile: list[Instruction]) -> None:
+    assert _args(dockerfile, "HEALTHCHECK"), "no HEALTHCHECK"
+    assert _healthcheck_argv(dockerfile), "HEALTHCHECK must be `CMD [json array]`"
+
+
+def test_process_is_pid_1_in_exec_form(dockerfile: list[Instruction]) -> None:
+    argv = _process_argv(dockerfile)
+    assert argv, "no CMD or ENTRYPOINT"
+    assert argv[0] not in ("sh", "/bin/sh", "bash", "/bin/bash"), f"shell wrapper swallows SIGTERM: {argv}"
+    assert _args(dockerfile, "STOPSIGNAL") == ["SIGTERM"]
+
+
+def test_workdir_is_app(dockerfile: list[Instruction]) -> None:
+    assert _args(dockerfile, "WORKDIR") == ["/app"]
+
+
+def test_requirements_are_installed_before_the_code_is_copied(dockerfile: list[Instruction]) -> None:
+    installs = [
+        i
+        for i, (kw, arguments) in enumerate(dockerfile)
+        if kw == "RUN" and "pip install" in arguments and "-r requirements.txt" in arguments
+    ]
+    assert installs, "no `pip install -r requirements.txt`"
+    assert "--no-cache-dir" in dockerfile[installs[0]][1]
+    copies = [(i, arguments) for i, (kw, arguments) in enumerate(dockerfile) if kw == "COPY"]
+    requirements = [i for i, arguments in copies if arguments.split()[0] == "requirements.txt"]
+    assert requirements and requirements[0] < installs[0], "copy requirements.txt alone, then install"
+    code = [i for i, arguments in copies if i not in requirements]
+    assert code and min(code) > installs[0], "code copied before the install busts its layer cache"
+
+
+def test_image_copies_exactly_the_code_its_process_imports(image: str, dockerfile: list[Instruction]) -> None:
+    assert _copied_sources(dockerfile) == IMAGE_CODE[image] | {"requirements.txt"}
+
+
+def test_api_image_serves_uvicorn_on_its_exposed_port() -> None:
+    dockerfile = _instructions(DOCKERFILES["api"])
+    argv = _process_argv(dockerfile)
+    assert argv[:2] == ["uvicorn", "api.main:app"], argv
+    assert _option(argv, "--host") == "0.0.0.0"
+    assert _args(dockerfile, "EXPOSE") == [_option(argv, "--port")] == ["8000"]
+
+
+def test_worker_image_runs_the_worker_module() -> None:
+    assert _process_argv(_instructions(DOCKERFILES["worker"])) == ["python", "-m", "worker"]
+
+
+# --- .dockerignore -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "tests/test_compose.py",
+        ".venv/bin/python",
+        ".devdata/postgres/PG_VERSION",
+        "uploads/a.png",
+        "processed/a.png",
+        ".secrets.toml",
+        "api/.secrets.toml",
+        "core/__pycache__/db.cpython-311.pyc",
+        ".git/HEAD",
+    ],
+)
+def test_dockerignore_keeps_local_state_and_secrets_out_of_the_build(path: str) -> None:
+    assert _ignored(path, _dockerignore_patterns())
+
+
+def test_dockerignore_keeps_everything_the_dockerfiles_copy() -> None:
+    patterns = _dockerignore_patterns()
+    sources = set().union(*(_copied_sources(_instructions(path)) for path in DOCKERFILES.values()))
+    for source in sorted(sources):
+        assert not _ignored(source, patterns), source
+        if (ROOT / source).is_dir():
+            assert not _ignored(f"{source}/module.py", patterns), f"{source}/ contents"
