@@ -88,7 +88,11 @@ def open_image(path: Path, max_pixels: int) -> Image.Image:
         found = _PILLOW_PIXELS.search(str(exc))
         pixels = int(found.group(1)) if found else max_pixels + 1
         raise TooManyPixels(too_many_pixels_message(pixels, max_pixels)) from None
-    except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError):
+    except OSError as exc:
+        if exc.errno is not None:  # the file system failed (missing, unreadable): not the image's fault
+            raise
+        raise UnsupportedImage(UNSUPPORTED_MESSAGE) from None
+    except (SyntaxError, ValueError):
         raise UnsupportedImage(UNSUPPORTED_MESSAGE) from None
     width, height = image.size
     if width < 1 or height < 1:
@@ -103,6 +107,9 @@ def open_image(path: Path, max_pixels: int) -> Image.Image:
 def probe_image(path: Path, max_pixels: int) -> ImageInfo:
     """Identify the image at `path` from its bytes (header only; nothing is decoded)."""
     with open_image(path, max_pixels) as image:
+        # Phones and cameras write multi-picture JPEGs (MPO); they are JPEGs, processed as one picture.
+        if image.format == "MPO":
+            return ImageInfo(format="JPEG", width=image.width, height=image.height, frames=1)
         return ImageInfo(
             format=image.format or "",
             width=image.width,

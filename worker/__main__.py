@@ -5,7 +5,7 @@ TaskProcessor, and keeps going across NATS reconnects: an empty queue is a fetch
 is logged and retried, and a subscription that stays silent while the consumer reports waiting
 messages (as can happen after a server restart) is re-created.
 
-SIGTERM or SIGINT: stop fetching, let the images in flight finish and settle, drain, exit 0.
+SIGTERM or SIGINT: stop fetching, let the images in flight finish and settle, flush, exit 0.
 """
 
 from __future__ import annotations
@@ -106,8 +106,11 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             log.info("finishing %d image(s) in flight before exit", len(in_flight))
             await asyncio.gather(*in_flight, return_exceptions=True)
         if nc is not None:
+            # Every message is settled by now; flush sends the last acks. (nc.drain() would wait its
+            # full timeout on the pull subscription's pending-fetch inbox.)
             with contextlib.suppress(Exception):
-                await nc.drain()
+                await nc.flush(timeout=5)
+            await nc.close()
         executor.shutdown(wait=True)
         await engine.dispose()
 

@@ -1,0 +1,200 @@
+"""The worker's loop and ack policy, run in this process against the real API, PostgreSQL and NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+from nats.js import JetStreamContext
+from PIL import Image
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from config import get_settings
+from core import queue
+from core.models import ImageTask
+from devstack.stack import LocalServers
+from tests import images
+from worker.__main__ import run
+from worker.consumer import INPUT_MISSING
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 30, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def worker(stack_env: dict[str, str]) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(get_settings(), stop))
+    yield
+    stop.set()
+    await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture
+async def js(stack_env: dict[str, str]) -> AsyncIterator[JetStreamContext]:
+    nc = await nats.connect(stack_env["NATS_URL"])
+    yield nc.jetstream()
+    await nc.close()
+
+
+async def task_row(db: AsyncSession, task_id: int) -> ImageTask:
+    db.expire_all()
+    task = await db.get(ImageTask, task_id)
+    assert task is not None
+    return task
+
+
+async def wait_final(db: AsyncSession, task_id: int) -> ImageTask:
+    async def final() -> bool:
+        return (await task_row(db, task_id)).status in ("done", "failed")
+
+    await eventually(final, what=f"task {task_id} done or failed")
+    return await task_row(db, task_id)
+
+
+async def wait_queue_settled(js: JetStreamContext) -> None:
+    async def settled() -> bool:
+        info = await js.consumer_info(queue.STREAM, queue.DURABLE)
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    await eventually(settled, what="every message acknowledged or terminated")
+
+
+async def upload(client: httpx.AsyncClient, data: bytes, name: str = "photo.jpg") -> int:
+    response = await client.post("/upload", files={"file": (name, data, "application/octet-stream")})
+    assert response.status_code == 200, response.text
+    return response.json()["task_id"]
+
+
+def red_share(image: Image.Image, box: tuple[int, int, int, int]) -> float:
+    region = image.convert("RGB").crop(box)
+    pixels = list(region.get_flattened_data())
+    return sum(1 for r, g, b in pixels if r > 150 and g < 90 and b < 90) / len(pixels)
+
+
+async def test_an_upload_is_processed_into_a_watermarked_image(
+    client: httpx.AsyncClient, db: AsyncSession, worker: None
+) -> None:
+    task_id = await upload(client, images.jpeg(640, 480))
+
+    task = await wait_final(db, task_id)
+
+    assert task.status == "done", task.error
+    assert (task.attempts, task.error) == (1, None)
+    assert task.started_at is not None and task.finished_at is not None
+    assert task.started_at <= task.finished_at
+    status = (await client.get(f"/status/{task_id}")).json()
+    response = await client.get(status["processed_url"])
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/jpeg"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    output = Image.open(io.BytesIO(response.content))
+    assert (output.format, output.size) == ("JPEG", (640, 480))
+    assert red_share(output, (0, 0, 320, 80)) > 0.01, "the red text is near the top-left corner"
+    assert red_share(output, (320, 240, 640, 480)) == 0, "the rest of the picture is untouched"
+
+
+async def test_an_undecodable_image_fails_once_with_a_reason(
+    client: httpx.AsyncClient, db: AsyncSession, js: JetStreamContext, worker: None
+) -> None:
+    task_id = await upload(client, images.truncated_jpeg(), "cut.jpg")
+
+    task = await wait_final(db, task_id)
+    await wait_queue_settled(js)
+
+    assert task.status == "failed"
+    assert task.error and "damaged" in task.error
+    assert task.output_name is None
+    assert (await task_row(db, task_id)).attempts == 1, "a bad image is terminated, not redelivered"
+
+
+async def test_a_redelivered_message_for_a_done_task_changes_nothing(
+    client: httpx.AsyncClient,
+    db: AsyncSession,
+    js: JetStreamContext,
+    processed_dir: Path,
+    worker: None,
+) -> None:
+    task_id = await upload(client, images.jpeg(200, 150))
+    done = await wait_final(db, task_id)
+    assert done.status == "done" and done.output_name is not None
+    output = processed_dir / done.output_name
+    written = output.stat().st_mtime_ns
+    outputs_before = sorted(processed_dir.iterdir())
+
+    # The same task id again, as after a lost ack (a new message id so JetStream stores it).
+    await js.publish(queue.SUBJECT, str(task_id).encode(), headers={"Nats-Msg-Id": f"again-{task_id}"})
+    await wait_queue_settled(js)
+
+    again = await task_row(db, task_id)
+    assert (again.status, again.attempts, again.finished_at) == ("done", 1, done.finished_at)
+    assert output.stat().st_mtime_ns == written
+    assert sorted(processed_dir.iterdir()) == outputs_before
+
+
+async def test_messages_that_are_not_tasks_are_dropped_and_the_worker_goes_on(
+    client: httpx.AsyncClient, db: AsyncSession, js: JetStreamContext, worker: None
+) -> None:
+    await js.publish(queue.SUBJECT, b"not-a-task-id")
+    await js.publish(queue.SUBJECT, b"2147480000")  # a well-formed id with no row behind it
+    await wait_queue_settled(js)
+
+    task_id = await upload(client, images.jpeg())
+
+    assert (await wait_final(db, task_id)).status == "done"
+
+
+async def test_a_missing_input_file_fails_the_task_with_a_reason(
+    client: httpx.AsyncClient, db: AsyncSession, uploads_dir: Path, stack_env: dict[str, str]
+) -> None:
+    task_id = await upload(client, images.jpeg())
+    task = await task_row(db, task_id)
+    (uploads_dir / task.input_name).unlink()
+
+    stop = asyncio.Event()
+    worker_task = asyncio.create_task(run(get_settings(), stop))
+    try:
+        failed = await wait_final(db, task_id)
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker_task, 30)
+
+    assert (failed.status, failed.error) == ("failed", INPUT_MISSING)
+
+
+async def test_a_database_outage_delays_a_task_but_does_not_fail_it(
+    client: httpx.AsyncClient, db: AsyncSession, js: JetStreamContext, servers: LocalServers
+) -> None:
+    task_id = await upload(client, images.jpeg())
+    await db.close()
+
+    servers.postgres.stop()
+    stop = asyncio.Event()
+    worker_task = asyncio.create_task(run(get_settings(), stop))
+    try:
+        # The worker takes the message, cannot reach the database, and naks it with a delay.
+        async def redelivered() -> bool:
+            info = await js.consumer_info(queue.STREAM, queue.DURABLE)
+            return info.num_redelivered > 0
+
+        await eventually(redelivered, what="the message offered again after a nak")
+        servers.postgres.start()
+        task = await wait_final(db, task_id)
+    finally:
+        servers.postgres.start()
+        stop.set()
+        await asyncio.wait_for(worker_task, 30)
+
+    assert task.status == "done", task.error
+    assert task.attempts == 1, "attempts count only the runs that reached the database"
