@@ -97,11 +97,18 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     )
     nc = await _connect(settings, stop)
     in_flight: set[asyncio.Task] = set()
+
+    async def announce_stop() -> None:
+        await stop.wait()
+        log.info("stop requested with %d image(s) in flight; fetching no more", len(in_flight))
+
+    announcer = asyncio.create_task(announce_stop())
     try:
         if nc is not None:
             policy = queue.ConsumerPolicy(settings.ack_wait_seconds, settings.max_deliver)
             await _fetch_loop(_Subscription(nc.jetstream(), policy), processor, settings, stop, in_flight)
     finally:
+        announcer.cancel()
         if in_flight:
             log.info("finishing %d image(s) in flight before exit", len(in_flight))
             await asyncio.gather(*in_flight, return_exceptions=True)

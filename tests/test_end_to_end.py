@@ -1,0 +1,126 @@
+"""The whole system as users run it: the API and worker processes, PostgreSQL and NATS JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from devstack.stack import start_worker, stop_process
+from tests import images
+
+FINAL = ("done", "failed")
+
+
+@pytest.fixture(scope="module")
+def heartbeat_file(workdir: Path) -> Path:
+    return workdir / "worker.heartbeat"
+
+
+@pytest.fixture(scope="module")
+def worker_process(
+    stack_env: dict[str, str], workdir: Path, heartbeat_file: Path
+) -> Iterator[subprocess.Popen]:
+    env = {**stack_env, "WORKER_HEARTBEAT_FILE": str(heartbeat_file)}
+    process = start_worker(env, log_file=workdir / "worker.log")
+    yield process
+    assert stop_process(process) == 0, (workdir / "worker.log").read_text()[-3000:]
+
+
+async def wait_final(client: httpx.AsyncClient, task_id: int, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = (await client.get(f"/status/{task_id}")).json()
+        if status["status"] in FINAL:
+            return status
+        assert time.monotonic() < deadline, f"task {task_id} still {status['status']} after {timeout} s"
+        await asyncio.sleep(0.05)
+
+
+def red_share(image: Image.Image, box: tuple[int, int, int, int]) -> float:
+    pixels = list(image.convert("RGB").crop(box).get_flattened_data())
+    return sum(1 for r, g, b in pixels if r > 150 and g < 90 and b < 90) / len(pixels)
+
+
+async def test_a_photo_uploaded_from_the_form_shows_up_processed_on_its_result_page(
+    client: httpx.AsyncClient, worker_process: subprocess.Popen, heartbeat_file: Path
+) -> None:
+    form = await client.get("/")
+    assert 'name="file"' in form.text
+
+    posted = await client.post(
+        "/upload",
+        files={"file": ("IMG_0001.JPG", images.jpeg(1024, 768), "image/jpeg")},
+        headers={"Accept": "text/html"},
+    )
+    assert posted.status_code == 303
+    result_url = posted.headers["location"]
+    task_id = int(result_url.rsplit("/", 1)[1])
+
+    status = await wait_final(client, task_id)
+    assert status["status"] == "done", status["error"]
+
+    page = (await client.get(result_url)).text
+    assert f'<img src="{status["processed_url"]}"' in page
+    assert 'http-equiv="refresh"' not in page, "a finished task's page stops refreshing"
+    served = await client.get(status["processed_url"])
+    assert served.headers["content-type"] == "image/jpeg"
+    assert served.headers["x-content-type-options"] == "nosniff"
+    output = Image.open(io.BytesIO(served.content))
+    assert (output.format, output.size) == ("JPEG", (1024, 768))
+    assert red_share(output, (0, 0, 512, 120)) > 0.01
+    assert red_share(output, (512, 384, 1024, 768)) == 0
+    assert time.time() - heartbeat_file.stat().st_mtime < 10, "the worker reports itself alive"
+
+
+def rgba_png() -> bytes:
+    image = Image.new("RGBA", (300, 200), (0, 128, 0, 0))
+    image.paste((0, 128, 0, 255), (150, 100, 300, 200))
+    return images.encode(image, "PNG")
+
+
+def animated_gif() -> bytes:
+    frames = [Image.new("P", (120, 90), color) for color in (1, 2, 3)]
+    for frame in frames:
+        frame.putpalette([0, 0, 0, 0, 0, 255, 0, 255, 0, 255, 255, 0] + [0] * 744)
+    return images.encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=80, loop=0)
+
+
+def cmyk_jpeg() -> bytes:
+    return images.encode(Image.new("CMYK", (320, 240), (0, 0, 255, 0)), "JPEG", quality=90)
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "content_type", "frames"),
+    [
+        ("alpha.png", rgba_png(), "image/png", 1),
+        ("anim.gif", animated_gif(), "image/gif", 3),
+        ("print.jpg", cmyk_jpeg(), "image/jpeg", 1),
+        ("web.webp", images.encode(images.photo(200, 150), "WEBP"), "image/webp", 1),
+    ],
+)
+async def test_every_accepted_format_comes_back_in_its_own_format(
+    client: httpx.AsyncClient,
+    worker_process: subprocess.Popen,
+    name: str,
+    data: bytes,
+    content_type: str,
+    frames: int,
+) -> None:
+    task_id = (await client.post("/upload", files={"file": (name, data, "image/png")})).json()["task_id"]
+
+    status = await wait_final(client, task_id)
+
+    assert status["status"] == "done", status["error"]
+    served = await client.get(status["processed_url"])
+    assert served.headers["content-type"] == content_type
+    output = Image.open(io.BytesIO(served.content))
+    assert getattr(output, "n_frames", 1) == frames
+    assert red_share(output, (0, 0, output.width // 2, output.height // 4)) > 0
