@@ -102,6 +102,8 @@ async def test_the_format_comes_from_the_bytes_not_the_name(
             UNSUPPORTED_MESSAGE,
         ),
         ("doc.pdf", b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n", 415, UNSUPPORTED_MESSAGE),
+        ("scan.tif", images.encode(images.photo(30, 20), "TIFF"), 415, UNSUPPORTED_MESSAGE),
+        ("print.eps", images.encode(images.photo(30, 20), "EPS"), 415, UNSUPPORTED_MESSAGE),
         (
             "bomb.png",
             images.png_claiming(30000, 30000),

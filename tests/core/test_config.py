@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from config import ConfigError, load_settings
+import config
+from config import PROJECT_ROOT, ConfigError, load_settings
 
 NAMES = ("DATABASE_URL", "NATS_URL", "UPLOADS_DIR", "PROCESSED_DIR", "MAX_UPLOAD_BYTES", "WATERMARK_TEXT")
 
@@ -69,3 +71,11 @@ def test_a_bad_value_fails_with_the_setting_named(
 
     with pytest.raises(ConfigError, match=name):
         load_settings()
+
+
+def test_the_example_secrets_file_lists_every_setting_and_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    example = PROJECT_ROOT / ".secrets.example.toml"
+    monkeypatch.setenv("SETTINGS_FILE_FOR_DYNACONF", str(example))
+
+    assert set(tomllib.loads(example.read_text())) == set(config._DEFAULTS)
+    assert load_settings().watermark_text == "AI magic added!"
