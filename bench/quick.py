@@ -50,8 +50,8 @@ async def upload_all(
         return time.perf_counter() - started, latencies, task_ids
 
 
-async def wait_all_done(base_url: str, task_ids: list[int], timeout: float) -> int:
-    deadline = time.monotonic() + timeout
+async def wait_all_done(base_url: str, task_ids: list[int], within: float) -> int:
+    deadline = time.monotonic() + within
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         remaining = set(task_ids)
         while remaining and time.monotonic() < deadline:
@@ -111,10 +111,10 @@ def main() -> None:
         for _ in range(args.workers):
             processes.append(start_worker(env, log_file=workdir / "worker.log"))
         # Let the workers drain the backlog of phase 1 before timing phase 2.
-        asyncio.run(wait_all_done(base_url, [args.uploads + 50], timeout=300))
+        asyncio.run(wait_all_done(base_url, [args.uploads + 50], within=300))
         started = time.perf_counter()
         _, _, task_ids = asyncio.run(upload_all(base_url, data, args.uploads, args.concurrency))
-        failed = asyncio.run(wait_all_done(base_url, task_ids, timeout=600))
+        failed = asyncio.run(wait_all_done(base_url, task_ids, within=600))
         elapsed = time.perf_counter() - started
         print(
             f"end to end ({args.workers} worker process(es)): {args.uploads / elapsed:.0f} images/s, "
