@@ -98,14 +98,15 @@ def main() -> None:
         wait_until_ready(base_url, timeout=60, process=api)
         data = images.jpeg(600, 450)
         print(
-            f"input: 600×450 JPEG, {len(data):,} bytes; {args.uploads} uploads at concurrency {args.concurrency}"
+            f"input: 600×450 JPEG, {len(data):,} bytes; {args.uploads} uploads, concurrency {args.concurrency}"
         )
 
         asyncio.run(upload_all(base_url, data, 50, args.concurrency))  # warm-up
         elapsed, latencies, _ = asyncio.run(upload_all(base_url, data, args.uploads, args.concurrency))
         print(
             f"ingest (no worker): {args.uploads / elapsed:.0f} uploads/s, "
-            f"p50 {statistics.median(latencies) * 1000:.1f} ms, p99 {percentile(latencies, 0.99) * 1000:.1f} ms"
+            f"p50 {statistics.median(latencies) * 1000:.1f} ms, "
+            f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms"
         )
 
         for _ in range(args.workers):
