@@ -97,9 +97,7 @@ def main() -> None:
         processes.append(api)
         wait_until_ready(base_url, timeout=60, process=api)
         data = images.jpeg(600, 450)
-        print(
-            f"input: 600×450 JPEG, {len(data):,} bytes; {args.uploads} uploads, concurrency {args.concurrency}"
-        )
+        print(f"input: 600×450 JPEG, {len(data):,} bytes; {args.uploads} uploads, {args.concurrency} at once")
 
         asyncio.run(upload_all(base_url, data, 50, args.concurrency))  # warm-up
         elapsed, latencies, _ = asyncio.run(upload_all(base_url, data, args.uploads, args.concurrency))
