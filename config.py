@@ -39,6 +39,8 @@ class Settings:
     max_deliver: int
     retry_delay_seconds: float
     outbox_interval_seconds: float
+    processing_lease_seconds: float
+    api_keys: tuple[str, ...]
     worker_heartbeat_file: Path | None
     log_level: str
 
@@ -57,12 +59,15 @@ _DEFAULTS: dict[str, object] = {
     "MAX_DELIVER": 5,
     "RETRY_DELAY_SECONDS": 5,
     "OUTBOX_INTERVAL_SECONDS": 5,
+    "PROCESSING_LEASE_SECONDS": 300,
+    "API_KEYS": [],
     "WORKER_HEARTBEAT_FILE": "",
     "LOG_LEVEL": "INFO",
 }
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _POSTGRES_SCHEMES = ("postgresql", "postgresql+asyncpg", "postgres")
+_PLACEHOLDER_KEYS = ("change-me-change-me", "changeme-changeme", "xxxxxxxxxxxxxxxx")
 
 
 def _positive(kind: type) -> dict[str, object]:
@@ -102,9 +107,31 @@ _VALIDATORS = [
         lte=30,
         messages={"operations": "ACK_WAIT_SECONDS must be at most 30, got {value}"},
     ),
+    Validator(
+        "PROCESSING_LEASE_SECONDS",
+        is_type_of=(int, float),
+        condition=lambda lease: lease >= 60,
+        messages={
+            "condition": "PROCESSING_LEASE_SECONDS must be at least 60 (longer than any image), got {value}"
+        },
+    ),
+    Validator(
+        "API_KEYS",
+        is_type_of=(list, str),
+        condition=lambda keys: all(
+            len(key) >= 16 and key not in _PLACEHOLDER_KEYS for key in _key_list(keys)
+        ),
+        messages={"condition": "API_KEYS must hold keys of at least 16 characters, none a placeholder"},
+    ),
     Validator("WORKER_HEARTBEAT_FILE", is_type_of=str),
     Validator("LOG_LEVEL", is_in=_LOG_LEVELS),
 ]
+
+
+def _key_list(raw: list | str) -> tuple[str, ...]:
+    """API_KEYS as a TOML list, or a comma-separated string (handier in an environment variable)."""
+    items = raw.split(",") if isinstance(raw, str) else raw
+    return tuple(str(item).strip() for item in items if str(item).strip())
 
 
 def _asyncpg_url(url: str) -> str:
@@ -148,6 +175,8 @@ def load_settings() -> Settings:
         max_deliver=raw["MAX_DELIVER"],
         retry_delay_seconds=float(raw["RETRY_DELAY_SECONDS"]),
         outbox_interval_seconds=float(raw["OUTBOX_INTERVAL_SECONDS"]),
+        processing_lease_seconds=float(raw["PROCESSING_LEASE_SECONDS"]),
+        api_keys=_key_list(raw["API_KEYS"]),
         worker_heartbeat_file=Path(heartbeat) if heartbeat else None,
         log_level=raw["LOG_LEVEL"],
     )

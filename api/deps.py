@@ -1,17 +1,21 @@
-"""Dependency-injection glue: the only place routes get services, sessions and tasks from."""
+"""Dependency-injection glue: the only place routes get services, callers, sessions and tasks from."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Path, Request
+from fastapi import Depends, HTTPException, Path, Request, Security
+from fastapi.security import APIKeyHeader
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.state import Services
 from core.models import ImageTask
 
 TASK_NOT_FOUND = "Task not found"
+API_KEY_REQUIRED = "A valid X-API-Key header is required."
 # The id column is a PostgreSQL integer: larger ids cannot exist, and asking the database would fail.
 MAX_TASK_ID = 2**31 - 1
 
@@ -21,6 +25,35 @@ def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+_api_key_header = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    description="Required when the server sets API_KEYS; each key sees only the tasks it uploaded.",
+)
+
+
+def key_fingerprint(key: str) -> str:
+    """What a task records of the key that uploaded it (never the key itself)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def get_caller(
+    services: ServicesDep, presented: Annotated[str | None, Security(_api_key_header)]
+) -> str | None:
+    """The caller's key fingerprint, None when API keys are off; 401 for a missing or unknown key."""
+    keys = services.settings.api_keys
+    if not keys:
+        return None
+    # Compare against every key, in constant time, so timing reveals neither a key nor its position.
+    matches = [hmac.compare_digest(presented.encode(), key.encode()) for key in keys] if presented else []
+    if not any(matches):
+        raise HTTPException(status_code=401, detail=API_KEY_REQUIRED, headers={"WWW-Authenticate": "ApiKey"})
+    assert presented is not None
+    return key_fingerprint(presented)
+
+
+CallerDep = Annotated[str | None, Depends(get_caller)]
 
 
 async def get_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
@@ -32,9 +65,12 @@ async def get_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
-async def get_task(task_id: Annotated[int, Path(ge=1, le=MAX_TASK_ID)], session: SessionDep) -> ImageTask:
+async def get_task(
+    task_id: Annotated[int, Path(ge=1, le=MAX_TASK_ID)], session: SessionDep, caller: CallerDep
+) -> ImageTask:
     task = await session.get(ImageTask, task_id)
-    if task is None:
+    # Another key's task is answered exactly like a missing one: ids reveal nothing.
+    if task is None or (caller is not None and task.owner != caller):
         raise HTTPException(status_code=404, detail=TASK_NOT_FOUND)
     return task
 

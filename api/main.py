@@ -40,7 +40,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     storage.ensure_dirs()
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
-    publisher = TaskPublisher(settings.nats_url, sessions, relay_interval=settings.outbox_interval_seconds)
+    publisher = TaskPublisher(
+        settings.nats_url,
+        sessions,
+        storage,
+        relay_interval=settings.outbox_interval_seconds,
+        lease_seconds=settings.processing_lease_seconds,
+        max_attempts=settings.max_deliver,
+    )
     await publisher.start()
     app.state.services = Services(settings, engine, sessions, storage, publisher)
     try:

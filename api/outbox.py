@@ -1,9 +1,16 @@
-"""Getting committed tasks into JetStream: the API's NATS connection and its outbox relay.
+"""Getting committed tasks into JetStream, and keeping them there: the API's NATS connection,
+its outbox relay and its lease sweep.
 
-The row is committed before its id is published. If the publish fails (NATS down, the process
-killed in between), the row keeps `queued_at IS NULL` and the relay, which runs in every API
-process, publishes it later. Replicas claim rows with `FOR UPDATE SKIP LOCKED`, and the message id
-(`Nats-Msg-Id`) makes any remaining double publish harmless, so each task is queued once.
+- The row is committed before its id is published. If the publish fails (NATS down, the process
+  killed in between), the row keeps `queued_at IS NULL` and the relay, which runs in every API
+  process, publishes it later. Replicas claim rows with `FOR UPDATE SKIP LOCKED`, and the message
+  id (`Nats-Msg-Id`) makes any remaining double publish harmless, so each task is queued once.
+- A row left `processing` past PROCESSING_LEASE_SECONDS lost its worker and, as JetStream stops
+  after MAX_DELIVER deliveries, maybe its message too. The sweep puts it back to `pending` for the
+  relay to queue again, or marks it `failed` once it has had all its attempts: nothing is stuck,
+  and nothing that kills every worker that touches it loops for ever.
+- The sweep also deletes temporary files (`.partial-*`) older than the lease: what a process killed
+  mid-write left behind.
 """
 
 from __future__ import annotations
@@ -11,32 +18,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from datetime import timedelta
 
+import anyio.to_thread
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core import queue
 from core.models import ImageTask, TaskStatus
+from core.storage import Storage
 
 log = logging.getLogger(__name__)
 
 CONNECT_RETRY_SECONDS = 2.0
 RELAY_BATCH = 200
 # The request that committed a row publishes it itself a moment later; give it that moment.
-_RELAY_GRACE = text("interval '2 seconds'")
+RELAY_GRACE = timedelta(seconds=2)
+LEASE_GAVE_UP = (
+    "Processing was interrupted on all {attempts} attempts (the worker stopped each time); giving up."
+)
 
 
 class TaskPublisher:
     """Holds the API's one NATS connection for the process lifetime; never connects per request."""
 
     def __init__(
-        self, nats_url: str, sessions: async_sessionmaker[AsyncSession], *, relay_interval: float
+        self,
+        nats_url: str,
+        sessions: async_sessionmaker[AsyncSession],
+        storage: Storage,
+        *,
+        relay_interval: float,
+        lease_seconds: float,
+        max_attempts: int,
     ) -> None:
         self._nats_url = nats_url
         self._sessions = sessions
+        self._storage = storage
         self._relay_interval = relay_interval
+        self._lease = timedelta(seconds=lease_seconds)
+        self._max_attempts = max_attempts
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._stream_ready = asyncio.Event()
@@ -50,7 +74,7 @@ class TaskPublisher:
         """Connect in the background: the API serves (and accepts uploads) while NATS is down."""
         self._tasks = [
             asyncio.create_task(self._connect(), name="nats-connect"),
-            asyncio.create_task(self._relay_forever(), name="outbox-relay"),
+            asyncio.create_task(self._maintain_forever(), name="outbox-relay"),
         ]
 
     async def close(self) -> None:
@@ -87,27 +111,55 @@ class TaskPublisher:
         if not self.is_ready or self._js is None:
             return 0
         async with self._sessions() as session, session.begin():
-            rows = await session.scalars(
-                select(ImageTask.id)
-                .where(
-                    ImageTask.queued_at.is_(None),
-                    ImageTask.status == TaskStatus.PENDING,
-                    ImageTask.upload_time < func.now() - _RELAY_GRACE,
-                )
-                .order_by(ImageTask.id)
-                .limit(RELAY_BATCH)
-                .with_for_update(skip_locked=True)
-            )
-            task_ids = list(rows)
-            for task_id in task_ids:
-                await queue.publish_task(self._js, task_id)
-            if task_ids:
+            rows = (
                 await session.execute(
-                    update(ImageTask).where(ImageTask.id.in_(task_ids)).values(queued_at=func.now())
+                    select(ImageTask.id, ImageTask.attempts)
+                    .where(
+                        ImageTask.queued_at.is_(None),
+                        ImageTask.status == TaskStatus.PENDING,
+                        ImageTask.upload_time < func.now() - RELAY_GRACE,
+                    )
+                    .order_by(ImageTask.id)
+                    .limit(RELAY_BATCH)
+                    .with_for_update(skip_locked=True)
                 )
-        if task_ids:
-            log.info("outbox relay queued %d task(s)", len(task_ids))
-        return len(task_ids)
+            ).all()
+            for row in rows:
+                await queue.publish_task(self._js, row.id, row.attempts)
+            if rows:
+                await session.execute(
+                    update(ImageTask)
+                    .where(ImageTask.id.in_([row.id for row in rows]))
+                    .values(queued_at=func.now())
+                )
+        if rows:
+            log.info("outbox relay queued %d task(s)", len(rows))
+        return len(rows)
+
+    async def sweep_once(self) -> tuple[int, int]:
+        """Deal with rows whose lease on `processing` expired. Returns (re-queued, failed)."""
+        expired = (
+            ImageTask.status == TaskStatus.PROCESSING,
+            ImageTask.started_at < func.now() - self._lease,
+        )
+        async with self._sessions() as session, session.begin():
+            failed = await session.execute(
+                update(ImageTask)
+                .where(*expired, ImageTask.attempts >= self._max_attempts)
+                .values(
+                    status=TaskStatus.FAILED,
+                    error=LEASE_GAVE_UP.format(attempts=self._max_attempts),
+                    finished_at=func.now(),
+                )
+            )
+            requeued = await session.execute(
+                update(ImageTask).where(*expired).values(status=TaskStatus.PENDING, queued_at=None)
+            )
+        counts = (requeued.rowcount or 0, failed.rowcount or 0)
+        if any(counts):
+            log.warning("lease sweep: %d task(s) re-queued, %d failed after their last attempt", *counts)
+        await anyio.to_thread.run_sync(self._storage.remove_stale_partials, self._lease.total_seconds())
+        return counts
 
     async def _connect(self) -> None:
         while True:
@@ -127,9 +179,13 @@ class TaskPublisher:
                     self._nc = None
                 await asyncio.sleep(CONNECT_RETRY_SECONDS)
 
-    async def _relay_forever(self) -> None:
+    async def _maintain_forever(self) -> None:
+        last_sweep = 0.0
         while True:
             try:
+                if time.monotonic() - last_sweep > self._lease.total_seconds() / 10:
+                    last_sweep = time.monotonic()
+                    await self.sweep_once()
                 while await self.relay_once() == RELAY_BATCH:
                     pass
             except asyncio.CancelledError:

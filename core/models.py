@@ -9,7 +9,9 @@ Status machine (the only transitions the code makes):
 
 `done` and `failed` are final: a redelivered message for such a row is acknowledged and ignored.
 `queued_at` is set once the task id is safely in JetStream; rows still NULL there are published
-again by the API's outbox relay, so an upload accepted while NATS was down is not lost.
+again by the API's outbox relay, so an upload accepted while NATS was down is not lost. A row left
+in `processing` longer than the lease (its worker died and the message is gone) is put back to
+`pending` with `queued_at` NULL, or marked `failed` once it has used all its attempts.
 """
 
 from __future__ import annotations
@@ -62,5 +64,7 @@ class ImageTask(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     # Server-generated names inside UPLOADS_DIR and PROCESSED_DIR.
     input_name: Mapped[str] = mapped_column(String(64), unique=True)
-    output_name: Mapped[str | None] = mapped_column(String(64))
+    output_name: Mapped[str | None] = mapped_column(String(64), index=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # Fingerprint of the API key that uploaded the task (None when API keys are off).
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)

@@ -108,18 +108,20 @@ async def ensure_consumer(js: JetStreamContext, policy: ConsumerPolicy) -> None:
     await js.add_consumer(STREAM, consumer_config(policy))
 
 
-def message_id(task_id: int) -> str:
-    return f"task-{task_id}"
+def message_id(task_id: int, attempts: int = 0) -> str:
+    """Same task, same attempt count: same id, so JetStream keeps one copy. A task put back in the
+    queue after an expired lease has more attempts, so its new message is not mistaken for a copy."""
+    return f"task-{task_id}-{attempts}"
 
 
-async def publish_task(js: JetStreamContext, task_id: int) -> None:
+async def publish_task(js: JetStreamContext, task_id: int, attempts: int = 0) -> None:
     """Put a task id in the stream; returns once JetStream has stored it (or raises)."""
     await js.publish(
         SUBJECT,
         str(task_id).encode(),
         stream=STREAM,
         timeout=PUBLISH_TIMEOUT_SECONDS,
-        headers={"Nats-Msg-Id": message_id(task_id)},
+        headers={"Nats-Msg-Id": message_id(task_id, attempts)},
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,18 @@ class Storage:
 
     def temp_processed_path(self) -> Path:
         return self.processed_dir / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
+
+    def remove_stale_partials(self, older_than_seconds: float) -> int:
+        """Delete temporary files a killed process left behind; live writers finish long before."""
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for folder in (self.uploads_dir, self.processed_dir):
+            for path in folder.glob(f"{_TEMP_PREFIX}*"):
+                with contextlib.suppress(FileNotFoundError):
+                    if path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        removed += 1
+        return removed
 
 
 def new_stored_name(extension: str) -> str:

@@ -31,6 +31,8 @@ TEST_SETTINGS = {
     "RETRY_DELAY_SECONDS": "0.5",
     "OUTBOX_INTERVAL_SECONDS": "0.5",
     "MAX_DELIVER": "3",
+    # The shortest lease allowed: the API sweeps every tenth of it (6 s).
+    "PROCESSING_LEASE_SECONDS": "60",
     "WORKER_CONCURRENCY": "2",
     "LOG_LEVEL": "INFO",
 }

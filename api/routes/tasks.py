@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from api.deps import ServicesDep, SessionDep, TaskDep
+from api.deps import CallerDep, ServicesDep, SessionDep, TaskDep
 from api.schemas import ErrorResponse, TaskStatusResponse, UploadResponse, result_url, status_url, task_status
 from api.uploads import ReceivedUpload, receive_upload
 from core.formats import CONTENT_TYPES, EXTENSIONS
@@ -22,11 +22,11 @@ router = APIRouter(tags=["tasks"])
 
 UPLOAD_ACCEPTED = "Upload accepted; the image is queued for processing."
 UPLOAD_REPLAYED = "This Idempotency-Key was already used for this file; here is the task it created."
-BAD_IDEMPOTENCY_KEY = "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces."
+BAD_IDEMPOTENCY_KEY = "Idempotency-Key must be 1 to 200 printable ASCII characters without spaces."
 IDEMPOTENCY_KEY_REUSED = "This Idempotency-Key was already used for a different file."
 PROCESSED_NOT_FOUND = "Processed image not found"
 
-_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
 _MEDIA_TYPES = {EXTENSIONS[fmt]: CONTENT_TYPES[fmt] for fmt in EXTENSIONS}
 
 # The body is read by hand (see api/uploads.py), so describe it for /docs ourselves.
@@ -50,12 +50,13 @@ def _wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "")
 
 
-def _checked_key(raw: str | None) -> str | None:
+def _stored_key(raw: str | None, caller: str | None) -> str | None:
+    """The Idempotency-Key as stored: scoped to the caller's API key, so keys cannot collide."""
     if raw is None:
         return None
     if not _IDEMPOTENCY_KEY.fullmatch(raw):
         raise HTTPException(status_code=400, detail=BAD_IDEMPOTENCY_KEY)
-    return raw
+    return raw if caller is None else f"{caller}:{raw}"
 
 
 async def _task_for_key(session: SessionDep, key: str, upload: ReceivedUpload) -> ImageTask | None:
@@ -66,7 +67,7 @@ async def _task_for_key(session: SessionDep, key: str, upload: ReceivedUpload) -
 
 
 async def _create_task(
-    services: ServicesDep, session: SessionDep, upload: ReceivedUpload, key: str | None
+    services: ServicesDep, session: SessionDep, upload: ReceivedUpload, key: str | None, owner: str | None
 ) -> ImageTask:
     input_name = new_stored_name(upload.info.extension)
     stored = services.storage.upload_path(input_name)
@@ -80,6 +81,7 @@ async def _create_task(
         sha256=upload.sha256,
         input_name=input_name,
         idempotency_key=key,
+        owner=owner,
     )
     session.add(task)
     try:
@@ -111,6 +113,7 @@ def _answer(request: Request, task: ImageTask, message: str, *, replayed: bool):
     responses={
         303: {"description": "Browser form posts (Accept: text/html) are sent to the result page."},
         400: {"model": ErrorResponse, "description": "Empty file or malformed Idempotency-Key."},
+        401: {"model": ErrorResponse, "description": "API keys are on and X-API-Key is missing or unknown."},
         413: {"model": ErrorResponse, "description": "The upload is over MAX_UPLOAD_BYTES."},
         415: {"model": ErrorResponse, "description": "Not a JPEG, PNG, GIF, WebP or BMP image."},
         422: {"model": ErrorResponse, "description": "Bad form, too many pixels, or a reused key."},
@@ -121,6 +124,7 @@ async def upload(
     request: Request,
     services: ServicesDep,
     session: SessionDep,
+    caller: CallerDep,
     idempotency_key: Annotated[str | None, Header()] = None,
 ):
     """Upload an image (multipart field `file`) and queue it for processing.
@@ -128,7 +132,7 @@ async def upload(
     With an `Idempotency-Key` header, a retried upload of the same file returns the task the first
     one created instead of a new one.
     """
-    key = _checked_key(idempotency_key)
+    key = _stored_key(idempotency_key, caller)
     settings = services.settings
     received = await receive_upload(
         request,
@@ -140,7 +144,7 @@ async def upload(
         existing = await _task_for_key(session, key, received) if key else None
         if existing is None:
             try:
-                task = await _create_task(services, session, received, key)
+                task = await _create_task(services, session, received, key, caller)
             except IntegrityError:
                 # A concurrent request with the same key committed first.
                 await session.rollback()
@@ -158,7 +162,10 @@ async def upload(
 @router.get(
     "/status/{task_id}",
     response_model=TaskStatusResponse,
-    responses={404: {"model": ErrorResponse, "description": "No such task."}},
+    responses={
+        401: {"model": ErrorResponse, "description": "API keys are on and X-API-Key is missing or unknown."},
+        404: {"model": ErrorResponse, "description": "No such task (or another key's)."},
+    },
 )
 async def get_status(task: TaskDep) -> TaskStatusResponse:
     """A task's state: `pending`, `processing`, `done` (with `processed_url`) or `failed` (with `error`)."""
@@ -170,13 +177,22 @@ async def get_status(task: TaskDep) -> TaskStatusResponse:
     response_class=FileResponse,
     responses={
         200: {"content": {mt: {} for mt in _MEDIA_TYPES.values()}, "description": "The processed image."},
-        404: {"model": ErrorResponse, "description": "No such processed image."},
+        401: {"model": ErrorResponse, "description": "API keys are on and X-API-Key is missing or unknown."},
+        404: {"model": ErrorResponse, "description": "No such processed image (or another key's)."},
     },
 )
-async def get_processed(name: Annotated[str, Path(max_length=64)], services: ServicesDep) -> FileResponse:
+async def get_processed(
+    name: Annotated[str, Path(max_length=64)], services: ServicesDep, session: SessionDep, caller: CallerDep
+) -> FileResponse:
     """A processed image, by the generated name given in `processed_url`."""
     if not is_stored_name(name):
         raise HTTPException(status_code=404, detail=PROCESSED_NOT_FOUND)
+    if caller is not None:
+        owned = await session.scalar(
+            select(ImageTask.id).where(ImageTask.output_name == name, ImageTask.owner == caller).limit(1)
+        )
+        if owned is None:
+            raise HTTPException(status_code=404, detail=PROCESSED_NOT_FOUND)
     path = services.storage.processed_path(name)
     if not path.is_file():
         raise HTTPException(status_code=404, detail=PROCESSED_NOT_FOUND)

@@ -67,7 +67,7 @@ async def test_the_queue_message_carries_only_the_task_id(
         await nc.close()
     assert message.data == str(task_id).encode()
     assert message.headers is not None
-    assert message.headers.get("Nats-Msg-Id") == queue.message_id(task_id)
+    assert message.headers.get("Nats-Msg-Id") == queue.message_id(task_id, 0)
 
 
 async def test_a_browser_post_is_sent_to_the_result_page(client: httpx.AsyncClient) -> None:

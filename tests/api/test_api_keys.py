@@ -1,0 +1,96 @@
+"""Optional API keys: with API_KEYS set, tasks need a key, and a key sees only its own tasks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.deps import API_KEY_REQUIRED, TASK_NOT_FOUND
+from api.routes.tasks import PROCESSED_NOT_FOUND
+from core.models import ImageTask
+from devstack.servers import free_port
+from devstack.stack import start_api, stop_process, wait_until_ready
+from tests import images
+
+ALICE = {"X-API-Key": "alice-key-0123456789"}
+BOB = {"X-API-Key": "bob-key-0123456789abcdef"}
+
+
+@pytest.fixture(scope="module")
+def keyed_api(stack_env: dict[str, str], workdir: Path) -> Iterator[str]:
+    port = free_port()
+    env = {**stack_env, "API_KEYS": f"{ALICE['X-API-Key']},{BOB['X-API-Key']}"}
+    process = start_api(env, port, log_file=workdir / "keyed-api.log")
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(base_url, timeout=60, process=process)
+        yield base_url
+    finally:
+        stop_process(process)
+
+
+@pytest.fixture
+async def keyed(keyed_api: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=keyed_api, timeout=30) as http:
+        yield http
+
+
+async def upload(
+    client: httpx.AsyncClient, headers: dict[str, str], data: bytes | None = None
+) -> httpx.Response:
+    files = {"file": ("k.jpg", data or images.jpeg(), "image/jpeg")}
+    return await client.post("/upload", files=files, headers=headers)
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "not-a-key-at-all-000"}, {"X-API-Key": ""}])
+async def test_without_a_valid_key_tasks_are_401(keyed: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    uploaded = await upload(keyed, headers)
+    status = await keyed.get("/status/1", headers=headers)
+
+    for response in (uploaded, status):
+        assert response.status_code == 401
+        assert response.json() == {"detail": API_KEY_REQUIRED}
+        assert response.headers["www-authenticate"] == "ApiKey"
+
+
+async def test_health_and_the_form_stay_open(keyed: httpx.AsyncClient) -> None:
+    assert (await keyed.get("/health")).status_code == 200
+    assert (await keyed.get("/")).status_code == 200
+
+
+async def test_a_key_sees_its_own_tasks_and_no_one_elses(
+    keyed: httpx.AsyncClient, db: AsyncSession, processed_dir: Path
+) -> None:
+    task_id = (await upload(keyed, ALICE)).json()["task_id"]
+    task = await db.get(ImageTask, task_id)
+    assert task is not None and task.owner is not None
+    assert ALICE["X-API-Key"] not in task.owner, "the key itself is never stored"
+    # Finish the task by hand so its output can be asked for.
+    output_name = task.input_name
+    processed_dir.mkdir(parents=True, exist_ok=True)
+    (processed_dir / output_name).write_bytes(images.jpeg())
+    await db.execute(
+        update(ImageTask).where(ImageTask.id == task_id).values(status="done", output_name=output_name)
+    )
+    await db.commit()
+
+    for path in (f"/status/{task_id}", f"/result/{task_id}", f"/processed/{output_name}"):
+        assert (await keyed.get(path, headers=ALICE)).status_code == 200, path
+        other = await keyed.get(path, headers=BOB)
+        assert other.status_code == 404, path
+        assert other.json() in ({"detail": TASK_NOT_FOUND}, {"detail": PROCESSED_NOT_FOUND})
+
+
+async def test_idempotency_keys_are_per_api_key(keyed: httpx.AsyncClient) -> None:
+    alice = await upload(keyed, {**ALICE, "Idempotency-Key": "shared-name"}, images.jpeg(30, 30))
+    bob = await upload(keyed, {**BOB, "Idempotency-Key": "shared-name"}, images.jpeg(31, 31))
+    alice_again = await upload(keyed, {**ALICE, "Idempotency-Key": "shared-name"}, images.jpeg(30, 30))
+
+    assert alice.status_code == bob.status_code == alice_again.status_code == 200
+    assert alice.json()["task_id"] != bob.json()["task_id"]
+    assert alice_again.json()["task_id"] == alice.json()["task_id"]
