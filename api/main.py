@@ -14,12 +14,13 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.requests import ClientDisconnect
 
 from api.outbox import TaskPublisher
 from api.routes import health, pages, tasks
 from api.security import SecurityHeaders
 from api.state import Services
-from api.templating import templates
+from api.templating import templates, wants_html
 from api.uploads import UploadRefused
 from config import get_settings
 from core.db import DATABASE_UNAVAILABLE_ERRORS, make_engine, make_sessionmaker
@@ -57,19 +58,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.dispose()
 
 
-def _wants_html(request: Request) -> bool:
-    return "text/html" in request.headers.get("accept", "")
-
-
 async def _upload_refused(request: Request, exc: UploadRefused) -> Response:
     # The browser form gets a page it can show; API clients get JSON. Either way the rest of the
     # body is not read: the connection is closed after this answer.
     headers = {"Connection": "close"}
-    if _wants_html(request):
+    if wants_html(request):
         return templates.TemplateResponse(
             request, "error.html", {"message": exc.message}, status_code=exc.status_code, headers=headers
         )
     return JSONResponse({"detail": exc.message}, status_code=exc.status_code, headers=headers)
+
+
+async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+    # Nobody is left to read an answer; the partial upload was already removed.
+    log.info("client disconnected during %s %s", request.method, request.url.path)
+    return Response(status_code=400)
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> Response:
@@ -89,6 +92,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     app.add_exception_handler(UploadRefused, _upload_refused)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     for error in DATABASE_UNAVAILABLE_ERRORS:
         app.add_exception_handler(error, _database_unavailable)
 

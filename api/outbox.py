@@ -5,10 +5,13 @@ its outbox relay and its lease sweep.
   killed in between), the row keeps `queued_at IS NULL` and the relay, which runs in every API
   process, publishes it later. Replicas claim rows with `FOR UPDATE SKIP LOCKED`, and the message
   id (`Nats-Msg-Id`) makes any remaining double publish harmless, so each task is queued once.
-- A row left `processing` past PROCESSING_LEASE_SECONDS lost its worker and, as JetStream stops
-  after MAX_DELIVER deliveries, maybe its message too. The sweep puts it back to `pending` for the
-  relay to queue again, or marks it `failed` once it has had all its attempts: nothing is stuck,
-  and nothing that kills every worker that touches it loops for ever.
+- A row still `processing` after its lease (`leased_until`, renewed by its worker's heartbeats)
+  lost its worker, and perhaps its message. The sweep puts it back to `pending` for the relay to
+  queue again, or marks it `failed` once it has had all its attempts: nothing is stuck, and nothing
+  that kills every worker that touches it loops for ever.
+- A row `pending` and queued longer than the lease ago, while the consumer holds no message at all,
+  lost its message (a NATS store lost in a crash, a stream purged by hand): it is queued again.
+  The idle-consumer condition keeps a long backlog from being re-published.
 - The sweep also deletes temporary files (`.partial-*`) older than the lease: what a process killed
   mid-write left behind.
 """
@@ -24,22 +27,20 @@ from datetime import timedelta
 import anyio.to_thread
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core import queue
-from core.models import ImageTask, TaskStatus
+from core.models import INTERRUPTED_REASON, ImageTask, TaskStatus
 from core.storage import Storage
 
 log = logging.getLogger(__name__)
 
-CONNECT_RETRY_SECONDS = 2.0
+MISCONFIGURED_RETRY_SECONDS = 30.0
 RELAY_BATCH = 200
 # The request that committed a row publishes it itself a moment later; give it that moment.
 RELAY_GRACE = timedelta(seconds=2)
-LEASE_GAVE_UP = (
-    "Processing was interrupted on all {attempts} attempts (the worker stopped each time); giving up."
-)
 
 
 class TaskPublisher:
@@ -64,6 +65,8 @@ class TaskPublisher:
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._stream_ready = asyncio.Event()
+        # Why NATS is not usable beyond being unreachable, for /ready (None: nothing known).
+        self.nats_problem: str | None = None
         self._tasks: list[asyncio.Task] = []
 
     @property
@@ -136,48 +139,79 @@ class TaskPublisher:
             log.info("outbox relay queued %d task(s)", len(rows))
         return len(rows)
 
-    async def sweep_once(self) -> tuple[int, int]:
-        """Deal with rows whose lease on `processing` expired. Returns (re-queued, failed)."""
-        expired = (
-            ImageTask.status == TaskStatus.PROCESSING,
-            ImageTask.started_at < func.now() - self._lease,
-        )
+    async def sweep_once(self) -> tuple[int, int, int]:
+        """Re-queue or fail rows whose worker is gone; re-queue rows whose message is gone.
+
+        Returns how many rows were (re-queued after a lost worker, failed, re-queued after a lost
+        message).
+        """
+        expired = (ImageTask.status == TaskStatus.PROCESSING, ImageTask.leased_until < func.now())
         async with self._sessions() as session, session.begin():
             failed = await session.execute(
                 update(ImageTask)
                 .where(*expired, ImageTask.attempts >= self._max_attempts)
                 .values(
                     status=TaskStatus.FAILED,
-                    error=LEASE_GAVE_UP.format(attempts=self._max_attempts),
+                    error=INTERRUPTED_REASON.format(attempts=self._max_attempts),
                     finished_at=func.now(),
+                    leased_until=None,
                 )
             )
             requeued = await session.execute(
-                update(ImageTask).where(*expired).values(status=TaskStatus.PENDING, queued_at=None)
+                update(ImageTask)
+                .where(*expired)
+                .values(status=TaskStatus.PENDING, queued_at=None, leased_until=None)
             )
-        counts = (requeued.rowcount or 0, failed.rowcount or 0)
+        lost = await self._requeue_lost_messages()
+        counts = (requeued.rowcount or 0, failed.rowcount or 0, lost)
         if any(counts):
-            log.warning("lease sweep: %d task(s) re-queued, %d failed after their last attempt", *counts)
+            log.warning(
+                "lease sweep: %d re-queued (worker gone), %d failed, %d re-queued (message gone)", *counts
+            )
         await anyio.to_thread.run_sync(self._storage.remove_stale_partials, self._lease.total_seconds())
         return counts
 
+    async def _requeue_lost_messages(self) -> int:
+        if not self.is_ready or self._js is None:
+            return 0
+        try:
+            consumer = await self._js.consumer_info(queue.STREAM, queue.DURABLE)
+        except NotFoundError:
+            return 0  # no worker has ever started: whatever was published is still in the stream
+        if consumer.num_pending or consumer.num_ack_pending:
+            return 0
+        async with self._sessions() as session, session.begin():
+            result = await session.execute(
+                update(ImageTask)
+                .where(ImageTask.status == TaskStatus.PENDING, ImageTask.queued_at < func.now() - self._lease)
+                .values(queued_at=None)
+            )
+        return result.rowcount or 0
+
     async def _connect(self) -> None:
+        self._nc = await queue.connect_with_retry(self._nats_url, name="imagequeue-api", stop=asyncio.Event())
+        assert self._nc is not None  # without a stop event it returns only once connected
+        self._js = self._nc.jetstream()
         while True:
             try:
-                self._nc = await queue.connect(self._nats_url, name="imagequeue-api")
-                self._js = self._nc.jetstream()
                 await queue.ensure_stream(self._js)
-                self._stream_ready.set()
-                return
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
-                log.warning("NATS not available yet (%s); retrying in %.0f s", exc, CONNECT_RETRY_SECONDS)
-                if self._nc is not None:
-                    with contextlib.suppress(Exception):
-                        await self._nc.close()
-                    self._nc = None
-                await asyncio.sleep(CONNECT_RETRY_SECONDS)
+                if queue.is_misconfiguration(exc):
+                    # Not hidden: /ready says "misconfigured" and this is logged until it is fixed.
+                    self.nats_problem = "misconfigured"
+                    log.error(
+                        "JetStream refused the stream set-up; fix it, retrying in %.0f s: %s",
+                        MISCONFIGURED_RETRY_SECONDS,
+                        exc,
+                    )
+                    await asyncio.sleep(MISCONFIGURED_RETRY_SECONDS)
+                else:
+                    log.warning("JetStream not ready (%s); retrying", exc)
+                    await asyncio.sleep(queue.CONNECT_RETRY_SECONDS)
+                continue
+            self.nats_problem = None
+            self._stream_ready.set()
+            return
 
     async def _maintain_forever(self) -> None:
         last_sweep = 0.0

@@ -14,15 +14,16 @@ from __future__ import annotations
 import hashlib
 import os
 import unicodedata
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import anyio.to_thread
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from core.formats import ImageInfo, ImageRejected, TooManyPixels, probe_image
+from core.formats import ImageInfo, ImageRejected, UnsupportedImage, probe_image
 from core.storage import Storage, remove_quietly
 
 FILE_FIELD = "file"
@@ -30,6 +31,10 @@ FILE_FIELD = "file"
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 MAX_TEXT_FIELD_BYTES = 8 * 1024
 MAX_PARTS = 16
+MAX_PART_HEADER_BYTES = 8 * 1024
+# After refusing, read at most this much more of the body, for at most this long (see _discard_some).
+DISCARD_BYTES = 4 * 1024 * 1024
+DISCARD_SECONDS = 2.0
 DISPLAY_NAME_MAX_CHARS = 255
 
 NOT_MULTIPART = "Send the image as multipart/form-data in a field named 'file'."
@@ -39,6 +44,7 @@ TWO_FILES = "Send exactly one file per upload in the field 'file'."
 TOO_MANY_PARTS = f"Too many form fields: at most {MAX_PARTS} are accepted."
 FIELD_TOO_LARGE = f"A form field is over {MAX_TEXT_FIELD_BYTES} bytes."
 MALFORMED = "The multipart body is malformed."
+HEADERS_TOO_LARGE = f"A form part's headers are over {MAX_PART_HEADER_BYTES} bytes."
 EMPTY_FILE = "The uploaded file is empty."
 TOO_LARGE = "The upload is larger than the limit of {limit:,} bytes."
 STORAGE_FAILED = "The server could not store the upload; nothing was kept. Please try again shortly."
@@ -84,22 +90,34 @@ class _MultipartReceiver:
     files_seen: int = 0
     parts_seen: int = 0
     raw_filename: str | None = None
-    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
+    digest: Any = field(default_factory=hashlib.sha256)  # hashlib's hash type is private before 3.12
     _header_field: bytearray = field(default_factory=bytearray)
     _header_value: bytearray = field(default_factory=bytearray)
     _headers: dict[str, bytes] = field(default_factory=dict)
     _writing_file: bool = False
     _text_bytes: int = 0
+    ended: bool = False
+    _header_bytes: int = 0
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> dict[str, Callable[..., None]]:
         return {
             "on_part_begin": self.on_part_begin,
-            "on_header_field": lambda data, start, end: self._header_field.extend(data[start:end]),
-            "on_header_value": lambda data, start, end: self._header_value.extend(data[start:end]),
+            "on_header_field": lambda data, start, end: self._add_header(self._header_field, data[start:end]),
+            "on_header_value": lambda data, start, end: self._add_header(self._header_value, data[start:end]),
             "on_header_end": self.on_header_end,
             "on_headers_finished": self.on_headers_finished,
             "on_part_data": self.on_part_data,
+            "on_end": self.on_end,
         }
+
+    def on_end(self) -> None:
+        self.ended = True
+
+    def _add_header(self, buffer: bytearray, data: bytes) -> None:
+        self._header_bytes += len(data)
+        if self._header_bytes > MAX_PART_HEADER_BYTES:
+            raise UploadRefused(422, HEADERS_TOO_LARGE)
+        buffer.extend(data)
 
     def on_part_begin(self) -> None:
         self.parts_seen += 1
@@ -108,6 +126,7 @@ class _MultipartReceiver:
         self._headers = {}
         self._writing_file = False
         self._text_bytes = 0
+        self._header_bytes = 0
 
     def on_header_end(self) -> None:
         self._headers[self._header_field.decode("latin-1").lower()] = bytes(self._header_value)
@@ -156,14 +175,29 @@ def _check_declared_length(request: Request, limit: int, max_file_bytes: int) ->
         raise UploadRefused(413, TOO_LARGE.format(limit=max_file_bytes))
 
 
+async def _discard_some(chunks: AsyncIterator[bytes]) -> None:
+    """Read (and drop) a bounded part of what the client is still sending before we answer.
+
+    Closing a socket with unread data makes the kernel send a reset, and a client that is still
+    writing then loses our answer with it. Reading a little more lets the usual client (one
+    that sends its whole body before reading) see the 4xx; the bound keeps the refusal cheap.
+    """
+    discarded = 0
+    with anyio.move_on_after(DISCARD_SECONDS):
+        async for chunk in chunks:
+            discarded += len(chunk)
+            if discarded > DISCARD_BYTES:
+                return
+
+
 async def _stream_to(
-    request: Request, boundary: bytes, target: BinaryIO, max_file_bytes: int
+    chunks: AsyncIterator[bytes], boundary: bytes, target: BinaryIO, max_file_bytes: int
 ) -> _MultipartReceiver:
     raw_limit = max_file_bytes + MULTIPART_OVERHEAD_BYTES
     receiver = _MultipartReceiver(target=target, max_file_bytes=max_file_bytes)
     parser = MultipartParser(boundary, receiver.callbacks())
     received = 0
-    async for chunk in request.stream():
+    async for chunk in chunks:
         received += len(chunk)
         if received > raw_limit:
             raise UploadRefused(413, TOO_LARGE.format(limit=max_file_bytes))
@@ -173,41 +207,63 @@ async def _stream_to(
             raise
         except Exception:
             raise UploadRefused(422, MALFORMED) from None
-    try:
-        parser.finalize()
-    except Exception:
-        raise UploadRefused(422, MALFORMED) from None
+    # python-multipart's finalize() checks nothing: a body cut before its closing boundary is
+    # recognised by the end callback never having fired.
+    if not receiver.ended:
+        raise UploadRefused(422, MALFORMED)
     return receiver
 
 
+def _finish_file(target: BinaryIO, temp_path: Path, max_pixels: int, max_frames: int) -> ImageInfo:
+    """Runs in a worker thread: make the bytes durable, then identify them (header only)."""
+    target.flush()
+    os.fsync(target.fileno())
+    return probe_image(temp_path, max_pixels=max_pixels, max_frames=max_frames)
+
+
 async def receive_upload(
-    request: Request, *, storage: Storage, max_file_bytes: int, max_pixels: int
+    request: Request, *, storage: Storage, max_file_bytes: int, max_pixels: int, max_frames: int
 ) -> ReceivedUpload:
     """Stream the request's `file` part into a temporary file and identify it.
 
     Raises UploadRefused (nothing left on disk) for anything that cannot become a task.
     """
+    # Refused before reading a byte: a client that sent `Expect: 100-continue` never sends the body.
     _check_declared_length(request, max_file_bytes + MULTIPART_OVERHEAD_BYTES, max_file_bytes)
     boundary = _boundary(request)
+    chunks = request.stream()
+    try:
+        return await _receive(chunks, boundary, storage, max_file_bytes, max_pixels, max_frames)
+    except UploadRefused:
+        await _discard_some(chunks)
+        raise
+
+
+async def _receive(
+    chunks: AsyncIterator[bytes],
+    boundary: bytes,
+    storage: Storage,
+    max_file_bytes: int,
+    max_pixels: int,
+    max_frames: int,
+) -> ReceivedUpload:
     temp_path = storage.temp_upload_path()
     try:
         # Plain blocking writes of one chunk at a time: page-cache writes cost microseconds, less
         # than handing each chunk to a thread would.
         with open(temp_path, "wb") as target:  # noqa: ASYNC230
-            receiver = await _stream_to(request, boundary, target, max_file_bytes)
+            receiver = await _stream_to(chunks, boundary, target, max_file_bytes)
             if receiver.files_seen == 0:
                 raise UploadRefused(422, MISSING_FILE)
             if receiver.file_bytes == 0:
                 raise UploadRefused(400, EMPTY_FILE)
-            target.flush()
-            os.fsync(target.fileno())
-        info = await anyio.to_thread.run_sync(probe_image, temp_path, max_pixels)
-    except TooManyPixels as exc:
-        remove_quietly(temp_path)
-        raise UploadRefused(422, str(exc)) from None
-    except ImageRejected as exc:
+            info = await anyio.to_thread.run_sync(_finish_file, target, temp_path, max_pixels, max_frames)
+    except UnsupportedImage as exc:
         remove_quietly(temp_path)
         raise UploadRefused(415, str(exc)) from None
+    except ImageRejected as exc:  # too many pixels or frames
+        remove_quietly(temp_path)
+        raise UploadRefused(422, str(exc)) from None
     except OSError as exc:  # disk full, permissions: not the client's fault, and not a 500 either
         remove_quietly(temp_path)
         raise UploadRefused(503, STORAGE_FAILED) from exc

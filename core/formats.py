@@ -41,6 +41,10 @@ class TooManyPixels(ImageRejected):
     pass
 
 
+class AnimationTooLarge(ImageRejected):
+    pass
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     format: str
@@ -58,6 +62,7 @@ class ImageInfo:
 
 
 UNSUPPORTED_MESSAGE = "Unsupported file type: upload a JPEG, PNG, GIF, WebP or BMP image."
+DAMAGED_MESSAGE = "The image data is damaged or incomplete and cannot be decoded."
 
 
 def too_many_pixels_message(pixels: int, limit: int) -> str:
@@ -104,15 +109,38 @@ def open_image(path: Path, max_pixels: int) -> Image.Image:
     return image
 
 
-def probe_image(path: Path, max_pixels: int) -> ImageInfo:
-    """Identify the image at `path` from its bytes (header only; nothing is decoded)."""
+def too_many_frames_message(frames: int, limit: int) -> str:
+    return f"Animation has {frames:,} frames; the limit is {limit:,}."
+
+
+def animation_too_large_message(frames: int, width: int, height: int, limit: int) -> str:
+    return (
+        f"Animation has {frames:,} frames of {width:,}×{height:,} pixels "
+        f"({frames * width * height:,} pixels in all); the limit is {limit:,} pixels."
+    )
+
+
+def check_animation(frames: int, width: int, height: int, *, max_frames: int, max_pixels: int) -> None:
+    """Refuse animations with too many frames, or too many pixels over all frames together
+    (open_image checked one frame; every frame is decoded and kept until the encoder runs)."""
+    if frames <= 1:
+        return
+    if frames > max_frames:
+        raise AnimationTooLarge(too_many_frames_message(frames, max_frames))
+    if frames * width * height > max_pixels:
+        raise AnimationTooLarge(animation_too_large_message(frames, width, height, max_pixels))
+
+
+def probe_image(path: Path, *, max_pixels: int, max_frames: int) -> ImageInfo:
+    """Identify the image at `path` from its bytes and check its limits; no pixel is decoded
+    (counting a GIF's frames reads through the file, whose size is already bounded)."""
     with open_image(path, max_pixels) as image:
         # Phones and cameras write multi-picture JPEGs (MPO); they are JPEGs, processed as one picture.
         if image.format == "MPO":
             return ImageInfo(format="JPEG", width=image.width, height=image.height, frames=1)
-        return ImageInfo(
-            format=image.format or "",
-            width=image.width,
-            height=image.height,
-            frames=getattr(image, "n_frames", 1),
-        )
+        try:
+            frames = getattr(image, "n_frames", 1)
+        except (OSError, SyntaxError, ValueError, EOFError):
+            raise UnsupportedImage(DAMAGED_MESSAGE) from None
+        check_animation(frames, image.width, image.height, max_frames=max_frames, max_pixels=max_pixels)
+        return ImageInfo(format=image.format or "", width=image.width, height=image.height, frames=frames)

@@ -9,9 +9,9 @@ Status machine (the only transitions the code makes):
 
 `done` and `failed` are final: a redelivered message for such a row is acknowledged and ignored.
 `queued_at` is set once the task id is safely in JetStream; rows still NULL there are published
-again by the API's outbox relay, so an upload accepted while NATS was down is not lost. A row left
-in `processing` longer than the lease (its worker died and the message is gone) is put back to
-`pending` with `queued_at` NULL, or marked `failed` once it has used all its attempts.
+again by the API's outbox relay, so an upload accepted while NATS was down is not lost. A row whose
+lease (`leased_until`) ran out while `processing` lost its worker: the API's sweep puts it back to
+`pending` with `queued_at` NULL, or marks it `failed` once it has used all its attempts.
 """
 
 from __future__ import annotations
@@ -33,6 +33,12 @@ class TaskStatus(enum.StrEnum):
 
 
 FINAL_STATUSES = (TaskStatus.DONE, TaskStatus.FAILED)
+
+# Why a task failed whose every attempt ended with its worker gone (killed, out of memory). Written
+# by the worker or by the API's lease sweep, whichever notices first.
+INTERRUPTED_REASON = (
+    "Processing was interrupted on all {attempts} attempts (the worker stopped each time); giving up."
+)
 
 _STATUS_VALUES = ", ".join(f"'{status.value}'" for status in TaskStatus)
 
@@ -57,6 +63,8 @@ class ImageTask(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # While `processing`: until when the worker holds it (renewed by its heartbeats).
+    leased_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     content_type: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     width: Mapped[int] = mapped_column(Integer)

@@ -1,15 +1,19 @@
 """The JetStream side of imagequeue: names, connection, stream and consumer set-up, publishing.
 
 One stream (`IMAGE_TASKS`, file storage, work-queue retention) holds one message per task; one
-durable pull consumer (`image-workers`, explicit acks) is shared by every worker process. Whichever
+durable pull consumer (`image-workers`, explicit acks, unlimited redelivery: the row counts attempts)
+is shared by every worker process. Whichever
 process starts first creates both; the others find them in place (JetStream's create calls are
 idempotent for an identical configuration). A message's body is the task id and nothing else;
-its `Nats-Msg-Id` header is derived from the id, so a publish repeated within the duplicate window
+its `Nats-Msg-Id` header is derived from the id and attempt count, so a publish repeated within the
+duplicate window
 (a retried request, the outbox relay racing the API) is stored once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -17,7 +21,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import APIError, BadRequestError, ServiceUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -25,18 +29,20 @@ STREAM = "IMAGE_TASKS"
 SUBJECT = "imagequeue.tasks"
 DURABLE = "image-workers"
 
-DUPLICATE_WINDOW_SECONDS = 120.0
+# Long enough to catch a retried publish or the relay racing the request (seconds apart); shorter
+# than the shortest processing lease, so a task re-queued by the lease sweep is never taken for one.
+DUPLICATE_WINDOW_SECONDS = 30.0
 PUBLISH_TIMEOUT_SECONDS = 5.0
+CONNECT_RETRY_SECONDS = 2.0
 # JetStream's error code for "stream name already in use with a different configuration".
 _STREAM_NAME_IN_USE = 10058
 
 
 @dataclass(frozen=True)
 class ConsumerPolicy:
-    """How long a worker may hold a message silently, and how often it is offered at most."""
+    """How long a worker may hold a message silently before JetStream offers it to another."""
 
     ack_wait_seconds: float
-    max_deliver: int
 
 
 async def connect(url: str, *, name: str) -> NATS:
@@ -63,6 +69,18 @@ async def connect(url: str, *, name: str) -> NATS:
     )
 
 
+async def connect_with_retry(url: str, *, name: str, stop: asyncio.Event) -> NATS | None:
+    """Connect, waiting for a server that is not up yet; None if `stop` is set first."""
+    while not stop.is_set():
+        try:
+            return await connect(url, name=name)
+        except Exception as exc:  # refused, unresolvable, timed out: all pass once NATS is up
+            log.warning("NATS not available yet (%s); retrying in %.0f s", exc, CONNECT_RETRY_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), CONNECT_RETRY_SECONDS)
+    return None
+
+
 def stream_config() -> StreamConfig:
     return StreamConfig(
         name=STREAM,
@@ -81,10 +99,21 @@ def consumer_config(policy: ConsumerPolicy) -> ConsumerConfig:
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=policy.ack_wait_seconds,
-        max_deliver=policy.max_deliver,
+        # Unlimited: a database outage may outlast any count. The task's own `attempts` (in its
+        # row) bound real processing failures; see worker/consumer.py.
+        max_deliver=-1,
         filter_subject=SUBJECT,
         max_ack_pending=10_000,
     )
+
+
+class QueueMisconfigured(RuntimeError):
+    """JetStream refused our stream or consumer set-up: retrying will not help, an operator must."""
+
+
+def is_misconfiguration(exc: BaseException) -> bool:
+    """A JetStream API refusal (not 503 "JetStream not ready yet", which passes by itself)."""
+    return isinstance(exc, APIError) and not isinstance(exc, ServiceUnavailableError)
 
 
 async def ensure_stream(js: JetStreamContext) -> None:

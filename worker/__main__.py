@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nats.errors
-from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from config import ConfigError, Settings, get_settings
@@ -28,30 +28,18 @@ from core import queue
 from core.db import make_engine, make_sessionmaker
 from core.formats import configure_pillow
 from core.storage import Storage
-from worker.consumer import RenderSettings, TaskProcessor
+from worker.consumer import RenderSettings, TaskPolicy, TaskProcessor
 
 log = logging.getLogger("worker")
 
 FETCH_TIMEOUT_SECONDS = 2.0
 # After this long without a message, ask the server whether messages are in fact waiting.
 IDLE_CHECK_SECONDS = 10.0
-CONNECT_RETRY_SECONDS = 2.0
 
 
 def _touch(path: Path | None) -> None:
     if path is not None:
         path.touch()
-
-
-async def _connect(settings: Settings, stop: asyncio.Event) -> NATS | None:
-    while not stop.is_set():
-        try:
-            return await queue.connect(settings.nats_url, name="imagequeue-worker")
-        except Exception as exc:
-            log.warning("NATS not available yet (%s); retrying in %.0f s", exc, CONNECT_RETRY_SECONDS)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), CONNECT_RETRY_SECONDS)
-    return None
 
 
 class _Subscription:
@@ -62,10 +50,17 @@ class _Subscription:
         self._policy = policy
         self._sub: JetStreamContext.PullSubscription | None = None
 
-    async def fetch(self, batch: int) -> list:
+    async def fetch(self, batch: int) -> list[Msg]:
         if self._sub is None:
-            await queue.ensure_stream(self._js)
-            await queue.ensure_consumer(self._js, self._policy)
+            try:
+                await queue.ensure_stream(self._js)
+                await queue.ensure_consumer(self._js, self._policy)
+            except Exception as exc:
+                if queue.is_misconfiguration(exc):
+                    raise queue.QueueMisconfigured(
+                        f"JetStream refused the stream or consumer: {exc}"
+                    ) from exc
+                raise
             self._sub = await self._js.pull_subscribe_bind(queue.DURABLE, queue.STREAM)
         return await self._sub.fetch(batch, timeout=FETCH_TIMEOUT_SECONDS)
 
@@ -91,11 +86,14 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         storage=storage,
         executor=executor,
         render=RenderSettings(settings.watermark_text, settings.max_image_pixels, settings.max_frames),
-        ack_wait_seconds=settings.ack_wait_seconds,
-        max_deliver=settings.max_deliver,
-        retry_delay_seconds=settings.retry_delay_seconds,
+        policy=TaskPolicy(
+            ack_wait_seconds=settings.ack_wait_seconds,
+            max_attempts=settings.max_deliver,
+            retry_delay_seconds=settings.retry_delay_seconds,
+            lease_seconds=settings.processing_lease_seconds,
+        ),
     )
-    nc = await _connect(settings, stop)
+    nc = await queue.connect_with_retry(settings.nats_url, name="imagequeue-worker", stop=stop)
     in_flight: set[asyncio.Task] = set()
 
     async def announce_stop() -> None:
@@ -105,7 +103,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     announcer = asyncio.create_task(announce_stop())
     try:
         if nc is not None:
-            policy = queue.ConsumerPolicy(settings.ack_wait_seconds, settings.max_deliver)
+            policy = queue.ConsumerPolicy(settings.ack_wait_seconds)
             await _fetch_loop(_Subscription(nc.jetstream(), policy), processor, settings, stop, in_flight)
     finally:
         announcer.cancel()
@@ -145,11 +143,13 @@ async def _fetch_loop(
                 last_message = time.monotonic()
                 await _check_silence(subscription)
             continue
+        except queue.QueueMisconfigured:
+            raise
         except Exception as exc:
             log.warning("fetch failed (%s); re-creating the subscription", exc)
             await subscription.reset()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), CONNECT_RETRY_SECONDS)
+                await asyncio.wait_for(stop.wait(), queue.CONNECT_RETRY_SECONDS)
             continue
         last_message = time.monotonic()
         for message in messages:
@@ -185,7 +185,11 @@ def main() -> int:
             loop.add_signal_handler(signum, stop.set)
         await run(settings, stop)
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except queue.QueueMisconfigured as exc:
+        log.critical("%s", exc)
+        return 1
     log.info("worker stopped")
     return 0
 

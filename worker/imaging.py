@@ -24,21 +24,9 @@ from typing import Any
 
 from PIL import ExifTags, Image, ImageDraw, ImageFont
 
-from core.formats import ImageRejected, open_image
+from core.formats import DAMAGED_MESSAGE, ImageRejected, check_animation, open_image
 
-DAMAGED_MESSAGE = "The image data is damaged or incomplete and cannot be decoded."
 OUTSIDE_MESSAGE = "A frame of the animation lies far outside the picture and cannot be decoded."
-
-
-def too_many_frames_message(frames: int, limit: int) -> str:
-    return f"Animation has {frames:,} frames; the limit is {limit:,}."
-
-
-def animation_too_large_message(frames: int, width: int, height: int, limit: int) -> str:
-    return (
-        f"Animation has {frames:,} frames of {width:,}×{height:,} pixels "
-        f"({frames * width * height:,} pixels in all); the limit is {limit:,} pixels."
-    )
 
 
 @dataclass(frozen=True)
@@ -106,7 +94,7 @@ def watermark(src: Path, dst: Path, *, text: str, max_pixels: int, max_frames: i
         with _decoding():
             frame_count = 1 if is_mpo else getattr(image, "n_frames", 1)
         screen = image.size
-        _check_animation(frame_count, *screen, max_frames=max_frames, max_pixels=max_pixels)
+        check_animation(frame_count, *screen, max_frames=max_frames, max_pixels=max_pixels)
 
         frames: list[Image.Image] = []
         durations: list[float] = []
@@ -192,16 +180,6 @@ def _decoding() -> Iterator[None]:
         # SyntaxError: broken PNG chunks; ValueError: oversized compressed text chunks; the rest
         # escape from plugins parsing malformed headers.
         raise ImageRejected(DAMAGED_MESSAGE) from exc
-
-
-def _check_animation(frames: int, width: int, height: int, *, max_frames: int, max_pixels: int) -> None:
-    if frames <= 1:
-        return
-    if frames > max_frames:
-        raise ImageRejected(too_many_frames_message(frames, max_frames))
-    # open_image checked one frame; every frame is decoded and kept until the encoder runs.
-    if frames * width * height > max_pixels:
-        raise ImageRejected(animation_too_large_message(frames, width, height, max_pixels))
 
 
 def _orientation_transpose(image: Image.Image) -> Image.Transpose | None:

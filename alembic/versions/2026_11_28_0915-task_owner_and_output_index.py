@@ -1,4 +1,4 @@
-"""task owner (API key fingerprint) and an index on output_name
+"""task owner (API key fingerprint), processing lease, and an index on output_name
 
 Revision ID: 5c1e0b7d2a90
 Revises: b6686bcfaf70
@@ -19,6 +19,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.add_column("image_tasks", sa.Column("owner", sa.String(length=64), nullable=True))
+    op.add_column("image_tasks", sa.Column("leased_until", sa.DateTime(timezone=True), nullable=True))
     op.create_index(op.f("ix_image_tasks_owner"), "image_tasks", ["owner"], unique=False)
     # /processed/{name} looks the task up by its output when API keys are on.
     op.create_index(op.f("ix_image_tasks_output_name"), "image_tasks", ["output_name"], unique=False)
@@ -27,4 +28,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index(op.f("ix_image_tasks_output_name"), table_name="image_tasks")
     op.drop_index(op.f("ix_image_tasks_owner"), table_name="image_tasks")
+    op.drop_column("image_tasks", "leased_until")
     op.drop_column("image_tasks", "owner")

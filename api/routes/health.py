@@ -44,6 +44,6 @@ async def ready(services: ServicesDep) -> JSONResponse:
     body = ReadinessResponse(
         status="ready" if database_ok and nats_ok else "unavailable",
         database="ok" if database_ok else "unreachable",
-        nats="ok" if nats_ok else "unreachable",
+        nats="ok" if nats_ok else services.publisher.nats_problem or "unreachable",
     )
     return JSONResponse(body.model_dump(), status_code=200 if body.status == "ready" else 503)

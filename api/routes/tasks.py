@@ -13,7 +13,8 @@ from sqlalchemy.exc import IntegrityError
 
 from api.deps import CallerDep, ServicesDep, SessionDep, TaskDep
 from api.schemas import ErrorResponse, TaskStatusResponse, UploadResponse, result_url, status_url, task_status
-from api.uploads import ReceivedUpload, receive_upload
+from api.templating import wants_html
+from api.uploads import STORAGE_FAILED, ReceivedUpload, UploadRefused, receive_upload
 from core.formats import CONTENT_TYPES, EXTENSIONS
 from core.models import ImageTask
 from core.storage import is_stored_name, new_stored_name, remove_quietly
@@ -46,10 +47,6 @@ _UPLOAD_BODY = {
 }
 
 
-def _wants_html(request: Request) -> bool:
-    return "text/html" in request.headers.get("accept", "")
-
-
 def _stored_key(raw: str | None, caller: str | None) -> str | None:
     """The Idempotency-Key as stored: scoped to the caller's API key, so keys cannot collide."""
     if raw is None:
@@ -71,7 +68,10 @@ async def _create_task(
 ) -> ImageTask:
     input_name = new_stored_name(upload.info.extension)
     stored = services.storage.upload_path(input_name)
-    os.replace(upload.temp_path, stored)
+    try:
+        os.replace(upload.temp_path, stored)
+    except OSError as exc:
+        raise UploadRefused(503, STORAGE_FAILED) from exc
     task = ImageTask(
         filename=upload.display_name,
         content_type=upload.info.content_type,
@@ -93,7 +93,7 @@ async def _create_task(
 
 
 def _answer(request: Request, task: ImageTask, message: str, *, replayed: bool):
-    if _wants_html(request):
+    if wants_html(request):
         return RedirectResponse(result_url(task.id), status_code=303)
     body = UploadResponse(
         task_id=task.id,
@@ -139,6 +139,7 @@ async def upload(
         storage=services.storage,
         max_file_bytes=settings.max_upload_bytes,
         max_pixels=settings.max_image_pixels,
+        max_frames=settings.max_frames,
     )
     try:
         existing = await _task_for_key(session, key, received) if key else None

@@ -13,8 +13,7 @@ import httpx
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.outbox import LEASE_GAVE_UP
-from core.models import ImageTask
+from core.models import INTERRUPTED_REASON, ImageTask
 from tests import images
 
 SWEEP_DEADLINE_SECONDS = 30  # the API sweeps every 6 s with the 60 s lease of the test settings
@@ -28,7 +27,12 @@ async def stuck_task(client: httpx.AsyncClient, db: AsyncSession, attempts: int)
     await db.execute(
         update(ImageTask)
         .where(ImageTask.id == task_id)
-        .values(status="processing", attempts=attempts, started_at=datetime.now(UTC) - timedelta(minutes=2))
+        .values(
+            status="processing",
+            attempts=attempts,
+            started_at=datetime.now(UTC) - timedelta(minutes=2),
+            leased_until=datetime.now(UTC) - timedelta(seconds=1),
+        )
     )
     await db.commit()
     return task_id
@@ -63,7 +67,7 @@ async def test_a_task_out_of_attempts_fails_with_a_reason(
 
     task = await wait_for(db, task_id, lambda task: task.status == "failed")
 
-    assert task.error == LEASE_GAVE_UP.format(attempts=3)
+    assert task.error == INTERRUPTED_REASON.format(attempts=3)
     assert task.finished_at is not None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from pathlib import Path
 
@@ -124,7 +125,7 @@ async def test_refused_files_get_a_clear_answer_and_leave_nothing_behind(
     assert stored_files(uploads_dir) == before
 
 
-async def test_an_upload_over_the_declared_limit_is_refused_without_reading_it(
+async def test_an_upload_over_the_limit_gets_413_and_leaves_nothing(
     client: httpx.AsyncClient, uploads_dir: Path
 ) -> None:
     before = stored_files(uploads_dir)
@@ -135,6 +136,30 @@ async def test_an_upload_over_the_declared_limit_is_refused_without_reading_it(
     assert response.status_code == 413
     assert response.json() == {"detail": uploads.TOO_LARGE.format(limit=1_000_000)}
     assert stored_files(uploads_dir) == before
+
+
+async def test_a_declared_oversize_body_is_refused_before_it_is_sent(api_process: str) -> None:
+    """Content-Length over the limit with `Expect: 100-continue`: 413 at once, no invitation to send."""
+    host, port = api_process.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        (
+            "POST /upload HTTP/1.1\r\n"
+            f"Host: {host}\r\n"
+            "Content-Type: multipart/form-data; boundary=x\r\n"
+            "Content-Length: 104857600\r\n"
+            "Expect: 100-continue\r\n\r\n"
+        ).encode()
+    )
+    await writer.drain()
+    try:
+        status_line = await asyncio.wait_for(reader.readline(), timeout=5)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+    assert status_line.startswith(b"HTTP/1.1 413"), status_line
 
 
 async def test_a_streamed_upload_is_cut_off_at_the_limit(api_process: str, uploads_dir: Path) -> None:
@@ -157,23 +182,34 @@ async def test_a_streamed_upload_is_cut_off_at_the_limit(api_process: str, uploa
     )
     total_planned = 50 * 1024 * 1024
     sent = 0
+    answered = asyncio.Event()
 
     async def send_body() -> None:
+        # Like a browser: keep sending while watching for an early answer, and stop on it. Pacing
+        # the chunks lets the server keep up, so it never closes on unread data (which would make
+        # the kernel reset the connection and drop the answer on the floor).
         nonlocal sent
         chunk = b"\xff" * 65536
         pieces = [head] + [chunk] * (total_planned // len(chunk))
-        try:
+        with contextlib.suppress(ConnectionError, OSError):
             for piece in pieces:
+                if answered.is_set():
+                    return
                 writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
                 await writer.drain()
                 sent += len(piece)
-        except (ConnectionError, OSError):
-            pass
+                await asyncio.sleep(0.001)
 
     sender = asyncio.create_task(send_body())
-    status_line = await asyncio.wait_for(reader.readline(), timeout=20)
-    sender.cancel()
-    writer.close()
+    try:
+        status_line = await asyncio.wait_for(reader.readline(), timeout=20)
+        answered.set()
+        await sender
+    finally:
+        sender.cancel()
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
 
     assert status_line.startswith(b"HTTP/1.1 413"), status_line
     # `sent` includes what sits in the two loopback socket buffers (a few MB); an uncapped server

@@ -33,7 +33,7 @@ async def nc(fresh_nats: LocalNats) -> AsyncIterator[NATS]:
 
 async def test_every_process_can_ensure_the_stream_at_once(nc: NATS) -> None:
     js = nc.jetstream()
-    policy = queue.ConsumerPolicy(ack_wait_seconds=7, max_deliver=4)
+    policy = queue.ConsumerPolicy(ack_wait_seconds=7)
 
     await asyncio.gather(*(queue.ensure_stream(js) for _ in range(8)))
     await asyncio.gather(*(queue.ensure_consumer(js, policy) for _ in range(8)))
@@ -43,7 +43,7 @@ async def test_every_process_can_ensure_the_stream_at_once(nc: NATS) -> None:
     assert stream.config.subjects == [queue.SUBJECT]
     assert stream.config.storage == StorageType.FILE
     assert stream.config.retention == RetentionPolicy.WORK_QUEUE
-    assert (consumer.config.ack_wait, consumer.config.max_deliver) == (7, 4)
+    assert (consumer.config.ack_wait, consumer.config.max_deliver) == (7, -1)
     assert consumer.config.ack_policy == AckPolicy.EXPLICIT
 
 

@@ -15,15 +15,15 @@ from typing import Any
 import pytest
 from PIL import ExifTags, Image, ImageChops, ImageCms, ImageFile, JpegImagePlugin, PngImagePlugin
 
-from core.formats import ImageRejected, TooManyPixels, too_many_pixels_message
-from worker.imaging import (
+from core.formats import (
     DAMAGED_MESSAGE,
-    OUTSIDE_MESSAGE,
-    ProcessedImage,
+    ImageRejected,
+    TooManyPixels,
     animation_too_large_message,
     too_many_frames_message,
-    watermark,
+    too_many_pixels_message,
 )
+from worker.imaging import OUTSIDE_MESSAGE, ProcessedImage, watermark
 
 TEXT = "AI magic added!"
 MAX_PIXELS = 50_000_000
