@@ -11,6 +11,7 @@ A bad value stops start-up with a `ConfigError` that names the setting.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -66,41 +67,59 @@ _DEFAULTS: dict[str, object] = {
 }
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-_POSTGRES_SCHEMES = ("postgresql", "postgresql+asyncpg", "postgres")
+_POSTGRES_URL = re.compile(r"(postgresql|postgresql\+asyncpg|postgres)://\S+")
+_NATS_URL = re.compile(r"(nats|tls)://[^,\s]+")
 _PLACEHOLDER_KEYS = ("change-me-change-me", "changeme-changeme", "xxxxxxxxxxxxxxxx")
 
 
-def _positive(kind: type) -> dict[str, object]:
-    return {"is_type_of": kind, "gt": 0}
+def _number(value: object) -> bool:
+    """TOML and environment values parse `true` as a bool, which Python also counts as an int."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 _VALIDATORS = [
     Validator(
         "DATABASE_URL",
         is_type_of=str,
-        condition=lambda url: url.split("://", 1)[0] in _POSTGRES_SCHEMES,
+        condition=lambda url: bool(_POSTGRES_URL.fullmatch(url)),
         messages={"condition": "DATABASE_URL must be a postgresql:// URL, got {value!r}"},
     ),
     Validator(
         "NATS_URL",
         is_type_of=str,
-        condition=lambda url: all(
-            part.strip().split("://", 1)[0] in ("nats", "tls") for part in url.split(",")
-        ),
+        condition=lambda url: all(_NATS_URL.fullmatch(part.strip()) for part in url.split(",")),
         messages={
             "condition": "NATS_URL must be nats:// URLs (comma-separated for a cluster), got {value!r}"
         },
     ),
-    Validator("UPLOADS_DIR", "PROCESSED_DIR", "WATERMARK_TEXT", is_type_of=str, len_min=1),
+    # Text settings may look like numbers to the TOML parser (WATERMARK_TEXT=2024): keep them text.
+    Validator("UPLOADS_DIR", "PROCESSED_DIR", "WATERMARK_TEXT", cast=str, len_min=1),
     Validator("WATERMARK_TEXT", len_max=200),
-    Validator("MAX_UPLOAD_BYTES", "MAX_IMAGE_PIXELS", "MAX_FRAMES", "WORKER_CONCURRENCY", **_positive(int)),
-    Validator("MAX_DELIVER", is_type_of=int, gte=1),
-    Validator(
-        "ACK_WAIT_SECONDS",
-        "RETRY_DELAY_SECONDS",
-        "OUTBOX_INTERVAL_SECONDS",
-        is_type_of=(int, float),
-        gt=0,
+    *(
+        Validator(
+            name,
+            condition=_count,
+            messages={"condition": f"{name} must be a whole number above 0, got {{value!r}}"},
+        )
+        for name in (
+            "MAX_UPLOAD_BYTES",
+            "MAX_IMAGE_PIXELS",
+            "MAX_FRAMES",
+            "WORKER_CONCURRENCY",
+            "MAX_DELIVER",
+        )
+    ),
+    *(
+        Validator(
+            name,
+            condition=lambda value: _number(value) and value > 0,
+            messages={"condition": f"{name} must be a number above 0, got {{value!r}}"},
+        )
+        for name in ("ACK_WAIT_SECONDS", "RETRY_DELAY_SECONDS", "OUTBOX_INTERVAL_SECONDS")
     ),
     Validator(
         "ACK_WAIT_SECONDS",
@@ -109,8 +128,7 @@ _VALIDATORS = [
     ),
     Validator(
         "PROCESSING_LEASE_SECONDS",
-        is_type_of=(int, float),
-        condition=lambda lease: lease >= 60,
+        condition=lambda lease: _number(lease) and lease >= 60,
         messages={
             "condition": "PROCESSING_LEASE_SECONDS must be at least 60 (longer than any image), got {value}"
         },
@@ -140,15 +158,26 @@ def _asyncpg_url(url: str) -> str:
     return url if scheme == "postgresql+asyncpg" else f"postgresql+asyncpg://{rest}"
 
 
-def load_settings() -> Settings:
-    """Read and validate every layer now; raise ConfigError naming the first bad setting."""
-    raw = Dynaconf(
+def _layers() -> Dynaconf:
+    """`.secrets.toml` and the environment, without our defaults."""
+    return Dynaconf(
         envvar_prefix=False,
         environments=False,
         load_dotenv=False,
         root_path=str(PROJECT_ROOT),
         settings_files=[".secrets.toml"],
     )
+
+
+def configured_names() -> set[str]:
+    """The settings that `.secrets.toml` or the environment give a value (the rest are defaults)."""
+    raw = _layers()
+    return {name for name in _DEFAULTS if raw.get(name) is not None}
+
+
+def load_settings() -> Settings:
+    """Read and validate every layer now; raise ConfigError naming the first bad setting."""
+    raw = _layers()
     for key, value in _DEFAULTS.items():
         raw.setdefault(key, value)
     try:

@@ -2,18 +2,18 @@
 
 Starts PostgreSQL and NATS from their wheels with data in `.devdata/` (kept between runs), applies
 the migrations, then runs the API on http://localhost:PORT and one worker until Ctrl-C, and stops
-everything in order. Where DATABASE_URL or NATS_URL is set, that server is used instead of a
-local one.
+everything in order. Where DATABASE_URL or NATS_URL is set (environment or .secrets.toml), that
+server is used instead of a local one.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
 
+from config import configured_names, get_settings
 from devstack.stack import (
     PROJECT_ROOT,
     LocalServers,
@@ -33,8 +33,9 @@ def main() -> int:
 
     servers = LocalServers(PROJECT_ROOT / ".devdata")
     env: dict[str, str] = {}
-    own_postgres = "DATABASE_URL" not in os.environ
-    own_nats = "NATS_URL" not in os.environ
+    configured = configured_names()  # from .secrets.toml or the environment
+    own_postgres = "DATABASE_URL" not in configured
+    own_nats = "NATS_URL" not in configured
     if own_postgres:
         servers.postgres.start()
         env["DATABASE_URL"] = servers.postgres.url()
@@ -46,7 +47,7 @@ def main() -> int:
         signal.signal(signum, lambda *_: stopping.set())
     processes = []
     try:
-        migrate(env.get("DATABASE_URL") or os.environ["DATABASE_URL"])
+        migrate(env.get("DATABASE_URL") or get_settings().database_url)
         api = start_api(env, args.port)
         processes.append(api)
         processes.extend(start_worker(env) for _ in range(args.workers))

@@ -24,13 +24,15 @@ DEFAULT_NATS_PORT = 4222
 
 def migrate(database_url: str) -> None:
     """`alembic upgrade head` against `database_url`, as the compose `migrate` service runs it."""
-    subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "alembic", "upgrade", "head"],
         cwd=PROJECT_ROOT,
         env={**os.environ, "DATABASE_URL": database_url},
-        check=True,
         capture_output=True,
+        text=True,
     )
+    if result.returncode != 0:
+        raise RuntimeError(f"alembic upgrade head failed:\n{result.stderr[-3000:]}")
 
 
 @dataclass

@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from pathlib import Path
 
 import httpx
 import nats
 import pytest
+from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api import uploads
 from api.routes import tasks
 from core import queue
-from core.formats import UNSUPPORTED_MESSAGE
+from core.formats import UNSUPPORTED_MESSAGE, too_many_frames_message
 from core.models import ImageTask
 from core.storage import is_stored_name
 from tests import images
@@ -318,3 +320,76 @@ async def test_client_file_names_are_display_names_only(
     assert task.filename == shown
     assert is_stored_name(task.input_name)
     assert (uploads_dir / task.input_name).is_file()
+
+
+async def raw_exchange(api_process: str, request: bytes, *, close_early: bool = False) -> bytes:
+    """Send bytes exactly as given (no client-side URL clean-up) and return the status line."""
+    host, port = api_process.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        await writer.drain()
+        if close_early:
+            return b""
+        return await asyncio.wait_for(reader.readline(), timeout=10)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+def multipart_request(body: bytes, boundary: str = "xyz") -> bytes:
+    head = (
+        "POST /upload HTTP/1.1\r\nHost: test\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def test_a_body_cut_before_its_closing_boundary_is_422(api_process: str, uploads_dir: Path) -> None:
+    before = stored_files(uploads_dir)
+    body = (
+        b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n" + images.jpeg()
+    )  # no closing --xyz--
+
+    status_line = await raw_exchange(api_process, multipart_request(body))
+
+    assert status_line.startswith(b"HTTP/1.1 422"), status_line
+    assert stored_files(uploads_dir) == before
+
+
+async def test_an_animation_over_the_frame_limit_is_refused_at_upload(client: httpx.AsyncClient) -> None:
+    frames = [Image.new("L", (4, 4), shade) for shade in range(60)]  # the tests allow 50
+    data = images.encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+
+    response = await upload(client, data, "long.gif")
+
+    assert response.status_code == 422
+    assert response.json() == {"detail": too_many_frames_message(60, 50)}
+
+
+async def test_a_client_that_vanishes_mid_upload_leaves_nothing_behind(
+    api_process: str, client: httpx.AsyncClient, uploads_dir: Path
+) -> None:
+    before = stored_files(uploads_dir)
+    body = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n' + images.jpeg()
+    request = multipart_request(body + b"\r\n--xyz--\r\n")
+    # Promise the whole body, send half of it, hang up.
+    await raw_exchange(api_process, request[: len(request) // 2], close_early=True)
+
+    deadline = time.monotonic() + 10
+    while stored_files(uploads_dir) != before:
+        assert time.monotonic() < deadline, "the half-received upload was not removed"
+        await asyncio.sleep(0.05)
+    assert (await client.get("/health")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path", ["/processed/../config.py", "/static/../config.py", "/processed/..%2Fconfig.py"]
+)
+async def test_no_raw_path_reaches_outside_the_served_folders(api_process: str, path: str) -> None:
+    status_line = await raw_exchange(api_process, f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+
+    assert status_line.startswith(b"HTTP/1.1 404"), status_line

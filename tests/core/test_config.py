@@ -62,6 +62,13 @@ def test_a_plain_postgresql_url_gets_the_async_driver(monkeypatch: pytest.Monkey
         ("MAX_UPLOAD_BYTES", "lots"),
         ("ACK_WAIT_SECONDS", "90"),
         ("LOG_LEVEL", "LOUD"),
+        ("DATABASE_URL", "postgresql"),
+        ("NATS_URL", "nats"),
+        ("ACK_WAIT_SECONDS", "true"),
+        ("MAX_FRAMES", "true"),
+        ("MAX_DELIVER", "0"),
+        ("PROCESSING_LEASE_SECONDS", "5"),
+        ("API_KEYS", "short"),
     ],
 )
 def test_a_bad_value_fails_with_the_setting_named(
@@ -79,3 +86,27 @@ def test_the_example_secrets_file_lists_every_setting_and_loads(monkeypatch: pyt
 
     assert set(tomllib.loads(example.read_text())) == set(config._DEFAULTS)
     assert load_settings().watermark_text == "AI magic added!"
+
+
+def test_text_settings_stay_text_even_when_they_look_like_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATERMARK_TEXT", "2024")
+
+    assert load_settings().watermark_text == "2024"
+
+
+def test_api_keys_come_as_a_list_or_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("API_KEYS", "first-key-0123456789, second-key-0123456789")
+
+    assert load_settings().api_keys == ("first-key-0123456789", "second-key-0123456789")
+
+
+def test_configured_names_are_those_given_by_a_file_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text('NATS_URL = "nats://elsewhere:4222"\n')
+    monkeypatch.setenv("SETTINGS_FILE_FOR_DYNACONF", str(secrets))
+    monkeypatch.setenv("MAX_FRAMES", "10")
+
+    assert {"NATS_URL", "MAX_FRAMES"} <= config.configured_names()
+    assert "DATABASE_URL" not in config.configured_names()

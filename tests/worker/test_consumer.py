@@ -6,6 +6,7 @@ import asyncio
 import io
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -21,7 +22,7 @@ from core.models import ImageTask
 from devstack.stack import LocalServers
 from tests import images
 from worker.__main__ import run
-from worker.consumer import INPUT_MISSING
+from worker.consumer import GAVE_UP, INPUT_MISSING
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 30, what: str = "") -> None:
@@ -173,22 +174,26 @@ async def test_a_missing_input_file_fails_the_task_with_a_reason(
     assert (failed.status, failed.error) == ("failed", INPUT_MISSING)
 
 
-async def test_a_database_outage_delays_a_task_but_does_not_fail_it(
+async def test_a_database_outage_longer_than_max_deliver_retries_delays_a_task_but_does_not_fail_it(
     client: httpx.AsyncClient, db: AsyncSession, js: JetStreamContext, servers: LocalServers
 ) -> None:
+    settings = get_settings()
     task_id = await upload(client, images.jpeg())
     await db.close()
 
     servers.postgres.stop()
     stop = asyncio.Event()
-    worker_task = asyncio.create_task(run(get_settings(), stop))
+    worker_task = asyncio.create_task(run(settings, stop))
     try:
-        # The worker takes the message, cannot reach the database, and naks it with a delay.
+        # The worker takes the message, cannot reach the database, and naks it with a delay...
         async def redelivered() -> bool:
             info = await js.consumer_info(queue.STREAM, queue.DURABLE)
             return info.num_redelivered > 0
 
         await eventually(redelivered, what="the message offered again after a nak")
+        # ...and the outage lasts for more naks than MAX_DELIVER (the length of the fault is the
+        # point of this test, so it is timed; nothing here waits for an event by sleeping).
+        await asyncio.sleep((settings.max_deliver + 2) * settings.retry_delay_seconds)
         servers.postgres.start()
         task = await wait_final(db, task_id)
     finally:
@@ -198,3 +203,34 @@ async def test_a_database_outage_delays_a_task_but_does_not_fail_it(
 
     assert task.status == "done", task.error
     assert task.attempts == 1, "attempts count only the runs that reached the database"
+
+
+async def test_a_task_whose_every_attempt_fails_ends_failed_after_max_deliver_attempts(
+    client: httpx.AsyncClient,
+    db: AsyncSession,
+    js: JetStreamContext,
+    stack_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """A passing-looking fault that never passes (here: the output folder became a file)."""
+    processed = tmp_path / "processed"
+    settings = replace(get_settings(), processed_dir=processed)
+    stop = asyncio.Event()
+    worker_task = asyncio.create_task(run(settings, stop))
+    try:
+
+        async def fetching() -> bool:
+            return (await js.consumer_info(queue.STREAM, queue.DURABLE)).num_waiting > 0
+
+        await eventually(fetching, what="the worker waiting for messages")
+        processed.rmdir()
+        processed.write_bytes(b"not a folder")
+        task_id = await upload(client, images.jpeg())
+        task = await wait_final(db, task_id)
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker_task, 30)
+
+    assert task.status == "failed"
+    assert task.attempts == settings.max_deliver
+    assert task.error == GAVE_UP.format(attempts=settings.max_deliver, error="Not a directory")
