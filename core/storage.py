@@ -71,7 +71,17 @@ def move_into_place(temp: Path, final: Path) -> None:
     """Publish a finished file atomically (same folder, so same filesystem) and durably."""
     with open(temp, "rb") as handle:
         os.fsync(handle.fileno())
-    os.replace(temp, final)
+    rename_durably(temp, final)
+
+
+def rename_durably(synced_temp: Path, final: Path) -> None:
+    """Rename an already-synced file into place, and sync the folder so the rename survives a crash."""
+    os.replace(synced_temp, final)
+    folder = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def remove_quietly(path: Path) -> None:

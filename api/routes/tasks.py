@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import APIRouter, Header, HTTPException, Path, Request
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -17,7 +17,7 @@ from api.templating import wants_html
 from api.uploads import STORAGE_FAILED, ReceivedUpload, UploadRefused, receive_upload
 from core.formats import CONTENT_TYPES, EXTENSIONS
 from core.models import ImageTask
-from core.storage import is_stored_name, new_stored_name, remove_quietly
+from core.storage import is_stored_name, new_stored_name, remove_quietly, rename_durably
 
 router = APIRouter(tags=["tasks"])
 
@@ -69,7 +69,8 @@ async def _create_task(
     input_name = new_stored_name(upload.info.extension)
     stored = services.storage.upload_path(input_name)
     try:
-        os.replace(upload.temp_path, stored)
+        # Off the event loop: the folder sync waits for the disk.
+        await anyio.to_thread.run_sync(rename_durably, upload.temp_path, stored)
     except OSError as exc:
         raise UploadRefused(503, STORAGE_FAILED) from exc
     task = ImageTask(
@@ -92,7 +93,7 @@ async def _create_task(
     return task
 
 
-def _answer(request: Request, task: ImageTask, message: str, *, replayed: bool):
+def _answer(request: Request, task: ImageTask, message: str, *, replayed: bool) -> Response:
     if wants_html(request):
         return RedirectResponse(result_url(task.id), status_code=303)
     body = UploadResponse(
@@ -126,7 +127,7 @@ async def upload(
     session: SessionDep,
     caller: CallerDep,
     idempotency_key: Annotated[str | None, Header()] = None,
-):
+) -> Response:
     """Upload an image (multipart field `file`) and queue it for processing.
 
     With an `Idempotency-Key` header, a retried upload of the same file returns the task the first
@@ -200,5 +201,6 @@ async def get_processed(
     return FileResponse(
         path,
         media_type=_MEDIA_TYPES.get(path.suffix, "application/octet-stream"),
-        headers={"Cache-Control": "public, max-age=31536000, immutable"},
+        # Not `immutable`: a re-run after a crash rewrites the file (with the same picture).
+        headers={"Cache-Control": "public, max-age=86400"},
     )
