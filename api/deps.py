@@ -7,8 +7,7 @@ import hmac
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Path, Request, Security
-from fastapi.security import APIKeyHeader
+from fastapi import Depends, Header, HTTPException, Path, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.state import Services
@@ -26,9 +25,10 @@ def get_services(request: Request) -> Services:
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
-_api_key_header = APIKeyHeader(
-    name="X-API-Key",
-    auto_error=False,
+# A plain optional header rather than a security scheme: OpenAPI cannot say "required only when the
+# server sets API_KEYS", and a scheme would tell clients (and /docs) that every call needs a key.
+_API_KEY_HEADER = Header(
+    alias="X-API-Key",
     description="Required when the server sets API_KEYS; each key sees only the tasks it uploaded.",
 )
 
@@ -38,9 +38,7 @@ def key_fingerprint(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def get_caller(
-    services: ServicesDep, presented: Annotated[str | None, Security(_api_key_header)]
-) -> str | None:
+def get_caller(services: ServicesDep, presented: Annotated[str | None, _API_KEY_HEADER] = None) -> str | None:
     """The caller's key fingerprint, None when API keys are off; 401 for a missing or unknown key."""
     keys = services.settings.api_keys
     if not keys:
