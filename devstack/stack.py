@@ -66,9 +66,11 @@ class LocalServers:
 
 def start_api(env: Mapping[str, str], port: int, *, log_file: Path | None = None) -> subprocess.Popen:
     return _start(
-        [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)]
-        # As in Dockerfile.api: outlive clients' keep-alive expiry so reused connections are not cut.
-        + ["--timeout-keep-alive", "30", "--timeout-graceful-shutdown", "20"],
+        [
+            *(sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)),
+            # As in Dockerfile.api: outlive clients' keep-alive expiry so reused connections are not cut.
+            *("--timeout-keep-alive", "30", "--timeout-graceful-shutdown", "20"),
+        ],
         env,
         log_file,
     )
