@@ -14,6 +14,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import DBAPIError
 from starlette.requests import ClientDisconnect
 
 from api.outbox import TaskPublisher
@@ -23,7 +24,7 @@ from api.state import Services
 from api.templating import templates, wants_html
 from api.uploads import UploadRefused
 from config import get_settings
-from core.db import DATABASE_UNAVAILABLE_ERRORS, make_engine, make_sessionmaker
+from core.db import DATABASE_UNAVAILABLE_ERRORS, is_database_unavailable, make_engine, make_sessionmaker
 from core.formats import configure_pillow
 from core.storage import Storage
 
@@ -75,7 +76,10 @@ async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
     return Response(status_code=400)
 
 
-async def _database_unavailable(request: Request, exc: Exception) -> Response:
+async def _database_error(request: Request, exc: Exception) -> Response:
+    if not is_database_unavailable(exc):
+        log.error("database error during %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": "Internal Server Error"}, status_code=500)
     log.warning("database unavailable during %s %s: %s", request.method, request.url.path, exc)
     return JSONResponse({"detail": DATABASE_UNAVAILABLE}, status_code=503, headers={"Retry-After": "5"})
 
@@ -93,8 +97,8 @@ def create_app() -> FastAPI:
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     app.add_exception_handler(UploadRefused, _upload_refused)
     app.add_exception_handler(ClientDisconnect, _client_gone)
-    for error in DATABASE_UNAVAILABLE_ERRORS:
-        app.add_exception_handler(error, _database_unavailable)
+    for error in (*DATABASE_UNAVAILABLE_ERRORS, DBAPIError):
+        app.add_exception_handler(error, _database_error)
 
     app.add_middleware(SecurityHeaders)
     return app

@@ -7,7 +7,7 @@ handed down; nothing here connects at import time.
 from __future__ import annotations
 
 from sqlalchemy import MetaData
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
@@ -32,6 +32,25 @@ DATABASE_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
+
+
+# SQLSTATE classes of a server that cannot serve us right now: 08 connection exception, 53 out of
+# resources (too many connections), 57 operator intervention (shutting down, starting up, killed).
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` means "the database cannot be reached now" rather than a bug in a query.
+
+    While PostgreSQL shuts down or starts up, asyncpg's errors reach us as a bare DBAPIError, the
+    same class that integrity and syntax errors share; their SQLSTATE tells them apart.
+    """
+    if isinstance(exc, DATABASE_UNAVAILABLE_ERRORS):
+        return True
+    if isinstance(exc, DBAPIError):
+        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+        return exc.connection_invalidated or sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+    return False
 
 
 class Base(DeclarativeBase):

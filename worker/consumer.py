@@ -36,7 +36,7 @@ from nats.aio.msg import Msg
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core.db import DATABASE_UNAVAILABLE_ERRORS
+from core.db import is_database_unavailable
 from core.formats import EXTENSIONS, ImageRejected
 from core.models import FINAL_STATUSES, INTERRUPTED_REASON, ImageTask, TaskStatus
 from core.queue import parse_task_id
@@ -159,8 +159,10 @@ class TaskProcessor:
         try:
             async with self._sessions() as session, session.begin():
                 yield session
-        except DATABASE_UNAVAILABLE_ERRORS as exc:
-            raise DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
+        except Exception as exc:
+            if is_database_unavailable(exc):
+                raise DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
+            raise
 
     async def _claim(self, task_id: int) -> _Claim | None:
         """Mark an open task `processing`, count the attempt and lease it; None if missing or final."""
@@ -217,15 +219,18 @@ class TaskProcessor:
     async def _heartbeat(self, msg: Msg, task_id: int) -> None:
         while True:
             await asyncio.sleep(self._heartbeat_seconds)
-            # A lost heartbeat costs at worst a redelivery or a re-queue, both harmless.
+            # A lost heartbeat costs at worst a redelivery or a re-queue, both harmless: it must
+            # never end the loop, nor turn a good render into a failed attempt.
             await _settle(msg.in_progress())
-            with contextlib.suppress(DatabaseUnavailable):
+            try:
                 async with self._transaction() as session:
                     await session.execute(
                         update(ImageTask)
                         .where(ImageTask.id == task_id, ImageTask.status == TaskStatus.PROCESSING)
                         .values(leased_until=func.now() + self._lease)
                     )
+            except Exception as exc:
+                log.warning("task %s: lease renewal failed: %s", task_id, exc)
 
     async def _release(self, task_id: int) -> None:
         """After a failed attempt: back to `pending` until the message comes round again."""

@@ -1,0 +1,68 @@
+"""A PostgreSQL outage that outlasts the redeliveries: tasks queued before it are processed after it.
+
+The worker gets their messages while the database is away and can do nothing but put them back;
+they must keep coming back for as long as the outage lasts, however long that is, and end done once
+the database returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from devstack.stack import LocalServers
+from tests import images
+from tests.faults.burst import new_prefix
+from tests.faults.outcome import assert_processed_once, wait_until_done, wait_until_settled
+from tests.faults.processes import Started
+
+
+async def test_tasks_queued_before_a_postgres_outage_longer_than_their_redeliveries_end_done(
+    client: httpx.AsyncClient,
+    api_process: str,
+    servers: LocalServers,
+    stack_env: dict[str, str],
+    workers: Callable[[str], Started],
+    db: AsyncSession,
+    processed_dir: Path,
+) -> None:
+    prefix = new_prefix("postgres-long-outage")
+    task_ids = set()
+    for number in range(3):
+        posted = await client.post(
+            "/upload", files={"file": (f"{prefix}-{number}.jpg", images.jpeg(160, 120), "image/jpeg")}
+        )
+        assert posted.status_code == 200, posted.text
+        task_ids.add(posted.json()["task_id"])
+    max_deliver = int(stack_env["MAX_DELIVER"])
+    try:
+        await asyncio.to_thread(servers.postgres.stop)
+        # The worker meets the queued tasks while the database is away; the outage lasts until it
+        # has met each of them MAX_DELIVER times, past any delivery limit tied to that setting.
+        worker = workers("fault-postgres-outage-worker")
+        deadline = time.monotonic() + 30
+        while True:
+            log = worker.log_file.read_text(errors="replace")
+            tries = {
+                task_id: len(re.findall(rf"task {task_id}: database unavailable", log))
+                for task_id in task_ids
+            }
+            if min(tries.values()) >= max_deliver:
+                break
+            assert time.monotonic() < deadline, (tries, worker.log_tail())
+            await asyncio.sleep(0.1)
+    finally:
+        await asyncio.to_thread(servers.postgres.start)
+
+    # With the database back, a few ACK_WAIT_SECONDS are ample for three small images.
+    await wait_until_done(client, task_ids, timeout=3 * float(stack_env["ACK_WAIT_SECONDS"]))
+    rows = await wait_until_settled(db, prefix, timeout=5)
+    assert {row.id for row in rows} == task_ids
+    assert_processed_once(rows, processed_dir)
+    assert await worker.stop() == 0, worker.log_tail()

@@ -1,0 +1,60 @@
+"""A worker SIGKILLed in the middle of an image: the message comes back after ACK_WAIT_SECONDS and
+another worker finishes the task, once, while uploads keep arriving."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tests import images
+from tests.faults.burst import Burst, new_prefix
+from tests.faults.outcome import assert_processed_once, rows_named, wait_until_done, wait_until_settled
+from tests.faults.processes import Started
+
+
+async def wait_for_status(client: httpx.AsyncClient, task_id: int, wanted: str, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while (status := (await client.get(f"/status/{task_id}")).json()["status"]) != wanted:
+        assert status in ("pending", wanted), f"task {task_id} went {status} before {wanted}"
+        assert time.monotonic() < deadline, f"task {task_id} still {status} after {timeout} s"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_worker_killed_mid_image_leaves_the_task_to_another_worker_which_finishes_it_once(
+    client: httpx.AsyncClient,
+    api_process: str,
+    workers: Callable[[str], Started],
+    db: AsyncSession,
+    processed_dir: Path,
+) -> None:
+    prefix = new_prefix("worker-kill")
+    # One worker at first, so the one holding the big image is known without reading logs.
+    first = workers("fault-worker-killed")
+    big = images.encode(images.photo(6000, 6000), "JPEG", quality=50)
+    posted = await client.post("/upload", files={"file": (f"{prefix}-big.jpg", big, "image/jpeg")})
+    assert posted.status_code == 200, posted.text
+    big_id = posted.json()["task_id"]
+
+    async with Burst(api_process, prefix) as burst:
+        await wait_for_status(client, big_id, "processing", timeout=30)
+        await first.kill()
+        [killed_mid_image] = [row for row in await rows_named(db, prefix) if row.id == big_id]
+        second = workers("fault-worker-second")
+        await burst.wait_for_more(10)
+
+    assert (killed_mid_image.status, killed_mid_image.attempts) == ("processing", 1), killed_mid_image
+    assert not (processed_dir / f"{Path(killed_mid_image.input_name).stem}.jpg").exists(), "killed too late"
+    print("OUTCOMES", len(burst.outcomes))
+    assert burst.unexpected(allowed_statuses={200}) == []
+    await wait_until_done(client, burst.accepted | {big_id}, timeout=40)
+    rows = await wait_until_settled(db, prefix, timeout=5)
+    [big_row] = [row for row in rows if row.id == big_id]
+    assert (big_row.status, big_row.attempts) == ("done", 2), big_row
+    assert {row.id for row in rows} == burst.accepted | {big_id}
+    assert_processed_once(rows, processed_dir)
+    assert await second.stop() == 0, second.log_tail()
