@@ -50,3 +50,9 @@ def truncated_jpeg() -> bytes:
     """A JPEG cut off after its header: identifies fine, cannot be decoded."""
     data = jpeg(640, 480)
     return data[: len(data) // 3]
+
+
+def red_share(image: Image.Image, box: tuple[int, int, int, int]) -> float:
+    """The share of the pixels inside `box` that are clearly red (the watermark's colour)."""
+    pixels = list(image.convert("RGB").crop(box).get_flattened_data())
+    return sum(1 for r, g, b in pixels if r > 150 and g < 90 and b < 90) / len(pixels)

@@ -8,11 +8,9 @@ MAX_FRAMES=50 and images at MAX_IMAGE_PIXELS=40,000,000.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import random
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,8 +22,8 @@ from core.formats import DAMAGED_MESSAGE, too_many_frames_message, too_many_pixe
 from devstack.stack import start_worker, stop_process
 from tests import images
 from tests.conftest import TEST_SETTINGS
+from tests.waiting import final_status
 
-FINAL = ("done", "failed")
 MAX_FRAMES = int(TEST_SETTINGS["MAX_FRAMES"])
 MAX_IMAGE_PIXELS = int(TEST_SETTINGS["MAX_IMAGE_PIXELS"])
 GPS_INFO = 0x8825
@@ -49,18 +47,6 @@ async def accepted_task(client: httpx.AsyncClient, name: str, data: bytes) -> in
     return response.json()["task_id"]
 
 
-async def wait_final(client: httpx.AsyncClient, task_id: int, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        response = await client.get(f"/status/{task_id}")
-        assert response.status_code == 200, response.text
-        status = response.json()
-        if status["status"] in FINAL:
-            return status
-        assert time.monotonic() < deadline, f"task {task_id} still {status['status']} after {timeout} s"
-        await asyncio.sleep(0.05)
-
-
 async def processed_image(client: httpx.AsyncClient, status: dict) -> Image.Image:
     assert status["status"] == "done", status["error"]
     assert status["error"] is None
@@ -70,7 +56,7 @@ async def processed_image(client: httpx.AsyncClient, status: dict) -> Image.Imag
 
 
 async def process(client: httpx.AsyncClient, name: str, data: bytes) -> dict:
-    return await wait_final(client, await accepted_task(client, name, data))
+    return await final_status(client, await accepted_task(client, name, data))
 
 
 # Animations
@@ -237,7 +223,7 @@ async def test_a_hostile_file_name_is_shown_escaped_on_the_result_page(
     client: httpx.AsyncClient, worker: subprocess.Popen, sent: str, shown_escaped: str
 ) -> None:
     task_id = await accepted_task(client, sent, images.png(32, 24))
-    await wait_final(client, task_id)
+    await final_status(client, task_id)
 
     page = await client.get(f"/result/{task_id}")
 

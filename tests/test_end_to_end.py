@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import subprocess
 import time
@@ -15,8 +14,7 @@ from PIL import Image
 
 from devstack.stack import start_worker, stop_process
 from tests import images
-
-FINAL = ("done", "failed")
+from tests.waiting import final_status
 
 
 @pytest.fixture(scope="module")
@@ -34,21 +32,6 @@ def worker_process(
     assert stop_process(process) == 0, (workdir / "worker.log").read_text()[-3000:]
 
 
-async def wait_final(client: httpx.AsyncClient, task_id: int, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        status = (await client.get(f"/status/{task_id}")).json()
-        if status["status"] in FINAL:
-            return status
-        assert time.monotonic() < deadline, f"task {task_id} still {status['status']} after {timeout} s"
-        await asyncio.sleep(0.05)
-
-
-def red_share(image: Image.Image, box: tuple[int, int, int, int]) -> float:
-    pixels = list(image.convert("RGB").crop(box).get_flattened_data())
-    return sum(1 for r, g, b in pixels if r > 150 and g < 90 and b < 90) / len(pixels)
-
-
 async def test_a_photo_uploaded_from_the_form_shows_up_processed_on_its_result_page(
     client: httpx.AsyncClient, worker_process: subprocess.Popen, heartbeat_file: Path
 ) -> None:
@@ -64,7 +47,7 @@ async def test_a_photo_uploaded_from_the_form_shows_up_processed_on_its_result_p
     result_url = posted.headers["location"]
     task_id = int(result_url.rsplit("/", 1)[1])
 
-    status = await wait_final(client, task_id)
+    status = await final_status(client, task_id)
     assert status["status"] == "done", status["error"]
 
     page = (await client.get(result_url)).text
@@ -75,8 +58,8 @@ async def test_a_photo_uploaded_from_the_form_shows_up_processed_on_its_result_p
     assert served.headers["x-content-type-options"] == "nosniff"
     output = Image.open(io.BytesIO(served.content))
     assert (output.format, output.size) == ("JPEG", (1024, 768))
-    assert red_share(output, (0, 0, 512, 120)) > 0.01
-    assert red_share(output, (512, 384, 1024, 768)) == 0
+    assert images.red_share(output, (0, 0, 512, 120)) > 0.01
+    assert images.red_share(output, (512, 384, 1024, 768)) == 0
     assert time.time() - heartbeat_file.stat().st_mtime < 10, "the worker reports itself alive"
 
 
@@ -116,11 +99,11 @@ async def test_every_accepted_format_comes_back_in_its_own_format(
 ) -> None:
     task_id = (await client.post("/upload", files={"file": (name, data, "image/png")})).json()["task_id"]
 
-    status = await wait_final(client, task_id)
+    status = await final_status(client, task_id)
 
     assert status["status"] == "done", status["error"]
     served = await client.get(status["processed_url"])
     assert served.headers["content-type"] == content_type
     output = Image.open(io.BytesIO(served.content))
     assert getattr(output, "n_frames", 1) == frames
-    assert red_share(output, (0, 0, output.width // 2, output.height // 4)) > 0
+    assert images.red_share(output, (0, 0, output.width // 2, output.height // 4)) > 0

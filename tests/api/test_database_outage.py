@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 from api.main import DATABASE_UNAVAILABLE
 from devstack.stack import LocalServers
 from tests import images
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -22,17 +21,6 @@ def postgres_stopped(servers: LocalServers, api_process: str) -> Iterator[None]:
         yield
     finally:
         servers.postgres.start()
-
-
-async def wait_for_status(
-    client: httpx.AsyncClient, path: str, status: int, timeout: float = 20
-) -> httpx.Response:
-    deadline = time.monotonic() + timeout
-    while True:
-        response = await client.get(path)
-        if response.status_code == status or time.monotonic() > deadline:
-            return response
-        await asyncio.sleep(0.2)
 
 
 async def test_upload_answers_503_and_leaves_no_file_while_the_database_is_down(
@@ -51,7 +39,10 @@ async def test_upload_answers_503_and_leaves_no_file_while_the_database_is_down(
     assert ready.json()["nats"] == "ok"
 
     servers.postgres.start()
-    recovered = await wait_for_status(client, "/ready", 200)
-    assert recovered.status_code == 200
+
+    async def recovered() -> bool:
+        return (await client.get("/ready")).status_code == 200
+
+    await eventually(recovered, timeout=20, what="/ready answering 200 once PostgreSQL is back")
     retry = await client.post("/upload", files={"file": ("a.jpg", images.jpeg(), "image/jpeg")})
     assert retry.status_code == 200

@@ -3,7 +3,6 @@ temporary files left by killed processes are removed."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from datetime import UTC, datetime, timedelta
@@ -15,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import INTERRUPTED_REASON, ImageTask
 from tests import images
+from tests.waiting import eventually, task_row_when
 
 SWEEP_DEADLINE_SECONDS = 30  # the API sweeps every 6 s with the 60 s lease of the test settings
 
@@ -38,24 +38,18 @@ async def stuck_task(client: httpx.AsyncClient, db: AsyncSession, attempts: int)
     return task_id
 
 
-async def wait_for(db: AsyncSession, task_id: int, condition) -> ImageTask:
-    deadline = time.monotonic() + SWEEP_DEADLINE_SECONDS
-    while True:
-        db.expire_all()
-        task = await db.get(ImageTask, task_id)
-        assert task is not None
-        if condition(task):
-            return task
-        assert time.monotonic() < deadline, f"task {task_id} still {task.status}"
-        await asyncio.sleep(0.2)
-
-
 async def test_an_expired_lease_puts_the_task_back_in_the_queue(
     client: httpx.AsyncClient, db: AsyncSession
 ) -> None:
     task_id = await stuck_task(client, db, attempts=1)
 
-    task = await wait_for(db, task_id, lambda task: task.status == "pending" and task.queued_at is not None)
+    task = await task_row_when(
+        db,
+        task_id,
+        lambda task: task.status == "pending" and task.queued_at is not None,
+        timeout=SWEEP_DEADLINE_SECONDS,
+        what="pending and queued again",
+    )
 
     assert task.attempts == 1 and task.error is None
 
@@ -65,7 +59,9 @@ async def test_a_task_out_of_attempts_fails_with_a_reason(
 ) -> None:
     task_id = await stuck_task(client, db, attempts=3)
 
-    task = await wait_for(db, task_id, lambda task: task.status == "failed")
+    task = await task_row_when(
+        db, task_id, lambda task: task.status == "failed", timeout=SWEEP_DEADLINE_SECONDS, what="failed"
+    )
 
     assert task.error == INTERRUPTED_REASON.format(attempts=3)
     assert task.finished_at is not None
@@ -83,9 +79,9 @@ async def test_stale_temporary_files_are_removed_and_fresh_ones_kept(
     for path in stale:
         os.utime(path, (an_hour_ago, an_hour_ago))
 
-    deadline = time.monotonic() + SWEEP_DEADLINE_SECONDS
-    while any(path.exists() for path in stale):
-        assert time.monotonic() < deadline, "stale temporary files were not removed"
-        await asyncio.sleep(0.2)
+    async def stale_removed() -> bool:
+        return not any(path.exists() for path in stale)
+
+    await eventually(stale_removed, timeout=SWEEP_DEADLINE_SECONDS, what="stale temporary files removed")
     assert fresh.exists()
     fresh.unlink()

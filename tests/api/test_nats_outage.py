@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import ImageTask
 from devstack.stack import LocalServers
 from tests import images
+from tests.waiting import task_row_when
 
 
 async def test_an_upload_accepted_while_nats_is_down_is_queued_when_it_returns(
@@ -29,13 +27,7 @@ async def test_an_upload_accepted_while_nats_is_down_is_queued_when_it_returns(
     finally:
         servers.nats.start()
 
-    deadline = time.monotonic() + 30
-    while True:
-        db.expire_all()
-        task = await db.get(ImageTask, task_id)
-        assert task is not None
-        if task.queued_at is not None:
-            break
-        assert time.monotonic() < deadline, "the outbox relay did not queue the task after NATS came back"
-        await asyncio.sleep(0.1)
+    await task_row_when(
+        db, task_id, lambda task: task.queued_at is not None, timeout=30, what="queued by the outbox relay"
+    )
     assert (await client.get("/ready")).status_code == 200

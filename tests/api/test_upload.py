@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import time
 from pathlib import Path
 
 import httpx
@@ -22,6 +21,7 @@ from core.formats import UNSUPPORTED_MESSAGE, too_many_frames_message
 from core.models import ImageTask
 from core.storage import is_stored_name
 from tests import images
+from tests.waiting import eventually
 
 
 def stored_files(folder: Path) -> set[str]:
@@ -379,10 +379,10 @@ async def test_a_client_that_vanishes_mid_upload_leaves_nothing_behind(
     # Promise the whole body, send half of it, hang up.
     await raw_exchange(api_process, request[: len(request) // 2], close_early=True)
 
-    deadline = time.monotonic() + 10
-    while stored_files(uploads_dir) != before:
-        assert time.monotonic() < deadline, "the half-received upload was not removed"
-        await asyncio.sleep(0.05)
+    async def nothing_left() -> bool:
+        return stored_files(uploads_dir) == before
+
+    await eventually(nothing_left, timeout=10, what="the half-received upload removed")
     assert (await client.get("/health")).status_code == 200
 
 

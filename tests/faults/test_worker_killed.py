@@ -3,8 +3,6 @@ another worker finishes the task, once, while uploads keep arriving."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,14 +13,7 @@ from tests import images
 from tests.faults.burst import Burst, new_prefix
 from tests.faults.outcome import assert_processed_once, rows_named, wait_until_done, wait_until_settled
 from tests.faults.processes import Started
-
-
-async def wait_for_status(client: httpx.AsyncClient, task_id: int, wanted: str, *, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while (status := (await client.get(f"/status/{task_id}")).json()["status"]) != wanted:
-        assert status in ("pending", wanted), f"task {task_id} went {status} before {wanted}"
-        assert time.monotonic() < deadline, f"task {task_id} still {status} after {timeout} s"
-        await asyncio.sleep(0.01)
+from tests.waiting import eventually
 
 
 async def test_a_worker_killed_mid_image_leaves_the_task_to_another_worker_which_finishes_it_once(
@@ -41,7 +32,13 @@ async def test_a_worker_killed_mid_image_leaves_the_task_to_another_worker_which
     big_id = posted.json()["task_id"]
 
     async with Burst(api_process, prefix) as burst:
-        await wait_for_status(client, big_id, "processing", timeout=30)
+
+        async def processing() -> bool:
+            status = (await client.get(f"/status/{big_id}")).json()["status"]
+            assert status in ("pending", "processing"), f"task {big_id} went {status} before processing"
+            return status == "processing"
+
+        await eventually(processing, timeout=30, what=f"task {big_id} processing")
         await first.kill()
         [killed_mid_image] = [row for row in await rows_named(db, prefix) if row.id == big_id]
         second = workers("fault-worker-second")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,19 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from config import get_settings
 from core import queue
-from core.models import ImageTask
 from devstack.stack import LocalServers
 from tests import images
+from tests.waiting import eventually, final_row, task_row
 from worker.__main__ import run
 from worker.consumer import GAVE_UP, INPUT_MISSING
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 30, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -49,21 +40,6 @@ async def js(stack_env: dict[str, str]) -> AsyncIterator[JetStreamContext]:
     await nc.close()
 
 
-async def task_row(db: AsyncSession, task_id: int) -> ImageTask:
-    db.expire_all()
-    task = await db.get(ImageTask, task_id)
-    assert task is not None
-    return task
-
-
-async def wait_final(db: AsyncSession, task_id: int) -> ImageTask:
-    async def final() -> bool:
-        return (await task_row(db, task_id)).status in ("done", "failed")
-
-    await eventually(final, what=f"task {task_id} done or failed")
-    return await task_row(db, task_id)
-
-
 async def wait_queue_settled(js: JetStreamContext) -> None:
     async def settled() -> bool:
         info = await js.consumer_info(queue.STREAM, queue.DURABLE)
@@ -78,18 +54,12 @@ async def upload(client: httpx.AsyncClient, data: bytes, name: str = "photo.jpg"
     return response.json()["task_id"]
 
 
-def red_share(image: Image.Image, box: tuple[int, int, int, int]) -> float:
-    region = image.convert("RGB").crop(box)
-    pixels = list(region.get_flattened_data())
-    return sum(1 for r, g, b in pixels if r > 150 and g < 90 and b < 90) / len(pixels)
-
-
 async def test_an_upload_is_processed_into_a_watermarked_image(
     client: httpx.AsyncClient, db: AsyncSession, worker: None
 ) -> None:
     task_id = await upload(client, images.jpeg(640, 480))
 
-    task = await wait_final(db, task_id)
+    task = await final_row(db, task_id)
 
     assert task.status == "done", task.error
     assert (task.attempts, task.error) == (1, None)
@@ -102,8 +72,8 @@ async def test_an_upload_is_processed_into_a_watermarked_image(
     assert response.headers["x-content-type-options"] == "nosniff"
     output = Image.open(io.BytesIO(response.content))
     assert (output.format, output.size) == ("JPEG", (640, 480))
-    assert red_share(output, (0, 0, 320, 80)) > 0.01, "the red text is near the top-left corner"
-    assert red_share(output, (320, 240, 640, 480)) == 0, "the rest of the picture is untouched"
+    assert images.red_share(output, (0, 0, 320, 80)) > 0.01, "the red text is near the top-left corner"
+    assert images.red_share(output, (320, 240, 640, 480)) == 0, "the rest of the picture is untouched"
 
 
 async def test_an_undecodable_image_fails_once_with_a_reason(
@@ -111,7 +81,7 @@ async def test_an_undecodable_image_fails_once_with_a_reason(
 ) -> None:
     task_id = await upload(client, images.truncated_jpeg(), "cut.jpg")
 
-    task = await wait_final(db, task_id)
+    task = await final_row(db, task_id)
     await wait_queue_settled(js)
 
     assert task.status == "failed"
@@ -128,7 +98,7 @@ async def test_a_redelivered_message_for_a_done_task_changes_nothing(
     worker: None,
 ) -> None:
     task_id = await upload(client, images.jpeg(200, 150))
-    done = await wait_final(db, task_id)
+    done = await final_row(db, task_id)
     assert done.status == "done" and done.output_name is not None
     output = processed_dir / done.output_name
     written = output.stat().st_mtime_ns
@@ -153,7 +123,7 @@ async def test_messages_that_are_not_tasks_are_dropped_and_the_worker_goes_on(
 
     task_id = await upload(client, images.jpeg())
 
-    assert (await wait_final(db, task_id)).status == "done"
+    assert (await final_row(db, task_id)).status == "done"
 
 
 async def test_a_missing_input_file_fails_the_task_with_a_reason(
@@ -166,7 +136,7 @@ async def test_a_missing_input_file_fails_the_task_with_a_reason(
     stop = asyncio.Event()
     worker_task = asyncio.create_task(run(get_settings(), stop))
     try:
-        failed = await wait_final(db, task_id)
+        failed = await final_row(db, task_id)
     finally:
         stop.set()
         await asyncio.wait_for(worker_task, 30)
@@ -195,7 +165,7 @@ async def test_a_database_outage_longer_than_max_deliver_retries_delays_a_task_b
         # point of this test, so it is timed; nothing here waits for an event by sleeping).
         await asyncio.sleep((settings.max_deliver + 2) * settings.retry_delay_seconds)
         servers.postgres.start()
-        task = await wait_final(db, task_id)
+        task = await final_row(db, task_id)
     finally:
         servers.postgres.start()
         stop.set()
@@ -226,7 +196,7 @@ async def test_a_task_whose_every_attempt_fails_ends_failed_after_max_deliver_at
         processed.rmdir()
         processed.write_bytes(b"not a folder")
         task_id = await upload(client, images.jpeg())
-        task = await wait_final(db, task_id)
+        task = await final_row(db, task_id)
     finally:
         stop.set()
         await asyncio.wait_for(worker_task, 30)
