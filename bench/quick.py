@@ -4,7 +4,8 @@
 
 Starts throwaway PostgreSQL and NATS, one API process and, for the second phase, worker processes,
 all on 127.0.0.1. Phase 1 uploads with no worker running (uploads/s, latency percentiles); phase 2
-starts the workers and reports images/s from the first upload to the last task `done`.
+starts the workers, times how fast they drain the backlog of phase 1, then reports images/s from
+the first upload to the last task `done` with uploads and processing running together.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def main() -> None:
     parser.add_argument("--uploads", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--size", default="600x450", help="input image WIDTHxHEIGHT (default 600x450)")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="imagequeue-bench-"))
@@ -96,8 +98,12 @@ def main() -> None:
         api = start_api(env, port, log_file=workdir / "api.log")
         processes.append(api)
         wait_until_ready(base_url, timeout=60, process=api)
-        data = images.jpeg(600, 450)
-        print(f"input: 600×450 JPEG, {len(data):,} bytes; {args.uploads} uploads, {args.concurrency} at once")
+        width, height = (int(part) for part in args.size.split("x"))
+        data = images.jpeg(width, height)
+        print(
+            f"input: {width}×{height} JPEG, {len(data):,} bytes; "
+            f"{args.uploads} uploads, {args.concurrency} at once"
+        )
 
         asyncio.run(upload_all(base_url, data, 50, args.concurrency))  # warm-up
         elapsed, latencies, _ = asyncio.run(upload_all(base_url, data, args.uploads, args.concurrency))
@@ -107,10 +113,23 @@ def main() -> None:
             f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms"
         )
 
-        for _ in range(args.workers):
-            processes.append(start_worker(env, log_file=workdir / "worker.log"))
-        # Let the workers drain the backlog of phase 1 before timing phase 2.
+        heartbeats = [workdir / f"worker-{index}.alive" for index in range(args.workers)]
+        for heartbeat in heartbeats:
+            processes.append(
+                start_worker(
+                    {**env, "WORKER_HEARTBEAT_FILE": str(heartbeat)}, log_file=workdir / "worker.log"
+                )
+            )
+        # Drain: the backlog of phase 1, timed from the moment every worker is fetching.
+        while not all(heartbeat.exists() for heartbeat in heartbeats):
+            time.sleep(0.01)
+        started = time.perf_counter()
         asyncio.run(wait_all_done(base_url, [args.uploads + 50], within=300))
+        elapsed = time.perf_counter() - started
+        print(
+            f"drain of {args.uploads + 50} queued tasks ({args.workers} worker process(es)): "
+            f"{(args.uploads + 50) / elapsed:.0f} images/s"
+        )
         started = time.perf_counter()
         _, _, task_ids = asyncio.run(upload_all(base_url, data, args.uploads, args.concurrency))
         failed = asyncio.run(wait_all_done(base_url, task_ids, within=600))
