@@ -40,7 +40,7 @@ class Settings:
     max_deliver: int
     retry_delay_seconds: float
     outbox_interval_seconds: float
-    processing_lease_seconds: float
+    lost_after_seconds: float
     api_keys: tuple[str, ...]
     worker_heartbeat_file: Path | None
     log_level: str
@@ -60,7 +60,7 @@ _DEFAULTS: dict[str, object] = {
     "MAX_DELIVER": 5,
     "RETRY_DELAY_SECONDS": 5,
     "OUTBOX_INTERVAL_SECONDS": 5,
-    "PROCESSING_LEASE_SECONDS": 300,
+    "LOST_AFTER_SECONDS": 300,
     "API_KEYS": [],
     "WORKER_HEARTBEAT_FILE": "",
     "LOG_LEVEL": "INFO",
@@ -127,10 +127,10 @@ _VALIDATORS = [
         messages={"operations": "ACK_WAIT_SECONDS must be at most 30, got {value}"},
     ),
     Validator(
-        "PROCESSING_LEASE_SECONDS",
+        "LOST_AFTER_SECONDS",
         condition=lambda lease: _number(lease) and lease >= 60,
         messages={
-            "condition": "PROCESSING_LEASE_SECONDS must be at least 60 (longer than any image), got {value}"
+            "condition": "LOST_AFTER_SECONDS must be at least 60 (longer than any upload), got {value}"
         },
     ),
     Validator(
@@ -172,7 +172,7 @@ def _layers() -> Dynaconf:
 def configured_names() -> set[str]:
     """The settings that `.secrets.toml` or the environment give a value (the rest are defaults)."""
     raw = _layers()
-    return {name for name in _DEFAULTS if raw.get(name) is not None}
+    return {name for name in _DEFAULTS if raw.get(name) not in (None, "")}
 
 
 def load_settings() -> Settings:
@@ -204,7 +204,7 @@ def load_settings() -> Settings:
         max_deliver=raw["MAX_DELIVER"],
         retry_delay_seconds=float(raw["RETRY_DELAY_SECONDS"]),
         outbox_interval_seconds=float(raw["OUTBOX_INTERVAL_SECONDS"]),
-        processing_lease_seconds=float(raw["PROCESSING_LEASE_SECONDS"]),
+        lost_after_seconds=float(raw["LOST_AFTER_SECONDS"]),
         api_keys=_key_list(raw["API_KEYS"]),
         worker_heartbeat_file=Path(heartbeat) if heartbeat else None,
         log_level=raw["LOG_LEVEL"],

@@ -47,7 +47,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         sessions,
         storage,
         relay_interval=settings.outbox_interval_seconds,
-        lease_seconds=settings.processing_lease_seconds,
+        lost_after_seconds=settings.lost_after_seconds,
         max_attempts=settings.max_deliver,
     )
     await publisher.start()

@@ -9,11 +9,11 @@ its outbox relay and its lease sweep.
   lost its worker, and perhaps its message. The sweep puts it back to `pending` for the relay to
   queue again, or marks it `failed` once it has had all its attempts: nothing is stuck, and nothing
   that kills every worker that touches it loops for ever.
-- A row `pending` and queued longer than the lease ago, while the consumer holds no message at all,
-  lost its message (a NATS store lost in a crash, a stream purged by hand): it is queued again.
-  The idle-consumer condition keeps a long backlog from being re-published.
-- The sweep also deletes temporary files (`.partial-*`) older than the lease: what a process killed
-  mid-write left behind.
+- A row `pending` and queued more than LOST_AFTER_SECONDS ago, while the stream holds no message
+  at all, lost its message (a NATS store lost in a crash, a stream purged by hand): it is queued
+  again. The empty-stream condition keeps a long backlog from being re-published.
+- The sweep also deletes temporary files (`.partial-*`) older than LOST_AFTER_SECONDS: what a
+  process killed mid-write left behind.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from datetime import timedelta
 
 import anyio.to_thread
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -53,14 +53,14 @@ class TaskPublisher:
         storage: Storage,
         *,
         relay_interval: float,
-        lease_seconds: float,
+        lost_after_seconds: float,
         max_attempts: int,
     ) -> None:
         self._nats_url = nats_url
         self._sessions = sessions
         self._storage = storage
         self._relay_interval = relay_interval
-        self._lease = timedelta(seconds=lease_seconds)
+        self._lost_after = timedelta(seconds=lost_after_seconds)
         self._max_attempts = max_attempts
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
@@ -162,28 +162,34 @@ class TaskPublisher:
                 .where(*expired)
                 .values(status=TaskStatus.PENDING, queued_at=None, leased_until=None)
             )
-        lost = await self._requeue_lost_messages()
+        try:
+            lost = await self._requeue_lost_messages()
+        finally:  # a NATS hiccup above must not keep the temporary files forever
+            await anyio.to_thread.run_sync(
+                self._storage.remove_stale_partials, self._lost_after.total_seconds()
+            )
         counts = (requeued.rowcount or 0, failed.rowcount or 0, lost)
         if any(counts):
             log.warning(
                 "lease sweep: %d re-queued (worker gone), %d failed, %d re-queued (message gone)", *counts
             )
-        await anyio.to_thread.run_sync(self._storage.remove_stale_partials, self._lease.total_seconds())
         return counts
 
     async def _requeue_lost_messages(self) -> int:
         if not self.is_ready or self._js is None:
             return 0
-        try:
-            consumer = await self._js.consumer_info(queue.STREAM, queue.DURABLE)
-        except NotFoundError:
-            return 0  # no worker has ever started: whatever was published is still in the stream
-        if consumer.num_pending or consumer.num_ack_pending:
+        # Work-queue retention: a message leaves the stream only when acknowledged, so an empty
+        # stream holds nothing pending, in flight or waiting out a nak.
+        stream = await self._js.stream_info(queue.STREAM)
+        if stream.state.messages:
             return 0
         async with self._sessions() as session, session.begin():
             result = await session.execute(
                 update(ImageTask)
-                .where(ImageTask.status == TaskStatus.PENDING, ImageTask.queued_at < func.now() - self._lease)
+                .where(
+                    ImageTask.status == TaskStatus.PENDING,
+                    ImageTask.queued_at < func.now() - self._lost_after,
+                )
                 .values(queued_at=None)
             )
         return result.rowcount or 0
@@ -216,14 +222,20 @@ class TaskPublisher:
     async def _maintain_forever(self) -> None:
         last_sweep = 0.0
         while True:
-            try:
-                if time.monotonic() - last_sweep > self._lease.total_seconds() / 10:
-                    last_sweep = time.monotonic()
-                    await self.sweep_once()
-                while await self.relay_once() == RELAY_BATCH:
-                    pass
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("outbox relay pass failed, will retry: %s", exc)
+            # Each step on its own: a failing sweep must not stop the relay, nor the other way round.
+            if time.monotonic() - last_sweep > self._lost_after.total_seconds() / 10:
+                last_sweep = time.monotonic()
+                await _logging_failures("lease sweep", self.sweep_once())
+            await _logging_failures("outbox relay", self._relay_all())
             await asyncio.sleep(self._relay_interval)
+
+    async def _relay_all(self) -> None:
+        while await self.relay_once() == RELAY_BATCH:
+            pass
+
+
+async def _logging_failures(step: str, work: Awaitable[object]) -> None:
+    try:
+        await work
+    except Exception as exc:
+        log.warning("%s pass failed, will retry: %s", step, exc)

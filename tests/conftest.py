@@ -32,7 +32,7 @@ TEST_SETTINGS = {
     "OUTBOX_INTERVAL_SECONDS": "0.5",
     "MAX_DELIVER": "3",
     # The shortest lease allowed: the API sweeps every tenth of it (6 s).
-    "PROCESSING_LEASE_SECONDS": "60",
+    "LOST_AFTER_SECONDS": "60",
     "WORKER_CONCURRENCY": "2",
     "LOG_LEVEL": "INFO",
 }

@@ -90,7 +90,6 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             ack_wait_seconds=settings.ack_wait_seconds,
             max_attempts=settings.max_deliver,
             retry_delay_seconds=settings.retry_delay_seconds,
-            lease_seconds=settings.processing_lease_seconds,
         ),
     )
     nc = await queue.connect_with_retry(settings.nats_url, name="imagequeue-worker", stop=stop)
@@ -132,6 +131,12 @@ async def _fetch_loop(
     log.info("worker ready: up to %d image(s) at a time", concurrency)
     while not stop.is_set():
         _touch(settings.worker_heartbeat_file)
+        paused = processor.database_back_at - time.monotonic()
+        if paused > 0:
+            # The database is down: take nothing new until it may be back (in-flight work goes on).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), paused)
+            continue
         free = concurrency - len(in_flight)
         if free <= 0:
             await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED, timeout=FETCH_TIMEOUT_SECONDS)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from datetime import timedelta
 from functools import partial
 
 from nats.aio.msg import Msg
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.db import is_database_unavailable
@@ -49,6 +50,21 @@ INPUT_MISSING = "The uploaded file is no longer available, so it cannot be proce
 GAVE_UP = "Processing failed {attempts} times; giving up. Last error: {error}"
 
 _OPEN = (TaskStatus.PENDING, TaskStatus.PROCESSING)
+# How often recording a finished output is retried in place before the message is given back.
+FINISH_RETRIES = 10
+# Longest a worker holds a task it is rendering; far beyond any image within MAX_IMAGE_PIXELS.
+RENDER_DEADLINE_SECONDS = 600
+
+
+def _claimable() -> ColumnElement[bool]:
+    """Pending, or processing under a lease that has run out (its worker is gone)."""
+    return or_(
+        ImageTask.status == TaskStatus.PENDING,
+        and_(
+            ImageTask.status == TaskStatus.PROCESSING,
+            or_(ImageTask.leased_until.is_(None), ImageTask.leased_until < func.now()),
+        ),
+    )
 
 
 class DatabaseUnavailable(Exception):
@@ -67,7 +83,6 @@ class TaskPolicy:
     ack_wait_seconds: float
     max_attempts: int
     retry_delay_seconds: float
-    lease_seconds: float
 
 
 @dataclass(frozen=True)
@@ -92,7 +107,11 @@ class TaskProcessor:
         self._render_settings = render
         self._policy = policy
         self._heartbeat_seconds = max(policy.ack_wait_seconds / 3, 0.5)
-        self._lease = timedelta(seconds=policy.lease_seconds)
+        # Long enough to survive a missed renewal or two, short enough that a dead worker's task is
+        # taken over soon after JetStream redelivers it.
+        self._lease = timedelta(seconds=2 * policy.ack_wait_seconds)
+        # Monotonic time before which the fetch loop should not take new messages (database down).
+        self.database_back_at = 0.0
 
     async def handle(self, msg: Msg) -> None:
         """Process one message and settle it; never raises (a bug is logged and retried later)."""
@@ -104,6 +123,8 @@ class TaskProcessor:
         try:
             await self._handle_task(msg, task_id)
         except DatabaseUnavailable as exc:
+            # Tell the fetch loop to pause, so a backlog is not cycled through a recovering database.
+            self.database_back_at = time.monotonic() + self._policy.retry_delay_seconds
             log.warning("task %s: database unavailable (%s); retrying later", task_id, exc)
             await _settle(msg.nak(delay=self._policy.retry_delay_seconds))
         except Exception:
@@ -117,6 +138,11 @@ class TaskProcessor:
             if status is None:
                 log.error("task %s: no such row; terminating its message", task_id)
                 await msg.term()
+            elif status == TaskStatus.PROCESSING:
+                # Another live worker holds the lease (its heartbeats to JetStream were late, or a
+                # copy of the message was re-queued): come back once that lease could have expired.
+                log.info("task %s is being processed elsewhere; looking again later", task_id)
+                await msg.nak(delay=self._lease.total_seconds())
             else:
                 log.info("task %s is already %s; acknowledging a redelivery", task_id, status)
                 await msg.ack()
@@ -131,8 +157,20 @@ class TaskProcessor:
             await self._finish_failed(task_id, INPUT_MISSING)
             await msg.term()
             return
+        heartbeat = asyncio.create_task(self._heartbeat(msg, task_id))
         try:
-            output_name = await self._render_with_heartbeats(msg, task_id, claim)
+            await self._render_and_finish(msg, task_id, claim)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _render_and_finish(self, msg: Msg, task_id: int, claim: _Claim) -> None:
+        max_attempts = self._policy.max_attempts
+        try:
+            output_name = await asyncio.get_running_loop().run_in_executor(
+                self._executor, partial(self._render, claim.input_name)
+            )
         except ImageRejected as exc:
             log.info("task %s failed: %s", task_id, exc)
             await self._finish_failed(task_id, str(exc))
@@ -150,8 +188,21 @@ class TaskProcessor:
             await self._finish_failed(task_id, GAVE_UP.format(attempts=claim.attempts, error=_describe(exc)))
             await msg.term()
             return
-        await self._finish_done(task_id, output_name)
+        await self._finish_done_patiently(task_id, output_name)
         await msg.ack()
+
+    async def _finish_done_patiently(self, task_id: int, output_name: str) -> None:
+        """Record the finished output, riding out a short database outage: the work is done and
+        the heartbeats still hold the message, so giving up now would only cost a re-render."""
+        for remaining in range(FINISH_RETRIES, -1, -1):
+            try:
+                await self._finish_done(task_id, output_name)
+                return
+            except DatabaseUnavailable as exc:
+                if remaining == 0:
+                    raise
+                log.warning("task %s: cannot record its output yet (%s); retrying", task_id, exc)
+                await asyncio.sleep(self._policy.retry_delay_seconds)
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncSession]:
@@ -165,12 +216,13 @@ class TaskProcessor:
             raise
 
     async def _claim(self, task_id: int) -> _Claim | None:
-        """Mark an open task `processing`, count the attempt and lease it; None if missing or final."""
+        """Mark a task `processing`, count the attempt and lease it; None if it is missing, final,
+        or leased by a live worker (the lease is the lock: two workers never hold one task)."""
         async with self._transaction() as session:
             row = (
                 await session.execute(
                     update(ImageTask)
-                    .where(ImageTask.id == task_id, ImageTask.status.in_(_OPEN))
+                    .where(ImageTask.id == task_id, _claimable())
                     .values(
                         status=TaskStatus.PROCESSING,
                         attempts=ImageTask.attempts + 1,
@@ -186,17 +238,6 @@ class TaskProcessor:
     async def _status(self, task_id: int) -> str | None:
         async with self._transaction() as session:
             return await session.scalar(select(ImageTask.status).where(ImageTask.id == task_id))
-
-    async def _render_with_heartbeats(self, msg: Msg, task_id: int, claim: _Claim) -> str:
-        heartbeat = asyncio.create_task(self._heartbeat(msg, task_id))
-        try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._executor, partial(self._render, claim.input_name)
-            )
-        finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
 
     def _render(self, input_name: str) -> str:
         """Runs in a worker thread: decode, stamp, write to a temporary file, rename into place."""
@@ -217,20 +258,31 @@ class TaskProcessor:
         return output_name
 
     async def _heartbeat(self, msg: Msg, task_id: int) -> None:
-        while True:
+        """Keep the message (JetStream) and the lease (database) while this worker works on it.
+
+        A failed beat costs at worst a redelivery that the lease turns away: it must never end the
+        loop nor fail a good render. Each renewal is bounded by one beat, so a stalled database
+        cannot delay the next `in_progress`. Past RENDER_DEADLINE_SECONDS the beats stop, so a
+        render that never ends lets the task go to another attempt instead of holding it for ever.
+        """
+        deadline = time.monotonic() + RENDER_DEADLINE_SECONDS
+        while time.monotonic() < deadline:
             await asyncio.sleep(self._heartbeat_seconds)
-            # A lost heartbeat costs at worst a redelivery or a re-queue, both harmless: it must
-            # never end the loop, nor turn a good render into a failed attempt.
             await _settle(msg.in_progress())
             try:
-                async with self._transaction() as session:
-                    await session.execute(
+                async with asyncio.timeout(self._heartbeat_seconds), self._transaction() as session:
+                    renewed = await session.execute(
                         update(ImageTask)
                         .where(ImageTask.id == task_id, ImageTask.status == TaskStatus.PROCESSING)
                         .values(leased_until=func.now() + self._lease)
                     )
+                if renewed.rowcount == 0:
+                    log.warning("task %s: no longer processing here (finished or taken over)", task_id)
             except Exception as exc:
                 log.warning("task %s: lease renewal failed: %s", task_id, exc)
+        log.error(
+            "task %s: still rendering after %d s; letting the task go", task_id, RENDER_DEADLINE_SECONDS
+        )
 
     async def _release(self, task_id: int) -> None:
         """After a failed attempt: back to `pending` until the message comes round again."""

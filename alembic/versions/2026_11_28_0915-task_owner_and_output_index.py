@@ -20,6 +20,9 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.add_column("image_tasks", sa.Column("owner", sa.String(length=64), nullable=True))
     op.add_column("image_tasks", sa.Column("leased_until", sa.DateTime(timezone=True), nullable=True))
+    # Tasks caught mid-processing by the upgrade get a lease that runs out now, so the sweep and the
+    # workers can take them over.
+    op.execute("UPDATE image_tasks SET leased_until = now() WHERE status = 'processing'")
     op.create_index(op.f("ix_image_tasks_owner"), "image_tasks", ["owner"], unique=False)
     # /processed/{name} looks the task up by its output when API keys are on.
     op.create_index(op.f("ix_image_tasks_output_name"), "image_tasks", ["output_name"], unique=False)

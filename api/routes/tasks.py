@@ -15,6 +15,7 @@ from api.deps import CallerDep, ServicesDep, SessionDep, TaskDep
 from api.schemas import ErrorResponse, TaskStatusResponse, UploadResponse, result_url, status_url, task_status
 from api.templating import wants_html
 from api.uploads import STORAGE_FAILED, ReceivedUpload, UploadRefused, receive_upload
+from core.db import is_database_unavailable
 from core.formats import CONTENT_TYPES, EXTENSIONS
 from core.models import ImageTask
 from core.storage import is_stored_name, new_stored_name, remove_quietly, rename_durably
@@ -86,9 +87,18 @@ async def _create_task(
     )
     session.add(task)
     try:
-        await session.commit()
+        # INSERT first: a database that is down fails here, and then nothing was stored.
+        await session.flush()
     except BaseException:
         remove_quietly(stored)
+        raise
+    try:
+        await session.commit()
+    except BaseException as exc:
+        # A COMMIT whose answer was lost may have been applied: keep the file its row would need.
+        # (At worst that leaves a file with no row; deleting it could leave a row with no file.)
+        if not is_database_unavailable(exc):
+            remove_quietly(stored)
         raise
     return task
 

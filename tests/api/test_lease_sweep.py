@@ -3,20 +3,36 @@ temporary files left by killed processes are removed."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-from sqlalchemy import update
+import nats
+from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core import queue
 from core.models import INTERRUPTED_REASON, ImageTask
+from core.storage import new_stored_name
 from tests import images
 from tests.waiting import eventually, task_row_when
 
 SWEEP_DEADLINE_SECONDS = 30  # the API sweeps every 6 s with the 60 s lease of the test settings
+
+
+TWO_MINUTES_AGO = datetime.now(UTC) - timedelta(minutes=2)
+
+
+async def last_message_id(stack_env: dict[str, str]) -> str | None:
+    nc = await nats.connect(stack_env["NATS_URL"])
+    try:
+        message = await nc.jetstream().get_last_msg(queue.STREAM, queue.SUBJECT)
+    finally:
+        await nc.close()
+    return (message.headers or {}).get("Nats-Msg-Id")
 
 
 async def stuck_task(client: httpx.AsyncClient, db: AsyncSession, attempts: int) -> int:
@@ -30,7 +46,8 @@ async def stuck_task(client: httpx.AsyncClient, db: AsyncSession, attempts: int)
         .values(
             status="processing",
             attempts=attempts,
-            started_at=datetime.now(UTC) - timedelta(minutes=2),
+            started_at=TWO_MINUTES_AGO,
+            queued_at=TWO_MINUTES_AGO,
             leased_until=datetime.now(UTC) - timedelta(seconds=1),
         )
     )
@@ -39,19 +56,22 @@ async def stuck_task(client: httpx.AsyncClient, db: AsyncSession, attempts: int)
 
 
 async def test_an_expired_lease_puts_the_task_back_in_the_queue(
-    client: httpx.AsyncClient, db: AsyncSession
+    client: httpx.AsyncClient, db: AsyncSession, stack_env: dict[str, str]
 ) -> None:
     task_id = await stuck_task(client, db, attempts=1)
 
     task = await task_row_when(
         db,
         task_id,
-        lambda task: task.status == "pending" and task.queued_at is not None,
+        lambda task: (
+            task.status == "pending" and task.queued_at is not None and task.queued_at > TWO_MINUTES_AGO
+        ),
         timeout=SWEEP_DEADLINE_SECONDS,
         what="pending and queued again",
     )
 
     assert task.attempts == 1 and task.error is None
+    assert await last_message_id(stack_env) == queue.message_id(task_id, 1), "a new message, not a copy"
 
 
 async def test_a_task_out_of_attempts_fails_with_a_reason(
@@ -85,3 +105,45 @@ async def test_stale_temporary_files_are_removed_and_fresh_ones_kept(
     await eventually(stale_removed, timeout=SWEEP_DEADLINE_SECONDS, what="stale temporary files removed")
     assert fresh.exists()
     fresh.unlink()
+
+
+async def test_a_queued_task_whose_message_was_lost_is_queued_again_once_the_queue_is_idle(
+    db: AsyncSession, stack_env: dict[str, str], uploads_dir: Path
+) -> None:
+    """As after a NATS crash that lost its file store: the row says queued, the stream has nothing."""
+    data = images.jpeg()
+    input_name = new_stored_name(".jpg")
+    (uploads_dir / input_name).write_bytes(data)
+    task = ImageTask(
+        filename="lost.jpg",
+        content_type="image/jpeg",
+        size_bytes=len(data),
+        width=320,
+        height=240,
+        sha256=hashlib.sha256(data).hexdigest(),
+        input_name=input_name,
+        queued_at=TWO_MINUTES_AGO,
+    )
+    db.add(task)
+    # Every other task still waiting was queued "just now" as far as the sweep can tell.
+    await db.execute(update(ImageTask).where(ImageTask.status == "pending").values(queued_at=func.now()))
+    await db.commit()
+    task_id = task.id
+    await db.execute(update(ImageTask).where(ImageTask.id == task_id).values(queued_at=TWO_MINUTES_AGO))
+    await db.commit()
+    nc = await nats.connect(stack_env["NATS_URL"])
+    try:
+        await nc.jetstream().purge_stream(queue.STREAM)
+    finally:
+        await nc.close()
+
+    requeued = await task_row_when(
+        db,
+        task_id,
+        lambda row: (row.queued_at or TWO_MINUTES_AGO) > TWO_MINUTES_AGO,
+        timeout=SWEEP_DEADLINE_SECONDS,
+        what="queued again",
+    )
+
+    assert requeued.status == "pending"
+    assert await last_message_id(stack_env) == queue.message_id(task_id, 0)

@@ -67,7 +67,7 @@ def test_a_plain_postgresql_url_gets_the_async_driver(monkeypatch: pytest.Monkey
         ("ACK_WAIT_SECONDS", "true"),
         ("MAX_FRAMES", "true"),
         ("MAX_DELIVER", "0"),
-        ("PROCESSING_LEASE_SECONDS", "5"),
+        ("LOST_AFTER_SECONDS", "5"),
         ("API_KEYS", "short"),
     ],
 )

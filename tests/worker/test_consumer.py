@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -13,10 +15,12 @@ import nats
 import pytest
 from nats.js import JetStreamContext
 from PIL import Image
+from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from config import get_settings
 from core import queue
+from core.models import ImageTask
 from devstack.stack import LocalServers
 from tests import images
 from tests.waiting import eventually, final_row, task_row
@@ -204,3 +208,39 @@ async def test_a_task_whose_every_attempt_fails_ends_failed_after_max_deliver_at
     assert task.status == "failed"
     assert task.attempts == settings.max_deliver
     assert task.error == GAVE_UP.format(attempts=settings.max_deliver, error="Not a directory")
+
+
+async def test_a_task_leased_by_a_live_worker_is_turned_away_until_the_lease_runs_out(
+    client: httpx.AsyncClient, db: AsyncSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The lease is the lock: a second copy of the message never starts a second render."""
+    task_id = await upload(client, images.jpeg())
+    held_until = datetime.now(UTC) + timedelta(hours=1)
+    await db.execute(
+        update(ImageTask)
+        .where(ImageTask.id == task_id)
+        .values(status="processing", attempts=1, started_at=func.now(), leased_until=held_until)
+    )
+    await db.commit()
+    caplog.set_level(logging.INFO, logger="worker.consumer")
+
+    stop = asyncio.Event()
+    worker_task = asyncio.create_task(run(get_settings(), stop))
+    try:
+
+        async def turned_away() -> bool:
+            return f"task {task_id} is being processed elsewhere" in caplog.text
+
+        await eventually(turned_away, what="the message turned away while the lease is held")
+        held = await task_row(db, task_id)
+        assert (held.status, held.attempts, held.leased_until) == ("processing", 1, held_until)
+
+        # The holder dies: its lease runs out, and the next delivery takes the task over.
+        await db.execute(update(ImageTask).where(ImageTask.id == task_id).values(leased_until=func.now()))
+        await db.commit()
+        done = await final_row(db, task_id)
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker_task, 30)
+
+    assert (done.status, done.attempts) == ("done", 2)
