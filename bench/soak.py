@@ -220,6 +220,7 @@ class Outcome:
     rows: int = 0  # in the database, accepted or not as far as the client knows
     open_rows: int = 0
     duplicates: int = 0
+    renders_recorded: int = 0
     partial_files: int = 0
     server_errors: int = 0
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -270,6 +271,7 @@ def count_renders(workers_log: Path, processed_dir: Path, outcome: Outcome) -> N
     output files cannot tell, since a second render replaces the first under the same name."""
     renders = collections.Counter(_RECORDED_RENDER.findall(workers_log.read_text(errors="replace")))
     outcome.duplicates = sum(count - 1 for count in renders.values() if count > 1)
+    outcome.renders_recorded = sum(renders.values())
     names = [path.name for path in processed_dir.iterdir()]
     outcome.partial_files = sum(1 for name in names if name.startswith(".partial-"))
 
@@ -296,6 +298,10 @@ def report(
         ("done", f"{outcome.done:,}"),
         ("failed", f"{outcome.failed:,}"),
         ("lost (not final, or done without output) — must be 0", f"{outcome.lost:,}"),
+        (
+            "renders recorded in the workers' logs (≥ done, or the count below means nothing)",
+            f"{outcome.renders_recorded:,}",
+        ),
         ("duplicates (a task rendered and recorded twice) — must be 0", f"{outcome.duplicates:,}"),
         ("5xx responses — must be 0", f"{uploads.server_errors + outcome.server_errors:,}"),
         (
