@@ -6,13 +6,14 @@ same way. Every process gets its settings through the environment, exactly as in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +75,22 @@ def start_api(env: Mapping[str, str], port: int, *, log_file: Path | None = None
         env,
         log_file,
     )
+
+
+@contextlib.contextmanager
+def running_api(env: Mapping[str, str], *, log_file: Path) -> Iterator[str]:
+    """An API process on a free port, ready (`/ready` answered 200); yields its base URL."""
+    port = free_port()
+    process = start_api(env, port, log_file=log_file)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(base_url, timeout=60, process=process)
+        yield base_url
+    except Exception:
+        print(log_file.read_text(errors="replace")[-5000:])  # why it did not start, in the test output
+        raise
+    finally:
+        stop_process(process)
 
 
 def start_worker(env: Mapping[str, str], *, log_file: Path | None = None) -> subprocess.Popen:

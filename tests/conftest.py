@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from config import get_settings
 from core.db import make_engine, make_sessionmaker
 from devstack.servers import free_port
-from devstack.stack import LocalServers, migrate, start_api, stop_process, wait_until_ready
+from devstack.stack import LocalServers, migrate, running_api
 
 # Small limits keep the refusal tests cheap; the worker tests shorten the redelivery delays.
 TEST_SETTINGS = {
@@ -78,18 +78,8 @@ def stack_env(servers: LocalServers, workdir: Path) -> Iterator[dict[str, str]]:
 @pytest.fixture(scope="session")
 def api_process(stack_env: dict[str, str], workdir: Path) -> Iterator[str]:
     """The real API under uvicorn; yields its base URL."""
-    port = free_port()
-    log_file = workdir / "api.log"
-    process = start_api(stack_env, port, log_file=log_file)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(base_url, timeout=60, process=process)
+    with running_api(stack_env, log_file=workdir / "api.log") as base_url:
         yield base_url
-    except Exception:
-        print(log_file.read_text(errors="replace")[-5000:])
-        raise
-    finally:
-        stop_process(process)
 
 
 @pytest.fixture

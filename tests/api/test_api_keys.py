@@ -13,8 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.deps import API_KEY_REQUIRED, TASK_NOT_FOUND
 from api.routes.tasks import PROCESSED_NOT_FOUND
 from core.models import ImageTask
-from devstack.servers import free_port
-from devstack.stack import start_api, stop_process, wait_until_ready
+from devstack.stack import running_api
 from tests import images
 
 ALICE = {"X-API-Key": "alice-key-0123456789"}
@@ -23,15 +22,9 @@ BOB = {"X-API-Key": "bob-key-0123456789abcdef"}
 
 @pytest.fixture(scope="module")
 def keyed_api(stack_env: dict[str, str], workdir: Path) -> Iterator[str]:
-    port = free_port()
     env = {**stack_env, "API_KEYS": f"{ALICE['X-API-Key']},{BOB['X-API-Key']}"}
-    process = start_api(env, port, log_file=workdir / "keyed-api.log")
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(base_url, timeout=60, process=process)
+    with running_api(env, log_file=workdir / "keyed-api.log") as base_url:
         yield base_url
-    finally:
-        stop_process(process)
 
 
 @pytest.fixture

@@ -44,7 +44,9 @@ async def test_tasks_queued_before_a_postgres_outage_longer_than_their_redeliver
     try:
         await asyncio.to_thread(servers.postgres.stop)
         # The worker meets the queued tasks while the database is away; the outage lasts until it
-        # has met each of them MAX_DELIVER times, past any delivery limit tied to that setting.
+        # has met one of them MAX_DELIVER times, past any delivery limit tied to that setting. (It
+        # pauses fetching while the database is down, so redeliveries of the first messages it took
+        # come before the others: not every task need be met that often.)
         worker = workers("fault-postgres-outage-worker")
         deadline = time.monotonic() + 30
         while True:
@@ -53,7 +55,7 @@ async def test_tasks_queued_before_a_postgres_outage_longer_than_their_redeliver
                 task_id: len(re.findall(rf"task {task_id}: database unavailable", log))
                 for task_id in task_ids
             }
-            if min(tries.values()) >= max_deliver:
+            if max(tries.values()) >= max_deliver:
                 break
             assert time.monotonic() < deadline, (tries, worker.log_tail())
             await asyncio.sleep(0.1)
