@@ -29,6 +29,11 @@ class TaskStatusResponse(BaseModel):
     processed_url: str | None = Field(description="Where the processed image is, once `done`.")
 
 
+class TaskPage(BaseModel):
+    items: list[TaskStatusResponse] = Field(description="Newest first.")
+    next_cursor: int | None = Field(description="Pass as `cursor` for the next page; null on the last one.")
+
+
 class ErrorResponse(BaseModel):
     detail: str
 

@@ -22,9 +22,23 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
 # Every operation the schema publishes; a new one fails the completeness test until it is listed.
-OPERATIONS = ("POST /upload", "GET /status/{task_id}", "GET /processed/{name}", "GET /health", "GET /ready")
+OPERATIONS = (
+    "POST /upload",
+    "GET /status/{task_id}",
+    "GET /tasks",
+    "GET /tasks/{task_id}",
+    "GET /processed/{name}",
+    "GET /health",
+    "GET /ready",
+)
 # Operations with no parameters and no body have no schema-violating request to generate.
-WITH_INPUTS = ("POST /upload", "GET /status/{task_id}", "GET /processed/{name}")
+WITH_INPUTS = (
+    "POST /upload",
+    "GET /status/{task_id}",
+    "GET /tasks",
+    "GET /tasks/{task_id}",
+    "GET /processed/{name}",
+)
 
 # /ready answers 503 when PostgreSQL or NATS is down (documented); both are up here, so it should
 # not, but a 503 there is the documented answer rather than a crash.

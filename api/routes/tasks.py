@@ -6,18 +6,26 @@ import re
 from typing import Annotated
 
 import anyio.to_thread
-from fastapi import APIRouter, Header, HTTPException, Path, Request
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from api.deps import CallerDep, ServicesDep, SessionDep, TaskDep
-from api.schemas import ErrorResponse, TaskStatusResponse, UploadResponse, result_url, status_url, task_status
+from api.deps import MAX_TASK_ID, CallerDep, ServicesDep, SessionDep, TaskDep
+from api.schemas import (
+    ErrorResponse,
+    TaskPage,
+    TaskStatusResponse,
+    UploadResponse,
+    result_url,
+    status_url,
+    task_status,
+)
 from api.templating import wants_html
 from api.uploads import STORAGE_FAILED, ReceivedUpload, UploadRefused, receive_upload
 from core.db import is_database_unavailable
 from core.formats import CONTENT_TYPES, EXTENSIONS
-from core.models import ImageTask
+from core.models import ImageTask, TaskStatus
 from core.storage import is_stored_name, new_stored_name, remove_quietly, rename_durably
 
 router = APIRouter(tags=["tasks"])
@@ -28,6 +36,12 @@ BAD_IDEMPOTENCY_KEY = "Idempotency-Key must be 1 to 200 printable ASCII characte
 IDEMPOTENCY_KEY_REUSED = "This Idempotency-Key was already used for a different file."
 PROCESSED_NOT_FOUND = "Processed image not found"
 
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+_READ_ERRORS: dict[int | str, dict] = {
+    401: {"model": ErrorResponse, "description": "API keys are on and X-API-Key is missing or unknown."},
+    404: {"model": ErrorResponse, "description": "No such task (or another key's)."},
+}
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
 _MEDIA_TYPES = {EXTENSIONS[fmt]: CONTENT_TYPES[fmt] for fmt in EXTENSIONS}
 
@@ -174,14 +188,45 @@ async def upload(
 @router.get(
     "/status/{task_id}",
     response_model=TaskStatusResponse,
-    responses={
-        401: {"model": ErrorResponse, "description": "API keys are on and X-API-Key is missing or unknown."},
-        404: {"model": ErrorResponse, "description": "No such task (or another key's)."},
-    },
+    responses=_READ_ERRORS,
 )
 async def get_status(task: TaskDep) -> TaskStatusResponse:
     """A task's state: `pending`, `processing`, `done` (with `processed_url`) or `failed` (with `error`)."""
     return task_status(task)
+
+
+@router.get("/tasks/{task_id}", response_model=TaskStatusResponse, responses=_READ_ERRORS)
+async def get_task(task: TaskDep) -> TaskStatusResponse:
+    """The same body as `GET /status/{task_id}`, under the task resource."""
+    return task_status(task)
+
+
+@router.get(
+    "/tasks",
+    response_model=TaskPage,
+    responses={401: _READ_ERRORS[401]},
+)
+async def list_tasks(
+    session: SessionDep,
+    caller: CallerDep,
+    status: TaskStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+    cursor: Annotated[
+        int | None, Query(ge=1, le=MAX_TASK_ID, description="`next_cursor` of the page before.")
+    ] = None,
+) -> TaskPage:
+    """Tasks, newest first, optionally of one status; pages of at most 100 (keyset pagination,
+    so pages stay consistent while new tasks arrive). With API keys on, only the caller's tasks."""
+    query = select(ImageTask).order_by(ImageTask.id.desc()).limit(limit + 1)
+    if status is not None:
+        query = query.where(ImageTask.status == status)
+    if cursor is not None:
+        query = query.where(ImageTask.id < cursor)
+    if caller is not None:
+        query = query.where(ImageTask.owner == caller)
+    rows = list(await session.scalars(query))
+    page, more = rows[:limit], len(rows) > limit
+    return TaskPage(items=[task_status(task) for task in page], next_cursor=page[-1].id if more else None)
 
 
 @router.get(

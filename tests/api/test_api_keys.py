@@ -87,3 +87,16 @@ async def test_idempotency_keys_are_per_api_key(keyed: httpx.AsyncClient) -> Non
     assert alice.status_code == bob.status_code == alice_again.status_code == 200
     assert alice.json()["task_id"] != bob.json()["task_id"]
     assert alice_again.json()["task_id"] == alice.json()["task_id"]
+
+
+async def test_a_key_lists_only_its_own_tasks(keyed: httpx.AsyncClient) -> None:
+    alices = {(await upload(keyed, ALICE)).json()["task_id"] for _ in range(2)}
+    bobs = {(await upload(keyed, BOB)).json()["task_id"]}
+
+    listed = {
+        item["task_id"] for item in (await keyed.get("/tasks?limit=100", headers=ALICE)).json()["items"]
+    }
+
+    assert alices <= listed
+    assert not bobs & listed
+    assert (await keyed.get("/tasks")).status_code == 401

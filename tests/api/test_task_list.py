@@ -1,0 +1,65 @@
+"""GET /tasks (newest first, filtered, keyset pages) and GET /tasks/{task_id}."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.deps import TASK_NOT_FOUND
+from core.models import ImageTask
+from tests import images
+
+
+async def upload(client: httpx.AsyncClient) -> int:
+    response = await client.post("/upload", files={"file": ("t.jpg", images.jpeg(40, 30), "image/jpeg")})
+    assert response.status_code == 200
+    return response.json()["task_id"]
+
+
+async def test_pages_walk_every_task_once_newest_first(client: httpx.AsyncClient, db: AsyncSession) -> None:
+    mine = [await upload(client) for _ in range(3)]
+
+    first = (await client.get("/tasks", params={"limit": 2})).json()
+    seen: list[int] = [item["task_id"] for item in first["items"]]
+    cursor = first["next_cursor"]
+    while cursor is not None:
+        page = (await client.get("/tasks", params={"limit": 2, "cursor": cursor})).json()
+        assert len(page["items"]) <= 2
+        seen += [item["task_id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+
+    assert seen[:3] == mine[::-1], "the newest tasks come first"
+    assert seen == sorted(seen, reverse=True) and len(seen) == len(set(seen))
+    assert len(seen) == await db.scalar(select(func.count()).select_from(ImageTask))
+
+
+async def test_a_status_filter_returns_only_that_status(client: httpx.AsyncClient, db: AsyncSession) -> None:
+    failed_id = await upload(client)
+    await db.execute(update(ImageTask).where(ImageTask.id == failed_id).values(status="failed", error="x"))
+    await db.commit()
+
+    body = (await client.get("/tasks", params={"status": "failed", "limit": 100})).json()
+
+    assert failed_id in {item["task_id"] for item in body["items"]}
+    assert {item["status"] for item in body["items"]} == {"failed"}
+
+
+@pytest.mark.parametrize(
+    "params", [{"limit": 0}, {"limit": 101}, {"status": "lost"}, {"cursor": 0}, {"cursor": "abc"}]
+)
+async def test_bad_list_parameters_are_422(client: httpx.AsyncClient, params: dict) -> None:
+    assert (await client.get("/tasks", params=params)).status_code == 422
+
+
+async def test_a_task_reads_the_same_under_tasks_and_status(client: httpx.AsyncClient) -> None:
+    task_id = await upload(client)
+
+    under_tasks = await client.get(f"/tasks/{task_id}")
+    under_status = await client.get(f"/status/{task_id}")
+    missing = await client.get("/tasks/2147483000")
+
+    assert under_tasks.status_code == 200
+    assert under_tasks.json() == under_status.json()
+    assert (missing.status_code, missing.json()) == (404, {"detail": TASK_NOT_FOUND})
