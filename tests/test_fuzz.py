@@ -27,6 +27,7 @@ OPERATIONS = (
     "GET /status/{task_id}",
     "GET /tasks",
     "GET /tasks/{task_id}",
+    "DELETE /tasks/{task_id}",
     "GET /processed/{name}",
     "GET /health",
     "GET /ready",
@@ -37,6 +38,7 @@ WITH_INPUTS = (
     "GET /status/{task_id}",
     "GET /tasks",
     "GET /tasks/{task_id}",
+    "DELETE /tasks/{task_id}",
     "GET /processed/{name}",
 )
 

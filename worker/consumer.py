@@ -306,10 +306,14 @@ class TaskProcessor:
                     error=None,
                 )
             )
-        if result.rowcount == 0:
-            log.warning("task %s was finished elsewhere meanwhile; its output is the same file", task_id)
-        else:
+        if result.rowcount:
             log.info("task %s done: %s", task_id, output_name)
+        elif await self._status(task_id) is None:
+            # Deleted (DELETE /tasks/{id}) while it was being processed: leave nothing behind.
+            remove_quietly(self._storage.processed_path(output_name))
+            log.info("task %s was deleted meanwhile; its output is removed", task_id)
+        else:
+            log.warning("task %s was finished elsewhere meanwhile; its output is the same file", task_id)
 
     async def _finish_failed(self, task_id: int, reason: str) -> None:
         async with self._transaction() as session:

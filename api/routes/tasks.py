@@ -201,6 +201,20 @@ async def get_task(task: TaskDep) -> TaskStatusResponse:
     return task_status(task)
 
 
+@router.delete("/tasks/{task_id}", status_code=204, responses=_READ_ERRORS)
+async def delete_task(task: TaskDep, session: SessionDep, services: ServicesDep) -> Response:
+    """Remove a task and its files. A worker processing it at that moment drops its result when it
+    next looks (its message is then terminated, its output removed)."""
+    files = [services.storage.upload_path(task.input_name)]
+    if task.output_name:
+        files.append(services.storage.processed_path(task.output_name))
+    await session.delete(task)
+    await session.commit()
+    for path in files:
+        await anyio.to_thread.run_sync(remove_quietly, path)
+    return Response(status_code=204)
+
+
 @router.get(
     "/tasks",
     response_model=TaskPage,

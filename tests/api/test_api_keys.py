@@ -100,3 +100,10 @@ async def test_a_key_lists_only_its_own_tasks(keyed: httpx.AsyncClient) -> None:
     assert alices <= listed
     assert not bobs & listed
     assert (await keyed.get("/tasks")).status_code == 401
+
+
+async def test_a_key_cannot_delete_another_keys_task(keyed: httpx.AsyncClient) -> None:
+    task_id = (await upload(keyed, ALICE)).json()["task_id"]
+
+    assert (await keyed.delete(f"/tasks/{task_id}", headers=BOB)).status_code == 404
+    assert (await keyed.delete(f"/tasks/{task_id}", headers=ALICE)).status_code == 204

@@ -1,6 +1,8 @@
-"""GET /tasks (newest first, filtered, keyset pages) and GET /tasks/{task_id}."""
+"""The task resource: GET /tasks (newest first, filtered, keyset pages), GET and DELETE /tasks/{task_id}."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import httpx
 import pytest
@@ -10,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.deps import TASK_NOT_FOUND
 from core.models import ImageTask
 from tests import images
+from tests.waiting import task_row
 
 
 async def upload(client: httpx.AsyncClient) -> int:
@@ -63,3 +66,33 @@ async def test_a_task_reads_the_same_under_tasks_and_status(client: httpx.AsyncC
     assert under_tasks.status_code == 200
     assert under_tasks.json() == under_status.json()
     assert (missing.status_code, missing.json()) == (404, {"detail": TASK_NOT_FOUND})
+
+
+async def test_deleting_a_task_removes_its_row_and_files(
+    client: httpx.AsyncClient, db: AsyncSession, uploads_dir: Path, processed_dir: Path
+) -> None:
+    task_id = await upload(client)
+    task = await task_row(db, task_id)
+    # Finish it by hand, so it has an output to remove too.
+    processed_dir.mkdir(parents=True, exist_ok=True)
+    (processed_dir / task.input_name).write_bytes(images.jpeg())
+    await db.execute(
+        update(ImageTask).where(ImageTask.id == task_id).values(status="done", output_name=task.input_name)
+    )
+    await db.commit()
+
+    deleted = await client.delete(f"/tasks/{task_id}")
+
+    assert deleted.status_code == 204
+    assert (await client.get(f"/tasks/{task_id}")).status_code == 404
+    assert (await client.get(f"/processed/{task.input_name}")).status_code == 404
+    assert not (uploads_dir / task.input_name).exists()
+    assert not (processed_dir / task.input_name).exists()
+    db.expire_all()
+    assert await db.get(ImageTask, task_id) is None
+
+
+async def test_deleting_an_unknown_task_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.delete("/tasks/2147483000")
+
+    assert (response.status_code, response.json()) == (404, {"detail": TASK_NOT_FOUND})
