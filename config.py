@@ -44,6 +44,7 @@ class Settings:
     api_keys: tuple[str, ...]
     worker_heartbeat_file: Path | None
     log_level: str
+    log_json: bool
 
 
 _DEFAULTS: dict[str, object] = {
@@ -64,6 +65,7 @@ _DEFAULTS: dict[str, object] = {
     "API_KEYS": [],
     "WORKER_HEARTBEAT_FILE": "",
     "LOG_LEVEL": "INFO",
+    "LOG_FORMAT": "text",
 }
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -143,6 +145,7 @@ _VALIDATORS = [
     ),
     Validator("WORKER_HEARTBEAT_FILE", is_type_of=str),
     Validator("LOG_LEVEL", is_in=_LOG_LEVELS),
+    Validator("LOG_FORMAT", is_in=("text", "json")),
 ]
 
 
@@ -208,6 +211,7 @@ def load_settings() -> Settings:
         api_keys=_key_list(raw["API_KEYS"]),
         worker_heartbeat_file=Path(heartbeat) if heartbeat else None,
         log_level=raw["LOG_LEVEL"],
+        log_json=raw["LOG_FORMAT"] == "json",
     )
 
 

@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.requests import ClientDisconnect
 
 from api.outbox import TaskPublisher
+from api.request_ids import RequestIds
 from api.routes import health, pages, tasks
 from api.security import SecurityHeaders
 from api.state import Services
@@ -26,6 +27,7 @@ from api.uploads import UploadRefused
 from config import get_settings
 from core.db import DATABASE_UNAVAILABLE_ERRORS, is_database_unavailable, make_engine, make_sessionmaker
 from core.formats import configure_pillow
+from core.logs import configure_logging
 from core.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ DATABASE_UNAVAILABLE = "The database is unavailable; nothing was stored. Please 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, json_lines=settings.log_json)
     configure_pillow(settings.max_image_pixels)
     storage = Storage(settings.uploads_dir, settings.processed_dir)
     storage.ensure_dirs()
@@ -101,6 +103,7 @@ def create_app() -> FastAPI:
         app.add_exception_handler(error, _database_error)
 
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(RequestIds)
     return app
 
 

@@ -33,7 +33,7 @@ def worker_process(
 
 
 async def test_a_photo_uploaded_from_the_form_shows_up_processed_on_its_result_page(
-    client: httpx.AsyncClient, worker_process: subprocess.Popen, heartbeat_file: Path
+    client: httpx.AsyncClient, worker_process: subprocess.Popen, heartbeat_file: Path, workdir: Path
 ) -> None:
     form = await client.get("/")
     assert 'name="file"' in form.text
@@ -61,6 +61,9 @@ async def test_a_photo_uploaded_from_the_form_shows_up_processed_on_its_result_p
     assert images.red_share(output, (0, 0, 512, 120)) > 0.01
     assert images.red_share(output, (512, 384, 1024, 768)) == 0
     assert time.time() - heartbeat_file.stat().st_mtime < 10, "the worker reports itself alive"
+    assert f"[task={task_id}]: task {task_id} done" in (workdir / "worker.log").read_text(), (
+        "log has the task"
+    )
 
 
 def rgba_png() -> bytes:

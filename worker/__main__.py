@@ -27,6 +27,7 @@ from config import ConfigError, Settings, get_settings
 from core import queue
 from core.db import make_engine, make_sessionmaker
 from core.formats import configure_pillow
+from core.logs import configure_logging
 from core.storage import Storage
 from worker.consumer import RenderSettings, TaskPolicy, TaskProcessor
 
@@ -181,7 +182,7 @@ def main() -> int:
     except ConfigError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, json_lines=settings.log_json)
 
     async def serve() -> None:
         stop = asyncio.Event()

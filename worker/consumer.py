@@ -39,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.db import is_database_unavailable
 from core.formats import EXTENSIONS, ImageRejected
+from core.logs import task_context
 from core.models import FINAL_STATUSES, INTERRUPTED_REASON, ImageTask, TaskStatus
 from core.queue import parse_task_id
 from core.storage import Storage, move_into_place, output_name_for, remove_quietly
@@ -120,6 +121,10 @@ class TaskProcessor:
             log.error("terminating a message that is not a task id: %r", msg.data[:64])
             await _settle(msg.term())
             return
+        with task_context(task_id):
+            await self._handle_with_policy(msg, task_id)
+
+    async def _handle_with_policy(self, msg: Msg, task_id: int) -> None:
         try:
             await self._handle_task(msg, task_id)
         except DatabaseUnavailable as exc:

@@ -104,3 +104,13 @@ async def test_the_openapi_document_describes_the_upload_form(client: httpx.Asyn
     assert {"200", "400", "413", "415", "422", "503"} <= set(upload["responses"])
     assert spec["paths"]["/status/{task_id}"]["get"]["responses"]["200"]["content"]["application/json"]
     assert "/ready" in spec["paths"] and "/health" in spec["paths"]
+
+
+async def test_every_answer_carries_a_request_id_and_keeps_a_sane_one(client: httpx.AsyncClient) -> None:
+    made_up = await client.get("/health")
+    kept = await client.get("/health", headers={"X-Request-ID": "proxy-7f3a.1"})
+    replaced = await client.get("/health", headers={"X-Request-ID": "bad id <script>"})
+
+    assert len(made_up.headers["x-request-id"]) == 16
+    assert kept.headers["x-request-id"] == "proxy-7f3a.1"
+    assert replaced.headers["x-request-id"] != "bad id <script>"

@@ -1,0 +1,79 @@
+"""Log set-up shared by the API and the worker: readable text by default, JSON lines on request,
+and the id of the task (worker) or request (API) being handled on every line logged while it is.
+
+The ids travel in context variables, so code deep in a call chain logs them without passing them
+along; `asyncio` copies the context into each task, so concurrent tasks never mix them up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
+
+_task_id: ContextVar[int | None] = ContextVar("task_id", default=None)
+_request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(context)s: %(message)s"
+
+
+@contextmanager
+def task_context(task_id: int) -> Iterator[None]:
+    token = _task_id.set(task_id)
+    try:
+        yield
+    finally:
+        _task_id.reset(token)
+
+
+@contextmanager
+def request_context(request_id: str) -> Iterator[None]:
+    token = _request_id.set(request_id)
+    try:
+        yield
+    finally:
+        _request_id.reset(token)
+
+
+class _ContextFilter(logging.Filter):
+    """Adds `task_id`, `request_id` and a ready-made `context` text to every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.task_id = _task_id.get()
+        record.request_id = _request_id.get()
+        parts = []
+        if record.task_id is not None:
+            parts.append(f"task={record.task_id}")
+        if record.request_id is not None:
+            parts.append(f"request={record.request_id}")
+        record.context = f" [{' '.join(parts)}]" if parts else ""
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("task_id", "request_id"):
+            if getattr(record, key, None) is not None:
+                entry[key] = getattr(record, key)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str, *, json_lines: bool) -> None:
+    """One handler on the root logger, for the process's whole life (called once at start-up)."""
+    handler = logging.StreamHandler()
+    handler.addFilter(_ContextFilter())
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
