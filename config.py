@@ -45,6 +45,7 @@ class Settings:
     worker_heartbeat_file: Path | None
     log_level: str
     log_json: bool
+    retention_days: int
 
 
 _DEFAULTS: dict[str, object] = {
@@ -66,6 +67,7 @@ _DEFAULTS: dict[str, object] = {
     "WORKER_HEARTBEAT_FILE": "",
     "LOG_LEVEL": "INFO",
     "LOG_FORMAT": "text",
+    "RETENTION_DAYS": 0,
 }
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -146,6 +148,13 @@ _VALIDATORS = [
     Validator("WORKER_HEARTBEAT_FILE", is_type_of=str),
     Validator("LOG_LEVEL", is_in=_LOG_LEVELS),
     Validator("LOG_FORMAT", is_in=("text", "json")),
+    Validator(
+        "RETENTION_DAYS",
+        condition=lambda days: isinstance(days, int) and not isinstance(days, bool) and days >= 0,
+        messages={
+            "condition": "RETENTION_DAYS must be a whole number of days, 0 to keep everything, got {value!r}"
+        },
+    ),
 ]
 
 
@@ -212,6 +221,7 @@ def load_settings() -> Settings:
         worker_heartbeat_file=Path(heartbeat) if heartbeat else None,
         log_level=raw["LOG_LEVEL"],
         log_json=raw["LOG_FORMAT"] == "json",
+        retention_days=raw["RETENTION_DAYS"],
     )
 
 

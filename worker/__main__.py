@@ -30,6 +30,7 @@ from core.formats import configure_pillow
 from core.logs import configure_logging
 from core.storage import Storage
 from worker.consumer import RenderSettings, TaskPolicy, TaskProcessor
+from worker.retention import purge_forever
 
 log = logging.getLogger("worker")
 
@@ -82,8 +83,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     storage.ensure_dirs()
     engine = make_engine(settings.database_url, pool_size=settings.worker_concurrency)
     executor = ThreadPoolExecutor(max_workers=settings.worker_concurrency, thread_name_prefix="pillow")
+    sessions = make_sessionmaker(engine)
     processor = TaskProcessor(
-        sessions=make_sessionmaker(engine),
+        sessions=sessions,
         storage=storage,
         executor=executor,
         render=RenderSettings(settings.watermark_text, settings.max_image_pixels, settings.max_frames),
@@ -101,12 +103,19 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         log.info("stop requested with %d image(s) in flight; fetching no more", len(in_flight))
 
     announcer = asyncio.create_task(announce_stop())
+    retention = (
+        asyncio.create_task(purge_forever(sessions, storage, settings.retention_days))
+        if settings.retention_days
+        else None
+    )
     try:
         if nc is not None:
             policy = queue.ConsumerPolicy(settings.ack_wait_seconds)
             await _fetch_loop(_Subscription(nc.jetstream(), policy), processor, settings, stop, in_flight)
     finally:
         announcer.cancel()
+        if retention is not None:
+            retention.cancel()
         if in_flight:
             log.info("finishing %d image(s) in flight before exit", len(in_flight))
             await asyncio.gather(*in_flight, return_exceptions=True)

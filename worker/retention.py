@@ -1,0 +1,65 @@
+"""Forgetting old tasks: with RETENTION_DAYS set, finished tasks (done or failed) older than that
+are deleted with their files. Every worker runs it now and then; `SKIP LOCKED` lets several share
+the work without waiting on each other."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+import anyio.to_thread
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from core.models import FINAL_STATUSES, ImageTask
+from core.storage import Storage, remove_quietly
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+INTERVAL_SECONDS = 3600.0
+
+
+async def purge_expired(
+    sessions: async_sessionmaker[AsyncSession], storage: Storage, older_than: timedelta
+) -> int:
+    """Delete one batch of finished tasks older than `older_than`, then their files. Returns how many.
+
+    Rows go first: a crash between the two steps leaves files without rows (wasted space), never
+    rows without files (tasks that cannot be shown).
+    """
+    expired = (
+        select(ImageTask.id)
+        .where(ImageTask.status.in_(FINAL_STATUSES), ImageTask.finished_at < func.now() - older_than)
+        .limit(BATCH)
+        .with_for_update(skip_locked=True)
+    )
+    async with sessions() as session, session.begin():
+        rows = (
+            await session.execute(
+                delete(ImageTask)
+                .where(ImageTask.id.in_(expired))
+                .returning(ImageTask.input_name, ImageTask.output_name)
+            )
+        ).all()
+    paths = [storage.upload_path(row.input_name) for row in rows]
+    paths += [storage.processed_path(row.output_name) for row in rows if row.output_name]
+    for path in paths:
+        await anyio.to_thread.run_sync(remove_quietly, path)
+    return len(rows)
+
+
+async def purge_forever(sessions: async_sessionmaker[AsyncSession], storage: Storage, days: int) -> None:
+    older_than = timedelta(days=days)
+    while True:
+        try:
+            removed = total = await purge_expired(sessions, storage, older_than)
+            while removed == BATCH:
+                removed = await purge_expired(sessions, storage, older_than)
+                total += removed
+            if total:
+                log.info("retention: deleted %d task(s) finished more than %d day(s) ago", total, days)
+        except Exception as exc:  # a database outage, say: the next round tries again
+            log.warning("retention pass failed, will retry: %s", exc)
+        await asyncio.sleep(INTERVAL_SECONDS)
