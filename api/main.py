@@ -18,9 +18,8 @@ from sqlalchemy.exc import DBAPIError
 from starlette.requests import ClientDisconnect
 
 from api.outbox import TaskPublisher
-from api.request_ids import RequestIds
+from api.response_headers import ResponseHeaders
 from api.routes import health, pages, tasks
-from api.security import SecurityHeaders
 from api.state import Services
 from api.templating import templates, wants_html
 from api.uploads import UploadRefused
@@ -102,8 +101,7 @@ def create_app() -> FastAPI:
     for error in (*DATABASE_UNAVAILABLE_ERRORS, DBAPIError):
         app.add_exception_handler(error, _database_error)
 
-    app.add_middleware(SecurityHeaders)
-    app.add_middleware(RequestIds)
+    app.add_middleware(ResponseHeaders)
     return app
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from typing import Any
 
 _task_id: ContextVar[int | None] = ContextVar("task_id", default=None)
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -21,21 +22,20 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(context)s: %(message)s"
 
 
 @contextmanager
-def task_context(task_id: int) -> Iterator[None]:
-    token = _task_id.set(task_id)
+def _bound(variable: ContextVar[Any], value: object) -> Iterator[None]:
+    token = variable.set(value)
     try:
         yield
     finally:
-        _task_id.reset(token)
+        variable.reset(token)
 
 
-@contextmanager
-def request_context(request_id: str) -> Iterator[None]:
-    token = _request_id.set(request_id)
-    try:
-        yield
-    finally:
-        _request_id.reset(token)
+def task_context(task_id: int) -> AbstractContextManager[None]:
+    return _bound(_task_id, task_id)
+
+
+def request_context(request_id: str) -> AbstractContextManager[None]:
+    return _bound(_request_id, request_id)
 
 
 class _ContextFilter(logging.Filter):

@@ -1,19 +1,31 @@
-"""Response headers every answer carries (pure ASGI: no per-request task or body buffering)."""
+"""Headers every answer carries, in one pure ASGI layer (no per-request task, no body buffering):
+
+- `X-Content-Type-Options: nosniff` everywhere; on HTML pages a strict Content-Security-Policy and
+  `Referrer-Policy: no-referrer` (user text is escaped as well).
+- `X-Request-ID`: taken from the request when a proxy sent a sane one, made up otherwise, and put
+  on every log line written while the request is handled.
+"""
 
 from __future__ import annotations
 
+import re
+import uuid
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-# HTML pages load nothing from elsewhere and cannot be framed; user text is escaped as well.
+from core.logs import request_context
+
+# HTML pages load nothing from elsewhere and cannot be framed.
 PAGE_CSP = (
     "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'none'; object-src 'none'; "
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 # /docs and /redoc load their scripts from a CDN by FastAPI's design; they get no page CSP.
 _CSP_EXEMPT = ("/docs", "/redoc")
+_SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 
 
-class SecurityHeaders:
+class ResponseHeaders:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -22,6 +34,8 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
         exempt = scope["path"].startswith(_CSP_EXEMPT)
+        given = dict(scope["headers"]).get(b"x-request-id", b"")
+        request_id = given.decode() if _SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -33,7 +47,9 @@ class SecurityHeaders:
                 if content_type.startswith(b"text/html") and not exempt:
                     headers.append((b"content-security-policy", PAGE_CSP.encode()))
                     headers.append((b"referrer-policy", b"no-referrer"))
+                headers.append((b"x-request-id", request_id.encode()))
                 message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        with request_context(request_id):
+            await self.app(scope, receive, send_with_headers)
