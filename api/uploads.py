@@ -68,6 +68,8 @@ class ReceivedUpload:
     size_bytes: int
     sha256: str
     info: ImageInfo
+    # The form's other fields (preset, ops, outputs, ...), by name; not yet validated.
+    text_fields: dict[str, str] = field(default_factory=dict)
 
 
 def display_name(raw: str | None) -> str:
@@ -96,6 +98,10 @@ class _MultipartReceiver:
     _headers: dict[str, bytes] = field(default_factory=dict)
     _writing_file: bool = False
     _text_bytes: int = 0
+    _text_name: str | None = None
+    _text: bytearray = field(default_factory=bytearray)
+    # The form's text fields (UTF-8), by name; a repeated name keeps its first value.
+    text_fields: dict[str, str] = field(default_factory=dict)
     ended: bool = False
     _header_bytes: int = 0
 
@@ -111,7 +117,15 @@ class _MultipartReceiver:
         }
 
     def on_end(self) -> None:
+        self._end_text_field()
         self.ended = True
+
+    def _end_text_field(self) -> None:
+        if self._text_name is not None:
+            value = self._text.decode("utf-8", errors="replace")
+            self.text_fields.setdefault(self._text_name, value)
+        self._text_name = None
+        self._text.clear()
 
     def _add_header(self, buffer: bytearray, data: bytes) -> None:
         self._header_bytes += len(data)
@@ -120,6 +134,7 @@ class _MultipartReceiver:
         buffer.extend(data)
 
     def on_part_begin(self) -> None:
+        self._end_text_field()
         self.parts_seen += 1
         if self.parts_seen > MAX_PARTS:
             raise UploadRefused(422, TOO_MANY_PARTS)
@@ -145,13 +160,16 @@ class _MultipartReceiver:
             self.raw_filename = params.get(b"filename", b"").decode("utf-8", errors="replace")
         elif has_filename:
             raise UploadRefused(422, WRONG_FIELD.format(name=name[:100]))
+        else:
+            self._text_name = name
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if not self._writing_file:
-            # Other text fields are allowed (and ignored for now) but bounded.
+            # Text fields are kept in memory, so each is bounded (and MAX_PARTS bounds their number).
             self._text_bytes += end - start
             if self._text_bytes > MAX_TEXT_FIELD_BYTES:
                 raise UploadRefused(413, FIELD_TOO_LARGE)
+            self._text.extend(data[start:end])
             return
         self.file_bytes += end - start
         if self.file_bytes > self.max_file_bytes:
@@ -276,4 +294,5 @@ async def _receive(
         size_bytes=receiver.file_bytes,
         sha256=receiver.digest.hexdigest(),
         info=info,
+        text_fields=receiver.text_fields,
     )

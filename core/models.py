@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import BigInteger, CheckConstraint, DateTime, Index, Integer, String, Text, func
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.db import Base
@@ -76,3 +78,9 @@ class ImageTask(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     # Fingerprint of the API key that uploaded the task (None when API keys are off).
     owner: Mapped[str | None] = mapped_column(String(64), index=True)
+    # What to make, resolved at upload (core.processing.Processing as JSON); None on rows from
+    # before presets existed, which get the `default` preset.
+    processing: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # What was made, once `done` (core.processing.OutputRecord list, as JSON); `output_name` is
+    # the first output's file, as before.
+    outputs: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # What a generated name looks like; anything else asked for by URL is refused before touching disk.
-STORED_NAME = re.compile(r"^[0-9a-f]{32}\.[a-z]{3,4}$")
+# An output other than a task's first carries its position: `<input id>-<n>.<ext>`.
+STORED_NAME = re.compile(r"^[0-9a-f]{32}(-[1-9][0-9]?)?\.[a-z]{3,4}$")
 _TEMP_PREFIX = ".partial-"
 
 
@@ -58,9 +59,11 @@ def new_stored_name(extension: str) -> str:
     return f"{uuid.uuid4().hex}{extension}"
 
 
-def output_name_for(input_name: str, extension: str) -> str:
-    """The processed file's name: derived from the input's, so a re-run overwrites, never adds."""
-    return f"{Path(_checked(input_name)).stem}{extension}"
+def output_name_for(input_name: str, extension: str, index: int = 0) -> str:
+    """The `index`-th output's file name: derived from the input's, so a re-run overwrites, never
+    adds. The first output has no suffix (the name it had before tasks had several outputs)."""
+    suffix = f"-{index}" if index else ""
+    return f"{Path(_checked(input_name)).stem}{suffix}{extension}"
 
 
 def is_stored_name(name: str) -> bool:
