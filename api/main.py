@@ -19,7 +19,7 @@ from starlette.requests import ClientDisconnect
 
 from api.outbox import TaskPublisher
 from api.response_headers import ResponseHeaders
-from api.routes import health, pages, tasks
+from api.routes import health, pages, presets, tasks
 from api.state import Services
 from api.templating import templates, wants_html
 from api.uploads import UploadRefused
@@ -27,6 +27,7 @@ from config import get_settings
 from core.db import DATABASE_UNAVAILABLE_ERRORS, is_database_unavailable, make_engine, make_sessionmaker
 from core.formats import configure_pillow
 from core.logs import configure_logging
+from core.processing import configured_presets
 from core.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ DATABASE_UNAVAILABLE = "The database is unavailable; nothing was stored. Please 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
+    presets = configured_presets(settings)
     configure_logging(settings.log_level, json_lines=settings.log_json)
     configure_pillow(settings.max_image_pixels)
     storage = Storage(settings.uploads_dir, settings.processed_dir)
@@ -52,7 +54,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_attempts=settings.max_deliver,
     )
     await publisher.start()
-    app.state.services = Services(settings, engine, sessions, storage, publisher)
+    app.state.services = Services(settings, engine, sessions, storage, publisher, presets)
     try:
         yield
     finally:
@@ -93,6 +95,7 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(tasks.router)
+    app.include_router(presets.router)
     app.include_router(pages.router)
     app.include_router(health.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")

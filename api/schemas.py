@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 
+from core.formats import CONTENT_TYPES
 from core.models import ImageTask, TaskStatus
+from core.processing import OutputRecord
 
 
 class UploadResponse(BaseModel):
@@ -15,6 +18,22 @@ class UploadResponse(BaseModel):
     message: str
     status_url: str
     result_url: str
+
+
+class RequestedOutput(BaseModel):
+    name: str
+    preset: str | None = Field(description="The preset it came from; null for an `ops` list.")
+    ops: list[dict[str, Any]] = Field(description="The operations, in order, with every parameter.")
+
+
+class OutputResponse(BaseModel):
+    name: str
+    url: str
+    content_type: str
+    width: int
+    height: int
+    frames: int
+    size_bytes: int
 
 
 class TaskStatusResponse(BaseModel):
@@ -26,7 +45,16 @@ class TaskStatusResponse(BaseModel):
     attempts: int
     started_at: datetime | None
     finished_at: datetime | None
-    processed_url: str | None = Field(description="Where the processed image is, once `done`.")
+    processed_url: str | None = Field(
+        description="Where the processed image is (the first output), once `done`."
+    )
+    processing: list[RequestedOutput] | None = Field(
+        default=None,
+        description="What the upload asked for, one entry per output (null: the default preset).",
+    )
+    outputs: list[OutputResponse] | None = Field(
+        default=None, description="Every output once `done`, in the order asked for."
+    )
 
 
 class TaskPage(BaseModel):
@@ -62,6 +90,24 @@ def processed_url(task: ImageTask) -> str | None:
     return f"/processed/{task.output_name}"
 
 
+def _outputs(task: ImageTask) -> list[OutputResponse] | None:
+    if task.status != TaskStatus.DONE or not task.outputs:
+        return None
+    records = [OutputRecord.model_validate(item) for item in task.outputs]
+    return [
+        OutputResponse(
+            name=record.name,
+            url=f"/processed/{record.file}",
+            content_type=CONTENT_TYPES[record.format],
+            width=record.width,
+            height=record.height,
+            frames=record.frames,
+            size_bytes=record.size_bytes,
+        )
+        for record in records
+    ]
+
+
 def task_status(task: ImageTask) -> TaskStatusResponse:
     return TaskStatusResponse(
         task_id=task.id,
@@ -73,4 +119,8 @@ def task_status(task: ImageTask) -> TaskStatusResponse:
         started_at=task.started_at,
         finished_at=task.finished_at,
         processed_url=processed_url(task),
+        processing=[RequestedOutput.model_validate(item) for item in task.processing["outputs"]]
+        if task.processing
+        else None,
+        outputs=_outputs(task),
     )

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from api.outbox import TaskPublisher
 from config import Settings
+from core.processing import Preset
 from core.storage import Storage
 
 
@@ -18,3 +19,4 @@ class Services:
     sessions: async_sessionmaker[AsyncSession]
     storage: Storage
     publisher: TaskPublisher
+    presets: dict[str, Preset]

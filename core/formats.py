@@ -18,15 +18,24 @@ from PIL import Image
 # EPS, TIFF, PSD, ICO, ...) is refused: fewer decoders exposed to untrusted bytes.
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP")
 
+# Inputs are ALLOWED_FORMATS; outputs may also be AVIF (written, never decoded from a client).
 CONTENT_TYPES: dict[str, str] = {
     "JPEG": "image/jpeg",
     "PNG": "image/png",
     "GIF": "image/gif",
     "WEBP": "image/webp",
     "BMP": "image/bmp",
+    "AVIF": "image/avif",
 }
 
-EXTENSIONS: dict[str, str] = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp"}
+EXTENSIONS: dict[str, str] = {
+    "JPEG": ".jpg",
+    "PNG": ".png",
+    "GIF": ".gif",
+    "WEBP": ".webp",
+    "BMP": ".bmp",
+    "AVIF": ".avif",
+}
 
 
 class ImageRejected(ValueError):

@@ -45,6 +45,12 @@ INTERRUPTED_REASON = (
 _STATUS_VALUES = ", ".join(f"'{status.value}'" for status in TaskStatus)
 
 
+def output_files(output_name: str | None, outputs: list[dict[str, Any]] | None) -> list[str]:
+    """Every processed file a row owns (rows from before several outputs name only `output_name`)."""
+    files = [output["file"] for output in outputs or ()]
+    return files or ([output_name] if output_name else [])
+
+
 class ImageTask(Base):
     __tablename__ = "image_tasks"
     __table_args__ = (

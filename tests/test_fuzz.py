@@ -29,11 +29,14 @@ OPERATIONS = (
     "GET /tasks/{task_id}",
     "DELETE /tasks/{task_id}",
     "GET /processed/{name}",
+    "GET /presets",
     "GET /health",
     "GET /ready",
 )
 # Operations with no parameters and no body have no schema-violating request to generate.
-WITH_INPUTS = tuple(label for label in OPERATIONS if label not in ("GET /health", "GET /ready"))
+WITH_INPUTS = tuple(
+    label for label in OPERATIONS if label not in ("GET /health", "GET /ready", "GET /presets")
+)
 
 # /ready answers 503 when PostgreSQL or NATS is down (documented); both are up here, so it should
 # not, but a 503 there is the documented answer rather than a crash.
@@ -86,6 +89,11 @@ def test_generated_requests_get_documented_answers_and_never_a_server_error(
     excluded = []
     if label == "POST /upload" and mode is GenerationMode.POSITIVE:
         excluded.append(schemathesis.checks.positive_data_acceptance)
+    if label == "POST /upload" and mode is GenerationMode.NEGATIVE:
+        # A multipart form carries only strings: schemathesis leaves out a text field it mutated into
+        # an array or object, so what it calls a schema-violating upload is a valid one. (Bad values
+        # of those fields are tested by name in tests/api/test_processing.py.)
+        excluded.append(schemathesis.checks.negative_data_rejection)
     answered: list[int] = []
 
     @FUZZ_SETTINGS

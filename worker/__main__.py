@@ -29,7 +29,7 @@ from core.db import make_engine, make_sessionmaker
 from core.formats import configure_pillow
 from core.logs import configure_logging
 from core.storage import Storage
-from worker.consumer import RenderSettings, TaskPolicy, TaskProcessor
+from worker.consumer import TaskPolicy, TaskProcessor, render_settings
 from worker.retention import purge_forever
 
 log = logging.getLogger("worker")
@@ -88,7 +88,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         sessions=sessions,
         storage=storage,
         executor=executor,
-        render=RenderSettings(settings.watermark_text, settings.max_image_pixels, settings.max_frames),
+        render=render_settings(settings),
         policy=TaskPolicy(
             ack_wait_seconds=settings.ack_wait_seconds,
             max_attempts=settings.max_deliver,

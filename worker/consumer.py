@@ -32,18 +32,21 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
+from typing import Any
 
 from nats.aio.msg import Msg
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from config import Settings
 from core.db import is_database_unavailable
 from core.formats import EXTENSIONS, ImageRejected
 from core.logs import task_context
 from core.models import FINAL_STATUSES, INTERRUPTED_REASON, ImageTask, TaskStatus
+from core.processing import OutputRecord, Processing, configured_presets, default_processing
 from core.queue import parse_task_id
 from core.storage import Storage, move_into_place, output_name_for, remove_quietly
-from worker.imaging import watermark
+from worker.imaging import EncoderSettings, RenderLimits, render
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +77,24 @@ class DatabaseUnavailable(Exception):
 
 @dataclass(frozen=True)
 class RenderSettings:
-    watermark_text: str
-    max_pixels: int
-    max_frames: int
+    limits: RenderLimits
+    encoder: EncoderSettings
+    # For rows from before tasks stored their processing: what every upload got then.
+    legacy: Processing
+
+
+def render_settings(settings: Settings) -> RenderSettings:
+    """The settings' processing limits and encoder choices; refuses to start on a bad PRESETS."""
+    presets = configured_presets(settings)
+    return RenderSettings(
+        limits=RenderLimits(
+            max_pixels=settings.max_image_pixels,
+            max_frames=settings.max_frames,
+            max_output_pixels=settings.max_output_pixels,
+        ),
+        encoder=EncoderSettings(webp_method=settings.webp_method, keep_metadata=settings.keep_metadata),
+        legacy=default_processing(presets, settings.watermark_text),
+    )
 
 
 @dataclass(frozen=True)
@@ -90,6 +108,7 @@ class TaskPolicy:
 class _Claim:
     input_name: str
     attempts: int
+    processing: Processing
 
 
 class TaskProcessor:
@@ -173,8 +192,8 @@ class TaskProcessor:
     async def _render_and_finish(self, msg: Msg, task_id: int, claim: _Claim) -> None:
         max_attempts = self._policy.max_attempts
         try:
-            output_name = await asyncio.get_running_loop().run_in_executor(
-                self._executor, partial(self._render, claim.input_name)
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                self._executor, partial(self._render, claim.input_name, claim.processing)
             )
         except ImageRejected as exc:
             log.info("task %s failed: %s", task_id, exc)
@@ -193,15 +212,15 @@ class TaskProcessor:
             await self._finish_failed(task_id, GAVE_UP.format(attempts=claim.attempts, error=_describe(exc)))
             await msg.term()
             return
-        await self._finish_done_patiently(task_id, output_name)
+        await self._finish_done_patiently(task_id, outputs)
         await msg.ack()
 
-    async def _finish_done_patiently(self, task_id: int, output_name: str) -> None:
+    async def _finish_done_patiently(self, task_id: int, outputs: list[dict[str, Any]]) -> None:
         """Record the finished output, riding out a short database outage: the work is done and
         the heartbeats still hold the message, so giving up now would only cost a re-render."""
         for remaining in range(FINISH_RETRIES, -1, -1):
             try:
-                await self._finish_done(task_id, output_name)
+                await self._finish_done(task_id, outputs)
                 return
             except DatabaseUnavailable as exc:
                 if remaining == 0:
@@ -235,32 +254,49 @@ class TaskProcessor:
                         leased_until=func.now() + self._lease,
                         error=None,
                     )
-                    .returning(ImageTask.input_name, ImageTask.attempts)
+                    .returning(ImageTask.input_name, ImageTask.attempts, ImageTask.processing)
                 )
             ).one_or_none()
-        return None if row is None else _Claim(input_name=row.input_name, attempts=row.attempts)
+        if row is None:
+            return None
+        processing = Processing.from_json(row.processing, default=self._render_settings.legacy)
+        return _Claim(input_name=row.input_name, attempts=row.attempts, processing=processing)
 
     async def _status(self, task_id: int) -> str | None:
         async with self._transaction() as session:
             return await session.scalar(select(ImageTask.status).where(ImageTask.id == task_id))
 
-    def _render(self, input_name: str) -> str:
-        """Runs in a worker thread: decode, stamp, write to a temporary file, rename into place."""
+    def _render(self, input_name: str, processing: Processing) -> list[dict[str, Any]]:
+        """Runs in a worker thread: decode once, render every output to a temporary file, then
+        rename each into place. Returns the outputs as the row stores them (OutputRecord)."""
         settings = self._render_settings
-        temp = self._storage.temp_processed_path()
+        temps = [(output, self._storage.temp_processed_path()) for output in processing.outputs]
         try:
-            result = watermark(
+            results = render(
                 self._storage.upload_path(input_name),
-                temp,
-                text=settings.watermark_text,
-                max_pixels=settings.max_pixels,
-                max_frames=settings.max_frames,
+                temps,
+                limits=settings.limits,
+                encoder=settings.encoder,
             )
-            output_name = output_name_for(input_name, EXTENSIONS[result.format])
-            move_into_place(temp, self._storage.processed_path(output_name))
+            records = []
+            for index, ((output, temp), result) in enumerate(zip(temps, results, strict=True)):
+                file = output_name_for(input_name, EXTENSIONS[result.format], index)
+                move_into_place(temp, self._storage.processed_path(file))
+                records.append(
+                    OutputRecord(
+                        name=output.name,
+                        file=file,
+                        format=result.format,
+                        width=result.width,
+                        height=result.height,
+                        frames=result.frames,
+                        size_bytes=result.size_bytes,
+                    ).model_dump()
+                )
         finally:
-            remove_quietly(temp)
-        return output_name
+            for _, temp in temps:
+                remove_quietly(temp)
+        return records
 
     async def _heartbeat(self, msg: Msg, task_id: int) -> None:
         """Keep the message (JetStream) and the lease (database) while this worker works on it.
@@ -298,27 +334,30 @@ class TaskProcessor:
                 .values(status=TaskStatus.PENDING, leased_until=None)
             )
 
-    async def _finish_done(self, task_id: int, output_name: str) -> None:
+    async def _finish_done(self, task_id: int, outputs: list[dict[str, Any]]) -> None:
+        files = [output["file"] for output in outputs]
         async with self._transaction() as session:
             result = await session.execute(
                 update(ImageTask)
                 .where(ImageTask.id == task_id, ImageTask.status.in_(_OPEN))
                 .values(
                     status=TaskStatus.DONE,
-                    output_name=output_name,
+                    output_name=files[0],
+                    outputs=outputs,
                     finished_at=func.now(),
                     leased_until=None,
                     error=None,
                 )
             )
         if result.rowcount:
-            log.info("task %s done: %s", task_id, output_name)
+            log.info("task %s done: %s", task_id, ", ".join(files))
         elif await self._status(task_id) is None:
             # Deleted (DELETE /tasks/{id}) while it was being processed: leave nothing behind.
-            remove_quietly(self._storage.processed_path(output_name))
+            for file in files:
+                remove_quietly(self._storage.processed_path(file))
             log.info("task %s was deleted meanwhile; its output is removed", task_id)
         else:
-            log.warning("task %s was finished elsewhere meanwhile; its output is the same file", task_id)
+            log.warning("task %s was finished elsewhere meanwhile; its outputs are the same files", task_id)
 
     async def _finish_failed(self, task_id: int, reason: str) -> None:
         async with self._transaction() as session:

@@ -1,32 +1,56 @@
-"""Stamp the watermark onto one image file: all of the worker's Pillow code.
+"""Render a task's outputs from one input file: all of the worker's decoding and encoding.
 
-Failures split in two on purpose. Anything wrong with the input (undecodable data, too many
-frames or pixels) raises `ImageRejected`, whose message is shown to the person who uploaded it and
-which no retry can fix. An `OSError` while writing `dst` (disk full, permissions) or while reading
-`src` off a failing disk propagates untouched: it is transient and worth a retry.
+One decode serves every output. A JPEG that every output shrinks a lot is decoded at a reduced
+scale (`draft()`: libjpeg skips most of the DCT work), then each output runs its operations
+(worker.operations) on the decoded frames and is encoded to its own file.
 
-The output is a fresh image: only the pixels, the ICC profile and the animation timing are carried
-over, so EXIF (GPS, camera owner), XMP, comments and text chunks never leave the worker.
+Failures split in two on purpose. Anything wrong with the input or the request (undecodable
+data, too many frames or pixels, a crop outside the picture) raises `ImageRejected`, whose message
+is shown to the person who uploaded it and which no retry can fix. An `OSError` while writing an
+output (disk full, permissions) or reading the input off a failing disk propagates untouched: it
+is transient and worth a retry.
+
+Outputs are fresh images: only the pixels, the ICC profile (when it still describes them) and the
+animation timing are carried over, so EXIF (GPS, camera owner), XMP, comments and text chunks never
+leave the worker, unless `keep_metadata` asks to keep the EXIF block (its orientation reset, since
+it has been applied).
 
 No global state is touched (no `warnings` filters, no `Image.MAX_IMAGE_PIXELS`, no
-`ImageFile.LOAD_TRUNCATED_IMAGES`): the worker calls `watermark` from several threads at once.
+`ImageFile.LOAD_TRUNCATED_IMAGES`): the worker renders from several threads at once.
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import ExifTags, Image, ImageDraw, ImageFont
+from PIL import ExifTags, Image
 
 from core.formats import DAMAGED_MESSAGE, ImageRejected, check_animation, open_image
+from core.processing import (
+    Blur,
+    Crop,
+    Flip,
+    Format,
+    Grayscale,
+    Output,
+    Resize,
+    Rotate,
+    Sharpen,
+    Watermark,
+    crop_box,
+    output_size,
+    resized_size,
+)
+from worker import operations
 
 OUTSIDE_MESSAGE = "A frame of the animation lies far outside the picture and cannot be decoded."
+OUTPUT_TOO_LARGE = "Output {name!r} would be {width:,}×{height:,} pixels; the limit is {limit:,} pixels."
 
 
 @dataclass(frozen=True)
@@ -38,18 +62,25 @@ class ProcessedImage:
     size_bytes: int
 
 
-# Every frame is drawn on in one of these modes; anything else is converted once, up front.
-_RED: dict[str, tuple[int, ...]] = {
-    "RGB": (255, 0, 0),
-    "RGBA": (255, 0, 0, 255),
-    # Kept as CMYK rather than converted to RGB: its CMYK ICC profile stays valid and the colours
-    # make no round trip.
-    "CMYK": (0, 255, 255, 0),
-}
+@dataclass(frozen=True)
+class RenderLimits:
+    max_pixels: int
+    max_frames: int
+    max_output_pixels: int
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """Effort/size trade-offs of the slow encoders (see README: "Output formats")."""
+
+    webp_method: int = 2
+    avif_speed: int = 8
+    keep_metadata: bool = False
+
 
 # ICC header bytes 16-20 name the profile's colour space; a profile is only kept when it describes
 # the pixels written (a GRAY profile on an image we turned RGB would be wrong).
-_ICC_SPACE = {"RGB": b"RGB ", "RGBA": b"RGB ", "CMYK": b"CMYK"}
+_ICC_SPACE = {"RGB": b"RGB ", "RGBA": b"RGB ", "CMYK": b"CMYK", "L": b"GRAY", "LA": b"GRAY"}
 
 # ImageOps.exif_transpose decides per image from that image's own metadata; an animation needs one
 # decision applied to every frame, so the orientation is read once and mapped here.
@@ -62,94 +93,196 @@ _ORIENTATION_TRANSPOSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+_SWAPS_SIDES = {5, 6, 7, 8}
 
-_MIN_FONT_SIZE = 12
-_FONT_SIZE_DIVISOR = 20  # font size = shorter side / 20: readable, yet a small part of a photo
-_MARGIN_DIVISOR = 40
-
-# Encoder settings, chosen for a CPU-bound worker. JPEG: quality 90. WebP: quality 90 and method 2,
-# about twice as fast as the default 4 for a few percent more bytes. PNG: zlib level 6 (Pillow's
-# default) and no `optimize`, which retries compression for little gain.
-_ENCODER_OPTIONS: dict[str, dict[str, Any]] = {
-    "JPEG": {"quality": 90},
-    "WEBP": {"quality": 90, "method": 2},
+_FORMAT_NAMES = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "avif": "AVIF"}
+_ANIMATED_FORMATS = ("GIF", "PNG", "WEBP", "AVIF")
+# Modes each encoder writes; anything else is converted (see _encodable).
+_ENCODER_MODES = {
+    "JPEG": ("RGB", "L", "CMYK"),
+    "PNG": ("RGB", "RGBA", "L", "LA"),
+    "WEBP": ("RGB", "RGBA"),
+    "AVIF": ("RGB", "RGBA"),
+    "GIF": ("RGB", "RGBA", "L"),
+    "BMP": ("RGB", "RGBA", "L"),
 }
+_DEFAULT_QUALITY = {"JPEG": 90, "WEBP": 90, "AVIF": 75}
 
 # Below this font size the strokes are about a pixel wide, and halving the colour resolution (JPEG
-# 4:2:0, lossy WebP) turns the red into a muddy purple. Such stamps are on small pictures, where the
-# sharper encodings (JPEG 4:4:4, lossless WebP) cost little; big pictures keep the faster, smaller ones.
+# 4:2:0, lossy WebP) turns a red stamp into a muddy purple. Such stamps are on small pictures,
+# where the sharper encodings (JPEG 4:4:4, lossless WebP) cost little.
 _SMALL_TEXT = 24
+# Decode a JPEG at reduced scale only when every output needs at most this part of its width:
+# draft() scales by 1/2, 1/4 or 1/8, and asks for twice the target so LANCZOS still has detail.
+_DRAFT_GAP = 2.0
+
+
+def render(
+    src: Path,
+    outputs: Sequence[tuple[Output, Path]],
+    *,
+    limits: RenderLimits,
+    encoder: EncoderSettings | None = None,
+) -> list[ProcessedImage]:
+    """Write each output's rendering of `src` to exactly its path (which needs no extension).
+
+    If writing fails, partly written files may remain; the caller owns them.
+    """
+    encoder = encoder or EncoderSettings()
+    results = []
+    # Rendered while the file is open: a still image's frame is the decoded image itself, which
+    # closing it would free.
+    with open_image(src, limits.max_pixels) as image:
+        source = _decode(image, [output for output, _ in outputs], limits)
+        for index, (output, dst) in enumerate(outputs):
+            # Checked again here (the API did, before queueing): only now is the orientation known.
+            width, height = output_size(output.ops, *source.full_size)
+            if width * height > limits.max_output_pixels:
+                raise ImageRejected(
+                    OUTPUT_TOO_LARGE.format(
+                        name=output.name, width=width, height=height, limit=limits.max_output_pixels
+                    )
+                )
+            # The last output may draw on the decoded frames themselves: nobody needs them afterwards.
+            last = index == len(outputs) - 1
+            results.append(_render_output(source, output, dst, encoder, owns_frames=last))
+    return results
 
 
 def watermark(src: Path, dst: Path, *, text: str, max_pixels: int, max_frames: int) -> ProcessedImage:
-    """Write `src` with `text` stamped in red near its top-left corner to exactly `dst`.
+    """The `default` preset on one file: `text` in red at the top left, same size and format."""
+    output = Output(name="image", ops=(Watermark(op="watermark", text=text),), preset="default")
+    limits = RenderLimits(max_pixels=max_pixels, max_frames=max_frames, max_output_pixels=max_pixels)
+    return render(src, [(output, dst)], limits=limits)[0]
 
-    The output has the input's format (an MPO, a JPEG with extra pictures, is written as a plain
-    JPEG of its first picture), its EXIF orientation applied and every animation frame stamped.
-    `dst` needs no extension. If writing fails, a partly written `dst` may remain; the caller owns it.
-    """
-    with open_image(src, max_pixels) as image:
-        is_mpo = image.format == "MPO"
-        output_format = "JPEG" if is_mpo else str(image.format)
+
+@dataclass
+class _Source:
+    """The decoded input, oriented, in one of the modes operations accept."""
+
+    format: str
+    frames: list[Image.Image]
+    durations: list[float]
+    animation: dict[str, Any]
+    icc_profile: bytes | None
+    exif: Image.Exif | None
+    # The oriented size before any draft() reduction: what the requested sizes refer to.
+    full_size: tuple[int, int] = (0, 0)
+
+
+def _decode(image: Image.Image, outputs: list[Output], limits: RenderLimits) -> _Source:
+    is_mpo = image.format == "MPO"
+    input_format = "JPEG" if is_mpo else str(image.format)
+    with _decoding():
+        frame_count = 1 if is_mpo else getattr(image, "n_frames", 1)
+    screen = image.size
+    check_animation(frame_count, *screen, max_frames=limits.max_frames, max_pixels=limits.max_pixels)
+
+    transpose: int | None = None
+    if input_format == "JPEG":
+        # A JPEG's EXIF comes before its pixels: read the orientation first, to size the draft.
+        transpose = _orientation(image)
+        oriented = screen[::-1] if transpose in _SWAPS_SIDES else screen
+        fraction = max(_needed_fraction(output.ops, *oriented) for output in outputs)
+        if fraction * _DRAFT_GAP < 1:
+            wanted = (
+                max(1, round(screen[0] * fraction * _DRAFT_GAP)),
+                max(1, round(screen[1] * fraction * _DRAFT_GAP)),
+            )
+            image.draft(image.mode if image.mode in ("RGB", "L") else None, wanted)
+
+    source = _Source(format=input_format, frames=[], durations=[], animation={}, icc_profile=None, exif=None)
+    for index in range(frame_count):
         with _decoding():
-            frame_count = 1 if is_mpo else getattr(image, "n_frames", 1)
-        screen = image.size
-        check_animation(frame_count, *screen, max_frames=max_frames, max_pixels=max_pixels)
-
-        frames: list[Image.Image] = []
-        durations: list[float] = []
-        animation: dict[str, Any] = {}
-        transpose: Image.Transpose | None = None
-        icc_profile: bytes | None = None
-        font: ImageFont.FreeTypeFont | ImageFont.ImageFont | None = None
-        font_size = margin = 0
-        for index in range(frame_count):
-            with _decoding():
-                if frame_count > 1:
-                    image.seek(index)
-                image.load()
-            if index == 0:
+            if frame_count > 1:
+                image.seek(index)
+            image.load()
+        if index == 0:
+            if transpose is None:
                 # Read after the first load: a PNG's eXIf chunk may follow the pixel data.
-                transpose = _orientation_transpose(image)
-                animation = _animation_options(image, output_format)
-                icc_profile = image.info.get("icc_profile")
-            durations.append(image.info.get("duration", 0))
-            # An animation's frames must be copies (the next seek reuses the image); a still image
-            # is drawn on in place when its mode allows.
-            frame = _drawable(image, copy=frame_count > 1)
-            if frame.size != screen:
-                # A GIF frame placed beyond the logical screen makes Pillow grow the canvas;
-                # browsers clip to the screen, and the encoders need frames of one size.
-                frame = frame.crop((0, 0, *screen))
-            if transpose is not None:
-                frame = frame.transpose(transpose)
-            if font is None:
-                font, font_size, margin = _fit_font(text, frame.width, frame.height)
-            ImageDraw.Draw(frame).text((margin, margin), text, fill=_RED[frame.mode], font=font)
-            # Some encoders fall back on `info`: the input's comment, or an APNG's disposal and
-            # blend, which describe its partial frames, not the full frames written here.
-            frame.info = {}
-            frames.append(frame)
+                transpose = _orientation(image)
+            source.animation = _animation_options(image)
+            source.icc_profile = image.info.get("icc_profile")
+            source.exif = _exif(image)
+        source.durations.append(image.info.get("duration", 0))
+        # An animation's frames must be copies (the next seek reuses the image); a still image
+        # is used in place when its mode allows.
+        frame = _normalised(image, copy=frame_count > 1)
+        if frame.size != screen and frame_count > 1:
+            # A GIF frame placed beyond the logical screen makes Pillow grow the canvas;
+            # browsers clip to the screen, and the encoders need frames of one size.
+            frame = frame.crop((0, 0, *screen))
+        if transpose:
+            frame = frame.transpose(_ORIENTATION_TRANSPOSE[transpose])
+        # Some encoders fall back on `info`: the input's comment, or an APNG's disposal and
+        # blend, which describe its partial frames, not the full frames written here.
+        frame.info = {}
+        source.frames.append(frame)
+    source.full_size = screen[::-1] if transpose in _SWAPS_SIDES else screen
+    return source
 
-    options: dict[str, Any] = {"format": output_format, **_ENCODER_OPTIONS.get(output_format, {})}
-    small_text = font_size < _SMALL_TEXT
+
+def _needed_fraction(ops: Sequence[Any], width: int, height: int) -> float:
+    """How much of the full resolution this output needs: the scale of its first resize, when only
+    operations that do not care about scale come before it; 1 otherwise."""
+    for op in ops:
+        if isinstance(op, Resize):
+            new_w, new_h = resized_size(op, width, height)
+            return min(1.0, max(new_w / width, new_h / height))
+        if isinstance(op, Crop) and op.aspect is not None:
+            left, top, right, bottom = crop_box(op, width, height)
+            width, height = right - left, bottom - top
+        elif isinstance(op, Rotate) and op.degrees % 90 == 0:
+            if op.degrees % 180:
+                width, height = height, width
+        elif not isinstance(op, Flip | Grayscale):
+            return 1.0
+    return 1.0
+
+
+def _render_output(
+    source: _Source, output: Output, dst: Path, encoder: EncoderSettings, *, owns_frames: bool
+) -> ProcessedImage:
+    chosen = output.format()
+    output_format = _FORMAT_NAMES[chosen.format] if chosen else source.format
+    animated = len(source.frames) > 1 and output_format in _ANIMATED_FORMATS
+    frames_in = source.frames if animated else source.frames[:1]
+    smallest_text: int | None = None
+    frames: list[Image.Image] = []
+    for frame in frames_in:
+        owned = False
+        for op in output.ops:
+            if isinstance(op, Watermark):
+                frame, stamp = operations.watermark(frame, op, owned=owned or owns_frames)
+                smallest_text = min(stamp.font_size, smallest_text or stamp.font_size)
+            elif not isinstance(op, Format):
+                frame = _apply(frame, op)
+            owned = True
+        frames.append(_encodable(frame, output_format))
+
+    options: dict[str, Any] = {"format": output_format, **_encoder_options(output_format, chosen, encoder)}
+    small_text = smallest_text is not None and smallest_text < _SMALL_TEXT
     if output_format == "JPEG" and frames[0].mode == "RGB":
         # Never for CMYK: libjpeg would subsample three channels against cyan, blurring black.
         options["subsampling"] = "4:4:4" if small_text else "4:2:0"
-    if output_format == "WEBP" and small_text:
+    if output_format == "WEBP" and small_text and chosen is None:
         options["lossless"] = True
-    if icc_profile and icc_profile[16:20] == _ICC_SPACE[frames[0].mode]:
-        options["icc_profile"] = icc_profile
+    profile = source.icc_profile
+    if profile and profile[16:20] == _ICC_SPACE.get(frames[0].mode):
+        options["icc_profile"] = profile
+    if encoder.keep_metadata and source.exif is not None and output_format in ("JPEG", "PNG", "WEBP", "AVIF"):
+        options["exif"] = source.exif.tobytes()
     if len(frames) > 1:
-        if animation.get("default_image"):
+        durations = source.durations
+        if source.animation.get("default_image"):
             durations = durations[1:]  # an APNG's default image is not an animation frame
+        animation = _animation_for(source.animation, output_format)
         options.update(animation, save_all=True, append_images=frames[1:], duration=durations)
         if output_format == "GIF" and any(_has_transparent_pixels(frame) for frame in frames):
             # Restore-to-background before each frame: otherwise a pixel that turns transparent
             # keeps showing the previous frame through it.
             options["disposal"] = 2
     frames[0].save(dst, **options)
-
     return ProcessedImage(
         format=output_format,
         width=frames[0].width,
@@ -157,6 +290,50 @@ def watermark(src: Path, dst: Path, *, text: str, max_pixels: int, max_frames: i
         frames=len(frames),
         size_bytes=dst.stat().st_size,
     )
+
+
+def _apply(frame: Image.Image, op: Any) -> Image.Image:
+    if isinstance(op, Resize):
+        return operations.resize(frame, op)
+    if isinstance(op, Crop):
+        return operations.crop(frame, op)
+    if isinstance(op, Rotate):
+        return operations.rotate(frame, op)
+    if isinstance(op, Flip):
+        return operations.flip(frame, op)
+    if isinstance(op, Grayscale):
+        return operations.grayscale(frame, op)
+    if isinstance(op, Blur):
+        return operations.blur(frame, op)
+    if isinstance(op, Sharpen):
+        return operations.sharpen(frame, op)
+    raise TypeError(f"no operation for {op!r}")
+
+
+def _encoder_options(output_format: str, chosen: Format | None, encoder: EncoderSettings) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if output_format in _DEFAULT_QUALITY:
+        options["quality"] = chosen.quality if chosen and chosen.quality else _DEFAULT_QUALITY[output_format]
+    if output_format == "WEBP":
+        options["method"] = encoder.webp_method
+    if output_format == "AVIF":
+        options["speed"] = encoder.avif_speed
+    return options
+
+
+def _encodable(frame: Image.Image, output_format: str) -> Image.Image:
+    """`frame` in a mode the encoder writes: alpha flattened on white for JPEG, CMYK made RGB for
+    the formats that have no CMYK, grey made RGB where the encoder has no grey."""
+    allowed = _ENCODER_MODES[output_format]
+    if frame.mode in allowed:
+        return frame
+    if frame.mode in ("RGBA", "LA") and not any(mode in allowed for mode in ("RGBA", "LA")):
+        flat = Image.new("RGB", frame.size, (255, 255, 255))
+        flat.paste(frame.convert("RGBA"), mask=frame.getchannel("A"))
+        return flat if frame.mode == "RGBA" else flat.convert("L")
+    if frame.mode == "LA":
+        return frame.convert("RGBA")
+    return frame.convert("RGB")
 
 
 @contextmanager
@@ -182,40 +359,63 @@ def _decoding() -> Iterator[None]:
         raise ImageRejected(DAMAGED_MESSAGE) from exc
 
 
-def _orientation_transpose(image: Image.Image) -> Image.Transpose | None:
+def _orientation(image: Image.Image) -> int | None:
     try:
         orientation = image.getexif().get(ExifTags.Base.Orientation)
     except (SyntaxError, ValueError, struct.error, OSError):
         # A broken EXIF block spoils only the orientation, not the picture.
         return None
-    return _ORIENTATION_TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+    return orientation if orientation in _ORIENTATION_TRANSPOSE else None
 
 
-def _animation_options(image: Image.Image, output_format: str) -> dict[str, Any]:
-    """Loop count and background of the first frame, before later frames overwrite `image.info`."""
+def _exif(image: Image.Image) -> Image.Exif | None:
+    """The EXIF block to keep when KEEP_METADATA is on, with its orientation marked as applied."""
+    try:
+        exif = image.getexif()
+    except (SyntaxError, ValueError, struct.error, OSError):
+        return None
+    if not exif:
+        return None
+    exif.pop(ExifTags.Base.Orientation, None)
+    return exif
+
+
+def _animation_options(image: Image.Image) -> dict[str, Any]:
+    """Loop count, background and APNG default image of the first frame, before later frames
+    overwrite `image.info`."""
     options: dict[str, Any] = {}
     # A GIF without a loop count plays once; inventing one would change how it plays.
-    if "loop" in image.info:
-        options["loop"] = image.info["loop"]
+    for key in ("loop", "background", "default_image"):
+        if key in image.info:
+            options[key] = image.info[key]
+    return options
+
+
+def _animation_for(animation: dict[str, Any], output_format: str) -> dict[str, Any]:
+    options = {"loop": animation["loop"]} if "loop" in animation else {}
     # A GIF's background is a palette index into a palette the output will not have.
-    if output_format == "WEBP" and "background" in image.info:
-        options["background"] = image.info["background"]
-    if output_format == "PNG" and image.info.get("default_image"):
+    if output_format == "WEBP" and "background" in animation:
+        options["background"] = animation["background"]
+    if output_format == "PNG" and animation.get("default_image"):
         # The APNG's first picture is a still shown by viewers without animation support.
         options["default_image"] = True
     return options
 
 
-def _drawable(image: Image.Image, *, copy: bool) -> Image.Image:
-    """`image` in a mode red can be drawn in: RGB, RGBA (keeping any transparency) or CMYK."""
+def _normalised(image: Image.Image, *, copy: bool) -> Image.Image:
+    """`image` in a mode every operation accepts: RGB, RGBA, L, LA (keeping any transparency)
+    or CMYK."""
     if image.mode.startswith("I"):
         # 16-bit greyscale: Pillow's own conversion clips 0-65535 to 0-255 (mid-grey turns white),
         # so scale to 8 bits first.
         image = image.point(lambda value: value / 256).convert("L")
         # A tRNS grey value is in 16-bit units and would now match the wrong pixels.
         image.info.pop("transparency", None)
+        copy = False
     if image.mode == "CMYK":
         mode = "CMYK"
+    elif image.mode in ("L", "LA", "1"):
+        mode = "LA" if image.has_transparency_data else "L"
     elif image.has_transparency_data:
         mode = "RGBA"
     else:
@@ -225,25 +425,5 @@ def _drawable(image: Image.Image, *, copy: bool) -> Image.Image:
     return image.copy() if copy else image
 
 
-def _fit_font(
-    text: str, width: int, height: int
-) -> tuple[ImageFont.FreeTypeFont | ImageFont.ImageFont, int, int]:
-    """Font, its size and the margin: scaled to the picture, shrunk (not below the minimum) to fit.
-
-    Made per call rather than cached: a FreeType face must not be shared between threads, and
-    loading Pillow's bundled font takes well under a millisecond.
-    """
-    shorter = min(width, height)
-    margin = max(1, shorter // _MARGIN_DIVISOR)
-    size = max(_MIN_FONT_SIZE, shorter // _FONT_SIZE_DIVISOR)
-    font = ImageFont.load_default(size=size)
-    longest = max((font.getlength(line) for line in text.splitlines()), default=0.0)
-    room = width - 2 * margin
-    if longest > room and size > _MIN_FONT_SIZE:
-        size = max(_MIN_FONT_SIZE, int(size * room / longest))
-        font = ImageFont.load_default(size=size)
-    return font, size, margin
-
-
 def _has_transparent_pixels(frame: Image.Image) -> bool:
-    return frame.mode == "RGBA" and frame.getextrema()[3][0] < 255
+    return frame.mode in ("RGBA", "LA") and frame.getextrema()[-1][0] < 255

@@ -12,7 +12,7 @@ import anyio.to_thread
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core.models import FINAL_STATUSES, ImageTask
+from core.models import FINAL_STATUSES, ImageTask, output_files
 from core.storage import Storage, remove_quietly
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,13 @@ async def purge_expired(
             await session.execute(
                 delete(ImageTask)
                 .where(ImageTask.id.in_(expired))
-                .returning(ImageTask.input_name, ImageTask.output_name)
+                .returning(ImageTask.input_name, ImageTask.output_name, ImageTask.outputs)
             )
         ).all()
     paths = [storage.upload_path(row.input_name) for row in rows]
-    paths += [storage.processed_path(row.output_name) for row in rows if row.output_name]
+    paths += [
+        storage.processed_path(file) for row in rows for file in output_files(row.output_name, row.outputs)
+    ]
     for path in paths:
         await anyio.to_thread.run_sync(remove_quietly, path)
     return len(rows)

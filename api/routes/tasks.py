@@ -8,7 +8,7 @@ from typing import Annotated
 import anyio.to_thread
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import MAX_TASK_ID, CallerDep, ServicesDep, SessionDep, TaskDep
@@ -25,7 +25,8 @@ from api.templating import wants_html
 from api.uploads import STORAGE_FAILED, ReceivedUpload, UploadRefused, receive_upload
 from core.db import is_database_unavailable
 from core.formats import CONTENT_TYPES, EXTENSIONS
-from core.models import ImageTask, TaskStatus
+from core.models import ImageTask, TaskStatus, output_files
+from core.processing import Processing, ProcessingInvalid, output_size, resolve
 from core.storage import is_stored_name, new_stored_name, remove_quietly, rename_durably
 
 router = APIRouter(tags=["tasks"])
@@ -33,7 +34,15 @@ router = APIRouter(tags=["tasks"])
 UPLOAD_ACCEPTED = "Upload accepted; the image is queued for processing."
 UPLOAD_REPLAYED = "This Idempotency-Key was already used for this file; here is the task it created."
 BAD_IDEMPOTENCY_KEY = "Idempotency-Key must be 1 to 200 printable ASCII characters without spaces."
-IDEMPOTENCY_KEY_REUSED = "This Idempotency-Key was already used for a different file."
+IDEMPOTENCY_KEY_REUSED = "This Idempotency-Key was already used for a different file or processing."
+UNKNOWN_FIELD = "Unknown form field {name!r}; the fields are: {fields}."
+OUTPUT_TOO_LARGE = (
+    "{where}: the output would be {width:,}×{height:,} pixels; "
+    "the limit is {limit:,} pixels (MAX_OUTPUT_PIXELS)."
+)
+# Besides `file`: how to process it (core.processing). Anything else is refused, so a misspelt
+# field is not silently ignored.
+PROCESSING_FIELDS = ("preset", "ops", "outputs")
 PROCESSED_NOT_FOUND = "Processed image not found"
 
 DEFAULT_PAGE_SIZE = 20
@@ -54,7 +63,21 @@ _UPLOAD_BODY = {
                 "schema": {
                     "type": "object",
                     "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "preset": {
+                            "type": "string",
+                            "description": "A preset name (see GET /presets); default `default`.",
+                        },
+                        "ops": {
+                            "type": "string",
+                            "description": 'JSON list of operations, e.g. [{"op": "resize", "width": 800}].',
+                        },
+                        "outputs": {
+                            "type": "string",
+                            "description": 'Output name -> preset or ops, e.g. {"thumb": "thumbnail"}.',
+                        },
+                    },
                 }
             }
         },
@@ -71,15 +94,53 @@ def _stored_key(raw: str | None, caller: str | None) -> str | None:
     return raw if caller is None else f"{caller}:{raw}"
 
 
-async def _task_for_key(session: SessionDep, key: str, upload: ReceivedUpload) -> ImageTask | None:
+async def _task_for_key(
+    session: SessionDep, key: str, upload: ReceivedUpload, processing: Processing
+) -> ImageTask | None:
     existing = await session.scalar(select(ImageTask).where(ImageTask.idempotency_key == key))
-    if existing is not None and existing.sha256 != upload.sha256:
+    if existing is not None and (
+        existing.sha256 != upload.sha256 or existing.processing != processing.to_json()
+    ):
         raise HTTPException(status_code=422, detail=IDEMPOTENCY_KEY_REUSED)
     return existing
 
 
+def _requested_processing(services: ServicesDep, upload: ReceivedUpload) -> Processing:
+    """The form's processing fields, validated and resolved; 422 naming the field otherwise."""
+    fields = upload.text_fields
+    for name in fields:
+        if name not in PROCESSING_FIELDS:
+            allowed = ", ".join(("file", *PROCESSING_FIELDS))
+            raise HTTPException(status_code=422, detail=UNKNOWN_FIELD.format(name=name[:40], fields=allowed))
+    settings = services.settings
+    try:
+        processing = resolve(
+            preset=fields.get("preset"),
+            ops=fields.get("ops"),
+            outputs=fields.get("outputs"),
+            presets=services.presets,
+            watermark_text=settings.watermark_text,
+        )
+    except ProcessingInvalid as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from None
+    for output in processing.outputs:
+        width, height = output_size(output.ops, upload.info.width, upload.info.height)
+        if width * height > settings.max_output_pixels:
+            where = f"`outputs.{output.name}`" if "outputs" in fields else "The processing"
+            detail = OUTPUT_TOO_LARGE.format(
+                where=where, width=width, height=height, limit=settings.max_output_pixels
+            )
+            raise HTTPException(status_code=422, detail=detail)
+    return processing
+
+
 async def _create_task(
-    services: ServicesDep, session: SessionDep, upload: ReceivedUpload, key: str | None, owner: str | None
+    services: ServicesDep,
+    session: SessionDep,
+    upload: ReceivedUpload,
+    processing: Processing,
+    key: str | None,
+    owner: str | None,
 ) -> ImageTask:
     input_name = new_stored_name(upload.info.extension)
     stored = services.storage.upload_path(input_name)
@@ -98,6 +159,7 @@ async def _create_task(
         input_name=input_name,
         idempotency_key=key,
         owner=owner,
+        processing=processing.to_json(),
     )
     session.add(task)
     try:
@@ -141,7 +203,10 @@ def _answer(request: Request, task: ImageTask, message: str, *, replayed: bool) 
         401: {"model": ErrorResponse, "description": "API keys are on and X-API-Key is missing or unknown."},
         413: {"model": ErrorResponse, "description": "The upload is over MAX_UPLOAD_BYTES."},
         415: {"model": ErrorResponse, "description": "Not a JPEG, PNG, GIF, WebP or BMP image."},
-        422: {"model": ErrorResponse, "description": "Bad form, too many pixels, or a reused key."},
+        422: {
+            "model": ErrorResponse,
+            "description": "Bad form or processing (named in the message), too many pixels, or a reused key.",
+        },
         503: {"model": ErrorResponse, "description": "The database is unavailable; nothing was stored."},
     },
 )
@@ -153,6 +218,10 @@ async def upload(
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Upload an image (multipart field `file`) and queue it for processing.
+
+    Optional fields choose the processing (one of them): `preset` (a name from `GET /presets`),
+    `ops` (a JSON list of operations) or `outputs` (a JSON object of output name -> preset name or
+    ops list, for several derivatives of one upload). Without any, the `default` preset.
 
     With an `Idempotency-Key` header, a retried upload of the same file returns the task the first
     one created instead of a new one.
@@ -167,14 +236,15 @@ async def upload(
         max_frames=settings.max_frames,
     )
     try:
-        existing = await _task_for_key(session, key, received) if key else None
+        processing = _requested_processing(services, received)
+        existing = await _task_for_key(session, key, received, processing) if key else None
         if existing is None:
             try:
-                task = await _create_task(services, session, received, key, caller)
+                task = await _create_task(services, session, received, processing, key, caller)
             except IntegrityError:
                 # A concurrent request with the same key committed first.
                 await session.rollback()
-                existing = await _task_for_key(session, key, received) if key else None
+                existing = await _task_for_key(session, key, received, processing) if key else None
                 if existing is None:
                     raise
     finally:
@@ -206,8 +276,7 @@ async def delete_task(task: TaskDep, session: SessionDep, services: ServicesDep)
     """Remove a task and its files. A worker processing it at that moment drops its result when it
     next looks (its message is then terminated, its output removed)."""
     files = [services.storage.upload_path(task.input_name)]
-    if task.output_name:
-        files.append(services.storage.processed_path(task.output_name))
+    files += [services.storage.processed_path(file) for file in output_files(task.output_name, task.outputs)]
     await session.delete(task)
     await session.commit()
     for path in files:
@@ -260,7 +329,12 @@ async def get_processed(
         raise HTTPException(status_code=404, detail=PROCESSED_NOT_FOUND)
     if caller is not None:
         owned = await session.scalar(
-            select(ImageTask.id).where(ImageTask.output_name == name, ImageTask.owner == caller).limit(1)
+            select(ImageTask.id)
+            .where(
+                ImageTask.owner == caller,
+                or_(ImageTask.output_name == name, ImageTask.outputs.contains([{"file": name}])),
+            )
+            .limit(1)
         )
         if owned is None:
             raise HTTPException(status_code=404, detail=PROCESSED_NOT_FOUND)

@@ -22,8 +22,16 @@ async def test_status_of_a_new_task_has_every_documented_field(client: httpx.Asy
     body = response.json()
     assert set(body) == {
         "task_id", "filename", "status", "upload_time", "error", "attempts", "started_at", "finished_at",
-        "processed_url",
+        "processed_url", "processing", "outputs",
     }  # fmt: skip
+    watermark = {
+        "op": "watermark",
+        "text": "AI magic added!",
+        "position": "top-left",
+        "color": "red",
+        "opacity": 1.0,
+    }
+    assert body["processing"] == [{"name": "image", "preset": "default", "ops": [watermark]}]
     assert body["task_id"] == created["task_id"]
     assert body["filename"] == "new.jpg"
     assert body["status"] in ("pending", "processing", "done")
