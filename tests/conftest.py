@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from config import get_settings
 from core.db import make_engine, make_sessionmaker
 from devstack.servers import free_port
-from devstack.stack import LocalServers, migrate, running_api
+from devstack.stack import LocalServers, migrate, running_api, start_worker, stop_process
 
 # Small limits keep the refusal tests cheap; the worker tests shorten the redelivery delays.
 TEST_SETTINGS = {
@@ -80,6 +81,22 @@ def api_process(stack_env: dict[str, str], workdir: Path) -> Iterator[str]:
     """The real API under uvicorn; yields its base URL."""
     with running_api(stack_env, log_file=workdir / "api.log") as base_url:
         yield base_url
+
+
+@pytest.fixture(scope="module")
+def heartbeat_file(workdir: Path) -> Path:
+    return workdir / "worker.heartbeat"
+
+
+@pytest.fixture(scope="module")
+def worker_process(
+    stack_env: dict[str, str], workdir: Path, heartbeat_file: Path
+) -> Iterator[subprocess.Popen]:
+    """A real worker process for the tests of one module; it must stop cleanly (exit 0)."""
+    env = {**stack_env, "WORKER_HEARTBEAT_FILE": str(heartbeat_file)}
+    process = start_worker(env, log_file=workdir / "worker.log")
+    yield process
+    assert stop_process(process) == 0, (workdir / "worker.log").read_text()[-3000:]
 
 
 @pytest.fixture

@@ -5,31 +5,14 @@ from __future__ import annotations
 import io
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 
-from devstack.stack import start_worker, stop_process
 from tests import images
 from tests.waiting import final_status
-
-
-@pytest.fixture(scope="module")
-def heartbeat_file(workdir: Path) -> Path:
-    return workdir / "worker.heartbeat"
-
-
-@pytest.fixture(scope="module")
-def worker_process(
-    stack_env: dict[str, str], workdir: Path, heartbeat_file: Path
-) -> Iterator[subprocess.Popen]:
-    env = {**stack_env, "WORKER_HEARTBEAT_FILE": str(heartbeat_file)}
-    process = start_worker(env, log_file=workdir / "worker.log")
-    yield process
-    assert stop_process(process) == 0, (workdir / "worker.log").read_text()[-3000:]
 
 
 async def test_a_photo_uploaded_from_the_form_shows_up_processed_on_its_result_page(
