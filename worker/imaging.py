@@ -21,6 +21,7 @@ No global state is touched (no `warnings` filters, no `Image.MAX_IMAGE_PIXELS`, 
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
@@ -112,9 +113,14 @@ _DEFAULT_QUALITY = {"JPEG": 90, "WEBP": 90, "AVIF": 75}
 # 4:2:0, lossy WebP) turns a red stamp into a muddy purple. Such stamps are on small pictures,
 # where the sharper encodings (JPEG 4:4:4, lossless WebP) cost little.
 _SMALL_TEXT = 24
-# Decode a JPEG at reduced scale only when every output needs at most this part of its width:
-# draft() scales by 1/2, 1/4 or 1/8, and asks for twice the target so LANCZOS still has detail.
-_DRAFT_GAP = 2.0
+# A JPEG is decoded at 1/2, 1/4 or 1/8 scale (draft(): libjpeg scales in the DCT, skipping most
+# of the work) when every output's first resize allows it, keeping at least this multiple of the
+# largest target size for the LANCZOS pass that follows. 1.0 keeps the decoded image at or above the
+# target: the DCT scaling is an area average, so the result stays sharp (tests/worker compare it
+# with a full decode), and the `web` preset on a 12 MP photo decodes at half size.
+_DRAFT_GAP = 1.0
+# Operations that change only the geometry: a grey conversion commutes with them.
+_GEOMETRY = (Resize, Crop, Rotate, Flip)
 
 
 def render(
@@ -183,13 +189,14 @@ def _decode(image: Image.Image, outputs: list[Output], limits: RenderLimits) -> 
         # A JPEG's EXIF comes before its pixels: read the orientation first, to size the draft.
         transpose = _orientation(image)
         oriented = screen[::-1] if transpose in _SWAPS_SIDES else screen
-        fraction = max(_needed_fraction(output.ops, *oriented) for output in outputs)
-        if fraction * _DRAFT_GAP < 1:
-            wanted = (
-                max(1, round(screen[0] * fraction * _DRAFT_GAP)),
-                max(1, round(screen[1] * fraction * _DRAFT_GAP)),
-            )
-            image.draft(image.mode if image.mode in ("RGB", "L") else None, wanted)
+        fraction = min(1.0, max(_needed_fraction(output.ops, *oriented) for output in outputs) * _DRAFT_GAP)
+        # Every output turns grey before any colour matters: decode the luma channel only (JPEG's
+        # Y is the same ITU-R 601 luma that convert("L") computes), skipping chroma and colour
+        # conversion.
+        grey = image.mode == "RGB" and all(_turns_grey_first(output.ops) for output in outputs)
+        if fraction < 1 or grey:
+            wanted = (max(1, math.ceil(screen[0] * fraction)), max(1, math.ceil(screen[1] * fraction)))
+            image.draft("L" if grey else None, wanted)
 
     source = _Source(format=input_format, frames=[], durations=[], animation={}, icc_profile=None, exif=None)
     for index in range(frame_count):
@@ -238,6 +245,15 @@ def _needed_fraction(ops: Sequence[Any], width: int, height: int) -> float:
         elif not isinstance(op, Flip | Grayscale):
             return 1.0
     return 1.0
+
+
+def _turns_grey_first(ops: Sequence[Any]) -> bool:
+    for op in ops:
+        if isinstance(op, Grayscale):
+            return True
+        if not isinstance(op, _GEOMETRY):
+            return False
+    return False
 
 
 def _render_output(
