@@ -127,7 +127,7 @@ def main() -> None:
     )
     parser.add_argument("--presets", default=",".join(BUILTIN_PRESETS))
     parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--webp-method", type=int, default=2)
+    parser.add_argument("--webp-method", type=int, default=0)
     parser.add_argument("--one", nargs=3, metavar=("PRESET", "INPUT", "WAY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:

@@ -16,7 +16,6 @@ import logging
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nats.errors
@@ -29,7 +28,9 @@ from core.db import make_engine, make_sessionmaker
 from core.formats import configure_pillow
 from core.logs import configure_logging
 from core.storage import Storage
-from worker.consumer import TaskPolicy, TaskProcessor, render_settings
+from worker.consumer import TaskPolicy, TaskProcessor
+from worker.pool import RenderPool
+from worker.render_job import render_settings
 from worker.retention import purge_forever
 
 log = logging.getLogger("worker")
@@ -82,12 +83,12 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     storage = Storage(settings.uploads_dir, settings.processed_dir)
     storage.ensure_dirs()
     engine = make_engine(settings.database_url, pool_size=settings.worker_concurrency)
-    executor = ThreadPoolExecutor(max_workers=settings.worker_concurrency, thread_name_prefix="pillow")
+    pool = RenderPool(settings.worker_pool, settings.worker_concurrency, max_pixels=settings.max_image_pixels)
     sessions = make_sessionmaker(engine)
     processor = TaskProcessor(
         sessions=sessions,
         storage=storage,
-        executor=executor,
+        pool=pool,
         render=render_settings(settings),
         policy=TaskPolicy(
             ack_wait_seconds=settings.ack_wait_seconds,
@@ -125,7 +126,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             with contextlib.suppress(Exception):
                 await nc.flush(timeout=5)
             await nc.close()
-        executor.shutdown(wait=True)
+        pool.shutdown()
         await engine.dispose()
 
 

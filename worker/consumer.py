@@ -28,25 +28,23 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import partial
 from typing import Any
 
 from nats.aio.msg import Msg
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from config import Settings
 from core.db import is_database_unavailable
-from core.formats import EXTENSIONS, ImageRejected
+from core.formats import ImageRejected
 from core.logs import task_context
 from core.models import FINAL_STATUSES, INTERRUPTED_REASON, ImageTask, TaskStatus
-from core.processing import OutputRecord, Processing, configured_presets, default_processing
+from core.processing import Processing
 from core.queue import parse_task_id
-from core.storage import Storage, move_into_place, output_name_for, remove_quietly
-from worker.imaging import EncoderSettings, RenderLimits, render
+from core.storage import Storage, remove_quietly
+from worker.pool import RenderInterrupted, RenderPool
+from worker.render_job import RenderSettings, render_task
 
 log = logging.getLogger(__name__)
 
@@ -76,28 +74,6 @@ class DatabaseUnavailable(Exception):
 
 
 @dataclass(frozen=True)
-class RenderSettings:
-    limits: RenderLimits
-    encoder: EncoderSettings
-    # For rows from before tasks stored their processing: what every upload got then.
-    legacy: Processing
-
-
-def render_settings(settings: Settings) -> RenderSettings:
-    """The settings' processing limits and encoder choices; refuses to start on a bad PRESETS."""
-    presets = configured_presets(settings)
-    return RenderSettings(
-        limits=RenderLimits(
-            max_pixels=settings.max_image_pixels,
-            max_frames=settings.max_frames,
-            max_output_pixels=settings.max_output_pixels,
-        ),
-        encoder=EncoderSettings(webp_method=settings.webp_method, keep_metadata=settings.keep_metadata),
-        legacy=default_processing(presets, settings.watermark_text),
-    )
-
-
-@dataclass(frozen=True)
 class TaskPolicy:
     ack_wait_seconds: float
     max_attempts: int
@@ -117,13 +93,13 @@ class TaskProcessor:
         *,
         sessions: async_sessionmaker[AsyncSession],
         storage: Storage,
-        executor: Executor,
+        pool: RenderPool,
         render: RenderSettings,
         policy: TaskPolicy,
     ) -> None:
         self._sessions = sessions
         self._storage = storage
-        self._executor = executor
+        self._pool = pool
         self._render_settings = render
         self._policy = policy
         self._heartbeat_seconds = max(policy.ack_wait_seconds / 3, 0.5)
@@ -192,8 +168,8 @@ class TaskProcessor:
     async def _render_and_finish(self, msg: Msg, task_id: int, claim: _Claim) -> None:
         max_attempts = self._policy.max_attempts
         try:
-            outputs = await asyncio.get_running_loop().run_in_executor(
-                self._executor, partial(self._render, claim.input_name, claim.processing)
+            outputs = await self._pool.run(
+                render_task, self._storage, self._render_settings, claim.input_name, claim.processing
             )
         except ImageRejected as exc:
             log.info("task %s failed: %s", task_id, exc)
@@ -209,7 +185,12 @@ class TaskProcessor:
             log.exception(
                 "task %s: attempt %d of %d failed; marking it failed", task_id, claim.attempts, max_attempts
             )
-            await self._finish_failed(task_id, GAVE_UP.format(attempts=claim.attempts, error=_describe(exc)))
+            reason = (
+                INTERRUPTED_REASON.format(attempts=max_attempts)
+                if isinstance(exc, RenderInterrupted)
+                else GAVE_UP.format(attempts=claim.attempts, error=_describe(exc))
+            )
+            await self._finish_failed(task_id, reason)
             await msg.term()
             return
         await self._finish_done_patiently(task_id, outputs)
@@ -265,38 +246,6 @@ class TaskProcessor:
     async def _status(self, task_id: int) -> str | None:
         async with self._transaction() as session:
             return await session.scalar(select(ImageTask.status).where(ImageTask.id == task_id))
-
-    def _render(self, input_name: str, processing: Processing) -> list[dict[str, Any]]:
-        """Runs in a worker thread: decode once, render every output to a temporary file, then
-        rename each into place. Returns the outputs as the row stores them (OutputRecord)."""
-        settings = self._render_settings
-        temps = [(output, self._storage.temp_processed_path()) for output in processing.outputs]
-        try:
-            results = render(
-                self._storage.upload_path(input_name),
-                temps,
-                limits=settings.limits,
-                encoder=settings.encoder,
-            )
-            records = []
-            for index, ((output, temp), result) in enumerate(zip(temps, results, strict=True)):
-                file = output_name_for(input_name, EXTENSIONS[result.format], index)
-                move_into_place(temp, self._storage.processed_path(file))
-                records.append(
-                    OutputRecord(
-                        name=output.name,
-                        file=file,
-                        format=result.format,
-                        width=result.width,
-                        height=result.height,
-                        frames=result.frames,
-                        size_bytes=result.size_bytes,
-                    ).model_dump()
-                )
-        finally:
-            for _, temp in temps:
-                remove_quietly(temp)
-        return records
 
     async def _heartbeat(self, msg: Msg, task_id: int) -> None:
         """Keep the message (JetStream) and the lease (database) while this worker works on it.

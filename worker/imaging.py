@@ -74,7 +74,7 @@ class RenderLimits:
 class EncoderSettings:
     """Effort/size trade-offs of the slow encoders (see README: "Output formats")."""
 
-    webp_method: int = 2
+    webp_method: int = 0
     avif_speed: int = 8
     keep_metadata: bool = False
 

@@ -1,0 +1,72 @@
+"""Where Pillow runs: a pool of threads, or of single-threaded child processes (WORKER_POOL).
+
+Threads share one interpreter; Pillow releases the GIL inside its codecs and resamplers, but not
+everywhere (drawing text, Python-level loops over frames), so processes can use the cores better.
+A child process also fails alone: one killed mid-render (out of memory) breaks the pool, which is
+replaced, and the images it held come back as `RenderInterrupted` for the caller to retry.
+
+Children ignore SIGINT and SIGTERM: the worker's main process decides when they stop (after its
+in-flight images are finished), even when Ctrl-C reaches the whole process group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import signal
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from functools import partial
+from typing import Any, Literal, TypeVar
+
+from core.formats import configure_pillow
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+PoolKind = Literal["threads", "processes"]
+
+
+class RenderInterrupted(Exception):
+    """The child process rendering this image died (killed, out of memory) before it finished."""
+
+
+class RenderPool:
+    def __init__(self, kind: PoolKind, size: int, *, max_pixels: int) -> None:
+        self.kind = kind
+        self.size = size
+        self._max_pixels = max_pixels
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> Executor:
+        if self.kind == "threads":
+            return ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="pillow")
+        # forkserver: children are forked from a clean single-threaded server, never from this
+        # process with its event loop, threads and sockets.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["worker.render_job"])
+        return ProcessPoolExecutor(
+            max_workers=self.size, mp_context=context, initializer=_start_child, initargs=(self._max_pixels,)
+        )
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        executor = self._executor
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, partial(function, *args))
+        except BrokenProcessPool as exc:
+            if self._executor is executor:  # the first of its casualties replaces it
+                log.error("a render process died (killed or out of memory); starting a new pool")
+                self._executor = self._new_executor()
+                executor.shutdown(wait=False, cancel_futures=True)
+            raise RenderInterrupted(str(exc) or "render process died") from exc
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+def _start_child(max_pixels: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    configure_pillow(max_pixels)
