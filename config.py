@@ -46,6 +46,7 @@ class Settings:
     log_level: str
     log_json: bool
     retention_days: int
+    worker_metrics_port: int
 
 
 _DEFAULTS: dict[str, object] = {
@@ -68,6 +69,7 @@ _DEFAULTS: dict[str, object] = {
     "LOG_LEVEL": "INFO",
     "LOG_FORMAT": "text",
     "RETENTION_DAYS": 0,
+    "WORKER_METRICS_PORT": 9101,
 }
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -155,6 +157,13 @@ _VALIDATORS = [
             "condition": "RETENTION_DAYS must be a whole number of days, 0 to keep everything, got {value!r}"
         },
     ),
+    Validator(
+        "WORKER_METRICS_PORT",
+        condition=lambda port: isinstance(port, int) and not isinstance(port, bool) and 0 <= port <= 65535,
+        messages={
+            "condition": "WORKER_METRICS_PORT must be a TCP port (1-65535), or 0 for off, got {value!r}"
+        },
+    ),
 ]
 
 
@@ -222,6 +231,7 @@ def load_settings() -> Settings:
         log_level=raw["LOG_LEVEL"],
         log_json=raw["LOG_FORMAT"] == "json",
         retention_days=raw["RETENTION_DAYS"],
+        worker_metrics_port=raw["WORKER_METRICS_PORT"],
     )
 
 
