@@ -9,11 +9,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import config
+from config import PROJECT_ROOT
 from core.models import ImageTask
 from devstack.servers import free_port
 from devstack.stack import start_worker, stop_process
@@ -132,3 +135,11 @@ async def test_a_worker_whose_metrics_port_is_taken_exits_1_and_says_why(
 
     assert exit_code == 1
     assert f"cannot serve metrics on port {port}" in log_file.read_text()
+
+
+def test_the_compose_worker_exposes_the_port_it_serves_metrics_on() -> None:
+    worker = yaml.safe_load((PROJECT_ROOT / "docker-compose.example.yml").read_text())["services"]["worker"]
+    port = int(worker["environment"].get("WORKER_METRICS_PORT", config._DEFAULTS["WORKER_METRICS_PORT"]))
+
+    assert [str(port)] == [str(exposed) for exposed in worker["expose"]]
+    assert "ports" not in worker, "publishing a host port would stop `--scale worker=3`"
