@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 import httpx
 
 from client.connection import describe, unreachable
-from client.progress import Progress
+from client.progress import Progress, human_bytes
 
 UPLOAD_ATTEMPTS = 3
 RETRY_SECONDS = 1.0
@@ -56,6 +56,22 @@ class UploadOptions:
     wait: bool
     wait_seconds: float
     concurrency: int
+
+
+@dataclass
+class _Meter:
+    """How much of one attempt's file httpx has read to send."""
+
+    size: int = 0
+    sent: int = 0
+
+    @property
+    def started(self) -> bool:
+        return self.sent > 0
+
+    @property
+    def complete(self) -> bool:
+        return self.sent >= self.size
 
 
 class _CountingFile:
@@ -103,14 +119,25 @@ class Uploader:
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         for attempt in range(1, UPLOAD_ATTEMPTS + 1):
             retry_after = RETRY_SECONDS * attempt
+            meter = _Meter()
             try:
                 async with self._slots:
-                    response = await self._send(key, path, content_type, idempotency_key)
+                    response = await self._send(key, path, content_type, idempotency_key, meter)
             except OSError as exc:  # the file went away or cannot be read
                 reason = f"cannot read {path}: {exc.strerror or exc}"
                 self._progress.refused(key, path.name, reason)
                 return UploadResult(str(path), None, REFUSED, error=reason)
             except httpx.HTTPError as exc:
+                if meter.started and not meter.complete:
+                    # The server stopped reading mid-file and closed the connection; its answer (a
+                    # 413, when the file is over its size limit) is lost with the connection's reset.
+                    # The same file would meet the same end: no retry.
+                    reason = (
+                        f"the server closed the connection after {human_bytes(meter.sent)} of "
+                        f"{human_bytes(meter.size)} (is the file over its upload size limit?)"
+                    )
+                    self._progress.refused(key, path.name, reason)
+                    return UploadResult(str(path), None, REFUSED, error=reason)
                 reason = unreachable(str(self._http.base_url), exc).message
             else:
                 if response.is_success:
@@ -127,13 +154,20 @@ class Uploader:
         self._progress.refused(key, path.name, reason)
         return UploadResult(str(path), None, REFUSED, error=reason)
 
-    async def _send(self, key: int, path: Path, content_type: str, idempotency_key: str) -> httpx.Response:
+    async def _send(
+        self, key: int, path: Path, content_type: str, idempotency_key: str, meter: _Meter
+    ) -> httpx.Response:
         with path.open("rb") as raw:
-            self._progress.start(key, path.name, os.fstat(raw.fileno()).st_size)
-            body = _CountingFile(raw, lambda count: self._progress.advance(key, count))
+            meter.size = os.fstat(raw.fileno()).st_size
+            self._progress.start(key, path.name, meter.size)
+
+            def on_read(count: int) -> None:
+                meter.sent += count
+                self._progress.advance(key, count)
+
             return await self._http.post(
                 "/upload",
-                files={"file": (path.name, body, content_type)},
+                files={"file": (path.name, _CountingFile(raw, on_read), content_type)},
                 data=self._options.fields,
                 headers={"Idempotency-Key": idempotency_key, "Accept": "application/json"},
             )

@@ -11,9 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.uploads import FIELD_TOO_LARGE
+from api.deps import API_KEY_REQUIRED
+from api.uploads import FIELD_TOO_LARGE, TOO_LARGE
 from core.formats import UNSUPPORTED_MESSAGE
-from devstack.stack import PROJECT_ROOT, start_worker, stop_process
+from devstack.stack import PROJECT_ROOT, running_api, start_worker, stop_process
 from tests import images
 
 
@@ -112,6 +113,39 @@ def test_status_list_and_delete(api_process: str, photos: list[Path]) -> None:
     assert gone.returncode == 1
     assert gone.stderr == "error: Task not found\n"
     assert gone.stdout == ""
+
+
+def test_a_file_over_the_servers_limit_is_refused_without_retrying_it(
+    api_process: str, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    big = tmp_path / "big.jpg"
+    big.write_bytes(images.jpeg() + bytes(int(stack_env["MAX_UPLOAD_BYTES"]) * 2))
+
+    ran = run_client("upload", str(big), url=api_process)
+
+    assert ran.returncode == 1
+    # The server answers 413 and closes; the client either reads that answer or sees the connection
+    # reset mid-file (the answer lost with it) and says what that most likely means.
+    said = ran.stderr.splitlines()[0]
+    limit = TOO_LARGE.format(limit=int(stack_env["MAX_UPLOAD_BYTES"]))
+    assert said == f"refused big.jpg: {limit}" or said.endswith("(is the file over its upload size limit?)")
+
+
+def test_the_api_key_comes_from_the_option_or_the_environment(
+    stack_env: dict[str, str], workdir: Path, photos: list[Path]
+) -> None:
+    key = "client-test-key-0123456789"
+    with running_api({**stack_env, "API_KEYS": key}, log_file=workdir / "client-keys-api.log") as url:
+        without = run_client("upload", str(photos[0]), url=url)
+        from_env = run_client("upload", str(photos[0]), "--json", url=url, env={"IMAGEQUEUE_API_KEY": key})
+        task_id = json.loads(from_env.stdout)[0]["task_id"]
+        from_option = run_client("status", str(task_id), "--api-key", key, url=url)
+        wrong = run_client("status", str(task_id), "--api-key", "another-key-0123456789", url=url)
+
+    assert without.returncode == 1 and f"refused first.jpg: {API_KEY_REQUIRED}" in without.stderr
+    assert from_env.returncode == 0, from_env.stderr
+    assert from_option.returncode == 0 and from_option.stdout.startswith(f"task {task_id}: ")
+    assert wrong.returncode == 1 and wrong.stderr == f"error: {API_KEY_REQUIRED}\n"
 
 
 @pytest.mark.parametrize(
