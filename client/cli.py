@@ -56,10 +56,17 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _base_url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"must start with http:// or https://, got {text!r}")
+    return text.rstrip("/")
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--url",
+        type=_base_url,
         default=os.environ.get("IMAGEQUEUE_URL") or DEFAULT_URL,
         help=f"the API's base URL (default: $IMAGEQUEUE_URL or {DEFAULT_URL})",
     )

@@ -118,7 +118,7 @@ class Progress:
 
     @staticmethod
     def _line(file: _Sending) -> str:
-        share = file.sent / file.size if file.size else 1.0
+        share = min(file.sent / file.size, 1.0) if file.size else 1.0
         filled = round(share * BAR_WIDTH)
         name = file.name if len(file.name) <= NAME_WIDTH else file.name[: NAME_WIDTH - 1] + "…"
         return (

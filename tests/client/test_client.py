@@ -156,6 +156,7 @@ def test_the_api_key_comes_from_the_option_or_the_environment(
         (["upload", "README.md", "--concurrency", "0"], "must be 1 or more"),
         (["status", "seven"], "not a whole number: 'seven'"),
         (["frobnicate"], "invalid choice"),
+        (["list", "--url", "localhost:8000"], "must start with http:// or https://"),
     ],
 )
 def test_usage_errors_exit_2_before_anything_is_sent(args: list[str], message: str) -> None:
