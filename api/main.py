@@ -17,6 +17,8 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
 from starlette.requests import ClientDisconnect
 
+from api.metrics import ApiMetrics, UploadCounter
+from api.metrics import router as metrics_router
 from api.outbox import TaskPublisher
 from api.response_headers import ResponseHeaders
 from api.routes import health, pages, presets, tasks
@@ -98,12 +100,15 @@ def create_app() -> FastAPI:
     app.include_router(presets.router)
     app.include_router(pages.router)
     app.include_router(health.router)
+    app.include_router(metrics_router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     app.add_exception_handler(UploadRefused, _upload_refused)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     for error in (*DATABASE_UNAVAILABLE_ERRORS, DBAPIError):
         app.add_exception_handler(error, _database_error)
 
+    app.state.metrics = ApiMetrics()
+    app.add_middleware(UploadCounter, metrics=app.state.metrics)
     app.add_middleware(ResponseHeaders)
     return app
 

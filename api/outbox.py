@@ -73,6 +73,11 @@ class TaskPublisher:
     def is_ready(self) -> bool:
         return self._nc is not None and self._nc.is_connected and self._stream_ready.is_set()
 
+    @property
+    def jetstream(self) -> JetStreamContext | None:
+        """The JetStream context on this process's connection, once ready (for /metrics)."""
+        return self._js if self.is_ready else None
+
     async def start(self) -> None:
         """Connect in the background: the API serves (and accepts uploads) while NATS is down."""
         self._tasks = [

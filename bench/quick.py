@@ -92,6 +92,8 @@ def main() -> None:
             UPLOADS_DIR=str(workdir / "uploads"),
             PROCESSED_DIR=str(workdir / "processed"),
             LOG_LEVEL="WARNING",
+            # Several workers on this host: one default metrics port cannot serve them all.
+            WORKER_METRICS_PORT="0",
         )
         port = free_port()
         base_url = f"http://127.0.0.1:{port}"

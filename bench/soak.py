@@ -364,7 +364,11 @@ def main() -> int:
         servers.start()
         migrate(servers.postgres.url())
         env = servers.environment(
-            UPLOADS_DIR=str(workdir / "uploads"), PROCESSED_DIR=str(workdir / "processed"), **SOAK_SETTINGS
+            UPLOADS_DIR=str(workdir / "uploads"),
+            PROCESSED_DIR=str(workdir / "processed"),
+            # Several workers on this host: one default metrics port cannot serve them all.
+            WORKER_METRICS_PORT="0",
+            **SOAK_SETTINGS,
         )
         port = free_port()
         base_url = f"http://127.0.0.1:{port}"

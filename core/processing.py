@@ -215,6 +215,12 @@ class Output:
 class Processing:
     outputs: tuple[Output, ...]
 
+    def label(self) -> str:
+        """A short, bounded name for metrics: the preset, or `ops` / `outputs`."""
+        if len(self.outputs) > 1:
+            return "outputs"
+        return self.outputs[0].preset or "ops"
+
     def to_json(self) -> dict[str, Any]:
         return {
             "outputs": [

@@ -50,7 +50,11 @@ def main() -> int:
         migrate(env.get("DATABASE_URL") or get_settings().database_url)
         api = start_api(env, args.port)
         processes.append(api)
-        processes.extend(start_worker(env) for _ in range(args.workers))
+        metrics_port = get_settings().worker_metrics_port
+        for index in range(args.workers):
+            # Workers on one host cannot share a metrics port: the setting's, then the next ones.
+            own_port = {"WORKER_METRICS_PORT": str(metrics_port + index)} if metrics_port else {}
+            processes.append(start_worker({**env, **own_port}))
         wait_until_ready(f"http://127.0.0.1:{args.port}", timeout=60, process=api)
         print(f"\nimagequeue is running: open http://localhost:{args.port}  (Ctrl-C stops it)\n", flush=True)
         while not stopping.wait(1):

@@ -36,6 +36,9 @@ TEST_SETTINGS = {
     "LOST_AFTER_SECONDS": "60",
     "WORKER_CONCURRENCY": "2",
     "LOG_LEVEL": "INFO",
+    # Off unless a test asks: workers started side by side (and other suites on this host) would
+    # contend for the one default port.
+    "WORKER_METRICS_PORT": "0",
 }
 
 

@@ -29,6 +29,7 @@ from core.formats import configure_pillow
 from core.logs import configure_logging
 from core.storage import Storage
 from worker.consumer import TaskPolicy, TaskProcessor
+from worker.metrics import MetricsPortInUse, WorkerMetrics
 from worker.pool import RenderPool
 from worker.render_job import render_settings
 from worker.retention import purge_forever
@@ -78,7 +79,8 @@ class _Subscription:
         self._sub = None
 
 
-async def run(settings: Settings, stop: asyncio.Event) -> None:
+async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | None = None) -> None:
+    metrics = metrics or WorkerMetrics()
     configure_pillow(settings.max_image_pixels)
     storage = Storage(settings.uploads_dir, settings.processed_dir)
     storage.ensure_dirs()
@@ -89,6 +91,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         sessions=sessions,
         storage=storage,
         pool=pool,
+        metrics=metrics,
         render=render_settings(settings),
         policy=TaskPolicy(
             ack_wait_seconds=settings.ack_wait_seconds,
@@ -112,7 +115,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     try:
         if nc is not None:
             policy = queue.ConsumerPolicy(settings.ack_wait_seconds)
-            await _fetch_loop(_Subscription(nc.jetstream(), policy), processor, settings, stop, in_flight)
+            subscription = _Subscription(nc.jetstream(), policy)
+            await _fetch_loop(subscription, processor, settings, stop, in_flight, metrics)
     finally:
         announcer.cancel()
         if retention is not None:
@@ -136,6 +140,7 @@ async def _fetch_loop(
     settings: Settings,
     stop: asyncio.Event,
     in_flight: set[asyncio.Task],
+    metrics: WorkerMetrics,
 ) -> None:
     concurrency = settings.worker_concurrency
     last_message = time.monotonic()
@@ -169,9 +174,14 @@ async def _fetch_loop(
             continue
         last_message = time.monotonic()
         for message in messages:
-            task = asyncio.create_task(processor.handle(message))
+            task = asyncio.create_task(_handle_counted(processor, message, metrics))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
+
+
+async def _handle_counted(processor: TaskProcessor, message: Msg, metrics: WorkerMetrics) -> None:
+    with metrics.handling():
+        await processor.handle(message)
 
 
 async def _check_silence(subscription: _Subscription) -> None:
@@ -193,19 +203,28 @@ def main() -> int:
         print(f"worker: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, json_lines=settings.log_json)
+    metrics = WorkerMetrics()
+    if settings.worker_metrics_port:
+        try:
+            metrics.serve(settings.worker_metrics_port)
+        except MetricsPortInUse as exc:
+            log.critical("%s", exc)
+            return 1
 
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await run(settings, stop)
+        await run(settings, stop, metrics)
 
     try:
         asyncio.run(serve())
     except queue.QueueMisconfigured as exc:
         log.critical("%s", exc)
         return 1
+    finally:
+        metrics.close()
     log.info("worker stopped")
     return 0
 

@@ -28,7 +28,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -43,6 +43,7 @@ from core.models import FINAL_STATUSES, INTERRUPTED_REASON, ImageTask, TaskStatu
 from core.processing import Processing
 from core.queue import parse_task_id
 from core.storage import Storage, remove_quietly
+from worker.metrics import WorkerMetrics
 from worker.pool import RenderInterrupted, RenderPool
 from worker.render_job import RenderSettings, render_task
 
@@ -85,6 +86,7 @@ class _Claim:
     input_name: str
     attempts: int
     processing: Processing
+    claimed_at: float = field(default_factory=time.monotonic)
 
 
 class TaskProcessor:
@@ -94,12 +96,14 @@ class TaskProcessor:
         sessions: async_sessionmaker[AsyncSession],
         storage: Storage,
         pool: RenderPool,
+        metrics: WorkerMetrics,
         render: RenderSettings,
         policy: TaskPolicy,
     ) -> None:
         self._sessions = sessions
         self._storage = storage
         self._pool = pool
+        self._metrics = metrics
         self._render_settings = render
         self._policy = policy
         self._heartbeat_seconds = max(policy.ack_wait_seconds / 3, 0.5)
@@ -150,11 +154,11 @@ class TaskProcessor:
         max_attempts = self._policy.max_attempts
         if claim.attempts > max_attempts:
             # Every earlier attempt ended with its worker gone (killed, out of memory): stop here.
-            await self._finish_failed(task_id, INTERRUPTED_REASON.format(attempts=max_attempts))
+            await self._finish_failed(task_id, INTERRUPTED_REASON.format(attempts=max_attempts), claim)
             await msg.term()
             return
         if not self._storage.upload_path(claim.input_name).is_file():
-            await self._finish_failed(task_id, INPUT_MISSING)
+            await self._finish_failed(task_id, INPUT_MISSING, claim)
             await msg.term()
             return
         heartbeat = asyncio.create_task(self._heartbeat(msg, task_id))
@@ -173,7 +177,7 @@ class TaskProcessor:
             )
         except ImageRejected as exc:
             log.info("task %s failed: %s", task_id, exc)
-            await self._finish_failed(task_id, str(exc))
+            await self._finish_failed(task_id, str(exc), claim)
             await msg.term()
             return
         except Exception as exc:
@@ -190,11 +194,17 @@ class TaskProcessor:
                 if isinstance(exc, RenderInterrupted)
                 else GAVE_UP.format(attempts=claim.attempts, error=_describe(exc))
             )
-            await self._finish_failed(task_id, reason)
+            await self._finish_failed(task_id, reason, claim)
             await msg.term()
             return
         await self._finish_done_patiently(task_id, outputs)
+        self._record(claim, TaskStatus.DONE)
         await msg.ack()
+
+    def _record(self, claim: _Claim, status: TaskStatus) -> None:
+        self._metrics.task_finished(
+            status=status.value, preset=claim.processing.label(), seconds=time.monotonic() - claim.claimed_at
+        )
 
     async def _finish_done_patiently(self, task_id: int, outputs: list[dict[str, Any]]) -> None:
         """Record the finished output, riding out a short database outage: the work is done and
@@ -308,13 +318,14 @@ class TaskProcessor:
         else:
             log.warning("task %s was finished elsewhere meanwhile; its outputs are the same files", task_id)
 
-    async def _finish_failed(self, task_id: int, reason: str) -> None:
+    async def _finish_failed(self, task_id: int, reason: str, claim: _Claim) -> None:
         async with self._transaction() as session:
             await session.execute(
                 update(ImageTask)
                 .where(ImageTask.id == task_id, ImageTask.status.not_in(FINAL_STATUSES))
                 .values(status=TaskStatus.FAILED, error=reason, finished_at=func.now(), leased_until=None)
             )
+        self._record(claim, TaskStatus.FAILED)
 
 
 def _describe(exc: BaseException) -> str:

@@ -69,6 +69,8 @@ def test_a_plain_postgresql_url_gets_the_async_driver(monkeypatch: pytest.Monkey
         ("MAX_DELIVER", "0"),
         ("LOST_AFTER_SECONDS", "5"),
         ("API_KEYS", "short"),
+        ("WORKER_METRICS_PORT", "70000"),
+        ("WORKER_METRICS_PORT", "-1"),
     ],
 )
 def test_a_bad_value_fails_with_the_setting_named(

@@ -1,0 +1,207 @@
+"""Arguments, commands and exit codes of `python -m client`.
+
+Exit codes: 0 when everything asked for succeeded (with `--wait`: every task `done`), 1 when the
+server refused something, a task failed or was not finished in time, or the server could not be
+reached; 2 for a usage error (bad option, a file that does not exist, `--ops` that is not JSON),
+before anything is sent. The client is its own program, so this module (not the server's
+config.py) reads its two environment variables, IMAGEQUEUE_URL and IMAGEQUEUE_API_KEY.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from client import report
+from client.connection import ApiError, checked, make_client, unreachable
+from client.progress import Progress
+from client.uploads import UploadOptions, upload_files
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_CONCURRENCY = 4
+DEFAULT_WAIT_SECONDS = 600.0
+MAX_PAGE = 100  # the server's largest page of GET /tasks
+
+OK, FAILED, USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value:g}")
+    return value
+
+
+def _base_url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"must start with http:// or https://, got {text!r}")
+    return text.rstrip("/")
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url",
+        type=_base_url,
+        default=os.environ.get("IMAGEQUEUE_URL") or DEFAULT_URL,
+        help=f"the API's base URL (default: $IMAGEQUEUE_URL or {DEFAULT_URL})",
+    )
+    common.add_argument(
+        "--api-key",
+        default=os.environ.get("IMAGEQUEUE_API_KEY") or None,
+        help="sent as X-API-Key (default: $IMAGEQUEUE_API_KEY; only needed when the server has API keys)",
+    )
+    common.add_argument("--json", action="store_true", help="print JSON on stdout instead of a table")
+
+    parser = argparse.ArgumentParser(
+        prog="python -m client", description="Command-line client for the imagequeue API."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    upload = commands.add_parser(
+        "upload", parents=[common], help="upload images (many at once)", description="Upload images."
+    )
+    upload.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    upload.add_argument("--preset", help="processing preset name (sent as the form field `preset`)")
+    upload.add_argument("--ops", help="processing operations as JSON (form field `ops`)")
+    upload.add_argument("--outputs", help="outputs wanted as JSON (form field `outputs`)")
+    upload.add_argument("--wait", action="store_true", help="follow each task until done or failed")
+    upload.add_argument(
+        "--concurrency", type=_positive_int, default=DEFAULT_CONCURRENCY, help="requests at once (default 4)"
+    )
+    upload.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=DEFAULT_WAIT_SECONDS,
+        help="with --wait, give up on a task not finished after this many seconds (default 600)",
+    )
+
+    status = commands.add_parser("status", parents=[common], help="show one task")
+    status.add_argument("task_id", type=_positive_int, metavar="ID")
+
+    listing = commands.add_parser("list", parents=[common], help="list tasks, newest first")
+    listing.add_argument("--status", choices=("pending", "processing", "done", "failed"))
+    listing.add_argument("--limit", type=_positive_int, default=20, help="how many tasks (default 20)")
+
+    delete = commands.add_parser("delete", parents=[common], help="delete a task and its files")
+    delete.add_argument("task_id", type=_positive_int, metavar="ID")
+    return parser
+
+
+def _form_fields(args: argparse.Namespace) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    if args.preset is not None:
+        fields["preset"] = args.preset
+    for name in ("ops", "outputs"):
+        text = getattr(args, name)
+        if text is None:
+            continue
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            raise UsageError(f"--{name} is not valid JSON: {exc}") from None
+        fields[name] = text  # as typed: the server validates the meaning
+    return fields
+
+
+def _files(paths: list[Path]) -> list[Path]:
+    for path in paths:
+        if not path.is_file():
+            raise UsageError(f"not a file: {path}")
+    return paths
+
+
+async def _upload(args: argparse.Namespace) -> int:
+    options = UploadOptions(
+        fields=_form_fields(args),
+        wait=args.wait,
+        wait_seconds=args.timeout,
+        concurrency=args.concurrency,
+    )
+    paths = _files(args.files)
+    progress = Progress(sys.stderr, len(paths))
+    async with make_client(args.url, args.api_key, connections=args.concurrency) as http:
+        results = await upload_files(http, paths, options, progress)
+    report.upload_results(sys.stdout, results, as_json=args.json)
+    wanted = "done" if args.wait else "accepted"
+    return OK if all(result.status == wanted for result in results) else FAILED
+
+
+async def _status(args: argparse.Namespace) -> int:
+    async with make_client(args.url, args.api_key, connections=1) as http:
+        body = checked(await http.get(f"/status/{args.task_id}")).json()
+    report.task(sys.stdout, body, args.url, as_json=args.json)
+    return OK
+
+
+async def _list(args: argparse.Namespace) -> int:
+    items: list[dict[str, Any]] = []
+    cursor: int | None = None
+    async with make_client(args.url, args.api_key, connections=1) as http:
+        while len(items) < args.limit:
+            params: dict[str, str | int] = {"limit": min(MAX_PAGE, args.limit - len(items))}
+            if args.status:
+                params["status"] = args.status
+            if cursor is not None:
+                params["cursor"] = cursor
+            page = checked(await http.get("/tasks", params=params)).json()
+            items.extend(page["items"])
+            cursor = page.get("next_cursor")
+            if cursor is None:
+                break
+    report.task_list(sys.stdout, items, args.url, as_json=args.json)
+    return OK
+
+
+async def _delete(args: argparse.Namespace) -> int:
+    async with make_client(args.url, args.api_key, connections=1) as http:
+        checked(await http.delete(f"/tasks/{args.task_id}"))
+    if args.json:
+        report.write_json(sys.stdout, {"task_id": args.task_id, "deleted": True})
+    else:
+        sys.stdout.write(f"deleted task {args.task_id}\n")
+    return OK
+
+
+COMMANDS = {"upload": _upload, "status": _status, "list": _list, "delete": _delete}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)  # exits 2 on a usage error, as argparse does
+    try:
+        return asyncio.run(COMMANDS[args.command](args))
+    except UsageError as exc:
+        print(f"python -m client: {exc}", file=sys.stderr)
+        return USAGE
+    except ApiError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return FAILED
+    except httpx.HTTPError as exc:
+        print(f"error: {unreachable(args.url, exc).message}", file=sys.stderr)
+        return FAILED
+    except KeyboardInterrupt:
+        return 130
