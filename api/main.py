@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
 from starlette.requests import ClientDisconnect
 
+from api.callbacks import CallbackPolicy, CallbackSender
 from api.metrics import ApiMetrics, UploadCounter
 from api.metrics import router as metrics_router
 from api.outbox import TaskPublisher
@@ -56,10 +57,25 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_attempts=settings.max_deliver,
     )
     await publisher.start()
-    app.state.services = Services(settings, engine, sessions, storage, publisher, presets)
+    callbacks = None
+    if settings.webhook_secret:
+        callbacks = CallbackSender(
+            sessions,
+            CallbackPolicy(
+                secret=settings.webhook_secret,
+                allow_private=settings.webhook_allow_private,
+                max_attempts=settings.webhook_max_attempts,
+                retry_seconds=settings.webhook_retry_seconds,
+                timeout_seconds=settings.webhook_timeout_seconds,
+            ),
+        )
+        callbacks.start()
+    app.state.services = Services(settings, engine, sessions, storage, publisher, presets, callbacks)
     try:
         yield
     finally:
+        if callbacks is not None:
+            await callbacks.close()
         await publisher.close()
         await engine.dispose()
 

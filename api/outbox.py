@@ -32,7 +32,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core import queue
-from core.models import INTERRUPTED_REASON, ImageTask, TaskStatus
+from core.models import INTERRUPTED_REASON, ImageTask, TaskStatus, finished_values
 from core.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -158,8 +158,7 @@ class TaskPublisher:
                 .values(
                     status=TaskStatus.FAILED,
                     error=INTERRUPTED_REASON.format(attempts=self._max_attempts),
-                    finished_at=func.now(),
-                    leased_until=None,
+                    **finished_values(),
                 )
             )
             requeued = await session.execute(

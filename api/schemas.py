@@ -36,6 +36,15 @@ class OutputResponse(BaseModel):
     size_bytes: int
 
 
+class CallbackStatus(BaseModel):
+    url: str
+    state: str | None = Field(
+        description="null until the task ends; then `pending`, `delivered` or `failed` (after every try)."
+    )
+    attempts: int
+    error: str | None = Field(description="Why the last try failed.")
+
+
 class TaskStatusResponse(BaseModel):
     task_id: int
     filename: str
@@ -55,6 +64,7 @@ class TaskStatusResponse(BaseModel):
     outputs: list[OutputResponse] | None = Field(
         default=None, description="Every output once `done`, in the order asked for."
     )
+    callback: CallbackStatus | None = Field(default=None, description="The `callback_url` delivery, if any.")
 
 
 class TaskPage(BaseModel):
@@ -123,4 +133,12 @@ def task_status(task: ImageTask) -> TaskStatusResponse:
         if task.processing
         else None,
         outputs=_outputs(task),
+        callback=CallbackStatus(
+            url=task.callback_url,
+            state=task.callback_state,
+            attempts=task.callback_attempts,
+            error=task.callback_error,
+        )
+        if task.callback_url
+        else None,
     )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from api.callbacks import CallbackSender
 from api.outbox import TaskPublisher
 from config import Settings
 from core.processing import Preset
@@ -20,3 +21,4 @@ class Services:
     storage: Storage
     publisher: TaskPublisher
     presets: dict[str, Preset]
+    callbacks: CallbackSender | None

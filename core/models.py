@@ -20,7 +20,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, DateTime, Index, Integer, String, Text, func
+from sqlalchemy import BigInteger, CheckConstraint, DateTime, Index, Integer, String, Text, case, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -45,6 +45,18 @@ INTERRUPTED_REASON = (
 _STATUS_VALUES = ", ".join(f"'{status.value}'" for status in TaskStatus)
 
 
+class CallbackState(enum.StrEnum):
+    """A callback's delivery: `pending` until the receiver answers 2xx (`delivered`) or every
+    attempt is used (`failed`). NULL while the task is not final, or when it has no callback."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+_CALLBACK_VALUES = ", ".join(f"'{state.value}'" for state in CallbackState)
+
+
 def output_files(output_name: str | None, outputs: list[dict[str, Any]] | None) -> list[str]:
     """Every processed file a row owns (rows from before several outputs name only `output_name`)."""
     files = [output["file"] for output in outputs or ()]
@@ -57,6 +69,11 @@ class ImageTask(Base):
         CheckConstraint(f"status IN ({_STATUS_VALUES})", name="status_valid"),
         # The outbox relay scans only rows not yet in JetStream: keep that scan small.
         Index("ix_image_tasks_unqueued", "id", postgresql_where="queued_at IS NULL"),
+        CheckConstraint(f"callback_state IN ({_CALLBACK_VALUES})", name="callback_state_valid"),
+        # The callback sender scans only deliveries still to make.
+        Index(
+            "ix_image_tasks_callback_due", "callback_next_at", postgresql_where="callback_state = 'pending'"
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -90,3 +107,22 @@ class ImageTask(Base):
     # What was made, once `done` (core.processing.OutputRecord list, as JSON); `output_name` is
     # the first output's file, as before.
     outputs: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+    # Where to POST the final status (api/callbacks.py), and how that delivery is going.
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    callback_state: Mapped[str | None] = mapped_column(String(16))
+    callback_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    callback_next_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    callback_error: Mapped[str | None] = mapped_column(Text)
+
+
+def finished_values() -> dict[str, Any]:
+    """Columns every transition to `done` or `failed` also sets: the callback, if the task has
+    one, becomes due now. (One place, for the worker and the API's lease sweep alike.)"""
+    return {
+        "finished_at": func.now(),
+        "leased_until": None,
+        "callback_state": case(
+            (ImageTask.callback_url.is_not(None), CallbackState.PENDING.value), else_=None
+        ),
+        "callback_next_at": case((ImageTask.callback_url.is_not(None), func.now()), else_=None),
+    }

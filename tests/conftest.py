@@ -39,6 +39,12 @@ TEST_SETTINGS = {
     # Off unless a test asks: workers started side by side (and other suites on this host) would
     # contend for the one default port.
     "WORKER_METRICS_PORT": "0",
+    # Callbacks on, to receivers the tests run on loopback, retried quickly.
+    "WEBHOOK_SECRET": "test-callback-secret-0123",
+    "WEBHOOK_ALLOW_PRIVATE": "true",
+    "WEBHOOK_MAX_ATTEMPTS": "3",
+    "WEBHOOK_RETRY_SECONDS": "0.2",
+    "WEBHOOK_TIMEOUT_SECONDS": "2",
 }
 
 

@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from core.db import is_database_unavailable
 from core.formats import ImageRejected
 from core.logs import task_context
-from core.models import FINAL_STATUSES, INTERRUPTED_REASON, ImageTask, TaskStatus
+from core.models import FINAL_STATUSES, INTERRUPTED_REASON, ImageTask, TaskStatus, finished_values
 from core.processing import Processing
 from core.queue import parse_task_id
 from core.storage import Storage, remove_quietly
@@ -303,9 +303,8 @@ class TaskProcessor:
                     status=TaskStatus.DONE,
                     output_name=files[0],
                     outputs=outputs,
-                    finished_at=func.now(),
-                    leased_until=None,
                     error=None,
+                    **finished_values(),
                 )
             )
         if result.rowcount:
@@ -323,7 +322,7 @@ class TaskProcessor:
             await session.execute(
                 update(ImageTask)
                 .where(ImageTask.id == task_id, ImageTask.status.not_in(FINAL_STATUSES))
-                .values(status=TaskStatus.FAILED, error=reason, finished_at=func.now(), leased_until=None)
+                .values(status=TaskStatus.FAILED, error=reason, **finished_values())
             )
         self._record(claim, TaskStatus.FAILED)
 

@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 
+from api.callback_urls import CallbackRefused, vet_callback_url
 from api.deps import MAX_TASK_ID, CallerDep, ServicesDep, SessionDep, TaskDep
 from api.schemas import (
     ErrorResponse,
@@ -40,9 +41,12 @@ OUTPUT_TOO_LARGE = (
     "{where}: the output would be {width:,}×{height:,} pixels; "
     "the limit is {limit:,} pixels (MAX_OUTPUT_PIXELS)."
 )
-# Besides `file`: how to process it (core.processing). Anything else is refused, so a misspelt
-# field is not silently ignored.
+# Besides `file`: how to process it (core.processing), and where to report the end (callbacks).
+# Anything else is refused, so a misspelt field is not silently ignored.
 PROCESSING_FIELDS = ("preset", "ops", "outputs")
+FORM_FIELDS = ("file", *PROCESSING_FIELDS, "callback_url")
+CALLBACKS_OFF = "This server sends no callbacks (its WEBHOOK_SECRET setting is empty)."
+
 PROCESSED_NOT_FOUND = "Processed image not found"
 
 DEFAULT_PAGE_SIZE = 20
@@ -73,6 +77,10 @@ _UPLOAD_BODY = {
                             "type": "string",
                             "description": 'JSON list of operations, e.g. [{"op": "resize", "width": 800}].',
                         },
+                        "callback_url": {
+                            "type": "string",
+                            "description": "http(s) URL to POST the final status to, signed (see README).",
+                        },
                         "outputs": {
                             "type": "string",
                             "description": 'Output name -> preset or ops, e.g. {"thumb": "thumbnail"}.',
@@ -94,12 +102,28 @@ def _stored_key(raw: str | None, caller: str | None) -> str | None:
     return raw if caller is None else f"{caller}:{raw}"
 
 
+async def _requested_callback(services: ServicesDep, upload: ReceivedUpload) -> str | None:
+    url = upload.text_fields.get("callback_url")
+    if not url:
+        return None
+    settings = services.settings
+    if not settings.webhook_secret:
+        raise HTTPException(status_code=422, detail=CALLBACKS_OFF)
+    try:
+        await vet_callback_url(url, allow_private=settings.webhook_allow_private)
+    except CallbackRefused as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from None
+    return url
+
+
 async def _task_for_key(
-    session: SessionDep, key: str, upload: ReceivedUpload, processing: Processing
+    session: SessionDep, key: str, upload: ReceivedUpload, processing: Processing, callback_url: str | None
 ) -> ImageTask | None:
     existing = await session.scalar(select(ImageTask).where(ImageTask.idempotency_key == key))
     if existing is not None and (
-        existing.sha256 != upload.sha256 or existing.processing != processing.to_json()
+        existing.sha256 != upload.sha256
+        or existing.processing != processing.to_json()
+        or existing.callback_url != callback_url
     ):
         raise HTTPException(status_code=422, detail=IDEMPOTENCY_KEY_REUSED)
     return existing
@@ -109,8 +133,8 @@ def _requested_processing(services: ServicesDep, upload: ReceivedUpload) -> Proc
     """The form's processing fields, validated and resolved; 422 naming the field otherwise."""
     fields = upload.text_fields
     for name in fields:
-        if name not in PROCESSING_FIELDS:
-            allowed = ", ".join(("file", *PROCESSING_FIELDS))
+        if name not in FORM_FIELDS:
+            allowed = ", ".join(FORM_FIELDS)
             raise HTTPException(status_code=422, detail=UNKNOWN_FIELD.format(name=name[:40], fields=allowed))
     settings = services.settings
     try:
@@ -139,6 +163,7 @@ async def _create_task(
     session: SessionDep,
     upload: ReceivedUpload,
     processing: Processing,
+    callback_url: str | None,
     key: str | None,
     owner: str | None,
 ) -> ImageTask:
@@ -160,6 +185,7 @@ async def _create_task(
         idempotency_key=key,
         owner=owner,
         processing=processing.to_json(),
+        callback_url=callback_url,
     )
     session.add(task)
     try:
@@ -237,14 +263,17 @@ async def upload(
     )
     try:
         processing = _requested_processing(services, received)
-        existing = await _task_for_key(session, key, received, processing) if key else None
+        callback_url = await _requested_callback(services, received)
+        existing = await _task_for_key(session, key, received, processing, callback_url) if key else None
         if existing is None:
             try:
-                task = await _create_task(services, session, received, processing, key, caller)
+                task = await _create_task(services, session, received, processing, callback_url, key, caller)
             except IntegrityError:
                 # A concurrent request with the same key committed first.
                 await session.rollback()
-                existing = await _task_for_key(session, key, received, processing) if key else None
+                existing = (
+                    await _task_for_key(session, key, received, processing, callback_url) if key else None
+                )
                 if existing is None:
                     raise
     finally:

@@ -1,0 +1,97 @@
+"""Which callback URLs the service will POST to: http(s) only, and never to this host or a private
+network unless WEBHOOK_ALLOW_PRIVATE says so (otherwise an upload could make the server probe
+its own network: SSRF).
+
+The check resolves the host name and vets every address it gets. It runs at upload (a 422 names
+the problem) and again before each delivery, and the delivery connects to an address vetted then
+(`CallbackTarget.pinned_url`), so a DNS answer that changes in between (rebinding) cannot steer
+the request inside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+
+MAX_URL_CHARS = 2000
+RESOLVE_TIMEOUT_SECONDS = 5.0
+
+NOT_HTTP = "`callback_url` must be an http:// or https:// URL."
+TOO_LONG = f"`callback_url` is longer than {MAX_URL_CHARS} characters."
+NO_HOST = "`callback_url` has no host name."
+HAS_CREDENTIALS = "`callback_url` must not carry a user name or password."
+BAD_PORT = "`callback_url` has an invalid port."
+UNRESOLVED = "`callback_url`: the host name {host!r} does not resolve."
+PRIVATE = (
+    "`callback_url` points to {address}, a loopback, private or reserved address; "
+    "callbacks go to public addresses only."
+)
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class CallbackRefused(ValueError):
+    """The URL cannot be used; the message is for the person who sent it."""
+
+
+@dataclass(frozen=True)
+class CallbackTarget:
+    url: str
+    host: str
+    address: Address
+
+    def pinned_url(self) -> httpx.URL:
+        """The URL with its host replaced by the vetted address (the Host header and TLS name
+        stay the original host's: see `CallbackTarget.host`)."""
+        return httpx.URL(self.url).copy_with(host=str(self.address))
+
+
+async def vet_callback_url(url: str, *, allow_private: bool) -> CallbackTarget:
+    """Parse and resolve `url`; CallbackRefused says why it cannot be used."""
+    if len(url) > MAX_URL_CHARS:
+        raise CallbackRefused(TOO_LONG)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise CallbackRefused(BAD_PORT) from None
+    if parts.scheme not in ("http", "https"):
+        raise CallbackRefused(NOT_HTTP)
+    if parts.username is not None or parts.password is not None:
+        raise CallbackRefused(HAS_CREDENTIALS)
+    host = parts.hostname
+    if not host:
+        raise CallbackRefused(NO_HOST)
+    addresses = await _resolve(host, port or (443 if parts.scheme == "https" else 80))
+    if not allow_private:
+        for address in addresses:
+            if not _is_public(address):
+                raise CallbackRefused(PRIVATE.format(address=address))
+    return CallbackTarget(url=url, host=host, address=addresses[0])
+
+
+def _is_public(address: Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
+
+
+async def _resolve(host: str, port: int) -> list[Address]:
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    try:
+        async with asyncio.timeout(RESOLVE_TIMEOUT_SECONDS):
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, TimeoutError, UnicodeError):
+        raise CallbackRefused(UNRESOLVED.format(host=host[:100])) from None
+    addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    if not addresses:
+        raise CallbackRefused(UNRESOLVED.format(host=host[:100]))
+    return addresses

@@ -1,0 +1,183 @@
+"""Delivering callbacks: when a task with a `callback_url` ends, POST its status body there, signed.
+
+Delivery is durable and at least once. Finishing a task (worker or lease sweep) marks its callback
+`pending` and due (core.models.finished_values); every API process runs this sender, which claims
+due deliveries with `FOR UPDATE SKIP LOCKED` by moving their due time forward (so no row lock is
+held while the receiver answers, and a process killed mid-delivery hands it on), POSTs, then
+records `delivered`, or the next try after a doubling delay, or `failed` after
+WEBHOOK_MAX_ATTEMPTS tries. Receivers must accept a repeat (`X-Imagequeue-Delivery` names it).
+
+Signature (header `X-Imagequeue-Signature: t=<unix time>,v1=<hex>`): HMAC-SHA256 with
+WEBHOOK_SECRET over `<t>.<raw body>`. A receiver recomputes it and compares in constant time, and
+refuses an old `t` to stop replays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import httpx
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from api.callback_urls import CallbackRefused, vet_callback_url
+from api.schemas import task_status
+from core.models import CallbackState, ImageTask
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Imagequeue-Signature"
+BATCH = 20
+POLL_SECONDS = 1.0
+# A claimed delivery is retried by any process after this long (its sender may have died).
+CLAIM_SECONDS = 120
+MAX_RETRY_DELAY_SECONDS = 3600
+USER_AGENT = "imagequeue-callback/1"
+
+
+@dataclass(frozen=True)
+class CallbackPolicy:
+    secret: str
+    allow_private: bool
+    max_attempts: int
+    retry_seconds: float
+    timeout_seconds: float
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The signature header's value for `body` sent at `timestamp`."""
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def retry_delay(policy: CallbackPolicy, attempts: int) -> float:
+    """Seconds before try `attempts + 1`: retry_seconds, doubled after each failure, capped."""
+    return min(policy.retry_seconds * 2 ** (attempts - 1), MAX_RETRY_DELAY_SECONDS)
+
+
+class CallbackSender:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], policy: CallbackPolicy) -> None:
+        self._sessions = sessions
+        self._policy = policy
+        self._task: asyncio.Task | None = None
+        self._http = httpx.AsyncClient(
+            timeout=policy.timeout_seconds,
+            follow_redirects=False,  # a redirect could lead anywhere, past the address check
+            headers={"User-Agent": USER_AGENT},
+            trust_env=False,  # no proxy from the environment: the address check must hold
+        )
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run_forever())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._http.aclose()
+
+    async def _run_forever(self) -> None:
+        while True:
+            try:
+                while await self.deliver_due() == BATCH:
+                    pass
+            except Exception as exc:
+                log.warning("callback delivery pass failed: %s", exc)
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def deliver_due(self) -> int:
+        """Claim and deliver the callbacks due now; returns how many were tried."""
+        due = (
+            select(ImageTask.id)
+            .where(
+                ImageTask.callback_state == CallbackState.PENDING, ImageTask.callback_next_at <= func.now()
+            )
+            .order_by(ImageTask.callback_next_at)
+            .limit(BATCH)
+            .with_for_update(skip_locked=True)
+        )
+        async with self._sessions() as session, session.begin():
+            claimed = (
+                await session.scalars(
+                    update(ImageTask)
+                    .where(ImageTask.id.in_(due))
+                    .values(
+                        callback_next_at=func.now() + timedelta(seconds=CLAIM_SECONDS),
+                        callback_attempts=ImageTask.callback_attempts + 1,
+                    )
+                    .returning(ImageTask.id)
+                )
+            ).all()
+        if not claimed:
+            return 0
+        async with self._sessions() as session:
+            tasks = list(await session.scalars(select(ImageTask).where(ImageTask.id.in_(claimed))))
+        outcomes = await asyncio.gather(*(self._deliver(task) for task in tasks))
+        for task, error in zip(tasks, outcomes, strict=True):
+            await self._record(task, error)
+        return len(claimed)
+
+    async def _deliver(self, task: ImageTask) -> str | None:
+        """POST the task's status; None on a 2xx answer, else why it failed (for the row)."""
+        assert task.callback_url is not None
+        try:
+            target = await vet_callback_url(task.callback_url, allow_private=self._policy.allow_private)
+        except CallbackRefused as exc:
+            return str(exc)
+        body = task_status(task).model_dump_json().encode()
+        headers = {
+            "Content-Type": "application/json",
+            "Host": httpx.URL(target.url).netloc.decode("ascii"),
+            "X-Imagequeue-Event": f"task.{task.status}",
+            "X-Imagequeue-Delivery": f"{task.id}-{task.callback_attempts}",
+            SIGNATURE_HEADER: sign(self._policy.secret, int(time.time()), body),
+        }
+        try:
+            async with self._http.stream(
+                "POST",
+                target.pinned_url(),
+                content=body,
+                headers=headers,
+                extensions={"sni_hostname": target.host},
+            ) as response:
+                status = response.status_code
+        except httpx.HTTPError as exc:
+            return f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
+        if 200 <= status < 300:
+            return None
+        return f"the receiver answered {status}"
+
+    async def _record(self, task: ImageTask, error: str | None) -> None:
+        attempts = task.callback_attempts
+        if error is None:
+            values: dict = {
+                "callback_state": CallbackState.DELIVERED,
+                "callback_error": None,
+                "callback_next_at": None,
+            }
+            log.info("task %s: callback delivered (try %d)", task.id, attempts)
+        elif attempts >= self._policy.max_attempts:
+            values = {
+                "callback_state": CallbackState.FAILED,
+                "callback_error": error,
+                "callback_next_at": None,
+            }
+            log.warning("task %s: callback failed for good after %d tries: %s", task.id, attempts, error)
+        else:
+            delay = timedelta(seconds=retry_delay(self._policy, attempts))
+            values = {"callback_next_at": func.now() + delay, "callback_error": error}
+            log.info("task %s: callback try %d failed (%s); next in %s", task.id, attempts, error, delay)
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                update(ImageTask)
+                .where(ImageTask.id == task.id, ImageTask.callback_state == CallbackState.PENDING)
+                .values(**values)
+            )

@@ -1,0 +1,284 @@
+"""Callbacks: a task's final status POSTed to its `callback_url`, signed, retried, never to a
+private address unless allowed. The receivers are real HTTP servers on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from api.callback_urls import (
+    BAD_PORT,
+    HAS_CREDENTIALS,
+    NOT_HTTP,
+    PRIVATE,
+    CallbackRefused,
+    vet_callback_url,
+)
+from api.callbacks import SIGNATURE_HEADER
+from api.routes.tasks import CALLBACKS_OFF
+from devstack.stack import running_api
+from tests import images
+from tests.conftest import TEST_SETTINGS
+from tests.waiting import eventually
+
+SECRET = TEST_SETTINGS["WEBHOOK_SECRET"]
+
+
+@dataclass
+class Received:
+    at: float
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    """An HTTP server that records every POST and answers from `answers` (then 200)."""
+
+    url: str = ""
+    answers: list[int] = field(default_factory=list)
+    received: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver.lock:
+                    receiver.received.append(Received(time.monotonic(), dict(self.headers), body))
+                    status = receiver.answers.pop(0) if receiver.answers else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Handler
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    found = Receiver()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), found.handler())
+    found.url = f"http://127.0.0.1:{server.server_address[1]}/hook?source=imagequeue"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield found
+    server.shutdown()
+    server.server_close()
+
+
+def verify(received: Received) -> dict:
+    """What a receiver does: recompute the HMAC over `<t>.<body>` and compare in constant time."""
+    fields = dict(part.split("=", 1) for part in received.headers[SIGNATURE_HEADER].split(","))
+    expected = hmac.new(
+        SECRET.encode(), f"{fields['t']}.".encode() + received.body, hashlib.sha256
+    ).hexdigest()
+    assert hmac.compare_digest(fields["v1"], expected), "the signature does not verify"
+    assert abs(int(fields["t"]) - time.time()) < 60
+    return json.loads(received.body)
+
+
+async def upload_with_callback(client: httpx.AsyncClient, url: str, content: bytes | None = None) -> int:
+    response = await client.post(
+        "/upload",
+        files={"file": ("hook.jpg", content or images.jpeg(), "image/jpeg")},
+        data={"callback_url": url, "preset": "thumbnail"},
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["task_id"]
+
+
+async def callback_state(client: httpx.AsyncClient, task_id: int, state: str, timeout: float = 30) -> dict:
+    status: dict = {}
+
+    async def reached() -> bool:
+        nonlocal status
+        status = (await client.get(f"/status/{task_id}")).json()
+        return status["callback"]["state"] == state
+
+    await eventually(reached, timeout=timeout, what=f"task {task_id}'s callback {state}")
+    return status
+
+
+async def test_a_finished_task_is_posted_to_its_callback_signed(
+    client: httpx.AsyncClient, worker_process: subprocess.Popen, receiver: Receiver
+) -> None:
+    task_id = await upload_with_callback(client, receiver.url)
+
+    status = await callback_state(client, task_id, "delivered")
+
+    (delivery,) = receiver.received
+    body = verify(delivery)
+    assert body["task_id"] == task_id and body["status"] == "done"
+    assert body["processed_url"] == status["processed_url"]
+    assert delivery.headers["X-Imagequeue-Event"] == "task.done"
+    assert delivery.headers["X-Imagequeue-Delivery"] == f"{task_id}-1"
+    assert delivery.headers["Content-Type"] == "application/json"
+    assert status["callback"] == {"url": receiver.url, "state": "delivered", "attempts": 1, "error": None}
+
+
+async def test_a_failed_task_is_posted_with_its_reason(
+    client: httpx.AsyncClient, worker_process: subprocess.Popen, receiver: Receiver
+) -> None:
+    task_id = await upload_with_callback(client, receiver.url, images.truncated_jpeg())
+
+    await callback_state(client, task_id, "delivered")
+
+    body = verify(receiver.received[0])
+    assert body["status"] == "failed" and body["error"]
+    assert receiver.received[0].headers["X-Imagequeue-Event"] == "task.failed"
+
+
+async def test_a_failing_receiver_is_retried_with_growing_delays(
+    client: httpx.AsyncClient, worker_process: subprocess.Popen, receiver: Receiver
+) -> None:
+    receiver.answers = [500, 502]
+    task_id = await upload_with_callback(client, receiver.url)
+
+    status = await callback_state(client, task_id, "delivered")
+
+    assert status["callback"]["attempts"] == 3
+    first, second, third = (received.at for received in receiver.received)
+    # WEBHOOK_RETRY_SECONDS is 0.2 in the tests: 0.2 s before the second try, 0.4 s before the third.
+    assert second - first >= 0.2
+    assert third - second >= 0.4
+    assert {verify(received)["task_id"] for received in receiver.received} == {task_id}
+    assert [received.headers["X-Imagequeue-Delivery"] for received in receiver.received] == [
+        f"{task_id}-1",
+        f"{task_id}-2",
+        f"{task_id}-3",
+    ]
+
+
+async def test_a_receiver_that_never_accepts_ends_failed_after_every_try(
+    client: httpx.AsyncClient, worker_process: subprocess.Popen, receiver: Receiver
+) -> None:
+    receiver.answers = [503] * 10
+    task_id = await upload_with_callback(client, receiver.url)
+
+    status = await callback_state(client, task_id, "failed")
+
+    assert status["status"] == "done", "a callback that fails does not fail the task"
+    assert status["callback"]["attempts"] == int(TEST_SETTINGS["WEBHOOK_MAX_ATTEMPTS"])
+    assert status["callback"]["error"] == "the receiver answered 503"
+    assert len(receiver.received) == 3
+
+
+async def test_a_redirect_is_not_followed(
+    client: httpx.AsyncClient, worker_process: subprocess.Popen, receiver: Receiver
+) -> None:
+    receiver.answers = [307] * 10
+    task_id = await upload_with_callback(client, receiver.url)
+
+    status = await callback_state(client, task_id, "failed")
+
+    assert status["callback"]["error"] == "the receiver answered 307"
+    assert len(receiver.received) == 3
+
+
+@pytest.mark.parametrize(
+    ("url", "detail"),
+    [
+        ("http://127.0.0.1:9/hook", PRIVATE.format(address="127.0.0.1")),
+        ("http://localhost/hook", None),  # 127.0.0.1 or ::1, whichever resolves first
+        ("http://10.1.2.3/", PRIVATE.format(address="10.1.2.3")),
+        ("http://192.168.0.10/", PRIVATE.format(address="192.168.0.10")),
+        ("http://172.16.5.4/", PRIVATE.format(address="172.16.5.4")),
+        ("http://169.254.169.254/latest/meta-data/", PRIVATE.format(address="169.254.169.254")),
+        ("http://100.64.0.1/", PRIVATE.format(address="100.64.0.1")),
+        ("http://0.0.0.0/", PRIVATE.format(address="0.0.0.0")),
+        ("http://[::1]/", PRIVATE.format(address="::1")),
+        ("http://[::ffff:127.0.0.1]/", PRIVATE.format(address="::ffff:7f00:1")),
+        ("http://[fd00::1]/", PRIVATE.format(address="fd00::1")),
+        ("http://224.0.0.1/", PRIVATE.format(address="224.0.0.1")),
+        ("ftp://example.com/", NOT_HTTP),
+        ("file:///etc/passwd", NOT_HTTP),
+        ("gopher://127.0.0.1:6379/", NOT_HTTP),
+        ("http://user:secret@93.184.216.34/", HAS_CREDENTIALS),
+        ("http://93.184.216.34:99999/", BAD_PORT),
+    ],
+)
+async def test_private_and_odd_callback_urls_are_refused(url: str, detail: str | None) -> None:
+    with pytest.raises(CallbackRefused) as refused:
+        await vet_callback_url(url, allow_private=False)
+    if detail is not None:
+        assert str(refused.value) == detail
+
+
+async def test_a_public_address_is_accepted_and_pinned() -> None:
+    target = await vet_callback_url("https://93.184.216.34:8443/hook?x=1", allow_private=False)
+
+    assert str(target.pinned_url()) == "https://93.184.216.34:8443/hook?x=1"
+    assert target.host == "93.184.216.34"
+
+
+@pytest.fixture(scope="module")
+def strict_api(stack_env: dict[str, str], workdir: Path) -> Iterator[str]:
+    """A second API with the defaults on callbacks: private addresses refused."""
+    env = {**stack_env, "WEBHOOK_ALLOW_PRIVATE": "false"}
+    with running_api(env, log_file=workdir / "strict-api.log") as base_url:
+        yield base_url
+
+
+@pytest.fixture(scope="module")
+def api_without_callbacks(stack_env: dict[str, str], workdir: Path) -> Iterator[str]:
+    env = {**stack_env, "WEBHOOK_SECRET": ""}
+    with running_api(env, log_file=workdir / "no-callbacks-api.log") as base_url:
+        yield base_url
+
+
+@pytest.mark.parametrize(
+    ("url", "detail"),
+    [
+        ("http://127.0.0.1:8000/admin", PRIVATE.format(address="127.0.0.1")),
+        ("http://169.254.169.254/", PRIVATE.format(address="169.254.169.254")),
+        ("javascript:alert(1)", NOT_HTTP),
+    ],
+)
+async def test_the_api_refuses_a_private_callback_at_upload(
+    strict_api: str, uploads_dir: Path, url: str, detail: str
+) -> None:
+    before = set(uploads_dir.iterdir())
+    async with httpx.AsyncClient(base_url=strict_api) as http:
+        response = await http.post(
+            "/upload", files={"file": ("a.jpg", images.jpeg(), "image/jpeg")}, data={"callback_url": url}
+        )
+
+    assert response.status_code == 422
+    assert response.json() == {"detail": detail}
+    assert set(uploads_dir.iterdir()) == before
+
+
+async def test_callbacks_are_refused_when_the_server_has_no_secret(api_without_callbacks: str) -> None:
+    async with httpx.AsyncClient(base_url=api_without_callbacks) as http:
+        response = await http.post(
+            "/upload",
+            files={"file": ("a.jpg", images.jpeg(), "image/jpeg")},
+            data={"callback_url": "https://93.184.216.34/hook"},
+        )
+
+    assert response.status_code == 422
+    assert response.json() == {"detail": CALLBACKS_OFF}
+
+
+async def test_status_without_a_callback_says_null(client: httpx.AsyncClient) -> None:
+    created = await client.post("/upload", files={"file": ("a.jpg", images.jpeg(), "image/jpeg")})
+
+    body = (await client.get(f"/status/{created.json()['task_id']}")).json()
+
+    assert body["callback"] is None
