@@ -488,6 +488,15 @@ def rotated_size(degrees: float, width: int, height: int) -> tuple[int, int]:
         return height, width
     if turns in (0, 180):
         return width, height
-    radians = math.radians(turns)
-    cos, sin = abs(math.cos(radians)), abs(math.sin(radians))
-    return math.ceil(width * cos + height * sin), math.ceil(width * sin + height * cos)
+    # Pillow's own arithmetic (Image.rotate): it rounds each rotated corner outwards, so its canvas
+    # can be a pixel wider than ceil(w·cos + h·sin). Same angle as worker.operations.rotate passes.
+    angle = -math.radians(turns)
+    a, b, d, e = (
+        round(value, 15) for value in (math.cos(angle), math.sin(angle), -math.sin(angle), math.cos(angle))
+    )
+    c = a * (-width / 2) + b * (-height / 2) + width / 2
+    f = d * (-width / 2) + e * (-height / 2) + height / 2
+    corners = ((0, 0), (width, 0), (width, height), (0, height))
+    xs = [a * x + b * y + c for x, y in corners]
+    ys = [d * x + e * y + f for x, y in corners]
+    return math.ceil(max(xs)) - math.floor(min(xs)), math.ceil(max(ys)) - math.floor(min(ys))
