@@ -321,7 +321,7 @@ def build_presets(configured: Mapping[str, Any]) -> dict[str, Preset]:
             parsed = _PresetSetting.model_validate(raw)
             _check_ops(parsed.ops, f"PRESETS.{name}.ops")
         except ValidationError as exc:
-            raise ProcessingInvalid(f"PRESETS.{name}: {_first_error(exc)}") from None
+            raise ProcessingInvalid(f"PRESETS.{name}{_first_error(exc)}") from None
         presets[str(name)] = Preset(parsed.description or f"Operator preset {name}.", tuple(parsed.ops))
     return presets
 
@@ -422,10 +422,14 @@ def _check_ops(ops: list[Any], field: str) -> None:
 def _first_error(exc: ValidationError, raw: Any = None) -> str:
     """pydantic's first complaint, with its place (`[1].width`) and, for an unknown op, the choices."""
     error = exc.errors()[0]
-    location = list(error["loc"])
-    # A discriminated union puts the op's name in the location: ([1], "resize", "width").
-    if len(location) >= 2 and location[1] in OPERATION_NAMES:
-        del location[1]
+    # A discriminated union puts the op's name after its index: ([1], "resize", "width") in `ops`,
+    # ("ops", 1, "resize", "width") in a preset.
+    loc = error["loc"]
+    location = [
+        part
+        for index, part in enumerate(loc)
+        if not (index and isinstance(loc[index - 1], int) and part in OPERATION_NAMES)
+    ]
     place = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location)
     if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
         return f"{place}: unknown op; allowed: {', '.join(OPERATION_NAMES)}"
