@@ -393,8 +393,9 @@ def _animation_options(image: Image.Image) -> dict[str, Any]:
 
 def _animation_for(animation: dict[str, Any], output_format: str) -> dict[str, Any]:
     options = {"loop": animation["loop"]} if "loop" in animation else {}
-    # A GIF's background is a palette index into a palette the output will not have.
-    if output_format == "WEBP" and "background" in animation:
+    # A GIF's background is a palette index into a palette the output will not have; only a WebP's
+    # own (an RGBA tuple) carries over.
+    if output_format == "WEBP" and isinstance(animation.get("background"), tuple):
         options["background"] = animation["background"]
     if output_format == "PNG" and animation.get("default_image"):
         # The APNG's first picture is a still shown by viewers without animation support.
