@@ -251,12 +251,18 @@ def _render_output(
     frames: list[Image.Image] = []
     for frame in frames_in:
         owned = False
+        # The size the frame stands for. A draft-decoded frame is smaller, and its rounded-up size
+        # has a slightly different aspect: a resize must aim at the size output_size promised.
+        size = source.full_size
         for op in output.ops:
             if isinstance(op, Watermark):
                 frame, stamp = operations.watermark(frame, op, owned=owned or owns_frames)
                 smallest_text = min(stamp.font_size, smallest_text or stamp.font_size)
+            elif isinstance(op, Resize):
+                frame = operations.resize(frame, op, full_size=size)
             elif not isinstance(op, Format):
                 frame = _apply(frame, op)
+            size = output_size((op,), *size)
             owned = True
         frames.append(_encodable(frame, output_format))
 

@@ -52,8 +52,9 @@ class Stamp:
     font_size: int
 
 
-def resize(frame: Image.Image, op: Resize) -> Image.Image:
-    width, height = resized_size(op, frame.width, frame.height)
+def resize(frame: Image.Image, op: Resize, *, full_size: tuple[int, int] | None = None) -> Image.Image:
+    """`full_size`: the size `frame` stands for when it was decoded at a reduced scale (JPEG draft)."""
+    width, height = resized_size(op, *(full_size or frame.size))
     if (width, height) == frame.size:
         return frame.copy()
     box = None
