@@ -477,12 +477,15 @@ def test_sharpen_raises_edge_contrast(tmp_path: Path) -> None:
 
 
 def test_sharpen_threshold_leaves_small_differences_alone(tmp_path: Path) -> None:
-    soft = edge(low=100, high=104).filter(ImageFilter.GaussianBlur(2))
+    # A soft step of 20: the unsharp mask's differences stay under 10, yet would change pixels at 0.
+    soft = edge(low=100, high=120).filter(ImageFilter.GaussianBlur(2))
     src = save(soft, tmp_path / "in.png")
 
-    _, out = run(src, tmp_path, {"op": "sharpen", "threshold": 10})
+    _, kept = run(src, tmp_path, {"op": "sharpen", "threshold": 10})
+    _, sharpened = run(src, tmp_path, {"op": "sharpen", "threshold": 0})
 
-    assert row(out) == row(soft)
+    assert row(kept) == row(soft)
+    assert row(sharpened) != row(soft)
 
 
 # watermark
