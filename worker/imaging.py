@@ -282,6 +282,9 @@ def _render_output(
         durations = source.durations
         if source.animation.get("default_image"):
             durations = durations[1:]  # an APNG's default image is not an animation frame
+        if output_format == "AVIF":
+            # An APNG's durations are fractions of a millisecond (floats); the AVIF encoder takes ints.
+            durations = [round(duration) for duration in durations]
         animation = _animation_for(source.animation, output_format)
         options.update(animation, save_all=True, append_images=frames[1:], duration=durations)
         if output_format == "GIF" and any(_has_transparent_pixels(frame) for frame in frames):
