@@ -1067,7 +1067,7 @@ def test_animation_keeps_frames_and_durations(
         assert close(pixel(frame, corner), WHITE, 40)  # the mark moved with the picture
 
 
-@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
 def test_animation_to_jpeg_is_its_first_frame(tmp_path: Path, fmt: str) -> None:
     src = animation(tmp_path / "in", fmt)
 
@@ -1077,11 +1077,18 @@ def test_animation_to_jpeg_is_its_first_frame(tmp_path: Path, fmt: str) -> None:
     assert close(pixel(out, (20, 12)), COLOURS[0], 16)
 
 
-def test_animated_gif_to_webp_stays_animated(tmp_path: Path) -> None:
-    src = animation(tmp_path / "in.gif", "GIF")
-    result, _ = run(src, tmp_path, {"op": "format", "format": "webp"})
-    assert (result.format, result.frames) == ("WEBP", 3)
-    assert frames_of(tmp_path / "out-image")[1] == DURATIONS
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
+@pytest.mark.parametrize("to", [fmt for fmt in OUTPUT_FORMATS if fmt != "jpeg"])
+def test_animation_changes_format_and_stays_animated(tmp_path: Path, fmt: str, to: str) -> None:
+    src = animation(tmp_path / "in", fmt)  # an APNG's durations are floats
+
+    result, _ = run(src, tmp_path, {"op": "format", "format": to})
+
+    assert (result.format, result.frames) == (PILLOW_FORMAT[to], 3)
+    frames, durations = frames_of(tmp_path / "out-image")
+    assert durations == DURATIONS
+    for frame, colour in zip(frames, COLOURS, strict=True):
+        assert close(pixel(frame, (40, 24)), colour, 16)
 
 
 # modes
