@@ -217,6 +217,14 @@ def test_resize_fill_to_a_wider_box(tmp_path: Path) -> None:
     assert_all(out, GREEN)
 
 
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA"])
+def test_resize_fill_where_floating_point_overshoots_the_frame(tmp_path: Path, mode: str) -> None:
+    # 80 / (80 / 61) is 61.000000000000007: the full-width side of the cut overshoots the frame.
+    src = save(Image.new(mode, (61, 43)), tmp_path / "in.png")
+    result, out = run(src, tmp_path, {"op": "resize", "width": 80, "height": 20, "mode": "fill"})
+    assert (result.width, result.height) == out.size == (80, 20)
+
+
 def test_resize_exact_stretches(tmp_path: Path) -> None:
     image = Image.new("RGB", (200, 100), BLUE)
     image.paste(RED, (0, 0, 100, 50))
