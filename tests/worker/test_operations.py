@@ -687,16 +687,8 @@ def preset(name: str, src: Path, tmp_path: Path) -> tuple[ProcessedImage, Image.
     return result, load(dst)
 
 
-PRESETS_TESTED: set[str] = set()
-
-
-def mark_tested(name: str) -> str:
-    PRESETS_TESTED.add(name)
-    return name
-
-
 def test_web_preset(tmp_path: Path, big_jpeg: Path) -> None:
-    result, out = preset(mark_tested("web"), big_jpeg, tmp_path)
+    result, out = preset("web", big_jpeg, tmp_path)
 
     assert (result.format, out.format, out.mode, out.size) == ("JPEG", "JPEG", "RGB", (1920, 1440))
     assert (result.width, result.height) == (1920, 1440)
@@ -711,7 +703,7 @@ def test_web_preset_makes_a_png_a_jpeg(tmp_path: Path) -> None:
 
 
 def test_thumbnail_preset(tmp_path: Path, big_jpeg: Path) -> None:
-    result, out = preset(mark_tested("thumbnail"), big_jpeg, tmp_path)
+    result, out = preset("thumbnail", big_jpeg, tmp_path)
 
     assert (result.format, out.format, out.mode, out.size) == ("JPEG", "JPEG", "RGB", (256, 192))
     assert close(pixel(out, (5, 5)), RED, 12)
@@ -730,7 +722,7 @@ def test_avatar_preset(tmp_path: Path) -> None:
     # 800×600: the centred 600×600 square drops the 100-pixel red and blue bands on each side.
     src = save(bands((800, 600), [RED, GREEN, BLUE], [100, 600, 100]), tmp_path / "in.png")
 
-    result, out = preset(mark_tested("avatar"), src, tmp_path)
+    result, out = preset("avatar", src, tmp_path)
 
     assert (result.format, out.mode, out.size) == ("PNG", "RGB", (512, 512))
     assert_all(out, GREEN, tolerance=2)
@@ -748,7 +740,7 @@ def test_avatar_preset_on_a_tall_jpeg(tmp_path: Path) -> None:
 def test_webp_preset_keeps_the_size(tmp_path: Path) -> None:
     src = save(bands((300, 200), [RED, BLUE], [150, 150]), tmp_path / "in.png")
 
-    result, out = preset(mark_tested("webp"), src, tmp_path)
+    result, out = preset("webp", src, tmp_path)
 
     assert (result.format, out.format, out.mode, out.size) == ("WEBP", "WEBP", "RGB", (300, 200))
     assert close(pixel(out, (20, 100)), RED, 20) and close(pixel(out, (280, 100)), BLUE, 20)
@@ -758,7 +750,7 @@ def test_webp_preset_keeps_the_size(tmp_path: Path) -> None:
 def test_grayscale_preset(tmp_path: Path, fmt: str) -> None:
     src = save(Image.new("RGB", (120, 80), (200, 100, 50)), tmp_path / "in", format=fmt, quality=95)
 
-    result, out = preset(mark_tested("grayscale"), src, tmp_path)
+    result, out = preset("grayscale", src, tmp_path)
 
     assert (result.format, out.format, out.mode, out.size) == (fmt, fmt, "L", (120, 80))
     assert pixel(out, (60, 40)) == pytest.approx((124,), abs=3)
@@ -767,7 +759,7 @@ def test_grayscale_preset(tmp_path: Path, fmt: str) -> None:
 def test_default_preset(tmp_path: Path) -> None:
     src = save(Image.new("RGB", (320, 240), BLUE), tmp_path / "in.jpg", quality=95)
 
-    result, out = preset(mark_tested("default"), src, tmp_path)
+    result, out = preset("default", src, tmp_path)
 
     assert (result.format, out.mode, out.size) == ("JPEG", "RGB", (320, 240))
     box = colour_bbox(out, RED)
@@ -777,8 +769,15 @@ def test_default_preset(tmp_path: Path) -> None:
 
 
 def test_every_builtin_preset_is_tested() -> None:
-    # Runs after the preset tests above (pytest keeps file order).
-    assert set(BUILTIN_PRESETS) <= PRESETS_TESTED
+    tested = {
+        "web": test_web_preset,
+        "thumbnail": test_thumbnail_preset,
+        "avatar": test_avatar_preset,
+        "webp": test_webp_preset_keeps_the_size,
+        "grayscale": test_grayscale_preset,
+        "default": test_default_preset,
+    }
+    assert set(tested) == set(BUILTIN_PRESETS), "a built-in preset without its test here"
 
 
 # orientation
