@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -83,12 +81,6 @@ def save(image: Image.Image, path: Path, **options: Any) -> Path:
     return path
 
 
-@contextmanager
-def opened(path: Path) -> Iterator[Image.Image]:
-    with Image.open(path) as image:
-        yield image
-
-
 def colour_bbox(
     image: Image.Image, colour: tuple[int, int, int], tolerance: int = 60
 ) -> tuple[int, ...] | None:
@@ -128,10 +120,10 @@ def bands(size: tuple[int, int], colours: list[tuple[int, int, int]], widths: li
     return image
 
 
-def marked(size: tuple[int, int] = (60, 40), mode: str = "RGB") -> Image.Image:
-    """White (opaque) with a red 10×10 square in the top-left corner."""
-    image = Image.new(mode, size, WHITE if mode == "RGB" else (*WHITE, 255))
-    image.paste(RED if mode == "RGB" else (*RED, 255), (0, 0, 10, 10))
+def marked(size: tuple[int, int]) -> Image.Image:
+    """White with a red 10×10 square in the top-left corner."""
+    image = Image.new("RGB", size, WHITE)
+    image.paste(RED, (0, 0, 10, 10))
     return image
 
 
