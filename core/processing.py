@@ -327,7 +327,7 @@ def build_presets(configured: Mapping[str, Any]) -> dict[str, Preset]:
             parsed = _PresetSetting.model_validate(raw)
             _check_ops(parsed.ops, f"PRESETS.{name}.ops")
         except ValidationError as exc:
-            raise ProcessingInvalid(f"PRESETS.{name}: {_first_error(exc)}") from None
+            raise ProcessingInvalid(f"PRESETS.{name}{_first_error(exc)}") from None
         presets[str(name)] = Preset(parsed.description or f"Operator preset {name}.", tuple(parsed.ops))
     return presets
 
@@ -428,10 +428,14 @@ def _check_ops(ops: list[Any], field: str) -> None:
 def _first_error(exc: ValidationError, raw: Any = None) -> str:
     """pydantic's first complaint, with its place (`[1].width`) and, for an unknown op, the choices."""
     error = exc.errors()[0]
-    location = list(error["loc"])
-    # A discriminated union puts the op's name in the location: ([1], "resize", "width").
-    if len(location) >= 2 and location[1] in OPERATION_NAMES:
-        del location[1]
+    # A discriminated union puts the op's name after its index: ([1], "resize", "width") in `ops`,
+    # ("ops", 1, "resize", "width") in a preset.
+    loc = error["loc"]
+    location = [
+        part
+        for index, part in enumerate(loc)
+        if not (index and isinstance(loc[index - 1], int) and part in OPERATION_NAMES)
+    ]
     place = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location)
     if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
         return f"{place}: unknown op; allowed: {', '.join(OPERATION_NAMES)}"
@@ -494,6 +498,15 @@ def rotated_size(degrees: float, width: int, height: int) -> tuple[int, int]:
         return height, width
     if turns in (0, 180):
         return width, height
-    radians = math.radians(turns)
-    cos, sin = abs(math.cos(radians)), abs(math.sin(radians))
-    return math.ceil(width * cos + height * sin), math.ceil(width * sin + height * cos)
+    # Pillow's own arithmetic (Image.rotate): it rounds each rotated corner outwards, so its canvas
+    # can be a pixel wider than ceil(w·cos + h·sin). Same angle as worker.operations.rotate passes.
+    angle = -math.radians(turns)
+    a, b, d, e = (
+        round(value, 15) for value in (math.cos(angle), math.sin(angle), -math.sin(angle), math.cos(angle))
+    )
+    c = a * (-width / 2) + b * (-height / 2) + width / 2
+    f = d * (-width / 2) + e * (-height / 2) + height / 2
+    corners = ((0, 0), (width, 0), (width, height), (0, height))
+    xs = [a * x + b * y + c for x, y in corners]
+    ys = [d * x + e * y + f for x, y in corners]
+    return math.ceil(max(xs)) - math.floor(min(xs)), math.ceil(max(ys)) - math.floor(min(ys))

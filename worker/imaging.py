@@ -267,12 +267,18 @@ def _render_output(
     frames: list[Image.Image] = []
     for frame in frames_in:
         owned = False
+        # The size the frame stands for. A draft-decoded frame is smaller, and its rounded-up size
+        # has a slightly different aspect: a resize must aim at the size output_size promised.
+        size = source.full_size
         for op in output.ops:
             if isinstance(op, Watermark):
                 frame, stamp = operations.watermark(frame, op, owned=owned or owns_frames)
                 smallest_text = min(stamp.font_size, smallest_text or stamp.font_size)
+            elif isinstance(op, Resize):
+                frame = operations.resize(frame, op, full_size=size)
             elif not isinstance(op, Format):
                 frame = _apply(frame, op)
+            size = output_size((op,), *size)
             owned = True
         frames.append(_encodable(frame, output_format))
 
@@ -292,6 +298,9 @@ def _render_output(
         durations = source.durations
         if source.animation.get("default_image"):
             durations = durations[1:]  # an APNG's default image is not an animation frame
+        if output_format == "AVIF":
+            # An APNG's durations are fractions of a millisecond (floats); the AVIF encoder takes ints.
+            durations = [round(duration) for duration in durations]
         animation = _animation_for(source.animation, output_format)
         options.update(animation, save_all=True, append_images=frames[1:], duration=durations)
         if output_format == "GIF" and any(_has_transparent_pixels(frame) for frame in frames):
@@ -409,8 +418,9 @@ def _animation_options(image: Image.Image) -> dict[str, Any]:
 
 def _animation_for(animation: dict[str, Any], output_format: str) -> dict[str, Any]:
     options = {"loop": animation["loop"]} if "loop" in animation else {}
-    # A GIF's background is a palette index into a palette the output will not have.
-    if output_format == "WEBP" and "background" in animation:
+    # A GIF's background is a palette index into a palette the output will not have; only a WebP's
+    # own (an RGBA tuple) carries over.
+    if output_format == "WEBP" and isinstance(animation.get("background"), tuple):
         options["background"] = animation["background"]
     if output_format == "PNG" and animation.get("default_image"):
         # The APNG's first picture is a still shown by viewers without animation support.

@@ -52,15 +52,18 @@ class Stamp:
     font_size: int
 
 
-def resize(frame: Image.Image, op: Resize) -> Image.Image:
-    width, height = resized_size(op, frame.width, frame.height)
+def resize(frame: Image.Image, op: Resize, *, full_size: tuple[int, int] | None = None) -> Image.Image:
+    """`full_size`: the size `frame` stands for when it was decoded at a reduced scale (JPEG draft)."""
+    width, height = resized_size(op, *(full_size or frame.size))
     if (width, height) == frame.size:
         return frame.copy()
     box = None
     if op.mode == "fill":
         # Cut the source to the target's aspect first (as a box, so nothing is copied), then scale.
         scale = max(width / frame.width, height / frame.height)
-        cut_w, cut_h = width / scale, height / scale
+        # min(): in floating point the side that should equal the frame's can come out a hair
+        # larger (61 × (80/61) / 80 > 61), and Pillow refuses a box that starts below zero.
+        cut_w, cut_h = min(frame.width, width / scale), min(frame.height, height / scale)
         left, top = (frame.width - cut_w) / 2, (frame.height - cut_h) / 2
         box = (left, top, left + cut_w, top + cut_h)
     return frame.resize((width, height), Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP)
