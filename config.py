@@ -46,6 +46,8 @@ class Settings:
     log_level: str
     log_json: bool
     retention_days: int
+    stream_replicas: int
+    consumer_replicas: int
 
 
 _DEFAULTS: dict[str, object] = {
@@ -68,12 +70,16 @@ _DEFAULTS: dict[str, object] = {
     "LOG_LEVEL": "INFO",
     "LOG_FORMAT": "text",
     "RETENTION_DAYS": 0,
+    "STREAM_REPLICAS": 1,
+    "CONSUMER_REPLICAS": 0,
 }
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _POSTGRES_URL = re.compile(r"(postgresql|postgresql\+asyncpg|postgres)://\S+")
 _NATS_URL = re.compile(r"(nats|tls)://[^,\s]+")
 _PLACEHOLDER_KEYS = ("change-me-change-me", "changeme-changeme", "xxxxxxxxxxxxxxxx")
+# JetStream refuses more than 5 replicas of a stream.
+MAX_REPLICAS = 5
 
 
 def _number(value: object) -> bool:
@@ -155,7 +161,34 @@ _VALIDATORS = [
             "condition": "RETENTION_DAYS must be a whole number of days, 0 to keep everything, got {value!r}"
         },
     ),
+    Validator(
+        "STREAM_REPLICAS",
+        condition=lambda replicas: _count(replicas) and replicas <= MAX_REPLICAS,
+        messages={
+            "condition": f"STREAM_REPLICAS must be a whole number from 1 to {MAX_REPLICAS}, got {{value!r}}"
+        },
+    ),
+    Validator(
+        "CONSUMER_REPLICAS",
+        condition=lambda replicas: (
+            isinstance(replicas, int) and not isinstance(replicas, bool) and 0 <= replicas <= MAX_REPLICAS
+        ),
+        messages={
+            "condition": f"CONSUMER_REPLICAS must be a whole number from 0 (same as the stream) to "
+            f"{MAX_REPLICAS}, got {{value!r}}"
+        },
+    ),
 ]
+
+
+def _check_replicas(stream: int, consumer: int) -> None:
+    """JetStream requires a work-queue stream's consumers to have the stream's replica count (it
+    answers error 10134 otherwise): say so at start-up rather than when the first worker connects."""
+    if consumer not in (0, stream):
+        raise ConfigError(
+            f"invalid setting: CONSUMER_REPLICAS must be 0 or equal to STREAM_REPLICAS ({stream}) for a "
+            f"work-queue stream, got {consumer}"
+        )
 
 
 def _key_list(raw: list | str) -> tuple[str, ...]:
@@ -197,6 +230,7 @@ def load_settings() -> Settings:
         raw.validators.validate()
     except ValidationError as exc:
         raise ConfigError(f"invalid setting: {exc}") from None
+    _check_replicas(raw["STREAM_REPLICAS"], raw["CONSUMER_REPLICAS"])
 
     def path(key: str) -> Path:
         return (PROJECT_ROOT / str(raw[key])).resolve()
@@ -222,6 +256,8 @@ def load_settings() -> Settings:
         log_level=raw["LOG_LEVEL"],
         log_json=raw["LOG_FORMAT"] == "json",
         retention_days=raw["RETENTION_DAYS"],
+        stream_replicas=raw["STREAM_REPLICAS"],
+        consumer_replicas=raw["CONSUMER_REPLICAS"],
     )
 
 

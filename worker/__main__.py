@@ -47,15 +47,16 @@ def _touch(path: Path | None) -> None:
 class _Subscription:
     """The pull subscription on the shared durable consumer, re-created when it goes silent."""
 
-    def __init__(self, js: JetStreamContext, policy: queue.ConsumerPolicy) -> None:
+    def __init__(self, js: JetStreamContext, policy: queue.ConsumerPolicy, stream_replicas: int) -> None:
         self._js = js
         self._policy = policy
+        self._stream_replicas = stream_replicas
         self._sub: JetStreamContext.PullSubscription | None = None
 
     async def fetch(self, batch: int) -> list[Msg]:
         if self._sub is None:
             try:
-                await queue.ensure_stream(self._js)
+                await queue.ensure_stream(self._js, self._stream_replicas)
                 await queue.ensure_consumer(self._js, self._policy)
             except Exception as exc:
                 if queue.is_misconfiguration(exc):
@@ -110,8 +111,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     )
     try:
         if nc is not None:
-            policy = queue.ConsumerPolicy(settings.ack_wait_seconds)
-            await _fetch_loop(_Subscription(nc.jetstream(), policy), processor, settings, stop, in_flight)
+            policy = queue.ConsumerPolicy(settings.ack_wait_seconds, settings.consumer_replicas)
+            subscription = _Subscription(nc.jetstream(), policy, settings.stream_replicas)
+            await _fetch_loop(subscription, processor, settings, stop, in_flight)
     finally:
         announcer.cancel()
         if retention is not None:
