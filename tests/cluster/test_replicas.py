@@ -101,6 +101,13 @@ async def test_consumer_replicas_other_than_the_streams_are_refused_loudly(nc: N
     await queue.ensure_consumer(js, queue.ConsumerPolicy(ack_wait_seconds=5, replicas=3))
 
 
+async def test_more_replicas_than_the_cluster_has_nodes_stop_start_up_loudly(nc: NATS) -> None:
+    with pytest.raises(APIError) as refused:
+        await queue.ensure_stream(nc.jetstream(), 5)
+
+    assert queue.is_misconfiguration(refused.value)
+
+
 async def test_replicas_on_a_server_that_is_not_clustered_stop_start_up_loudly(tmp_path: Path) -> None:
     single = LocalNats(tmp_path / "single", free_port())
     single.start()
