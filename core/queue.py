@@ -147,9 +147,11 @@ async def ensure_stream(js: JetStreamContext, replicas: int = 1) -> int:
     kept = max(current, replicas)
     if current > replicas:
         log.warning(
-            "stream %s has %d replicas, more than the %d configured: keeping %d (scaling down is an "
-            "operator's step)",
-            *(STREAM, current, replicas, current),
+            "stream %s has %d replicas, more than the %d configured: keeping them (scaling down is "
+            "an operator's step)",
+            STREAM,
+            current,
+            replicas,
         )
     elif current < replicas:
         log.warning("stream %s has %d replica(s); scaling it up to %d", STREAM, current, replicas)
