@@ -3,9 +3,10 @@ three worker processes on this machine, all given NATS_URL listing the three nod
 
 While uploads stream into both APIs, one node (a follower of the task stream) is stopped and
 started again; once it has caught up, the node leading the stream is killed outright (SIGKILL, as
-a crashed machine). With STREAM_REPLICAS=3 the stream and its consumer keep a quorum throughout, so
-every upload that got a 200 must end `done`, rendered and recorded exactly once, at its first
-attempt: a failover may delay a task but must cost it nothing.
+a crashed machine), after the workers' consumer has been made to be led from that node too, so
+the crash takes both leaders at once. With STREAM_REPLICAS=3 the stream and its consumer keep a
+quorum throughout, so every upload that got a 200 must end `done`, rendered and recorded exactly
+once, at its first attempt: a failover may delay a task but must cost it nothing.
 
 Storage is the local backend: APIs and workers share two folders, as they share a volume in the
 cluster compose file until the NATS storage backend exists.
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import json
 import re
 import time
 import uuid
@@ -106,6 +109,29 @@ async def _fully_replicated(observer: NATS) -> str:
     return leader
 
 
+async def _lead_the_consumer_from(observer: NATS, node: str) -> None:
+    """Move the consumer's leadership to `node` (JetStream's leader stepdown with a preferred
+    placement) unless it is there already."""
+    js = observer.jetstream()
+    stepdown = f"$JS.API.CONSUMER.LEADER.STEPDOWN.{queue.STREAM}.{queue.DURABLE}"
+
+    async def led_from_node() -> bool:
+        try:
+            leader = (await js.consumer_info(queue.STREAM, queue.DURABLE, timeout=2)).cluster.leader
+        except Exception:  # mid-election: ask again
+            return False
+        if leader == node:
+            return True
+        if leader is not None:
+            with contextlib.suppress(Exception):
+                await observer.request(
+                    stepdown, json.dumps({"placement": {"preferred": node}}).encode(), timeout=2
+                )
+        return False
+
+    await eventually(led_from_node, timeout=30, what=f"the consumer led from {node}")
+
+
 def _renders(workers: list[Started]) -> collections.Counter[int]:
     text = "".join(worker.log_file.read_text(errors="replace") for worker in workers)
     return collections.Counter(int(task_id) for task_id in _RECORDED_RENDER.findall(text))
@@ -167,6 +193,8 @@ async def test_every_accepted_upload_is_done_once_across_a_node_stop_and_a_leade
             await more(8)
             await asyncio.to_thread(follower.start)
             leader = await _fully_replicated(observer)
+            await _lead_the_consumer_from(observer, leader)
+            assert (await _stream_cluster(observer))[0] == leader, "the stream's leader moved meanwhile"
 
             crashed = nats_cluster.node(leader)
             crashed_at = time.monotonic()
@@ -195,7 +223,7 @@ async def test_every_accepted_upload_is_done_once_across_a_node_stop_and_a_leade
         assert {task_id: renders[task_id] for task_id in accepted if renders[task_id] != 1} == {}
         print(
             f"\n{len(outcomes)} uploads, {len(accepted)} accepted and done; stream leader {leader} "
-            f"killed, new leader elected after {election_seconds:.1f} s"
+            f"(and the consumer's) killed, new stream leader elected after {election_seconds:.1f} s"
         )
         for worker in workers:
             assert await worker.stop() == 0, worker.log_tail()
