@@ -7,6 +7,7 @@ one during a rolling change, must not take redundancy away).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from nats.js.errors import APIError
 from config import ConfigError, load_settings
 from core import queue
 from devstack.servers import LocalNats, LocalNatsCluster, free_port
+from devstack.stack import start_worker, stop_process
 from tests.waiting import eventually
 
 # JetStream's "consumer config replicas must match interest retention stream's replicas".
@@ -121,6 +123,27 @@ async def test_replicas_on_a_server_that_is_not_clustered_stop_start_up_loudly(t
             await connection.close()
     finally:
         single.stop()
+
+
+async def test_a_worker_asked_for_replicas_a_single_server_cannot_give_exits_1_and_says_why(
+    stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    single = LocalNats(tmp_path / "single", free_port())
+    single.start()
+    log_file = tmp_path / "worker.log"
+    try:
+        process = start_worker(
+            {**stack_env, "NATS_URL": single.url, "STREAM_REPLICAS": "3"}, log_file=log_file
+        )
+        try:
+            exit_code = await asyncio.to_thread(process.wait, 30)
+        finally:
+            stop_process(process)
+    finally:
+        single.stop()
+
+    assert exit_code == 1
+    assert "replicas > 1 not supported in non-clustered mode" in log_file.read_text()
 
 
 # --- settings ----------------------------------------------------------------------------------------
