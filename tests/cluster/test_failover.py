@@ -95,18 +95,20 @@ async def _stream_cluster(observer: NATS) -> tuple[str | None, dict[str, bool]]:
     return cluster.leader, {peer.name: bool(peer.current) for peer in cluster.replicas or []}
 
 
-async def _fully_replicated(observer: NATS) -> str:
-    """Wait until the stream has a leader and two current followers; return the leader's name."""
-    leader: str | None = None
+async def _fully_replicated(observer: NATS) -> tuple[str, list[str]]:
+    """Wait until the stream has a leader and every follower is current; return (leader, followers)."""
+    state: tuple[str | None, dict[str, bool]] = (None, {})
 
     async def replicated() -> bool:
-        nonlocal leader
-        leader, followers = await _stream_cluster(observer)
+        nonlocal state
+        state = await _stream_cluster(observer)
+        leader, followers = state
         return leader is not None and len(followers) == REPLICAS - 1 and all(followers.values())
 
     await eventually(replicated, timeout=30, what="the stream led, with every follower current")
+    leader, followers = state
     assert leader is not None
-    return leader
+    return leader, sorted(followers)
 
 
 async def _lead_the_consumer_from(observer: NATS, node: str) -> None:
@@ -151,6 +153,7 @@ async def test_every_accepted_upload_is_done_once_across_a_node_stop_and_a_leade
     )
     await _fully_replicated(observer)
 
+    # Every process gets all three nodes, as in docker-compose.cluster.yml.
     env = {
         **TEST_SETTINGS,
         "DATABASE_URL": cluster_database,
@@ -187,12 +190,12 @@ async def test_every_accepted_upload_is_done_once_across_a_node_stop_and_a_leade
                 await asyncio.gather(*(burst.wait_for_more(count, timeout=40) for burst in bursts))
 
             await more(8)
-            leader = await _fully_replicated(observer)
-            follower = nats_cluster.node(next(name for name in (await _stream_cluster(observer))[1]))
+            _, followers = await _fully_replicated(observer)
+            follower = nats_cluster.node(followers[0])
             await asyncio.to_thread(follower.stop)
             await more(8)
             await asyncio.to_thread(follower.start)
-            leader = await _fully_replicated(observer)
+            leader, _ = await _fully_replicated(observer)
             await _lead_the_consumer_from(observer, leader)
             assert (await _stream_cluster(observer))[0] == leader, "the stream's leader moved meanwhile"
 
