@@ -59,6 +59,8 @@ class Settings:
     webhook_retry_seconds: float
     webhook_timeout_seconds: float
     worker_metrics_port: int
+    stream_replicas: int
+    consumer_replicas: int
 
 
 _DEFAULTS: dict[str, object] = {
@@ -94,12 +96,16 @@ _DEFAULTS: dict[str, object] = {
     "WEBHOOK_RETRY_SECONDS": 5,
     "WEBHOOK_TIMEOUT_SECONDS": 10,
     "WORKER_METRICS_PORT": 9101,
+    "STREAM_REPLICAS": 1,
+    "CONSUMER_REPLICAS": 0,
 }
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _POSTGRES_URL = re.compile(r"(postgresql|postgresql\+asyncpg|postgres)://\S+")
 _NATS_URL = re.compile(r"(nats|tls)://[^,\s]+")
 _PLACEHOLDER_KEYS = ("change-me-change-me", "changeme-changeme", "xxxxxxxxxxxxxxxx")
+# JetStream refuses more than 5 replicas of a stream.
+MAX_REPLICAS = 5
 
 
 def _number(value: object) -> bool:
@@ -217,7 +223,34 @@ _VALIDATORS = [
             "condition": "WORKER_METRICS_PORT must be a TCP port (1-65535), or 0 for off, got {value!r}"
         },
     ),
+    Validator(
+        "STREAM_REPLICAS",
+        condition=lambda replicas: _count(replicas) and replicas <= MAX_REPLICAS,
+        messages={
+            "condition": f"STREAM_REPLICAS must be a whole number from 1 to {MAX_REPLICAS}, got {{value!r}}"
+        },
+    ),
+    Validator(
+        "CONSUMER_REPLICAS",
+        condition=lambda replicas: (
+            isinstance(replicas, int) and not isinstance(replicas, bool) and 0 <= replicas <= MAX_REPLICAS
+        ),
+        messages={
+            "condition": f"CONSUMER_REPLICAS must be a whole number from 0 (same as the stream) to "
+            f"{MAX_REPLICAS}, got {{value!r}}"
+        },
+    ),
 ]
+
+
+def _check_replicas(stream: int, consumer: int) -> None:
+    """JetStream requires a work-queue stream's consumers to have the stream's replica count (it
+    answers error 10134 otherwise): say so at start-up rather than when the first worker connects."""
+    if consumer not in (0, stream):
+        raise ConfigError(
+            f"invalid setting: CONSUMER_REPLICAS must be 0 or equal to STREAM_REPLICAS ({stream}) for a "
+            f"work-queue stream, got {consumer}"
+        )
 
 
 def _key_list(raw: list | str) -> tuple[str, ...]:
@@ -259,6 +292,7 @@ def load_settings() -> Settings:
         raw.validators.validate()
     except ValidationError as exc:
         raise ConfigError(f"invalid setting: {exc}") from None
+    _check_replicas(raw["STREAM_REPLICAS"], raw["CONSUMER_REPLICAS"])
 
     def path(key: str) -> Path:
         return (PROJECT_ROOT / str(raw[key])).resolve()
@@ -295,6 +329,8 @@ def load_settings() -> Settings:
         webhook_retry_seconds=float(raw["WEBHOOK_RETRY_SECONDS"]),
         webhook_timeout_seconds=float(raw["WEBHOOK_TIMEOUT_SECONDS"]),
         worker_metrics_port=raw["WORKER_METRICS_PORT"],
+        stream_replicas=raw["STREAM_REPLICAS"],
+        consumer_replicas=raw["CONSUMER_REPLICAS"],
     )
 
 

@@ -55,6 +55,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         relay_interval=settings.outbox_interval_seconds,
         lost_after_seconds=settings.lost_after_seconds,
         max_attempts=settings.max_deliver,
+        stream_replicas=settings.stream_replicas,
     )
     await publisher.start()
     callbacks = None

