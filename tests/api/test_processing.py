@@ -174,7 +174,10 @@ async def test_deleting_a_task_removes_every_output(
             {"preset": "web", "ops": '[{"op": "grayscale"}]'},
             "Send only one of `preset`, `ops` and `outputs` (got preset and ops).",
         ),
-        ({"presets": "web"}, "Unknown form field 'presets'; the fields are: file, preset, ops, outputs."),
+        (
+            {"presets": "web"},
+            "Unknown form field 'presets'; the fields are: file, preset, ops, outputs, callback_url.",
+        ),
         (
             {"ops": '[{"op": "resize", "width": 10000, "height": 10000, "mode": "exact"}]'},
             "The processing: the output would be 10,000×10,000 pixels; the limit is 50,000,000 pixels "

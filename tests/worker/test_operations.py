@@ -823,8 +823,8 @@ def test_every_output_of_a_rotated_jpeg_is_upright(tmp_path: Path, drafts: list[
 
     results = render_all(src, chosen, tmp_path)
 
-    # Decoded at half of 1200×800: the thumbnail (256 of 1200) needs twice its size.
-    assert drafts == [(600, 400)]
+    # Decoded at a quarter of 1200×800: still at least the thumbnail's 256 (of 1200) on every side.
+    assert drafts == [(300, 200)]
     sizes = [(result.width, result.height) for result, _ in results]
     assert sizes == [(171, 256), (150, 150), (200, 300), (60, 40)]
     for (_, dst), size in zip(results[:3], sizes, strict=False):
@@ -975,7 +975,7 @@ def test_a_draft_decoded_thumbnail_matches_a_full_decode(
 
     ((result, dst),) = render_all(src, chosen, tmp_path)
 
-    assert drafts == [(600, 450)]  # a quarter: still twice the 200×150 asked for
+    assert drafts == [(300, 225)]  # an eighth: still at least the 200×150 asked for
     with Image.open(src) as full:
         reference = full.resize((result.width, result.height), Image.Resampling.LANCZOS)
     out = load(dst)
