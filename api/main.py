@@ -19,7 +19,7 @@ from starlette.requests import ClientDisconnect
 
 from api.outbox import TaskPublisher
 from api.response_headers import ResponseHeaders
-from api.routes import health, pages, tasks
+from api.routes import events, health, originals, pages, tasks
 from api.state import Services
 from api.templating import templates, wants_html
 from api.uploads import UploadRefused
@@ -93,6 +93,8 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(tasks.router)
+    app.include_router(originals.router)
+    app.include_router(events.router)
     app.include_router(pages.router)
     app.include_router(health.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
