@@ -286,3 +286,25 @@ def test_without_event_source_the_status_is_polled(page: Page, traffic: Traffic,
     )
     assert any("/status/" in url for url in traffic.requested)
     assert not any(url.endswith("/events") for url in traffic.requested)
+
+
+def test_without_javascript_the_form_posts_one_file_and_the_result_page_refreshes_itself(
+    browser: Browser, api_process: str, worker: Worker
+) -> None:
+    worker.ensure_running()
+    context = browser.new_context(base_url=api_process, java_script_enabled=False)
+    try:
+        page = context.new_page()
+        page.goto("/")
+        expect(page.locator("#drop-hint")).to_be_hidden()  # nothing promises what only the script does
+
+        page.set_input_files(
+            "#file", files=[{"name": "plain.png", "mimeType": "image/png", "buffer": images.png()}]
+        )
+        page.get_by_role("button", name="Upload").click()
+
+        expect(page).to_have_url(re.compile(r"/result/\d+$"))
+        expect(page.locator("#status")).to_have_text("done", timeout=PROCESSED_WITHIN_MS)
+        expect(page.get_by_alt_text("Processed: plain.png")).to_be_visible()
+    finally:
+        context.close()
