@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import StreamingResponse
@@ -44,12 +45,17 @@ TOO_MANY_STREAMS = "Too many live status streams are open on this server; poll G
 TASK_DELETED = "The task was deleted."
 
 
-class StreamSlots:
-    """How many event streams this process serves now, and how many it may (one per app)."""
+@dataclass
+class EventStreams:
+    """This process's event streams: how they pace themselves, how many may be open, how many are.
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.open = 0
+    One per app (made in the lifespan below); tests shorten the timings on their own app."""
+
+    limit: int = MAX_STREAMS
+    poll_seconds: float = POLL_SECONDS
+    keepalive_seconds: float = KEEPALIVE_SECONDS
+    lifetime_seconds: float = STREAM_LIFETIME_SECONDS
+    open: int = 0
 
     def take(self) -> bool:
         if self.open >= self.limit:
@@ -64,7 +70,7 @@ class StreamSlots:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Merged into the app's lifespan by include_router: the count belongs to the app, not the module.
-    app.state.event_streams = StreamSlots(MAX_STREAMS)
+    app.state.event_streams = EventStreams()
     yield
 
 
@@ -75,20 +81,20 @@ class EventStream(StreamingResponse):
     """A streaming response that gives its slot back however it ends (finished, client gone, error),
     including when the client left before the first byte and the stream never started."""
 
-    def __init__(self, content: AsyncIterator[str], slots: StreamSlots) -> None:
+    def __init__(self, content: AsyncIterator[str], streams: EventStreams) -> None:
         super().__init__(
             content,
             media_type="text/event-stream",
             # No caching, and no buffering by a reverse proxy (nginx honours X-Accel-Buffering).
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
-        self._slots = slots
+        self._streams = streams
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self._slots.give_back()
+            self._streams.give_back()
 
 
 def sse_event(event: str, data: str, event_id: int | None = None, *, retry_ms: int | None = None) -> str:
@@ -114,7 +120,7 @@ async def _read_task(services: Services, task_id: int) -> ImageTask | None:
 
 
 async def _status_events(
-    request: Request, services: Services, first: ImageTask, first_id: int
+    request: Request, services: Services, streams: EventStreams, first: ImageTask, first_id: int
 ) -> AsyncIterator[str]:
     task_id = first.id
     event_id = first_id
@@ -123,8 +129,8 @@ async def _status_events(
     final = first.status in FINAL_STATUSES
     started = last_write = time.monotonic()
     outage = False
-    while not final and time.monotonic() - started < STREAM_LIFETIME_SECONDS:
-        await asyncio.sleep(POLL_SECONDS)
+    while not final and time.monotonic() - started < streams.lifetime_seconds:
+        await asyncio.sleep(streams.poll_seconds)
         # Starlette cancels this generator when the client goes away; this check covers servers
         # that only report it when asked (ASGI spec 2.4).
         if await request.is_disconnected():
@@ -151,7 +157,7 @@ async def _status_events(
                 yield sse_event("status", body, event_id)
                 last_write = time.monotonic()
                 continue
-        if time.monotonic() - last_write >= KEEPALIVE_SECONDS:
+        if time.monotonic() - last_write >= streams.keepalive_seconds:
             yield ": keep-alive\n\n"
             last_write = time.monotonic()
 
@@ -164,7 +170,8 @@ async def task_events(
     # The session that found the task would otherwise stay open (with its transaction) for as
     # long as the response streams: release it now; each poll opens its own.
     await session.close()
-    slots: StreamSlots = request.app.state.event_streams
-    if not slots.take():
+    streams: EventStreams = request.app.state.event_streams
+    if not streams.take():
         raise HTTPException(status_code=503, detail=TOO_MANY_STREAMS, headers={"Retry-After": "10"})
-    return EventStream(_status_events(request, services, task, _first_event_id(request)), slots)
+    events = _status_events(request, services, streams, task, _first_event_id(request))
+    return EventStream(events, streams)

@@ -16,7 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.main import create_app
-from api.routes.events import TOO_MANY_STREAMS, StreamSlots
+from api.routes.events import TOO_MANY_STREAMS, EventStreams
 from devstack.servers import free_port
 from tests import images
 from tests.sse import EventReader
@@ -44,15 +44,20 @@ async def local_api(stack_env: dict[str, str]) -> AsyncIterator[tuple[FastAPI, h
         await serving
 
 
+async def pending_task(client: httpx.AsyncClient) -> int:
+    # No worker runs in these tests: the task stays pending, so its stream stays open.
+    uploaded = await client.post("/upload", files={"file": ("s.jpg", images.jpeg(64, 48), "image/jpeg")})
+    assert uploaded.status_code == 200, uploaded.text
+    return uploaded.json()["task_id"]
+
+
 async def test_a_stream_holds_no_database_connection_and_a_leaving_client_frees_its_slot(
     local_api: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:
     app, client = local_api
-    slots = StreamSlots(2)
-    app.state.event_streams = slots
+    streams = app.state.event_streams = EventStreams(limit=2)
     pool = app.state.services.engine.pool
-    uploaded = await client.post("/upload", files={"file": ("s.jpg", images.jpeg(64, 48), "image/jpeg")})
-    url = f"/tasks/{uploaded.json()['task_id']}/events"
+    url = f"/tasks/{await pending_task(client)}/events"
 
     async with client.stream("GET", url) as first, client.stream("GET", url) as second:
         # Readers kept alive: a discarded one would close its connection (a departing client).
@@ -60,7 +65,7 @@ async def test_a_stream_holds_no_database_connection_and_a_leaving_client_frees_
         readers = [EventReader(first), EventReader(second)]
         for reader in readers:
             assert await reader.next() is not None
-        assert slots.open == 2
+        assert streams.open == 2
 
         async def no_connection_checked_out() -> bool:
             return pool.checkedout() == 0
@@ -75,9 +80,34 @@ async def test_a_stream_holds_no_database_connection_and_a_leaving_client_frees_
     left = time.monotonic()
 
     async def all_given_back() -> bool:
-        return slots.open == 0
+        return streams.open == 0
 
     await eventually(all_given_back, timeout=5, what="both streams' slots given back")
     assert time.monotonic() - left < 2, "a client that leaves is noticed promptly"
     async with client.stream("GET", url) as again:
         assert again.status_code == 200, "a freed slot serves the next client"
+
+
+async def test_a_quiet_stream_sends_keep_alives_and_ends_after_its_lifetime(
+    local_api: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    app, client = local_api
+    streams = app.state.event_streams = EventStreams(keepalive_seconds=0.5, lifetime_seconds=2)
+    url = f"/tasks/{await pending_task(client)}/events"
+
+    async with client.stream("GET", url) as response:
+        reader = EventReader(response)
+        first = await reader.next()
+        opened = time.monotonic()
+        after = await reader.next(timeout=10)
+        lasted = time.monotonic() - opened
+
+    assert first is not None and first.json()["status"] == "pending"
+    assert after is None, "the stream ends by itself, the task still pending (EventSource reconnects)"
+    assert 1.5 < lasted < 5
+    assert len(reader.comments) >= 2 and set(reader.comments) == {"keep-alive"}
+
+    async def given_back() -> bool:
+        return streams.open == 0
+
+    await eventually(given_back, timeout=2, what="the ended stream's slot given back")
