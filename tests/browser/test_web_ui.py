@@ -308,3 +308,23 @@ def test_without_javascript_the_form_posts_one_file_and_the_result_page_refreshe
         expect(page.get_by_alt_text("Processed: plain.png")).to_be_visible()
     finally:
         context.close()
+
+
+def test_a_hostile_file_name_stays_text_in_every_page(page: Page, traffic: Traffic, worker: Worker) -> None:
+    worker.ensure_running()
+    hostile = "<img src=x onerror=alert(1)>.png"
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.goto("/")
+
+    drop_files(page, "#upload-form", [(hostile, images.png(), "image/png")])
+
+    line = page.locator("#upload-list li")
+    expect(line).to_have_attribute("data-status", "done", timeout=PROCESSED_WITHIN_MS)
+    expect(line.locator(".upload-name")).to_have_text(hostile)
+    line.get_by_role("link", name="Result page").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(hostile)
+    page.goto("/gallery")
+    expect(page.get_by_alt_text(f"Processed: {hostile}").first).to_be_visible()
+    assert dialogs == [], "no script from the name ever ran"
+    assert page.locator("img[src='x']").count() == 0
