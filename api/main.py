@@ -22,7 +22,7 @@ from api.metrics import ApiMetrics, UploadCounter
 from api.metrics import router as metrics_router
 from api.outbox import TaskPublisher
 from api.response_headers import ResponseHeaders
-from api.routes import health, pages, presets, tasks
+from api.routes import events, health, originals, pages, presets, tasks
 from api.state import Services
 from api.templating import templates, wants_html
 from api.uploads import UploadRefused
@@ -115,6 +115,8 @@ def create_app() -> FastAPI:
     )
     app.include_router(tasks.router)
     app.include_router(presets.router)
+    app.include_router(originals.router)
+    app.include_router(events.router)
     app.include_router(pages.router)
     app.include_router(health.router)
     app.include_router(metrics_router)

@@ -15,10 +15,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.logs import request_context
 
-# HTML pages load nothing from elsewhere and cannot be framed.
+# HTML pages load nothing from elsewhere and cannot be framed. Scripts only as files from
+# /static (no inline script, so user text that slipped through escaping still could not run);
+# `connect-src` lets them follow a task's event stream and poll /status.
 PAGE_CSP = (
-    "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'none'; object-src 'none'; "
-    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 # /docs and /redoc load their scripts from a CDN by FastAPI's design; they get no page CSP.
 _CSP_EXEMPT = ("/docs", "/redoc")

@@ -1,20 +1,56 @@
-"""The HTML side: the upload form and a task's result page (Jinja2, autoescaped)."""
+"""The HTML side: the upload form, a task's live result page and the gallery (Jinja2, autoescaped).
+
+Every page works without JavaScript (plain form post, a refreshing result page, plain links); the
+scripts in api/static/ only add to that: several files with progress, live status over
+`/tasks/{id}/events`, falling back to polling `/status`.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
-from api.deps import ServicesDep, TaskDep
-from api.schemas import processed_url, status_url
+from api.deps import MAX_TASK_ID, CallerDep, ServicesDep, SessionDep, TaskDep
+from api.listing import newest_tasks
+from api.routes.originals import original_url
+from api.schemas import status_url, task_status
 from api.templating import templates
 from core.formats import ALLOWED_FORMATS
 from core.models import FINAL_STATUSES
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
-# The result page reloads itself this often until the task is done or failed.
+# Without JavaScript, the result page reloads itself this often until the task is done or failed.
 REFRESH_SECONDS = 2
+GALLERY_PAGE_SIZE = 24
+
+
+def byte_size(size: int) -> str:
+    """A file size for people (binary units, as file managers show them); result.js mirrors it."""
+    if size < 1024:
+        return f"{size} bytes"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KiB"
+    return f"{size / (1024 * 1024):.1f} MiB"
+
+
+def image_facts(width: Any, height: Any, size: Any) -> str | None:
+    """ "640×480 px · 51.2 KiB", or None unless all three are whole numbers."""
+    if not all(isinstance(value, int) and not isinstance(value, bool) for value in (width, height, size)):
+        return None
+    return f"{width}×{height} px · {byte_size(size)}"
+
+
+def output_facts(status: dict[str, Any]) -> str | None:
+    # `/status` may list what was made (`outputs`, each with width, height and size_bytes); older
+    # answers do not, and the page then shows no figures for the processed image.
+    outputs = status.get("outputs")
+    if not isinstance(outputs, list) or not outputs or not isinstance(outputs[0], dict):
+        return None
+    first = outputs[0]
+    return image_facts(first.get("width"), first.get("height"), first.get("size_bytes"))
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -23,23 +59,52 @@ async def upload_form(request: Request, services: ServicesDep) -> HTMLResponse:
         request,
         "index.html",
         {
+            "page": "upload",
             "max_upload_mb": services.settings.max_upload_bytes / (1024 * 1024),
             "formats": ", ".join(fmt if fmt != "WEBP" else "WebP" for fmt in ALLOWED_FORMATS),
             "accept": "image/jpeg,image/png,image/gif,image/webp,image/bmp",
+            "presets": [
+                {"name": name, "description": preset.description} for name, preset in services.presets.items()
+            ],
         },
     )
 
 
 @router.get("/result/{task_id}", response_class=HTMLResponse)
 async def result_page(request: Request, task: TaskDep) -> HTMLResponse:
+    # Rendered from the very body /status answers, so the page and its script read the same fields.
+    status = task_status(task).model_dump(mode="json")
     final = task.status in FINAL_STATUSES
     return templates.TemplateResponse(
         request,
         "result.html",
         {
-            "task": task,
-            "image_url": processed_url(task),
+            "status": status,
+            "original_url": original_url(task.id),
+            "original_facts": image_facts(task.width, task.height, task.size_bytes),
+            "output_facts": output_facts(status),
             "status_url": status_url(task.id),
+            "events_url": f"/tasks/{task.id}/events",
             "refresh_seconds": None if final else REFRESH_SECONDS,
+        },
+    )
+
+
+@router.get("/gallery", response_class=HTMLResponse)
+async def gallery(
+    request: Request,
+    session: SessionDep,
+    caller: CallerDep,
+    cursor: Annotated[int | None, Query(ge=1, le=MAX_TASK_ID)] = None,
+) -> HTMLResponse:
+    found = await newest_tasks(session, limit=GALLERY_PAGE_SIZE, cursor=cursor, owner=caller)
+    return templates.TemplateResponse(
+        request,
+        "gallery.html",
+        {
+            "page": "gallery",
+            "items": [task_status(task) for task in found.tasks],
+            "cursor": cursor,
+            "next_cursor": found.next_cursor,
         },
     )

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from api.callback_urls import CallbackRefused, vet_callback_url
 from api.deps import MAX_TASK_ID, CallerDep, ServicesDep, SessionDep, TaskDep
+from api.listing import newest_tasks
 from api.schemas import (
     ErrorResponse,
     TaskPage,
@@ -329,16 +330,8 @@ async def list_tasks(
 ) -> TaskPage:
     """Tasks, newest first, optionally of one status; pages of at most 100 (keyset pagination,
     so pages stay consistent while new tasks arrive). With API keys on, only the caller's tasks."""
-    query = select(ImageTask).order_by(ImageTask.id.desc()).limit(limit + 1)
-    if status is not None:
-        query = query.where(ImageTask.status == status)
-    if cursor is not None:
-        query = query.where(ImageTask.id < cursor)
-    if caller is not None:
-        query = query.where(ImageTask.owner == caller)
-    rows = list(await session.scalars(query))
-    page, more = rows[:limit], len(rows) > limit
-    return TaskPage(items=[task_status(task) for task in page], next_cursor=page[-1].id if more else None)
+    found = await newest_tasks(session, limit=limit, cursor=cursor, status=status, owner=caller)
+    return TaskPage(items=[task_status(task) for task in found.tasks], next_cursor=found.next_cursor)
 
 
 @router.get(

@@ -1,0 +1,177 @@
+"""`GET /tasks/{task_id}/events`: a task's status as Server-Sent Events, for pages that update live.
+
+Each event is `event: status` with the same JSON body as `GET /status/{task_id}`: one at once, then
+one whenever that body changes, and the stream ends once the task is `done` or `failed` (a deleted
+task ends it with `event: deleted`). The row is the truth and workers write it directly, so the
+stream polls it, each time with a fresh short session: a stream never holds a database connection
+or transaction between polls, however long it lasts.
+
+A stream is cheap but not free (a poll every POLL_SECONDS), so a process serves at most MAX_STREAMS
+at once (503 beyond), and each ends after STREAM_LIFETIME_SECONDS: the browser's EventSource
+reconnects by itself after the `retry:` delay and gets the current status at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy.exc import DBAPIError
+from starlette.types import Receive, Scope, Send
+
+from api.deps import ServicesDep, SessionDep, TaskDep
+from api.schemas import task_status
+from api.state import Services
+from core.db import DATABASE_UNAVAILABLE_ERRORS, is_database_unavailable
+from core.models import FINAL_STATUSES, ImageTask
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.3
+# Proxies and browsers drop a connection that stays silent for long; a comment line costs nothing.
+KEEPALIVE_SECONDS = 15.0
+STREAM_LIFETIME_SECONDS = 600.0
+RETRY_MILLISECONDS = 2000
+MAX_STREAMS = 100
+
+TOO_MANY_STREAMS = "Too many live status streams are open on this server; poll GET /status instead."
+TASK_DELETED = "The task was deleted."
+
+
+@dataclass
+class EventStreams:
+    """This process's event streams: how they pace themselves, how many may be open, how many are.
+
+    One per app (made in the lifespan below); tests shorten the timings on their own app."""
+
+    limit: int = MAX_STREAMS
+    poll_seconds: float = POLL_SECONDS
+    keepalive_seconds: float = KEEPALIVE_SECONDS
+    lifetime_seconds: float = STREAM_LIFETIME_SECONDS
+    open: int = 0
+
+    def take(self) -> bool:
+        if self.open >= self.limit:
+            return False
+        self.open += 1
+        return True
+
+    def give_back(self) -> None:
+        self.open -= 1
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Merged into the app's lifespan by include_router: the count belongs to the app, not the module.
+    app.state.event_streams = EventStreams()
+    yield
+
+
+router = APIRouter(tags=["events"], lifespan=lifespan)
+
+
+class EventStream(StreamingResponse):
+    """A streaming response that gives its slot back however it ends (finished, client gone, error),
+    including when the client left before the first byte and the stream never started."""
+
+    def __init__(self, content: AsyncIterator[str], streams: EventStreams) -> None:
+        super().__init__(
+            content,
+            media_type="text/event-stream",
+            # No caching, and no buffering by a reverse proxy (nginx honours X-Accel-Buffering).
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+        self._streams = streams
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._streams.give_back()
+
+
+def sse_event(event: str, data: str, event_id: int | None = None, *, retry_ms: int | None = None) -> str:
+    """One event in the text/event-stream format (`data` is JSON, so it holds no newline)."""
+    lines = []
+    if retry_ms is not None:
+        lines.append(f"retry: {retry_ms}")
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    lines += [f"event: {event}", f"data: {data}"]
+    return "\n".join(lines) + "\n\n"
+
+
+def _first_event_id(request: Request) -> int:
+    # A reconnecting EventSource sends the last id it saw: carry on counting from there.
+    last = request.headers.get("last-event-id", "")
+    return int(last) + 1 if last.isdigit() and len(last) < 10 else 1
+
+
+async def _read_task(services: Services, task_id: int) -> ImageTask | None:
+    async with services.sessions() as session:
+        return await session.get(ImageTask, task_id)
+
+
+async def _status_events(
+    request: Request, services: Services, streams: EventStreams, first: ImageTask, first_id: int
+) -> AsyncIterator[str]:
+    task_id = first.id
+    event_id = first_id
+    body = task_status(first).model_dump_json()
+    yield sse_event("status", body, event_id, retry_ms=RETRY_MILLISECONDS)
+    final = first.status in FINAL_STATUSES
+    started = last_write = time.monotonic()
+    outage = False
+    while not final and time.monotonic() - started < streams.lifetime_seconds:
+        await asyncio.sleep(streams.poll_seconds)
+        # Starlette cancels this generator when the client goes away; this check covers servers
+        # that only report it when asked (ASGI spec 2.4).
+        if await request.is_disconnected():
+            return
+        try:
+            task = await _read_task(services, task_id)
+        except (*DATABASE_UNAVAILABLE_ERRORS, DBAPIError) as exc:
+            if not is_database_unavailable(exc):
+                raise
+            # A passing outage: keep the stream (and its keep-alives) and look again next time.
+            if not outage:
+                log.warning("database unavailable while streaming task %s: %s", task_id, exc)
+            outage = True
+        else:
+            outage = False
+            if task is None:
+                gone = json.dumps({"task_id": task_id, "detail": TASK_DELETED})
+                yield sse_event("deleted", gone, event_id + 1)
+                return
+            latest = task_status(task).model_dump_json()
+            if latest != body:
+                body, event_id = latest, event_id + 1
+                final = task.status in FINAL_STATUSES
+                yield sse_event("status", body, event_id)
+                last_write = time.monotonic()
+                continue
+        if time.monotonic() - last_write >= streams.keepalive_seconds:
+            yield ": keep-alive\n\n"
+            last_write = time.monotonic()
+
+
+@router.get("/tasks/{task_id}/events", include_in_schema=False)
+async def task_events(
+    request: Request, task: TaskDep, session: SessionDep, services: ServicesDep
+) -> StreamingResponse:
+    """Server-Sent Events of the task's status until it is final (owner-scoped like /status)."""
+    # The session that found the task would otherwise stay open (with its transaction) for as
+    # long as the response streams: release it now; each poll opens its own.
+    await session.close()
+    streams: EventStreams = request.app.state.event_streams
+    if not streams.take():
+        raise HTTPException(status_code=503, detail=TOO_MANY_STREAMS, headers={"Retry-After": "10"})
+    events = _status_events(request, services, streams, task, _first_event_id(request))
+    return EventStream(events, streams)

