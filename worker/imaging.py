@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,7 +277,7 @@ def _render_output(
             elif isinstance(op, Resize):
                 frame = operations.resize(frame, op, full_size=size)
             elif not isinstance(op, Format):
-                frame = _apply(frame, op)
+                frame = _FRAME_OPERATIONS[type(op)](frame, op)
             size = output_size((op,), *size)
             owned = True
         frames.append(_encodable(frame, output_format))
@@ -317,22 +317,15 @@ def _render_output(
     )
 
 
-def _apply(frame: Image.Image, op: Any) -> Image.Image:
-    if isinstance(op, Resize):
-        return operations.resize(frame, op)
-    if isinstance(op, Crop):
-        return operations.crop(frame, op)
-    if isinstance(op, Rotate):
-        return operations.rotate(frame, op)
-    if isinstance(op, Flip):
-        return operations.flip(frame, op)
-    if isinstance(op, Grayscale):
-        return operations.grayscale(frame, op)
-    if isinstance(op, Blur):
-        return operations.blur(frame, op)
-    if isinstance(op, Sharpen):
-        return operations.sharpen(frame, op)
-    raise TypeError(f"no operation for {op!r}")
+# The operations that only map a frame to a frame (resize and watermark need more, see above).
+_FRAME_OPERATIONS: dict[type, Callable[[Image.Image, Any], Image.Image]] = {
+    Crop: operations.crop,
+    Rotate: operations.rotate,
+    Flip: operations.flip,
+    Grayscale: operations.grayscale,
+    Blur: operations.blur,
+    Sharpen: operations.sharpen,
+}
 
 
 def _encoder_options(output_format: str, chosen: Format | None, encoder: EncoderSettings) -> dict[str, Any]:
