@@ -83,6 +83,15 @@ async def result_page(request: Request, task: TaskDep) -> HTMLResponse:
             "original_url": original_url(task.id),
             "original_facts": image_facts(task.width, task.height, task.size_bytes),
             "output_facts": output_facts(status),
+            "all_outputs": [
+                {
+                    "name": output["name"],
+                    "url": output["url"],
+                    "facts": image_facts(output["width"], output["height"], output["size_bytes"]),
+                    "kind": output["content_type"].removeprefix("image/").upper(),
+                }
+                for output in status.get("outputs") or []
+            ],
             "status_url": status_url(task.id),
             "events_url": f"/tasks/{task.id}/events",
             "refresh_seconds": None if final else REFRESH_SECONDS,

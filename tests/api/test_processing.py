@@ -90,6 +90,9 @@ async def test_several_outputs_from_one_upload(
         assert (image.format, image.size, image.mode) == (fmt, size, mode), name
         assert served.headers["content-type"] == by_name[name]["content_type"]
     assert len({output["url"] for output in status["outputs"]}) == 4
+    page = (await client.get(f"/result/{status['task_id']}")).text
+    for name, output in by_name.items():
+        assert f'<a href="{output["url"]}" download>{name}</a>' in page
 
 
 async def test_an_ops_list_is_applied_in_order(
