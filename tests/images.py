@@ -6,7 +6,7 @@ import io
 import struct
 import zlib
 
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 
 def encode(image: Image.Image, fmt: str, **params) -> bytes:
@@ -56,3 +56,25 @@ def red_share(image: Image.Image, box: tuple[int, int, int, int]) -> float:
     """The share of the pixels inside `box` that are clearly red (the watermark's colour)."""
     pixels = list(image.convert("RGB").crop(box).get_flattened_data())
     return sum(1 for r, g, b in pixels if r > 150 and g < 90 and b < 90) / len(pixels)
+
+
+def photo_like(width: int, height: int) -> bytes:
+    """A JPEG that costs what a photo costs to decode: gradients, shapes and sensor-like noise
+    (a flat or smooth picture decodes several times faster than a real one)."""
+    base = Image.merge(
+        "RGB",
+        (
+            Image.linear_gradient("L").resize((width, height)),
+            Image.radial_gradient("L").resize((width, height)),
+            Image.linear_gradient("L").rotate(90).resize((width, height)),
+        ),
+    )
+    draw = ImageDraw.Draw(base)
+    for index in range(12):
+        left, top = (index * 97) % width, (index * 61) % height
+        draw.ellipse(
+            (left, top, left + width // 5, top + height // 6), fill=(30 * index % 255, 90, 200 - index * 9)
+        )
+    noise = Image.effect_noise((width, height), 40).convert("RGB")
+    image = Image.blend(base, noise, 0.25).filter(ImageFilter.SMOOTH)
+    return encode(image, "JPEG", quality=90)

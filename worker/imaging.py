@@ -51,6 +51,7 @@ from core.processing import (
 from worker import operations
 
 OUTSIDE_MESSAGE = "A frame of the animation lies far outside the picture and cannot be decoded."
+ENCODING_FAILED = "The result could not be written as {format} ({reason})."
 OUTPUT_TOO_LARGE = "Output {name!r} would be {width:,}×{height:,} pixels; the limit is {limit:,} pixels."
 
 
@@ -107,7 +108,12 @@ _ENCODER_MODES = {
     "GIF": ("RGB", "RGBA", "L"),
     "BMP": ("RGB", "RGBA", "L"),
 }
-_DEFAULT_QUALITY = {"JPEG": 90, "WEBP": 90, "AVIF": 75}
+# WebP 80 (Pillow's own default): on a 24 MP photo, 90 made a file 2.3× larger.
+_DEFAULT_QUALITY = {"JPEG": 90, "WEBP": 80, "AVIF": 75}
+# libwebp's "partition 0 overflow": the fast methods (0, 1) cannot fit the headers of a large, busy
+# picture at high quality into the format's 512 KB first partition; the slower ones pack them tighter.
+_WEBP_PARTITION_OVERFLOW = "encoding error 6"
+_WEBP_FALLBACK_METHODS = (2, 4, 6)
 
 # Below this font size the strokes are about a pixel wide, and halving the colour resolution (JPEG
 # 4:2:0, lossy WebP) turns a red stamp into a muddy purple. Such stamps are on small pictures,
@@ -307,7 +313,7 @@ def _render_output(
             # Restore-to-background before each frame: otherwise a pixel that turns transparent
             # keeps showing the previous frame through it.
             options["disposal"] = 2
-    frames[0].save(dst, **options)
+    _save(frames[0], dst, options)
     return ProcessedImage(
         format=output_format,
         width=frames[0].width,
@@ -326,6 +332,29 @@ _FRAME_OPERATIONS: dict[type, Callable[[Image.Image, Any], Image.Image]] = {
     Blur: operations.blur,
     Sharpen: operations.sharpen,
 }
+
+
+def _save(first: Image.Image, dst: Path, options: dict[str, Any]) -> None:
+    """Encode, with the slower WebP methods as a fallback for partition overflows. An encoder that
+    refuses the picture does so every time: that is `ImageRejected`, not a fault worth retrying
+    (an OSError with an errno, the disk failing, still is)."""
+    methods = [options.get("method")]
+    if options["format"] == "WEBP":
+        methods += [method for method in _WEBP_FALLBACK_METHODS if method > (options.get("method") or 0)]
+    for method in methods:
+        if method is not None:
+            options["method"] = method
+        try:
+            first.save(dst, **options)
+            return
+        except ValueError as exc:
+            if _WEBP_PARTITION_OVERFLOW in str(exc) and method != methods[-1]:
+                continue
+            raise ImageRejected(ENCODING_FAILED.format(format=options["format"], reason=exc)) from exc
+        except OSError as exc:
+            if exc.errno is not None:
+                raise
+            raise ImageRejected(ENCODING_FAILED.format(format=options["format"], reason=exc)) from exc
 
 
 def _encoder_options(output_format: str, chosen: Format | None, encoder: EncoderSettings) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from core.processing import (
     resolve,
     rotated_size,
 )
+from tests import images
 from worker import imaging
 from worker.imaging import OUTPUT_TOO_LARGE, EncoderSettings, ProcessedImage, RenderLimits, render
 from worker.operations import CROP_OUTSIDE
@@ -1213,3 +1214,27 @@ def test_the_output_limit_uses_the_oriented_size(tmp_path: Path) -> None:
     ((result, _),) = render_all(src, chosen, tmp_path, limits=limits)
 
     assert (result.width, result.height) == (100, 300)
+
+
+# Encoders that refuse
+
+
+def test_a_webp_partition_overflow_falls_back_to_a_slower_method(tmp_path: Path) -> None:
+    # At quality 90, libwebp's fastest methods cannot fit a busy 24 MP photo's headers into the
+    # format's first partition ("encoding error 6"); method 2 can.
+    src = tmp_path / "in.jpg"
+    src.write_bytes(images.photo_like(5664, 4248))
+    with Image.open(src) as decoded, pytest.raises(ValueError, match="encoding error 6"):
+        decoded.save(tmp_path / "plain.webp", quality=90, method=0)  # the failure being worked around
+
+    result, out = run(src, tmp_path, {"op": "format", "format": "webp", "quality": 90})
+
+    assert (result.format, out.size) == ("WEBP", (5664, 4248))
+
+
+def test_an_encoder_that_refuses_the_picture_is_a_rejection_not_a_retry(tmp_path: Path) -> None:
+    # JPEG cannot hold a side over 65,535 pixels: the encoder refuses every time.
+    src = save(Image.new("RGB", (70_000, 2), "white"), tmp_path / "wide.png")
+
+    with pytest.raises(ImageRejected, match=r"^The result could not be written as JPEG \("):
+        run(src, tmp_path, {"op": "format", "format": "jpeg"})
