@@ -27,7 +27,7 @@ from core import queue
 from core.db import make_engine, make_sessionmaker
 from core.formats import configure_pillow
 from core.logs import configure_logging
-from core.storage import Storage
+from core.storage import make_storage
 from worker.consumer import TaskPolicy, TaskProcessor
 from worker.metrics import MetricsPortInUse, WorkerMetrics
 from worker.pool import RenderPool
@@ -83,8 +83,8 @@ class _Subscription:
 async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | None = None) -> None:
     metrics = metrics or WorkerMetrics()
     configure_pillow(settings.max_image_pixels)
-    storage = Storage(settings.uploads_dir, settings.processed_dir)
-    storage.ensure_dirs()
+    storage = make_storage(settings, client_name="imagequeue-worker-storage")
+    storage.folders.ensure_dirs()
     engine = make_engine(settings.database_url, pool_size=settings.worker_concurrency)
     pool = RenderPool(settings.worker_pool, settings.worker_concurrency, max_pixels=settings.max_image_pixels)
     sessions = make_sessionmaker(engine)
@@ -114,7 +114,10 @@ async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | 
         else None
     )
     try:
-        if nc is not None:
+        # Before the first fetch: a task taken while the file store is unreachable would only be
+        # given back. A refused bucket set-up raises QueueMisconfigured (exit status 1).
+        await storage.connect(stop)
+        if nc is not None and not stop.is_set():
             policy = queue.ConsumerPolicy(settings.ack_wait_seconds, settings.consumer_replicas)
             subscription = _Subscription(nc.jetstream(), policy, settings.stream_replicas)
             await _fetch_loop(subscription, processor, settings, stop, in_flight, metrics)
@@ -132,6 +135,7 @@ async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | 
                 await nc.flush(timeout=5)
             await nc.close()
         pool.shutdown()
+        await storage.close()
         await engine.dispose()
 
 
