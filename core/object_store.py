@@ -11,6 +11,9 @@ Memory: `put` reads the file one chunk at a time; reading is ours rather than na
 asked of the stream leader (a follower might not hold a chunk yet), so a slow HTTP client or disk
 holds back the reads instead of piling chunks up in memory, and the digest is checked at the end.
 
+A put cut short leaves chunks that no meta names; the API's sweep purges them once they are older
+than LOST_AFTER_SECONDS (longer than any put takes).
+
 Faults: every call needs the connection up; while it is down, or JetStream does not answer (no
 leader during an election), calls raise StorageUnavailable. Puts are retried for a while when
 NATS is connected but slow to answer, so a leader election does not fail an upload.
@@ -27,8 +30,10 @@ import base64
 import contextlib
 import hashlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import nats.errors
@@ -114,6 +119,7 @@ class NatsStorage(Storage):
         self._stores: dict[Area, ObjectStore] = {}
         self._problem: str | None = None
         self._background: asyncio.Task | None = None
+        self._orphans_checked_at = -math.inf
 
     @property
     def is_ready(self) -> bool:
@@ -263,8 +269,42 @@ class NatsStorage(Storage):
                 raise StorageUnavailable(f"deleting {name}: {_describe(exc)}") from exc
 
     async def remove_stale(self, older_than_seconds: float) -> int:
-        # Temporary files only: chunks of a put cut short stay in the bucket (see README, Storage).
-        return await asyncio.to_thread(self.folders.remove_stale_partials, older_than_seconds)
+        """Temporary files in the folders, and (at most once per `older_than_seconds`: it reads every
+        object's meta) chunks of puts cut short, which no meta points to."""
+        removed = await asyncio.to_thread(self.folders.remove_stale_partials, older_than_seconds)
+        if self.is_ready and time.monotonic() - self._orphans_checked_at >= older_than_seconds:
+            self._orphans_checked_at = time.monotonic()
+            for area in BUCKETS:
+                removed += await self._remove_orphan_chunks(area, older_than_seconds)
+        return removed
+
+    async def _remove_orphan_chunks(self, area: Area, older_than_seconds: float) -> int:
+        """Purge chunk subjects that no object's meta names and whose first chunk is older than that
+        (younger ones may belong to a put still under way)."""
+        assert self._nc is not None
+        js = self._nc.jetstream()
+        bucket = BUCKETS[area]
+        stream = OBJ_STREAM_TEMPLATE.format(bucket=bucket)
+        prefix = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=bucket, obj="")
+        subjects = (await js.stream_info(stream, subjects_filter=f"{prefix}>")).state.subjects or {}
+        if not subjects:
+            return 0
+        # Listed after the chunks: an object completed in between counts as live.
+        try:
+            live = {info.nuid for info in await self._stores[area].list(ignore_deletes=True)}
+        except NotFoundError:  # no live object at all
+            live = set()
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
+        removed = 0
+        for subject in subjects:
+            if subject.removeprefix(prefix) in live:
+                continue
+            first = await js.get_msg(stream, seq=1, subject=subject, next=True)
+            if first.time is not None and first.time < cutoff:
+                await js.purge_stream(stream, subject=subject)
+                log.warning("purged the chunks of a put cut short in %s (%s)", bucket, subject)
+                removed += 1
+        return removed
 
 
 def _describe(exc: BaseException) -> str:

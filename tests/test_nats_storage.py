@@ -292,6 +292,36 @@ async def test_retention_deletes_old_tasks_objects(
         await buckets[Area.PROCESSED].get_info(output)
 
 
+async def test_chunks_of_a_put_cut_short_are_purged_and_whole_objects_kept(
+    nats_stack: NatsStack, api: httpx.AsyncClient, db: AsyncSession, tmp_path: Path
+) -> None:
+    """As a process killed mid-put leaves them: chunks on a subject that no meta names."""
+    data = images.jpeg()
+    task_id = await upload(api, data, "whole.jpg")
+    input_name = await db.scalar(select(ImageTask.input_name).where(ImageTask.id == task_id))
+    bucket = BUCKETS[Area.UPLOADS]
+    stream, orphan = f"OBJ_{bucket}", f"$O.{bucket}.C.cut-short-{uuid.uuid4().hex}"
+    nc = await queue.connect(nats_stack.nats.url, name="test-orphans")
+    # Folders of its own: an age of 0 would take the module's processes' temporary files too.
+    storage = NatsStorage(
+        Folders(tmp_path / "u", tmp_path / "p"), nats_stack.nats.url, replicas=1, client_name="test-sweep"
+    )
+    storage.folders.ensure_dirs()
+    try:
+        js = nc.jetstream()
+        await js.publish(orphan, b"the first 128 KiB of an image")
+        await storage.connect(asyncio.Event())
+
+        assert await storage.remove_stale(0) >= 1
+
+        assert not (await js.stream_info(stream, subjects_filter=orphan)).state.subjects
+        whole = await (await js.object_store(bucket)).get(input_name or "")
+        assert whole.data == data
+    finally:
+        await storage.close()
+        await nc.close()
+
+
 async def test_an_upload_while_nats_is_down_is_503_and_stores_nothing(
     nats_stack: NatsStack, nats_worker: None, api: httpx.AsyncClient, db: AsyncSession
 ) -> None:
