@@ -108,15 +108,14 @@ async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | 
         log.info("stop requested with %d image(s) in flight; fetching no more", len(in_flight))
 
     announcer = asyncio.create_task(announce_stop())
-    retention = (
-        asyncio.create_task(purge_forever(sessions, storage, settings.retention_days))
-        if settings.retention_days
-        else None
-    )
+    retention: asyncio.Task | None = None
     try:
-        # Before the first fetch: a task taken while the file store is unreachable would only be
-        # given back. A refused bucket set-up raises QueueMisconfigured (exit status 1).
+        # Before the first fetch (a task taken while the file store is unreachable would only be
+        # given back) and the first retention pass (which would wait an hour to try again). A
+        # refused bucket set-up raises QueueMisconfigured (exit status 1).
         await storage.connect(stop)
+        if settings.retention_days:
+            retention = asyncio.create_task(purge_forever(sessions, storage, settings.retention_days))
         if nc is not None and not stop.is_set():
             policy = queue.ConsumerPolicy(settings.ack_wait_seconds, settings.consumer_replicas)
             subscription = _Subscription(nc.jetstream(), policy, settings.stream_replicas)
