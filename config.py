@@ -61,6 +61,7 @@ class Settings:
     worker_metrics_port: int
     stream_replicas: int
     consumer_replicas: int
+    storage_backend: Literal["local", "nats"]
 
 
 _DEFAULTS: dict[str, object] = {
@@ -98,12 +99,16 @@ _DEFAULTS: dict[str, object] = {
     "WORKER_METRICS_PORT": 9101,
     "STREAM_REPLICAS": 1,
     "CONSUMER_REPLICAS": 0,
+    # Where uploads and outputs are kept: `local` (UPLOADS_DIR and PROCESSED_DIR, shared by every
+    # process) or `nats` (JetStream object store buckets; the folders are then scratch space only).
+    "STORAGE_BACKEND": "local",
 }
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _POSTGRES_URL = re.compile(r"(postgresql|postgresql\+asyncpg|postgres)://\S+")
 _NATS_URL = re.compile(r"(nats|tls)://[^,\s]+")
 _PLACEHOLDER_KEYS = ("change-me-change-me", "changeme-changeme", "xxxxxxxxxxxxxxxx")
+STORAGE_BACKENDS = ("local", "nats")
 # JetStream refuses more than 5 replicas of a stream.
 MAX_REPLICAS = 5
 
@@ -202,6 +207,11 @@ _VALIDATORS = [
     ),
     Validator("KEEP_METADATA", is_type_of=bool),
     Validator("WORKER_POOL", is_in=("threads", "processes")),
+    Validator(
+        "STORAGE_BACKEND",
+        is_in=STORAGE_BACKENDS,
+        messages={"operations": "STORAGE_BACKEND must be `local` or `nats`, got {value!r}"},
+    ),
     Validator("WEBHOOK_SECRET", cast=str),
     Validator(
         "WEBHOOK_SECRET",
@@ -331,6 +341,7 @@ def load_settings() -> Settings:
         worker_metrics_port=raw["WORKER_METRICS_PORT"],
         stream_replicas=raw["STREAM_REPLICAS"],
         consumer_replicas=raw["CONSUMER_REPLICAS"],
+        storage_backend=raw["STORAGE_BACKEND"],
     )
 
 

@@ -31,7 +31,7 @@ from core.db import DATABASE_UNAVAILABLE_ERRORS, is_database_unavailable, make_e
 from core.formats import configure_pillow
 from core.logs import configure_logging
 from core.processing import configured_presets
-from core.storage import Storage
+from core.storage import STORAGE_UNAVAILABLE, StorageUnavailable, make_storage
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     presets = configured_presets(settings)
     configure_logging(settings.log_level, json_lines=settings.log_json)
     configure_pillow(settings.max_image_pixels)
-    storage = Storage(settings.uploads_dir, settings.processed_dir)
-    storage.ensure_dirs()
+    storage = make_storage(settings, client_name="imagequeue-api-storage")
+    storage.folders.ensure_dirs()
+    # In the background, like the task publisher: the API answers (and /ready says why not) meanwhile.
+    storage.start_in_background()
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
     publisher = TaskPublisher(
@@ -78,6 +80,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if callbacks is not None:
             await callbacks.close()
         await publisher.close()
+        await storage.close()
         await engine.dispose()
 
 
@@ -85,6 +88,8 @@ async def _upload_refused(request: Request, exc: UploadRefused) -> Response:
     # The browser form gets a page it can show; API clients get JSON. Either way the rest of the
     # body is not read: the connection is closed after this answer.
     headers = {"Connection": "close"}
+    if exc.status_code == 503:  # nothing was stored; the same request will do once storage is back
+        headers["Retry-After"] = "5"
     if wants_html(request):
         return templates.TemplateResponse(
             request, "error.html", {"message": exc.message}, status_code=exc.status_code, headers=headers
@@ -106,6 +111,11 @@ async def _database_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": DATABASE_UNAVAILABLE}, status_code=503, headers={"Retry-After": "5"})
 
 
+async def _storage_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("file store unavailable during %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse({"detail": STORAGE_UNAVAILABLE}, status_code=503, headers={"Retry-After": "5"})
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
         title="imagequeue",
@@ -123,6 +133,7 @@ def create_app() -> FastAPI:
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     app.add_exception_handler(UploadRefused, _upload_refused)
     app.add_exception_handler(ClientDisconnect, _client_gone)
+    app.add_exception_handler(StorageUnavailable, _storage_unavailable)
     for error in (*DATABASE_UNAVAILABLE_ERRORS, DBAPIError):
         app.add_exception_handler(error, _database_error)
 

@@ -13,7 +13,8 @@ its outbox relay and its lease sweep.
   at all, lost its message (a NATS store lost in a crash, a stream purged by hand): it is queued
   again. The empty-stream condition keeps a long backlog from being re-published.
 - The sweep also deletes temporary files (`.partial-*`) older than LOST_AFTER_SECONDS: what a
-  process killed mid-write left behind.
+  process killed mid-write left behind (in the local folders, which every storage backend uses
+  for its temporary files).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import time
 from collections.abc import Awaitable
 from datetime import timedelta
 
-import anyio.to_thread
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from sqlalchemy import func, select, update
@@ -171,9 +171,7 @@ class TaskPublisher:
         try:
             lost = await self._requeue_lost_messages()
         finally:  # a NATS hiccup above must not keep the temporary files forever
-            await anyio.to_thread.run_sync(
-                self._storage.remove_stale_partials, self._lost_after.total_seconds()
-            )
+            await self._storage.remove_stale(self._lost_after.total_seconds())
         counts = (requeued.rowcount or 0, failed.rowcount or 0, lost)
         if any(counts):
             log.warning(

@@ -24,7 +24,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from core.formats import ImageInfo, ImageRejected, UnsupportedImage, probe_image
-from core.storage import Storage, remove_quietly
+from core.storage import Folders, remove_quietly
 
 FILE_FIELD = "file"
 # Room for the multipart framing, part headers and a few small text fields around the file.
@@ -240,7 +240,7 @@ def _finish_file(target: BinaryIO, temp_path: Path, max_pixels: int, max_frames:
 
 
 async def receive_upload(
-    request: Request, *, storage: Storage, max_file_bytes: int, max_pixels: int, max_frames: int
+    request: Request, *, folders: Folders, max_file_bytes: int, max_pixels: int, max_frames: int
 ) -> ReceivedUpload:
     """Stream the request's `file` part into a temporary file and identify it.
 
@@ -251,7 +251,7 @@ async def receive_upload(
     boundary = _boundary(request)
     chunks = request.stream()
     try:
-        return await _receive(chunks, boundary, storage, max_file_bytes, max_pixels, max_frames)
+        return await _receive(chunks, boundary, folders, max_file_bytes, max_pixels, max_frames)
     except UploadRefused:
         await _discard_some(chunks)
         raise
@@ -260,12 +260,12 @@ async def receive_upload(
 async def _receive(
     chunks: AsyncIterator[bytes],
     boundary: bytes,
-    storage: Storage,
+    folders: Folders,
     max_file_bytes: int,
     max_pixels: int,
     max_frames: int,
 ) -> ReceivedUpload:
-    temp_path = storage.temp_upload_path()
+    temp_path = folders.temp_upload_path()
     try:
         # Plain blocking writes of one chunk at a time: page-cache writes cost microseconds, less
         # than handing each chunk to a thread would.

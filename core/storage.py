@@ -1,28 +1,77 @@
-"""Where uploaded and processed files live, and how they are named.
+"""Where uploaded and processed files are kept, and how they are named.
 
 Every stored name is generated here (a random hex id plus the extension of the format sniffed from
-the bytes); a client's file name never becomes part of a path. Files appear under their final name
-only when complete: writers fill a hidden temporary file in the same folder, then rename it.
+the bytes); a client's file name never becomes part of a path or an object key.
+
+Two backends behind one interface (`Storage`), chosen by STORAGE_BACKEND:
+
+- `local` (LocalStorage): files in UPLOADS_DIR and PROCESSED_DIR, which every API and worker must
+  share (one host, or a shared filesystem). A file appears under its final name only when complete:
+  writers fill a hidden temporary file in the same folder, then rename it durably.
+- `nats` (core.object_store.NatsStorage): JetStream object store buckets, so processes on any host
+  need nothing beyond NATS. The folders are then scratch space for temporary files only.
+
+Either way Pillow works on local files: the API streams an upload to a temporary file before it is
+kept, and the worker renders from a local file into temporary files. With the local backend those
+are the stored files themselves (no copy); with `nats` the input is fetched into a temporary file
+and each output is stored from its own.
 """
 
 from __future__ import annotations
 
+import abc
+import asyncio
 import contextlib
+import enum
 import os
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import anyio.to_thread
+
+from config import Settings
 
 # What a generated name looks like; anything else asked for by URL is refused before touching disk.
 # An output other than a task's first carries its position: `<input id>-<n>.<ext>`.
 STORED_NAME = re.compile(r"^[0-9a-f]{32}(-[1-9][0-9]?)?\.[a-z]{3,4}$")
-_TEMP_PREFIX = ".partial-"
+TEMP_PREFIX = ".partial-"
+STORAGE_UNAVAILABLE = "The file store is unavailable; nothing was stored. Please try again shortly."
+NOT_READY = "the file store is not connected"
+
+
+class Area(enum.Enum):
+    """What a stored file is: an upload as received, or a worker's output."""
+
+    UPLOADS = "uploads"
+    PROCESSED = "processed"
+
+
+class StorageUnavailable(Exception):
+    """The backend cannot be reached now (NATS down, a leader election outlasting our patience):
+    a passing fault, to be retried later; nothing was stored."""
+
+
+class StoredFileMissing(FileNotFoundError):
+    """No stored file of that name (never stored, deleted, or removed by retention)."""
 
 
 @dataclass(frozen=True)
-class Storage:
+class StoredObject:
+    """A stored file read as a stream, for a backend without local paths: `size` bytes in order."""
+
+    size: int
+    chunks: AsyncIterator[bytes]
+
+
+@dataclass(frozen=True)
+class Folders:
+    """UPLOADS_DIR and PROCESSED_DIR: the stored files themselves for the local backend, scratch
+    space for temporary files for every backend. Pickles, for render processes."""
+
     uploads_dir: Path
     processed_dir: Path
 
@@ -30,29 +79,133 @@ class Storage:
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
         self.processed_dir.mkdir(parents=True, exist_ok=True)
 
+    def folder(self, area: Area) -> Path:
+        return self.uploads_dir if area is Area.UPLOADS else self.processed_dir
+
     def upload_path(self, name: str) -> Path:
         return self.uploads_dir / _checked(name)
 
     def processed_path(self, name: str) -> Path:
         return self.processed_dir / _checked(name)
 
+    def path(self, area: Area, name: str) -> Path:
+        return self.folder(area) / _checked(name)
+
     def temp_upload_path(self) -> Path:
-        return self.uploads_dir / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
+        return self.uploads_dir / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
 
     def temp_processed_path(self) -> Path:
-        return self.processed_dir / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
+        return self.processed_dir / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
 
     def remove_stale_partials(self, older_than_seconds: float) -> int:
         """Delete temporary files a killed process left behind; live writers finish long before."""
         cutoff = time.time() - older_than_seconds
         removed = 0
         for folder in (self.uploads_dir, self.processed_dir):
-            for path in folder.glob(f"{_TEMP_PREFIX}*"):
+            for path in folder.glob(f"{TEMP_PREFIX}*"):
                 with contextlib.suppress(FileNotFoundError):
                     if path.stat().st_mtime < cutoff:
                         path.unlink()
                         removed += 1
         return removed
+
+
+class Storage(abc.ABC):
+    """Keeping, finding, reading and removing stored files, whatever the backend.
+
+    Writers hand over a complete temporary file of `folders`; readers see a stored file whole or
+    not at all. Calls that need the backend raise StorageUnavailable while it cannot be reached.
+    """
+
+    def __init__(self, folders: Folders) -> None:
+        self.folders = folders
+
+    # Life cycle: the local backend has nothing to connect to.
+    async def connect(self, stop: asyncio.Event) -> None:  # noqa: B027
+        """Wait until the backend is usable (or `stop` is set). Raises QueueMisconfigured when the
+        backend refuses our set-up, which no retry will fix."""
+
+    def start_in_background(self) -> None:  # noqa: B027
+        """Connect without holding up start-up; `is_ready` and `problem` tell how it goes."""
+
+    async def close(self) -> None:  # noqa: B027
+        pass
+
+    @property
+    def is_ready(self) -> bool:
+        return True
+
+    @property
+    def problem(self) -> str | None:
+        """Why the backend is not usable beyond being unreachable (for /ready); None if nothing known."""
+        return None
+
+    @abc.abstractmethod
+    async def keep_upload(self, synced_temp: Path, name: str) -> None:
+        """Store an upload's temporary file (already synced to disk) under `name`; the temporary
+        file is gone afterwards."""
+
+    @abc.abstractmethod
+    async def keep_output(self, temp: Path, name: str) -> None:
+        """Store a rendered output's temporary file under `name`, replacing any earlier one (a re-run
+        after a crash); the temporary file is gone afterwards."""
+
+    @abc.abstractmethod
+    def upload_file(self, name: str) -> contextlib.AbstractAsyncContextManager[Path]:
+        """A local file holding the stored upload, for as long as the context lasts (for Pillow).
+        Raises StoredFileMissing when there is none."""
+
+    @abc.abstractmethod
+    async def find(self, area: Area, name: str) -> Path | StoredObject | None:
+        """A stored file for serving: a local path, or an object to stream; None when missing."""
+
+    @abc.abstractmethod
+    async def remove(self, area: Area, names: list[str]) -> None:
+        """Delete stored files; a missing one is not an error."""
+
+    @abc.abstractmethod
+    async def remove_stale(self, older_than_seconds: float) -> int:
+        """Delete what writers killed mid-write left behind, older than that; returns how many."""
+
+
+class LocalStorage(Storage):
+    """Stored files are files in the two folders: exactly how imagequeue kept them before backends."""
+
+    async def keep_upload(self, synced_temp: Path, name: str) -> None:
+        # Off the event loop: the folder sync waits for the disk.
+        await anyio.to_thread.run_sync(rename_durably, synced_temp, self.folders.upload_path(name))
+
+    async def keep_output(self, temp: Path, name: str) -> None:
+        await anyio.to_thread.run_sync(move_into_place, temp, self.folders.processed_path(name))
+
+    @contextlib.asynccontextmanager
+    async def upload_file(self, name: str) -> AsyncIterator[Path]:
+        path = self.folders.upload_path(name)
+        if not await anyio.to_thread.run_sync(path.is_file):
+            raise StoredFileMissing(name)
+        yield path
+
+    async def find(self, area: Area, name: str) -> Path | StoredObject | None:
+        path = self.folders.path(area, name)
+        return path if await anyio.to_thread.run_sync(path.is_file) else None
+
+    async def remove(self, area: Area, names: list[str]) -> None:
+        for name in names:
+            await anyio.to_thread.run_sync(remove_quietly, self.folders.path(area, name))
+
+    async def remove_stale(self, older_than_seconds: float) -> int:
+        return await anyio.to_thread.run_sync(self.folders.remove_stale_partials, older_than_seconds)
+
+
+def make_storage(settings: Settings, *, client_name: str) -> Storage:
+    """The configured backend; `client_name` names its NATS connection (nats backend)."""
+    folders = Folders(settings.uploads_dir, settings.processed_dir)
+    if settings.storage_backend == "local":
+        return LocalStorage(folders)
+    # Imported here: core.object_store builds on this module.
+    from core.object_store import NatsStorage
+
+    return NatsStorage(folders, settings.nats_url, replicas=settings.stream_replicas, client_name=client_name)
 
 
 def new_stored_name(extension: str) -> str:

@@ -126,6 +126,11 @@ class LocalNats:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "start() first"
+        return self._process.pid
+
     def start(self, *, timeout: float = 15, jetstream: bool = True) -> None:
         venv_bin = str(Path(sys.executable).parent)
         binary = shutil.which("nats-server", path=venv_bin) or shutil.which("nats-server")

@@ -283,20 +283,23 @@ def test_containers_request_and_limit_cpu_and_memory(
 
 
 @pytest.mark.parametrize("key", list(WORKLOADS))
-def test_apps_share_the_read_write_many_claim_where_their_settings_point(
+def test_apps_keep_images_in_nats_and_scratch_files_on_an_empty_dir_of_their_own(
     manifests: dict[tuple[str, str], Manifest], key: tuple[str, str]
 ) -> None:
-    claim = manifests[("PersistentVolumeClaim", "imagequeue-images")]
-    assert claim["spec"]["accessModes"] == ["ReadWriteMany"], "API and worker pods may be on different nodes"
+    """Pods on different nodes share no volume: images go to the object store, and the folders are
+    each pod's scratch space, writable under the read-only root filesystem."""
+    settings = _config_map(manifests)
+    assert settings["STORAGE_BACKEND"] == "nats"
+    assert not [kind for kind, _ in manifests if kind == "PersistentVolumeClaim"]
     workload = manifests[key]
     volumes = {volume["name"]: volume for volume in _pod_spec(workload)["volumes"]}
-    mounted = {
-        mount["mountPath"]: volumes[mount["name"]].get("persistentVolumeClaim", {}).get("claimName")
+    scratch = [
+        mount["mountPath"]
         for mount in _container(workload)["volumeMounts"]
-    }
-    settings = _config_map(manifests)
+        if "emptyDir" in volumes[mount["name"]] and not mount.get("readOnly")
+    ]
     for setting in ("UPLOADS_DIR", "PROCESSED_DIR"):
-        assert mounted.get(settings[setting]) == "imagequeue-images", f"{key}: {setting}"
+        assert settings[setting] in scratch, f"{key}: {setting}"
 
 
 # --- labels and selectors -----------------------------------------------------------------------------

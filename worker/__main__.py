@@ -27,7 +27,7 @@ from core import queue
 from core.db import make_engine, make_sessionmaker
 from core.formats import configure_pillow
 from core.logs import configure_logging
-from core.storage import Storage
+from core.storage import make_storage
 from worker.consumer import TaskPolicy, TaskProcessor
 from worker.metrics import MetricsPortInUse, WorkerMetrics
 from worker.pool import RenderPool
@@ -83,8 +83,8 @@ class _Subscription:
 async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | None = None) -> None:
     metrics = metrics or WorkerMetrics()
     configure_pillow(settings.max_image_pixels)
-    storage = Storage(settings.uploads_dir, settings.processed_dir)
-    storage.ensure_dirs()
+    storage = make_storage(settings, client_name="imagequeue-worker-storage")
+    storage.folders.ensure_dirs()
     engine = make_engine(settings.database_url, pool_size=settings.worker_concurrency)
     pool = RenderPool(settings.worker_pool, settings.worker_concurrency, max_pixels=settings.max_image_pixels)
     sessions = make_sessionmaker(engine)
@@ -108,13 +108,15 @@ async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | 
         log.info("stop requested with %d image(s) in flight; fetching no more", len(in_flight))
 
     announcer = asyncio.create_task(announce_stop())
-    retention = (
-        asyncio.create_task(purge_forever(sessions, storage, settings.retention_days))
-        if settings.retention_days
-        else None
-    )
+    retention: asyncio.Task | None = None
     try:
-        if nc is not None:
+        # Before the first fetch (a task taken while the file store is unreachable would only be
+        # given back) and the first retention pass (which would wait an hour to try again). A
+        # refused bucket set-up raises QueueMisconfigured (exit status 1).
+        await storage.connect(stop)
+        if settings.retention_days:
+            retention = asyncio.create_task(purge_forever(sessions, storage, settings.retention_days))
+        if nc is not None and not stop.is_set():
             policy = queue.ConsumerPolicy(settings.ack_wait_seconds, settings.consumer_replicas)
             subscription = _Subscription(nc.jetstream(), policy, settings.stream_replicas)
             await _fetch_loop(subscription, processor, settings, stop, in_flight, metrics)
@@ -132,6 +134,7 @@ async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | 
                 await nc.flush(timeout=5)
             await nc.close()
         pool.shutdown()
+        await storage.close()
         await engine.dispose()
 
 

@@ -8,17 +8,19 @@ Ack policy (JetStream delivers at least once, so every step is safe to repeat):
         decoded, a task out of attempts); the row, where there is one, says `failed` and why.
 - nak(delay): a passing fault; JetStream offers the message again after RETRY_DELAY_SECONDS.
         A database outage costs no attempt (the claim never happened) and is retried for as long
-        as it lasts. Any other failure counts one attempt (`attempts`, in the row), and the
-        MAX_DELIVER-th failed attempt marks the task `failed`, so nothing loops for ever. Attempts
-        live in the row rather than in JetStream's delivery count, which also counts deliveries
-        that never reached the database, and stops redelivering silently.
+        as it lasts; so does a file store outage (nats backend: the claim is given back). Any
+        other failure counts one attempt (`attempts`, in the row), and the MAX_DELIVER-th failed
+        attempt marks the task `failed`, so nothing loops for ever. Attempts live in the row
+        rather than in JetStream's delivery count, which also counts deliveries that never
+        reached the database, and stops redelivering silently.
 
 Claiming a task leases it (`leased_until`). While Pillow works (in a thread), heartbeats renew the
 lease and send `in_progress()`, so JetStream does not hand the message to another worker and the
 API's lease sweep leaves the row alone. A worker killed mid-image stops both: the message comes back
-after ACK_WAIT_SECONDS, or, if it is gone, the sweep re-queues the row once the lease expires. The
-output is written to a temporary file and renamed into place, and its name derives from the task's
-input, so a second run replaces rather than adds.
+after ACK_WAIT_SECONDS, or, if it is gone, the sweep re-queues the row once the lease expires. Each
+output is rendered to a temporary file and then stored (renamed into place, or put in the object
+store, whole or not at all), and its name derives from the task's input, so a second run replaces
+rather than adds.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -42,10 +45,10 @@ from core.logs import task_context
 from core.models import FINAL_STATUSES, INTERRUPTED_REASON, ImageTask, TaskStatus, finished_values
 from core.processing import Processing
 from core.queue import parse_task_id
-from core.storage import Storage, remove_quietly
+from core.storage import Area, Storage, StorageUnavailable, StoredFileMissing, remove_quietly
 from worker.metrics import WorkerMetrics
 from worker.pool import RenderInterrupted, RenderPool
-from worker.render_job import RenderSettings, render_task
+from worker.render_job import RenderedOutput, RenderSettings, render_task
 
 log = logging.getLogger(__name__)
 
@@ -157,35 +160,70 @@ class TaskProcessor:
             await self._finish_failed(task_id, INTERRUPTED_REASON.format(attempts=max_attempts), claim)
             await msg.term()
             return
-        if not self._storage.upload_path(claim.input_name).is_file():
-            await self._finish_failed(task_id, INPUT_MISSING, claim)
-            await msg.term()
-            return
         heartbeat = asyncio.create_task(self._heartbeat(msg, task_id))
         try:
             await self._render_and_finish(msg, task_id, claim)
+        except StorageUnavailable as exc:
+            # The store (NATS) is away: a passing fault like a database outage, so it costs no attempt.
+            log.warning("task %s: file store unavailable (%s); retrying later", task_id, exc)
+            await self._give_back(task_id)
+            await msg.nak(delay=self._policy.retry_delay_seconds)
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
 
     async def _render_and_finish(self, msg: Msg, task_id: int, claim: _Claim) -> None:
+        try:
+            async with self._storage.upload_file(claim.input_name) as source:
+                rendered = await self._render(msg, task_id, claim, source)
+        except StoredFileMissing:
+            await self._finish_failed(task_id, INPUT_MISSING, claim)
+            await msg.term()
+            return
+        if rendered is None:  # the attempt ended (failed, or given back)
+            return
+        outputs = await self._keep_outputs(rendered)
+        await self._finish_done_patiently(task_id, outputs)
+        self._record(claim, TaskStatus.DONE)
+        await msg.ack()
+
+    async def _keep_outputs(self, rendered: list[RenderedOutput]) -> list[dict[str, Any]]:
+        """Store each finished output under its name; on failure leave no temporary file."""
+        try:
+            for output in rendered:
+                await self._storage.keep_output(output.temp, output.record["file"])
+        finally:
+            for output in rendered:
+                remove_quietly(output.temp)
+        return [output.record for output in rendered]
+
+    async def _render(
+        self, msg: Msg, task_id: int, claim: _Claim, source: Path
+    ) -> list[RenderedOutput] | None:
+        """Render every output to a temporary file; None when the attempt ended here (the task is
+        failed, or released for another attempt) and the message is settled."""
         max_attempts = self._policy.max_attempts
         try:
-            outputs = await self._pool.run(
-                render_task, self._storage, self._render_settings, claim.input_name, claim.processing
+            return await self._pool.run(
+                render_task,
+                self._storage.folders,
+                self._render_settings,
+                source,
+                claim.input_name,
+                claim.processing,
             )
         except ImageRejected as exc:
             log.info("task %s failed: %s", task_id, exc)
             await self._finish_failed(task_id, str(exc), claim)
             await msg.term()
-            return
+            return None
         except Exception as exc:
             if claim.attempts < max_attempts:
                 log.warning("task %s: attempt %d failed (%s); retrying later", task_id, claim.attempts, exc)
                 await self._release(task_id)
                 await msg.nak(delay=self._policy.retry_delay_seconds)
-                return
+                return None
             log.exception(
                 "task %s: attempt %d of %d failed; marking it failed", task_id, claim.attempts, max_attempts
             )
@@ -196,10 +234,7 @@ class TaskProcessor:
             )
             await self._finish_failed(task_id, reason, claim)
             await msg.term()
-            return
-        await self._finish_done_patiently(task_id, outputs)
-        self._record(claim, TaskStatus.DONE)
-        await msg.ack()
+            return None
 
     def _record(self, claim: _Claim, status: TaskStatus) -> None:
         self._metrics.task_finished(
@@ -293,6 +328,16 @@ class TaskProcessor:
                 .values(status=TaskStatus.PENDING, leased_until=None)
             )
 
+    async def _give_back(self, task_id: int) -> None:
+        """After a storage outage: back to `pending` with the attempt not counted, as if the claim
+        had never happened (the message is nak'ed to come round again)."""
+        async with self._transaction() as session:
+            await session.execute(
+                update(ImageTask)
+                .where(ImageTask.id == task_id, ImageTask.status == TaskStatus.PROCESSING)
+                .values(status=TaskStatus.PENDING, leased_until=None, attempts=ImageTask.attempts - 1)
+            )
+
     async def _finish_done(self, task_id: int, outputs: list[dict[str, Any]]) -> None:
         files = [output["file"] for output in outputs]
         async with self._transaction() as session:
@@ -311,8 +356,7 @@ class TaskProcessor:
             log.info("task %s done: %s", task_id, ", ".join(files))
         elif await self._status(task_id) is None:
             # Deleted (DELETE /tasks/{id}) while it was being processed: leave nothing behind.
-            for file in files:
-                remove_quietly(self._storage.processed_path(file))
+            await self._storage.remove(Area.PROCESSED, files)
             log.info("task %s was deleted meanwhile; its output is removed", task_id)
         else:
             log.warning("task %s was finished elsewhere meanwhile; its outputs are the same files", task_id)

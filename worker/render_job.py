@@ -1,16 +1,19 @@
-"""One task's rendering, from its input file to its outputs in place: runnable in a thread or in a
-child process (so everything it takes and returns pickles, and it touches no database or NATS).
+"""One task's rendering, from a local input file to finished temporary files, one per output:
+runnable in a thread or in a child process (so everything it takes and returns pickles, and it
+touches no database or NATS). The caller stores each temporary file (core.storage), whatever the
+backend: with the local one that is a rename in the same folder, as before backends existed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from config import Settings
 from core.formats import EXTENSIONS
 from core.processing import OutputRecord, Processing, configured_presets, default_processing
-from core.storage import Storage, move_into_place, output_name_for, remove_quietly
+from core.storage import Folders, output_name_for, remove_quietly
 from worker.imaging import EncoderSettings, RenderLimits, render
 
 
@@ -36,34 +39,41 @@ def render_settings(settings: Settings) -> RenderSettings:
     )
 
 
-def render_task(
-    storage: Storage, settings: RenderSettings, input_name: str, processing: Processing
-) -> list[dict[str, Any]]:
-    """Decode once, render every output to a temporary file, then rename each into place.
+@dataclass(frozen=True)
+class RenderedOutput:
+    """One finished output: its record as the row will store it, and the temporary file holding it
+    (to be stored under `record["file"]`)."""
 
-    Returns the outputs as the row stores them (OutputRecord). Output names derive from the
-    input's, so a second run replaces the first one's files rather than adding to them.
+    record: dict[str, Any]
+    temp: Path
+
+
+def render_task(
+    folders: Folders, settings: RenderSettings, source: Path, input_name: str, processing: Processing
+) -> list[RenderedOutput]:
+    """Decode `source` once and render every output to a temporary file in PROCESSED_DIR.
+
+    Output names derive from the input's, so a second run replaces the first one's files rather
+    than adding to them. On failure no temporary file is left behind.
     """
-    temps = [(output, storage.temp_processed_path()) for output in processing.outputs]
+    temps = [(output, folders.temp_processed_path()) for output in processing.outputs]
     try:
-        source = storage.upload_path(input_name)
         results = render(source, temps, limits=settings.limits, encoder=settings.encoder)
-        records = []
+        rendered = []
         for index, ((output, temp), result) in enumerate(zip(temps, results, strict=True)):
             file = output_name_for(input_name, EXTENSIONS[result.format], index)
-            move_into_place(temp, storage.processed_path(file))
-            records.append(
-                OutputRecord(
-                    name=output.name,
-                    file=file,
-                    format=result.format,
-                    width=result.width,
-                    height=result.height,
-                    frames=result.frames,
-                    size_bytes=result.size_bytes,
-                ).model_dump()
-            )
-    finally:
+            record = OutputRecord(
+                name=output.name,
+                file=file,
+                format=result.format,
+                width=result.width,
+                height=result.height,
+                frames=result.frames,
+                size_bytes=result.size_bytes,
+            ).model_dump()
+            rendered.append(RenderedOutput(record=record, temp=temp))
+    except BaseException:
         for _, temp in temps:
             remove_quietly(temp)
-    return records
+        raise
+    return rendered

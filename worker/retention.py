@@ -8,12 +8,11 @@ import asyncio
 import logging
 from datetime import timedelta
 
-import anyio.to_thread
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.models import FINAL_STATUSES, ImageTask, output_files
-from core.storage import Storage, remove_quietly
+from core.storage import NOT_READY, Area, Storage, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +25,11 @@ async def purge_expired(
 ) -> int:
     """Delete one batch of finished tasks older than `older_than`, then their files. Returns how many.
 
-    Rows go first: a crash between the two steps leaves files without rows (wasted space), never
-    rows without files (tasks that cannot be shown).
+    Rows go first: a crash between the two steps (or a file store outage) leaves files without rows
+    (wasted space), never rows without files (tasks that cannot be shown).
     """
+    if not storage.is_ready:  # checked first: rows deleted now would leave their files for good
+        raise StorageUnavailable(NOT_READY)
     expired = (
         select(ImageTask.id)
         .where(ImageTask.status.in_(FINAL_STATUSES), ImageTask.finished_at < func.now() - older_than)
@@ -43,12 +44,10 @@ async def purge_expired(
                 .returning(ImageTask.input_name, ImageTask.output_name, ImageTask.outputs)
             )
         ).all()
-    paths = [storage.upload_path(row.input_name) for row in rows]
-    paths += [
-        storage.processed_path(file) for row in rows for file in output_files(row.output_name, row.outputs)
-    ]
-    for path in paths:
-        await anyio.to_thread.run_sync(remove_quietly, path)
+    await storage.remove(Area.UPLOADS, [row.input_name for row in rows])
+    await storage.remove(
+        Area.PROCESSED, [file for row in rows for file in output_files(row.output_name, row.outputs)]
+    )
     return len(rows)
 
 

@@ -40,10 +40,12 @@ async def _database_ok(services: ServicesDep) -> bool:
 async def ready(services: ServicesDep) -> JSONResponse:
     """Whether this API can take uploads now: PostgreSQL and NATS JetStream both reachable."""
     database_ok = await _database_ok(services)
-    nats_ok = services.publisher.is_ready
+    # With the nats storage backend, the object store buckets are part of "NATS is usable".
+    nats_ok = services.publisher.is_ready and services.storage.is_ready
+    problem = services.publisher.nats_problem or services.storage.problem
     body = ReadinessResponse(
         status="ready" if database_ok and nats_ok else "unavailable",
         database="ok" if database_ok else "unreachable",
-        nats="ok" if nats_ok else services.publisher.nats_problem or "unreachable",
+        nats="ok" if nats_ok else problem or "unreachable",
     )
     return JSONResponse(body.model_dump(), status_code=200 if body.status == "ready" else 503)

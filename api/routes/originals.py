@@ -7,11 +7,12 @@ was generated at upload, the type sniffed from the bytes); nothing from the requ
 
 from __future__ import annotations
 
-import anyio.to_thread
 from fastapi import APIRouter, HTTPException
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from api.deps import ServicesDep, TaskDep
+from api.stored_files import stored_file_response
+from core.storage import Area
 
 router = APIRouter(tags=["tasks"])
 
@@ -24,15 +25,11 @@ def original_url(task_id: int) -> str:
 
 # Not (yet) in the OpenAPI schema: tests/test_fuzz.py fuzzes every published operation from its list.
 @router.get("/tasks/{task_id}/original", response_class=FileResponse, include_in_schema=False)
-async def get_original(task: TaskDep, services: ServicesDep) -> FileResponse:
+async def get_original(task: TaskDep, services: ServicesDep) -> Response:
     """The uploaded image, with the content type recorded for it."""
-    path = services.storage.upload_path(task.input_name)
+    found = await services.storage.find(Area.UPLOADS, task.input_name)
     # Gone when the task was deleted meanwhile or retention removed its files.
-    if not await anyio.to_thread.run_sync(path.is_file):
+    if found is None:
         raise HTTPException(status_code=404, detail=ORIGINAL_NOT_FOUND)
-    return FileResponse(
-        path,
-        media_type=task.content_type,
-        # Only the uploader may see it (with API keys on), so no shared cache keeps a copy.
-        headers={"Cache-Control": "private, max-age=3600"},
-    )
+    # Only the uploader may see it (with API keys on), so no shared cache keeps a copy.
+    return stored_file_response(found, media_type=task.content_type, cache_control="private, max-age=3600")

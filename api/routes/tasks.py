@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import re
+from pathlib import PurePath
 from typing import Annotated
 
-import anyio.to_thread
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import or_, select
@@ -23,14 +24,25 @@ from api.schemas import (
     status_url,
     task_status,
 )
+from api.stored_files import stored_file_response
 from api.templating import wants_html
 from api.uploads import STORAGE_FAILED, ReceivedUpload, UploadRefused, receive_upload
 from core.db import is_database_unavailable
 from core.formats import CONTENT_TYPES, EXTENSIONS
 from core.models import ImageTask, TaskStatus, output_files
 from core.processing import Processing, ProcessingInvalid, output_size, resolve
-from core.storage import is_stored_name, new_stored_name, remove_quietly, rename_durably
+from core.storage import (
+    NOT_READY,
+    STORAGE_UNAVAILABLE,
+    Area,
+    Storage,
+    StorageUnavailable,
+    is_stored_name,
+    new_stored_name,
+    remove_quietly,
+)
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["tasks"])
 
 UPLOAD_ACCEPTED = "Upload accepted; the image is queued for processing."
@@ -169,12 +181,13 @@ async def _create_task(
     owner: str | None,
 ) -> ImageTask:
     input_name = new_stored_name(upload.info.extension)
-    stored = services.storage.upload_path(input_name)
+    storage = services.storage
     try:
-        # Off the event loop: the folder sync waits for the disk.
-        await anyio.to_thread.run_sync(rename_durably, upload.temp_path, stored)
+        await storage.keep_upload(upload.temp_path, input_name)
     except OSError as exc:
         raise UploadRefused(503, STORAGE_FAILED) from exc
+    except StorageUnavailable as exc:
+        raise UploadRefused(503, STORAGE_UNAVAILABLE) from exc
     task = ImageTask(
         filename=upload.display_name,
         content_type=upload.info.content_type,
@@ -193,7 +206,7 @@ async def _create_task(
         # INSERT first: a database that is down fails here, and then nothing was stored.
         await session.flush()
     except BaseException:
-        remove_quietly(stored)
+        await _forget_upload(storage, input_name)
         raise
     try:
         await session.commit()
@@ -201,9 +214,18 @@ async def _create_task(
         # A COMMIT whose answer was lost may have been applied: keep the file its row would need.
         # (At worst that leaves a file with no row; deleting it could leave a row with no file.)
         if not is_database_unavailable(exc):
-            remove_quietly(stored)
+            await _forget_upload(storage, input_name)
         raise
     return task
+
+
+async def _forget_upload(storage: Storage, input_name: str) -> None:
+    """Remove an upload whose row could not be made. Failing that, the file is left without a row:
+    wasted space, which is better than a 500 over a database error the client should see."""
+    try:
+        await storage.remove(Area.UPLOADS, [input_name])
+    except StorageUnavailable as exc:
+        log.warning("could not remove upload %s after a failed insert: %s", input_name, exc)
 
 
 def _answer(request: Request, task: ImageTask, message: str, *, replayed: bool) -> Response:
@@ -234,7 +256,10 @@ def _answer(request: Request, task: ImageTask, message: str, *, replayed: bool) 
             "model": ErrorResponse,
             "description": "Bad form or processing (named in the message), too many pixels, or a reused key.",
         },
-        503: {"model": ErrorResponse, "description": "The database is unavailable; nothing was stored."},
+        503: {
+            "model": ErrorResponse,
+            "description": "The database or the file store is unavailable; nothing was stored.",
+        },
     },
 )
 async def upload(
@@ -257,7 +282,7 @@ async def upload(
     settings = services.settings
     received = await receive_upload(
         request,
-        storage=services.storage,
+        folders=services.storage.folders,
         max_file_bytes=settings.max_upload_bytes,
         max_pixels=settings.max_image_pixels,
         max_frames=settings.max_frames,
@@ -305,12 +330,19 @@ async def get_task(task: TaskDep) -> TaskStatusResponse:
 async def delete_task(task: TaskDep, session: SessionDep, services: ServicesDep) -> Response:
     """Remove a task and its files. A worker processing it at that moment drops its result when it
     next looks (its message is then terminated, its output removed)."""
-    files = [services.storage.upload_path(task.input_name)]
-    files += [services.storage.processed_path(file) for file in output_files(task.output_name, task.outputs)]
+    outputs = output_files(task.output_name, task.outputs)
+    task_id, input_name = task.id, task.input_name
+    if not services.storage.is_ready:  # before the row goes, or its files would stay for good
+        raise StorageUnavailable(NOT_READY)
+    # Rows go first (as in worker/retention.py): a failure after the commit leaves files without a
+    # row (wasted space), never a row without its files.
     await session.delete(task)
     await session.commit()
-    for path in files:
-        await anyio.to_thread.run_sync(remove_quietly, path)
+    try:
+        await services.storage.remove(Area.UPLOADS, [input_name])
+        await services.storage.remove(Area.PROCESSED, outputs)
+    except StorageUnavailable as exc:
+        log.warning("task %s deleted, but its files could not be removed: %s", task_id, exc)
     return Response(status_code=204)
 
 
@@ -339,13 +371,14 @@ async def list_tasks(
     response_class=FileResponse,
     responses={
         200: {"content": {mt: {} for mt in _MEDIA_TYPES.values()}, "description": "The processed image."},
+        503: {"model": ErrorResponse, "description": "The file store (NATS backend) is unavailable."},
         401: {"model": ErrorResponse, "description": "API keys are on and X-API-Key is missing or unknown."},
         404: {"model": ErrorResponse, "description": "No such processed image (or another key's)."},
     },
 )
 async def get_processed(
     name: Annotated[str, Path(max_length=64)], services: ServicesDep, session: SessionDep, caller: CallerDep
-) -> FileResponse:
+) -> Response:
     """A processed image, by the generated name given in `processed_url`."""
     if not is_stored_name(name):
         raise HTTPException(status_code=404, detail=PROCESSED_NOT_FOUND)
@@ -360,12 +393,12 @@ async def get_processed(
         )
         if owned is None:
             raise HTTPException(status_code=404, detail=PROCESSED_NOT_FOUND)
-    path = services.storage.processed_path(name)
-    if not path.is_file():
+    found = await services.storage.find(Area.PROCESSED, name)
+    if found is None:
         raise HTTPException(status_code=404, detail=PROCESSED_NOT_FOUND)
-    return FileResponse(
-        path,
-        media_type=_MEDIA_TYPES.get(path.suffix, "application/octet-stream"),
+    return stored_file_response(
+        found,
+        media_type=_MEDIA_TYPES.get(PurePath(name).suffix, "application/octet-stream"),
         # Not `immutable`: a re-run after a crash rewrites the file (with the same picture).
-        headers={"Cache-Control": "public, max-age=86400"},
+        cache_control="public, max-age=86400",
     )

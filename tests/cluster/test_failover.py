@@ -8,8 +8,10 @@ the crash takes both leaders at once. With STREAM_REPLICAS=3 the stream and its 
 quorum throughout, so every upload that got a 200 must end `done`, rendered and recorded exactly
 once, at its first attempt: a failover may delay a task but must cost it nothing.
 
-Storage is the local backend: APIs and workers share two folders, as they share a volume in the
-cluster compose file until the NATS storage backend exists.
+Storage is the `nats` backend, as in the cluster compose file: uploads and outputs live in object
+store buckets replicated on the three nodes, and before the crash their streams are made to be led
+from the doomed node too, so the crash also interrupts puts and reads of images. Each process has
+its own scratch folders, as on separate hosts.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import queue
 from core.db import make_engine, make_sessionmaker
+from core.object_store import BUCKETS
+from core.storage import Area
 from devstack.servers import LocalNatsCluster, free_port
 from devstack.stack import LocalServers, migrate, start_api, start_worker
 from tests.conftest import TEST_SETTINGS
 from tests.faults.burst import Burst, new_prefix
-from tests.faults.outcome import assert_processed_once, wait_until_done, wait_until_settled
+from tests.faults.outcome import assert_outputs_once, wait_until_done, wait_until_settled
 from tests.faults.processes import Started, api_ready, worker_ready
 from tests.waiting import eventually
 
@@ -84,10 +88,14 @@ async def observer(nats_cluster: LocalNatsCluster) -> AsyncIterator[NATS]:
     await connection.close()
 
 
-async def _stream_cluster(observer: NATS) -> tuple[str | None, dict[str, bool]]:
+# The task stream and the two buckets' streams (core.object_store).
+STREAMS = (queue.STREAM, *(f"OBJ_{bucket}" for bucket in BUCKETS.values()))
+
+
+async def _stream_cluster(observer: NATS, stream: str = queue.STREAM) -> tuple[str | None, dict[str, bool]]:
     """(leader, {follower: current}) as the stream reports them; (None, {}) while it cannot answer."""
     try:
-        info = await observer.jetstream().stream_info(queue.STREAM)
+        info = await observer.jetstream().stream_info(stream)
     except Exception:  # no leader at this moment: the question is asked again
         return None, {}
     cluster = info.cluster
@@ -95,17 +103,17 @@ async def _stream_cluster(observer: NATS) -> tuple[str | None, dict[str, bool]]:
     return cluster.leader, {peer.name: bool(peer.current) for peer in cluster.replicas or []}
 
 
-async def _fully_replicated(observer: NATS) -> tuple[str, list[str]]:
+async def _fully_replicated(observer: NATS, stream: str = queue.STREAM) -> tuple[str, list[str]]:
     """Wait until the stream has a leader and every follower is current; return (leader, followers)."""
     state: tuple[str | None, dict[str, bool]] = (None, {})
 
     async def replicated() -> bool:
         nonlocal state
-        state = await _stream_cluster(observer)
+        state = await _stream_cluster(observer, stream)
         leader, followers = state
         return leader is not None and len(followers) == REPLICAS - 1 and all(followers.values())
 
-    await eventually(replicated, timeout=30, what="the stream led, with every follower current")
+    await eventually(replicated, timeout=30, what=f"stream {stream} led, with every follower current")
     leader, followers = state
     assert leader is not None
     return leader, sorted(followers)
@@ -134,6 +142,31 @@ async def _lead_the_consumer_from(observer: NATS, node: str) -> None:
     await eventually(led_from_node, timeout=30, what=f"the consumer led from {node}")
 
 
+async def _lead_the_stream_from(observer: NATS, stream: str, node: str) -> None:
+    """Move a stream's leadership to `node` (leader stepdown with a preferred placement)."""
+    stepdown = f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}"
+
+    async def led_from_node() -> bool:
+        leader, _ = await _stream_cluster(observer, stream)
+        if leader == node:
+            return True
+        if leader is not None:
+            with contextlib.suppress(Exception):
+                await observer.request(
+                    stepdown, json.dumps({"placement": {"preferred": node}}).encode(), timeout=2
+                )
+        return False
+
+    await eventually(led_from_node, timeout=30, what=f"stream {stream} led from {node}")
+
+
+async def _stored_outputs(observer: NATS) -> dict[str, bytes]:
+    """Every object in the processed bucket, by name (a few hundred small images)."""
+    store = await observer.jetstream().object_store(BUCKETS[Area.PROCESSED])
+    names = [info.name for info in await store.list(ignore_deletes=True)]
+    return {name: (await store.get(name)).data or b"" for name in names}
+
+
 def _renders(workers: list[Started]) -> collections.Counter[int]:
     text = "".join(worker.log_file.read_text(errors="replace") for worker in workers)
     return collections.Counter(int(task_id) for task_id in _RECORDED_RENDER.findall(text))
@@ -153,23 +186,34 @@ async def test_every_accepted_upload_is_done_once_across_a_node_stop_and_a_leade
     )
     await _fully_replicated(observer)
 
-    # Every process gets all three nodes, as in docker-compose.cluster.yml.
+    # Every process gets all three nodes, as in docker-compose.cluster.yml, and scratch folders of its
+    # own (nothing shared but NATS and PostgreSQL).
     env = {
         **TEST_SETTINGS,
         "DATABASE_URL": cluster_database,
         "NATS_URL": nats_cluster.url,
         "STREAM_REPLICAS": str(REPLICAS),
-        "UPLOADS_DIR": str(tmp_path / "uploads"),
-        "PROCESSED_DIR": str(tmp_path / "processed"),
+        "STORAGE_BACKEND": "nats",
     }
+
+    def scratch(process: str) -> dict[str, str]:
+        return {
+            "UPLOADS_DIR": str(tmp_path / process / "uploads"),
+            "PROCESSED_DIR": str(tmp_path / process / "processed"),
+        }
+
     ports = [free_port() for _ in range(API_COUNT)]
     apis = [
-        Started(start_api(env, port, log_file=tmp_path / f"api-{index}.log"), tmp_path / f"api-{index}.log")
+        Started(
+            start_api({**env, **scratch(f"api-{index}")}, port, log_file=tmp_path / f"api-{index}.log"),
+            tmp_path / f"api-{index}.log",
+        )
         for index, port in enumerate(ports)
     ]
     workers = [
         Started(
-            start_worker(env, log_file=tmp_path / f"worker-{index}.log"), tmp_path / f"worker-{index}.log"
+            start_worker({**env, **scratch(f"worker-{index}")}, log_file=tmp_path / f"worker-{index}.log"),
+            tmp_path / f"worker-{index}.log",
         )
         for index in range(WORKER_COUNT)
     ]
@@ -197,6 +241,9 @@ async def test_every_accepted_upload_is_done_once_across_a_node_stop_and_a_leade
             await asyncio.to_thread(follower.start)
             leader, _ = await _fully_replicated(observer)
             await _lead_the_consumer_from(observer, leader)
+            for stream in STREAMS[1:]:
+                await _fully_replicated(observer, stream)
+                await _lead_the_stream_from(observer, stream, leader)
             assert (await _stream_cluster(observer))[0] == leader, "the stream's leader moved meanwhile"
 
             crashed = nats_cluster.node(leader)
@@ -219,7 +266,8 @@ async def test_every_accepted_upload_is_done_once_across_a_node_stop_and_a_leade
         rows = await wait_until_settled(cluster_db, prefix, timeout=10)
         assert {row.id for row in rows} == accepted
         assert [row for row in rows if row.status != "done"] == []
-        assert_processed_once(rows, tmp_path / "processed")
+        outputs = await _stored_outputs(observer)
+        assert_outputs_once(rows, set(outputs), outputs.__getitem__)
         # Bookkeeping: the failover cost no task an attempt, and no task was rendered twice.
         assert [row for row in rows if row.attempts != 1] == []
         renders = _renders(workers)
@@ -230,6 +278,8 @@ async def test_every_accepted_upload_is_done_once_across_a_node_stop_and_a_leade
         )
         for worker in workers:
             assert await worker.stop() == 0, worker.log_tail()
+        left = [path for process in ("api", "worker") for path in tmp_path.glob(f"{process}-*/*/*")]
+        assert left == [], "scratch files outlived their task"
     finally:
         for process in (*workers, *apis):
             await process.stop()

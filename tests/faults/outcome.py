@@ -2,14 +2,16 @@
 
 - every task that got a 200 ends `done`, as `/status` reports it;
 - no row the burst created (answered or cut off) is left `pending` or `processing`;
-- each done task has exactly one output in PROCESSED_DIR (named after its input, so a second run
-  would have replaced it rather than added one), and it decodes completely.
+- each done task has exactly one output in PROCESSED_DIR or the processed bucket (named after its
+  input, so a second run would have replaced it rather than added one), and it decodes completely.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -100,7 +102,11 @@ async def wait_until_settled(db: AsyncSession, prefix: str, *, timeout: float) -
 
 def assert_processed_once(rows: list[TaskRow], processed_dir: Path) -> None:
     """Each done row has one output, named after its input, alone under that name, fully decodable."""
-    outputs = stored_files(processed_dir)
+    assert_outputs_once(rows, stored_files(processed_dir), lambda name: (processed_dir / name).read_bytes())
+
+
+def assert_outputs_once(rows: list[TaskRow], outputs: set[str], read: Callable[[str], bytes]) -> None:
+    """As assert_processed_once, for outputs wherever they are stored: their names, and a reader."""
     by_stem: dict[str, list[str]] = {}
     for name in outputs:
         by_stem.setdefault(Path(name).stem, []).append(name)
@@ -110,6 +116,6 @@ def assert_processed_once(rows: list[TaskRow], processed_dir: Path) -> None:
         stem = Path(row.input_name).stem
         assert row.output_name is not None and Path(row.output_name).stem == stem, row
         assert by_stem.get(stem) == [row.output_name], (row, by_stem.get(stem))
-        with Image.open(processed_dir / row.output_name) as output:
+        with Image.open(io.BytesIO(read(row.output_name))) as output:
             output.load()  # raises on a truncated or corrupt file
             assert output.size == (row.width, row.height), (row, output.size)
