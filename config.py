@@ -87,8 +87,8 @@ _DEFAULTS: dict[str, object] = {
     "PRESETS": {},
     "MAX_OUTPUT_PIXELS": 50_000_000,
     "KEEP_METADATA": False,
-    # WebP encoder effort 0-6. Measured on a 12 MP photo-like JPEG (README, "Output formats"):
-    # 0 encodes 6× faster than Pillow's default 4, and its file was no larger.
+    # WebP encoder effort 0-6. Measured on a 12 MP photo at quality 80 (README, "Speed"): 0 encodes
+    # 4.4× faster than Pillow's default 4, for a file 3% larger.
     "WEBP_METHOD": 0,
     "WORKER_POOL": "threads",
     "WEBHOOK_SECRET": "",
