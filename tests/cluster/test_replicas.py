@@ -37,7 +37,8 @@ async def _peers(nc: NATS, *, consumer: bool) -> list[str]:
     """The nodes following the stream's (or the consumer's) leader, once they are current."""
     js = nc.jetstream()
     info = await (js.consumer_info(queue.STREAM, queue.DURABLE) if consumer else js.stream_info(queue.STREAM))
-    assert info.cluster is not None
+    if info.cluster is None:
+        return []  # mid-change (a consumer being moved to its new peers) the server may show none
     return sorted(peer.name for peer in info.cluster.replicas or [] if peer.current)
 
 
