@@ -83,6 +83,15 @@ async def result_page(request: Request, task: TaskDep) -> HTMLResponse:
             "original_url": original_url(task.id),
             "original_facts": image_facts(task.width, task.height, task.size_bytes),
             "output_facts": output_facts(status),
+            "requested": [
+                {
+                    "name": item["name"],
+                    "what": f"preset {item['preset']}"
+                    if item["preset"]
+                    else ", ".join(op["op"] for op in item["ops"]),
+                }
+                for item in status.get("processing") or []
+            ],
             "all_outputs": [
                 {
                     "name": output["name"],

@@ -91,6 +91,7 @@ async def test_several_outputs_from_one_upload(
         assert served.headers["content-type"] == by_name[name]["content_type"]
     assert len({output["url"] for output in status["outputs"]}) == 4
     page = (await client.get(f"/result/{status['task_id']}")).text
+    assert "thumb: preset thumbnail; large: preset web; grey: grayscale, format; square: crop, format" in page
     for name, output in by_name.items():
         assert f'<a href="{output["url"]}" download>{name}</a>' in page
 
