@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,12 +65,21 @@ class LocalServers:
         return {"DATABASE_URL": self.postgres.url(), "NATS_URL": self.nats.url, **overrides}
 
 
-def start_api(env: Mapping[str, str], port: int, *, log_file: Path | None = None) -> subprocess.Popen:
+def start_api(
+    env: Mapping[str, str],
+    port: int,
+    *,
+    log_file: Path | None = None,
+    app: str = "api.main:app",
+    extra_args: Sequence[str] = (),
+) -> subprocess.Popen:
+    """uvicorn serving `app` (the benchmarks pass their bare endpoint, with the same settings)."""
     return _start(
         [
-            *(sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)),
+            *(sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)),
             # As in Dockerfile.api: outlive clients' keep-alive expiry so reused connections are not cut.
             *("--timeout-keep-alive", "30", "--timeout-graceful-shutdown", "20"),
+            *extra_args,
         ],
         env,
         log_file,
