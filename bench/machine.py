@@ -80,6 +80,15 @@ def _tree_cpu(process: psutil.Process) -> float:
         return 0.0
 
 
+def tree_cpu(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    try:
+        return _tree_cpu(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
 def _machine_busy() -> float:
     times = psutil.cpu_times()
     return sum(times) - times.idle - getattr(times, "iowait", 0.0) - getattr(times, "guest", 0.0)
@@ -125,7 +134,9 @@ class CpuAccount:
         }
 
 
-def process_cpu(pid: int) -> float:
+def process_cpu(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
     try:
         times = psutil.Process(pid).cpu_times()
     except psutil.NoSuchProcess:

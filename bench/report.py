@@ -243,6 +243,9 @@ def markdown(results: dict[str, Any]) -> str:
                             if endpoint != "sink"
                             else "—",
                             Spread.of(r["loader_cpu_ms_per_request"] for r in chosen).show(2),
+                            Spread.of(r.get("postgres_cpu_ms_per_request", 0) for r in chosen).show(2),
+                            Spread.of(r.get("nats_cpu_ms_per_request", 0) for r in chosen).show(2),
+                            Spread.of(r.get("postgres_sessions_opened", 0) for r in chosen).show(),
                             str(sum(r["errors"] for r in chosen)),
                         ]
                     )
@@ -260,6 +263,9 @@ def markdown(results: dict[str, Any]) -> str:
                     "p99 ms",
                     "server CPU ms/upload",
                     "generator CPU ms/request",
+                    "PostgreSQL CPU ms/upload",
+                    "nats-server CPU ms/upload",
+                    "PostgreSQL sessions opened",
                     "errors",
                 ],
                 rows,

@@ -22,7 +22,15 @@ from nats.js.errors import NotFoundError
 
 from core import queue
 from devstack.servers import free_port
-from devstack.stack import LocalServers, migrate, start_api, start_worker, stop_process, wait_until_ready
+from devstack.stack import (
+    PROJECT_ROOT,
+    LocalServers,
+    migrate,
+    start_api,
+    start_worker,
+    stop_process,
+    wait_until_ready,
+)
 
 # WARNING: the workers' per-task INFO lines would cost them time that no deployment logs at that rate.
 BENCH_SETTINGS = {"LOG_LEVEL": "WARNING"}
@@ -88,6 +96,18 @@ class BenchStack:
             return int(pid_file.read_text().split()[0])
         return None
 
+    def nats_pid(self) -> int | None:
+        process = self.servers.nats._process
+        return process.pid if process is not None else None
+
+    async def sessions_opened(self) -> int:
+        """Sessions PostgreSQL has counted for the database so far (pg_stat_database, at their end)."""
+        await self.db.execute("SELECT pg_stat_clear_snapshot()")
+        value = await self.db.fetchval(
+            "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+        )
+        return int(value or 0)
+
     async def postgres_version(self) -> str:
         return str(await self.db.fetchval("SHOW server_version"))
 
@@ -107,7 +127,13 @@ class BenchStack:
 
     @contextlib.asynccontextmanager
     async def api(
-        self, *, app: str = "api.main:app", name: str = "api", env: dict[str, str] | None = None
+        self,
+        *,
+        app: str = "api.main:app",
+        name: str = "api",
+        env: dict[str, str] | None = None,
+        root: Path = PROJECT_ROOT,
+        uvicorn_args: Sequence[str] | None = None,
     ) -> AsyncIterator[Api]:
         port = free_port()
         process = start_api(
@@ -115,7 +141,8 @@ class BenchStack:
             port,
             log_file=self.workdir / f"{name}.log",
             app=app,
-            extra_args=self.uvicorn_args,
+            extra_args=self.uvicorn_args if uvicorn_args is None else uvicorn_args,
+            root=root,
         )
         api = Api(process, port)
         try:
@@ -129,7 +156,9 @@ class BenchStack:
             await asyncio.to_thread(stop_process, process)
 
     @contextlib.asynccontextmanager
-    async def workers(self, count: int, *, env: dict[str, str] | None = None) -> AsyncIterator[list[int]]:
+    async def workers(
+        self, count: int, *, env: dict[str, str] | None = None, root: Path = PROJECT_ROOT
+    ) -> AsyncIterator[list[int]]:
         """`count` worker processes, yielded once each is fetching (its heartbeat file exists)."""
         processes: list[subprocess.Popen] = []
         beats = [self.workdir / f"worker-{index}.alive" for index in range(count)]
@@ -137,7 +166,7 @@ class BenchStack:
             for beat in beats:
                 beat.unlink(missing_ok=True)
                 worker_env = {**self.env, **(env or {}), "WORKER_HEARTBEAT_FILE": str(beat)}
-                processes.append(start_worker(worker_env, log_file=self.workdir / "workers.log"))
+                processes.append(start_worker(worker_env, log_file=self.workdir / "workers.log", root=root))
             deadline = time.monotonic() + 60
             while not all(beat.exists() for beat in beats):
                 if time.monotonic() > deadline or any(p.poll() is not None for p in processes):

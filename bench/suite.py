@@ -180,6 +180,8 @@ class Suite:
         plan = self.plan
         pid = target.process.pid if target is not None else None
         cpu_before = machine.process_cpu(pid) if pid else 0.0
+        services_before = self.services_cpu()
+        sessions_before = await self.stack.sessions_opened()
         result = await self.load(
             port,
             image,
@@ -189,6 +191,9 @@ class Suite:
             warmup=max(concurrency, 20 if image == "small" else 5),
         )
         server_cpu = (machine.process_cpu(pid) - cpu_before) if pid else 0.0
+        services = {name: cpu - services_before[name] for name, cpu in self.services_cpu().items()}
+        # Each new PostgreSQL session is a forked backend and a handshake: a pool too small churns.
+        sessions = await self.stack.sessions_opened() - sessions_before
         ok = result["statuses"].get("200", 0)
         done = len(result["latencies"])
         errors = done - ok + sum(result["transport_errors"].values())
@@ -204,6 +209,16 @@ class Suite:
             "p99_ms": report.percentile(result["latencies"], 0.99) * 1000,
             "server_cpu_ms_per_request": server_cpu / max(done, 1) * 1000,
             "loader_cpu_ms_per_request": result["cpu_seconds"] / max(done, 1) * 1000,
+            "postgres_cpu_ms_per_request": services["postgres"] / max(done, 1) * 1000,
+            "nats_cpu_ms_per_request": services["nats"] / max(done, 1) * 1000,
+            "postgres_sessions_opened": sessions,
+        }
+
+    def services_cpu(self) -> dict[str, float]:
+        """CPU seconds so far of PostgreSQL (postmaster and its backends) and of nats-server."""
+        return {
+            "postgres": machine.tree_cpu(self.stack.postmaster_pid()),
+            "nats": machine.process_cpu(self.stack.nats_pid()),
         }
 
     # -- 2. queue overhead ----------------------------------------------------------------------

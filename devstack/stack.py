@@ -72,8 +72,10 @@ def start_api(
     log_file: Path | None = None,
     app: str = "api.main:app",
     extra_args: Sequence[str] = (),
+    root: Path = PROJECT_ROOT,
 ) -> subprocess.Popen:
-    """uvicorn serving `app` (the benchmarks pass their bare endpoint, with the same settings)."""
+    """uvicorn serving `app` from the code in `root` (the benchmarks also start their bare endpoint,
+    and an earlier version of the code, with the same settings)."""
     return _start(
         [
             *(sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)),
@@ -83,6 +85,7 @@ def start_api(
         ],
         env,
         log_file,
+        root,
     )
 
 
@@ -102,16 +105,20 @@ def running_api(env: Mapping[str, str], *, log_file: Path) -> Iterator[str]:
         stop_process(process)
 
 
-def start_worker(env: Mapping[str, str], *, log_file: Path | None = None) -> subprocess.Popen:
-    return _start([sys.executable, "-m", "worker"], env, log_file)
+def start_worker(
+    env: Mapping[str, str], *, log_file: Path | None = None, root: Path = PROJECT_ROOT
+) -> subprocess.Popen:
+    return _start([sys.executable, "-m", "worker"], env, log_file, root)
 
 
-def _start(command: list[str], env: Mapping[str, str], log_file: Path | None) -> subprocess.Popen:
+def _start(
+    command: list[str], env: Mapping[str, str], log_file: Path | None, root: Path = PROJECT_ROOT
+) -> subprocess.Popen:
     output = open(log_file, "ab") if log_file else None  # noqa: SIM115
     try:
         return subprocess.Popen(
             command,
-            cwd=PROJECT_ROOT,
+            cwd=root,
             env={**os.environ, **env},
             stdout=output,
             stderr=subprocess.STDOUT if output else None,
