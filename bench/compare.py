@@ -44,16 +44,19 @@ async def ingest_once(suite: Suite, root: Path, uvicorn_args: list[str], concurr
     async with suite.stack.api(root=root, uvicorn_args=uvicorn_args) as api:
         cpu_before = suite.cpu.snapshot()
         api_cpu = report_cpu(api.process.pid)
+        sessions = await suite.stack.sessions_opened()
         result = await suite.load(
             api.port, "small", count=5000, concurrency=concurrency, max_seconds=6, warmup=50
         )
         api_cpu = report_cpu(api.process.pid) - api_cpu
+        sessions = await suite.stack.sessions_opened() - sessions
         other = suite.cpu.between(cpu_before, suite.cpu.snapshot())["other_cpu_share"]
     done = len(result["latencies"])
     return {
         "rate": result["statuses"].get("200", 0) / result["elapsed"],
         "p99_ms": report.percentile(result["latencies"], 0.99) * 1000,
         "api_cpu_ms": api_cpu / max(done, 1) * 1000,
+        "pg_sessions_per_1000": sessions / max(done, 1) * 1000,
         "other_load": other,
     }
 

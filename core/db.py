@@ -57,12 +57,18 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def make_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """An asyncpg engine that notices dead connections (a restarted PostgreSQL) before using them."""
+def make_engine(database_url: str, *, pool_size: int = 20) -> AsyncEngine:
+    """An asyncpg engine that notices dead connections (a restarted PostgreSQL) before using them.
+
+    `pool_size` connections are kept; up to half as many more are opened for a burst and closed
+    after it. The API's default of 20 covers 16 uploads at once without opening a connection per
+    request (each one a forked PostgreSQL backend); two API replicas and a few workers stay well
+    under PostgreSQL's default max_connections of 100.
+    """
     return create_async_engine(
         database_url,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=max(2, pool_size // 2),
         pool_pre_ping=True,
         pool_timeout=10,
         # Fail fast when the server is down instead of hanging a request or a message.
