@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import io
 import shutil
 import subprocess
@@ -72,6 +73,17 @@ async def drain_once(suite: Suite, root: Path, uvicorn_args: list[str], tasks: i
     return {"rate": counts.get("done", 0) / (float(last) - started)}
 
 
+async def overhead_once(suite: Suite, root: Path, uvicorn_args: list[str]) -> dict[str, Any]:
+    """Upload → done at concurrency 1 with one worker (the suite's queue-overhead scenario)."""
+    await suite.stack.empty()
+    async with (
+        suite.stack.api(root=root, uvicorn_args=uvicorn_args) as api,
+        suite.stack.workers(1, root=root),
+    ):
+        figures = await suite.overhead_once(api, 0, pillow_ms=0.0)
+    return {key: figures[key] for key in ("server_p50_ms", "server_p99_ms", "client_p50_ms", "client_p99_ms")}
+
+
 def report_cpu(pid: int) -> float:
     from bench.machine import process_cpu
 
@@ -86,7 +98,8 @@ async def compare(args: argparse.Namespace) -> None:
         small = workdir / "small.jpg"
         small.write_bytes(photo_jpeg(*SMALL))
         await stack.start()
-        suite = Suite(stack, Plan.quick(args.reps), {"small": small})
+        plan = dataclasses.replace(Plan.quick(args.reps), overhead_uploads=args.overhead_uploads)
+        suite = Suite(stack, plan, {"small": small})
         variants = {
             "before": (before_root, list(args.before_uvicorn_arg)),
             "after": (PROJECT_ROOT, list(args.after_uvicorn_arg)),
@@ -100,6 +113,9 @@ async def compare(args: argparse.Namespace) -> None:
                         runs.append(
                             {"rep": rep, "variant": name, "what": f"ingest c{concurrency}", **figures}
                         )
+                if "overhead" in args.what:
+                    figures = await overhead_once(suite, root, uvicorn_args)
+                    runs.append({"rep": rep, "variant": name, "what": "queue overhead c1", **figures})
                 if "drain" in args.what:
                     figures = await drain_once(suite, root, uvicorn_args, args.drain_tasks)
                     runs.append({"rep": rep, "variant": name, "what": "drain 1 worker", **figures})
@@ -110,8 +126,8 @@ async def compare(args: argparse.Namespace) -> None:
             "| scenario | figure | before | after | after / before (per repetition) |\n|---|---|---|---|---|"
         )
         for what in dict.fromkeys(run["what"] for run in runs):
-            keys = [key for key in runs[0] if key not in ("rep", "variant", "what")]
-            for key in [k for k in keys if any(k in run for run in runs if run["what"] == what)]:
+            first = next(run for run in runs if run["what"] == what)
+            for key in [key for key in first if key not in ("rep", "variant", "what")]:
                 before = [r for r in runs if r["what"] == what and r["variant"] == "before"]
                 after = [r for r in runs if r["what"] == what and r["variant"] == "after"]
                 ratios = report.Spread.of(
@@ -131,9 +147,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="git ref of the code to compare with")
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--what", action="append", choices=("ingest", "drain"))
+    parser.add_argument("--what", action="append", choices=("ingest", "overhead", "drain"))
     parser.add_argument("--concurrency", type=int, action="append")
     parser.add_argument("--drain-tasks", type=int, default=1000)
+    parser.add_argument("--overhead-uploads", type=int, default=100)
     parser.add_argument("--before-uvicorn-arg", action="append", default=[])
     parser.add_argument("--after-uvicorn-arg", action="append", default=[])
     args = parser.parse_args()
