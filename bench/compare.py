@@ -66,11 +66,21 @@ async def drain_once(suite: Suite, root: Path, uvicorn_args: list[str], tasks: i
     await suite.stack.empty()
     async with suite.stack.api(root=root, uvicorn_args=uvicorn_args) as api:
         await suite.load(api.port, "small", count=tasks, concurrency=16, max_seconds=120)
-    async with suite.stack.workers(1, root=root):
+    async with suite.stack.workers(1, root=root) as (pid,):
+        cpu = report_cpu(pid)
+        postgres = suite.services_cpu()["postgres"]
         started = time.time()
         counts = await suite.stack.wait_final(tasks, within=300)
         last = await suite.stack.db.fetchval("SELECT extract(epoch FROM max(finished_at)) FROM image_tasks")
-    return {"rate": counts.get("done", 0) / (float(last) - started)}
+        cpu = report_cpu(pid) - cpu
+        postgres = suite.services_cpu()["postgres"] - postgres
+    done = max(counts.get("done", 0), 1)
+    return {
+        "rate": counts.get("done", 0) / (float(last) - started),
+        # CPU time per image is far steadier than a rate on a machine shared with other work.
+        "worker_cpu_ms": cpu / done * 1000,
+        "postgres_cpu_ms": postgres / done * 1000,
+    }
 
 
 async def overhead_once(suite: Suite, root: Path, uvicorn_args: list[str]) -> dict[str, Any]:

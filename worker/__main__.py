@@ -89,8 +89,12 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     configure_pillow(settings.max_image_pixels)
     storage = Storage(settings.uploads_dir, settings.processed_dir)
     storage.ensure_dirs()
-    # One connection per message held, so a full pipeline never opens and closes overflow ones.
-    engine = make_engine(settings.database_url, pool_size=settings.worker_concurrency * PIPELINE_DEPTH)
+    # One connection per message held, so a full pipeline never opens and closes overflow ones. No
+    # pre-ping: a dead connection (PostgreSQL restarted) fails its query, which the consumer already
+    # treats as an outage (nak, pause fetching), and the error discards the pool's stale connections.
+    engine = make_engine(
+        settings.database_url, pool_size=settings.worker_concurrency * PIPELINE_DEPTH, pre_ping=False
+    )
     executor = ThreadPoolExecutor(max_workers=settings.worker_concurrency, thread_name_prefix="pillow")
     sessions = make_sessionmaker(engine)
     processor = TaskProcessor(
