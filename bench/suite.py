@@ -68,6 +68,9 @@ class Plan:
     e2e_uploads: int
     bare_loop_seconds: float
     worker_memory_images: tuple[str, ...]
+    # Also drain with WORKER_CONCURRENCY=1 (one render thread per process), this many tasks (0: not):
+    # the default (CPU count) lets one process use both cores, so 1 → 2 processes says little alone.
+    single_thread_drain_tasks: int = 0
 
     @classmethod
     def full(cls, reps: int) -> Plan:
@@ -82,6 +85,7 @@ class Plan:
             e2e_uploads=1000,
             bare_loop_seconds=6.0,
             worker_memory_images=("24mp", "50mp"),
+            single_thread_drain_tasks=1000,
         )
 
     @classmethod
@@ -301,22 +305,32 @@ class Suite:
                     {"rep": rep, "kind": "bare", "rate": loop["rate"], "median_ms": loop["median_ms"]}
                 )
                 for workers in (1, 2):
-                    runs.append(await self.drain_once(api, workers, rep))
+                    runs.append(await self.drain_once(api, workers, rep, self.plan.drain_tasks))
+                if self.plan.single_thread_drain_tasks:
+                    single = {"WORKER_CONCURRENCY": "1"}
+                    for workers in (1, 2):
+                        run = await self.drain_once(
+                            api, workers, rep, self.plan.single_thread_drain_tasks, single
+                        )
+                        runs.append({**run, "kind": run["kind"] + ", 1 thread each"})
         return {"tasks": self.plan.drain_tasks, "runs": runs}
 
-    async def drain_once(self, api: Api, workers: int, rep: int) -> dict[str, Any]:
+    async def drain_once(
+        self, api: Api, workers: int, rep: int, tasks: int, env: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         await self.stack.empty()
-        tasks = self.plan.drain_tasks
         upload = await self.load(api.port, "small", count=tasks, concurrency=16, max_seconds=120)
         accepted = upload["statuses"].get("200", 0)
         if await self.stack.unqueued():
             raise RuntimeError("some uploads were not published at once; the drain would be wrong")
-        async with self.stack.workers(workers):
+        async with self.stack.workers(workers, env=env) as pids:
+            cpu = sum(machine.process_cpu(pid) for pid in pids)
             started = time.time()
             counts = await self.stack.wait_final(accepted, within=300)
             last = await self.stack.db.fetchval(
                 "SELECT extract(epoch FROM max(finished_at)) FROM image_tasks"
             )
+            cpu = sum(machine.process_cpu(pid) for pid in pids) - cpu
         elapsed = float(last) - started
         return {
             "rep": rep,
@@ -327,6 +341,7 @@ class Suite:
             "failed": counts.get("failed", 0),
             "rate": counts.get("done", 0) / elapsed,
             "upload_rate": accepted / upload["elapsed"],
+            "worker_cpu_ms_per_image": cpu / max(counts.get("done", 0), 1) * 1000,
         }
 
     async def end_to_end(self) -> dict[str, Any]:
