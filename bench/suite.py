@@ -490,6 +490,10 @@ async def _send_big_upload(port: int, size: int, *, declared: bool) -> int | str
     async def send() -> None:
         with contextlib.suppress(OSError):
             writer.write(request_head + framed(head))
+            await writer.drain()
+            # A refusal on Content-Length comes at once: let it arrive before the body's first bytes,
+            # whose reset would otherwise race the answer.
+            await asyncio.sleep(0.05)
             chunk = b"\xff" * (1024 * 1024)
             for _ in range(size // len(chunk)):
                 writer.write(framed(chunk))
@@ -501,6 +505,8 @@ async def _send_big_upload(port: int, size: int, *, declared: bool) -> int | str
     try:
         line = await asyncio.wait_for(reader.readline(), 60)
         return int(line.split()[1]) if line else "closed without an answer"
+    except OSError as exc:  # the server closed while we were still sending: the reset took the answer
+        return f"{type(exc).__name__} before the answer"
     finally:
         sending.cancel()
         with contextlib.suppress(asyncio.CancelledError):
