@@ -6,7 +6,7 @@ PORT ?= 8000
 WORKERS ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint format clean
+.PHONY: install run test lint format clean bench bench-quick
 
 # The venv is rebuilt only when a requirements file changes.
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -31,6 +31,19 @@ lint: install
 format: install
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
+
+# The benchmark tools (charts, profilers) on top of the dev venv, only when a benchmark is run.
+$(VENV)/.bench-installed: $(VENV)/.installed requirements-bench.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	touch $@
+
+## bench: every scenario, several times, on throwaway servers (< 15 min); results in bench/results
+bench: $(VENV)/.bench-installed
+	$(PY) -m bench.suite
+
+## bench-quick: a two-minute subset of `make bench` (results as bench/results/<date>-quick.*)
+bench-quick: $(VENV)/.bench-installed
+	$(PY) -m bench.suite --quick
 
 ## clean: remove the local servers' data (.devdata) and runtime files; keeps the venv
 clean:

@@ -5,6 +5,10 @@ its outbox relay and its lease sweep.
   killed in between), the row keeps `queued_at IS NULL` and the relay, which runs in every API
   process, publishes it later. Replicas claim rows with `FOR UPDATE SKIP LOCKED`, and the message
   id (`Nats-Msg-Id`) makes any remaining double publish harmless, so each task is queued once.
+- Marking rows queued is a group commit: the requests published while one mark is being written
+  share the next one (one UPDATE for all of them), and each waits for the one holding its row.
+  Under load that is one short transaction for many uploads instead of one each; alone, it is
+  the same single transaction as before.
 - A row still `processing` after its lease (`leased_until`, renewed by its worker's heartbeats)
   lost its worker, and perhaps its message. The sweep puts it back to `pending` for the relay to
   queue again, or marks it `failed` once it has had all its attempts: nothing is stuck, and nothing
@@ -70,6 +74,9 @@ class TaskPublisher:
         # Why NATS is not usable beyond being unreachable, for /ready (None: nothing known).
         self.nats_problem: str | None = None
         self._tasks: list[asyncio.Task] = []
+        # Published tasks waiting for their `queued_at`, and the task writing the current batch.
+        self._unmarked: list[tuple[int, asyncio.Future[None]]] = []
+        self._marking: asyncio.Task | None = None
 
     @property
     def is_ready(self) -> bool:
@@ -88,6 +95,9 @@ class TaskPublisher:
         ]
 
     async def close(self) -> None:
+        if self._marking is not None:
+            with contextlib.suppress(Exception):
+                await self._marking
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -107,14 +117,37 @@ class TaskPublisher:
             log.warning("publish of task %s failed, the outbox relay will retry: %s", task_id, exc)
             return False
         try:
-            async with self._sessions() as session:
-                await session.execute(
-                    update(ImageTask).where(ImageTask.id == task_id).values(queued_at=func.now())
-                )
-                await session.commit()
+            await self._mark_queued(task_id)
         except Exception as exc:  # published but not marked: the relay re-publishes, deduplicated
             log.warning("task %s is queued but could not be marked so: %s", task_id, exc)
         return True
+
+    async def _mark_queued(self, task_id: int) -> None:
+        """Set the task's `queued_at`, in the same UPDATE as the other tasks published meanwhile."""
+        marked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._unmarked.append((task_id, marked))
+        if self._marking is None or self._marking.done():
+            self._marking = asyncio.create_task(self._write_marks(), name="outbox-marks")
+        await marked
+
+    async def _write_marks(self) -> None:
+        while self._unmarked:
+            batch, self._unmarked = self._unmarked, []
+            try:
+                async with self._sessions() as session, session.begin():
+                    await session.execute(
+                        update(ImageTask)
+                        .where(ImageTask.id.in_([task_id for task_id, _ in batch]))
+                        .values(queued_at=func.now())
+                    )
+            except Exception as exc:
+                for _, marked in batch:
+                    if not marked.done():  # done: its request was cancelled (client gone)
+                        marked.set_exception(exc)
+                continue
+            for _, marked in batch:
+                if not marked.done():
+                    marked.set_result(None)
 
     async def relay_once(self) -> int:
         """Publish rows that were committed but never confirmed queued. Returns how many."""

@@ -57,13 +57,22 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def make_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """An asyncpg engine that notices dead connections (a restarted PostgreSQL) before using them."""
+def make_engine(database_url: str, *, pool_size: int = 20, pre_ping: bool = True) -> AsyncEngine:
+    """An asyncpg engine that notices dead connections (a restarted PostgreSQL) before using them.
+
+    `pool_size` connections are kept; up to half as many more are opened for a burst and closed
+    after it. The API's default of 20 covers 16 uploads at once without opening a connection per
+    request (each one a forked PostgreSQL backend); two API replicas and a few workers stay well
+    under PostgreSQL's default max_connections of 100.
+
+    `pre_ping` costs a round trip per checkout; a caller that already treats a connection error as
+    "retry later" (the worker: nak, pause fetching) may go without it.
+    """
     return create_async_engine(
         database_url,
         pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_pre_ping=True,
+        max_overflow=max(2, pool_size // 2),
+        pool_pre_ping=pre_ping,
         pool_timeout=10,
         # Fail fast when the server is down instead of hanging a request or a message.
         connect_args={"timeout": 5, "command_timeout": 30},

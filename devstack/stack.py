@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,15 +65,27 @@ class LocalServers:
         return {"DATABASE_URL": self.postgres.url(), "NATS_URL": self.nats.url, **overrides}
 
 
-def start_api(env: Mapping[str, str], port: int, *, log_file: Path | None = None) -> subprocess.Popen:
+def start_api(
+    env: Mapping[str, str],
+    port: int,
+    *,
+    log_file: Path | None = None,
+    app: str = "api.main:app",
+    extra_args: Sequence[str] = (),
+    root: Path = PROJECT_ROOT,
+) -> subprocess.Popen:
+    """uvicorn serving `app` from the code in `root` (the benchmarks also start their bare endpoint,
+    and an earlier version of the code, with the same settings)."""
     return _start(
         [
-            *(sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)),
+            *(sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)),
             # As in Dockerfile.api: outlive clients' keep-alive expiry so reused connections are not cut.
             *("--timeout-keep-alive", "30", "--timeout-graceful-shutdown", "20"),
+            *extra_args,
         ],
         env,
         log_file,
+        root,
     )
 
 
@@ -93,16 +105,20 @@ def running_api(env: Mapping[str, str], *, log_file: Path) -> Iterator[str]:
         stop_process(process)
 
 
-def start_worker(env: Mapping[str, str], *, log_file: Path | None = None) -> subprocess.Popen:
-    return _start([sys.executable, "-m", "worker"], env, log_file)
+def start_worker(
+    env: Mapping[str, str], *, log_file: Path | None = None, root: Path = PROJECT_ROOT
+) -> subprocess.Popen:
+    return _start([sys.executable, "-m", "worker"], env, log_file, root)
 
 
-def _start(command: list[str], env: Mapping[str, str], log_file: Path | None) -> subprocess.Popen:
+def _start(
+    command: list[str], env: Mapping[str, str], log_file: Path | None, root: Path = PROJECT_ROOT
+) -> subprocess.Popen:
     output = open(log_file, "ab") if log_file else None  # noqa: SIM115
     try:
         return subprocess.Popen(
             command,
-            cwd=PROJECT_ROOT,
+            cwd=root,
             env={**os.environ, **env},
             stdout=output,
             stderr=subprocess.STDOUT if output else None,

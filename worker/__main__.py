@@ -1,9 +1,14 @@
 """`python -m worker`: pull task ids from JetStream and process them, a bounded number at a time.
 
-The loop asks for as many messages as it has free slots (WORKER_CONCURRENCY), hands each to a
-TaskProcessor, and keeps going across NATS reconnects: an empty queue is a fetch timeout, an error
-is logged and retried, and a subscription that stays silent while the consumer reports waiting
-messages (as can happen after a server restart) is re-created.
+The loop asks for as many messages as it has free slots, hands each to a TaskProcessor, and keeps
+going across NATS reconnects: an empty queue is a fetch timeout, an error is logged and retried, and
+a subscription that stays silent while the consumer reports waiting messages (as can happen after a
+server restart) is re-created.
+
+Pillow renders WORKER_CONCURRENCY images at a time (its thread pool), but the loop holds up to
+PIPELINE_DEPTH times as many messages: while some images render, the others are being fetched,
+claimed, recorded and acknowledged, so the round trips to PostgreSQL and NATS and the output's
+fsyncs overlap with rendering instead of leaving a render slot idle.
 
 SIGTERM or SIGINT: stop fetching, let the images in flight finish and settle, flush, exit 0.
 """
@@ -37,6 +42,9 @@ from worker.retention import purge_forever
 log = logging.getLogger("worker")
 
 FETCH_TIMEOUT_SECONDS = 2.0
+# Messages held per render slot (see the module docstring); only WORKER_CONCURRENCY images are ever
+# decoded at once, so memory is bounded as before.
+PIPELINE_DEPTH = 2
 # After this long without a message, ask the server whether messages are in fact waiting.
 IDLE_CHECK_SECONDS = 10.0
 
@@ -85,7 +93,12 @@ async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | 
     configure_pillow(settings.max_image_pixels)
     storage = make_storage(settings, client_name="imagequeue-worker-storage")
     storage.folders.ensure_dirs()
-    engine = make_engine(settings.database_url, pool_size=settings.worker_concurrency)
+    # One connection per message held, so a full pipeline never opens and closes overflow ones. No
+    # pre-ping: a dead connection (PostgreSQL restarted) fails its query, which the consumer already
+    # treats as an outage (nak, pause fetching), and the error discards the pool's stale connections.
+    engine = make_engine(
+        settings.database_url, pool_size=settings.worker_concurrency * PIPELINE_DEPTH, pre_ping=False
+    )
     pool = RenderPool(settings.worker_pool, settings.worker_concurrency, max_pixels=settings.max_image_pixels)
     sessions = make_sessionmaker(engine)
     processor = TaskProcessor(
@@ -146,9 +159,13 @@ async def _fetch_loop(
     in_flight: set[asyncio.Task],
     metrics: WorkerMetrics,
 ) -> None:
-    concurrency = settings.worker_concurrency
+    concurrency = settings.worker_concurrency * PIPELINE_DEPTH
     last_message = time.monotonic()
-    log.info("worker ready: up to %d image(s) at a time", concurrency)
+    log.info(
+        "worker ready: up to %d image(s) rendering at a time, %d message(s) held",
+        settings.worker_concurrency,
+        concurrency,
+    )
     while not stop.is_set():
         _touch(settings.worker_heartbeat_file)
         paused = processor.database_back_at - time.monotonic()
