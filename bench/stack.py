@@ -33,7 +33,9 @@ from devstack.stack import (
 )
 
 # WARNING: the workers' per-task INFO lines would cost them time that no deployment logs at that rate.
-BENCH_SETTINGS = {"LOG_LEVEL": "WARNING"}
+# Several workers on this host: one default metrics port cannot serve them all (the second would
+# exit at start-up), and the benchmarks do not scrape them.
+BENCH_SETTINGS = {"LOG_LEVEL": "WARNING", "WORKER_METRICS_PORT": "0"}
 
 
 @dataclass
