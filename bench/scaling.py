@@ -76,6 +76,8 @@ def main() -> None:
             PROCESSED_DIR=str(workdir / "processed"),
             WORKER_CONCURRENCY=str(args.worker_concurrency),
             LOG_LEVEL="WARNING",
+            # Several workers on this host: one default metrics port cannot serve them all.
+            WORKER_METRICS_PORT="0",
         )
         port = free_port()
         base_url = f"http://127.0.0.1:{port}"
