@@ -19,9 +19,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from config import get_settings
-from core.db import make_engine, make_sessionmaker
 from devstack.servers import free_port
 from devstack.stack import LocalServers, migrate, running_api, start_worker, stop_process
+from tests.database import session_on
 
 # Small limits keep the refusal tests cheap; the worker tests shorten the redelivery delays.
 TEST_SETTINGS = {
@@ -117,12 +117,8 @@ async def client(api_process: str) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 async def db(stack_env: dict[str, str]) -> AsyncIterator[AsyncSession]:
     """A session on the test database, for looking at rows the way the services left them."""
-    engine = make_engine(stack_env["DATABASE_URL"], pool_size=2)
-    try:
-        async with make_sessionmaker(engine)() as session:
-            yield session
-    finally:
-        await engine.dispose()
+    async with session_on(stack_env["DATABASE_URL"]) as session:
+        yield session
 
 
 @pytest.fixture

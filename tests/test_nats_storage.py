@@ -41,6 +41,7 @@ from devstack.servers import LocalNats, free_port
 from devstack.stack import LocalServers, migrate, running_api, start_worker, stop_process
 from tests import images
 from tests.conftest import TEST_SETTINGS
+from tests.database import session_on
 from tests.waiting import eventually, final_status, task_row_when
 from worker.consumer import INPUT_MISSING, TaskPolicy, TaskProcessor
 from worker.metrics import WorkerMetrics
@@ -103,12 +104,8 @@ async def api(nats_stack: NatsStack) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def db(nats_stack: NatsStack) -> AsyncIterator[AsyncSession]:
-    engine = make_engine(nats_stack.database_url, pool_size=2)
-    try:
-        async with make_sessionmaker(engine)() as session:
-            yield session
-    finally:
-        await engine.dispose()
+    async with session_on(nats_stack.database_url) as session:
+        yield session
 
 
 @pytest.fixture

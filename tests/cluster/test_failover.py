@@ -32,12 +32,12 @@ from nats.aio.client import Client as NATS
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import queue
-from core.db import make_engine, make_sessionmaker
 from core.object_store import BUCKETS
 from core.storage import Area
 from devstack.servers import LocalNatsCluster, free_port
 from devstack.stack import LocalServers, migrate, start_api, start_worker
 from tests.conftest import TEST_SETTINGS
+from tests.database import session_on
 from tests.faults.burst import Burst, new_prefix
 from tests.faults.outcome import assert_outputs_once, wait_until_done, wait_until_settled
 from tests.faults.processes import Started, api_ready, worker_ready
@@ -72,12 +72,8 @@ def cluster_database(servers: LocalServers) -> Iterator[str]:
 
 @pytest.fixture
 async def cluster_db(cluster_database: str) -> AsyncIterator[AsyncSession]:
-    engine = make_engine(cluster_database, pool_size=2)
-    try:
-        async with make_sessionmaker(engine)() as session:
-            yield session
-    finally:
-        await engine.dispose()
+    async with session_on(cluster_database) as session:
+        yield session
 
 
 @pytest.fixture
