@@ -6,7 +6,7 @@ import io
 import struct
 import zlib
 
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import ExifTags, Image, ImageDraw, ImageFilter
 
 
 def encode(image: Image.Image, fmt: str, **params) -> bytes:
@@ -78,3 +78,18 @@ def photo_like(width: int, height: int) -> bytes:
     noise = Image.effect_noise((width, height), 40).convert("RGB")
     image = Image.blend(base, noise, 0.25).filter(ImageFilter.SMOOTH)
     return encode(image, "JPEG", quality=90)
+
+
+def personal_exif() -> Image.Exif:
+    """EXIF a person would not want published: a name, a camera and a GPS position."""
+    exif = Image.Exif()
+    exif[ExifTags.Base.Artist] = "Jane Doe"
+    exif[ExifTags.Base.Make] = "CameraMaker"
+    exif[ExifTags.IFD.GPSInfo] = {
+        ExifTags.GPS.GPSLatitudeRef: "N",
+        ExifTags.GPS.GPSLatitude: (52.0, 22.0, 1.0),
+    }
+    return exif
+
+
+XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description dc:creator="secret-xmp"/></x:xmpmeta>'

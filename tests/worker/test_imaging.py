@@ -23,6 +23,7 @@ from core.formats import (
     too_many_frames_message,
     too_many_pixels_message,
 )
+from tests import images
 from worker.imaging import OUTSIDE_MESSAGE, ProcessedImage, watermark
 
 TEXT = "AI magic added!"
@@ -198,26 +199,14 @@ def test_a_broken_exif_block_does_not_reject_the_picture(tmp_path: Path, fmt: st
     assert (result.format, result.width, result.height) == (fmt, 64, 48)
 
 
-def _personal_exif() -> Image.Exif:
-    exif = Image.Exif()
-    exif[ExifTags.Base.Artist] = "Jane Doe"
-    exif[ExifTags.Base.Make] = "CameraMaker"
-    exif[ExifTags.IFD.GPSInfo] = {
-        ExifTags.GPS.GPSLatitudeRef: "N",
-        ExifTags.GPS.GPSLatitude: (52.0, 22.0, 1.0),
-    }
-    return exif
-
-
-XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description dc:creator="secret-xmp"/></x:xmpmeta>'
 PNG_TEXT = PngImagePlugin.PngInfo()
 PNG_TEXT.add_text("Author", "secret-comment")
-PNG_TEXT.add_itxt("XML:com.adobe.xmp", XMP.decode())
+PNG_TEXT.add_itxt("XML:com.adobe.xmp", images.XMP.decode())
 
 METADATA_OPTIONS: dict[str, dict[str, Any]] = {
-    "JPEG": {"exif": _personal_exif(), "xmp": XMP, "comment": b"secret-comment"},
-    "PNG": {"exif": _personal_exif(), "pnginfo": PNG_TEXT},
-    "WEBP": {"exif": _personal_exif(), "xmp": XMP},
+    "JPEG": {"exif": images.personal_exif(), "xmp": images.XMP, "comment": b"secret-comment"},
+    "PNG": {"exif": images.personal_exif(), "pnginfo": PNG_TEXT},
+    "WEBP": {"exif": images.personal_exif(), "xmp": images.XMP},
 }
 
 

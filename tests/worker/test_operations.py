@@ -853,25 +853,18 @@ def test_a_rotated_jpeg_decoded_in_full_is_upright(tmp_path: Path, drafts: list[
 # metadata
 
 
-def personal_exif() -> Image.Exif:
-    exif = Image.Exif()
-    exif[ExifTags.Base.Artist] = "Jane Doe"
-    exif[ExifTags.Base.Make] = "CameraMaker"
-    exif[ExifTags.IFD.GPSInfo] = {
-        ExifTags.GPS.GPSLatitudeRef: "N",
-        ExifTags.GPS.GPSLatitude: (52.0, 22.0, 1.0),
-    }
-    return exif
-
-
-XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description dc:creator="secret-xmp"/></x:xmpmeta>'
 MARKERS = [b"Jane Doe", b"CameraMaker", b"secret-xmp", b"secret-comment"]
 EVERY_FORMAT = {fmt: [{"op": "format", "format": fmt}] for fmt in OUTPUT_FORMATS}
 
 
 def metadata_jpeg(path: Path) -> Path:
     src = sideways_jpeg(
-        path, (96, 64), exif=personal_exif(), xmp=XMP, comment=b"secret-comment", icc_profile=SRGB_ICC
+        path,
+        (96, 64),
+        exif=images.personal_exif(),
+        xmp=images.XMP,
+        comment=b"secret-comment",
+        icc_profile=SRGB_ICC,
     )
     data = src.read_bytes()
     assert all(marker in data for marker in MARKERS)  # the input really carries them
