@@ -33,7 +33,7 @@ from api.routes.originals import ORIGINAL_NOT_FOUND
 from api.routes.tasks import PROCESSED_NOT_FOUND
 from config import get_settings
 from core import queue
-from core.db import make_engine, make_sessionmaker
+from core.db import make_driver_pool, make_engine, make_sessionmaker
 from core.models import ImageTask
 from core.object_store import BUCKETS, NatsStorage
 from core.storage import STORAGE_UNAVAILABLE, Area, Folders
@@ -145,10 +145,10 @@ async def test_a_file_store_outage_gives_the_task_back_at_no_attempts_cost(
     js = nc.jetstream()
     settings = get_settings()
     storage = NatsStorage(nats_stack.folders, nats_stack.nats.url, replicas=1, client_name="test-storage")
-    engine = make_engine(nats_stack.database_url, pool_size=2)
+    database = await make_driver_pool(nats_stack.database_url, max_size=2)
     pool = RenderPool("threads", 1, max_pixels=settings.max_image_pixels)
     processor = TaskProcessor(
-        sessions=make_sessionmaker(engine),
+        database=database,
         storage=storage,  # not connected yet: every call raises StorageUnavailable
         pool=pool,
         metrics=WorkerMetrics(),
@@ -173,7 +173,7 @@ async def test_a_file_store_outage_gives_the_task_back_at_no_attempts_cost(
     finally:
         pool.shutdown()
         await storage.close()
-        await engine.dispose()
+        await database.close()
         await nc.close()
 
 

@@ -29,7 +29,7 @@ from nats.js import JetStreamContext
 
 from config import ConfigError, Settings, get_settings
 from core import queue
-from core.db import make_engine, make_sessionmaker
+from core.db import make_driver_pool, make_engine, make_sessionmaker
 from core.formats import configure_pillow
 from core.logs import configure_logging
 from core.storage import make_storage
@@ -93,16 +93,18 @@ async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | 
     configure_pillow(settings.max_image_pixels)
     storage = make_storage(settings, client_name="imagequeue-worker-storage")
     storage.folders.ensure_dirs()
-    # One connection per message held, so a full pipeline never opens and closes overflow ones. No
-    # pre-ping: a dead connection (PostgreSQL restarted) fails its query, which the consumer already
-    # treats as an outage (nak, pause fetching), and the error discards the pool's stale connections.
-    engine = make_engine(
-        settings.database_url, pool_size=settings.worker_concurrency * PIPELINE_DEPTH, pre_ping=False
+    # The task rows' changes go straight through the driver: one connection per message held (plus
+    # one for a lease renewal), so a full pipeline never waits for one. A dead connection
+    # (PostgreSQL restarted) fails its statement, which the consumer treats as an outage (nak,
+    # pause fetching), and asyncpg replaces it on the next checkout. The engine serves retention.
+    database = await make_driver_pool(
+        settings.database_url, max_size=settings.worker_concurrency * PIPELINE_DEPTH + 1
     )
+    engine = make_engine(settings.database_url, pool_size=1, pre_ping=False)
     pool = RenderPool(settings.worker_pool, settings.worker_concurrency, max_pixels=settings.max_image_pixels)
     sessions = make_sessionmaker(engine)
     processor = TaskProcessor(
-        sessions=sessions,
+        database=database,
         storage=storage,
         pool=pool,
         metrics=metrics,
@@ -148,6 +150,7 @@ async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | 
             await nc.close()
         pool.shutdown()
         await storage.close()
+        await database.close()
         await engine.dispose()
 
 

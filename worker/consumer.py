@@ -27,19 +27,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from nats.aio.msg import Msg
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import BindParameter, ColumnElement, Interval, and_, bindparam, func, or_, select, update
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeEngine
 
-from core.db import is_database_unavailable
+from core.db import POOL_TIMEOUT_SECONDS, DriverStatement, is_database_unavailable
 from core.formats import ImageRejected
 from core.logs import task_context
 from core.models import FINAL_STATUSES, INTERRUPTED_REASON, ImageTask, TaskStatus, finished_values
@@ -73,6 +76,79 @@ def _claimable() -> ColumnElement[bool]:
     )
 
 
+def _value(name: str, type_: TypeEngine[Any] | None = None) -> BindParameter[Any]:
+    return bindparam(name, required=False, type_=type_)
+
+
+_THIS_TASK = ImageTask.id == _value("task_id")
+_STILL_PROCESSING = ImageTask.status == TaskStatus.PROCESSING
+
+# Every row change the worker makes, one autocommit statement each (see DriverStatement for why).
+
+# Mark a task `processing`, count the attempt and lease it; no row if it is missing, final, or
+# leased by a live worker (the lease is the lock: two workers never hold one task).
+_CLAIM = DriverStatement.of(
+    update(ImageTask)
+    .where(_THIS_TASK, _claimable())
+    .values(
+        status=TaskStatus.PROCESSING,
+        attempts=ImageTask.attempts + 1,
+        started_at=func.now(),
+        leased_until=func.now() + _value("lease", Interval()),
+        error=None,
+    )
+    .returning(ImageTask.input_name, ImageTask.attempts, ImageTask.processing),
+    "task_id",
+    "lease",
+)
+_STATUS = DriverStatement.of(select(ImageTask.status).where(_THIS_TASK), "task_id")
+_RENEW_LEASE = DriverStatement.of(
+    update(ImageTask)
+    .where(_THIS_TASK, _STILL_PROCESSING)
+    .values(leased_until=func.now() + _value("lease", Interval()))
+    .returning(ImageTask.id),
+    "task_id",
+    "lease",
+)
+# After a failed attempt: back to `pending` until the message comes round again.
+_RELEASE = DriverStatement.of(
+    update(ImageTask)
+    .where(_THIS_TASK, _STILL_PROCESSING)
+    .values(status=TaskStatus.PENDING, leased_until=None),
+    "task_id",
+)
+# After a storage outage: back to `pending` with the attempt not counted, as if the claim had never
+# happened.
+_GIVE_BACK = DriverStatement.of(
+    update(ImageTask)
+    .where(_THIS_TASK, _STILL_PROCESSING)
+    .values(status=TaskStatus.PENDING, leased_until=None, attempts=ImageTask.attempts - 1),
+    "task_id",
+)
+_FINISH_DONE = DriverStatement.of(
+    update(ImageTask)
+    .where(_THIS_TASK, ImageTask.status.in_(_OPEN))
+    .values(
+        status=TaskStatus.DONE,
+        output_name=_value("output_name"),
+        outputs=_value("outputs", JSONB()),
+        error=None,
+        **finished_values(),
+    )
+    .returning(ImageTask.id),
+    "task_id",
+    "output_name",
+    "outputs",
+)
+_FINISH_FAILED = DriverStatement.of(
+    update(ImageTask)
+    .where(_THIS_TASK, ImageTask.status.not_in(FINAL_STATUSES))
+    .values(status=TaskStatus.FAILED, error=_value("reason"), **finished_values()),
+    "task_id",
+    "reason",
+)
+
+
 class DatabaseUnavailable(Exception):
     """The database could not be reached for this step: retry later, at no attempt's cost."""
 
@@ -96,14 +172,14 @@ class TaskProcessor:
     def __init__(
         self,
         *,
-        sessions: async_sessionmaker[AsyncSession],
+        database: asyncpg.Pool,
         storage: Storage,
         pool: RenderPool,
         metrics: WorkerMetrics,
         render: RenderSettings,
         policy: TaskPolicy,
     ) -> None:
-        self._sessions = sessions
+        self._database = database
         self._storage = storage
         self._pool = pool
         self._metrics = metrics
@@ -254,43 +330,29 @@ class TaskProcessor:
                 log.warning("task %s: cannot record its output yet (%s); retrying", task_id, exc)
                 await asyncio.sleep(self._policy.retry_delay_seconds)
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncSession]:
-        """A database transaction whose connection faults become DatabaseUnavailable."""
+    async def _run(self, statement: DriverStatement, **values: Any) -> asyncpg.Record | None:
+        """Run one statement (its own transaction) and return its first row, if any; connection
+        faults become DatabaseUnavailable."""
         try:
-            async with self._sessions() as session, session.begin():
-                yield session
+            async with self._database.acquire(timeout=POOL_TIMEOUT_SECONDS) as connection:
+                return await connection.fetchrow(statement.sql, *statement.args(**values))
         except Exception as exc:
             if is_database_unavailable(exc):
                 raise DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
             raise
 
     async def _claim(self, task_id: int) -> _Claim | None:
-        """Mark a task `processing`, count the attempt and lease it; None if it is missing, final,
-        or leased by a live worker (the lease is the lock: two workers never hold one task)."""
-        async with self._transaction() as session:
-            row = (
-                await session.execute(
-                    update(ImageTask)
-                    .where(ImageTask.id == task_id, _claimable())
-                    .values(
-                        status=TaskStatus.PROCESSING,
-                        attempts=ImageTask.attempts + 1,
-                        started_at=func.now(),
-                        leased_until=func.now() + self._lease,
-                        error=None,
-                    )
-                    .returning(ImageTask.input_name, ImageTask.attempts, ImageTask.processing)
-                )
-            ).one_or_none()
+        """The task, now ours (see _CLAIM); None if it is missing, final or leased elsewhere."""
+        row = await self._run(_CLAIM, task_id=task_id, lease=self._lease)
         if row is None:
             return None
-        processing = Processing.from_json(row.processing, default=self._render_settings.legacy)
-        return _Claim(input_name=row.input_name, attempts=row.attempts, processing=processing)
+        stored = json.loads(row["processing"]) if row["processing"] is not None else None
+        processing = Processing.from_json(stored, default=self._render_settings.legacy)
+        return _Claim(input_name=row["input_name"], attempts=row["attempts"], processing=processing)
 
     async def _status(self, task_id: int) -> str | None:
-        async with self._transaction() as session:
-            return await session.scalar(select(ImageTask.status).where(ImageTask.id == task_id))
+        row = await self._run(_STATUS, task_id=task_id)
+        return None if row is None else row["status"]
 
     async def _heartbeat(self, msg: Msg, task_id: int) -> None:
         """Keep the message (JetStream) and the lease (database) while this worker works on it.
@@ -305,13 +367,9 @@ class TaskProcessor:
             await asyncio.sleep(self._heartbeat_seconds)
             await _settle(msg.in_progress())
             try:
-                async with asyncio.timeout(self._heartbeat_seconds), self._transaction() as session:
-                    renewed = await session.execute(
-                        update(ImageTask)
-                        .where(ImageTask.id == task_id, ImageTask.status == TaskStatus.PROCESSING)
-                        .values(leased_until=func.now() + self._lease)
-                    )
-                if renewed.rowcount == 0:
+                async with asyncio.timeout(self._heartbeat_seconds):
+                    renewed = await self._run(_RENEW_LEASE, task_id=task_id, lease=self._lease)
+                if renewed is None:
                     log.warning("task %s: no longer processing here (finished or taken over)", task_id)
             except Exception as exc:
                 log.warning("task %s: lease renewal failed: %s", task_id, exc)
@@ -320,39 +378,17 @@ class TaskProcessor:
         )
 
     async def _release(self, task_id: int) -> None:
-        """After a failed attempt: back to `pending` until the message comes round again."""
-        async with self._transaction() as session:
-            await session.execute(
-                update(ImageTask)
-                .where(ImageTask.id == task_id, ImageTask.status == TaskStatus.PROCESSING)
-                .values(status=TaskStatus.PENDING, leased_until=None)
-            )
+        await self._run(_RELEASE, task_id=task_id)
 
     async def _give_back(self, task_id: int) -> None:
-        """After a storage outage: back to `pending` with the attempt not counted, as if the claim
-        had never happened (the message is nak'ed to come round again)."""
-        async with self._transaction() as session:
-            await session.execute(
-                update(ImageTask)
-                .where(ImageTask.id == task_id, ImageTask.status == TaskStatus.PROCESSING)
-                .values(status=TaskStatus.PENDING, leased_until=None, attempts=ImageTask.attempts - 1)
-            )
+        await self._run(_GIVE_BACK, task_id=task_id)
 
     async def _finish_done(self, task_id: int, outputs: list[dict[str, Any]]) -> None:
         files = [output["file"] for output in outputs]
-        async with self._transaction() as session:
-            result = await session.execute(
-                update(ImageTask)
-                .where(ImageTask.id == task_id, ImageTask.status.in_(_OPEN))
-                .values(
-                    status=TaskStatus.DONE,
-                    output_name=files[0],
-                    outputs=outputs,
-                    error=None,
-                    **finished_values(),
-                )
-            )
-        if result.rowcount:
+        finished = await self._run(
+            _FINISH_DONE, task_id=task_id, output_name=files[0], outputs=json.dumps(outputs)
+        )
+        if finished is not None:
             log.info("task %s done: %s", task_id, ", ".join(files))
         elif await self._status(task_id) is None:
             # Deleted (DELETE /tasks/{id}) while it was being processed: leave nothing behind.
@@ -362,12 +398,7 @@ class TaskProcessor:
             log.warning("task %s was finished elsewhere meanwhile; its outputs are the same files", task_id)
 
     async def _finish_failed(self, task_id: int, reason: str, claim: _Claim) -> None:
-        async with self._transaction() as session:
-            await session.execute(
-                update(ImageTask)
-                .where(ImageTask.id == task_id, ImageTask.status.not_in(FINAL_STATUSES))
-                .values(status=TaskStatus.FAILED, error=reason, **finished_values())
-            )
+        await self._run(_FINISH_FAILED, task_id=task_id, reason=reason)
         self._record(claim, TaskStatus.FAILED)
 
 
