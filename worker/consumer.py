@@ -266,11 +266,13 @@ class TaskProcessor:
 
     async def _keep_outputs(self, rendered: list[RenderedOutput]) -> list[dict[str, Any]]:
         """Store each finished output under its name; on failure leave no temporary file."""
+        kept = 0  # a kept output's temporary file is gone (moved, or stored and deleted)
         try:
             for output in rendered:
                 await self._storage.keep_output(output.temp, output.record["file"])
+                kept += 1
         finally:
-            for output in rendered:
+            for output in rendered[kept:]:
                 remove_quietly(output.temp)
         return [output.record for output in rendered]
 
