@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -27,13 +28,24 @@ from api.state import Services
 from api.templating import templates, wants_html
 from api.uploads import UploadRefused
 from config import get_settings
-from core.db import DATABASE_UNAVAILABLE_ERRORS, is_database_unavailable, make_engine, make_sessionmaker
+from core.db import (
+    DATABASE_UNAVAILABLE_ERRORS,
+    is_database_unavailable,
+    make_driver_pool,
+    make_engine,
+    make_sessionmaker,
+)
 from core.formats import configure_pillow
 from core.logs import configure_logging
 from core.processing import configured_presets
 from core.storage import STORAGE_UNAVAILABLE, StorageUnavailable, make_storage
 
 log = logging.getLogger(__name__)
+
+# Connections per API process (PostgreSQL allows 100 in all by default): uploads, at 16 at a time,
+# run on the driver pool; reads, deletes, the outbox relay and callbacks on the engine's.
+UPLOAD_CONNECTIONS = 16
+SESSION_CONNECTIONS = 10
 
 DATABASE_UNAVAILABLE = "The database is unavailable; nothing was stored. Please try again shortly."
 
@@ -48,8 +60,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     storage.folders.ensure_dirs()
     # In the background, like the task publisher: the API answers (and /ready says why not) meanwhile.
     storage.start_in_background()
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, pool_size=SESSION_CONNECTIONS)
     sessions = make_sessionmaker(engine)
+    database = await make_driver_pool(settings.database_url, max_size=UPLOAD_CONNECTIONS)
     publisher = TaskPublisher(
         settings.nats_url,
         sessions,
@@ -73,7 +86,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             ),
         )
         callbacks.start()
-    app.state.services = Services(settings, engine, sessions, storage, publisher, presets, callbacks)
+    app.state.services = Services(
+        settings, engine, sessions, database, storage, publisher, presets, callbacks
+    )
     try:
         yield
     finally:
@@ -81,6 +96,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await callbacks.close()
         await publisher.close()
         await storage.close()
+        await database.close()
         await engine.dispose()
 
 
@@ -134,7 +150,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(UploadRefused, _upload_refused)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(StorageUnavailable, _storage_unavailable)
-    for error in (*DATABASE_UNAVAILABLE_ERRORS, DBAPIError):
+    for error in (*DATABASE_UNAVAILABLE_ERRORS, DBAPIError, asyncpg.PostgresError):
         app.add_exception_handler(error, _database_error)
 
     app.state.metrics = ApiMetrics()

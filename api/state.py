@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from api.callbacks import CallbackSender
@@ -18,6 +19,8 @@ class Services:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    # For the statements run once per upload (core.db.DriverStatement); the sessions for the rest.
+    database: asyncpg.Pool
     storage: Storage
     publisher: TaskPublisher
     presets: dict[str, Preset]

@@ -129,7 +129,17 @@ class DriverStatement:
         missing = set(required) - set(names)
         if missing:
             raise ValueError(f"no such placeholders: {sorted(missing)}")
-        return cls(str(compiled), names, dict(compiled.params), frozenset(required))
+        defaults = dict(compiled.params)
+        # Columns' Python-side defaults (ImageTask.status's `pending`) are filled in by SQLAlchemy
+        # at execution, not at compilation: take their values here, as it would.
+        for column in compiled.insert_prefetch:
+            default = column.default
+            if default is None or not default.is_scalar:
+                raise ValueError(f"column {column.key} has a default that is not a constant")
+            defaults[column.key] = default.arg
+        if compiled.update_prefetch:
+            raise ValueError("onupdate defaults are not supported")
+        return cls(str(compiled), names, defaults, frozenset(required))
 
     def args(self, **values: Any) -> list[Any]:
         if values.keys() != self.required:

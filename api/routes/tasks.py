@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import PurePath
-from typing import Annotated
+from typing import Annotated, Any
 
+import asyncpg
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
-from sqlalchemy import or_, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import BindParameter, bindparam, insert, or_, select
+from sqlalchemy.dialects.postgresql import JSONB
 
 from api.callback_urls import CallbackRefused, vet_callback_url
 from api.deps import MAX_TASK_ID, CallerDep, ServicesDep, SessionDep, TaskDep
@@ -27,7 +29,7 @@ from api.schemas import (
 from api.stored_files import stored_file_response
 from api.templating import wants_html
 from api.uploads import STORAGE_FAILED, ReceivedUpload, UploadRefused, receive_upload
-from core.db import is_database_unavailable
+from core.db import POOL_TIMEOUT_SECONDS, DriverStatement
 from core.formats import CONTENT_TYPES, EXTENSIONS
 from core.models import ImageTask, TaskStatus, output_files
 from core.processing import Processing, ProcessingInvalid, output_size, resolve
@@ -106,6 +108,36 @@ _UPLOAD_BODY = {
 }
 
 
+def _value(name: str, type_: Any = None) -> BindParameter[Any]:
+    return bindparam(name, required=False, type_=type_)
+
+
+_NEW_TASK_COLUMNS = (
+    "filename",
+    "content_type",
+    "size_bytes",
+    "width",
+    "height",
+    "sha256",
+    "input_name",
+    "idempotency_key",
+    "owner",
+    "callback_url",
+)
+# The upload's row, in one autocommit round trip (see DriverStatement): the ORM's flush and commit
+# cost about 1.2 ms of the API's CPU per upload, a quarter of all it spends on one.
+_INSERT_TASK = DriverStatement.of(
+    insert(ImageTask)
+    .values(
+        **{column: _value(column) for column in _NEW_TASK_COLUMNS},
+        processing=_value("processing", JSONB()),
+    )
+    .returning(ImageTask.id),
+    *_NEW_TASK_COLUMNS,
+    "processing",
+)
+
+
 def _stored_key(raw: str | None, caller: str | None) -> str | None:
     """The Idempotency-Key as stored: scoped to the caller's API key, so keys cannot collide."""
     if raw is None:
@@ -173,13 +205,13 @@ def _requested_processing(services: ServicesDep, upload: ReceivedUpload) -> Proc
 
 async def _create_task(
     services: ServicesDep,
-    session: SessionDep,
     upload: ReceivedUpload,
     processing: Processing,
     callback_url: str | None,
     key: str | None,
     owner: str | None,
-) -> ImageTask:
+) -> int:
+    """Keep the upload's file, then insert its row; the new task's id."""
     input_name = new_stored_name(upload.info.extension)
     storage = services.storage
     try:
@@ -188,7 +220,7 @@ async def _create_task(
         raise UploadRefused(503, STORAGE_FAILED) from exc
     except StorageUnavailable as exc:
         raise UploadRefused(503, STORAGE_UNAVAILABLE) from exc
-    task = ImageTask(
+    values = _INSERT_TASK.args(
         filename=upload.display_name,
         content_type=upload.info.content_type,
         size_bytes=upload.size_bytes,
@@ -198,25 +230,28 @@ async def _create_task(
         input_name=input_name,
         idempotency_key=key,
         owner=owner,
-        processing=processing.to_json(),
+        processing=json.dumps(processing.to_json()),
         callback_url=callback_url,
     )
-    session.add(task)
+    sent = False
     try:
-        # INSERT first: a database that is down fails here, and then nothing was stored.
-        await session.flush()
-    except BaseException:
-        await _forget_upload(storage, input_name)
-        raise
-    try:
-        await session.commit()
+        async with services.database.acquire(timeout=POOL_TIMEOUT_SECONDS) as connection:
+            sent = True
+            return await connection.fetchval(_INSERT_TASK.sql, *values)
     except BaseException as exc:
-        # A COMMIT whose answer was lost may have been applied: keep the file its row would need.
-        # (At worst that leaves a file with no row; deleting it could leave a row with no file.)
-        if not is_database_unavailable(exc):
+        # Remove the file only when the row surely does not exist: the statement never left (no
+        # connection), or the server answered it with an error. A connection lost mid-statement
+        # may have committed it: keep the file its row would need (at worst a file with no row;
+        # deleting it could leave a row with no file).
+        if not sent or _refused_by_server(exc):
             await _forget_upload(storage, input_name)
         raise
-    return task
+
+
+def _refused_by_server(exc: BaseException) -> bool:
+    # asyncpg makes up PostgresConnectionErrors itself when the connection drops; every other
+    # PostgresError is the server's answer, and an autocommit statement that failed did not commit.
+    return isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, asyncpg.PostgresConnectionError)
 
 
 async def _forget_upload(storage: Storage, input_name: str) -> None:
@@ -228,15 +263,15 @@ async def _forget_upload(storage: Storage, input_name: str) -> None:
         log.warning("could not remove upload %s after a failed insert: %s", input_name, exc)
 
 
-def _answer(request: Request, task: ImageTask, message: str, *, replayed: bool) -> Response:
+def _answer(request: Request, task_id: int, filename: str, message: str, *, replayed: bool) -> Response:
     if wants_html(request):
-        return RedirectResponse(result_url(task.id), status_code=303)
+        return RedirectResponse(result_url(task_id), status_code=303)
     body = UploadResponse(
-        task_id=task.id,
-        filename=task.filename,
+        task_id=task_id,
+        filename=filename,
         message=message,
-        status_url=status_url(task.id),
-        result_url=result_url(task.id),
+        status_url=status_url(task_id),
+        result_url=result_url(task_id),
     )
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     return JSONResponse(body.model_dump(), headers=headers)
@@ -293,10 +328,9 @@ async def upload(
         existing = await _task_for_key(session, key, received, processing, callback_url) if key else None
         if existing is None:
             try:
-                task = await _create_task(services, session, received, processing, callback_url, key, caller)
-            except IntegrityError:
+                task_id = await _create_task(services, received, processing, callback_url, key, caller)
+            except asyncpg.UniqueViolationError:
                 # A concurrent request with the same key committed first.
-                await session.rollback()
                 existing = (
                     await _task_for_key(session, key, received, processing, callback_url) if key else None
                 )
@@ -305,9 +339,9 @@ async def upload(
     finally:
         remove_quietly(received.temp_path)
     if existing is not None:
-        return _answer(request, existing, UPLOAD_REPLAYED, replayed=True)
-    await services.publisher.publish_committed(task.id)
-    return _answer(request, task, UPLOAD_ACCEPTED, replayed=False)
+        return _answer(request, existing.id, existing.filename, UPLOAD_REPLAYED, replayed=True)
+    await services.publisher.publish_committed(task_id)
+    return _answer(request, task_id, received.display_name, UPLOAD_ACCEPTED, replayed=False)
 
 
 @router.get(

@@ -9,12 +9,14 @@ from datetime import timedelta
 
 import asyncpg
 import pytest
-from sqlalchemy import Interval, bindparam, func, select, update
+from sqlalchemy import Interval, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 
 from core.db import DriverStatement, is_database_unavailable, make_driver_pool
 from core.models import ImageTask, TaskStatus, finished_values
 from devstack.servers import free_port
+
+_TEST_ROW = "driver-statement-"
 
 
 def _value(name: str, type_: object = None) -> object:
@@ -23,8 +25,10 @@ def _value(name: str, type_: object = None) -> object:
 
 @pytest.fixture
 async def database(stack_env: dict[str, str]) -> AsyncIterator[asyncpg.Pool]:
+    """The shared test database; the rows these tests make (not real tasks) are deleted after each."""
     pool = await make_driver_pool(stack_env["DATABASE_URL"], max_size=2)
     yield pool
+    await pool.execute(f"DELETE FROM image_tasks WHERE input_name LIKE '{_TEST_ROW}%'")
     await pool.close()
 
 
@@ -36,7 +40,7 @@ async def _insert_task(pool: asyncpg.Pool, **columns: object) -> int:
         "width": 1,
         "height": 1,
         "sha256": "0" * 64,
-        "input_name": f"driver-statement-{uuid.uuid4().hex}.jpg",
+        "input_name": f"{_TEST_ROW}{uuid.uuid4().hex}.jpg",
         **columns,
     }
     names = ", ".join(values)
@@ -136,3 +140,24 @@ async def test_a_pool_on_an_unreachable_server_starts_and_fails_each_use_as_unav
         await pool.close()
 
     assert is_database_unavailable(caught.value), repr(caught.value)
+
+
+async def test_an_insert_takes_the_columns_python_defaults_as_the_orm_would(database: asyncpg.Pool) -> None:
+    columns = ("filename", "content_type", "size_bytes", "width", "height", "sha256", "input_name")
+    statement = DriverStatement.of(
+        insert(ImageTask)
+        .values(**{column: _value(column) for column in columns})
+        .returning(ImageTask.status, ImageTask.attempts, ImageTask.callback_attempts),
+        *columns,
+    )
+    values = dict(
+        zip(
+            columns,
+            ("a.jpg", "image/jpeg", 1, 1, 1, "0" * 64, f"{_TEST_ROW}{uuid.uuid4().hex}.jpg"),
+            strict=True,
+        )
+    )
+
+    row = await database.fetchrow(statement.sql, *statement.args(**values))
+
+    assert tuple(row) == ("pending", 0, 0)
