@@ -57,7 +57,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     from api.outbox import TaskPublisher
     from config import get_settings
     from core.db import make_engine, make_sessionmaker
-    from core.storage import Storage
+    from core.storage import make_storage
 
     settings = get_settings()
     engine = make_engine(settings.database_url)
@@ -68,7 +68,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     _state["sessions"] = make_sessionmaker(engine)
     publisher = None
     if "publish" in STEPS:
-        storage = Storage(settings.uploads_dir, settings.processed_dir)
+        storage = make_storage(settings, client_name="bench-bare-app")
         publisher = TaskPublisher(
             settings.nats_url,
             _state["sessions"],
