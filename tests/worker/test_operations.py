@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -584,6 +585,26 @@ def test_watermark_draws_on_a_copy_when_the_frame_feeds_another_output(tmp_path:
     assert colour_bbox(load(plain), RED) is None
     # The last output may draw on the decoded frame, but must still not show the first's stamp.
     assert bottom_box is not None and bottom_box[1] > 100
+
+
+def test_a_kept_stamp_comes_out_the_same_every_time_and_from_every_thread(tmp_path: Path) -> None:
+    """The rendered text is kept between images of one size: reused, never drawn on, never mixed up."""
+    src = save(Image.new("RGB", (300, 200), BLUE), tmp_path / "in.png")
+    stamp = {"op": "watermark", "text": "Kept", "size": 40, "position": "center"}
+
+    def stamped(name: str, op: dict[str, Any]) -> Image.Image:
+        folder = tmp_path / name
+        folder.mkdir()
+        return run(src, folder, op)[1]
+
+    first = stamped("first", stamp)
+    with ThreadPoolExecutor(max_workers=4) as threads:
+        repeats = list(threads.map(lambda index: stamped(f"again-{index}", stamp), range(16)))
+    other_text = stamped("other", {**stamp, "text": "Else"})
+
+    assert colour_bbox(first, RED) is not None
+    assert all(ImageChops.difference(first, repeat).getbbox() is None for repeat in repeats)
+    assert ImageChops.difference(first, other_text).getbbox() is not None
 
 
 def test_default_watermark_text_comes_from_the_upload(tmp_path: Path) -> None:
