@@ -42,8 +42,8 @@ from core.storage import STORAGE_UNAVAILABLE, StorageUnavailable, make_storage
 
 log = logging.getLogger(__name__)
 
-# Connections per API process (PostgreSQL allows 100 in all by default): uploads, at 16 at a time,
-# run on the driver pool; reads, deletes, the outbox relay and callbacks on the engine's.
+# Connections per API process (PostgreSQL allows 100 in all by default): uploads (16 at a time) and
+# their queued marks run on the driver pool; reads, deletes, the relay and callbacks on the engine's.
 UPLOAD_CONNECTIONS = 16
 SESSION_CONNECTIONS = 10
 
@@ -66,6 +66,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     publisher = TaskPublisher(
         settings.nats_url,
         sessions,
+        database,
         storage,
         relay_interval=settings.outbox_interval_seconds,
         lost_after_seconds=settings.lost_after_seconds,

@@ -30,12 +30,14 @@ import time
 from collections.abc import Awaitable
 from datetime import timedelta
 
+import asyncpg
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from sqlalchemy import func, select, update
+from sqlalchemy import ARRAY, Integer, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core import queue
+from core.db import POOL_TIMEOUT_SECONDS, DriverStatement
 from core.models import INTERRUPTED_REASON, ImageTask, TaskStatus, finished_values
 from core.storage import Storage
 
@@ -46,6 +48,15 @@ RELAY_BATCH = 200
 # The request that committed a row publishes it itself a moment later; give it that moment.
 RELAY_GRACE = timedelta(seconds=2)
 
+# The group commit's one statement, straight on the driver (see DriverStatement): through a session
+# it was 4% of the API's CPU at 16 uploads at a time.
+_MARK_QUEUED = DriverStatement.of(
+    update(ImageTask)
+    .where(ImageTask.id == func.any(bindparam("ids", required=False, type_=ARRAY(Integer))))
+    .values(queued_at=func.now()),
+    "ids",
+)
+
 
 class TaskPublisher:
     """Holds the API's one NATS connection for the process lifetime; never connects per request."""
@@ -54,6 +65,7 @@ class TaskPublisher:
         self,
         nats_url: str,
         sessions: async_sessionmaker[AsyncSession],
+        database: asyncpg.Pool,
         storage: Storage,
         *,
         relay_interval: float,
@@ -63,6 +75,7 @@ class TaskPublisher:
     ) -> None:
         self._nats_url = nats_url
         self._sessions = sessions
+        self._database = database
         self._storage = storage
         self._relay_interval = relay_interval
         self._lost_after = timedelta(seconds=lost_after_seconds)
@@ -134,12 +147,9 @@ class TaskPublisher:
         while self._unmarked:
             batch, self._unmarked = self._unmarked, []
             try:
-                async with self._sessions() as session, session.begin():
-                    await session.execute(
-                        update(ImageTask)
-                        .where(ImageTask.id.in_([task_id for task_id, _ in batch]))
-                        .values(queued_at=func.now())
-                    )
+                ids = [task_id for task_id, _ in batch]
+                async with self._database.acquire(timeout=POOL_TIMEOUT_SECONDS) as connection:
+                    await connection.execute(_MARK_QUEUED.sql, *_MARK_QUEUED.args(ids=ids))
             except Exception as exc:
                 for _, marked in batch:
                     if not marked.done():  # done: its request was cancelled (client gone)

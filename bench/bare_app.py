@@ -69,9 +69,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     publisher = None
     if "publish" in STEPS:
         storage = make_storage(settings, client_name="bench-bare-app")
+        from core.db import make_driver_pool
+
         publisher = TaskPublisher(
             settings.nats_url,
             _state["sessions"],
+            await make_driver_pool(settings.database_url, max_size=4),
             storage,
             relay_interval=settings.outbox_interval_seconds,
             lost_after_seconds=settings.lost_after_seconds,
