@@ -184,6 +184,7 @@ class TaskProcessor:
         self._pool = pool
         self._metrics = metrics
         self._render_settings = render
+        self._output_placer = storage.output_placer()
         self._policy = policy
         self._heartbeat_seconds = max(policy.ack_wait_seconds / 3, 0.5)
         # Long enough to survive a missed renewal or two, short enough that a dead worker's task is
@@ -265,15 +266,17 @@ class TaskProcessor:
         await msg.ack()
 
     async def _keep_outputs(self, rendered: list[RenderedOutput]) -> list[dict[str, Any]]:
-        """Store each finished output under its name; on failure leave no temporary file."""
+        """Store each output the render job did not store itself; on failure leave no temporary
+        file."""
+        waiting = [(output.temp, output.record["file"]) for output in rendered if output.temp is not None]
         kept = 0  # a kept output's temporary file is gone (moved, or stored and deleted)
         try:
-            for output in rendered:
-                await self._storage.keep_output(output.temp, output.record["file"])
+            for temp, name in waiting:
+                await self._storage.keep_output(temp, name)
                 kept += 1
         finally:
-            for output in rendered[kept:]:
-                remove_quietly(output.temp)
+            for temp, _ in waiting[kept:]:
+                remove_quietly(temp)
         return [output.record for output in rendered]
 
     async def _render(
@@ -290,6 +293,7 @@ class TaskProcessor:
                 source,
                 claim.input_name,
                 claim.processing,
+                self._output_placer,
             )
         except ImageRejected as exc:
             log.info("task %s failed: %s", task_id, exc)

@@ -1,11 +1,14 @@
-"""One task's rendering, from a local input file to finished temporary files, one per output:
-runnable in a thread or in a child process (so everything it takes and returns pickles, and it
-touches no database or NATS). The caller stores each temporary file (core.storage), whatever the
-backend: with the local one that is a rename in the same folder, as before backends existed.
+"""One task's rendering, from a local input file to finished outputs: runnable in a thread or in a
+child process (so everything it takes and returns pickles, and it touches no database or NATS).
+
+Where the storage backend keeps outputs as local files (core.storage's output_placer), the job puts
+them in place itself (synced and renamed in the same folder), in the thread or process that
+rendered them; otherwise it hands back temporary files for the caller to store.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,16 +45,22 @@ def render_settings(settings: Settings) -> RenderSettings:
 @dataclass(frozen=True)
 class RenderedOutput:
     """One finished output: its record as the row will store it, and the temporary file holding it
-    (to be stored under `record["file"]`)."""
+    (to be stored under `record["file"]`), or None once the job has stored it."""
 
     record: dict[str, Any]
-    temp: Path
+    temp: Path | None
 
 
 def render_task(
-    folders: Folders, settings: RenderSettings, source: Path, input_name: str, processing: Processing
+    folders: Folders,
+    settings: RenderSettings,
+    source: Path,
+    input_name: str,
+    processing: Processing,
+    place: Callable[[Path, str], None] | None = None,
 ) -> list[RenderedOutput]:
-    """Decode `source` once and render every output to a temporary file in PROCESSED_DIR.
+    """Decode `source` once and render every output to a temporary file in PROCESSED_DIR, then
+    store each with `place` when given.
 
     Output names derive from the input's, so a second run replaces the first one's files rather
     than adding to them. On failure no temporary file is left behind.
@@ -71,7 +80,9 @@ def render_task(
                 frames=result.frames,
                 size_bytes=result.size_bytes,
             ).model_dump()
-            rendered.append(RenderedOutput(record=record, temp=temp))
+            if place is not None:
+                place(temp, file)
+            rendered.append(RenderedOutput(record=record, temp=None if place is not None else temp))
     except BaseException:
         for _, temp in temps:
             remove_quietly(temp)
