@@ -162,9 +162,10 @@ async def _requested_callback(services: ServicesDep, upload: ReceivedUpload) -> 
 
 
 async def _task_for_key(
-    session: SessionDep, key: str, upload: ReceivedUpload, processing: Processing, callback_url: str | None
+    services: ServicesDep, key: str, upload: ReceivedUpload, processing: Processing, callback_url: str | None
 ) -> ImageTask | None:
-    existing = await session.scalar(select(ImageTask).where(ImageTask.idempotency_key == key))
+    async with services.sessions() as session:
+        existing = await session.scalar(select(ImageTask).where(ImageTask.idempotency_key == key))
     if existing is not None and (
         existing.sha256 != upload.sha256
         or existing.processing != processing.to_json()
@@ -300,7 +301,6 @@ def _answer(request: Request, task_id: int, filename: str, message: str, *, repl
 async def upload(
     request: Request,
     services: ServicesDep,
-    session: SessionDep,
     caller: CallerDep,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> Response:
@@ -325,14 +325,15 @@ async def upload(
     try:
         processing = _requested_processing(services, received)
         callback_url = await _requested_callback(services, received)
-        existing = await _task_for_key(session, key, received, processing, callback_url) if key else None
+        # A session only for a keyed upload: the rest runs on the driver pool (see _create_task).
+        existing = await _task_for_key(services, key, received, processing, callback_url) if key else None
         if existing is None:
             try:
                 task_id = await _create_task(services, received, processing, callback_url, key, caller)
             except asyncpg.UniqueViolationError:
                 # A concurrent request with the same key committed first.
                 existing = (
-                    await _task_for_key(session, key, received, processing, callback_url) if key else None
+                    await _task_for_key(services, key, received, processing, callback_url) if key else None
                 )
                 if existing is None:
                     raise
