@@ -11,12 +11,10 @@ from fastapi import Depends, Header, HTTPException, Path, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.state import Services
-from core.models import ImageTask
+from core.models import MAX_TASK_ID, ImageTask
 
 TASK_NOT_FOUND = "Task not found"
 API_KEY_REQUIRED = "A valid X-API-Key header is required."
-# The id column is a PostgreSQL integer: larger ids cannot exist, and asking the database would fail.
-MAX_TASK_ID = 2**31 - 1
 
 
 def get_services(request: Request) -> Services:

@@ -154,6 +154,12 @@ async def make_driver_pool(database_url: str, *, max_size: int) -> asyncpg.Pool:
     release: DriverStatements leave no session state (no transactions, locks or LISTENs) to clear.
     """
     _, options = _ASYNCPG_DIALECT.create_connect_args(make_url(database_url))
+    # URL options meant for SQLAlchemy's adapter, not for asyncpg.connect(): its statement cache size
+    # is asyncpg's own (0 behind a transaction-mode PgBouncer); the rest has no meaning here.
+    if "prepared_statement_cache_size" in options:
+        options["statement_cache_size"] = options.pop("prepared_statement_cache_size")
+    for adapter_only in ("prepared_statement_name_func", "async_fallback", "async_creator_fn"):
+        options.pop(adapter_only, None)
     return await asyncpg.create_pool(
         **options,
         min_size=0,

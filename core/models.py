@@ -36,6 +36,9 @@ class TaskStatus(enum.StrEnum):
 
 FINAL_STATUSES = (TaskStatus.DONE, TaskStatus.FAILED)
 
+# The id column is a PostgreSQL integer: larger ids cannot exist, and asking the database would fail.
+MAX_TASK_ID = 2**31 - 1
+
 # Why a task failed whose every attempt ended with its worker gone (killed, out of memory). Written
 # by the worker or by the API's lease sweep, whichever notices first.
 INTERRUPTED_REASON = (

@@ -31,6 +31,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, BadRequestError, ServiceUnavailableError
 
+from core.models import MAX_TASK_ID
+
 log = logging.getLogger(__name__)
 
 STREAM = "IMAGE_TASKS"
@@ -185,4 +187,8 @@ async def publish_task(js: JetStreamContext, task_id: int, attempts: int = 0) ->
 def parse_task_id(payload: bytes) -> int | None:
     """The task id a message carries, or None for a payload no publisher of ours would send."""
     text = payload.decode("ascii", errors="replace").strip()
-    return int(text) if text.isdigit() and len(text) <= 18 else None
+    # Out of the id column's range, the claim would fail with a data error, redelivered for ever.
+    if not text.isdigit() or len(text) > 10:
+        return None
+    task_id = int(text)
+    return task_id if 1 <= task_id <= MAX_TASK_ID else None

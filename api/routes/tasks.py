@@ -250,8 +250,12 @@ async def _create_task(
 
 
 def _refused_by_server(exc: BaseException) -> bool:
-    # asyncpg makes up PostgresConnectionErrors itself when the connection drops; every other
-    # PostgresError is the server's answer, and an autocommit statement that failed did not commit.
+    """Whether the server answered the statement with an error: an autocommit statement that failed
+    did not commit. asyncpg makes up PostgresConnectionErrors itself when a connection drops; when
+    the server sent an error and then closed it (terminated, shutting down: FATAL 57P01), that
+    error is the ConnectionDoesNotExistError's cause."""
+    if isinstance(exc, asyncpg.ConnectionDoesNotExistError):
+        exc = exc.__cause__ or exc
     return isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, asyncpg.PostgresConnectionError)
 
 

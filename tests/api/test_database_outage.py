@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
@@ -46,3 +48,40 @@ async def test_upload_answers_503_and_leaves_no_file_while_the_database_is_down(
     await eventually(recovered, timeout=20, what="/ready answering 200 once PostgreSQL is back")
     retry = await client.post("/upload", files={"file": ("a.jpg", images.jpeg(), "image/jpeg")})
     assert retry.status_code == 200
+
+
+async def test_an_upload_whose_insert_the_server_cuts_off_answers_503_and_leaves_no_file(
+    client: httpx.AsyncClient, uploads_dir: Path, stack_env: dict[str, str]
+) -> None:
+    """The server terminates the API's connection while its INSERT waits (as a shutdown does): the
+    statement never committed, so the upload's file must go too."""
+    before = set(uploads_dir.iterdir())
+    dsn = stack_env["DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://", 1)
+    admin = await asyncpg.connect(dsn)
+    try:
+        async with admin.transaction():
+            await admin.execute("LOCK TABLE image_tasks IN ACCESS EXCLUSIVE MODE")
+            upload = asyncio.create_task(
+                client.post("/upload", files={"file": ("cut.jpg", images.jpeg(), "image/jpeg")})
+            )
+            waiting: list[int] = []
+
+            async def insert_waits_for_the_lock() -> bool:
+                waiting[:] = (
+                    await admin.fetchval(
+                        "SELECT array_agg(pid) FROM pg_stat_activity"
+                        " WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO image_tasks%'"
+                    )
+                    or []
+                )
+                return bool(waiting)
+
+            await eventually(insert_waits_for_the_lock, what="the upload's INSERT waiting for the lock")
+            await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", waiting)
+            response = await upload
+    finally:
+        await admin.close()
+
+    assert response.status_code == 503, response.text
+    assert response.json() == {"detail": DATABASE_UNAVAILABLE}
+    assert set(uploads_dir.iterdir()) == before

@@ -161,3 +161,18 @@ async def test_an_insert_takes_the_columns_python_defaults_as_the_orm_would(data
     row = await database.fetchrow(statement.sql, *statement.args(**values))
 
     assert tuple(row) == ("pending", 0, 0)
+
+
+async def test_sqlalchemy_url_options_are_understood_by_the_driver_pool(stack_env: dict[str, str]) -> None:
+    """`prepared_statement_cache_size` is SQLAlchemy's option (0 behind a transaction-mode PgBouncer);
+    asyncpg.connect() would refuse it, so every use of the pool would fail."""
+    url = stack_env["DATABASE_URL"]
+    pool = await make_driver_pool(
+        f"{url}{'&' if '?' in url else '?'}prepared_statement_cache_size=0", max_size=1
+    )
+    try:
+        async with pool.acquire() as connection:
+            assert await connection.fetchval("SELECT 1") == 1
+            assert connection._stmt_cache.get_max_size() == 0
+    finally:
+        await pool.close()

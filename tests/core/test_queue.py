@@ -98,7 +98,17 @@ async def test_a_server_without_jetstream_is_an_error_not_silence(tmp_path: Path
 
 
 @pytest.mark.parametrize(
-    ("payload", "expected"), [(b"17", 17), (b" 5\n", 5), (b"abc", None), (b"-3", None), (b"9" * 40, None)]
+    ("payload", "expected"),
+    [
+        (b"17", 17),
+        (b" 5\n", 5),
+        (b"2147483647", 2**31 - 1),
+        (b"abc", None),
+        (b"-3", None),
+        (b"0", None),
+        (b"2147483648", None),
+        (b"9" * 40, None),
+    ],
 )
 def test_only_task_ids_are_accepted_from_the_queue(payload: bytes, expected: int | None) -> None:
     assert queue.parse_task_id(payload) == expected
