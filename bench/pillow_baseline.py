@@ -9,13 +9,16 @@ suite stops and says so rather than timing something else.
 from __future__ import annotations
 
 import inspect
+import shutil
 import statistics
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from config import get_settings
 from core.formats import configure_pillow
+from core.storage import move_into_place
 from worker.imaging import watermark
 
 
@@ -41,20 +44,38 @@ def render_function() -> Callable[[Path, Path], object]:
     return lambda src, dst: watermark(src, dst, **kwargs)
 
 
-def bare_loop(src: Path, workdir: Path, *, count: int, max_seconds: float) -> dict[str, float]:
-    """Render `src` up to `count` times in this thread, no queue or database: rate and median time."""
+def bare_loop(
+    src: Path, workdir: Path, *, count: int, max_seconds: float, durable: bool = False
+) -> dict[str, float]:
+    """Render `src` up to `count` times in this thread, no queue or database: rate and median time.
+
+    `durable`: write each output as the worker must before it records `done` (a new temporary
+    file, synced, renamed into place, the folder synced: core.storage.move_into_place), instead of
+    overwriting one file. The difference is what durability alone costs.
+    """
     render = render_function()
-    dst = workdir / "bare-loop-output"
-    render(src, dst)  # warm-up: fonts, codecs, page cache
+    folder = workdir / "bare-loop"
+    folder.mkdir(exist_ok=True)
+    dst = folder / "output"
+
+    def once() -> None:
+        if not durable:
+            render(src, dst)
+            return
+        temp = folder / f".partial-{uuid.uuid4().hex}"
+        render(src, temp)
+        move_into_place(temp, dst)
+
+    once()  # warm-up: fonts, codecs, page cache
     times: list[float] = []
     deadline = time.monotonic() + max_seconds
     started = time.perf_counter()
     while len(times) < count and time.monotonic() < deadline:
         one = time.perf_counter()
-        render(src, dst)
+        once()
         times.append(time.perf_counter() - one)
     elapsed = time.perf_counter() - started
-    dst.unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
     return {
         "images": len(times),
         "rate": len(times) / elapsed,

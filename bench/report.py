@@ -155,6 +155,17 @@ def targets(results: dict[str, Any]) -> list[Target]:
                 2,
             ),
         ]
+        if _select(runs, kind="bare, durable write"):
+            found.append(
+                Target(
+                    "bare Pillow loop writing as the worker must (new file, fsync, rename, folder fsync)"
+                    " / bare loop (not a target: what durability alone costs)",
+                    _ratios(runs, {"kind": "bare, durable write"}, {"kind": "bare"}, "rate"),
+                    "(≥ 0.85)",
+                    None,
+                    2,
+                )
+            )
         if _select(runs, kind="1 worker, 1 thread each"):
             found.append(
                 Target(
@@ -342,6 +353,24 @@ def markdown(results: dict[str, Any]) -> str:
                 ),
             ),
         ]
+    e2e_cpu = [r for r in scenarios.get("end_to_end", {}).get("runs", []) if "cpu_ms_per_image" in r]
+    if e2e_cpu:
+        names = list(e2e_cpu[0]["cpu_ms_per_image"])
+        out += [
+            "",
+            "End to end, CPU time per image by process (ms) and the share of the machine's cores busy:",
+            "",
+            _table(
+                [*names, "in all", "machine busy"],
+                [
+                    [Spread.of(r["cpu_ms_per_image"][name] for r in e2e_cpu).show(2) for name in names]
+                    + [
+                        Spread.of(sum(r["cpu_ms_per_image"].values()) for r in e2e_cpu).show(2),
+                        Spread.of(r["machine_busy_share"] * 100 for r in e2e_cpu).show() + " %",
+                    ]
+                ],
+            ),
+        ]
     if "memory" in scenarios:
         memory = scenarios["memory"]
         rows = []
@@ -380,12 +409,11 @@ def markdown(results: dict[str, Any]) -> str:
 
 def _drain_row(kind: str, runs: list[dict[str, Any]]) -> list[str]:
     rate = Spread.of(r["rate"] for r in runs).show()
-    if kind == "bare":
-        return [
-            "bare Pillow loop (1 thread)",
-            rate,
-            Spread.of(r["median_ms"] for r in runs).show(2) + " (Pillow)",
-        ]
+    if kind.startswith("bare"):
+        label = "bare Pillow loop (1 thread)"
+        if kind != "bare":
+            label = "bare Pillow loop writing each output durably, as the worker does (1 thread)"
+        return [label, rate, Spread.of(r["median_ms"] for r in runs).show(2) + " (median per image)"]
     cpu = Spread.of(r.get("worker_cpu_ms_per_image", float("nan")) for r in runs).show(2)
     return [
         kind + (" (default WORKER_CONCURRENCY)" if "thread" not in kind else ""),

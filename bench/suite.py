@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import datetime
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -304,6 +305,22 @@ class Suite:
                 runs.append(
                     {"rep": rep, "kind": "bare", "rate": loop["rate"], "median_ms": loop["median_ms"]}
                 )
+                durable = await asyncio.to_thread(
+                    bare_loop,
+                    self.files["small"],
+                    self.stack.workdir,
+                    count=10_000,
+                    max_seconds=self.plan.bare_loop_seconds,
+                    durable=True,
+                )
+                runs.append(
+                    {
+                        "rep": rep,
+                        "kind": "bare, durable write",
+                        "rate": durable["rate"],
+                        "median_ms": durable["median_ms"],
+                    }
+                )
                 for workers in (1, 2):
                     runs.append(await self.drain_once(api, workers, rep, self.plan.drain_tasks))
                 if self.plan.single_thread_drain_tasks:
@@ -349,7 +366,10 @@ class Suite:
         async with self.stack.api() as api:
             for rep in range(self.plan.reps):
                 await self.stack.empty()
-                async with self.stack.workers(2):
+                async with self.stack.workers(2) as pids:
+                    before = {"api": machine.process_cpu(api.process.pid), **self.services_cpu()}
+                    before["workers"] = sum(machine.process_cpu(pid) for pid in pids)
+                    machine_before = self.cpu.snapshot()
                     upload = await self.load(
                         api.port, "small", count=self.plan.e2e_uploads, concurrency=16, max_seconds=120
                     )
@@ -358,7 +378,14 @@ class Suite:
                     last = await self.stack.db.fetchval(
                         "SELECT extract(epoch FROM max(finished_at)) FROM image_tasks"
                     )
+                    after = {"api": machine.process_cpu(api.process.pid), **self.services_cpu()}
+                    after["workers"] = sum(machine.process_cpu(pid) for pid in pids)
+                    busy = self.cpu.between(machine_before, self.cpu.snapshot())
                 elapsed = float(last) - upload["started_wall"]
+                done = max(counts.get("done", 0), 1)
+                # Where the CPU went, per image, and how much of the machine was busy: is it the limit?
+                cpu_ms = {name: (after[name] - before[name]) / done * 1000 for name in before}
+                cpu_ms["generator"] = upload["cpu_seconds"] / done * 1000
                 errors = (
                     self.plan.e2e_uploads
                     - accepted
@@ -374,6 +401,9 @@ class Suite:
                         "rate": counts.get("done", 0) / elapsed,
                         "upload_phase_rate": accepted / upload["elapsed"],
                         "upload_p99_ms": report.percentile(upload["latencies"], 0.99) * 1000,
+                        "cpu_ms_per_image": cpu_ms,
+                        "machine_busy_share": busy["machine_cpu_seconds"]
+                        / (busy["wall_seconds"] * (os.cpu_count() or 1)),
                     }
                 )
         return {"runs": runs}
