@@ -295,32 +295,18 @@ class Suite:
         runs: list[dict[str, Any]] = []
         async with self.stack.api() as api:
             for rep in range(self.plan.reps):
-                loop = await asyncio.to_thread(
-                    bare_loop,
-                    self.files["small"],
-                    self.stack.workdir,
-                    count=10_000,
-                    max_seconds=self.plan.bare_loop_seconds,
-                )
-                runs.append(
-                    {"rep": rep, "kind": "bare", "rate": loop["rate"], "median_ms": loop["median_ms"]}
-                )
-                durable = await asyncio.to_thread(
-                    bare_loop,
-                    self.files["small"],
-                    self.stack.workdir,
-                    count=10_000,
-                    max_seconds=self.plan.bare_loop_seconds,
-                    durable=True,
-                )
-                runs.append(
-                    {
-                        "rep": rep,
-                        "kind": "bare, durable write",
-                        "rate": durable["rate"],
-                        "median_ms": durable["median_ms"],
-                    }
-                )
+                for kind, durable in (("bare", False), ("bare, durable write", True)):
+                    loop = await asyncio.to_thread(
+                        bare_loop,
+                        self.files["small"],
+                        self.stack.workdir,
+                        count=10_000,
+                        max_seconds=self.plan.bare_loop_seconds,
+                        durable=durable,
+                    )
+                    runs.append(
+                        {"rep": rep, "kind": kind, "rate": loop["rate"], "median_ms": loop["median_ms"]}
+                    )
                 for workers in (1, 2):
                     runs.append(await self.drain_once(api, workers, rep, self.plan.drain_tasks))
                 if self.plan.single_thread_drain_tasks:
