@@ -33,11 +33,11 @@ from datetime import timedelta
 import asyncpg
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from sqlalchemy import ARRAY, Integer, bindparam, func, select, update
+from sqlalchemy import ARRAY, Integer, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core import queue
-from core.db import POOL_TIMEOUT_SECONDS, DriverStatement
+from core.db import POOL_TIMEOUT_SECONDS, DriverStatement, placeholder
 from core.models import INTERRUPTED_REASON, ImageTask, TaskStatus, finished_values
 from core.storage import Storage
 
@@ -52,7 +52,7 @@ RELAY_GRACE = timedelta(seconds=2)
 # it was 4% of the API's CPU at 16 uploads at a time.
 _MARK_QUEUED = DriverStatement.of(
     update(ImageTask)
-    .where(ImageTask.id == func.any(bindparam("ids", required=False, type_=ARRAY(Integer))))
+    .where(ImageTask.id == func.any(placeholder("ids", ARRAY(Integer))))
     .values(queued_at=func.now()),
     "ids",
 )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from sqlalchemy import MetaData
+from sqlalchemy import BindParameter, MetaData, bindparam
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as AsyncpgDialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -19,6 +19,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.sql import Executable
+from sqlalchemy.types import TypeEngine
 
 # Stable constraint names, so Alembic's autogenerate and hand-written migrations agree.
 NAMING_CONVENTION = {
@@ -104,6 +105,11 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 _ASYNCPG_DIALECT = AsyncpgDialect()
 
 
+def placeholder(name: str, type_: TypeEngine[Any] | None = None) -> BindParameter[Any]:
+    """A named value of a DriverStatement, given to `args()` (which checks for it, not SQLAlchemy)."""
+    return bindparam(name, required=False, type_=type_)
+
+
 @dataclass(frozen=True)
 class DriverStatement:
     """A Core statement compiled once to asyncpg's SQL, run straight on a driver connection.
@@ -123,7 +129,7 @@ class DriverStatement:
 
     @classmethod
     def of(cls, statement: Executable, *required: str) -> DriverStatement:
-        """`required`: the names of the statement's `bindparam(name, required=False)` placeholders."""
+        """`required`: the names of the statement's placeholders."""
         compiled = statement.compile(dialect=_ASYNCPG_DIALECT, compile_kwargs={"render_postcompile": True})
         names = tuple(compiled.positiontup or ())
         missing = set(required) - set(names)

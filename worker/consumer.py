@@ -38,11 +38,10 @@ from typing import Any
 
 import asyncpg
 from nats.aio.msg import Msg
-from sqlalchemy import BindParameter, ColumnElement, Interval, and_, bindparam, func, or_, select, update
+from sqlalchemy import ColumnElement, Interval, and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.types import TypeEngine
 
-from core.db import POOL_TIMEOUT_SECONDS, DriverStatement, is_database_unavailable
+from core.db import POOL_TIMEOUT_SECONDS, DriverStatement, is_database_unavailable, placeholder
 from core.formats import ImageRejected
 from core.logs import task_context
 from core.models import FINAL_STATUSES, INTERRUPTED_REASON, ImageTask, TaskStatus, finished_values
@@ -76,11 +75,7 @@ def _claimable() -> ColumnElement[bool]:
     )
 
 
-def _value(name: str, type_: TypeEngine[Any] | None = None) -> BindParameter[Any]:
-    return bindparam(name, required=False, type_=type_)
-
-
-_THIS_TASK = ImageTask.id == _value("task_id")
+_THIS_TASK = ImageTask.id == placeholder("task_id")
 _STILL_PROCESSING = ImageTask.status == TaskStatus.PROCESSING
 
 # Every row change the worker makes, one autocommit statement each (see DriverStatement for why).
@@ -94,7 +89,7 @@ _CLAIM = DriverStatement.of(
         status=TaskStatus.PROCESSING,
         attempts=ImageTask.attempts + 1,
         started_at=func.now(),
-        leased_until=func.now() + _value("lease", Interval()),
+        leased_until=func.now() + placeholder("lease", Interval()),
         error=None,
     )
     .returning(ImageTask.input_name, ImageTask.attempts, ImageTask.processing),
@@ -105,7 +100,7 @@ _STATUS = DriverStatement.of(select(ImageTask.status).where(_THIS_TASK), "task_i
 _RENEW_LEASE = DriverStatement.of(
     update(ImageTask)
     .where(_THIS_TASK, _STILL_PROCESSING)
-    .values(leased_until=func.now() + _value("lease", Interval()))
+    .values(leased_until=func.now() + placeholder("lease", Interval()))
     .returning(ImageTask.id),
     "task_id",
     "lease",
@@ -130,8 +125,8 @@ _FINISH_DONE = DriverStatement.of(
     .where(_THIS_TASK, ImageTask.status.in_(_OPEN))
     .values(
         status=TaskStatus.DONE,
-        output_name=_value("output_name"),
-        outputs=_value("outputs", JSONB()),
+        output_name=placeholder("output_name"),
+        outputs=placeholder("outputs", JSONB()),
         error=None,
         **finished_values(),
     )
@@ -143,7 +138,7 @@ _FINISH_DONE = DriverStatement.of(
 _FINISH_FAILED = DriverStatement.of(
     update(ImageTask)
     .where(_THIS_TASK, ImageTask.status.not_in(FINAL_STATUSES))
-    .values(status=TaskStatus.FAILED, error=_value("reason"), **finished_values()),
+    .values(status=TaskStatus.FAILED, error=placeholder("reason"), **finished_values()),
     "task_id",
     "reason",
 )

@@ -6,12 +6,12 @@ import json
 import logging
 import re
 from pathlib import PurePath
-from typing import Annotated, Any
+from typing import Annotated
 
 import asyncpg
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
-from sqlalchemy import BindParameter, bindparam, insert, or_, select
+from sqlalchemy import insert, or_, select
 from sqlalchemy.dialects.postgresql import JSONB
 
 from api.callback_urls import CallbackRefused, vet_callback_url
@@ -29,7 +29,7 @@ from api.schemas import (
 from api.stored_files import stored_file_response
 from api.templating import wants_html
 from api.uploads import STORAGE_FAILED, ReceivedUpload, UploadRefused, receive_upload
-from core.db import POOL_TIMEOUT_SECONDS, DriverStatement
+from core.db import POOL_TIMEOUT_SECONDS, DriverStatement, placeholder
 from core.formats import CONTENT_TYPES, EXTENSIONS
 from core.models import ImageTask, TaskStatus, output_files
 from core.processing import Processing, ProcessingInvalid, output_size, resolve
@@ -108,10 +108,6 @@ _UPLOAD_BODY = {
 }
 
 
-def _value(name: str, type_: Any = None) -> BindParameter[Any]:
-    return bindparam(name, required=False, type_=type_)
-
-
 _NEW_TASK_COLUMNS = (
     "filename",
     "content_type",
@@ -129,8 +125,8 @@ _NEW_TASK_COLUMNS = (
 _INSERT_TASK = DriverStatement.of(
     insert(ImageTask)
     .values(
-        **{column: _value(column) for column in _NEW_TASK_COLUMNS},
-        processing=_value("processing", JSONB()),
+        **{column: placeholder(column) for column in _NEW_TASK_COLUMNS},
+        processing=placeholder("processing", JSONB()),
     )
     .returning(ImageTask.id),
     *_NEW_TASK_COLUMNS,

@@ -9,18 +9,14 @@ from datetime import timedelta
 
 import asyncpg
 import pytest
-from sqlalchemy import Interval, bindparam, func, insert, select, update
+from sqlalchemy import Interval, func, insert, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 
-from core.db import DriverStatement, is_database_unavailable, make_driver_pool
+from core.db import DriverStatement, is_database_unavailable, make_driver_pool, placeholder
 from core.models import ImageTask, TaskStatus, finished_values
 from devstack.servers import free_port
 
 _TEST_ROW = "driver-statement-"
-
-
-def _value(name: str, type_: object = None) -> object:
-    return bindparam(name, required=False, type_=type_)
 
 
 @pytest.fixture
@@ -54,10 +50,10 @@ def test_values_are_placed_by_name_and_constants_keep_their_compiled_values() ->
     statement = DriverStatement.of(
         update(ImageTask)
         .where(
-            ImageTask.id == _value("task_id"),
+            ImageTask.id == placeholder("task_id"),
             ImageTask.status.in_((TaskStatus.PENDING, TaskStatus.PROCESSING)),
         )
-        .values(error=_value("reason"), status=TaskStatus.FAILED),
+        .values(error=placeholder("reason"), status=TaskStatus.FAILED),
         "task_id",
         "reason",
     )
@@ -72,7 +68,7 @@ def test_values_are_placed_by_name_and_constants_keep_their_compiled_values() ->
 
 def test_missing_unknown_or_undeclared_values_are_refused() -> None:
     statement = DriverStatement.of(
-        select(ImageTask.status).where(ImageTask.id == _value("task_id")), "task_id"
+        select(ImageTask.status).where(ImageTask.id == placeholder("task_id")), "task_id"
     )
 
     with pytest.raises(TypeError, match="task_id"):
@@ -87,11 +83,11 @@ async def test_a_statement_runs_in_one_round_trip_with_the_models_semantics(data
     """finished_values() makes a callback due only where the row has one, as the ORM path does."""
     finish = DriverStatement.of(
         update(ImageTask)
-        .where(ImageTask.id == _value("task_id"))
+        .where(ImageTask.id == placeholder("task_id"))
         .values(
             status=TaskStatus.DONE,
-            outputs=_value("outputs", JSONB()),
-            started_at=func.now() - _value("ago", Interval()),
+            outputs=placeholder("outputs", JSONB()),
+            started_at=func.now() - placeholder("ago", Interval()),
             **finished_values(),
         )
         .returning(ImageTask.outputs, ImageTask.callback_state, ImageTask.finished_at - ImageTask.started_at),
@@ -146,7 +142,7 @@ async def test_an_insert_takes_the_columns_python_defaults_as_the_orm_would(data
     columns = ("filename", "content_type", "size_bytes", "width", "height", "sha256", "input_name")
     statement = DriverStatement.of(
         insert(ImageTask)
-        .values(**{column: _value(column) for column in columns})
+        .values(**{column: placeholder(column) for column in columns})
         .returning(ImageTask.status, ImageTask.attempts, ImageTask.callback_attempts),
         *columns,
     )
