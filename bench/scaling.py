@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from bench.quick import upload_all, wait_all_done
+from bench.stack import bench_environment
 from devstack.servers import free_port
 from devstack.stack import LocalServers, migrate, start_api, start_worker, stop_process, wait_until_ready
 from tests import images
@@ -71,14 +72,7 @@ def main() -> None:
     api = None
     try:
         migrate(servers.postgres.url())
-        env = servers.environment(
-            UPLOADS_DIR=str(workdir / "uploads"),
-            PROCESSED_DIR=str(workdir / "processed"),
-            WORKER_CONCURRENCY=str(args.worker_concurrency),
-            LOG_LEVEL="WARNING",
-            # Several workers on this host: one default metrics port cannot serve them all.
-            WORKER_METRICS_PORT="0",
-        )
+        env = bench_environment(servers, workdir, WORKER_CONCURRENCY=str(args.worker_concurrency))
         port = free_port()
         base_url = f"http://127.0.0.1:{port}"
         api = start_api(env, port, log_file=workdir / "api.log")

@@ -36,6 +36,7 @@ import httpx
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.stack import bench_environment
 from core.db import make_engine
 from core.models import ImageTask
 from devstack.servers import free_port
@@ -363,13 +364,7 @@ def main() -> int:
     try:
         servers.start()
         migrate(servers.postgres.url())
-        env = servers.environment(
-            UPLOADS_DIR=str(workdir / "uploads"),
-            PROCESSED_DIR=str(workdir / "processed"),
-            # Several workers on this host: one default metrics port cannot serve them all.
-            WORKER_METRICS_PORT="0",
-            **SOAK_SETTINGS,
-        )
+        env = bench_environment(servers, workdir, **SOAK_SETTINGS)
         port = free_port()
         base_url = f"http://127.0.0.1:{port}"
         api = start_api(env, port, log_file=workdir / "api.log")

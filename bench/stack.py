@@ -38,6 +38,16 @@ from devstack.stack import (
 BENCH_SETTINGS = {"LOG_LEVEL": "WARNING", "WORKER_METRICS_PORT": "0"}
 
 
+def bench_environment(servers: LocalServers, workdir: Path, **overrides: str) -> dict[str, str]:
+    """The processes' settings for a benchmark on `servers`: folders in `workdir`, BENCH_SETTINGS,
+    then `overrides`."""
+    return servers.environment(
+        UPLOADS_DIR=str(workdir / "uploads"),
+        PROCESSED_DIR=str(workdir / "processed"),
+        **{**BENCH_SETTINGS, **overrides},
+    )
+
+
 @dataclass
 class Api:
     process: subprocess.Popen
@@ -75,9 +85,7 @@ class BenchStack:
     async def start(self) -> None:
         await asyncio.to_thread(self.servers.start)
         await asyncio.to_thread(migrate, self.servers.postgres.url())
-        self.env = self.servers.environment(
-            UPLOADS_DIR=str(self.uploads), PROCESSED_DIR=str(self.processed), **BENCH_SETTINGS
-        )
+        self.env = bench_environment(self.servers, self.workdir)
         self._db = await asyncpg.connect(
             user="postgres", database="imagequeue", host=str(self.servers.postgres.socket_dir)
         )

@@ -27,6 +27,7 @@ import httpx
 
 from bench.quick import upload_all, wait_all_done
 from bench.scaling import run_workers
+from bench.stack import bench_environment
 from devstack.servers import free_port
 from devstack.stack import LocalServers, migrate, start_api, stop_process, wait_until_ready
 from tests import images
@@ -118,13 +119,7 @@ def main() -> None:
     servers.start()
     try:
         migrate(servers.postgres.url())
-        env = servers.environment(
-            UPLOADS_DIR=str(workdir / "uploads"),
-            PROCESSED_DIR=str(workdir / "processed"),
-            WORKER_CONCURRENCY=str(args.worker_concurrency),
-            WORKER_METRICS_PORT="0",
-            LOG_LEVEL="WARNING",
-        )
+        env = bench_environment(servers, workdir, WORKER_CONCURRENCY=str(args.worker_concurrency))
         print(
             f"{os.cpu_count()} CPU(s); input {width}×{height} JPEG ({len(data):,} bytes); "
             f"{args.uploads} uploads at concurrency {args.concurrency}; one API, one worker "
