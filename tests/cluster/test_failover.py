@@ -23,7 +23,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -116,44 +116,46 @@ async def _fully_replicated(observer: NATS, stream: str = queue.STREAM) -> tuple
 
 
 async def _lead_the_consumer_from(observer: NATS, node: str) -> None:
-    """Move the consumer's leadership to `node` (JetStream's leader stepdown with a preferred
-    placement) unless it is there already."""
+    """Move the consumer's leadership to `node` unless it is there already."""
     js = observer.jetstream()
-    stepdown = f"$JS.API.CONSUMER.LEADER.STEPDOWN.{queue.STREAM}.{queue.DURABLE}"
 
-    async def led_from_node() -> bool:
+    async def leader() -> str | None:
         try:
-            leader = (await js.consumer_info(queue.STREAM, queue.DURABLE, timeout=2)).cluster.leader
+            return (await js.consumer_info(queue.STREAM, queue.DURABLE, timeout=2)).cluster.leader
         except Exception:  # mid-election: ask again
-            return False
-        if leader == node:
-            return True
-        if leader is not None:
-            with contextlib.suppress(Exception):
-                await observer.request(
-                    stepdown, json.dumps({"placement": {"preferred": node}}).encode(), timeout=2
-                )
-        return False
+            return None
 
-    await eventually(led_from_node, timeout=30, what=f"the consumer led from {node}")
+    stepdown = f"$JS.API.CONSUMER.LEADER.STEPDOWN.{queue.STREAM}.{queue.DURABLE}"
+    await _move_leadership(observer, stepdown, leader, node, what="the consumer")
 
 
 async def _lead_the_stream_from(observer: NATS, stream: str, node: str) -> None:
-    """Move a stream's leadership to `node` (leader stepdown with a preferred placement)."""
+    """Move a stream's leadership to `node` unless it is there already."""
+
+    async def leader() -> str | None:
+        return (await _stream_cluster(observer, stream))[0]
+
     stepdown = f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}"
+    await _move_leadership(observer, stepdown, leader, node, what=f"stream {stream}")
+
+
+async def _move_leadership(
+    observer: NATS, stepdown: str, leader: Callable[[], Awaitable[str | None]], node: str, *, what: str
+) -> None:
+    """JetStream's leader stepdown with `node` as the preferred placement, until `node` leads."""
 
     async def led_from_node() -> bool:
-        leader, _ = await _stream_cluster(observer, stream)
-        if leader == node:
+        current = await leader()
+        if current == node:
             return True
-        if leader is not None:
+        if current is not None:
             with contextlib.suppress(Exception):
                 await observer.request(
                     stepdown, json.dumps({"placement": {"preferred": node}}).encode(), timeout=2
                 )
         return False
 
-    await eventually(led_from_node, timeout=30, what=f"stream {stream} led from {node}")
+    await eventually(led_from_node, timeout=30, what=f"{what} led from {node}")
 
 
 async def _stored_outputs(observer: NATS) -> dict[str, bytes]:
