@@ -121,7 +121,7 @@ async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | 
         render=render_settings(settings),
         policy=TaskPolicy(
             ack_wait_seconds=settings.ack_wait_seconds,
-            max_attempts=settings.max_deliver,
+            max_attempts=settings.max_attempts,
             retry_delay_seconds=settings.retry_delay_seconds,
         ),
     )
