@@ -1,8 +1,12 @@
 """Settings for every imagequeue process: the only module that reads the environment.
 
-Layers, later ones winning: the defaults below, then `.secrets.toml` beside this file (or the file
+Layers, later ones winning: the defaults declared below, then `.secrets.toml` beside this file (or the file
 named by `SETTINGS_FILE_FOR_DYNACONF`), then environment variables with the unprefixed names the
 design document uses (`DATABASE_URL`, `NATS_URL`, `UPLOADS_DIR`, `PROCESSED_DIR`, ...).
+
+Each setting is declared once, as a field of `Settings`: its type says what values it takes and what
+the attribute holds; `setting(...)` adds its default (as `.secrets.toml` would spell it), bounds and any
+further rule. The setting's name is the field's, upper-cased.
 
 Nothing is read at import time: call `get_settings()` (cached) from a process's start-up code.
 A bad value stops start-up with a `ConfigError` that names the setting.
@@ -10,16 +14,22 @@ A bad value stops start-up with a `ConfigError` that names the setting.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from dataclasses import dataclass
-from functools import lru_cache
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from dynaconf import Dynaconf, ValidationError, Validator
+from dynaconf import Dynaconf
 
 PROJECT_ROOT = Path(__file__).resolve().parent
+# JetStream refuses more than 5 replicas of a stream.
+MAX_REPLICAS = 5
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(RuntimeError):
@@ -27,230 +37,288 @@ class ConfigError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Settings:
-    database_url: str
-    nats_url: str
-    uploads_dir: Path
-    processed_dir: Path
-    max_upload_bytes: int
-    max_image_pixels: int
-    max_frames: int
-    watermark_text: str
-    worker_concurrency: int
-    ack_wait_seconds: float
-    max_deliver: int
-    retry_delay_seconds: float
-    outbox_interval_seconds: float
-    lost_after_seconds: float
-    api_keys: tuple[str, ...]
-    worker_heartbeat_file: Path | None
-    log_level: str
-    log_json: bool
-    retention_days: int
-    # Operator presets by name, as given (core.processing.build_presets validates them).
-    presets: dict[str, Any]
-    max_output_pixels: int
-    keep_metadata: bool
-    webp_method: int
-    worker_pool: Literal["threads", "processes"]
-    webhook_secret: str
-    webhook_allow_private: bool
-    webhook_max_attempts: int
-    webhook_retry_seconds: float
-    webhook_timeout_seconds: float
-    worker_metrics_port: int
-    stream_replicas: int
-    consumer_replicas: int
-    storage_backend: Literal["local", "nats"]
+class Declaration:
+    """What a setting's type does not say: its default, bounds and any further rule."""
+
+    default: object
+    gt: float | None = None
+    ge: float | None = None
+    le: float | None = None
+    # A further test of the value as given (after the type's), with `rule` saying what it wants.
+    check: Callable[[Any], bool] | None = None
+    # What a good value is, after "<NAME> must": where the type and bounds do not say it well.
+    rule: str = ""
+    # How the attribute is made, where the type's own reading will not do.
+    convert: Callable[[Any], Any] | None = None
+    # A former name, still read (with a warning) so that existing deployments keep starting.
+    old_name: str = ""
+    # Keep the value out of error messages: they end up in logs.
+    secret: bool = False
 
 
-_DEFAULTS: dict[str, object] = {
-    "DATABASE_URL": "postgresql+asyncpg://postgres:postgres@localhost:5432/imagequeue",
-    "NATS_URL": "nats://localhost:4222",
-    "UPLOADS_DIR": "uploads",
-    "PROCESSED_DIR": "processed",
-    "MAX_UPLOAD_BYTES": 25 * 1024 * 1024,
-    "MAX_IMAGE_PIXELS": 50_000_000,
-    "MAX_FRAMES": 500,
-    "WATERMARK_TEXT": "AI magic added!",
-    "WORKER_CONCURRENCY": os.cpu_count() or 1,
-    "ACK_WAIT_SECONDS": 30,
-    "MAX_DELIVER": 5,
-    "RETRY_DELAY_SECONDS": 5,
-    "OUTBOX_INTERVAL_SECONDS": 5,
-    "LOST_AFTER_SECONDS": 300,
-    "API_KEYS": [],
-    "WORKER_HEARTBEAT_FILE": "",
-    "LOG_LEVEL": "INFO",
-    "LOG_FORMAT": "text",
-    "RETENTION_DAYS": 0,
-    "PRESETS": {},
-    "MAX_OUTPUT_PIXELS": 50_000_000,
-    "KEEP_METADATA": False,
-    # WebP encoder effort 0-6. Measured on a 12 MP photo at quality 80 (README, "Speed"): 0 encodes
-    # 4.4× faster than Pillow's default 4, for a file 3% larger.
-    "WEBP_METHOD": 0,
-    "WORKER_POOL": "threads",
-    "WEBHOOK_SECRET": "",
-    "WEBHOOK_ALLOW_PRIVATE": False,
-    "WEBHOOK_MAX_ATTEMPTS": 8,
-    "WEBHOOK_RETRY_SECONDS": 5,
-    "WEBHOOK_TIMEOUT_SECONDS": 10,
-    "WORKER_METRICS_PORT": 9101,
-    "STREAM_REPLICAS": 1,
-    "CONSUMER_REPLICAS": 0,
-    # Where uploads and outputs are kept: `local` (UPLOADS_DIR and PROCESSED_DIR, shared by every
-    # process) or `nats` (JetStream object store buckets; the folders are then scratch space only).
-    "STORAGE_BACKEND": "local",
-}
+def setting(
+    default: object,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    le: float | None = None,
+    check: Callable[[Any], bool] | None = None,
+    rule: str = "",
+    convert: Callable[[Any], Any] | None = None,
+    old_name: str = "",
+    secret: bool = False,
+) -> dict[str, Declaration]:
+    """A `Settings` field's metadata: its declaration. (The field itself has no dataclass default:
+    `load_settings` gives every one.)"""
+    return {"setting": Declaration(default, gt, ge, le, check, rule, convert, old_name, secret)}
 
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
 _POSTGRES_URL = re.compile(r"(postgresql|postgresql\+asyncpg|postgres)://\S+")
 _NATS_URL = re.compile(r"(nats|tls)://[^,\s]+")
 _PLACEHOLDER_KEYS = ("change-me-change-me", "changeme-changeme", "xxxxxxxxxxxxxxxx")
-STORAGE_BACKENDS = ("local", "nats")
-# JetStream refuses more than 5 replicas of a stream.
-MAX_REPLICAS = 5
+
+
+def _key_list(raw: list[Any] | str) -> tuple[str, ...]:
+    """API_KEYS as a TOML list, or a comma-separated string (handier in an environment variable)."""
+    items = raw.split(",") if isinstance(raw, str) else raw
+    return tuple(str(item).strip() for item in items if str(item).strip())
+
+
+def _asyncpg_url(url: str) -> str:
+    """Accept the plain `postgresql://` form operators tend to paste, and use the asyncpg driver."""
+    scheme, rest = url.split("://", 1)
+    return url if scheme == "postgresql+asyncpg" else f"postgresql+asyncpg://{rest}"
+
+
+def _real_key(key: str) -> bool:
+    return len(key) >= 16 and key not in _PLACEHOLDER_KEYS
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = field(
+        metadata=setting(
+            "postgresql+asyncpg://postgres:postgres@localhost:5432/imagequeue",
+            check=lambda url: bool(_POSTGRES_URL.fullmatch(url)),
+            rule="be a postgresql:// URL",
+            convert=_asyncpg_url,
+        )
+    )
+    nats_url: str = field(
+        metadata=setting(
+            "nats://localhost:4222",
+            check=lambda url: all(_NATS_URL.fullmatch(part.strip()) for part in url.split(",")),
+            rule="be nats:// URLs (comma-separated for a cluster)",
+        )
+    )
+    uploads_dir: Path = field(metadata=setting("uploads"))
+    processed_dir: Path = field(metadata=setting("processed"))
+    max_upload_bytes: int = field(metadata=setting(25 * 1024 * 1024, gt=0))
+    max_image_pixels: int = field(metadata=setting(50_000_000, gt=0))
+    max_frames: int = field(metadata=setting(500, gt=0))
+    watermark_text: str = field(
+        metadata=setting(
+            "AI magic added!", check=lambda text: 1 <= len(text) <= 200, rule="be text of 1 to 200 characters"
+        )
+    )
+    worker_concurrency: int = field(metadata=setting(os.cpu_count() or 1, gt=0))
+    ack_wait_seconds: float = field(metadata=setting(30, gt=0, le=30))
+    # Attempts counted in the task's row (JetStream's own delivery limit is off: a database outage
+    # redelivers without end and must not use them up).
+    max_attempts: int = field(metadata=setting(5, gt=0, old_name="MAX_DELIVER"))
+    retry_delay_seconds: float = field(metadata=setting(5, gt=0))
+    outbox_interval_seconds: float = field(metadata=setting(5, gt=0))
+    lost_after_seconds: float = field(
+        metadata=setting(300, ge=60, rule="be at least 60 (longer than any upload)")
+    )
+    api_keys: tuple[str, ...] = field(
+        metadata=setting(
+            [],
+            check=lambda keys: all(_real_key(key) for key in _key_list(keys)),
+            rule="hold keys of at least 16 characters, none a placeholder",
+            secret=True,
+        )
+    )
+    # A relative path is taken from the worker's working folder, unlike the two folders above.
+    worker_heartbeat_file: Path | None = field(metadata=setting(""))
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = field(metadata=setting("INFO"))
+    log_format: Literal["text", "json"] = field(metadata=setting("text"))
+    retention_days: int = field(
+        metadata=setting(0, ge=0, rule="be a whole number of days, 0 to keep everything")
+    )
+    # Operator presets by name, as given (core.processing.build_presets validates them).
+    presets: dict[str, Any] = field(
+        metadata=setting({}, rule="be a table of preset name -> {description, ops}")
+    )
+    max_output_pixels: int = field(metadata=setting(50_000_000, gt=0))
+    keep_metadata: bool = field(metadata=setting(False))
+    # WebP encoder effort 0-6. Measured on a 12 MP photo at quality 80 (README, "Speed"): 0 encodes
+    # 4.4× faster than Pillow's default 4, for a file 3% larger.
+    webp_method: int = field(metadata=setting(0, ge=0, le=6))
+    worker_pool: Literal["threads", "processes"] = field(metadata=setting("threads"))
+    webhook_secret: str = field(
+        metadata=setting(
+            "",
+            check=lambda secret: secret == "" or _real_key(secret),
+            rule="be empty (callbacks off) or at least 16 characters",
+            secret=True,
+        )
+    )
+    webhook_allow_private: bool = field(metadata=setting(False))
+    webhook_max_attempts: int = field(metadata=setting(8, gt=0))
+    webhook_retry_seconds: float = field(metadata=setting(5, gt=0))
+    webhook_timeout_seconds: float = field(metadata=setting(10, gt=0))
+    worker_metrics_port: int = field(
+        metadata=setting(9101, ge=0, le=65535, rule="be a TCP port (1-65535), or 0 for off")
+    )
+    stream_replicas: int = field(metadata=setting(1, ge=1, le=MAX_REPLICAS))
+    consumer_replicas: int = field(
+        metadata=setting(
+            0, ge=0, le=MAX_REPLICAS, rule=f"be a whole number from 0 (same as the stream) to {MAX_REPLICAS}"
+        )
+    )
+    # Where uploads and outputs are kept: `local` (UPLOADS_DIR and PROCESSED_DIR, shared by every
+    # process) or `nats` (JetStream object store buckets; the folders are then scratch space only).
+    storage_backend: Literal["local", "nats"] = field(metadata=setting("local"))
+
+    @property
+    def log_json(self) -> bool:
+        return self.log_format == "json"
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """How values of one field type are read: what the type accepts, and how its errors name it."""
+
+    accepts: Callable[[Any], bool]
+    noun: str
+    convert: Callable[[Any], Any]
+    # The TOML parser reads some text as numbers or booleans (WATERMARK_TEXT=2024): a text type
+    # takes them back as the text they were.
+    text: bool = False
+
+
+def _whole(value: object) -> bool:
+    """TOML and environment values parse `true` as a bool, which Python also counts as an int."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _number(value: object) -> bool:
-    """TOML and environment values parse `true` as a bool, which Python also counts as an int."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+def _plain(value: Any) -> Any:
+    """Dynaconf's boxed tables and lists as plain dicts and lists (with their key case kept)."""
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
 
 
-_VALIDATORS = [
-    Validator(
-        "DATABASE_URL",
-        is_type_of=str,
-        condition=lambda url: bool(_POSTGRES_URL.fullmatch(url)),
-        messages={"condition": "DATABASE_URL must be a postgresql:// URL, got {value!r}"},
-    ),
-    Validator(
-        "NATS_URL",
-        is_type_of=str,
-        condition=lambda url: all(_NATS_URL.fullmatch(part.strip()) for part in url.split(",")),
-        messages={
-            "condition": "NATS_URL must be nats:// URLs (comma-separated for a cluster), got {value!r}"
-        },
-    ),
-    # Text settings may look like numbers to the TOML parser (WATERMARK_TEXT=2024): keep them text.
-    Validator("UPLOADS_DIR", "PROCESSED_DIR", "WATERMARK_TEXT", cast=str, len_min=1),
-    Validator("WATERMARK_TEXT", len_max=200),
-    *(
-        Validator(
-            name,
-            condition=_count,
-            messages={"condition": f"{name} must be a whole number above 0, got {{value!r}}"},
+def _either(options: tuple[object, ...]) -> str:
+    quoted = [f"`{option}`" for option in options]
+    return f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+def _reading(hint: Any) -> _Reading:
+    """The reading of a `Settings` field's type (a type without one is a mistake in `Settings`)."""
+    if hint is bool:
+        return _Reading(lambda value: isinstance(value, bool), "true or false", bool)
+    if hint is int:
+        return _Reading(_whole, "a whole number", int)
+    if hint is float:
+        return _Reading(_number, "a number", float)
+    if hint is str:
+        return _Reading(lambda value: isinstance(value, str), "text", str, text=True)
+    if hint is Path:
+        # Relative folders are taken from the project folder, whatever the working folder.
+        return _Reading(
+            lambda value: isinstance(value, str) and value != "",
+            "a folder",
+            lambda value: (PROJECT_ROOT / value).resolve(),
+            text=True,
         )
-        for name in (
-            "WEBHOOK_MAX_ATTEMPTS",
-            "MAX_UPLOAD_BYTES",
-            "MAX_IMAGE_PIXELS",
-            "MAX_FRAMES",
-            "WORKER_CONCURRENCY",
-            "MAX_DELIVER",
-            "MAX_OUTPUT_PIXELS",
+    if hint == Path | None:
+        return _Reading(
+            lambda value: isinstance(value, str),
+            "a file, or empty for none",
+            lambda value: Path(value) if value else None,
+            text=True,
         )
-    ),
-    *(
-        Validator(
-            name,
-            condition=lambda value: _number(value) and value > 0,
-            messages={"condition": f"{name} must be a number above 0, got {{value!r}}"},
+    if get_origin(hint) is Literal:
+        options = get_args(hint)
+        return _Reading(lambda value: value in options, _either(options), str)
+    if hint == tuple[str, ...]:
+        return _Reading(lambda value: isinstance(value, list | str), "a list", _key_list)
+    if hint == dict[str, Any]:
+        return _Reading(lambda value: isinstance(value, dict), "a table", _plain)
+    raise TypeError(f"config.Settings: no reading for fields of type {hint}")
+
+
+@dataclass(frozen=True)
+class _Declared:
+    name: str
+    attribute: str
+    reading: _Reading
+    declaration: Declaration
+
+    def rule(self) -> str:
+        """What a good value is, for the error message: the declaration's words, or the type's and
+        bounds'."""
+        if self.declaration.rule:
+            return self.declaration.rule
+        gt, ge, le = self.declaration.gt, self.declaration.ge, self.declaration.le
+        noun = self.reading.noun
+        if ge is not None and le is not None:
+            return f"be {noun} from {ge} to {le}"
+        if gt is not None and le is not None:
+            return f"be {noun} above {gt} and at most {le}"
+        if gt is not None:
+            return f"be {noun} above {gt}"
+        if ge is not None:
+            return f"be {noun} of at least {ge}"
+        if le is not None:
+            return f"be {noun} of at most {le}"
+        return f"be {noun}"
+
+    def read(self, value: Any, given_as: str) -> Any:
+        """The attribute's value for `value` as the layers give it (under the name `given_as`);
+        ConfigError if it is bad."""
+        if self.reading.text and isinstance(value, int | float | bool):
+            value = str(value)
+        declaration = self.declaration
+        if (
+            self.reading.accepts(value)
+            and (declaration.gt is None or value > declaration.gt)
+            and (declaration.ge is None or value >= declaration.ge)
+            and (declaration.le is None or value <= declaration.le)
+            and (declaration.check is None or declaration.check(value))
+        ):
+            return (declaration.convert or self.reading.convert)(value)
+        name = self.name if given_as == self.name else f"{self.name} (set as {given_as})"
+        got = "" if declaration.secret else f", got {value!r}"
+        raise ConfigError(f"invalid setting: {name} must {self.rule()}{got}")
+
+
+@cache
+def _declared() -> tuple[_Declared, ...]:
+    hints = get_type_hints(Settings)
+    return tuple(
+        _Declared(
+            name=item.name.upper(),
+            attribute=item.name,
+            reading=_reading(hints[item.name]),
+            declaration=item.metadata["setting"],
         )
-        for name in (
-            "ACK_WAIT_SECONDS",
-            "RETRY_DELAY_SECONDS",
-            "OUTBOX_INTERVAL_SECONDS",
-            "WEBHOOK_RETRY_SECONDS",
-            "WEBHOOK_TIMEOUT_SECONDS",
-        )
-    ),
-    Validator(
-        "ACK_WAIT_SECONDS",
-        lte=30,
-        messages={"operations": "ACK_WAIT_SECONDS must be at most 30, got {value}"},
-    ),
-    Validator(
-        "LOST_AFTER_SECONDS",
-        condition=lambda lease: _number(lease) and lease >= 60,
-        messages={
-            "condition": "LOST_AFTER_SECONDS must be at least 60 (longer than any upload), got {value}"
-        },
-    ),
-    Validator(
-        "API_KEYS",
-        is_type_of=(list, str),
-        condition=lambda keys: all(
-            len(key) >= 16 and key not in _PLACEHOLDER_KEYS for key in _key_list(keys)
-        ),
-        messages={"condition": "API_KEYS must hold keys of at least 16 characters, none a placeholder"},
-    ),
-    Validator("WORKER_HEARTBEAT_FILE", is_type_of=str),
-    Validator("LOG_LEVEL", is_in=_LOG_LEVELS),
-    Validator("LOG_FORMAT", is_in=("text", "json")),
-    Validator(
-        "RETENTION_DAYS",
-        condition=lambda days: isinstance(days, int) and not isinstance(days, bool) and days >= 0,
-        messages={
-            "condition": "RETENTION_DAYS must be a whole number of days, 0 to keep everything, got {value!r}"
-        },
-    ),
-    Validator(
-        "PRESETS",
-        is_type_of=dict,
-        messages={"operations": "PRESETS must be a table of preset name -> {description, ops}"},
-    ),
-    Validator("KEEP_METADATA", is_type_of=bool),
-    Validator("WORKER_POOL", is_in=("threads", "processes")),
-    Validator(
-        "STORAGE_BACKEND",
-        is_in=STORAGE_BACKENDS,
-        messages={"operations": "STORAGE_BACKEND must be `local` or `nats`, got {value!r}"},
-    ),
-    Validator("WEBHOOK_SECRET", cast=str),
-    Validator(
-        "WEBHOOK_SECRET",
-        condition=lambda secret: secret == "" or (len(secret) >= 16 and secret not in _PLACEHOLDER_KEYS),
-        messages={"condition": "WEBHOOK_SECRET must be empty (callbacks off) or at least 16 characters"},
-    ),
-    Validator("WEBHOOK_ALLOW_PRIVATE", is_type_of=bool),
-    Validator(
-        "WEBP_METHOD",
-        condition=lambda method: (
-            isinstance(method, int) and not isinstance(method, bool) and 0 <= method <= 6
-        ),
-        messages={"condition": "WEBP_METHOD must be a whole number from 0 to 6, got {value!r}"},
-    ),
-    Validator(
-        "WORKER_METRICS_PORT",
-        condition=lambda port: isinstance(port, int) and not isinstance(port, bool) and 0 <= port <= 65535,
-        messages={
-            "condition": "WORKER_METRICS_PORT must be a TCP port (1-65535), or 0 for off, got {value!r}"
-        },
-    ),
-    Validator(
-        "STREAM_REPLICAS",
-        condition=lambda replicas: _count(replicas) and replicas <= MAX_REPLICAS,
-        messages={
-            "condition": f"STREAM_REPLICAS must be a whole number from 1 to {MAX_REPLICAS}, got {{value!r}}"
-        },
-    ),
-    Validator(
-        "CONSUMER_REPLICAS",
-        condition=lambda replicas: (
-            isinstance(replicas, int) and not isinstance(replicas, bool) and 0 <= replicas <= MAX_REPLICAS
-        ),
-        messages={
-            "condition": f"CONSUMER_REPLICAS must be a whole number from 0 (same as the stream) to "
-            f"{MAX_REPLICAS}, got {{value!r}}"
-        },
-    ),
-]
+        for item in fields(Settings)
+    )
+
+
+# Every setting's default, by name (the tests compare deployment files and the example with it).
+_DEFAULTS: dict[str, object] = {
+    item.name.upper(): item.metadata["setting"].default for item in fields(Settings)
+}
 
 
 def _check_replicas(stream: int, consumer: int) -> None:
@@ -261,18 +329,6 @@ def _check_replicas(stream: int, consumer: int) -> None:
             f"invalid setting: CONSUMER_REPLICAS must be 0 or equal to STREAM_REPLICAS ({stream}) for a "
             f"work-queue stream, got {consumer}"
         )
-
-
-def _key_list(raw: list | str) -> tuple[str, ...]:
-    """API_KEYS as a TOML list, or a comma-separated string (handier in an environment variable)."""
-    items = raw.split(",") if isinstance(raw, str) else raw
-    return tuple(str(item).strip() for item in items if str(item).strip())
-
-
-def _asyncpg_url(url: str) -> str:
-    """Accept the plain `postgresql://` form operators tend to paste, and use the asyncpg driver."""
-    scheme, rest = url.split("://", 1)
-    return url if scheme == "postgresql+asyncpg" else f"postgresql+asyncpg://{rest}"
 
 
 def _layers() -> Dynaconf:
@@ -286,72 +342,50 @@ def _layers() -> Dynaconf:
     )
 
 
+_UNSET = object()
+
+
+def _given(layers: Dynaconf, declared: _Declared) -> tuple[object, object]:
+    """What `.secrets.toml` or the environment give a setting under its name and under its old one
+    (`_UNSET` where they give nothing)."""
+    old_name = declared.declaration.old_name
+    old = layers.get(old_name, _UNSET) if old_name else _UNSET
+    return layers.get(declared.name, _UNSET), old
+
+
+def _value(layers: Dynaconf, declared: _Declared) -> tuple[object, str]:
+    """The setting's value before it is read (from the layers, else the default), and the name it
+    was given under. An old name alone still works, with a warning; given both names, start-up stops
+    unless they agree, rather than quietly dropping one of the operator's values."""
+    value, old = _given(layers, declared)
+    if old is _UNSET:
+        return (declared.declaration.default if value is _UNSET else value), declared.name
+    old_name = declared.declaration.old_name
+    if value is not _UNSET and value != old:
+        raise ConfigError(
+            f"invalid setting: {old_name} is the old name of {declared.name} and they disagree "
+            f"({old!r} and {value!r}): set {declared.name} only"
+        )
+    log.warning("setting %s is deprecated: call it %s", old_name, declared.name)
+    return old, old_name
+
+
 def configured_names() -> set[str]:
     """The settings that `.secrets.toml` or the environment give a value (the rest are defaults)."""
-    raw = _layers()
-    return {name for name in _DEFAULTS if raw.get(name) not in (None, "")}
+    layers = _layers()
+    return {
+        declared.name
+        for declared in _declared()
+        if any(value not in (_UNSET, None, "") for value in _given(layers, declared))
+    }
 
 
 def load_settings() -> Settings:
     """Read and validate every layer now; raise ConfigError naming the first bad setting."""
-    raw = _layers()
-    for key, value in _DEFAULTS.items():
-        raw.setdefault(key, value)
-    try:
-        raw.validators.register(*_VALIDATORS)
-        raw.validators.validate()
-    except ValidationError as exc:
-        raise ConfigError(f"invalid setting: {exc}") from None
-    _check_replicas(raw["STREAM_REPLICAS"], raw["CONSUMER_REPLICAS"])
-
-    def path(key: str) -> Path:
-        return (PROJECT_ROOT / str(raw[key])).resolve()
-
-    heartbeat = str(raw["WORKER_HEARTBEAT_FILE"])
-    return Settings(
-        database_url=_asyncpg_url(raw["DATABASE_URL"]),
-        nats_url=raw["NATS_URL"],
-        uploads_dir=path("UPLOADS_DIR"),
-        processed_dir=path("PROCESSED_DIR"),
-        max_upload_bytes=raw["MAX_UPLOAD_BYTES"],
-        max_image_pixels=raw["MAX_IMAGE_PIXELS"],
-        max_frames=raw["MAX_FRAMES"],
-        watermark_text=raw["WATERMARK_TEXT"],
-        worker_concurrency=raw["WORKER_CONCURRENCY"],
-        ack_wait_seconds=float(raw["ACK_WAIT_SECONDS"]),
-        max_deliver=raw["MAX_DELIVER"],
-        retry_delay_seconds=float(raw["RETRY_DELAY_SECONDS"]),
-        outbox_interval_seconds=float(raw["OUTBOX_INTERVAL_SECONDS"]),
-        lost_after_seconds=float(raw["LOST_AFTER_SECONDS"]),
-        api_keys=_key_list(raw["API_KEYS"]),
-        worker_heartbeat_file=Path(heartbeat) if heartbeat else None,
-        log_level=raw["LOG_LEVEL"],
-        log_json=raw["LOG_FORMAT"] == "json",
-        retention_days=raw["RETENTION_DAYS"],
-        presets=_plain(raw["PRESETS"]),
-        max_output_pixels=raw["MAX_OUTPUT_PIXELS"],
-        keep_metadata=raw["KEEP_METADATA"],
-        webp_method=raw["WEBP_METHOD"],
-        worker_pool=raw["WORKER_POOL"],
-        webhook_secret=raw["WEBHOOK_SECRET"],
-        webhook_allow_private=raw["WEBHOOK_ALLOW_PRIVATE"],
-        webhook_max_attempts=raw["WEBHOOK_MAX_ATTEMPTS"],
-        webhook_retry_seconds=float(raw["WEBHOOK_RETRY_SECONDS"]),
-        webhook_timeout_seconds=float(raw["WEBHOOK_TIMEOUT_SECONDS"]),
-        worker_metrics_port=raw["WORKER_METRICS_PORT"],
-        stream_replicas=raw["STREAM_REPLICAS"],
-        consumer_replicas=raw["CONSUMER_REPLICAS"],
-        storage_backend=raw["STORAGE_BACKEND"],
-    )
-
-
-def _plain(value: Any) -> Any:
-    """Dynaconf's boxed tables and lists as plain dicts and lists (with their key case kept)."""
-    if isinstance(value, dict):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    return value
+    layers = _layers()
+    values = {declared.attribute: declared.read(*_value(layers, declared)) for declared in _declared()}
+    _check_replicas(values["stream_replicas"], values["consumer_replicas"])
+    return Settings(**values)
 
 
 @lru_cache(maxsize=1)

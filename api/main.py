@@ -70,7 +70,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         storage,
         relay_interval=settings.outbox_interval_seconds,
         lost_after_seconds=settings.lost_after_seconds,
-        max_attempts=settings.max_deliver,
+        max_attempts=settings.max_attempts,
         stream_replicas=settings.stream_replicas,
     )
     await publisher.start()

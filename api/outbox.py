@@ -7,8 +7,8 @@ its outbox relay and its lease sweep.
   id (`Nats-Msg-Id`) makes any remaining double publish harmless, so each task is queued once.
 - Marking rows queued is a group commit: the requests published while one mark is being written
   share the next one (one UPDATE for all of them), and each waits for the one holding its row.
-  Under load that is one short transaction for many uploads instead of one each; alone, it is
-  the same single transaction as before.
+  Under load that is one short transaction for many uploads instead of one each; a lone upload
+  still costs just one.
 - A row still `processing` after its lease (`leased_until`, renewed by its worker's heartbeats)
   lost its worker, and perhaps its message. The sweep puts it back to `pending` for the relay to
   queue again, or marks it `failed` once it has had all its attempts: nothing is stuck, and nothing

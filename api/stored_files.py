@@ -1,9 +1,8 @@
 """Answering with a stored file, whichever backend holds it.
 
-A local file goes out as a FileResponse (sendfile, ranges, validators), exactly as before storage
-backends. An object is streamed chunk by chunk as it is read from NATS, never held whole, with its
-size as Content-Length: a client cut off by a failure mid-stream sees a short body, not a complete
-looking one.
+A local file goes out as a FileResponse (sendfile, ranges, validators). An object is streamed chunk
+by chunk as it is read from NATS, never held whole, with its size as Content-Length: a client cut
+off by a failure mid-stream sees a short body, not a complete looking one.
 """
 
 from __future__ import annotations

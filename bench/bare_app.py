@@ -78,7 +78,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             storage,
             relay_interval=settings.outbox_interval_seconds,
             lost_after_seconds=settings.lost_after_seconds,
-            max_attempts=settings.max_deliver,
+            max_attempts=settings.max_attempts,
         )
         await publisher.start()
         _state["publisher"] = publisher

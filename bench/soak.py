@@ -51,7 +51,7 @@ SOAK_SETTINGS = {
     "OUTBOX_INTERVAL_SECONDS": "0.5",
     # The shortest allowed: a lost message is re-queued within a minute.
     "LOST_AFTER_SECONDS": "60",
-    "MAX_DELIVER": "5",
+    "MAX_ATTEMPTS": "5",
     # INFO: the workers' "task N done" lines are how renders are counted (see count_renders).
     "LOG_LEVEL": "INFO",
 }
@@ -59,7 +59,7 @@ SHOWN_SETTINGS = (
     "ACK_WAIT_SECONDS",
     "RETRY_DELAY_SECONDS",
     "OUTBOX_INTERVAL_SECONDS",
-    "MAX_DELIVER",
+    "MAX_ATTEMPTS",
     "LOST_AFTER_SECONDS",
     "WORKER_CONCURRENCY",
 )

@@ -108,7 +108,7 @@ class ImageTask(Base):
     # before presets existed, which get the `default` preset.
     processing: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     # What was made, once `done` (core.processing.OutputRecord list, as JSON); `output_name` is
-    # the first output's file, as before.
+    # the first output's file.
     outputs: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
     # Where to POST the final status (api/callbacks.py), and how that delivery is going.
     callback_url: Mapped[str | None] = mapped_column(Text)

@@ -176,7 +176,7 @@ class Storage(abc.ABC):
 
 
 class LocalStorage(Storage):
-    """Stored files are files in the two folders: exactly how imagequeue kept them before backends."""
+    """Stored files are files in the two folders, which every API and worker process must share."""
 
     async def keep_upload(self, synced_temp: Path, name: str) -> None:
         # Off the event loop: the folder sync waits for the disk.

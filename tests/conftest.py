@@ -31,7 +31,7 @@ TEST_SETTINGS = {
     "ACK_WAIT_SECONDS": "5",
     "RETRY_DELAY_SECONDS": "0.5",
     "OUTBOX_INTERVAL_SECONDS": "0.5",
-    "MAX_DELIVER": "3",
+    "MAX_ATTEMPTS": "3",
     # The shortest lease allowed: the API sweeps every tenth of it (6 s).
     "LOST_AFTER_SECONDS": "60",
     "WORKER_CONCURRENCY": "2",

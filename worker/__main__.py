@@ -43,7 +43,7 @@ log = logging.getLogger("worker")
 
 FETCH_TIMEOUT_SECONDS = 2.0
 # Messages held per render slot (see the module docstring); only WORKER_CONCURRENCY images are ever
-# decoded at once, so memory is bounded as before.
+# decoded at once, so the extra messages held add no decoded image to memory.
 PIPELINE_DEPTH = 2
 # After this long without a message, ask the server whether messages are in fact waiting.
 IDLE_CHECK_SECONDS = 10.0
@@ -121,7 +121,7 @@ async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | 
         render=render_settings(settings),
         policy=TaskPolicy(
             ack_wait_seconds=settings.ack_wait_seconds,
-            max_attempts=settings.max_deliver,
+            max_attempts=settings.max_attempts,
             retry_delay_seconds=settings.retry_delay_seconds,
         ),
     )

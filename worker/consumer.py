@@ -9,7 +9,7 @@ Ack policy (JetStream delivers at least once, so every step is safe to repeat):
 - nak(delay): a passing fault; JetStream offers the message again after RETRY_DELAY_SECONDS.
         A database outage costs no attempt (the claim never happened) and is retried for as long
         as it lasts; so does a file store outage (nats backend: the claim is given back). Any
-        other failure counts one attempt (`attempts`, in the row), and the MAX_DELIVER-th failed
+        other failure counts one attempt (`attempts`, in the row), and the MAX_ATTEMPTS-th failed
         attempt marks the task `failed`, so nothing loops for ever. Attempts live in the row
         rather than in JetStream's delivery count, which also counts deliveries that never
         reached the database, and stops redelivering silently.

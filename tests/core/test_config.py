@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from pathlib import Path
 
@@ -10,7 +11,16 @@ import pytest
 import config
 from config import PROJECT_ROOT, ConfigError, load_settings
 
-NAMES = ("DATABASE_URL", "NATS_URL", "UPLOADS_DIR", "PROCESSED_DIR", "MAX_UPLOAD_BYTES", "WATERMARK_TEXT")
+NAMES = (
+    "DATABASE_URL",
+    "NATS_URL",
+    "UPLOADS_DIR",
+    "PROCESSED_DIR",
+    "MAX_UPLOAD_BYTES",
+    "WATERMARK_TEXT",
+    "MAX_ATTEMPTS",
+    "MAX_DELIVER",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +76,7 @@ def test_a_plain_postgresql_url_gets_the_async_driver(monkeypatch: pytest.Monkey
         ("NATS_URL", "nats"),
         ("ACK_WAIT_SECONDS", "true"),
         ("MAX_FRAMES", "true"),
-        ("MAX_DELIVER", "0"),
+        ("MAX_ATTEMPTS", "0"),
         ("LOST_AFTER_SECONDS", "5"),
         ("API_KEYS", "short"),
         ("WORKER_METRICS_PORT", "70000"),
@@ -112,3 +122,61 @@ def test_configured_names_are_those_given_by_a_file_or_the_environment(
 
     assert {"NATS_URL", "MAX_FRAMES"} <= config.configured_names()
     assert "DATABASE_URL" not in config.configured_names()
+
+
+def test_max_deliver_still_sets_max_attempts_with_a_warning_naming_the_new_name(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("MAX_DELIVER", "7")
+
+    with caplog.at_level(logging.WARNING, logger="config"):
+        settings = load_settings()
+
+    assert settings.max_attempts == 7
+    assert [record.getMessage() for record in caplog.records] == [
+        "setting MAX_DELIVER is deprecated: call it MAX_ATTEMPTS"
+    ]
+    assert "MAX_ATTEMPTS" in config.configured_names()
+
+    monkeypatch.setenv("MAX_DELIVER", "0")
+    with pytest.raises(
+        ConfigError, match=r"MAX_ATTEMPTS \(set as MAX_DELIVER\) must be a whole number above 0"
+    ):
+        load_settings()
+
+
+def test_max_deliver_in_the_file_and_max_attempts_in_the_environment_must_agree(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text("MAX_DELIVER = 5\n")
+    monkeypatch.setenv("SETTINGS_FILE_FOR_DYNACONF", str(secrets))
+    monkeypatch.setenv("MAX_ATTEMPTS", "5")
+    assert load_settings().max_attempts == 5
+
+    monkeypatch.setenv("MAX_ATTEMPTS", "2")
+    with pytest.raises(ConfigError, match="MAX_DELIVER is the old name of MAX_ATTEMPTS and they disagree"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("MAX_UPLOAD_BYTES", "-1", "MAX_UPLOAD_BYTES must be a whole number above 0, got -1"),
+        ("ACK_WAIT_SECONDS", "90", "ACK_WAIT_SECONDS must be a number above 0 and at most 30, got 90"),
+        ("LOG_LEVEL", "LOUD", "LOG_LEVEL must be `DEBUG`, `INFO`, `WARNING` or `ERROR`, got 'LOUD'"),
+        ("KEEP_METADATA", "yes", "KEEP_METADATA must be true or false, got 'yes'"),
+        ("UPLOADS_DIR", "", "UPLOADS_DIR must be a folder, got ''"),
+        ("WEBP_METHOD", "7", "WEBP_METHOD must be a whole number from 0 to 6, got 7"),
+        ("API_KEYS", "short", "API_KEYS must hold keys of at least 16 characters, none a placeholder"),
+    ],
+)
+def test_a_bad_value_is_refused_in_words_that_say_what_is_wanted(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(name, value)
+
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+
+    assert str(refused.value) == f"invalid setting: {message}"

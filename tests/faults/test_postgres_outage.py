@@ -40,11 +40,11 @@ async def test_tasks_queued_before_a_postgres_outage_longer_than_their_redeliver
         )
         assert posted.status_code == 200, posted.text
         task_ids.add(posted.json()["task_id"])
-    max_deliver = int(stack_env["MAX_DELIVER"])
+    max_attempts = int(stack_env["MAX_ATTEMPTS"])
     try:
         await asyncio.to_thread(servers.postgres.stop)
         # The worker meets the queued tasks while the database is away; the outage lasts until it
-        # has met one of them MAX_DELIVER times, past any delivery limit tied to that setting. (It
+        # has met one of them MAX_ATTEMPTS times, past any delivery limit tied to that setting. (It
         # pauses fetching while the database is down, so redeliveries of the first messages it took
         # come before the others: not every task need be met that often.)
         worker = workers("fault-postgres-outage-worker")
@@ -55,7 +55,7 @@ async def test_tasks_queued_before_a_postgres_outage_longer_than_their_redeliver
                 task_id: len(re.findall(rf"task {task_id}: database unavailable", log))
                 for task_id in task_ids
             }
-            if max(tries.values()) >= max_deliver:
+            if max(tries.values()) >= max_attempts:
                 break
             assert time.monotonic() < deadline, (tries, worker.log_tail())
             await asyncio.sleep(0.1)

@@ -148,7 +148,7 @@ async def test_a_missing_input_file_fails_the_task_with_a_reason(
     assert (failed.status, failed.error) == ("failed", INPUT_MISSING)
 
 
-async def test_a_database_outage_longer_than_max_deliver_retries_delays_a_task_but_does_not_fail_it(
+async def test_a_database_outage_longer_than_max_attempts_retries_delays_a_task_but_does_not_fail_it(
     client: httpx.AsyncClient, db: AsyncSession, js: JetStreamContext, servers: LocalServers
 ) -> None:
     settings = get_settings()
@@ -165,9 +165,9 @@ async def test_a_database_outage_longer_than_max_deliver_retries_delays_a_task_b
             return info.num_redelivered > 0
 
         await eventually(redelivered, what="the message offered again after a nak")
-        # ...and the outage lasts for more naks than MAX_DELIVER (the length of the fault is the
+        # ...and the outage lasts for more naks than MAX_ATTEMPTS (the length of the fault is the
         # point of this test, so it is timed; nothing here waits for an event by sleeping).
-        await asyncio.sleep((settings.max_deliver + 2) * settings.retry_delay_seconds)
+        await asyncio.sleep((settings.max_attempts + 2) * settings.retry_delay_seconds)
         servers.postgres.start()
         task = await final_row(db, task_id)
     finally:
@@ -179,7 +179,7 @@ async def test_a_database_outage_longer_than_max_deliver_retries_delays_a_task_b
     assert task.attempts == 1, "attempts count only the runs that reached the database"
 
 
-async def test_a_task_whose_every_attempt_fails_ends_failed_after_max_deliver_attempts(
+async def test_a_task_whose_every_attempt_fails_ends_failed_after_max_attempts(
     client: httpx.AsyncClient,
     db: AsyncSession,
     js: JetStreamContext,
@@ -206,8 +206,8 @@ async def test_a_task_whose_every_attempt_fails_ends_failed_after_max_deliver_at
         await asyncio.wait_for(worker_task, 30)
 
     assert task.status == "failed"
-    assert task.attempts == settings.max_deliver
-    assert task.error == GAVE_UP.format(attempts=settings.max_deliver, error="Not a directory")
+    assert task.attempts == settings.max_attempts
+    assert task.error == GAVE_UP.format(attempts=settings.max_attempts, error="Not a directory")
 
 
 async def test_a_task_leased_by_a_live_worker_is_turned_away_until_the_lease_runs_out(
