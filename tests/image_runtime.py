@@ -58,7 +58,7 @@ def image_files(image: str) -> ImageFiles:
 def image_venv(image: str) -> Path:
     """The venv holding exactly what the image's requirements install; its python is `bin/python`."""
     files = image_files(image)
-    digest = hashlib.sha256(sys.version.encode())
+    digest = hashlib.sha256(f"{sys.version}\0{sys.base_prefix}".encode())  # the interpreter it links to
     for name in files.requirement_files:
         digest.update(f"\0{name}\0".encode() + (ROOT / name).read_bytes())
     venv = CACHE_ROOT / f"{image}-{digest.hexdigest()[:16]}"
