@@ -9,7 +9,8 @@ PYTEST_ARGS ?=
 .PHONY: install run test lint format clean bench bench-quick
 
 # The venv is rebuilt only when a requirements file changes.
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-core.txt requirements-api.txt requirements-worker.txt \
+		requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@

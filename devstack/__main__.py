@@ -3,7 +3,8 @@
 Starts PostgreSQL and NATS from their wheels with data in `.devdata/` (kept between runs), applies
 the migrations, then runs the API on http://localhost:PORT and one worker until Ctrl-C, and stops
 everything in order. Where DATABASE_URL or NATS_URL is set (environment or .secrets.toml), that
-server is used instead of a local one.
+server is used instead of a local one. A port something else already listens on (the API's, NATS's,
+a worker's metrics port) is swapped for a free one, said in one line: a busy port never stops it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import sys
 import threading
 
 from config import configured_names, get_settings
+from devstack.servers import port_or_free
 from devstack.stack import (
+    DEFAULT_NATS_PORT,
     PROJECT_ROOT,
     LocalServers,
     migrate,
@@ -23,6 +26,7 @@ from devstack.stack import (
     stop_process,
     wait_until_ready,
 )
+from worker.metrics import METRICS_HOST
 
 
 def main() -> int:
@@ -48,15 +52,30 @@ def main() -> int:
     processes = []
     try:
         migrate(env.get("DATABASE_URL") or get_settings().database_url)
-        api = start_api(env, args.port)
-        processes.append(api)
+        moved: list[str] = []
+        if own_nats and servers.nats.port != DEFAULT_NATS_PORT:  # LocalServers chose a free one
+            moved.append(f"NATS {DEFAULT_NATS_PORT} -> {servers.nats.port}")
+        api_port = port_or_free(args.port)
+        if api_port != args.port:
+            moved.append(f"API {args.port} -> {api_port}")
+        # Workers on one host cannot share a metrics port: the setting's, then the next ones (0: off).
         metrics_port = get_settings().worker_metrics_port
+        worker_ports: list[int] = []
+        for index in range(args.workers if metrics_port else 0):
+            wanted = metrics_port + index
+            port = port_or_free(wanted, host=METRICS_HOST, besides={api_port, *worker_ports})
+            if port != wanted:
+                moved.append(f"worker {index + 1} metrics {wanted} -> {port}")
+            worker_ports.append(port)
+        if moved:
+            print(f"ports already in use, moved: {', '.join(moved)}", flush=True)
+        api = start_api(env, api_port)
+        processes.append(api)
         for index in range(args.workers):
-            # Workers on one host cannot share a metrics port: the setting's, then the next ones.
-            own_port = {"WORKER_METRICS_PORT": str(metrics_port + index)} if metrics_port else {}
+            own_port = {"WORKER_METRICS_PORT": str(worker_ports[index])} if worker_ports else {}
             processes.append(start_worker({**env, **own_port}))
-        wait_until_ready(f"http://127.0.0.1:{args.port}", timeout=60, process=api)
-        print(f"\nimagequeue is running: open http://localhost:{args.port}  (Ctrl-C stops it)\n", flush=True)
+        wait_until_ready(f"http://127.0.0.1:{api_port}", timeout=60, process=api)
+        print(f"\nimagequeue is running: open http://localhost:{api_port}  (Ctrl-C stops it)\n", flush=True)
         while not stopping.wait(1):
             if any(process.poll() is not None for process in processes):
                 print("a process exited; stopping everything", file=sys.stderr)

@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,13 +34,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def port_is_free(port: int) -> bool:
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host, port))
         except OSError:
             return False
         return True
+
+
+def port_or_free(wanted: int, *, host: str = "127.0.0.1", besides: Collection[int] = ()) -> int:
+    """`wanted` if nothing listens there, else a free port (never one of `besides`, already handed out).
+
+    Free now, not reserved: another program could take it before ours binds, which a dev stack accepts.
+    """
+    if port_is_free(wanted, host) and wanted not in besides:
+        return wanted
+    port = free_port()
+    while port in besides:
+        port = free_port()
+    return port
 
 
 def wait_for_port(port: int, *, timeout: float, process: subprocess.Popen | None = None) -> None:

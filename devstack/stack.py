@@ -23,11 +23,12 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_NATS_PORT = 4222
 
 
-def migrate(database_url: str) -> None:
-    """`alembic upgrade head` against `database_url`, as the compose `migrate` service runs it."""
+def migrate(database_url: str, *, python: str = sys.executable, root: Path = PROJECT_ROOT) -> None:
+    """`alembic upgrade head` against `database_url`, as the compose `migrate` service runs it
+    (`python` and `root`: another interpreter and code tree, such as an image's own venv and files)."""
     result = subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
-        cwd=PROJECT_ROOT,
+        [python, "-m", "alembic", "upgrade", "head"],
+        cwd=root,
         env={**os.environ, "DATABASE_URL": database_url},
         capture_output=True,
         text=True,
@@ -73,12 +74,13 @@ def start_api(
     app: str = "api.main:app",
     extra_args: Sequence[str] = (),
     root: Path = PROJECT_ROOT,
+    python: str = sys.executable,
 ) -> subprocess.Popen:
     """uvicorn serving `app` from the code in `root` (the benchmarks also start their bare endpoint,
-    and an earlier version of the code, with the same settings)."""
+    and an earlier version of the code, with the same settings; the tests an image's own venv)."""
     return _start(
         [
-            *(sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)),
+            *(python, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)),
             # As in Dockerfile.api: outlive clients' keep-alive expiry so reused connections are not cut.
             *("--timeout-keep-alive", "30", "--timeout-graceful-shutdown", "20"),
             *extra_args,
@@ -90,10 +92,12 @@ def start_api(
 
 
 @contextlib.contextmanager
-def running_api(env: Mapping[str, str], *, log_file: Path) -> Iterator[str]:
+def running_api(
+    env: Mapping[str, str], *, log_file: Path, root: Path = PROJECT_ROOT, python: str = sys.executable
+) -> Iterator[str]:
     """An API process on a free port, ready (`/ready` answered 200); yields its base URL."""
     port = free_port()
-    process = start_api(env, port, log_file=log_file)
+    process = start_api(env, port, log_file=log_file, root=root, python=python)
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(base_url, timeout=60, process=process)
@@ -106,9 +110,13 @@ def running_api(env: Mapping[str, str], *, log_file: Path) -> Iterator[str]:
 
 
 def start_worker(
-    env: Mapping[str, str], *, log_file: Path | None = None, root: Path = PROJECT_ROOT
+    env: Mapping[str, str],
+    *,
+    log_file: Path | None = None,
+    root: Path = PROJECT_ROOT,
+    python: str = sys.executable,
 ) -> subprocess.Popen:
-    return _start([sys.executable, "-m", "worker"], env, log_file, root)
+    return _start([python, "-m", "worker"], env, log_file, root)
 
 
 def _start(

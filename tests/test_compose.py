@@ -456,23 +456,31 @@ def test_workdir_is_app(dockerfile: list[Instruction]) -> None:
     assert _args(dockerfile, "WORKDIR") == ["/app"]
 
 
-def test_requirements_are_installed_before_the_code_is_copied(dockerfile: list[Instruction]) -> None:
+def _image_requirements(image: str) -> set[str]:
+    """The image's own requirements file and the shared one it `-r`s (see requirements-<image>.txt)."""
+    return {f"requirements-{image}.txt", "requirements-core.txt"}
+
+
+def test_requirements_are_installed_before_the_code_is_copied(
+    image: str, dockerfile: list[Instruction]
+) -> None:
+    own = f"requirements-{image}.txt"
     installs = [
         i
         for i, (kw, arguments) in enumerate(dockerfile)
-        if kw == "RUN" and "pip install" in arguments and "-r requirements.txt" in arguments
+        if kw == "RUN" and "pip install" in arguments and f"-r {own}" in arguments
     ]
-    assert installs, "no `pip install -r requirements.txt`"
+    assert installs, f"no `pip install -r {own}`"
     assert "--no-cache-dir" in dockerfile[installs[0]][1]
     copies = [(i, arguments) for i, (kw, arguments) in enumerate(dockerfile) if kw == "COPY"]
-    requirements = [i for i, arguments in copies if arguments.split()[0] == "requirements.txt"]
-    assert requirements and requirements[0] < installs[0], "copy requirements.txt alone, then install"
+    requirements = [i for i, arguments in copies if set(arguments.split()[:-1]) == _image_requirements(image)]
+    assert requirements and requirements[0] < installs[0], "copy the requirements alone, then install"
     code = [i for i, arguments in copies if i not in requirements]
     assert code and min(code) > installs[0], "code copied before the install busts its layer cache"
 
 
 def test_image_copies_exactly_the_code_its_process_imports(image: str, dockerfile: list[Instruction]) -> None:
-    assert _copied_sources(dockerfile) == IMAGE_CODE[image] | {"requirements.txt"}
+    assert _copied_sources(dockerfile) == IMAGE_CODE[image] | _image_requirements(image)
 
 
 def test_api_image_serves_uvicorn_on_its_exposed_port() -> None:
