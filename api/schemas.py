@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from core.formats import CONTENT_TYPES
 from core.models import ImageTask, TaskStatus
-from core.processing import OutputRecord
+from core.processing.outputs import OutputRecord
 
 
 class UploadResponse(BaseModel):

@@ -45,7 +45,7 @@ from core.db import POOL_TIMEOUT_SECONDS, DriverStatement, is_database_unavailab
 from core.formats import ImageRejected
 from core.logs import task_context
 from core.models import FINAL_STATUSES, INTERRUPTED_REASON, ImageTask, TaskStatus, finished_values
-from core.processing import Processing
+from core.processing.outputs import Processing
 from core.queue import parse_task_id
 from core.storage import Area, Storage, StorageUnavailable, StoredFileMissing, remove_quietly
 from worker.metrics import WorkerMetrics

@@ -15,7 +15,9 @@ from typing import Any
 
 from config import Settings
 from core.formats import EXTENSIONS
-from core.processing import OutputRecord, Processing, configured_presets, default_processing
+from core.processing.forms import default_processing
+from core.processing.outputs import OutputRecord, Processing
+from core.processing.presets import configured_presets
 from core.storage import Folders, output_name_for, remove_quietly
 from worker.imaging import EncoderSettings, RenderLimits, render
 

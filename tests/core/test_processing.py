@@ -13,32 +13,24 @@ import pytest
 from PIL import Image
 
 from config import ConfigError
-from core.processing import (
-    BUILTIN_PRESETS,
-    DEFAULT_PRESET,
+from core.processing.forms import default_processing, resolve
+from core.processing.operations import (
     MAX_OPS,
-    MAX_OUTPUTS,
     MAX_SIDE,
     MAX_TEXT_CHARS,
     OPERATION_NAMES,
     OUTPUT_FORMATS,
     POSITIONS,
-    SINGLE_OUTPUT,
     Crop,
     Format,
-    Output,
-    Processing,
     ProcessingInvalid,
     Resize,
     Rotate,
     Watermark,
-    build_presets,
-    configured_presets,
-    default_processing,
-    output_size,
-    resolve,
-    rotated_size,
 )
+from core.processing.outputs import MAX_OUTPUTS, SINGLE_OUTPUT, Output, Processing
+from core.processing.presets import BUILTIN_PRESETS, DEFAULT_PRESET, build_presets, configured_presets
+from core.processing.sizes import output_size, rotated_size
 
 TEXT = "Stamped by imagequeue"
 
