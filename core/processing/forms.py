@@ -95,7 +95,3 @@ def _validated_ops(raw: Any, field: str) -> tuple[Op, ...]:
         raise ProcessingInvalid(f"`{field}`: {first_error(exc)}") from None
     check_ops(parsed, field)
     return tuple(parsed)
-
-
-def default_processing(presets: Mapping[str, Preset], watermark_text: str) -> Processing:
-    return resolve(preset=None, ops=None, outputs=None, presets=presets, watermark_text=watermark_text)

@@ -54,10 +54,7 @@ class Processing:
         }
 
     @classmethod
-    def from_json(cls, stored: Mapping[str, Any] | None, *, default: Processing) -> Processing:
-        """What a row stored; `default` for rows from before presets existed (column NULL)."""
-        if stored is None:
-            return default
+    def from_json(cls, stored: Mapping[str, Any]) -> Processing:
         return cls(
             tuple(
                 Output(
@@ -69,12 +66,16 @@ class Processing:
 
 
 class OutputRecord(BaseModel):
-    """One output as the row stores it once the task is `done`."""
+    """One output as the row stores it once the task is `done`.
+
+    The worker writes every field. The figures are null only on tasks finished before rows
+    recorded their outputs: the migration that filled those in had no way to know them.
+    """
 
     name: str
     file: str = Field(description="Generated file name in PROCESSED_DIR.")
     format: str = Field(description="Pillow's name: JPEG, PNG, GIF, WEBP, BMP or AVIF.")
-    width: int
-    height: int
-    frames: int
-    size_bytes: int
+    width: int | None
+    height: int | None
+    frames: int | None
+    size_bytes: int | None
