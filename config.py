@@ -146,7 +146,7 @@ class Settings:
     retention_days: int = field(
         metadata=setting(0, ge=0, rule="be a whole number of days, 0 to keep everything")
     )
-    # Operator presets by name, as given (core.processing.build_presets validates them).
+    # Operator presets by name, as given (core.processing.presets.build_presets validates them).
     presets: dict[str, Any] = field(
         metadata=setting({}, rule="be a table of preset name -> {description, ops}")
     )

@@ -37,7 +37,7 @@ from core.db import (
 )
 from core.formats import configure_pillow
 from core.logs import configure_logging
-from core.processing import configured_presets
+from core.processing.presets import configured_presets
 from core.storage import STORAGE_UNAVAILABLE, StorageUnavailable, make_storage
 
 log = logging.getLogger(__name__)

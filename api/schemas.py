@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from core.formats import CONTENT_TYPES
 from core.models import ImageTask, TaskStatus
-from core.processing import OutputRecord
+from core.processing.outputs import OutputRecord
 
 
 class UploadResponse(BaseModel):
@@ -26,14 +26,17 @@ class RequestedOutput(BaseModel):
     ops: list[dict[str, Any]] = Field(description="The operations, in order, with every parameter.")
 
 
+_UNKNOWN_BEFORE = "null on tasks finished before outputs were recorded"
+
+
 class OutputResponse(BaseModel):
     name: str
     url: str
     content_type: str
-    width: int
-    height: int
-    frames: int
-    size_bytes: int
+    width: int | None = Field(description=_UNKNOWN_BEFORE)
+    height: int | None = Field(description=_UNKNOWN_BEFORE)
+    frames: int | None = Field(description=_UNKNOWN_BEFORE)
+    size_bytes: int | None = Field(description=_UNKNOWN_BEFORE)
 
 
 class CallbackStatus(BaseModel):
@@ -57,10 +60,7 @@ class TaskStatusResponse(BaseModel):
     processed_url: str | None = Field(
         description="Where the processed image is (the first output), once `done`."
     )
-    processing: list[RequestedOutput] | None = Field(
-        default=None,
-        description="What the upload asked for, one entry per output (null: the default preset).",
-    )
+    processing: list[RequestedOutput] = Field(description="What the upload asked for, one entry per output.")
     outputs: list[OutputResponse] | None = Field(
         default=None, description="Every output once `done`, in the order asked for."
     )
@@ -129,9 +129,7 @@ def task_status(task: ImageTask) -> TaskStatusResponse:
         started_at=task.started_at,
         finished_at=task.finished_at,
         processed_url=processed_url(task),
-        processing=[RequestedOutput.model_validate(item) for item in task.processing["outputs"]]
-        if task.processing
-        else None,
+        processing=[RequestedOutput.model_validate(item) for item in task.processing["outputs"]],
         outputs=_outputs(task),
         callback=CallbackStatus(
             url=task.callback_url,

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from api.callbacks import CallbackSender
 from api.outbox import TaskPublisher
 from config import Settings
-from core.processing import Preset
+from core.processing.presets import Preset
 from core.storage import Storage
 
 

@@ -17,6 +17,7 @@ engine without pool_pre_ping), `asyncpg` (the same INSERT on a plain asyncpg poo
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -34,6 +35,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 _FOLDER = Path(os.environ.get("UPLOADS_DIR", "uploads"))
 STEPS = {step.strip() for step in os.environ.get("BARE_STEPS", "").split(",") if step.strip()}
 _state: dict[str, Any] = {}
+# What the real endpoint stores for an upload without processing fields (the `default` preset).
+_PROCESSING = {
+    "outputs": [{"name": "image", "preset": "default", "ops": [{"op": "watermark", "text": "bench"}]}]
+}
 
 
 @asynccontextmanager
@@ -138,8 +143,9 @@ async def upload(
         async with _state["pool"].acquire() as connection:
             task_id = await connection.fetchval(
                 "INSERT INTO image_tasks (filename, content_type, size_bytes, width, height, sha256,"
-                " input_name) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                " input_name, processing) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
                 *("bench.jpg", "image/jpeg", written, 600, 450, "0" * 64, f"{uuid.uuid4().hex}.jpg"),
+                json.dumps(_PROCESSING),
             )
     elif session is not None:
         task_id = await _insert(session, written)
@@ -159,6 +165,7 @@ async def _insert(session: AsyncSession, size: int) -> int:
         "height": 450,
         "sha256": "0" * 64,
         "input_name": f"{uuid.uuid4().hex}.jpg",
+        "processing": _PROCESSING,
     }
     if "core" in STEPS:
         async with session.begin():

@@ -23,7 +23,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from core.processing import BUILTIN_PRESETS, Output, resolve
+from core.processing.forms import resolve
+from core.processing.outputs import Output
+from core.processing.presets import BUILTIN_PRESETS
 from tests.images import photo_like
 from worker.imaging import EncoderSettings, RenderLimits, render
 

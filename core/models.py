@@ -104,11 +104,10 @@ class ImageTask(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     # Fingerprint of the API key that uploaded the task (None when API keys are off).
     owner: Mapped[str | None] = mapped_column(String(64), index=True)
-    # What to make, resolved at upload (core.processing.Processing as JSON); None on rows from
-    # before presets existed, which get the `default` preset.
-    processing: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
-    # What was made, once `done` (core.processing.OutputRecord list, as JSON); `output_name` is
-    # the first output's file.
+    # What to make, resolved at upload (core.processing.outputs.Processing as JSON).
+    processing: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # What was made, once `done` (core.processing.outputs.OutputRecord list, as JSON); `output_name`
+    # is the first output's file.
     outputs: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
     # Where to POST the final status (api/callbacks.py), and how that delivery is going.
     callback_url: Mapped[str | None] = mapped_column(Text)

@@ -45,7 +45,7 @@ from core.db import POOL_TIMEOUT_SECONDS, DriverStatement, is_database_unavailab
 from core.formats import ImageRejected
 from core.logs import task_context
 from core.models import FINAL_STATUSES, INTERRUPTED_REASON, ImageTask, TaskStatus, finished_values
-from core.processing import Processing
+from core.processing.outputs import Processing
 from core.queue import parse_task_id
 from core.storage import Area, Storage, StorageUnavailable, StoredFileMissing, remove_quietly
 from worker.metrics import WorkerMetrics
@@ -347,8 +347,7 @@ class TaskProcessor:
         row = await self._run(_CLAIM, task_id=task_id, lease=self._lease)
         if row is None:
             return None
-        stored = json.loads(row["processing"]) if row["processing"] is not None else None
-        processing = Processing.from_json(stored, default=self._render_settings.legacy)
+        processing = Processing.from_json(json.loads(row["processing"]))
         return _Claim(input_name=row["input_name"], attempts=row["attempts"], processing=processing)
 
     async def _status(self, task_id: int) -> str | None:

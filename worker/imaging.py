@@ -33,21 +33,9 @@ from typing import Any
 from PIL import ExifTags, Image
 
 from core.formats import DAMAGED_MESSAGE, ImageRejected, check_animation, open_image
-from core.processing import (
-    Blur,
-    Crop,
-    Flip,
-    Format,
-    Grayscale,
-    Output,
-    Resize,
-    Rotate,
-    Sharpen,
-    Watermark,
-    crop_box,
-    output_size,
-    resized_size,
-)
+from core.processing.operations import Blur, Crop, Flip, Format, Grayscale, Resize, Rotate, Sharpen, Watermark
+from core.processing.outputs import Output
+from core.processing.sizes import crop_box, output_size, resized_size
 from worker import operations
 
 OUTSIDE_MESSAGE = "A frame of the animation lies far outside the picture and cannot be decoded."

@@ -1,4 +1,4 @@
-"""One Pillow function per operation of core.processing: a frame in, a frame out.
+"""One Pillow function per operation of core.processing.operations: a frame in, a frame out.
 
 Frames arrive in one of the modes worker.imaging normalises to (RGB, RGBA, L, LA or CMYK) and
 leave in one of them. Only `watermark` may draw on the frame it is given, and only when the
@@ -13,18 +13,8 @@ from dataclasses import dataclass
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from core.formats import ImageRejected
-from core.processing import (
-    Blur,
-    Crop,
-    Flip,
-    Grayscale,
-    Resize,
-    Rotate,
-    Sharpen,
-    Watermark,
-    crop_box,
-    resized_size,
-)
+from core.processing.operations import Blur, Crop, Flip, Grayscale, Resize, Rotate, Sharpen, Watermark
+from core.processing.sizes import crop_box, resized_size
 
 CROP_OUTSIDE = "The crop box {box} lies outside the picture, which is {width}×{height} pixels at that step."
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from config import Settings
 from core.formats import EXTENSIONS
-from core.processing import OutputRecord, Processing, configured_presets, default_processing
+from core.processing.outputs import OutputRecord, Processing
+from core.processing.presets import configured_presets
 from core.storage import Folders, output_name_for, remove_quietly
 from worker.imaging import EncoderSettings, RenderLimits, render
 
@@ -24,13 +25,13 @@ from worker.imaging import EncoderSettings, RenderLimits, render
 class RenderSettings:
     limits: RenderLimits
     encoder: EncoderSettings
-    # For rows from before tasks stored their processing: what every upload got then.
-    legacy: Processing
 
 
 def render_settings(settings: Settings) -> RenderSettings:
     """The settings' processing limits and encoder choices; refuses to start on a bad PRESETS."""
-    presets = configured_presets(settings)
+    # The worker runs what each row stored and never a preset; checked anyway so that a bad
+    # setting stops every process that reads it, not only the API.
+    configured_presets(settings)
     return RenderSettings(
         limits=RenderLimits(
             max_pixels=settings.max_image_pixels,
@@ -38,7 +39,6 @@ def render_settings(settings: Settings) -> RenderSettings:
             max_output_pixels=settings.max_output_pixels,
         ),
         encoder=EncoderSettings(webp_method=settings.webp_method, keep_metadata=settings.keep_metadata),
-        legacy=default_processing(presets, settings.watermark_text),
     )
 
 

@@ -32,7 +32,10 @@ from api.uploads import STORAGE_FAILED, ReceivedUpload, UploadRefused, receive_u
 from core.db import POOL_TIMEOUT_SECONDS, DriverStatement, placeholder
 from core.formats import CONTENT_TYPES, EXTENSIONS
 from core.models import ImageTask, TaskStatus, output_files
-from core.processing import Processing, ProcessingInvalid, output_size, resolve
+from core.processing.forms import resolve
+from core.processing.operations import ProcessingInvalid
+from core.processing.outputs import Processing
+from core.processing.sizes import output_size
 from core.storage import (
     NOT_READY,
     STORAGE_UNAVAILABLE,

@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import queue
 from core.models import INTERRUPTED_REASON, ImageTask
+from core.processing.forms import resolve
+from core.processing.presets import BUILTIN_PRESETS
 from core.storage import new_stored_name
 from tests import images
 from tests.waiting import eventually, task_row_when
@@ -122,6 +124,9 @@ async def test_a_queued_task_whose_message_was_lost_is_queued_again_once_the_que
         height=240,
         sha256=hashlib.sha256(data).hexdigest(),
         input_name=input_name,
+        processing=resolve(
+            preset=None, ops=None, outputs=None, presets=BUILTIN_PRESETS, watermark_text="lost"
+        ).to_json(),
         queued_at=TWO_MINUTES_AGO,
     )
     db.add(task)

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.routes.pages import GALLERY_PAGE_SIZE, byte_size
 from core.models import ImageTask
-from core.processing import BUILTIN_PRESETS
+from core.processing.presets import BUILTIN_PRESETS
 from tests import images
 
 HOSTILE = "<img src=x onerror=alert(1)>.png"

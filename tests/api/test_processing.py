@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from api.routes.tasks import IDEMPOTENCY_KEY_REUSED
-from core.processing import BUILTIN_PRESETS
+from core.processing.presets import BUILTIN_PRESETS
 from tests import images
 from tests.waiting import final_status
 

@@ -17,6 +17,8 @@ from core.models import ImageTask, TaskStatus, finished_values
 from devstack.servers import free_port
 
 _TEST_ROW = "driver-statement-"
+# Every row states its processing; these tests never run it.
+_PROCESSING = json.dumps({"outputs": [{"name": "image", "preset": None, "ops": [{"op": "grayscale"}]}]})
 
 
 @pytest.fixture
@@ -37,6 +39,7 @@ async def _insert_task(pool: asyncpg.Pool, **columns: object) -> int:
         "height": 1,
         "sha256": "0" * 64,
         "input_name": f"{_TEST_ROW}{uuid.uuid4().hex}.jpg",
+        "processing": _PROCESSING,
         **columns,
     }
     names = ", ".join(values)
@@ -139,7 +142,16 @@ async def test_a_pool_on_an_unreachable_server_starts_and_fails_each_use_as_unav
 
 
 async def test_an_insert_takes_the_columns_python_defaults_as_the_orm_would(database: asyncpg.Pool) -> None:
-    columns = ("filename", "content_type", "size_bytes", "width", "height", "sha256", "input_name")
+    columns = (
+        "filename",
+        "content_type",
+        "size_bytes",
+        "width",
+        "height",
+        "sha256",
+        "input_name",
+        "processing",
+    )
     statement = DriverStatement.of(
         insert(ImageTask)
         .values(**{column: placeholder(column) for column in columns})
@@ -149,7 +161,7 @@ async def test_an_insert_takes_the_columns_python_defaults_as_the_orm_would(data
     values = dict(
         zip(
             columns,
-            ("a.jpg", "image/jpeg", 1, 1, 1, "0" * 64, f"{_TEST_ROW}{uuid.uuid4().hex}.jpg"),
+            ("a.jpg", "image/jpeg", 1, 1, 1, "0" * 64, f"{_TEST_ROW}{uuid.uuid4().hex}.jpg", _PROCESSING),
             strict=True,
         )
     )

@@ -1,6 +1,6 @@
-"""Tests for core.processing: what an upload's `preset`, `ops` and `outputs` fields resolve to, the
-messages a bad request gets (each names the field and, where there is a choice, what is allowed),
-operator presets, the stored form, and the sizes the API checks before queueing."""
+"""Tests for the core.processing package: what an upload's `preset`, `ops` and `outputs` fields
+resolve to, the messages a bad request gets (each names the field and, where there is a choice, what
+is allowed), operator presets, the stored form, and the sizes the API checks before queueing."""
 
 from __future__ import annotations
 
@@ -13,32 +13,24 @@ import pytest
 from PIL import Image
 
 from config import ConfigError
-from core.processing import (
-    BUILTIN_PRESETS,
-    DEFAULT_PRESET,
+from core.processing.forms import resolve
+from core.processing.operations import (
     MAX_OPS,
-    MAX_OUTPUTS,
     MAX_SIDE,
     MAX_TEXT_CHARS,
     OPERATION_NAMES,
     OUTPUT_FORMATS,
     POSITIONS,
-    SINGLE_OUTPUT,
     Crop,
     Format,
-    Output,
-    Processing,
     ProcessingInvalid,
     Resize,
     Rotate,
     Watermark,
-    build_presets,
-    configured_presets,
-    default_processing,
-    output_size,
-    resolve,
-    rotated_size,
 )
+from core.processing.outputs import MAX_OUTPUTS, SINGLE_OUTPUT, Output, Processing
+from core.processing.presets import BUILTIN_PRESETS, DEFAULT_PRESET, build_presets, configured_presets
+from core.processing.sizes import output_size, rotated_size
 
 TEXT = "Stamped by imagequeue"
 
@@ -72,7 +64,6 @@ def refusal(**fields: Any) -> str:
 def test_nothing_chosen_is_the_default_preset_with_the_text_of_the_day() -> None:
     processing = resolved()
 
-    assert processing == default_processing(BUILTIN_PRESETS, TEXT)
     assert processing.outputs == (
         Output(name=SINGLE_OUTPUT, ops=(Watermark(op="watermark", text=TEXT),), preset=DEFAULT_PRESET),
     )
@@ -472,18 +463,13 @@ def test_to_json_and_from_json_round_trip() -> None:
     )
     stored = json.loads(json.dumps(processing.to_json()))  # what a JSON column gives back
 
-    assert Processing.from_json(stored, default=default_processing(BUILTIN_PRESETS, "other")) == processing
+    assert Processing.from_json(stored) == processing
     assert stored["outputs"][0] == {"name": "default", "preset": "default", "ops": [_watermark_json(TEXT)]}
     assert stored["outputs"][-1]["preset"] is None
 
 
 def _watermark_json(text: str) -> dict[str, Any]:
     return {"op": "watermark", "text": text, "position": "top-left", "color": "red", "opacity": 1.0}
-
-
-def test_a_row_without_processing_gets_the_default() -> None:
-    default = default_processing(BUILTIN_PRESETS, TEXT)
-    assert Processing.from_json(None, default=default) is default
 
 
 def test_watermark_text_is_filled_at_resolve_time() -> None:

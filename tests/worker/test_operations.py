@@ -14,16 +14,11 @@ import pytest
 from PIL import ExifTags, Image, ImageChops, ImageCms, ImageDraw, ImageFilter, ImageStat, JpegImagePlugin
 
 from core.formats import ImageRejected
-from core.processing import (
-    BUILTIN_PRESETS,
-    OUTPUT_FORMATS,
-    POSITIONS,
-    Processing,
-    ProcessingInvalid,
-    output_size,
-    resolve,
-    rotated_size,
-)
+from core.processing.forms import resolve
+from core.processing.operations import OUTPUT_FORMATS, POSITIONS, ProcessingInvalid
+from core.processing.outputs import Processing
+from core.processing.presets import BUILTIN_PRESETS
+from core.processing.sizes import output_size, rotated_size
 from tests import images
 from worker import imaging
 from worker.imaging import OUTPUT_TOO_LARGE, EncoderSettings, ProcessedImage, RenderLimits, render
