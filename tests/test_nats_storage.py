@@ -1,11 +1,11 @@
 """The `nats` storage backend end to end: a real API process and a real worker process with
-STORAGE_BACKEND=nats, on a NATS server and a database of this module's own (so stopping NATS here
-disturbs no other test, and the session's API relays none of these rows).
+STORAGE_BACKEND=nats, on a NATS server and a database of this module's own (tests/nats_stack.py: the
+session's API relays none of these rows).
 
 What must hold: stored files live in the buckets, never in the folders (scratch space only, left
 empty); outputs and originals are served from the buckets, streamed, with their type; deleting a
-task, retention and a missing object behave as with local files; a NATS outage answers uploads 503
-with nothing stored, and costs a worker's task no attempt.
+task, retention and a missing object behave as with local files; a file store outage costs a
+worker's task no attempt. NATS stopped altogether: tests/faults/test_nats_storage_outage.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -36,13 +35,12 @@ from core import queue
 from core.db import make_driver_pool, make_engine, make_sessionmaker
 from core.models import ImageTask
 from core.object_store import BUCKETS, NatsStorage
-from core.storage import STORAGE_UNAVAILABLE, Area, Folders
-from devstack.servers import LocalNats, free_port
-from devstack.stack import LocalServers, migrate, running_api, start_worker, stop_process
+from core.storage import Area, Folders
+from devstack.stack import LocalServers
 from tests import images
-from tests.conftest import TEST_SETTINGS
 from tests.database import session_on
-from tests.waiting import eventually, final_status, task_row_when
+from tests.nats_stack import NatsStack, running_nats_stack, running_worker, scratch_files, upload
+from tests.waiting import final_status, task_row_when
 from worker.consumer import INPUT_MISSING, TaskPolicy, TaskProcessor
 from worker.metrics import WorkerMetrics
 from worker.pool import RenderPool
@@ -52,48 +50,16 @@ from worker.retention import purge_expired
 pytestmark = pytest.mark.timeout(60)
 
 
-@dataclass(frozen=True)
-class NatsStack:
-    nats: LocalNats
-    env: dict[str, str]
-    folders: Folders
-    database_url: str
-    api_url: str
-
-
 @pytest.fixture(scope="module")
 def nats_stack(servers: LocalServers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsStack]:
-    workdir = tmp_path_factory.mktemp("nats-storage")
-    nats_server = LocalNats(workdir / "nats", free_port(), log_file=workdir / "nats.log")
-    nats_server.start()
-    database = f"imagequeue_objects_{uuid.uuid4().hex[:8]}"
-    servers.postgres.psql(f"CREATE DATABASE {database};")
-    database_url = servers.postgres.url(database)
-    folders = Folders(workdir / "uploads", workdir / "processed")
-    env = {
-        **TEST_SETTINGS,
-        "DATABASE_URL": database_url,
-        "NATS_URL": nats_server.url,
-        "STORAGE_BACKEND": "nats",
-        "UPLOADS_DIR": str(folders.uploads_dir),
-        "PROCESSED_DIR": str(folders.processed_dir),
-    }
-    try:
-        migrate(database_url)
-        with running_api(env, log_file=workdir / "api.log") as api_url:
-            yield NatsStack(nats_server, env, folders, database_url, api_url)
-    finally:
-        nats_server.stop()
-        servers.postgres.psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE);")
+    with running_nats_stack(servers, tmp_path_factory.mktemp("nats-storage")) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
 def nats_worker(nats_stack: NatsStack) -> Iterator[None]:
-    """A worker process on the module's stack; it must stop cleanly."""
-    log_file = nats_stack.folders.uploads_dir.parent / "worker.log"
-    process = start_worker(nats_stack.env, log_file=log_file)
-    yield
-    assert stop_process(process) == 0, log_file.read_text()[-3000:]
+    with running_worker(nats_stack):
+        yield
 
 
 @pytest.fixture
@@ -121,18 +87,6 @@ async def buckets(nats_stack: NatsStack) -> AsyncIterator[dict[Area, ObjectStore
 def noise_png(width: int, height: int) -> bytes:
     """Random pixels: a PNG that does not compress, so it spans several 128 KiB chunks."""
     return images.encode(Image.frombytes("RGB", (width, height), os.urandom(width * height * 3)), "PNG")
-
-
-def scratch_files(folders: Folders) -> list[Path]:
-    return [*folders.uploads_dir.iterdir(), *folders.processed_dir.iterdir()]
-
-
-async def upload(api: httpx.AsyncClient, data: bytes, name: str, **fields: str) -> int:
-    response = await api.post(
-        "/upload", files={"file": (name, data, "application/octet-stream")}, data=fields
-    )
-    assert response.status_code == 200, response.text
-    return response.json()["task_id"]
 
 
 async def test_a_file_store_outage_gives_the_task_back_at_no_attempts_cost(
@@ -317,32 +271,3 @@ async def test_chunks_of_a_put_cut_short_are_purged_and_whole_objects_kept(
     finally:
         await storage.close()
         await nc.close()
-
-
-async def test_an_upload_while_nats_is_down_is_503_and_stores_nothing(
-    nats_stack: NatsStack, nats_worker: None, api: httpx.AsyncClient, db: AsyncSession
-) -> None:
-    """Last in the module: it stops the module's NATS server (and starts it again)."""
-    name = f"down-{uuid.uuid4().hex[:8]}.jpg"
-    nats_stack.nats.stop()
-    try:
-
-        async def unready() -> bool:
-            return (await api.get("/ready")).status_code == 503
-
-        await eventually(unready, what="the API noticing NATS is down")
-        response = await api.post("/upload", files={"file": (name, images.jpeg(), "image/jpeg")})
-    finally:
-        nats_stack.nats.start()
-
-    assert (response.status_code, response.json()) == (503, {"detail": STORAGE_UNAVAILABLE})
-    assert response.headers["retry-after"] == "5"
-    assert await db.scalar(select(ImageTask.id).where(ImageTask.filename == name)) is None
-    assert scratch_files(nats_stack.folders) == [], "the streamed temporary file is gone too"
-
-    async def ready() -> bool:
-        return (await api.get("/ready")).status_code == 200
-
-    await eventually(ready, what="the API back once NATS is")
-    task_id = await upload(api, images.jpeg(), "after.jpg")
-    assert (await final_status(api, task_id))["status"] == "done"

@@ -19,16 +19,23 @@ POLL_SECONDS = 0.05
 FINAL = ("done", "failed")
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 30, what: str) -> None:
-    """Await `check` every POLL_SECONDS until it returns true, or fail naming `what` after `timeout` s.
+async def eventually(
+    check: Callable[[], Awaitable[bool]],
+    *,
+    timeout: float = 30,
+    what: str | Callable[[], str],
+    every: float = POLL_SECONDS,
+) -> None:
+    """Await `check` every `every` s until it returns true, or fail naming `what` after `timeout` s.
 
+    `what` may be a function, called at the deadline, to report the state the wait ended in.
     An AssertionError raised by `check` itself ends the wait at once: a state that cannot come right.
     """
     deadline = time.monotonic() + timeout
     while not await check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(POLL_SECONDS)
+            raise AssertionError(f"not within {timeout} s: {what() if callable(what) else what}")
+        await asyncio.sleep(every)
 
 
 async def final_status(client: httpx.AsyncClient, task_id: int, *, timeout: float = 60) -> dict[str, Any]:

@@ -200,7 +200,7 @@ async def test_a_streamed_upload_is_cut_off_at_the_limit(api_process: str, uploa
                 writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
                 await writer.drain()
                 sent += len(piece)
-                await asyncio.sleep(0.001)
+                await asyncio.sleep(0.001)  # pacing, as said above: a gap, not a wait for anything
 
     sender = asyncio.create_task(send_body())
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 import uuid
 from dataclasses import dataclass
 from types import TracebackType
@@ -18,6 +17,7 @@ from types import TracebackType
 import httpx
 
 from tests import images
+from tests.waiting import eventually
 
 # A connection cut, refused or reset: the answer to a request whose API process died or stopped.
 # A timeout is not one of them: a request that hangs is a failure of its own.
@@ -75,19 +75,27 @@ class Burst:
     async def wait_for_more(self, count: int, *, timeout: float = 30) -> list[Outcome]:
         """Wait until `count` more uploads have an outcome than now; returns those outcomes."""
         start = len(self.outcomes)
-        deadline = time.monotonic() + timeout
-        while len(self.outcomes) < start + count:
-            assert time.monotonic() < deadline, f"only {len(self.outcomes) - start} of {count} uploads ended"
+
+        async def ended() -> bool:
+            if len(self.outcomes) >= start + count:
+                return True
             assert not any(task.done() for task in self._clients), "an upload client died"
-            await asyncio.sleep(0.01)
+            return False
+
+        await eventually(
+            ended, timeout=timeout, what=lambda: f"only {len(self.outcomes) - start} of {count} uploads ended"
+        )
         return self.outcomes[start:]
 
     async def wait_for_errors(self, count: int, *, timeout: float = 30) -> None:
         """Wait until `count` uploads in all have ended in a connection error."""
-        deadline = time.monotonic() + timeout
-        while self.errors < count:
-            assert time.monotonic() < deadline, f"only {self.errors} of {count} connection errors"
-            await asyncio.sleep(0.01)
+
+        async def enough() -> bool:
+            return self.errors >= count
+
+        await eventually(
+            enough, timeout=timeout, what=lambda: f"only {self.errors} of {count} connection errors"
+        )
 
     @property
     def accepted(self) -> set[int]:

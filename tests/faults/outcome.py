@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import ImageTask
+from tests.waiting import eventually
 
 TEMP_PREFIX = ".partial-"  # writers' temporary files (core/storage.py): not outputs, not uploads
 FINAL = ("done", "failed")
@@ -70,34 +70,37 @@ async def wait_until_done(client: httpx.AsyncClient, task_ids: set[int], *, time
     """Poll `/status` for each task until it is final; fail naming the stragglers at the deadline."""
     waiting = set(task_ids)
     last: dict[int, dict] = {}
-    deadline = time.monotonic() + timeout
-    while waiting:
+
+    async def all_final() -> bool:
         answers = await asyncio.gather(*(client.get(f"/status/{task_id}") for task_id in sorted(waiting)))
         for task_id, answer in zip(sorted(waiting), answers, strict=True):
             assert answer.status_code == 200, (task_id, answer.status_code, answer.text)
             last[task_id] = answer.json()
             if last[task_id]["status"] in FINAL:
                 waiting.discard(task_id)
-        if not waiting:
-            break
-        assert time.monotonic() < deadline, (
-            f"not final after {timeout} s: {[last[t] for t in sorted(waiting)]}"
-        )
-        await asyncio.sleep(0.2)
+        return not waiting
+
+    # Every 0.2 s: each round asks the API about every task still open.
+    await eventually(
+        all_final, timeout=timeout, what=lambda: f"not final: {[last[t] for t in sorted(waiting)]}", every=0.2
+    )
     not_done = [status for task_id, status in last.items() if status["status"] != "done"]
     assert not not_done, f"accepted uploads that did not end done: {not_done}"
 
 
 async def wait_until_settled(db: AsyncSession, prefix: str, *, timeout: float) -> list[TaskRow]:
     """Wait until no row the burst created is `pending` or `processing` (cut-off uploads included)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    rows: list[TaskRow] = []
+    open_rows: list[TaskRow] = []
+
+    async def settled() -> bool:
+        nonlocal rows, open_rows
         rows = await rows_named(db, prefix)
         open_rows = [row for row in rows if row.status not in FINAL]
-        if not open_rows:
-            return rows
-        assert time.monotonic() < deadline, f"rows left open after {timeout} s: {open_rows}"
-        await asyncio.sleep(0.2)
+        return not open_rows
+
+    await eventually(settled, timeout=timeout, what=lambda: f"rows left open: {open_rows}", every=0.2)
+    return rows
 
 
 def assert_processed_once(rows: list[TaskRow], processed_dir: Path) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from devstack.stack import stop_process, wait_until_ready
+from tests.waiting import eventually
 
 
 @dataclass
@@ -35,11 +35,16 @@ async def api_ready(api: Started, base_url: str) -> None:
 
 async def worker_ready(worker: Started, *, timeout: float = 30) -> None:
     """The worker logs this once it fetches: from then on, queued tasks reach it."""
-    deadline = time.monotonic() + timeout
-    while "worker ready" not in worker.log_file.read_text(errors="replace"):
+
+    async def ready() -> bool:
+        if "worker ready" in worker.log_file.read_text(errors="replace"):
+            return True
         assert worker.process.poll() is None, worker.log_tail()
-        assert time.monotonic() < deadline, worker.log_tail()
-        await asyncio.sleep(0.05)
+        return False
+
+    await eventually(
+        ready, timeout=timeout, what=lambda: f"'worker ready' in {worker.log_file}: {worker.log_tail()}"
+    )
 
 
 def assert_api_shut_down_cleanly(api: Started, exit_code: int) -> None:

@@ -4,8 +4,6 @@ queue through an outbox relay and is processed once."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from tests.faults.burst import Burst, new_prefix
 from tests.faults.link import Link
 from tests.faults.outcome import assert_processed_once, rows_named, wait_until_done, wait_until_settled
 from tests.faults.processes import Started, api_ready, stop_api, worker_ready
+from tests.waiting import eventually
 
 
 async def test_an_api_killed_mid_burst_and_restarted_loses_no_task_it_committed(
@@ -42,10 +41,13 @@ async def test_an_api_killed_mid_burst_and_restarted_loses_no_task_it_committed(
             # requests that committed wait there for an answer from NATS that cannot come (their
             # publish is lost), so the kill lands on committed rows that nothing has published.
             link.cut()
-            deadline = time.monotonic() + 5
-            while len([row for row in await rows_named(db, prefix) if row.queued_at is None]) < 3:
-                assert time.monotonic() < deadline, "no request got as far as its publish"
-                await asyncio.sleep(0.02)
+
+            async def publishes_waiting() -> bool:
+                return len([row for row in await rows_named(db, prefix) if row.queued_at is None]) >= 3
+
+            await eventually(
+                publishes_waiting, timeout=5, what="three committed rows that the cut link left unpublished"
+            )
             await api.kill()
             await burst.wait_for_errors(3)
             restarted = apis("fault-api-restarted", port)

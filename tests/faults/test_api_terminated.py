@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from tests import images
 from tests.faults.burst import Burst, new_prefix
 from tests.faults.outcome import TEMP_PREFIX, assert_processed_once, wait_until_done, wait_until_settled
 from tests.faults.processes import Started, api_ready, assert_api_shut_down_cleanly, worker_ready
+from tests.waiting import eventually
 
 BOUNDARY = "fault-injection-boundary"
 
@@ -65,11 +65,15 @@ async def test_an_api_stopped_mid_burst_finishes_the_requests_it_started_and_los
                 headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
             )
         )
+
         # The API streams an upload into a temporary file: once it exists, the request is in flight.
-        deadline = time.monotonic() + 10
-        while not partial_uploads(uploads_dir) - partials_before:
-            assert time.monotonic() < deadline and not slow.done(), "the held upload never started"
-            await asyncio.sleep(0.01)
+        async def in_flight() -> bool:
+            if partial_uploads(uploads_dir) - partials_before:
+                return True
+            assert not slow.done(), "the held upload never started"
+            return False
+
+        await eventually(in_flight, timeout=10, what="the held upload's temporary file")
 
         async with Burst(base_url, prefix) as burst:
             await burst.wait_for_more(10)

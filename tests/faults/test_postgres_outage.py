@@ -8,19 +8,23 @@ the database returns.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from config import get_settings
 from devstack.stack import LocalServers
 from tests import images
 from tests.faults.burst import new_prefix
 from tests.faults.outcome import assert_processed_once, wait_until_done, wait_until_settled
 from tests.faults.processes import Started
+from tests.waiting import eventually, final_row
+from worker.__main__ import run
 
 
 async def test_tasks_queued_before_a_postgres_outage_longer_than_their_redeliveries_end_done(
@@ -48,17 +52,18 @@ async def test_tasks_queued_before_a_postgres_outage_longer_than_their_redeliver
         # pauses fetching while the database is down, so redeliveries of the first messages it took
         # come before the others: not every task need be met that often.)
         worker = workers("fault-postgres-outage-worker")
-        deadline = time.monotonic() + 30
-        while True:
+        tries: dict[int, int] = {}
+
+        async def met_often_enough() -> bool:
             log = worker.log_file.read_text(errors="replace")
-            tries = {
-                task_id: len(re.findall(rf"task {task_id}: database unavailable", log))
-                for task_id in task_ids
-            }
-            if max(tries.values()) >= max_attempts:
-                break
-            assert time.monotonic() < deadline, (tries, worker.log_tail())
-            await asyncio.sleep(0.1)
+            for task_id in task_ids:
+                tries[task_id] = len(re.findall(rf"task {task_id}: database unavailable", log))
+            return max(tries.values()) >= max_attempts
+
+        await eventually(
+            met_often_enough,
+            what=lambda: f"a task met {max_attempts} times without the database: {tries} {worker.log_tail()}",
+        )
     finally:
         await asyncio.to_thread(servers.postgres.start)
 
@@ -68,3 +73,37 @@ async def test_tasks_queued_before_a_postgres_outage_longer_than_their_redeliver
     assert {row.id for row in rows} == task_ids
     assert_processed_once(rows, processed_dir)
     assert await worker.stop() == 0, worker.log_tail()
+
+
+async def test_a_database_outage_longer_than_max_attempts_retries_delays_a_task_but_does_not_fail_it(
+    client: httpx.AsyncClient, db: AsyncSession, servers: LocalServers, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same promise for a worker run in this process, which counts the attempts in the row."""
+    settings = get_settings()
+    posted = await client.post(
+        "/upload", files={"file": ("photo.jpg", images.jpeg(), "application/octet-stream")}
+    )
+    assert posted.status_code == 200, posted.text
+    task_id = posted.json()["task_id"]
+    await db.close()
+    caplog.set_level(logging.WARNING, logger="worker.consumer")
+
+    servers.postgres.stop()
+    stop = asyncio.Event()
+    worker_task = asyncio.create_task(run(settings, stop))
+    try:
+        # The worker takes the message, cannot reach the database, and naks it with a delay, and the
+        # outage lasts for more naks than MAX_ATTEMPTS (past any delivery limit tied to that setting).
+        async def outlasted() -> bool:
+            return caplog.text.count(f"task {task_id}: database unavailable") >= settings.max_attempts + 2
+
+        await eventually(outlasted, what=f"task {task_id} put back more than MAX_ATTEMPTS times")
+        servers.postgres.start()
+        task = await final_row(db, task_id)
+    finally:
+        servers.postgres.start()
+        stop.set()
+        await asyncio.wait_for(worker_task, 30)
+
+    assert task.status == "done", task.error
+    assert task.attempts == 1, "attempts count only the runs that reached the database"

@@ -12,7 +12,6 @@ The burst runs once, in a module fixture, and each test below judges one promise
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -36,6 +35,7 @@ from tests.faults.outcome import (
     wait_until_settled,
 )
 from tests.faults.processes import Started, worker_ready
+from tests.waiting import eventually
 
 
 def plain_dsn(database_url: str) -> str:
@@ -43,15 +43,17 @@ def plain_dsn(database_url: str) -> str:
 
 
 async def refuses_new_connections(dsn: str, *, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    async def refusing() -> bool:
         try:
             connection = await asyncpg.connect(dsn, timeout=2)
         except asyncpg.CannotConnectNowError:
-            return
+            return True
         await connection.close()
-        assert time.monotonic() < deadline, "PostgreSQL still accepts connections after the stop signal"
-        await asyncio.sleep(0.02)
+        return False
+
+    await eventually(
+        refusing, timeout=timeout, what="PostgreSQL refusing new connections after the stop signal"
+    )
 
 
 @asynccontextmanager

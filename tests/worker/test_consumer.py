@@ -21,7 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from config import get_settings
 from core import queue
 from core.models import ImageTask
-from devstack.stack import LocalServers
 from tests import images
 from tests.waiting import eventually, final_row, task_row
 from worker.__main__ import run
@@ -146,37 +145,6 @@ async def test_a_missing_input_file_fails_the_task_with_a_reason(
         await asyncio.wait_for(worker_task, 30)
 
     assert (failed.status, failed.error) == ("failed", INPUT_MISSING)
-
-
-async def test_a_database_outage_longer_than_max_attempts_retries_delays_a_task_but_does_not_fail_it(
-    client: httpx.AsyncClient, db: AsyncSession, js: JetStreamContext, servers: LocalServers
-) -> None:
-    settings = get_settings()
-    task_id = await upload(client, images.jpeg())
-    await db.close()
-
-    servers.postgres.stop()
-    stop = asyncio.Event()
-    worker_task = asyncio.create_task(run(settings, stop))
-    try:
-        # The worker takes the message, cannot reach the database, and naks it with a delay...
-        async def redelivered() -> bool:
-            info = await js.consumer_info(queue.STREAM, queue.DURABLE)
-            return info.num_redelivered > 0
-
-        await eventually(redelivered, what="the message offered again after a nak")
-        # ...and the outage lasts for more naks than MAX_ATTEMPTS (the length of the fault is the
-        # point of this test, so it is timed; nothing here waits for an event by sleeping).
-        await asyncio.sleep((settings.max_attempts + 2) * settings.retry_delay_seconds)
-        servers.postgres.start()
-        task = await final_row(db, task_id)
-    finally:
-        servers.postgres.start()
-        stop.set()
-        await asyncio.wait_for(worker_task, 30)
-
-    assert task.status == "done", task.error
-    assert task.attempts == 1, "attempts count only the runs that reached the database"
 
 
 async def test_a_task_whose_every_attempt_fails_ends_failed_after_max_attempts(
