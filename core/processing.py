@@ -17,7 +17,6 @@ its last `format` operation, or the input's own format when it has none.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -36,6 +35,7 @@ from pydantic import (
 )
 
 from config import ConfigError, Settings
+from core.json_fields import JsonFieldInvalid, parse_json_field
 
 # Hard bounds that hold whatever the settings say; MAX_OUTPUT_PIXELS bounds each output's area.
 MAX_SIDE = 16_384
@@ -399,9 +399,9 @@ def _with_text(output: Output, watermark_text: str) -> Output:
 
 def _json_field(field: str, raw: str) -> Any:
     try:
-        return json.loads(raw)
-    except ValueError:
-        raise ProcessingInvalid(f"`{field}` is not valid JSON.") from None
+        return parse_json_field(field, raw)
+    except JsonFieldInvalid as exc:
+        raise ProcessingInvalid(str(exc)) from None
 
 
 def _validated_ops(raw: Any, field: str) -> tuple[_Op, ...]:
