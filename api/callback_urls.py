@@ -6,6 +6,10 @@ The check resolves the host name and vets every address it gets. It runs at uplo
 the problem) and again before each delivery, and the delivery connects to an address vetted then
 (`CallbackTarget.pinned_url`), so a DNS answer that changes in between (rebinding) cannot steer
 the request inside.
+
+Some IPv6 addresses carry an IPv4 address and reach it (IPv4-mapped and -compatible, NAT64, 6to4,
+Teredo); Python's `is_global` judges them by their IPv6 range and calls `64:ff9b::a9fe:a9fe`
+(169.254.169.254 through NAT64) public. They are judged by the IPv4 address they carry instead.
 """
 
 from __future__ import annotations
@@ -31,6 +35,17 @@ PRIVATE = (
     "`callback_url` points to {address}, a loopback, private or reserved address; "
     "callbacks go to public addresses only."
 )
+PRIVATE_CARRIED = (
+    "`callback_url` points to {address}, which carries the IPv4 address {ipv4}, a loopback, private "
+    "or reserved address; callbacks go to public addresses only."
+)
+
+# Where the IPv4 address sits in an IPv6 address that carries one (RFC 4291, 6052, 3056, 4380).
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+# RFC 8215's local-use NAT64 prefix: where the IPv4 address sits depends on the prefix length a
+# network chose, and the range is local by definition: never public.
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -70,14 +85,41 @@ async def vet_callback_url(url: str, *, allow_private: bool) -> CallbackTarget:
     addresses = await _resolve(host, port or (443 if parts.scheme == "https" else 80))
     if not allow_private:
         for address in addresses:
-            if not _is_public(address):
-                raise CallbackRefused(PRIVATE.format(address=address))
+            refusal = _refusal(address)
+            if refusal is not None:
+                raise CallbackRefused(refusal)
     return CallbackTarget(url=url, host=host, address=addresses[0])
 
 
+def _refusal(address: Address) -> str | None:
+    """Why `address` may not be called back, or None when it is public."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in _LOCAL_NAT64:
+            return PRIVATE.format(address=address)
+        carried = carried_ipv4(address)
+        for ipv4 in carried:
+            if not _is_public(ipv4):
+                return PRIVATE_CARRIED.format(address=address, ipv4=ipv4)
+        if carried:
+            return None
+    return None if _is_public(address) else PRIVATE.format(address=address)
+
+
+def carried_ipv4(address: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...]:
+    """The IPv4 addresses a packet to `address` ends up at (for Teredo: its server and its client)."""
+    if address.ipv4_mapped is not None:
+        return (address.ipv4_mapped,)
+    # `::` and `::1` lie in ::/96 but are the unspecified and loopback addresses, not IPv4.
+    if address in _NAT64 or (address in _IPV4_COMPATIBLE and int(address) > 1):
+        return (ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF),)
+    if address.sixtofour is not None:
+        return (address.sixtofour,)
+    if address.teredo is not None:
+        return address.teredo
+    return ()
+
+
 def _is_public(address: Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
     return address.is_global and not address.is_multicast
 
 

@@ -15,6 +15,13 @@ from starlette.responses import Response
 from core.storage import StoredObject
 
 
+def image_cache_control(caller: str | None, *, max_age: int) -> str:
+    """`public` for an open API; with API keys on (`caller` is a key's fingerprint) an image is one
+    key's, and a shared cache (a CDN, a company proxy) cannot tell keys apart: only the client's
+    own cache may keep it."""
+    return f"{'public' if caller is None else 'private'}, max-age={max_age}"
+
+
 def stored_file_response(found: Path | StoredObject, *, media_type: str, cache_control: str) -> Response:
     headers = {"Cache-Control": cache_control}
     if isinstance(found, Path):

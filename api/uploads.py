@@ -279,7 +279,7 @@ async def _receive(
     except UnsupportedImage as exc:
         remove_quietly(temp_path)
         raise UploadRefused(415, str(exc)) from None
-    except ImageRejected as exc:  # too many pixels or frames
+    except ImageRejected as exc:  # too many pixels or frames, or too costly to identify
         remove_quietly(temp_path)
         raise UploadRefused(422, str(exc)) from None
     except OSError as exc:  # disk full, permissions: not the client's fault, and not a 500 either

@@ -7,12 +7,25 @@ Opening reads the header only; pixels are decoded later, by whoever calls `load(
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
+
+from core.image_structure import (
+    GIF_SIGNATURES,
+    MAX_PROBE_READS,
+    PNG_SIGNATURE,
+    PROBE_BYTES_SLACK,
+    BoundedReader,
+    StructureTooCostly,
+    check_png_chunks,
+    count_gif_frames,
+)
 
 # Raster formats whose Pillow decoders are mature and commonly uploaded. Anything else (SVG, PDF,
 # EPS, TIFF, PSD, ICO, ...) is refused: fewer decoders exposed to untrusted bytes.
@@ -54,6 +67,10 @@ class AnimationTooLarge(ImageRejected):
     pass
 
 
+class TooCostlyToIdentify(ImageRejected):
+    """Too many parts (chunks, blocks, reads) or metadata too large: see core.image_structure."""
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     format: str
@@ -90,8 +107,9 @@ def configure_pillow(max_pixels: int) -> None:
 _PILLOW_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
-def open_image(path: Path, max_pixels: int) -> Image.Image:
-    """Open `path` lazily, refusing formats outside ALLOWED_FORMATS and images over `max_pixels`.
+def open_image(path: Path | BinaryIO, max_pixels: int) -> Image.Image:
+    """Open `path` (or an open file) lazily, refusing formats outside ALLOWED_FORMATS and images
+    over `max_pixels`.
 
     The pixel check happens here, on the header's declared size, before any pixel is decoded: a
     tiny file that claims 30000×30000 pixels never reaches a decoder.
@@ -122,6 +140,11 @@ def too_many_frames_message(frames: int, limit: int) -> str:
     return f"Animation has {frames:,} frames; the limit is {limit:,}."
 
 
+def more_frames_than_message(limit: int) -> str:
+    """The probe stops counting one frame past the limit, so it cannot say how many there are."""
+    return f"Animation has more than {limit:,} frames; the limit is {limit:,}."
+
+
 def animation_too_large_message(frames: int, width: int, height: int, limit: int) -> str:
     return (
         f"Animation has {frames:,} frames of {width:,}×{height:,} pixels "
@@ -141,15 +164,42 @@ def check_animation(frames: int, width: int, height: int, *, max_frames: int, ma
 
 
 def probe_image(path: Path, *, max_pixels: int, max_frames: int) -> ImageInfo:
-    """Identify the image at `path` from its bytes and check its limits; no pixel is decoded
-    (counting a GIF's frames reads through the file, whose size is already bounded)."""
-    with open_image(path, max_pixels) as image:
+    """Identify the image at `path` from its bytes and check its limits; no pixel is decoded.
+
+    The work is bounded whatever the bytes: PNG chunks and GIF blocks are walked first within
+    limits, frames are counted no further than one past `max_frames`, and Pillow reads the header
+    through a reader that refuses past MAX_PROBE_READS reads (core.image_structure).
+    """
+    with open(path, "rb") as file:
+        try:
+            return _probe(file, max_pixels=max_pixels, max_frames=max_frames)
+        except StructureTooCostly as exc:
+            raise TooCostlyToIdentify(str(exc)) from None
+
+
+def _probe(file: BinaryIO, *, max_pixels: int, max_frames: int) -> ImageInfo:
+    signature = file.read(len(PNG_SIGNATURE))
+    gif_frames = None
+    if signature == PNG_SIGNATURE:
+        check_png_chunks(file)
+    elif signature[:6] in GIF_SIGNATURES:
+        # Pillow's n_frames would walk every frame; this stops one past the limit.
+        gif_frames = count_gif_frames(file, stop_after=max_frames + 1)
+    file.seek(0)
+    max_bytes = 2 * os.fstat(file.fileno()).st_size + PROBE_BYTES_SLACK
+    reader = BoundedReader(file, max_reads=MAX_PROBE_READS, max_bytes=max_bytes)
+    with open_image(reader, max_pixels) as image:
         # Phones and cameras write multi-picture JPEGs (MPO); they are JPEGs, processed as one picture.
         if image.format == "MPO":
             return ImageInfo(format="JPEG", width=image.width, height=image.height, frames=1)
-        try:
-            frames = getattr(image, "n_frames", 1)
-        except (OSError, SyntaxError, ValueError, EOFError):
-            raise UnsupportedImage(DAMAGED_MESSAGE) from None
+        if image.format == "GIF" and gif_frames is not None:
+            frames = gif_frames
+        else:
+            try:  # declared in the header for PNG (APNG) and WebP: no walk
+                frames = getattr(image, "n_frames", 1)
+            except (OSError, SyntaxError, ValueError, EOFError):
+                raise UnsupportedImage(DAMAGED_MESSAGE) from None
+        if frames > max_frames:
+            raise AnimationTooLarge(more_frames_than_message(max_frames))
         check_animation(frames, image.width, image.height, max_frames=max_frames, max_pixels=max_pixels)
         return ImageInfo(format=image.format or "", width=image.width, height=image.height, frames=frames)

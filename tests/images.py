@@ -93,3 +93,47 @@ def personal_exif() -> Image.Exif:
 
 
 XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description dc:creator="secret-xmp"/></x:xmpmeta>'
+
+
+# Files whose structure is cheap to write and costly to walk: many tiny parts (core.image_structure).
+
+
+def png_with_chunks(*chunks: tuple[bytes, bytes], count: int = 1) -> bytes:
+    """A valid 1×1 grey PNG with `chunks` (type, data) repeated `count` times before its pixels."""
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
+    extra = b"".join(_png_chunk(kind, data) for kind, data in chunks) * count
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + extra
+        + _png_chunk(b"IDAT", zlib.compress(b"\0\0"))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def png_with_empty_chunks(count: int) -> bytes:
+    """`count` empty private chunks (12 bytes each) before the pixels: 2,000,000 make 24 MB."""
+    return png_with_chunks((b"abCd", b""), count=count)
+
+
+def _gif(body: bytes) -> bytes:
+    # A 1×1 screen with a two-colour global palette, then `body`, then the trailer.
+    return b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0x80, 0, 0) + b"\0\0\0\xff\xff\xff" + body + b";"
+
+
+def gif_with_tiny_frames(count: int) -> bytes:
+    """`count` frames of 1×1 pixel, 15 bytes each: 1,000,000 make 15 MB."""
+    frame = b"," + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"
+    return _gif(frame * count)
+
+
+def gif_with_tiny_blocks(count: int) -> bytes:
+    """One frame whose pixel data is split into `count` sub-blocks of one byte (encoders use 255)."""
+    frame = b"," + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02" + b"\x01\x44" * count + b"\x00"
+    return _gif(frame)
+
+
+def jpeg_with_fill_bytes(count: int) -> bytes:
+    """A small JPEG with `count` 0xFF fill bytes after its start marker (legal; Pillow reads each)."""
+    data = encode(Image.new("L", (8, 8)), "JPEG")
+    return data[:2] + b"\xff" * count + data[2:]

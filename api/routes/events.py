@@ -8,7 +8,9 @@ or transaction between polls, however long it lasts.
 
 A stream is cheap but not free (a poll every POLL_SECONDS), so a process serves at most MAX_STREAMS
 at once (503 beyond), and each ends after STREAM_LIFETIME_SECONDS: the browser's EventSource
-reconnects by itself after the `retry:` delay and gets the current status at once.
+reconnects by itself after the `retry:` delay and gets the current status at once. With API keys
+on, one key may hold at most MAX_STREAMS_PER_KEY of them (429 beyond), so a single key cannot
+take every slot from the others.
 """
 
 from __future__ import annotations
@@ -17,16 +19,17 @@ import asyncio
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.types import Receive, Scope, Send
 
-from api.deps import ServicesDep, SessionDep, TaskDep
+from api.deps import CallerDep, ServicesDep, SessionDep, TaskDep
 from api.schemas import task_status
 from api.state import Services
 from core.db import DATABASE_UNAVAILABLE_ERRORS, is_database_unavailable
@@ -40,8 +43,15 @@ KEEPALIVE_SECONDS = 15.0
 STREAM_LIFETIME_SECONDS = 600.0
 RETRY_MILLISECONDS = 2000
 MAX_STREAMS = 100
+# A quarter of the slots: four busy keys can fill the process, one cannot.
+MAX_STREAMS_PER_KEY = MAX_STREAMS // 4
+RETRY_AFTER_SECONDS = 10
 
 TOO_MANY_STREAMS = "Too many live status streams are open on this server; poll GET /status instead."
+TOO_MANY_STREAMS_FOR_KEY = (
+    f"This API key already has {MAX_STREAMS_PER_KEY} live status streams open, the most one key may "
+    "hold; close one or poll GET /status instead."
+)
 TASK_DELETED = "The task was deleted."
 
 
@@ -52,19 +62,33 @@ class EventStreams:
     One per app (made in the lifespan below); tests shorten the timings on their own app."""
 
     limit: int = MAX_STREAMS
+    per_key_limit: int = MAX_STREAMS_PER_KEY
     poll_seconds: float = POLL_SECONDS
     keepalive_seconds: float = KEEPALIVE_SECONDS
     lifetime_seconds: float = STREAM_LIFETIME_SECONDS
     open: int = 0
+    # Open streams by API key fingerprint (keys off: the caller is None and not counted here).
+    by_key: Counter[str] = field(default_factory=Counter)
 
-    def take(self) -> bool:
+    def take(self, key: str | None) -> HTTPException | None:
+        """Take a slot for `key`; the refusal to raise when none is left for it."""
         if self.open >= self.limit:
-            return False
+            return HTTPException(503, TOO_MANY_STREAMS, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        if key is not None:
+            if self.by_key[key] >= self.per_key_limit:
+                return HTTPException(
+                    429, TOO_MANY_STREAMS_FOR_KEY, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+                )
+            self.by_key[key] += 1
         self.open += 1
-        return True
+        return None
 
-    def give_back(self) -> None:
+    def give_back(self, key: str | None) -> None:
         self.open -= 1
+        if key is not None:
+            self.by_key[key] -= 1
+            if not self.by_key[key]:
+                del self.by_key[key]
 
 
 @asynccontextmanager
@@ -81,7 +105,7 @@ class EventStream(StreamingResponse):
     """A streaming response that gives its slot back however it ends (finished, client gone, error),
     including when the client left before the first byte and the stream never started."""
 
-    def __init__(self, content: AsyncIterator[str], streams: EventStreams) -> None:
+    def __init__(self, content: AsyncIterator[str], streams: EventStreams, key: str | None) -> None:
         super().__init__(
             content,
             media_type="text/event-stream",
@@ -89,12 +113,13 @@ class EventStream(StreamingResponse):
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
         self._streams = streams
+        self._key = key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self._streams.give_back()
+            self._streams.give_back(self._key)
 
 
 def sse_event(event: str, data: str, event_id: int | None = None, *, retry_ms: int | None = None) -> str:
@@ -164,14 +189,15 @@ async def _status_events(
 
 @router.get("/tasks/{task_id}/events", include_in_schema=False)
 async def task_events(
-    request: Request, task: TaskDep, session: SessionDep, services: ServicesDep
+    request: Request, task: TaskDep, session: SessionDep, services: ServicesDep, caller: CallerDep
 ) -> StreamingResponse:
     """Server-Sent Events of the task's status until it is final (owner-scoped like /status)."""
     # The session that found the task would otherwise stay open (with its transaction) for as
     # long as the response streams: release it now; each poll opens its own.
     await session.close()
     streams: EventStreams = request.app.state.event_streams
-    if not streams.take():
-        raise HTTPException(status_code=503, detail=TOO_MANY_STREAMS, headers={"Retry-After": "10"})
+    refusal = streams.take(caller)
+    if refusal is not None:
+        raise refusal
     events = _status_events(request, services, streams, task, _first_event_id(request))
-    return EventStream(events, streams)
+    return EventStream(events, streams, caller)

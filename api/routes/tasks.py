@@ -26,7 +26,7 @@ from api.schemas import (
     status_url,
     task_status,
 )
-from api.stored_files import stored_file_response
+from api.stored_files import image_cache_control, stored_file_response
 from api.templating import wants_html
 from api.uploads import STORAGE_FAILED, ReceivedUpload, UploadRefused, receive_upload
 from core.db import POOL_TIMEOUT_SECONDS, DriverStatement, placeholder
@@ -438,5 +438,5 @@ async def get_processed(
         found,
         media_type=_MEDIA_TYPES.get(PurePath(name).suffix, "application/octet-stream"),
         # Not `immutable`: a re-run after a crash rewrites the file (with the same picture).
-        cache_control="public, max-age=86400",
+        cache_control=image_cache_control(caller, max_age=86400),
     )

@@ -3,12 +3,12 @@ stores; ProcessingInvalid names the field that is wrong."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
+from core.json_fields import JsonFieldInvalid, parse_json_field
 from core.processing.operations import MAX_OPS, OPS, Op, ProcessingInvalid, Watermark, check_ops, first_error
 from core.processing.outputs import MAX_OUTPUTS, SINGLE_OUTPUT, USABLE_NAME, Output, Processing
 from core.processing.presets import DEFAULT_PRESET, Preset
@@ -77,9 +77,9 @@ def _with_text(output: Output, watermark_text: str) -> Output:
 
 def _json_field(field: str, raw: str) -> Any:
     try:
-        return json.loads(raw)
-    except ValueError:
-        raise ProcessingInvalid(f"`{field}` is not valid JSON.") from None
+        return parse_json_field(field, raw)
+    except JsonFieldInvalid as exc:
+        raise ProcessingInvalid(str(exc)) from None
 
 
 def _validated_ops(raw: Any, field: str) -> tuple[Op, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -11,10 +12,13 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deps import API_KEY_REQUIRED, TASK_NOT_FOUND
+from api.routes.events import MAX_STREAMS_PER_KEY, TOO_MANY_STREAMS_FOR_KEY
 from api.routes.tasks import PROCESSED_NOT_FOUND
 from core.models import ImageTask
 from devstack.stack import running_api
 from tests import images
+from tests.sse import EventReader
+from tests.waiting import eventually
 
 ALICE = {"X-API-Key": "alice-key-0123456789"}
 BOB = {"X-API-Key": "bob-key-0123456789abcdef"}
@@ -107,3 +111,78 @@ async def test_a_key_cannot_delete_another_keys_task(keyed: httpx.AsyncClient) -
 
     assert (await keyed.delete(f"/tasks/{task_id}", headers=BOB)).status_code == 404
     assert (await keyed.delete(f"/tasks/{task_id}", headers=ALICE)).status_code == 204
+
+
+async def finished_by_hand(
+    client: httpx.AsyncClient, headers: dict[str, str], db: AsyncSession, folder: Path
+) -> tuple[int, str]:
+    """Upload, then mark the task done with an output written by hand; its id and output name."""
+    task_id = (await upload(client, headers)).json()["task_id"]
+    task = await db.get(ImageTask, task_id)
+    assert task is not None
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / task.input_name).write_bytes(images.jpeg())
+    await db.execute(
+        update(ImageTask).where(ImageTask.id == task_id).values(status="done", output_name=task.input_name)
+    )
+    await db.commit()
+    return task_id, task.input_name
+
+
+async def test_with_keys_images_may_be_kept_by_no_shared_cache(
+    keyed: httpx.AsyncClient, db: AsyncSession, processed_dir: Path
+) -> None:
+    # `public` let a CDN or proxy serve one key's image to anyone asking for the same URL.
+    task_id, name = await finished_by_hand(keyed, ALICE, db, processed_dir)
+
+    processed = await keyed.get(f"/processed/{name}", headers=ALICE)
+    original = await keyed.get(f"/tasks/{task_id}/original", headers=ALICE)
+
+    assert processed.status_code == original.status_code == 200
+    assert processed.headers["cache-control"] == "private, max-age=86400"
+    assert original.headers["cache-control"] == "private, max-age=3600"
+
+
+async def test_without_keys_processed_images_stay_publicly_cacheable(
+    client: httpx.AsyncClient, db: AsyncSession, processed_dir: Path
+) -> None:
+    _, name = await finished_by_hand(client, {}, db, processed_dir)
+
+    processed = await client.get(f"/processed/{name}")
+
+    assert processed.status_code == 200
+    assert processed.headers["cache-control"] == "public, max-age=86400"
+
+
+async def test_one_key_cannot_take_every_live_stream_slot(keyed: httpx.AsyncClient) -> None:
+    # No worker runs here: the tasks stay pending, so their streams stay open.
+    alice_url = f"/tasks/{(await upload(keyed, ALICE)).json()['task_id']}/events"
+    bob_url = f"/tasks/{(await upload(keyed, BOB)).json()['task_id']}/events"
+    async with contextlib.AsyncExitStack() as held:
+        readers = []
+        for _ in range(MAX_STREAMS_PER_KEY):
+            stream = await held.enter_async_context(keyed.stream("GET", alice_url, headers=ALICE))
+            assert stream.status_code == 200
+            # Kept, and read once: the slot is taken once the first event is out.
+            readers.append(EventReader(stream))
+            assert await readers[-1].next() is not None
+
+        refused = await keyed.get(alice_url, headers=ALICE)
+        assert refused.status_code == 429
+        assert refused.json() == {"detail": TOO_MANY_STREAMS_FOR_KEY}
+        assert refused.json() == {
+            "detail": "This API key already has 25 live status streams open, the most one key may hold; "
+            "close one or poll GET /status instead."
+        }
+        assert refused.headers["retry-after"] == "10"
+
+        async with keyed.stream("GET", bob_url, headers=BOB) as bobs:
+            assert bobs.status_code == 200, "another key still gets a stream"
+            assert await EventReader(bobs).next() is not None
+
+    # All of Alice's streams closed: her slots come back.
+    async def alice_served_again() -> bool:
+        async with keyed.stream("GET", alice_url, headers=ALICE) as again:
+            return again.status_code == 200
+
+    await eventually(alice_served_again, timeout=10, what="Alice's slots given back")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import subprocess
 import threading
@@ -22,6 +23,7 @@ from api.callback_urls import (
     HAS_CREDENTIALS,
     NOT_HTTP,
     PRIVATE,
+    PRIVATE_CARRIED,
     CallbackRefused,
     vet_callback_url,
 )
@@ -203,7 +205,7 @@ async def test_a_redirect_is_not_followed(
         ("http://100.64.0.1/", PRIVATE.format(address="100.64.0.1")),
         ("http://0.0.0.0/", PRIVATE.format(address="0.0.0.0")),
         ("http://[::1]/", PRIVATE.format(address="::1")),
-        ("http://[::ffff:127.0.0.1]/", PRIVATE.format(address="::ffff:7f00:1")),
+        ("http://[::ffff:127.0.0.1]/", PRIVATE_CARRIED.format(address="::ffff:7f00:1", ipv4="127.0.0.1")),
         ("http://[fd00::1]/", PRIVATE.format(address="fd00::1")),
         ("http://224.0.0.1/", PRIVATE.format(address="224.0.0.1")),
         ("ftp://example.com/", NOT_HTTP),
@@ -218,6 +220,56 @@ async def test_private_and_odd_callback_urls_are_refused(url: str, detail: str |
         await vet_callback_url(url, allow_private=False)
     if detail is not None:
         assert str(refused.value) == detail
+
+
+# IPv6 addresses that carry an IPv4 address, which Python's is_global calls public by their range.
+@pytest.mark.parametrize(
+    ("host", "detail"),
+    [
+        # NAT64 (RFC 6052): the cloud metadata address through the well-known prefix.
+        ("64:ff9b::a9fe:a9fe", PRIVATE_CARRIED.format(address="64:ff9b::a9fe:a9fe", ipv4="169.254.169.254")),
+        ("64:ff9b::10.0.0.1", PRIVATE_CARRIED.format(address="64:ff9b::a00:1", ipv4="10.0.0.1")),
+        # The local-use NAT64 prefix (RFC 8215) is refused whatever it carries.
+        ("64:ff9b:1::808:808", PRIVATE.format(address="64:ff9b:1::808:808")),
+        # IPv4-compatible (::/96, deprecated) and IPv4-mapped.
+        ("::127.0.0.1", PRIVATE_CARRIED.format(address="::7f00:1", ipv4="127.0.0.1")),
+        ("::ffff:192.168.1.1", PRIVATE_CARRIED.format(address="::ffff:c0a8:101", ipv4="192.168.1.1")),
+        # 6to4 (2002::/16): the IPv4 address follows the prefix.
+        ("2002:7f00:1::", PRIVATE_CARRIED.format(address="2002:7f00:1::", ipv4="127.0.0.1")),
+        ("2002:a9fe:a9fe::1", PRIVATE_CARRIED.format(address="2002:a9fe:a9fe::1", ipv4="169.254.169.254")),
+        # Teredo (2001::/32): server, then the client bit-inverted in the last 32 bits.
+        (
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",
+            PRIVATE_CARRIED.format(address="2001:0:4136:e378:8000:63bf:80ff:fffe", ipv4="127.0.0.1"),
+        ),
+        (
+            "2001:0:a00:1:8000:63bf:f7f7:f7f7",
+            PRIVATE_CARRIED.format(address="2001:0:a00:1:8000:63bf:f7f7:f7f7", ipv4="10.0.0.1"),
+        ),
+    ],
+)
+async def test_ipv6_carrying_a_private_ipv4_is_refused(host: str, detail: str) -> None:
+    with pytest.raises(CallbackRefused) as refused:
+        await vet_callback_url(f"http://[{host}]/hook", allow_private=False)
+
+    assert str(refused.value) == detail
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "64:ff9b::8.8.8.8",  # NAT64 to a public address
+        "::8.8.8.8",  # IPv4-compatible
+        "::ffff:8.8.8.8",  # IPv4-mapped
+        "2002:808:808::1",  # 6to4
+        "2001:0:4136:e378:8000:63bf:f7f7:f7f7",  # Teredo: public server, public client 8.8.8.8
+        "2606:4700:4700::1111",  # plain public IPv6
+    ],
+)
+async def test_ipv6_carrying_a_public_ipv4_is_accepted(host: str) -> None:
+    target = await vet_callback_url(f"http://[{host}]/hook", allow_private=False)
+
+    assert str(target.address) == str(ipaddress.IPv6Address(host))
 
 
 async def test_a_public_address_is_accepted_and_pinned() -> None:
@@ -247,6 +299,12 @@ def api_without_callbacks(stack_env: dict[str, str], workdir: Path) -> Iterator[
     [
         ("http://127.0.0.1:8000/admin", PRIVATE.format(address="127.0.0.1")),
         ("http://169.254.169.254/", PRIVATE.format(address="169.254.169.254")),
+        (
+            "http://[64:ff9b::a9fe:a9fe]/",
+            PRIVATE_CARRIED.format(address="64:ff9b::a9fe:a9fe", ipv4="169.254.169.254"),
+        ),
+        ("http://[::127.0.0.1]:8000/", PRIVATE_CARRIED.format(address="::7f00:1", ipv4="127.0.0.1")),
+        ("http://[2002:7f00:1::]/", PRIVATE_CARRIED.format(address="2002:7f00:1::", ipv4="127.0.0.1")),
         ("javascript:alert(1)", NOT_HTTP),
     ],
 )
