@@ -133,7 +133,7 @@ async def _resolve(host: str, port: int) -> list[Address]:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, TimeoutError, UnicodeError):
         raise CallbackRefused(UNRESOLVED.format(host=host[:100])) from None
-    addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
     if not addresses:
         raise CallbackRefused(UNRESOLVED.format(host=host[:100]))
     return addresses

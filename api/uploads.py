@@ -14,10 +14,10 @@ from __future__ import annotations
 import hashlib
 import os
 import unicodedata
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import anyio.to_thread
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -25,6 +25,9 @@ from starlette.requests import Request
 
 from core.formats import ImageInfo, ImageRejected, UnsupportedImage, probe_image
 from core.storage import Folders, remove_quietly
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 FILE_FIELD = "file"
 # Room for the multipart framing, part headers and a few small text fields around the file.
@@ -105,7 +108,7 @@ class _MultipartReceiver:
     ended: bool = False
     _header_bytes: int = 0
 
-    def callbacks(self) -> dict[str, Callable[..., None]]:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self.on_part_begin,
             "on_header_field": lambda data, start, end: self._add_header(self._header_field, data[start:end]),

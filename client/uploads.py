@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import httpx
 
@@ -167,7 +167,7 @@ class Uploader:
 
             return await self._http.post(
                 "/upload",
-                files={"file": (path.name, _CountingFile(raw, on_read), content_type)},
+                files={"file": (path.name, cast("BinaryIO", _CountingFile(raw, on_read)), content_type)},
                 data=self._options.fields,
                 headers={"Idempotency-Key": idempotency_key, "Accept": "application/json"},
             )

@@ -12,7 +12,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from PIL import Image
 
@@ -188,7 +188,7 @@ def _probe(file: BinaryIO, *, max_pixels: int, max_frames: int) -> ImageInfo:
     file.seek(0)
     max_bytes = 2 * os.fstat(file.fileno()).st_size + PROBE_BYTES_SLACK
     reader = BoundedReader(file, max_reads=MAX_PROBE_READS, max_bytes=max_bytes)
-    with open_image(reader, max_pixels) as image:
+    with open_image(cast("BinaryIO", reader), max_pixels) as image:  # Pillow needs only read/seek/tell
         # Phones and cameras write multi-picture JPEGs (MPO); they are JPEGs, processed as one picture.
         if image.format == "MPO":
             return ImageInfo(format="JPEG", width=image.width, height=image.height, frames=1)

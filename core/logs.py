@@ -42,14 +42,16 @@ class _ContextFilter(logging.Filter):
     """Adds `task_id`, `request_id` and a ready-made `context` text to every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.task_id = _task_id.get()
-        record.request_id = _request_id.get()
+        task_id, request_id = _task_id.get(), _request_id.get()
         parts = []
-        if record.task_id is not None:
-            parts.append(f"task={record.task_id}")
-        if record.request_id is not None:
-            parts.append(f"request={record.request_id}")
-        record.context = f" [{' '.join(parts)}]" if parts else ""
+        if task_id is not None:
+            parts.append(f"task={task_id}")
+        if request_id is not None:
+            parts.append(f"request={request_id}")
+        # Extra attributes, as `logging`'s own `extra=` sets them (LogRecord declares none).
+        record.__dict__.update(
+            task_id=task_id, request_id=request_id, context=f" [{' '.join(parts)}]" if parts else ""
+        )
         return True
 
 

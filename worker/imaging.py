@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from PIL import ExifTags, Image
 
@@ -462,4 +462,7 @@ def _normalised(image: Image.Image, *, copy: bool) -> Image.Image:
 
 
 def _has_transparent_pixels(frame: Image.Image) -> bool:
-    return frame.mode in ("RGBA", "LA") and frame.getextrema()[-1][0] < 255
+    if frame.mode not in ("RGBA", "LA"):
+        return False
+    alpha_low, _ = cast("tuple[int, int]", frame.getextrema()[-1])
+    return alpha_low < 255

@@ -156,7 +156,7 @@ def _text_mask(text: str, size: int, alpha: int) -> Image.Image | None:
     )
     if right <= left or bottom <= top:
         return None
-    mask = Image.new("L", (right, bottom))
+    mask = Image.new("L", (int(right), int(bottom)))
     ImageDraw.Draw(mask).multiline_text((0, 0), text, fill=alpha, font=font)
     return mask
 
@@ -184,7 +184,14 @@ def _ink(mode: str, rgb: tuple[int, int, int]) -> tuple[int, ...] | int:
 
 def _background(mode: str) -> tuple[int, ...] | int:
     """What a non-quarter rotation puts in the corners: white, or transparent where there is alpha."""
-    return {"RGB": (255, 255, 255), "RGBA": (0, 0, 0, 0), "L": 255, "LA": (0, 0), "CMYK": (0, 0, 0, 0)}[mode]
+    backgrounds: dict[str, tuple[int, ...] | int] = {
+        "RGB": (255, 255, 255),
+        "RGBA": (0, 0, 0, 0),
+        "L": 255,
+        "LA": (0, 0),
+        "CMYK": (0, 0, 0, 0),
+    }
+    return backgrounds[mode]
 
 
 _cached_text_mask = functools.lru_cache(maxsize=16)(_text_mask)
