@@ -35,8 +35,8 @@ from config import get_settings
 from core import queue
 from core.db import make_driver_pool, make_engine, make_sessionmaker
 from core.models import ImageTask
-from core.object_store import BUCKETS, NatsStorage
 from core.storage import STORAGE_UNAVAILABLE, Area, Folders
+from core.storage.nats import BUCKETS, NatsStorage
 from devstack.servers import LocalNats, free_port
 from devstack.stack import LocalServers, migrate, running_api, start_worker, stop_process
 from tests import images
