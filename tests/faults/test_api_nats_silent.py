@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
-from sqlalchemy.ext.asyncio import AsyncSession
+import pytest
 
 from devstack.servers import free_port
-from devstack.stack import LocalServers
+from devstack.stack import LocalServers, migrate
 from tests import images
+from tests.database import session_on
 from tests.faults.burst import new_prefix
 from tests.faults.link import Link
 from tests.faults.outcome import rows_named
@@ -23,14 +26,35 @@ from tests.faults.processes import Started, api_ready, assert_api_shut_down_clea
 SHUTDOWN_BOUND_SECONDS = 10
 
 
+@pytest.fixture
+def own_database(servers: LocalServers) -> Iterator[str]:
+    """A database of the test's own: the session's API, whose NATS answers, must not relay the
+    row this test's API keeps trying to publish."""
+    name = f"imagequeue_silent_{uuid.uuid4().hex[:8]}"
+    servers.postgres.psql(f"CREATE DATABASE {name};")
+    url = servers.postgres.url(name)
+    try:
+        migrate(url)
+        yield url
+    finally:
+        servers.postgres.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE);")
+
+
 async def test_an_api_whose_nats_went_silent_shuts_down_within_the_bound(
-    servers: LocalServers, apis: Callable[..., Started], db: AsyncSession
+    servers: LocalServers, apis: Callable[..., Started], own_database: str, tmp_path: Path
 ) -> None:
     prefix = new_prefix("silent-nats")
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    async with Link(servers.nats.port) as link:
-        api = apis("fault-api-silent-nats", port, NATS_URL=link.url)
+    async with Link(servers.nats.port) as link, session_on(own_database) as db:
+        api = apis(
+            "fault-api-silent-nats",
+            port,
+            NATS_URL=link.url,
+            DATABASE_URL=own_database,
+            UPLOADS_DIR=str(tmp_path / "uploads"),
+            PROCESSED_DIR=str(tmp_path / "processed"),
+        )
         await api_ready(api, base_url)
         link.cut()
         async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
