@@ -57,7 +57,7 @@ class OutboxRelay:
         return len(rows)
 
 
-async def _claim_unqueued(session: AsyncSession) -> Sequence[Row[tuple[int, int]]]:
+async def _claim_unqueued(session: AsyncSession) -> Sequence[Row[int, int]]:
     """Rows committed but not queued, locked for this transaction; other replicas skip them."""
     return (
         await session.execute(

@@ -51,7 +51,7 @@ PUBLISH_TIMEOUT_SECONDS = 5.0
 CONNECT_RETRY_SECONDS = 2.0
 # How long closing a connection waits for the server to confirm what was sent (acks, publishes): a
 # server answers a ping in milliseconds, and one that does not must not hold a shutdown.
-CLOSE_FLUSH_SECONDS = 2.0
+CLOSE_FLUSH_SECONDS = 2
 # A refused set-up waits for an operator: no point asking JetStream more often.
 MISCONFIGURED_RETRY_SECONDS = 30.0
 # JetStream's error code for "stream name already in use with a different configuration" (a stream
@@ -213,7 +213,7 @@ class Connection(Generic[T]):
         ensured = await loops.retry(self._ensured_once, stop=stop, pause=pause)
         return ensured is not None
 
-    async def close(self, flush_seconds: float = CLOSE_FLUSH_SECONDS) -> None:
+    async def close(self, flush_seconds: int = CLOSE_FLUSH_SECONDS) -> None:
         """Flush what was sent, then close; bounded whatever the server does. (nc.drain() would wait
         its 30 s drain timeout on the request inbox of a server that does not answer, and
         swallows a cancel.)"""

@@ -51,7 +51,7 @@ IDLE_CHECK_SECONDS = 10.0
 # was 6% of the event loop's time while draining a backlog.
 HEARTBEAT_FILE_SECONDS = 1.0
 # At exit, how long the last acks may take to be confirmed.
-ACK_FLUSH_SECONDS = 5.0
+ACK_FLUSH_SECONDS = 5
 
 
 class _LivenessFile:
