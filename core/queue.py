@@ -188,6 +188,8 @@ class Connection(Generic[T]):
         self._what = what
         self._ensure = ensure
         self.nc: NATS | None = None
+        # Made once: every upload's publish goes through it.
+        self._js: JetStreamContext | None = None
         # What `ensure` returned, once it succeeded.
         self.made: T | None = None
         self._ensured = False
@@ -200,8 +202,8 @@ class Connection(Generic[T]):
 
     @property
     def jetstream(self) -> JetStreamContext:
-        assert self.nc is not None, "not connected yet"
-        return self.nc.jetstream()
+        assert self._js is not None, "not connected yet"
+        return self._js
 
     async def open(self, stop: asyncio.Event, *, keep_trying: bool = False) -> bool:
         """Connect and ensure; False if `stop` was set first."""
@@ -209,6 +211,7 @@ class Connection(Generic[T]):
             self.nc = await loops.retry(self._connect, stop=stop, pause=_server_not_up)
             if self.nc is None:
                 return False
+            self._js = self.nc.jetstream()
         pause = self._report_refusal if keep_trying else _not_ready_or_raise
         ensured = await loops.retry(self._ensured_once, stop=stop, pause=pause)
         return ensured is not None
