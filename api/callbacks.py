@@ -15,7 +15,6 @@ refuses an old `t` to stop replays.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -29,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.callback_urls import CallbackRefused, vet_callback_url
 from api.schemas import task_status
+from core import loops
 from core.models import CallbackState, ImageTask
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class CallbackSender:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], policy: CallbackPolicy) -> None:
         self._sessions = sessions
         self._policy = policy
-        self._task: asyncio.Task | None = None
+        self._background = loops.Background("callback sender")
         self._http = httpx.AsyncClient(
             timeout=policy.timeout_seconds,
             follow_redirects=False,  # a redirect could lead anywhere, past the address check
@@ -75,23 +75,19 @@ class CallbackSender:
         )
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run_forever())
+        stop = self._background.stop
+        self._background.start(
+            loops.every(POLL_SECONDS, self._deliver_all, stop=stop, what="callback delivery"),
+            name="callback-sender",
+        )
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._background.close()
         await self._http.aclose()
 
-    async def _run_forever(self) -> None:
-        while True:
-            try:
-                while await self.deliver_due() == BATCH:
-                    pass
-            except Exception as exc:
-                log.warning("callback delivery pass failed: %s", exc)
-            await asyncio.sleep(POLL_SECONDS)
+    async def _deliver_all(self) -> None:
+        while await self.deliver_due() == BATCH:
+            pass
 
     async def deliver_due(self) -> int:
         """Claim and deliver the callbacks due now; returns how many were tried."""

@@ -21,13 +21,16 @@ from starlette.requests import ClientDisconnect
 from api.callbacks import CallbackPolicy, CallbackSender
 from api.metrics import ApiMetrics, UploadCounter
 from api.metrics import router as metrics_router
-from api.outbox import TaskPublisher
+from api.publisher import TaskPublisher
+from api.relay import OutboxRelay
 from api.response_headers import ResponseHeaders
 from api.routes import events, health, originals, pages, presets, tasks
 from api.state import Services
+from api.sweeps import Sweeps
 from api.templating import templates, wants_html
 from api.uploads import UploadRefused
 from config import get_settings
+from core import loops
 from core.db import (
     DATABASE_UNAVAILABLE_ERRORS,
     is_database_unavailable,
@@ -63,17 +66,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine = make_engine(settings.database_url, pool_size=SESSION_CONNECTIONS)
     sessions = make_sessionmaker(engine)
     database = await make_driver_pool(settings.database_url, max_size=UPLOAD_CONNECTIONS)
-    publisher = TaskPublisher(
-        settings.nats_url,
+    publisher = TaskPublisher(settings.nats_url, database, stream_replicas=settings.stream_replicas)
+    publisher.start()
+    relay = OutboxRelay(sessions, publisher)
+    sweeps = Sweeps(
         sessions,
-        database,
+        publisher,
         storage,
-        relay_interval=settings.outbox_interval_seconds,
         lost_after_seconds=settings.lost_after_seconds,
         max_attempts=settings.max_attempts,
-        stream_replicas=settings.stream_replicas,
     )
-    await publisher.start()
+    # Each loop stops on this event; closing it is bounded (core.loops), so SIGTERM ends the process.
+    background = loops.Background("API loops")
+    background.start(relay.run(settings.outbox_interval_seconds, background.stop), name="outbox-relay")
+    background.start(sweeps.run(background.stop), name="lease-sweep")
     callbacks = None
     if settings.webhook_secret:
         callbacks = CallbackSender(
@@ -93,6 +99,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        # The loops first: they use the publisher, the storage and the database.
+        await background.close()
         if callbacks is not None:
             await callbacks.close()
         await publisher.close()

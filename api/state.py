@@ -8,7 +8,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from api.callbacks import CallbackSender
-from api.outbox import TaskPublisher
+from api.publisher import TaskPublisher
 from config import Settings
 from core.processing.presets import Preset
 from core.storage import Storage

@@ -12,7 +12,7 @@ the durable rename in another, as api/uploads.py and api/routes/tasks.py do), `o
 inserted through an AsyncSession from a dependency: add, flush, commit), `core` (the same row with
 one Core INSERT ... RETURNING in one transaction, instead of `orm`), `noping` (with `core`: an
 engine without pool_pre_ping), `asyncpg` (the same INSERT on a plain asyncpg pool, no SQLAlchemy),
-`publish` (the task id published and marked queued through api.outbox.TaskPublisher).
+`publish` (the task id published and marked queued through api.publisher.TaskPublisher).
 """
 
 from __future__ import annotations
@@ -59,10 +59,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if not STEPS & {"orm", "core", "publish"}:
         yield
         return
-    from api.outbox import TaskPublisher
+    from api.publisher import TaskPublisher
     from config import get_settings
     from core.db import make_engine, make_sessionmaker
-    from core.storage import make_storage
 
     settings = get_settings()
     engine = make_engine(settings.database_url)
@@ -73,19 +72,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     _state["sessions"] = make_sessionmaker(engine)
     publisher = None
     if "publish" in STEPS:
-        storage = make_storage(settings, client_name="bench-bare-app")
         from core.db import make_driver_pool
 
-        publisher = TaskPublisher(
-            settings.nats_url,
-            _state["sessions"],
-            await make_driver_pool(settings.database_url, max_size=4),
-            storage,
-            relay_interval=settings.outbox_interval_seconds,
-            lost_after_seconds=settings.lost_after_seconds,
-            max_attempts=settings.max_attempts,
-        )
-        await publisher.start()
+        database = await make_driver_pool(settings.database_url, max_size=4)
+        publisher = TaskPublisher(settings.nats_url, database)
+        publisher.start()
         _state["publisher"] = publisher
     try:
         yield

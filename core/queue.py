@@ -23,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import nats
 from nats.aio.client import Client as NATS
@@ -31,9 +33,12 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, BadRequestError, ServiceUnavailableError
 
+from core import loops
 from core.models import MAX_TASK_ID
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 STREAM = "IMAGE_TASKS"
 SUBJECT = "imagequeue.tasks"
@@ -44,8 +49,14 @@ DURABLE = "image-workers"
 DUPLICATE_WINDOW_SECONDS = 30.0
 PUBLISH_TIMEOUT_SECONDS = 5.0
 CONNECT_RETRY_SECONDS = 2.0
-# JetStream's error code for "stream name already in use with a different configuration".
-_STREAM_NAME_IN_USE = 10058
+# How long closing a connection waits for the server to confirm what was sent (acks, publishes): a
+# server answers a ping in milliseconds, and one that does not must not hold a shutdown.
+CLOSE_FLUSH_SECONDS = 2
+# A refused set-up waits for an operator: no point asking JetStream more often.
+MISCONFIGURED_RETRY_SECONDS = 30.0
+# JetStream's error code for "stream name already in use with a different configuration" (a stream
+# or an object store bucket).
+STREAM_NAME_IN_USE = 10058
 
 
 @dataclass(frozen=True)
@@ -80,18 +91,6 @@ async def connect(url: str, *, name: str) -> NATS:
         disconnected_cb=on_disconnected,
         reconnected_cb=on_reconnected,
     )
-
-
-async def connect_with_retry(url: str, *, name: str, stop: asyncio.Event) -> NATS | None:
-    """Connect, waiting for a server that is not up yet; None if `stop` is set first."""
-    while not stop.is_set():
-        try:
-            return await connect(url, name=name)
-        except Exception as exc:  # refused, unresolvable, timed out: all pass once NATS is up
-            log.warning("NATS not available yet (%s); retrying in %.0f s", exc, CONNECT_RETRY_SECONDS)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), CONNECT_RETRY_SECONDS)
-    return None
 
 
 def stream_config(replicas: int = 1) -> StreamConfig:
@@ -143,7 +142,7 @@ async def ensure_stream(js: JetStreamContext, replicas: int = 1) -> int:
         await js.add_stream(stream_config(replicas))
         return replicas
     except BadRequestError as exc:
-        if exc.err_code != _STREAM_NAME_IN_USE:
+        if exc.err_code != STREAM_NAME_IN_USE:
             raise
     current = (await js.stream_info(STREAM)).config.num_replicas or 1
     kept = max(current, replicas)
@@ -165,6 +164,109 @@ async def ensure_stream(js: JetStreamContext, replicas: int = 1) -> int:
 async def ensure_consumer(js: JetStreamContext, policy: ConsumerPolicy) -> None:
     """Create the durable consumer, or update it to `policy` (create-or-update on the server)."""
     await js.add_consumer(STREAM, consumer_config(policy))
+
+
+async def ensure_task_queue(js: JetStreamContext, stream_replicas: int, policy: ConsumerPolicy) -> None:
+    """The stream and the workers' consumer: what a worker needs before it fetches."""
+    await ensure_stream(js, stream_replicas)
+    await ensure_consumer(js, policy)
+
+
+class Connection(Generic[T]):
+    """A process's NATS connection and the JetStream set-up its owner needs (the stream, the
+    buckets), made the one way every process makes it: connect, waiting for a server that is not
+    up yet; then `ensure` the set-up, retrying while JetStream is not ready. A refusal (see
+    is_misconfiguration) is QueueMisconfigured; `open(keep_trying=True)` reports it in `problem`
+    (for /ready) and asks again every MISCONFIGURED_RETRY_SECONDS instead.
+    """
+
+    def __init__(
+        self, url: str, *, name: str, what: str, ensure: Callable[[JetStreamContext], Awaitable[T]]
+    ) -> None:
+        self._url = url
+        self._name = name
+        self._what = what
+        self._ensure = ensure
+        self.nc: NATS | None = None
+        # Made once: every upload's publish goes through it.
+        self._js: JetStreamContext | None = None
+        # What `ensure` returned, once it succeeded.
+        self.made: T | None = None
+        self._ensured = False
+        # Why NATS is not usable beyond being unreachable, for /ready (None: nothing known).
+        self.problem: str | None = None
+
+    @property
+    def is_ready(self) -> bool:
+        return self.nc is not None and self.nc.is_connected and self._ensured
+
+    @property
+    def jetstream(self) -> JetStreamContext:
+        assert self._js is not None, "not connected yet"
+        return self._js
+
+    async def open(self, stop: asyncio.Event, *, keep_trying: bool = False) -> bool:
+        """Connect and ensure; False if `stop` was set first."""
+        if self.nc is None:
+            self.nc = await loops.retry(self._connect, stop=stop, pause=_server_not_up)
+            if self.nc is None:
+                return False
+            self._js = self.nc.jetstream()
+        pause = self._report_refusal if keep_trying else _not_ready_or_raise
+        ensured = await loops.retry(self._ensured_once, stop=stop, pause=pause)
+        return ensured is not None
+
+    async def close(self, flush_seconds: int = CLOSE_FLUSH_SECONDS) -> None:
+        """Flush what was sent, then close; bounded whatever the server does. (nc.drain() would wait
+        its 30 s drain timeout on the request inbox of a server that does not answer, and
+        swallows a cancel.)"""
+        nc = self.nc
+        if nc is None or nc.is_closed:
+            return
+        with contextlib.suppress(Exception):
+            await nc.flush(timeout=flush_seconds)
+        await loops.bounded(nc.close(), loops.STOP_GRACE_SECONDS, f"closing the {self._name} connection")
+
+    async def ensure(self) -> T:
+        """Run `ensure` once more (after a NATS restart that may have lost the set-up); a refusal
+        raises QueueMisconfigured."""
+        try:
+            self.made = await self._ensure(self.jetstream)
+        except Exception as exc:
+            if is_misconfiguration(exc):
+                raise QueueMisconfigured(f"JetStream refused {self._what}: {exc}") from exc
+            raise
+        self._ensured = True
+        self.problem = None
+        return self.made
+
+    async def _ensured_once(self) -> bool:
+        await self.ensure()
+        return True
+
+    async def _connect(self) -> NATS:
+        return await connect(self._url, name=self._name)
+
+    def _report_refusal(self, exc: Exception) -> float:
+        if not isinstance(exc, QueueMisconfigured):
+            return _not_ready_or_raise(exc)
+        # Not hidden: /ready says "misconfigured" and this is logged until it is fixed.
+        self.problem = "misconfigured"
+        log.error("%s; fix it, retrying in %.0f s", exc, MISCONFIGURED_RETRY_SECONDS)
+        return MISCONFIGURED_RETRY_SECONDS
+
+
+def _server_not_up(exc: Exception) -> float:
+    # Refused, unresolvable, timed out: all pass once NATS is up.
+    log.warning("NATS not available yet (%s); retrying in %.0f s", exc, CONNECT_RETRY_SECONDS)
+    return CONNECT_RETRY_SECONDS
+
+
+def _not_ready_or_raise(exc: Exception) -> float:
+    if isinstance(exc, QueueMisconfigured):
+        raise exc
+    log.warning("JetStream not ready (%s); retrying in %.0f s", exc, CONNECT_RETRY_SECONDS)
+    return CONNECT_RETRY_SECONDS
 
 
 def message_id(task_id: int, attempts: int = 0) -> str:

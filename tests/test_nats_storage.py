@@ -34,8 +34,8 @@ from config import get_settings
 from core import queue
 from core.db import make_driver_pool, make_engine, make_sessionmaker
 from core.models import ImageTask
-from core.object_store import BUCKETS, NatsStorage
 from core.storage import Area, Folders
+from core.storage.nats import BUCKETS, NatsStorage
 from devstack.stack import LocalServers
 from tests import images
 from tests.database import session_on

@@ -28,7 +28,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from config import ConfigError, Settings, get_settings
-from core import queue
+from core import loops, queue
 from core.db import make_driver_pool, make_engine, make_sessionmaker
 from core.formats import configure_pillow
 from core.logs import configure_logging
@@ -37,7 +37,7 @@ from worker.consumer import TaskPolicy, TaskProcessor
 from worker.metrics import MetricsPortInUse, WorkerMetrics
 from worker.pool import RenderPool
 from worker.render_job import render_settings
-from worker.retention import purge_forever
+from worker.retention import purge_until_stopped
 
 log = logging.getLogger("worker")
 
@@ -50,6 +50,8 @@ IDLE_CHECK_SECONDS = 10.0
 # The liveness file is touched at most this often (healthchecks allow a minute): a touch per fetch
 # was 6% of the event loop's time while draining a backlog.
 HEARTBEAT_FILE_SECONDS = 1.0
+# At exit, how long the last acks may take to be confirmed.
+ACK_FLUSH_SECONDS = 5
 
 
 class _LivenessFile:
@@ -67,23 +69,19 @@ class _LivenessFile:
 class _Subscription:
     """The pull subscription on the shared durable consumer, re-created when it goes silent."""
 
-    def __init__(self, js: JetStreamContext, policy: queue.ConsumerPolicy, stream_replicas: int) -> None:
-        self._js = js
-        self._policy = policy
-        self._stream_replicas = stream_replicas
+    def __init__(self, connection: queue.Connection[None]) -> None:
+        # Opened: the stream and the consumer were ensured.
+        self._connection = connection
+        self._js = connection.jetstream
         self._sub: JetStreamContext.PullSubscription | None = None
+        self._ensure_again = False
 
     async def fetch(self, batch: int) -> list[Msg]:
         if self._sub is None:
-            try:
-                await queue.ensure_stream(self._js, self._stream_replicas)
-                await queue.ensure_consumer(self._js, self._policy)
-            except Exception as exc:
-                if queue.is_misconfiguration(exc):
-                    raise queue.QueueMisconfigured(
-                        f"JetStream refused the stream or consumer: {exc}"
-                    ) from exc
-                raise
+            if self._ensure_again:
+                # A NATS restart that lost its store lost the stream too; a refusal raises
+                # QueueMisconfigured.
+                await self._connection.ensure()
             self._sub = await self._js.pull_subscribe_bind(queue.DURABLE, queue.STREAM)
         return await self._sub.fetch(batch, timeout=FETCH_TIMEOUT_SECONDS)
 
@@ -96,6 +94,7 @@ class _Subscription:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
         self._sub = None
+        self._ensure_again = True
 
 
 async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | None = None) -> None:
@@ -125,7 +124,13 @@ async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | 
             retry_delay_seconds=settings.retry_delay_seconds,
         ),
     )
-    nc = await queue.connect_with_retry(settings.nats_url, name="imagequeue-worker", stop=stop)
+    policy = queue.ConsumerPolicy(settings.ack_wait_seconds, settings.consumer_replicas)
+    connection: queue.Connection[None] = queue.Connection(
+        settings.nats_url,
+        name="imagequeue-worker",
+        what="the stream or consumer",
+        ensure=lambda js: queue.ensure_task_queue(js, settings.stream_replicas, policy),
+    )
     in_flight: set[asyncio.Task] = set()
 
     async def announce_stop() -> None:
@@ -133,31 +138,28 @@ async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | 
         log.info("stop requested with %d image(s) in flight; fetching no more", len(in_flight))
 
     announcer = asyncio.create_task(announce_stop())
-    retention: asyncio.Task | None = None
+    background = loops.Background("worker loops")
     try:
+        # A refused stream, consumer or bucket set-up raises QueueMisconfigured (exit status 1).
+        opened = await connection.open(stop)
         # Before the first fetch (a task taken while the file store is unreachable would only be
-        # given back) and the first retention pass (which would wait an hour to try again). A
-        # refused bucket set-up raises QueueMisconfigured (exit status 1).
+        # given back) and the first retention pass (which would wait an hour to try again).
         await storage.connect(stop)
         if settings.retention_days:
-            retention = asyncio.create_task(purge_forever(sessions, storage, settings.retention_days))
-        if nc is not None and not stop.is_set():
-            policy = queue.ConsumerPolicy(settings.ack_wait_seconds, settings.consumer_replicas)
-            subscription = _Subscription(nc.jetstream(), policy, settings.stream_replicas)
-            await _fetch_loop(subscription, processor, settings, stop, in_flight, metrics)
+            background.start(
+                purge_until_stopped(sessions, storage, settings.retention_days, background.stop),
+                name="retention",
+            )
+        if opened and not stop.is_set():
+            await _fetch_loop(_Subscription(connection), processor, settings, stop, in_flight, metrics)
     finally:
         announcer.cancel()
-        if retention is not None:
-            retention.cancel()
+        await background.close()
         if in_flight:
             log.info("finishing %d image(s) in flight before exit", len(in_flight))
             await asyncio.gather(*in_flight, return_exceptions=True)
-        if nc is not None:
-            # Every message is settled by now; flush sends the last acks. (nc.drain() would wait its
-            # full timeout on the pull subscription's pending-fetch inbox.)
-            with contextlib.suppress(Exception):
-                await nc.flush(timeout=5)
-            await nc.close()
+        # Every message is settled by now; the flush sends the last acks.
+        await connection.close(flush_seconds=ACK_FLUSH_SECONDS)
         pool.shutdown()
         await storage.close()
         await database.close()
@@ -185,8 +187,7 @@ async def _fetch_loop(
         paused = processor.database_back_at - time.monotonic()
         if paused > 0:
             # The database is down: take nothing new until it may be back (in-flight work goes on).
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), paused)
+            await loops.wait_or_stop(stop, paused)
             continue
         free = concurrency - len(in_flight)
         if free <= 0:
@@ -204,8 +205,7 @@ async def _fetch_loop(
         except Exception as exc:
             log.warning("fetch failed (%s); re-creating the subscription", exc)
             await subscription.reset()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), queue.CONNECT_RETRY_SECONDS)
+            await loops.wait_or_stop(stop, queue.CONNECT_RETRY_SECONDS)
             continue
         last_message = time.monotonic()
         for message in messages:

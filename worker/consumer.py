@@ -247,7 +247,7 @@ class TaskProcessor:
 
     async def _render_and_finish(self, msg: Msg, task_id: int, claim: _Claim) -> None:
         try:
-            async with self._storage.upload_file(claim.input_name) as source:
+            async with self._storage.local_upload_path(claim.input_name) as source:
                 rendered = await self._render(msg, task_id, claim, source)
         except StoredFileMissing:
             await self._finish_failed(task_id, INPUT_MISSING, claim)

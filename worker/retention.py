@@ -11,6 +11,7 @@ from datetime import timedelta
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core import loops
 from core.models import FINAL_STATUSES, ImageTask, output_files
 from core.storage import NOT_READY, Area, Storage, StorageUnavailable
 
@@ -51,16 +52,19 @@ async def purge_expired(
     return len(rows)
 
 
-async def purge_forever(sessions: async_sessionmaker[AsyncSession], storage: Storage, days: int) -> None:
+async def purge_until_stopped(
+    sessions: async_sessionmaker[AsyncSession], storage: Storage, days: int, stop: asyncio.Event
+) -> None:
+    """A retention pass now and then every INTERVAL_SECONDS, until `stop` is set."""
     older_than = timedelta(days=days)
-    while True:
-        try:
-            removed = total = await purge_expired(sessions, storage, older_than)
-            while removed == BATCH:
-                removed = await purge_expired(sessions, storage, older_than)
-                total += removed
-            if total:
-                log.info("retention: deleted %d task(s) finished more than %d day(s) ago", total, days)
-        except Exception as exc:  # a database outage, say: the next round tries again
-            log.warning("retention pass failed, will retry: %s", exc)
-        await asyncio.sleep(INTERVAL_SECONDS)
+
+    async def purge_all() -> None:
+        removed = total = await purge_expired(sessions, storage, older_than)
+        while removed == BATCH:
+            removed = await purge_expired(sessions, storage, older_than)
+            total += removed
+        if total:
+            log.info("retention: deleted %d task(s) finished more than %d day(s) ago", total, days)
+
+    # A failed pass (a database outage, say) is logged; the next round tries again.
+    await loops.every(INTERVAL_SECONDS, purge_all, stop=stop, what="retention")

@@ -32,8 +32,8 @@ from nats.aio.client import Client as NATS
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import queue
-from core.object_store import BUCKETS
 from core.storage import Area
+from core.storage.nats import BUCKETS
 from devstack.servers import LocalNatsCluster, free_port
 from devstack.stack import LocalServers, migrate, start_api, start_worker
 from tests.conftest import TEST_SETTINGS
@@ -84,7 +84,7 @@ async def observer(nats_cluster: LocalNatsCluster) -> AsyncIterator[NATS]:
     await connection.close()
 
 
-# The task stream and the two buckets' streams (core.object_store).
+# The task stream and the two buckets' streams (core.storage.nats).
 STREAMS = (queue.STREAM, *(f"OBJ_{bucket}" for bucket in BUCKETS.values()))
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core.models import ImageTask
 from tests.waiting import eventually
 
-TEMP_PREFIX = ".partial-"  # writers' temporary files (core/storage.py): not outputs, not uploads
+TEMP_PREFIX = ".partial-"  # writers' temporary files (core/storage/base.py): not outputs, not uploads
 FINAL = ("done", "failed")
 
 

@@ -37,7 +37,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import nats.errors
-from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.object_store import (
@@ -47,8 +46,8 @@ from nats.js.object_store import (
     ObjectStore,
 )
 
-from core import queue
-from core.storage import (
+from core import loops, queue
+from core.storage.base import (
     NOT_READY,
     Area,
     Folders,
@@ -66,9 +65,6 @@ BUCKETS = {Area.UPLOADS: "imagequeue-uploads", Area.PROCESSED: "imagequeue-proce
 # 5-10 s on a three-node cluster); an upload's client waits that long at most before a 503.
 PUT_PATIENCE_SECONDS = 15.0
 PUT_RETRY_SECONDS = 0.5
-MISCONFIGURED_RETRY_SECONDS = 30.0
-# JetStream's error code for "stream name already in use with a different configuration".
-_STREAM_NAME_IN_USE = 10058
 # Passing faults: no connection, no answer in time, no leader. (Server refusals such as "insufficient
 # resources" are APIErrors too, and just as much the operator's problem as the client's: 503 either way.)
 _UNAVAILABLE = (
@@ -96,7 +92,7 @@ async def ensure_bucket(js: JetStreamContext, area: Area, replicas: int) -> Obje
     try:
         return await js.create_object_store(bucket, config=config)
     except BadRequestError as exc:
-        if exc.err_code != _STREAM_NAME_IN_USE:
+        if exc.err_code != queue.STREAM_NAME_IN_USE:
             raise
     stream = (await js.stream_info(OBJ_STREAM_TEMPLATE.format(bucket=bucket))).config
     if (stream.num_replicas or 1) < replicas:
@@ -112,70 +108,43 @@ class NatsStorage(Storage):
 
     def __init__(self, folders: Folders, nats_url: str, *, replicas: int, client_name: str) -> None:
         super().__init__(folders)
-        self._nats_url = nats_url
         self._replicas = replicas
-        self._client_name = client_name
-        self._nc: NATS | None = None
-        self._stores: dict[Area, ObjectStore] = {}
-        self._problem: str | None = None
-        self._background: asyncio.Task | None = None
+        self._connection = queue.Connection(
+            nats_url, name=client_name, what="the object store buckets", ensure=self._ensure_buckets
+        )
+        self._background: loops.Background | None = None
         self._orphans_checked_at = -math.inf
 
     @property
     def is_ready(self) -> bool:
-        return self._nc is not None and self._nc.is_connected and len(self._stores) == len(BUCKETS)
+        return self._connection.is_ready
 
     @property
     def problem(self) -> str | None:
-        return self._problem
+        return self._connection.problem
 
     async def connect(self, stop: asyncio.Event) -> None:
-        if self._nc is None:
-            self._nc = await queue.connect_with_retry(self._nats_url, name=self._client_name, stop=stop)
-        if self._nc is None:
-            return
-        js = self._nc.jetstream()
-        while not stop.is_set() and len(self._stores) < len(BUCKETS):
-            try:
-                for area in BUCKETS:
-                    self._stores[area] = await ensure_bucket(js, area, self._replicas)
-            except Exception as exc:
-                if queue.is_misconfiguration(exc):
-                    raise queue.QueueMisconfigured(
-                        f"JetStream refused the object store buckets: {exc}"
-                    ) from exc
-                log.warning("JetStream not ready for the buckets (%s); retrying", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), queue.CONNECT_RETRY_SECONDS)
-        self._problem = None
+        await self._connection.open(stop)
 
     def start_in_background(self) -> None:
-        self._background = asyncio.create_task(self._connect_forever(), name="object-store-connect")
-
-    async def _connect_forever(self) -> None:
-        while True:
-            try:
-                await self.connect(asyncio.Event())
-                return
-            except queue.QueueMisconfigured as exc:
-                # Not hidden: /ready says "misconfigured" and this is logged until it is fixed.
-                self._problem = "misconfigured"
-                log.error("%s; retrying in %.0f s", exc, MISCONFIGURED_RETRY_SECONDS)
-                await asyncio.sleep(MISCONFIGURED_RETRY_SECONDS)
+        self._background = loops.Background("object store")
+        self._background.start(
+            self._connection.open(self._background.stop, keep_trying=True), name="object-store-connect"
+        )
 
     async def close(self) -> None:
         if self._background is not None:
-            self._background.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._background
-        if self._nc is not None and not self._nc.is_closed:
-            with contextlib.suppress(Exception):
-                await self._nc.close()
+            await self._background.close()
+        await self._connection.close()
+
+    async def _ensure_buckets(self, js: JetStreamContext) -> dict[Area, ObjectStore]:
+        return {area: await ensure_bucket(js, area, self._replicas) for area in BUCKETS}
 
     def _store(self, area: Area) -> ObjectStore:
-        if not self.is_ready:
+        stores = self._connection.made
+        if not self.is_ready or stores is None:
             raise StorageUnavailable(NOT_READY)
-        return self._stores[area]
+        return stores[area]
 
     async def keep_upload(self, synced_temp: Path, name: str) -> None:
         await self._put(Area.UPLOADS, synced_temp, name)
@@ -187,18 +156,23 @@ class NatsStorage(Storage):
         """Store the file's bytes under `name`, then delete the file. A failed put leaves no object
         (its meta was never written), only chunks nobody can see."""
         deadline = time.monotonic() + PUT_PATIENCE_SECONDS
-        while True:
+
+        async def put() -> None:
             store = self._store(area)
-            try:
-                # nats-py reads it in 128 KiB chunks (readinto, in a thread), one publish each.
-                with open(temp, "rb") as source:  # noqa: ASYNC230
-                    await store.put(name, source)
-                break
-            except _UNAVAILABLE as exc:
-                if time.monotonic() + PUT_RETRY_SECONDS > deadline or not self.is_ready:
-                    raise StorageUnavailable(f"storing {name}: {_describe(exc)}") from exc
-                log.info("storing %s: %s; trying again", name, _describe(exc))
-                await asyncio.sleep(PUT_RETRY_SECONDS)
+            # nats-py reads it in 128 KiB chunks (readinto, in a thread), one publish each.
+            with open(temp, "rb") as source:  # noqa: ASYNC230
+                await store.put(name, source)
+
+        def pause(exc: Exception) -> float:
+            if not isinstance(exc, _UNAVAILABLE):
+                raise exc
+            if time.monotonic() + PUT_RETRY_SECONDS > deadline or not self.is_ready:
+                raise StorageUnavailable(f"storing {name}: {_describe(exc)}") from exc
+            log.info("storing %s: %s; trying again", name, _describe(exc))
+            return PUT_RETRY_SECONDS
+
+        # No stop event: a put under way is part of a request, which ends with it.
+        await loops.retry(put, stop=asyncio.Event(), pause=pause)
         remove_quietly(temp)
 
     async def _info(self, area: Area, name: str) -> api.ObjectInfo | None:
@@ -212,8 +186,7 @@ class NatsStorage(Storage):
 
     async def _chunks(self, area: Area, info: api.ObjectInfo) -> AsyncIterator[bytes]:
         """The object's bytes, one chunk per request, checked against its meta at the end."""
-        assert self._nc is not None
-        js = self._nc.jetstream()
+        js = self._connection.jetstream
         bucket = BUCKETS[area]
         stream = OBJ_STREAM_TEMPLATE.format(bucket=bucket)
         subject = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=bucket, obj=info.nuid)
@@ -238,7 +211,7 @@ class NatsStorage(Storage):
             raise CorruptObject(f"{info.name}: {size} bytes read of {info.size}, or a wrong digest")
 
     @contextlib.asynccontextmanager
-    async def upload_file(self, name: str) -> AsyncIterator[Path]:
+    async def local_upload_path(self, name: str) -> AsyncIterator[Path]:
         info = await self._info(Area.UPLOADS, name)
         if info is None:
             raise StoredFileMissing(name)
@@ -281,8 +254,7 @@ class NatsStorage(Storage):
     async def _remove_orphan_chunks(self, area: Area, older_than_seconds: float) -> int:
         """Purge chunk subjects that no object's meta names and whose first chunk is older than that
         (younger ones may belong to a put still under way)."""
-        assert self._nc is not None
-        js = self._nc.jetstream()
+        js = self._connection.jetstream
         bucket = BUCKETS[area]
         stream = OBJ_STREAM_TEMPLATE.format(bucket=bucket)
         prefix = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=bucket, obj="")
@@ -291,7 +263,7 @@ class NatsStorage(Storage):
             return 0
         # Listed after the chunks: an object completed in between counts as live.
         try:
-            live = {info.nuid for info in await self._stores[area].list(ignore_deletes=True)}
+            live = {info.nuid for info in await self._store(area).list(ignore_deletes=True)}
         except NotFoundError:  # no live object at all
             live = set()
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)

@@ -1,14 +1,14 @@
-"""Where uploaded and processed files are kept, and how they are named.
+"""The storage interface, and how stored files are named and where temporary files go.
 
 Every stored name is generated here (a random hex id plus the extension of the format sniffed from
 the bytes); a client's file name never becomes part of a path or an object key.
 
-Two backends behind one interface (`Storage`), chosen by STORAGE_BACKEND:
+Two backends behind one interface (`Storage`), chosen by STORAGE_BACKEND (see core.storage):
 
-- `local` (LocalStorage): files in UPLOADS_DIR and PROCESSED_DIR, which every API and worker must
-  share (one host, or a shared filesystem). A file appears under its final name only when complete:
-  writers fill a hidden temporary file in the same folder, then rename it durably.
-- `nats` (core.object_store.NatsStorage): JetStream object store buckets, so processes on any host
+- `local` (core.storage.local.LocalStorage): files in UPLOADS_DIR and PROCESSED_DIR, which every API
+  and worker must share (one host, or a shared filesystem). A file appears under its final name only
+  when complete: writers fill a hidden temporary file in the same folder, then rename it durably.
+- `nats` (core.storage.nats.NatsStorage): JetStream object store buckets, so processes on any host
   need nothing beyond NATS. The folders are then scratch space for temporary files only.
 
 Either way Pillow works on local files: the API streams an upload to a temporary file before it is
@@ -23,18 +23,12 @@ import abc
 import asyncio
 import contextlib
 import enum
-import functools
-import os
 import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import anyio.to_thread
-
-from config import Settings
 
 # What a generated name looks like; anything else asked for by URL is refused before touching disk.
 # An output other than a task's first carries its position: `<input id>-<n>.<ext>`.
@@ -158,7 +152,7 @@ class Storage(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def upload_file(self, name: str) -> contextlib.AbstractAsyncContextManager[Path]:
+    def local_upload_path(self, name: str) -> contextlib.AbstractAsyncContextManager[Path]:
         """A local file holding the stored upload, for as long as the context lasts (for Pillow).
         Raises StoredFileMissing when there is none."""
 
@@ -175,50 +169,6 @@ class Storage(abc.ABC):
         """Delete what writers killed mid-write left behind, older than that; returns how many."""
 
 
-class LocalStorage(Storage):
-    """Stored files are files in the two folders, which every API and worker process must share."""
-
-    async def keep_upload(self, synced_temp: Path, name: str) -> None:
-        # Off the event loop: the folder sync waits for the disk.
-        await anyio.to_thread.run_sync(rename_durably, synced_temp, self.folders.upload_path(name))
-
-    async def keep_output(self, temp: Path, name: str) -> None:
-        await anyio.to_thread.run_sync(place_output, self.folders, temp, name)
-
-    def output_placer(self) -> Callable[[Path, str], None]:
-        return functools.partial(place_output, self.folders)  # a partial of a function: it pickles
-
-    @contextlib.asynccontextmanager
-    async def upload_file(self, name: str) -> AsyncIterator[Path]:
-        path = self.folders.upload_path(name)
-        # A stat of a local file, on the loop: microseconds, where a thread hop costs 0.1 ms of CPU.
-        if not path.is_file():
-            raise StoredFileMissing(name)
-        yield path
-
-    async def find(self, area: Area, name: str) -> Path | StoredObject | None:
-        path = self.folders.path(area, name)
-        return path if await anyio.to_thread.run_sync(path.is_file) else None
-
-    async def remove(self, area: Area, names: list[str]) -> None:
-        for name in names:
-            await anyio.to_thread.run_sync(remove_quietly, self.folders.path(area, name))
-
-    async def remove_stale(self, older_than_seconds: float) -> int:
-        return await anyio.to_thread.run_sync(self.folders.remove_stale_partials, older_than_seconds)
-
-
-def make_storage(settings: Settings, *, client_name: str) -> Storage:
-    """The configured backend; `client_name` names its NATS connection (nats backend)."""
-    folders = Folders(settings.uploads_dir, settings.processed_dir)
-    if settings.storage_backend == "local":
-        return LocalStorage(folders)
-    # Imported here: core.object_store builds on this module.
-    from core.object_store import NatsStorage
-
-    return NatsStorage(folders, settings.nats_url, replicas=settings.stream_replicas, client_name=client_name)
-
-
 def new_stored_name(extension: str) -> str:
     return f"{uuid.uuid4().hex}{extension}"
 
@@ -232,27 +182,6 @@ def output_name_for(input_name: str, extension: str, index: int = 0) -> str:
 
 def is_stored_name(name: str) -> bool:
     return bool(STORED_NAME.fullmatch(name))
-
-
-def place_output(folders: Folders, temp: Path, name: str) -> None:
-    move_into_place(temp, folders.processed_path(name))
-
-
-def move_into_place(temp: Path, final: Path) -> None:
-    """Publish a finished file atomically (same folder, so same filesystem) and durably."""
-    with open(temp, "rb") as handle:
-        os.fsync(handle.fileno())
-    rename_durably(temp, final)
-
-
-def rename_durably(synced_temp: Path, final: Path) -> None:
-    """Rename an already-synced file into place, and sync the folder so the rename survives a crash."""
-    os.replace(synced_temp, final)
-    folder = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def remove_quietly(path: Path) -> None:

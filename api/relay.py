@@ -1,0 +1,78 @@
+"""The outbox relay: rows committed but never confirmed queued (`queued_at IS NULL`) are published.
+
+An upload's request publishes its own row a moment after the commit (api/publisher.py); the relay,
+which runs in every API process, catches what that missed: NATS down, the process killed between
+commit and publish, a row put back by the lease sweep (api/sweeps.py). Replicas claim rows with
+`FOR UPDATE SKIP LOCKED`, and the message id (`Nats-Msg-Id`) makes any remaining double publish
+harmless, so each task is queued once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+
+from sqlalchemy import Row, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from api.publisher import TaskPublisher
+from core import loops, queue
+from core.models import ImageTask, TaskStatus
+
+log = logging.getLogger(__name__)
+
+RELAY_BATCH = 200
+# The request that committed a row publishes it itself a moment later; give it that moment.
+RELAY_GRACE = timedelta(seconds=2)
+
+
+class OutboxRelay:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], publisher: TaskPublisher) -> None:
+        self._sessions = sessions
+        self._publisher = publisher
+
+    async def run(self, interval: float, stop: asyncio.Event) -> None:
+        """Relay every `interval` seconds until `stop` is set."""
+        await loops.every(interval, self.relay_all, stop=stop, what="outbox relay")
+
+    async def relay_all(self) -> None:
+        while await self.relay_once() == RELAY_BATCH:
+            pass
+
+    async def relay_once(self) -> int:
+        """Publish rows that were committed but never confirmed queued. Returns how many."""
+        js = self._publisher.jetstream
+        if js is None:
+            return 0
+        async with self._sessions() as session, session.begin():
+            rows = await _claim_unqueued(session)
+            for row in rows:
+                await queue.publish_task(js, row.id, row.attempts)
+            if rows:
+                await _mark_queued(session, [row.id for row in rows])
+        if rows:
+            log.info("outbox relay queued %d task(s)", len(rows))
+        return len(rows)
+
+
+async def _claim_unqueued(session: AsyncSession) -> Sequence[Row[int, int]]:
+    """Rows committed but not queued, locked for this transaction; other replicas skip them."""
+    return (
+        await session.execute(
+            select(ImageTask.id, ImageTask.attempts)
+            .where(
+                ImageTask.queued_at.is_(None),
+                ImageTask.status == TaskStatus.PENDING,
+                ImageTask.upload_time < func.now() - RELAY_GRACE,
+            )
+            .order_by(ImageTask.id)
+            .limit(RELAY_BATCH)
+            .with_for_update(skip_locked=True)
+        )
+    ).all()
+
+
+async def _mark_queued(session: AsyncSession, ids: list[int]) -> None:
+    await session.execute(update(ImageTask).where(ImageTask.id.in_(ids)).values(queued_at=func.now()))

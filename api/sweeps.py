@@ -1,0 +1,116 @@
+"""The API's sweeps: tasks whose worker or message is gone, and files whose writer is gone.
+
+- A row still `processing` after its lease (`leased_until`, renewed by its worker's heartbeats)
+  lost its worker, and perhaps its message. The sweep puts it back to `pending` for the relay to
+  queue again, or marks it `failed` once it has had all its attempts: nothing is stuck, and nothing
+  that kills every worker that touches it loops for ever.
+- A row `pending` and queued more than LOST_AFTER_SECONDS ago, while the stream holds no message
+  at all, lost its message (a NATS store lost in a crash, a stream purged by hand): it is queued
+  again. The empty-stream condition keeps a long backlog from being re-published.
+- Temporary files (`.partial-*`) older than LOST_AFTER_SECONDS are deleted: what a process killed
+  mid-write left behind (in the local folders, which every storage backend uses for its temporary
+  files); the nats backend also purges the chunks of puts cut short (Storage.remove_stale).
+
+Every API process sweeps, a tenth of LOST_AFTER_SECONDS apart; the statements are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from sqlalchemy import func, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from api.publisher import TaskPublisher
+from core import loops, queue
+from core.models import INTERRUPTED_REASON, ImageTask, TaskStatus, finished_values
+from core.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+class Sweeps:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        publisher: TaskPublisher,
+        storage: Storage,
+        *,
+        lost_after_seconds: float,
+        max_attempts: int,
+    ) -> None:
+        self._sessions = sessions
+        self._publisher = publisher
+        self._storage = storage
+        self._lost_after = timedelta(seconds=lost_after_seconds)
+        self._max_attempts = max_attempts
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Sweep now, then every tenth of LOST_AFTER_SECONDS, until `stop` is set."""
+        interval = self._lost_after.total_seconds() / 10
+        await loops.every(interval, self.sweep_once, stop=stop, what="lease sweep")
+
+    async def sweep_once(self) -> tuple[int, int, int]:
+        """Re-queue or fail rows whose worker is gone; re-queue rows whose message is gone.
+
+        Returns how many rows were (re-queued after a lost worker, failed, re-queued after a lost
+        message).
+        """
+        requeued, failed = await self._expire_leases()
+        try:
+            lost = await self._requeue_lost_messages()
+        finally:  # a NATS hiccup above must not keep the temporary files forever
+            await self._storage.remove_stale(self._lost_after.total_seconds())
+        counts = (requeued, failed, lost)
+        if any(counts):
+            log.warning(
+                "lease sweep: %d re-queued (worker gone), %d failed, %d re-queued (message gone)", *counts
+            )
+        return counts
+
+    async def _expire_leases(self) -> tuple[int, int]:
+        """Rows `processing` past their lease: failed if out of attempts, else back to `pending`.
+        Returns how many were (re-queued, failed)."""
+        expired = (ImageTask.status == TaskStatus.PROCESSING, ImageTask.leased_until < func.now())
+        async with self._sessions() as session, session.begin():
+            failed = await session.execute(
+                update(ImageTask)
+                .where(*expired, ImageTask.attempts >= self._max_attempts)
+                .values(
+                    status=TaskStatus.FAILED,
+                    error=INTERRUPTED_REASON.format(attempts=self._max_attempts),
+                    **finished_values(),
+                )
+            )
+            requeued = await session.execute(
+                update(ImageTask)
+                .where(*expired)
+                .values(status=TaskStatus.PENDING, queued_at=None, leased_until=None)
+            )
+        return requeued.rowcount or 0, failed.rowcount or 0
+
+    async def _requeue_lost_messages(self) -> int:
+        js = self._publisher.jetstream
+        if js is None:
+            return 0
+        # Work-queue retention: a message leaves the stream only when acknowledged, so an empty
+        # stream holds nothing pending, in flight or waiting out a nak.
+        stream = await js.stream_info(queue.STREAM)
+        if stream.state.messages:
+            return 0
+        return await self._unmark_queued_before(self._lost_after)
+
+    async def _unmark_queued_before(self, lost_after: timedelta) -> int:
+        """Pending rows queued longer ago than `lost_after` go back to the relay."""
+        async with self._sessions() as session, session.begin():
+            result = await session.execute(
+                update(ImageTask)
+                .where(
+                    ImageTask.status == TaskStatus.PENDING,
+                    ImageTask.queued_at < func.now() - lost_after,
+                )
+                .values(queued_at=None)
+            )
+        return result.rowcount or 0
