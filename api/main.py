@@ -109,7 +109,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.dispose()
 
 
-async def _upload_refused(request: Request, exc: UploadRefused) -> Response:
+async def _upload_refused(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, UploadRefused)  # registered for it alone; Starlette types handlers loosely
     # The browser form gets a page it can show; API clients get JSON. Either way the rest of the
     # body is not read: the connection is closed after this answer.
     headers = {"Connection": "close"}
@@ -122,7 +123,7 @@ async def _upload_refused(request: Request, exc: UploadRefused) -> Response:
     return JSONResponse({"detail": exc.message}, status_code=exc.status_code, headers=headers)
 
 
-async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+async def _client_gone(request: Request, exc: Exception) -> Response:
     # Nobody is left to read an answer; the partial upload was already removed.
     log.info("client disconnected during %s %s", request.method, request.url.path)
     return Response(status_code=400)
