@@ -1,4 +1,5 @@
-"""Run both Compose deployments for real and check what a user of them relies on (`make test-compose`).
+"""Run both Compose deployments for real and check what a user of them relies on (`make test-compose`,
+or `python -m deploy.compose_check` from the repository root).
 
 With our unchanged Dockerfiles and Compose files, for docker-compose.example.yml: build, `up -d`, every
 health check healthy and the `migrate` one-shot exited 0; an upload through the published API port
@@ -37,6 +38,8 @@ from typing import Any
 
 import httpx
 from PIL import Image
+
+from core.queue import STREAM
 
 ROOT = Path(__file__).resolve().parent.parent
 # The uid and gid Dockerfile.api and Dockerfile.worker give their process.
@@ -166,8 +169,8 @@ def service_of(container: dict[str, Any]) -> str:
 
 
 def wait_until_up(stack: Stack, replicas: dict[str, int], one_shots: set[str]) -> list[dict[str, Any]]:
-    """Every long-running container healthy (running, for one without a health check), in the numbers
-    given, and every one-shot exited 0. A container that exits or restarts fails the check at once."""
+    """Every long-running container healthy by its own health check, in the numbers given, and every
+    one-shot exited 0. A container that exits, restarts or has no health check fails the check at once."""
 
     def settled() -> bool:
         containers = stack.containers()
@@ -181,7 +184,8 @@ def wait_until_up(stack: Stack, replicas: dict[str, int], one_shots: set[str]) -
             else:
                 expect(state["Status"] not in ("exited", "dead"), f"{name} is {state['Status']}")
                 expect(container["RestartCount"] == 0, f"{name} restarted {container['RestartCount']} times")
-                expect(state.get("Health", {}).get("Status") != "unhealthy", f"{name} is unhealthy")
+                expect("Health" in state, f"{name} has no health check")
+                expect(state["Health"]["Status"] != "unhealthy", f"{name} is unhealthy")
         done_shots = {
             service_of(c)
             for c in containers
@@ -190,10 +194,7 @@ def wait_until_up(stack: Stack, replicas: dict[str, int], one_shots: set[str]) -
         ready: dict[str, int] = {}
         for container in containers:
             state = container["State"]
-            if (
-                state["Status"] == "running"
-                and state.get("Health", {"Status": "healthy"})["Status"] == "healthy"
-            ):
+            if state["Status"] == "running" and state.get("Health", {}).get("Status") == "healthy":
                 ready[service_of(container)] = ready.get(service_of(container), 0) + 1
         return done_shots == one_shots and all(
             ready.get(name, 0) == count for name, count in replicas.items()
@@ -204,6 +205,37 @@ def wait_until_up(stack: Stack, replicas: dict[str, int], one_shots: set[str]) -
     counts = {name: sum(service_of(c) == name for c in containers) for name in replicas}
     expect(counts == replicas, f"running containers per service: {counts}, expected {replicas}")
     return containers
+
+
+def stop_gracefully(stack: Stack, *services: str) -> None:
+    """`stop` (all services when none is named); each app container must exit 0: it finished its work
+    within the stop grace period instead of being killed (137) at its end."""
+    stack.run("stop", *services)
+    for container in stack.containers():
+        name, state = container["Name"].lstrip("/"), container["State"]
+        if service_of(container) in ("api", "worker") and (not services or service_of(container) in services):
+            expect(state["Status"] == "exited", f"{name} is {state['Status']} after stop")
+            expect(state["ExitCode"] == 0, f"{name} exited {state['ExitCode']} on stop (137: killed)")
+
+
+def restart_gracefully(stack: Stack, service: str) -> None:
+    stop_gracefully(stack, service)
+    stack.run("start", service)
+
+
+def nats_stream_leader(stack: Stack, nodes: list[str]) -> str:
+    """The NATS container that last became leader of the task stream, as its own log says."""
+    marker = f"new stream leader for '$G > {STREAM}'"
+    latest: dict[str, str] = {}
+    for node in nodes:
+        for container in stack.containers(node, running_only=True):
+            name = container["Name"].lstrip("/")
+            logs = subprocess.run(["docker", "logs", "--timestamps", name], capture_output=True, text=True)
+            stamps = [line.split()[0] for line in (logs.stdout + logs.stderr).splitlines() if marker in line]
+            if stamps:
+                latest[name] = max(stamps)
+    expect(bool(latest), f"no NATS node logged {marker!r}")
+    return max(latest, key=lambda name: latest[name])
 
 
 def api_addresses(containers: list[dict[str, Any]]) -> list[str]:
@@ -417,13 +449,14 @@ def check_example(compose: list[str], override: Path, image: bytes, keep: bool) 
         batch = uploads.batch(
             40,
             [
-                (8, "restart worker", lambda: stack.run("restart", "worker")),
+                (8, "stop and start worker", lambda: restart_gracefully(stack, "worker")),
                 (20, "restart nats", lambda: stack.run("restart", "nats")),
             ],
         )
         done = uploads.wait_all_done(uploads.accepted)
         say(f"{file}: all {len(batch)} accepted uploads of the batch done after the restarts")
 
+        stop_gracefully(stack)
         stack.down(volumes=False)
         expect(not stack.containers(), "containers left after `down`")
         stack.run("up", "-d")
@@ -444,7 +477,8 @@ def check_cluster(compose: list[str], override: Path, image: bytes, keep: bool) 
         say(f"{file}: every service healthy (two APIs, three workers), migrate exited 0")
         check_hardening(containers)
         uploads = Uploads(api_addresses(containers), image)
-        victim = stack.containers("nats2", running_only=True)[0]["Name"].lstrip("/")
+        # The node leading the task stream: its loss moves the stream's leadership to another node.
+        victim = nats_stream_leader(stack, ["nats1", "nats2", "nats3"])
         batch = uploads.batch(40, [(12, f"kill {victim}", lambda: run(["docker", "kill", victim]))])
         done = uploads.wait_all_done(batch)
         # Once: the tasks are exactly the accepted uploads, each done with its one image served.
