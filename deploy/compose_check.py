@@ -138,9 +138,22 @@ class Stack:
         ids = run(argv).split()
         return json.loads(run(["docker", "inspect", *ids])) if ids else []
 
-    def leftovers(self) -> dict[str, list[str]]:
-        label = f"label=com.docker.compose.project={self.project}"
+    def volumes_in_use(self) -> set[str]:
+        """Every volume the project's containers mount, the anonymous ones (which carry no project label)
+        included."""
         return {
+            mount["Name"]
+            for container in self.containers()
+            for mount in container["Mounts"]
+            if mount["Type"] == "volume"
+        }
+
+    def leftovers(self, volumes: set[str]) -> dict[str, list[str]]:
+        """What is left of the project: containers, networks and volumes by label, and which of the
+        given volumes still exist."""
+        label = f"label=com.docker.compose.project={self.project}"
+        existing = set(run(["docker", "volume", "ls", "-q"]).split())
+        found = {
             kind: names
             for kind, argv in (
                 ("containers", ["docker", "ps", "-aq", "--filter", label]),
@@ -149,6 +162,9 @@ class Stack:
             )
             if (names := run(argv).split())
         }
+        if volumes & existing:
+            found["mounted volumes"] = sorted(volumes & existing)
+        return found
 
     def down(self, *, volumes: bool) -> None:
         self.run("down", "--remove-orphans", *(["-v"] if volumes else []))
@@ -415,19 +431,20 @@ def stack_of(compose: list[str], file: str, override: Path, keep: bool) -> Itera
     env = {**os.environ, "POSTGRES_PASSWORD": secrets.token_hex(12)}
     stack = Stack(compose=compose, file=file, project=name, override=override, env=env)
     stack.down(volumes=True)  # what a killed earlier run may have left
-    say(f"{file}: build (project {name})")
-    stack.run("build")
-    say(f"{file}: up -d")
-    stack.run("up", "-d")
     try:
+        say(f"{file}: build (project {name})")
+        stack.run("build")
+        say(f"{file}: up -d")
+        stack.run("up", "-d")
         yield stack
     except BaseException:
         stack.show_logs()
         raise
     finally:
         if not keep:
+            mounted = stack.volumes_in_use()
             stack.down(volumes=True)
-            left = stack.leftovers()
+            left = stack.leftovers(mounted)
             expect(not left, f"{file}: `down -v` left {left}")
             say(f"{file}: down -v, nothing left")
 
