@@ -25,7 +25,7 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## test-compose: both Compose files run for real under Docker (installed and started if absent, as root),
-## base images built locally when they cannot be pulled; ~5 min, ends with `down -v`
+## base images built locally when they cannot be pulled; 3-5 min, ends with `down -v`
 test-compose: install
 	bash deploy/docker-host.sh
 	bash deploy/local-images.sh
