@@ -27,7 +27,7 @@ test: install
 ## test-compose: both Compose files run for real under Docker (installed and started if absent, as root),
 ## base images built locally when they cannot be pulled; 3-5 min, ends with `down -v`
 test-compose: install
-	bash deploy/docker-host.sh
+	PYTHON=$(PY) bash deploy/docker-host.sh
 	bash deploy/local-images.sh
 	$(PY) -m deploy.compose_check
 

@@ -429,6 +429,10 @@ def stack_of(compose: list[str], file: str, override: Path, keep: bool) -> Itera
     name = f"{PROJECT_PREFIX}-{Path(file).stem.split('.')[-1]}"
     # A password of the run's own, so the postgres image's first-start contract is really exercised.
     env = {**os.environ, "POSTGRES_PASSWORD": secrets.token_hex(12)}
+    # The classic builder unless told otherwise: BuildKit first fetches the Dockerfiles'
+    # `# syntax=docker/dockerfile:1` frontend from a registry, which CI here cannot reach (the classic
+    # builder ignores the line). A user's `docker compose up --build` uses BuildKit.
+    env.setdefault("DOCKER_BUILDKIT", "0")
     stack = Stack(compose=compose, file=file, project=name, override=override, env=env)
     stack.down(volumes=True)  # what a killed earlier run may have left
     try:
