@@ -44,7 +44,7 @@ if ! docker info >/dev/null 2>&1; then
   echo "starting dockerd"
   # --ip: ports published on the default bridge bind to loopback only (the check's own networks say
   # the same for theirs).
-  setsid dockerd --ip=127.0.0.1 >/var/log/imagequeue-dockerd.log 2>&1 </dev/null &
+  setsid dockerd --ip=127.0.0.1 >>/var/log/imagequeue-dockerd.log 2>&1 </dev/null &
   for _ in $(seq 120); do
     docker info >/dev/null 2>&1 && break
     sleep 0.5
