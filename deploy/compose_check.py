@@ -3,16 +3,18 @@ or `python -m deploy.compose_check` from the repository root).
 
 With our unchanged Dockerfiles and Compose files, for docker-compose.example.yml: build, `up -d`, every
 health check healthy and the `migrate` one-shot exited 0; an upload through the published API port
-reaches `done` and its processed image is served; the `worker` and `nats` services restarted in the
-middle of a batch lose no accepted upload; the app containers run as the image's non-root user with a
+reaches `done` and its processed image is served; the worker stopped in the middle of a batch exits 0
+(it finished its images within its grace period), and neither that nor a restart of `nats` loses an
+accepted upload; the app containers run as the image's non-root user with a
 read-only root and no capabilities; the named volumes keep tasks across `down` / `up`. For
 docker-compose.cluster.yml (three NATS nodes, two APIs, three workers, images in NATS): a batch with one
 NATS container killed in the middle ends with every accepted upload `done`, once. Each run ends with
 `down -v`, and nothing of it is left.
 
 Traffic stays on this machine: the only file added to ours is a network option that binds the published
-ports to 127.0.0.1, and the host talks to the API through them. Needs a Docker daemon and the base
-images (deploy/docker-host.sh and deploy/local-images.sh, which `make test-compose` runs first).
+ports to 127.0.0.1, and the host talks to the API through them. Runs on the Docker host itself (it reads
+the containers' processes in /proc) and needs the daemon and the base images (deploy/docker-host.sh and
+deploy/local-images.sh, which `make test-compose` runs first).
 """
 
 from __future__ import annotations
@@ -294,7 +296,7 @@ def check_hardening(containers: list[dict[str, Any]]) -> None:
     say(f"{len(apps)} api/worker containers run as uid {APP_UID}, read-only, without capabilities")
 
 
-def test_image() -> bytes:
+def sample_image() -> bytes:
     """A JPEG large enough (noise, 4 megapixels) that a batch of them keeps the workers busy for seconds."""
     picture = Image.merge("RGB", [Image.effect_noise((2400, 1800), 60 + 20 * band) for band in range(3)])
     out = io.BytesIO()
@@ -524,7 +526,7 @@ def main() -> int:
     compose = implementations[0]
     valid_for = ", ".join(" ".join(c) for c in implementations)
     say(f"running with `{' '.join(compose)}`; both files valid for: {valid_for}")
-    image = test_image()
+    image = sample_image()
     with tempfile.TemporaryDirectory() as scratch:
         override = Path(scratch, "loopback.yml")
         override.write_text(LOOPBACK_OVERRIDE)
