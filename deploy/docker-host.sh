@@ -41,6 +41,22 @@ if ! docker info >/dev/null 2>&1; then
     echo "the Docker daemon does not answer, and starting it needs root" >&2
     exit 1
   fi
+  # A daemon that was killed leaves its pid files behind, and dockerd will not start while one names a
+  # process, a zombie included. Wait for a daemon still shutting down, then drop what is stale.
+  for pidfile in /var/run/docker.pid /var/run/docker/containerd/containerd.pid; do
+    [ -f "$pidfile" ] || continue
+    pid=$(cat "$pidfile")
+    for _ in $(seq 120); do
+      state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || true)
+      [ -z "$state" ] || [ "$state" = Z ] && break
+      sleep 0.5
+    done
+    if [ -n "$state" ] && [ "$state" != Z ]; then
+      echo "$pidfile: process $pid is still running, but the Docker daemon does not answer" >&2
+      exit 1
+    fi
+    rm -f "$pidfile"
+  done
   echo "starting dockerd"
   # --ip: ports published on the default bridge bind to loopback only (the check's own networks say
   # the same for theirs).
