@@ -6,7 +6,7 @@ PORT ?= 8000
 WORKERS ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint format clean bench bench-quick
+.PHONY: install run test test-compose lint format clean bench bench-quick
 
 # The venv is rebuilt only when a requirements file changes.
 $(VENV)/.installed: requirements.txt requirements-core.txt requirements-api.txt requirements-worker.txt \
@@ -24,6 +24,13 @@ run: install
 ## test: the whole suite on throwaway PostgreSQL and NATS servers it starts itself
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## test-compose: both Compose files run for real under Docker (installed and started if absent, as root),
+## base images built locally when they cannot be pulled; 3-5 min, ends with `down -v`
+test-compose: install
+	PYTHON=$(PY) bash deploy/docker-host.sh
+	bash deploy/local-images.sh
+	$(PY) -m deploy.compose_check
 
 lint: install
 	$(PY) -m ruff check .
