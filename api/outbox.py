@@ -33,12 +33,9 @@ from datetime import timedelta
 import asyncpg
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from sqlalchemy import ARRAY, Integer, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core import queue
-from core.db import POOL_TIMEOUT_SECONDS, DriverStatement, placeholder
-from core.models import INTERRUPTED_REASON, ImageTask, TaskStatus, finished_values
+from core import queue, tasks
 from core.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -47,15 +44,6 @@ MISCONFIGURED_RETRY_SECONDS = 30.0
 RELAY_BATCH = 200
 # The request that committed a row publishes it itself a moment later; give it that moment.
 RELAY_GRACE = timedelta(seconds=2)
-
-# The group commit's one statement, straight on the driver (see DriverStatement): through a session
-# it was 4% of the API's CPU at 16 uploads at a time.
-_MARK_QUEUED = DriverStatement.of(
-    update(ImageTask)
-    .where(ImageTask.id == func.any(placeholder("ids", ARRAY(Integer))))
-    .values(queued_at=func.now()),
-    "ids",
-)
 
 
 class TaskPublisher:
@@ -147,9 +135,9 @@ class TaskPublisher:
         while self._unmarked:
             batch, self._unmarked = self._unmarked, []
             try:
-                ids = [task_id for task_id, _ in batch]
-                async with self._database.acquire(timeout=POOL_TIMEOUT_SECONDS) as connection:
-                    await connection.execute(_MARK_QUEUED.sql, *_MARK_QUEUED.args(ids=ids))
+                # One statement on the driver pool (core.tasks): through a session it was 4% of the
+                # API's CPU at 16 uploads at a time.
+                await tasks.mark_queued(self._database, [task_id for task_id, _ in batch])
             except Exception as exc:
                 for _, marked in batch:
                     if not marked.done():  # done: its request was cancelled (client gone)
@@ -164,27 +152,11 @@ class TaskPublisher:
         if not self.is_ready or self._js is None:
             return 0
         async with self._sessions() as session, session.begin():
-            rows = (
-                await session.execute(
-                    select(ImageTask.id, ImageTask.attempts)
-                    .where(
-                        ImageTask.queued_at.is_(None),
-                        ImageTask.status == TaskStatus.PENDING,
-                        ImageTask.upload_time < func.now() - RELAY_GRACE,
-                    )
-                    .order_by(ImageTask.id)
-                    .limit(RELAY_BATCH)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
+            rows = await tasks.lock_unqueued(session, limit=RELAY_BATCH, grace=RELAY_GRACE)
             for row in rows:
                 await queue.publish_task(self._js, row.id, row.attempts)
             if rows:
-                await session.execute(
-                    update(ImageTask)
-                    .where(ImageTask.id.in_([row.id for row in rows]))
-                    .values(queued_at=func.now())
-                )
+                await tasks.mark_queued_in(session, [row.id for row in rows])
         if rows:
             log.info("outbox relay queued %d task(s)", len(rows))
         return len(rows)
@@ -195,27 +167,13 @@ class TaskPublisher:
         Returns how many rows were (re-queued after a lost worker, failed, re-queued after a lost
         message).
         """
-        expired = (ImageTask.status == TaskStatus.PROCESSING, ImageTask.leased_until < func.now())
         async with self._sessions() as session, session.begin():
-            failed = await session.execute(
-                update(ImageTask)
-                .where(*expired, ImageTask.attempts >= self._max_attempts)
-                .values(
-                    status=TaskStatus.FAILED,
-                    error=INTERRUPTED_REASON.format(attempts=self._max_attempts),
-                    **finished_values(),
-                )
-            )
-            requeued = await session.execute(
-                update(ImageTask)
-                .where(*expired)
-                .values(status=TaskStatus.PENDING, queued_at=None, leased_until=None)
-            )
+            requeued, failed = await tasks.take_back_expired(session, self._max_attempts)
         try:
             lost = await self._requeue_lost_messages()
         finally:  # a NATS hiccup above must not keep the temporary files forever
             await self._storage.remove_stale(self._lost_after.total_seconds())
-        counts = (requeued.rowcount or 0, failed.rowcount or 0, lost)
+        counts = (requeued, failed, lost)
         if any(counts):
             log.warning(
                 "lease sweep: %d re-queued (worker gone), %d failed, %d re-queued (message gone)", *counts
@@ -231,15 +189,7 @@ class TaskPublisher:
         if stream.state.messages:
             return 0
         async with self._sessions() as session, session.begin():
-            result = await session.execute(
-                update(ImageTask)
-                .where(
-                    ImageTask.status == TaskStatus.PENDING,
-                    ImageTask.queued_at < func.now() - self._lost_after,
-                )
-                .values(queued_at=None)
-            )
-        return result.rowcount or 0
+            return await tasks.unqueue_lost(session, self._lost_after)
 
     async def _connect(self) -> None:
         self._nc = await queue.connect_with_retry(self._nats_url, name="imagequeue-api", stop=asyncio.Event())

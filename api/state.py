@@ -19,8 +19,9 @@ class Services:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
-    # For the statements run once per upload (core.db.DriverStatement); the sessions for the rest.
-    database: asyncpg.Pool
+    # asyncpg's own pool, for core.tasks' statements run once per upload (insert, queued mark);
+    # the sessions for everything else.
+    driver_pool: asyncpg.Pool
     storage: Storage
     publisher: TaskPublisher
     presets: dict[str, Preset]
