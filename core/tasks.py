@@ -107,7 +107,7 @@ _FINISHED = (
 # ---- The hot statements, on the driver pool -----------------------------------------------------
 # JSONB values go in as json.dumps text and come back as text (asyncpg's default codec).
 
-INSERT_TASK = """
+INSERT_TASK = """\
 INSERT INTO image_tasks (filename, content_type, size_bytes, width, height, sha256, input_name,
                          idempotency_key, owner, callback_url, processing)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb)
@@ -115,30 +115,30 @@ RETURNING id"""
 MARK_QUEUED = "UPDATE image_tasks SET queued_at = now() WHERE id = ANY($1::integer[])"
 # Mark a task `processing`, count the attempt and lease it; no row if it is missing, final, or
 # leased by a live worker.
-CLAIM = f"""
+CLAIM = f"""\
 UPDATE image_tasks
 SET status = 'processing', attempts = attempts + 1, started_at = now(),
     leased_until = now() + $2::interval, error = NULL
 WHERE id = $1 AND {_CLAIMABLE}
 RETURNING input_name, attempts, processing"""
 STATUS = "SELECT status FROM image_tasks WHERE id = $1"
-RENEW_LEASE = """
+RENEW_LEASE = """\
 UPDATE image_tasks SET leased_until = now() + $2::interval
 WHERE id = $1 AND status = 'processing'
 RETURNING id"""
 # After a failed attempt: back to `pending` until the message comes round again.
-RELEASE = """
+RELEASE = """\
 UPDATE image_tasks SET status = 'pending', leased_until = NULL
 WHERE id = $1 AND status = 'processing'"""
 # After a file store outage: back to `pending` with the attempt not counted, as if never claimed.
-GIVE_BACK = """
+GIVE_BACK = """\
 UPDATE image_tasks SET status = 'pending', leased_until = NULL, attempts = attempts - 1
 WHERE id = $1 AND status = 'processing'"""
-FINISH_DONE = f"""
+FINISH_DONE = f"""\
 UPDATE image_tasks SET status = 'done', output_name = $2, outputs = $3::jsonb, error = NULL, {_FINISHED}
 WHERE id = $1 AND status IN ('pending', 'processing')
 RETURNING id"""
-FINISH_FAILED = f"""
+FINISH_FAILED = f"""\
 UPDATE image_tasks SET status = 'failed', error = $2, {_FINISHED}
 WHERE id = $1 AND status NOT IN ('done', 'failed')"""
 
