@@ -6,16 +6,19 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from core import tasks
 from core.db import is_database_unavailable, make_driver_pool
+from core.storage import Folders, LocalStorage, new_stored_name
 from devstack.servers import free_port
 
 _TEST_ROW = "task-statement-"
 _LEASE = timedelta(minutes=5)
+_UNUSED_STORAGE = LocalStorage(Folders(Path("/nonexistent/uploads"), Path("/nonexistent/processed")))
 
 
 @pytest.fixture
@@ -23,31 +26,38 @@ async def database(stack_env: dict[str, str]) -> AsyncIterator[asyncpg.Pool]:
     """The shared test database; the rows these tests make (not real tasks) are deleted after each."""
     pool = await make_driver_pool(stack_env["DATABASE_URL"], max_size=2)
     yield pool
-    await pool.execute(f"DELETE FROM image_tasks WHERE input_name LIKE '{_TEST_ROW}%'")
+    await pool.execute(f"DELETE FROM image_tasks WHERE filename LIKE '{_TEST_ROW}%'")
     await pool.close()
 
 
-class _NoStorage:
-    """Stands in for the file store where a test inserts a row whose file does not exist."""
+@pytest.fixture
+def storage(tmp_path: Path) -> LocalStorage:
+    """A local file store of its own, to see which uploads a failed insert removes."""
+    folders = Folders(tmp_path / "uploads", tmp_path / "processed")
+    folders.ensure_dirs()
+    return LocalStorage(folders)
 
-    removed: list[str]
 
-    def __init__(self) -> None:
-        self.removed = []
+def _kept_upload(storage: LocalStorage, **columns: object) -> tasks.NewTask:
+    """A new task whose upload file is stored, as the upload route keeps it before the insert."""
+    new_task = _new_task(**columns)
+    (storage.folders.uploads_dir / new_task.input_name).write_bytes(b"an image")
+    return new_task
 
-    async def remove(self, area: object, names: list[str]) -> None:
-        self.removed.extend(names)
+
+def _stored(storage: LocalStorage, new_task: tasks.NewTask) -> bool:
+    return (storage.folders.uploads_dir / new_task.input_name).exists()
 
 
 def _new_task(**columns: object) -> tasks.NewTask:
     values: dict[str, object] = {
-        "filename": "a.jpg",
+        "filename": f"{_TEST_ROW}a.jpg",
         "content_type": "image/jpeg",
         "size_bytes": 1,
         "width": 1,
         "height": 1,
         "sha256": "0" * 64,
-        "input_name": f"{_TEST_ROW}{uuid.uuid4().hex}.jpg",
+        "input_name": new_stored_name(".jpg"),
         "idempotency_key": None,
         "owner": None,
         "callback_url": None,
@@ -58,7 +68,8 @@ def _new_task(**columns: object) -> tasks.NewTask:
 
 
 async def _insert(pool: asyncpg.Pool, **columns: object) -> int:
-    return await tasks.insert_task(pool, _NoStorage(), _new_task(**columns))  # type: ignore[arg-type]
+    # No file: a successful insert never touches the store.
+    return await tasks.insert_task(pool, _UNUSED_STORAGE, _new_task(**columns))
 
 
 async def _row(pool: asyncpg.Pool, task_id: int) -> asyncpg.Record:
@@ -140,16 +151,19 @@ async def test_mark_queued_sets_every_given_row(database: asyncpg.Pool) -> None:
     assert await tasks.status_of(database, 2**31 - 1) is None
 
 
-async def test_a_second_row_for_one_idempotency_key_is_a_conflict(database: asyncpg.Pool) -> None:
+async def test_a_second_row_for_one_idempotency_key_is_a_conflict(
+    database: asyncpg.Pool, storage: LocalStorage
+) -> None:
     key = f"{_TEST_ROW}{uuid.uuid4().hex}"
-    await _insert(database, idempotency_key=key)
-    storage = _NoStorage()
-    second = _new_task(idempotency_key=key)
+    first = _kept_upload(storage, idempotency_key=key)
+    await tasks.insert_task(database, storage, first)
+    second = _kept_upload(storage, idempotency_key=key)
 
     with pytest.raises(tasks.TaskConflict):
-        await tasks.insert_task(database, storage, second)  # type: ignore[arg-type]
+        await tasks.insert_task(database, storage, second)
 
-    assert storage.removed == [second.input_name], "the server refused it: its upload goes"
+    assert _stored(storage, first)
+    assert not _stored(storage, second), "the server refused it: its upload goes"
 
 
 def test_driver_errors_are_told_apart_from_an_unavailable_database() -> None:
@@ -159,19 +173,20 @@ def test_driver_errors_are_told_apart_from_an_unavailable_database() -> None:
     assert is_database_unavailable(asyncpg.InterfaceError("connection is closed"))
 
 
-async def test_a_pool_on_an_unreachable_server_starts_and_each_use_is_unavailable() -> None:
+async def test_a_pool_on_an_unreachable_server_starts_and_each_use_is_unavailable(
+    storage: LocalStorage,
+) -> None:
     pool = await make_driver_pool(f"postgresql+asyncpg://nobody@127.0.0.1:{free_port()}/none", max_size=1)
-    storage = _NoStorage()
-    new_task = _new_task()
+    new_task = _kept_upload(storage)
     try:
         with pytest.raises(tasks.DatabaseUnavailable):
             await tasks.status_of(pool, 1)
         with pytest.raises(tasks.DatabaseUnavailable):
-            await tasks.insert_task(pool, storage, new_task)  # type: ignore[arg-type]
+            await tasks.insert_task(pool, storage, new_task)
     finally:
         await pool.close()
 
-    assert storage.removed == [new_task.input_name], "the statement never left: its upload goes"
+    assert not _stored(storage, new_task), "the statement never left: its upload goes"
 
 
 async def test_sqlalchemy_url_options_are_understood_by_the_driver_pool(stack_env: dict[str, str]) -> None:
