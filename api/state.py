@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from api.callbacks import CallbackSender
 from api.outbox import TaskPublisher
 from config import Settings
+from core.db import DriverPool
 from core.processing import Preset
 from core.storage import Storage
 
@@ -21,7 +21,7 @@ class Services:
     sessions: async_sessionmaker[AsyncSession]
     # asyncpg's own pool, for core.tasks' statements run once per upload (insert, queued mark);
     # the sessions for everything else.
-    driver_pool: asyncpg.Pool
+    driver_pool: DriverPool
     storage: Storage
     publisher: TaskPublisher
     presets: dict[str, Preset]

@@ -6,6 +6,8 @@ handed down; nothing here connects at import time.
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import asyncpg
 from sqlalchemy import MetaData
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as AsyncpgDialect
@@ -95,11 +97,14 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+# asyncpg's own pool, by the name the rest of the code knows it by (only core.tasks uses it).
+DriverPool: TypeAlias = asyncpg.Pool
+
 # Parses URLs for the driver pool as the engine does; a dialect object holds no connection.
 _ASYNCPG_DIALECT = AsyncpgDialect()
 
 
-async def make_driver_pool(database_url: str, *, max_size: int) -> asyncpg.Pool:
+async def make_driver_pool(database_url: str, *, max_size: int) -> DriverPool:
     """asyncpg's own pool on the engine's URL (parsed by the same dialect), for core.tasks' hot
     statements (see there for why a second pool).
 

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 import asyncpg
 from sqlalchemy import Row, delete, func, or_, select, text, update
@@ -352,8 +352,13 @@ async def newest(
 # ---- The outbox relay and the lease sweep (API), in the caller's transaction ----------------------
 
 
+class Unqueued(NamedTuple):
+    id: int
+    attempts: int
+
+
 @_mapping_errors
-async def lock_unqueued(session: AsyncSession, *, limit: int, grace: timedelta) -> Sequence[Row[Any]]:
+async def lock_unqueued(session: AsyncSession, *, limit: int, grace: timedelta) -> list[Unqueued]:
     """Up to `limit` pending rows committed more than `grace` ago and never confirmed queued, as
     (id, attempts), locked until the transaction ends; rows another relay holds are skipped."""
     result = await session.execute(
@@ -367,7 +372,7 @@ async def lock_unqueued(session: AsyncSession, *, limit: int, grace: timedelta) 
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    return result.all()
+    return [Unqueued(row.id, row.attempts) for row in result]
 
 
 @_mapping_errors

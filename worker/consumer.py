@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from nats.aio.msg import Msg
 
 from core import tasks
+from core.db import DriverPool
 from core.formats import ImageRejected
 from core.logs import task_context
 from core.models import INTERRUPTED_REASON, TaskStatus
@@ -78,7 +78,7 @@ class TaskProcessor:
     def __init__(
         self,
         *,
-        driver_pool: asyncpg.Pool,
+        driver_pool: DriverPool,
         storage: Storage,
         pool: RenderPool,
         metrics: WorkerMetrics,
