@@ -107,10 +107,13 @@ _FINISHED = (
 # ---- The hot statements, on the driver pool -----------------------------------------------------
 # JSONB values go in as json.dumps text and come back as text (asyncpg's default codec).
 
+# Every value cast, as SQLAlchemy wrote them: with bare `$n` the INSERT was sometimes seen waiting for
+# a table lock under the connection's previous statement in pg_stat_activity (tests find it there).
 INSERT_TASK = """\
 INSERT INTO image_tasks (filename, content_type, size_bytes, width, height, sha256, input_name,
                          idempotency_key, owner, callback_url, processing)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb)
+VALUES ($1::varchar, $2::varchar, $3::bigint, $4::integer, $5::integer, $6::varchar, $7::varchar,
+        $8::varchar, $9::varchar, $10::text, $11::jsonb)
 RETURNING id"""
 MARK_QUEUED = "UPDATE image_tasks SET queued_at = now() WHERE id = ANY($1::integer[])"
 # Mark a task `processing`, count the attempt and lease it; no row if it is missing, final, or
