@@ -6,9 +6,10 @@ it. Two ways to the database, each where it pays:
 - The statements run once per upload or per image (insert, queued mark, claim, lease renewal,
   release, finish) are hand-written SQL run on asyncpg's own pool (core.db.make_driver_pool): one
   autocommit round trip each. Through a session (BEGIN, statement, COMMIT through the ORM and the
-  async bridge) the worker drained at half the rate; even the engine's own pooled connection
-  costs 90 µs more CPU per statement to check out (130 against 220 µs for a claim plus a finish,
-  without pre-ping; 400 µs with it), so those processes keep the second pool.
+  async bridge) the worker drained at half the rate. Running them on the driver connection
+  under the engine's own pool instead (one pool per process) was measured too: 220 µs of CPU per
+  statement against 130 µs here (claims and finishes in turns, without pre-ping; 400 µs with
+  it), about 0.2 ms more per image and per upload, so those processes keep the second pool.
 - Everything else (reads for the API, the outbox relay and lease sweep, callbacks, retention,
   deletes) runs on SQLAlchemy sessions and returns ORM rows.
 
