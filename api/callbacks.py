@@ -1,7 +1,7 @@
 """Delivering callbacks: when a task with a `callback_url` ends, POST its status body there, signed.
 
 Delivery is durable and at least once. Finishing a task (worker or lease sweep) marks its callback
-`pending` and due (core.models.finished_values); every API process runs this sender, which claims
+`pending` and due (core.tasks); every API process runs this sender, which claims
 due deliveries with `FOR UPDATE SKIP LOCKED` by moving their due time forward (so no row lock is
 held while the receiver answers, and a process killed mid-delivery hands it on), POSTs, then
 records `delivered`, or the next try after a doubling delay, or `failed` after
@@ -23,13 +23,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import httpx
-from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.callback_urls import CallbackRefused, vet_callback_url
 from api.schemas import task_status
-from core import loops
-from core.models import CallbackState, ImageTask
+from core import loops, tasks
+from core.models import ImageTask
 
 log = logging.getLogger(__name__)
 
@@ -91,33 +90,14 @@ class CallbackSender:
 
     async def deliver_due(self) -> int:
         """Claim and deliver the callbacks due now; returns how many were tried."""
-        due = (
-            select(ImageTask.id)
-            .where(
-                ImageTask.callback_state == CallbackState.PENDING, ImageTask.callback_next_at <= func.now()
+        async with self._sessions() as session:
+            claimed = await tasks.claim_due_callbacks(
+                session, limit=BATCH, hold=timedelta(seconds=CLAIM_SECONDS)
             )
-            .order_by(ImageTask.callback_next_at)
-            .limit(BATCH)
-            .with_for_update(skip_locked=True)
-        )
-        async with self._sessions() as session, session.begin():
-            claimed = (
-                await session.scalars(
-                    update(ImageTask)
-                    .where(ImageTask.id.in_(due))
-                    .values(
-                        callback_next_at=func.now() + timedelta(seconds=CLAIM_SECONDS),
-                        callback_attempts=ImageTask.callback_attempts + 1,
-                    )
-                    .returning(ImageTask.id)
-                )
-            ).all()
         if not claimed:
             return 0
-        async with self._sessions() as session:
-            tasks = list(await session.scalars(select(ImageTask).where(ImageTask.id.in_(claimed))))
-        outcomes = await asyncio.gather(*(self._deliver(task) for task in tasks))
-        for task, error in zip(tasks, outcomes, strict=True):
+        outcomes = await asyncio.gather(*(self._deliver(task) for task in claimed))
+        for task, error in zip(claimed, outcomes, strict=True):
             await self._record(task, error)
         return len(claimed)
 
@@ -153,27 +133,13 @@ class CallbackSender:
 
     async def _record(self, task: ImageTask, error: str | None) -> None:
         attempts = task.callback_attempts
+        retry_in: timedelta | None = None
         if error is None:
-            values: dict = {
-                "callback_state": CallbackState.DELIVERED,
-                "callback_error": None,
-                "callback_next_at": None,
-            }
             log.info("task %s: callback delivered (try %d)", task.id, attempts)
         elif attempts >= self._policy.max_attempts:
-            values = {
-                "callback_state": CallbackState.FAILED,
-                "callback_error": error,
-                "callback_next_at": None,
-            }
             log.warning("task %s: callback failed for good after %d tries: %s", task.id, attempts, error)
         else:
-            delay = timedelta(seconds=retry_delay(self._policy, attempts))
-            values = {"callback_next_at": func.now() + delay, "callback_error": error}
-            log.info("task %s: callback try %d failed (%s); next in %s", task.id, attempts, error, delay)
-        async with self._sessions() as session, session.begin():
-            await session.execute(
-                update(ImageTask)
-                .where(ImageTask.id == task.id, ImageTask.callback_state == CallbackState.PENDING)
-                .values(**values)
-            )
+            retry_in = timedelta(seconds=retry_delay(self._policy, attempts))
+            log.info("task %s: callback try %d failed (%s); next in %s", task.id, attempts, error, retry_in)
+        async with self._sessions() as session:
+            await tasks.record_callback(session, task.id, error=error, retry_in=retry_in)

@@ -11,6 +11,7 @@ from fastapi import Depends, Header, HTTPException, Path, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.state import Services
+from core import tasks
 from core.models import MAX_TASK_ID, ImageTask
 
 TASK_NOT_FOUND = "Task not found"
@@ -64,7 +65,7 @@ SessionDep = Annotated[AsyncSession, Depends(get_session)]
 async def get_task(
     task_id: Annotated[int, Path(ge=1, le=MAX_TASK_ID)], session: SessionDep, caller: CallerDep
 ) -> ImageTask:
-    task = await session.get(ImageTask, task_id)
+    task = await tasks.get(session, task_id)
     # Another key's task is answered exactly like a missing one: ids reveal nothing.
     if task is None or (caller is not None and task.owner != caller):
         raise HTTPException(status_code=404, detail=TASK_NOT_FOUND)

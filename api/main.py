@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -42,11 +41,13 @@ from core.formats import configure_pillow
 from core.logs import configure_logging
 from core.processing.presets import configured_presets
 from core.storage import STORAGE_UNAVAILABLE, StorageUnavailable, make_storage
+from core.tasks import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
 # Connections per API process (PostgreSQL allows 100 in all by default): uploads (16 at a time) and
-# their queued marks run on the driver pool; reads, deletes, the relay and callbacks on the engine's.
+# their queued marks run on the driver pool (core.tasks); reads, deletes, the relay and callbacks
+# on the engine's.
 UPLOAD_CONNECTIONS = 16
 SESSION_CONNECTIONS = 10
 
@@ -65,8 +66,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     storage.start_in_background()
     engine = make_engine(settings.database_url, pool_size=SESSION_CONNECTIONS)
     sessions = make_sessionmaker(engine)
-    database = await make_driver_pool(settings.database_url, max_size=UPLOAD_CONNECTIONS)
-    publisher = TaskPublisher(settings.nats_url, database, stream_replicas=settings.stream_replicas)
+    driver_pool = await make_driver_pool(settings.database_url, max_size=UPLOAD_CONNECTIONS)
+    publisher = TaskPublisher(settings.nats_url, driver_pool, stream_replicas=settings.stream_replicas)
     publisher.start()
     relay = OutboxRelay(sessions, publisher)
     sweeps = Sweeps(
@@ -94,7 +95,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         callbacks.start()
     app.state.services = Services(
-        settings, engine, sessions, database, storage, publisher, presets, callbacks
+        settings, engine, sessions, driver_pool, storage, publisher, presets, callbacks
     )
     try:
         yield
@@ -105,7 +106,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await callbacks.close()
         await publisher.close()
         await storage.close()
-        await database.close()
+        await driver_pool.close()
         await engine.dispose()
 
 
@@ -130,7 +131,8 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 
 
 async def _database_error(request: Request, exc: Exception) -> Response:
-    if not is_database_unavailable(exc):
+    # DatabaseUnavailable: core.tasks' word for it; the rest reach here from sessions used elsewhere.
+    if not isinstance(exc, DatabaseUnavailable) and not is_database_unavailable(exc):
         log.error("database error during %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse({"detail": "Internal Server Error"}, status_code=500)
     log.warning("database unavailable during %s %s: %s", request.method, request.url.path, exc)
@@ -160,7 +162,12 @@ def create_app() -> FastAPI:
     app.add_exception_handler(UploadRefused, _upload_refused)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(StorageUnavailable, _storage_unavailable)
-    for error in (*DATABASE_UNAVAILABLE_ERRORS, DBAPIError, asyncpg.PostgresError):
+    database_errors: tuple[type[Exception], ...] = (
+        DatabaseUnavailable,
+        *DATABASE_UNAVAILABLE_ERRORS,
+        DBAPIError,
+    )
+    for error in database_errors:
         app.add_exception_handler(error, _database_error)
 
     app.state.metrics = ApiMetrics()

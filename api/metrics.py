@@ -31,13 +31,12 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
-from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import ServicesDep
 from api.state import Services
-from core import queue
-from core.models import ImageTask, TaskStatus
+from core import queue, tasks
+from core.models import TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +124,7 @@ class Readings:
 async def _tasks_by_status(services: Services) -> dict[str, int] | None:
     try:
         async with asyncio.timeout(SCRAPE_TIMEOUT_SECONDS), services.engine.connect() as connection:
-            rows = await connection.execute(select(ImageTask.status, func.count()).group_by(ImageTask.status))
-            return {str(status): count for status, count in rows}
+            return await tasks.count_by_status(connection)
     except Exception as exc:
         log.warning("metrics: cannot count tasks by status: %s", exc or type(exc).__name__)
         return None

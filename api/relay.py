@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from datetime import timedelta
 
-from sqlalchemy import Row, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.publisher import TaskPublisher
-from core import loops, queue
-from core.models import ImageTask, TaskStatus
+from core import loops, queue, tasks
 
 log = logging.getLogger(__name__)
 
@@ -47,32 +44,11 @@ class OutboxRelay:
         if js is None:
             return 0
         async with self._sessions() as session, session.begin():
-            rows = await _claim_unqueued(session)
+            rows = await tasks.lock_unqueued(session, limit=RELAY_BATCH, grace=RELAY_GRACE)
             for row in rows:
                 await queue.publish_task(js, row.id, row.attempts)
             if rows:
-                await _mark_queued(session, [row.id for row in rows])
+                await tasks.mark_queued_in(session, [row.id for row in rows])
         if rows:
             log.info("outbox relay queued %d task(s)", len(rows))
         return len(rows)
-
-
-async def _claim_unqueued(session: AsyncSession) -> Sequence[Row[int, int]]:
-    """Rows committed but not queued, locked for this transaction; other replicas skip them."""
-    return (
-        await session.execute(
-            select(ImageTask.id, ImageTask.attempts)
-            .where(
-                ImageTask.queued_at.is_(None),
-                ImageTask.status == TaskStatus.PENDING,
-                ImageTask.upload_time < func.now() - RELAY_GRACE,
-            )
-            .order_by(ImageTask.id)
-            .limit(RELAY_BATCH)
-            .with_for_update(skip_locked=True)
-        )
-    ).all()
-
-
-async def _mark_queued(session: AsyncSession, ids: list[int]) -> None:
-    await session.execute(update(ImageTask).where(ImageTask.id.in_(ids)).values(queued_at=func.now()))

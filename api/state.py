@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from api.callbacks import CallbackSender
 from api.publisher import TaskPublisher
 from config import Settings
+from core.db import DriverPool
 from core.processing.presets import Preset
 from core.storage import Storage
 
@@ -19,8 +19,9 @@ class Services:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
-    # For the statements run once per upload (core.db.DriverStatement); the sessions for the rest.
-    database: asyncpg.Pool
+    # asyncpg's own pool, for core.tasks' statements run once per upload (insert, queued mark);
+    # the sessions for everything else.
+    driver_pool: DriverPool
     storage: Storage
     publisher: TaskPublisher
     presets: dict[str, Preset]

@@ -20,12 +20,10 @@ import asyncio
 import logging
 from datetime import timedelta
 
-from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.publisher import TaskPublisher
-from core import loops, queue
-from core.models import INTERRUPTED_REASON, ImageTask, TaskStatus, finished_values
+from core import loops, queue, tasks
 from core.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -73,23 +71,8 @@ class Sweeps:
     async def _expire_leases(self) -> tuple[int, int]:
         """Rows `processing` past their lease: failed if out of attempts, else back to `pending`.
         Returns how many were (re-queued, failed)."""
-        expired = (ImageTask.status == TaskStatus.PROCESSING, ImageTask.leased_until < func.now())
         async with self._sessions() as session, session.begin():
-            failed = await session.execute(
-                update(ImageTask)
-                .where(*expired, ImageTask.attempts >= self._max_attempts)
-                .values(
-                    status=TaskStatus.FAILED,
-                    error=INTERRUPTED_REASON.format(attempts=self._max_attempts),
-                    **finished_values(),
-                )
-            )
-            requeued = await session.execute(
-                update(ImageTask)
-                .where(*expired)
-                .values(status=TaskStatus.PENDING, queued_at=None, leased_until=None)
-            )
-        return requeued.rowcount or 0, failed.rowcount or 0
+            return await tasks.take_back_expired(session, self._max_attempts)
 
     async def _requeue_lost_messages(self) -> int:
         js = self._publisher.jetstream
@@ -105,12 +88,4 @@ class Sweeps:
     async def _unmark_queued_before(self, lost_after: timedelta) -> int:
         """Pending rows queued longer ago than `lost_after` go back to the relay."""
         async with self._sessions() as session, session.begin():
-            result = await session.execute(
-                update(ImageTask)
-                .where(
-                    ImageTask.status == TaskStatus.PENDING,
-                    ImageTask.queued_at < func.now() - lost_after,
-                )
-                .values(queued_at=None)
-            )
-        return result.rowcount or 0
+            return await tasks.unqueue_lost(session, lost_after)

@@ -6,20 +6,16 @@ handed down; nothing here connects at import time.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import TypeAlias
 
 import asyncpg
-from sqlalchemy import BindParameter, MetaData, bindparam
+from sqlalchemy import MetaData
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as AsyncpgDialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
-from sqlalchemy.sql import Executable
-from sqlalchemy.types import TypeEngine
 
 # Stable constraint names, so Alembic's autogenerate and hand-written migrations agree.
 NAMING_CONVENTION = {
@@ -39,14 +35,14 @@ POOL_TIMEOUT_SECONDS = 10
 
 # What a database that is down, restarting or unreachable raises: a passing fault, answered with
 # 503 by the API and with a delayed redelivery by the worker, never with a 500 or a failed task.
-DATABASE_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+DATABASE_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     OperationalError,
     InterfaceError,
     PoolTimeoutError,
     # asyncpg raises plain OSErrors while connecting (refused, no such socket file), unwrapped.
     OSError,
     TimeoutError,
-    # The driver's own pool (DriverStatement): a closed connection, a pool shutting down.
+    # The driver's own pool (core.tasks): a closed connection, a pool shutting down.
     asyncpg.InterfaceError,
 )
 
@@ -101,63 +97,19 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-# Compiles statements for the driver; a dialect object holds no connection.
+# asyncpg's own pool, by the name the rest of the code knows it by (only core.tasks uses it).
+DriverPool: TypeAlias = asyncpg.Pool
+
+# Parses URLs for the driver pool as the engine does; a dialect object holds no connection.
 _ASYNCPG_DIALECT = AsyncpgDialect()
 
 
-def placeholder(name: str, type_: TypeEngine[Any] | None = None) -> BindParameter[Any]:
-    """A named value of a DriverStatement, given to `args()` (which checks for it, not SQLAlchemy)."""
-    return bindparam(name, required=False, type_=type_)
-
-
-@dataclass(frozen=True)
-class DriverStatement:
-    """A Core statement compiled once to asyncpg's SQL, run straight on a driver connection.
-
-    For the few statements a process runs per image: one autocommit round trip, where a session
-    sends BEGIN, the statement and COMMIT through the ORM and the async bridge (three round trips;
-    in the worker that cost 2.5 ms of event-loop CPU per image, half of it). The statement is still
-    written against the model, so its columns, filters and `finished_values()` stay in one place.
-
-    Values go in raw: JSON columns take `json.dumps` text and come back as text.
-    """
-
-    sql: str
-    names: tuple[str, ...]
-    defaults: Mapping[str, Any]
-    required: frozenset[str]
-
-    @classmethod
-    def of(cls, statement: Executable, *required: str) -> DriverStatement:
-        """`required`: the names of the statement's placeholders."""
-        compiled = statement.compile(dialect=_ASYNCPG_DIALECT, compile_kwargs={"render_postcompile": True})
-        names = tuple(compiled.positiontup or ())
-        missing = set(required) - set(names)
-        if missing:
-            raise ValueError(f"no such placeholders: {sorted(missing)}")
-        defaults = dict(compiled.params)
-        # Columns' Python-side defaults (ImageTask.status's `pending`) are filled in by SQLAlchemy
-        # at execution, not at compilation: take their values here, as it would.
-        for column in compiled.insert_prefetch:
-            default = column.default
-            if default is None or not default.is_scalar:
-                raise ValueError(f"column {column.key} has a default that is not a constant")
-            defaults[column.key] = default.arg
-        if compiled.update_prefetch:
-            raise ValueError("onupdate defaults are not supported")
-        return cls(str(compiled), names, defaults, frozenset(required))
-
-    def args(self, **values: Any) -> list[Any]:
-        if values.keys() != self.required:
-            raise TypeError(f"expected values for {sorted(self.required)}, got {sorted(values)}")
-        return [values[name] if name in values else self.defaults[name] for name in self.names]
-
-
-async def make_driver_pool(database_url: str, *, max_size: int) -> asyncpg.Pool:
-    """asyncpg's own pool on the engine's URL (parsed by the same dialect), for DriverStatements.
+async def make_driver_pool(database_url: str, *, max_size: int) -> DriverPool:
+    """asyncpg's own pool on the engine's URL (parsed by the same dialect), for core.tasks' hot
+    statements (see there for why a second pool).
 
     Connections open on first use, so a process starts while PostgreSQL is down. No reset query on
-    release: DriverStatements leave no session state (no transactions, locks or LISTENs) to clear.
+    release: those statements leave no session state (no transactions, locks or LISTENs) to clear.
     """
     _, options = _ASYNCPG_DIALECT.create_connect_args(make_url(database_url))
     # URL options meant for SQLAlchemy's adapter, not for asyncpg.connect(): its statement cache size

@@ -1,17 +1,22 @@
 """The `image_tasks` table: one row per upload, the record of truth for its processing.
 
-Status machine (the only transitions the code makes):
+Status machine (the only transitions the code makes, all in core/tasks.py):
 
-    pending ──worker takes it──▶ processing ──▶ done
-                                    │  ▲
-                                    │  └── redelivered after a crash or a passing fault
-                                    └────▶ failed   (bad image, or out of attempts)
+    pending ──claimed by a worker──▶ processing ──▶ done
+       ▲                              │    │
+       └── released, given back, ─────┘    └──▶ failed   (bad image, or out of attempts)
+           or its lease ran out
+
+- processing → pending: an attempt failed and is released for the next delivery (the attempt
+  counted); a file store outage gave it back (not counted); or the API's lease sweep found its
+  lease (`leased_until`) run out, its worker gone, and unset `queued_at` too, so the outbox relay
+  queues it again (or the sweep marks it failed, once it has used all its attempts).
+- A worker may also claim a `processing` row whose lease ran out, without waiting for the sweep.
+- A worker's result is recorded even if the sweep put its row back to `pending` meanwhile.
 
 `done` and `failed` are final: a redelivered message for such a row is acknowledged and ignored.
 `queued_at` is set once the task id is safely in JetStream; rows still NULL there are published
-again by the API's outbox relay, so an upload accepted while NATS was down is not lost. A row whose
-lease (`leased_until`) ran out while `processing` lost its worker: the API's sweep puts it back to
-`pending` with `queued_at` NULL, or marks it `failed` once it has used all its attempts.
+again by the API's outbox relay, so an upload accepted while NATS was down is not lost.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, DateTime, Index, Integer, String, Text, case, func
+from sqlalchemy import BigInteger, CheckConstraint, DateTime, Index, Integer, String, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -58,12 +63,6 @@ class CallbackState(enum.StrEnum):
 
 
 _CALLBACK_VALUES = ", ".join(f"'{state.value}'" for state in CallbackState)
-
-
-def output_files(output_name: str | None, outputs: list[dict[str, Any]] | None) -> list[str]:
-    """Every processed file a row owns (rows from before several outputs name only `output_name`)."""
-    files = [output["file"] for output in outputs or ()]
-    return files or ([output_name] if output_name else [])
 
 
 class ImageTask(Base):
@@ -115,16 +114,3 @@ class ImageTask(Base):
     callback_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     callback_next_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     callback_error: Mapped[str | None] = mapped_column(Text)
-
-
-def finished_values() -> dict[str, Any]:
-    """Columns every transition to `done` or `failed` also sets: the callback, if the task has
-    one, becomes due now. (One place, for the worker and the API's lease sweep alike.)"""
-    return {
-        "finished_at": func.now(),
-        "leased_until": None,
-        "callback_state": case(
-            (ImageTask.callback_url.is_not(None), CallbackState.PENDING.value), else_=None
-        ),
-        "callback_next_at": case((ImageTask.callback_url.is_not(None), func.now()), else_=None),
-    }

@@ -102,7 +102,7 @@ async def test_a_file_store_outage_gives_the_task_back_at_no_attempts_cost(
     database = await make_driver_pool(nats_stack.database_url, max_size=2)
     pool = RenderPool("threads", 1, max_pixels=settings.max_image_pixels)
     processor = TaskProcessor(
-        database=database,
+        driver_pool=database,
         storage=storage,  # not connected yet: every call raises StorageUnavailable
         pool=pool,
         metrics=WorkerMetrics(),

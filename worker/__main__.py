@@ -113,7 +113,7 @@ async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | 
     pool = RenderPool(settings.worker_pool, settings.worker_concurrency, max_pixels=settings.max_image_pixels)
     sessions = make_sessionmaker(engine)
     processor = TaskProcessor(
-        database=database,
+        driver_pool=database,
         storage=storage,
         pool=pool,
         metrics=metrics,

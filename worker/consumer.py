@@ -27,24 +27,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from nats.aio.msg import Msg
-from sqlalchemy import ColumnElement, Interval, and_, func, or_, select, update
-from sqlalchemy.dialects.postgresql import JSONB
 
-from core.db import POOL_TIMEOUT_SECONDS, DriverStatement, is_database_unavailable, placeholder
+from core import tasks
+from core.db import DriverPool
 from core.formats import ImageRejected
 from core.logs import task_context
-from core.models import FINAL_STATUSES, INTERRUPTED_REASON, ImageTask, TaskStatus, finished_values
+from core.models import INTERRUPTED_REASON, TaskStatus
 from core.processing.outputs import Processing
 from core.queue import parse_task_id
 from core.storage import Area, Storage, StorageUnavailable, StoredFileMissing, remove_quietly
@@ -57,95 +53,10 @@ log = logging.getLogger(__name__)
 INPUT_MISSING = "The uploaded file is no longer available, so it cannot be processed."
 GAVE_UP = "Processing failed {attempts} times; giving up. Last error: {error}"
 
-_OPEN = (TaskStatus.PENDING, TaskStatus.PROCESSING)
 # How often recording a finished output is retried in place before the message is given back.
 FINISH_RETRIES = 10
 # Longest a worker holds a task it is rendering; far beyond any image within MAX_IMAGE_PIXELS.
 RENDER_DEADLINE_SECONDS = 600
-
-
-def _claimable() -> ColumnElement[bool]:
-    """Pending, or processing under a lease that has run out (its worker is gone)."""
-    return or_(
-        ImageTask.status == TaskStatus.PENDING,
-        and_(
-            ImageTask.status == TaskStatus.PROCESSING,
-            or_(ImageTask.leased_until.is_(None), ImageTask.leased_until < func.now()),
-        ),
-    )
-
-
-_THIS_TASK = ImageTask.id == placeholder("task_id")
-_STILL_PROCESSING = ImageTask.status == TaskStatus.PROCESSING
-
-# Every row change the worker makes, one autocommit statement each (see DriverStatement for why).
-
-# Mark a task `processing`, count the attempt and lease it; no row if it is missing, final, or
-# leased by a live worker (the lease is the lock: two workers never hold one task).
-_CLAIM = DriverStatement.of(
-    update(ImageTask)
-    .where(_THIS_TASK, _claimable())
-    .values(
-        status=TaskStatus.PROCESSING,
-        attempts=ImageTask.attempts + 1,
-        started_at=func.now(),
-        leased_until=func.now() + placeholder("lease", Interval()),
-        error=None,
-    )
-    .returning(ImageTask.input_name, ImageTask.attempts, ImageTask.processing),
-    "task_id",
-    "lease",
-)
-_STATUS = DriverStatement.of(select(ImageTask.status).where(_THIS_TASK), "task_id")
-_RENEW_LEASE = DriverStatement.of(
-    update(ImageTask)
-    .where(_THIS_TASK, _STILL_PROCESSING)
-    .values(leased_until=func.now() + placeholder("lease", Interval()))
-    .returning(ImageTask.id),
-    "task_id",
-    "lease",
-)
-# After a failed attempt: back to `pending` until the message comes round again.
-_RELEASE = DriverStatement.of(
-    update(ImageTask)
-    .where(_THIS_TASK, _STILL_PROCESSING)
-    .values(status=TaskStatus.PENDING, leased_until=None),
-    "task_id",
-)
-# After a storage outage: back to `pending` with the attempt not counted, as if the claim had never
-# happened.
-_GIVE_BACK = DriverStatement.of(
-    update(ImageTask)
-    .where(_THIS_TASK, _STILL_PROCESSING)
-    .values(status=TaskStatus.PENDING, leased_until=None, attempts=ImageTask.attempts - 1),
-    "task_id",
-)
-_FINISH_DONE = DriverStatement.of(
-    update(ImageTask)
-    .where(_THIS_TASK, ImageTask.status.in_(_OPEN))
-    .values(
-        status=TaskStatus.DONE,
-        output_name=placeholder("output_name"),
-        outputs=placeholder("outputs", JSONB()),
-        error=None,
-        **finished_values(),
-    )
-    .returning(ImageTask.id),
-    "task_id",
-    "output_name",
-    "outputs",
-)
-_FINISH_FAILED = DriverStatement.of(
-    update(ImageTask)
-    .where(_THIS_TASK, ImageTask.status.not_in(FINAL_STATUSES))
-    .values(status=TaskStatus.FAILED, error=placeholder("reason"), **finished_values()),
-    "task_id",
-    "reason",
-)
-
-
-class DatabaseUnavailable(Exception):
-    """The database could not be reached for this step: retry later, at no attempt's cost."""
 
 
 @dataclass(frozen=True)
@@ -167,14 +78,14 @@ class TaskProcessor:
     def __init__(
         self,
         *,
-        database: asyncpg.Pool,
+        driver_pool: DriverPool,
         storage: Storage,
         pool: RenderPool,
         metrics: WorkerMetrics,
         render: RenderSettings,
         policy: TaskPolicy,
     ) -> None:
-        self._database = database
+        self._driver_pool = driver_pool
         self._storage = storage
         self._pool = pool
         self._metrics = metrics
@@ -182,9 +93,7 @@ class TaskProcessor:
         self._output_placer = storage.output_placer()
         self._policy = policy
         self._heartbeat_seconds = max(policy.ack_wait_seconds / 3, 0.5)
-        # Long enough to survive a missed renewal or two, short enough that a dead worker's task is
-        # taken over soon after JetStream redelivers it.
-        self._lease = timedelta(seconds=2 * policy.ack_wait_seconds)
+        self._lease = tasks.lease_length(policy.ack_wait_seconds)
         # Monotonic time before which the fetch loop should not take new messages (database down).
         self.database_back_at = 0.0
 
@@ -201,7 +110,7 @@ class TaskProcessor:
     async def _handle_with_policy(self, msg: Msg, task_id: int) -> None:
         try:
             await self._handle_task(msg, task_id)
-        except DatabaseUnavailable as exc:
+        except tasks.DatabaseUnavailable as exc:
             # Tell the fetch loop to pause, so a backlog is not cycled through a recovering database.
             self.database_back_at = time.monotonic() + self._policy.retry_delay_seconds
             log.warning("task %s: database unavailable (%s); retrying later", task_id, exc)
@@ -325,34 +234,22 @@ class TaskProcessor:
             try:
                 await self._finish_done(task_id, outputs)
                 return
-            except DatabaseUnavailable as exc:
+            except tasks.DatabaseUnavailable as exc:
                 if remaining == 0:
                     raise
                 log.warning("task %s: cannot record its output yet (%s); retrying", task_id, exc)
                 await asyncio.sleep(self._policy.retry_delay_seconds)
 
-    async def _run(self, statement: DriverStatement, **values: Any) -> asyncpg.Record | None:
-        """Run one statement (its own transaction) and return its first row, if any; connection
-        faults become DatabaseUnavailable."""
-        try:
-            async with self._database.acquire(timeout=POOL_TIMEOUT_SECONDS) as connection:
-                return await connection.fetchrow(statement.sql, *statement.args(**values))
-        except Exception as exc:
-            if is_database_unavailable(exc):
-                raise DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
-            raise
-
     async def _claim(self, task_id: int) -> _Claim | None:
-        """The task, now ours (see _CLAIM); None if it is missing, final or leased elsewhere."""
-        row = await self._run(_CLAIM, task_id=task_id, lease=self._lease)
-        if row is None:
+        """The task, now ours; None if it is missing, final or leased elsewhere."""
+        claim = await tasks.claim(self._driver_pool, task_id, self._lease)
+        if claim is None:
             return None
-        processing = Processing.from_json(json.loads(row["processing"]))
-        return _Claim(input_name=row["input_name"], attempts=row["attempts"], processing=processing)
+        processing = Processing.from_json(claim.processing)
+        return _Claim(input_name=claim.input_name, attempts=claim.attempts, processing=processing)
 
     async def _status(self, task_id: int) -> str | None:
-        row = await self._run(_STATUS, task_id=task_id)
-        return None if row is None else row["status"]
+        return await tasks.status_of(self._driver_pool, task_id)
 
     async def _heartbeat(self, msg: Msg, task_id: int) -> None:
         """Keep the message (JetStream) and the lease (database) while this worker works on it.
@@ -368,8 +265,8 @@ class TaskProcessor:
             await _settle(msg.in_progress())
             try:
                 async with asyncio.timeout(self._heartbeat_seconds):
-                    renewed = await self._run(_RENEW_LEASE, task_id=task_id, lease=self._lease)
-                if renewed is None:
+                    renewed = await tasks.renew_lease(self._driver_pool, task_id, self._lease)
+                if not renewed:
                     log.warning("task %s: no longer processing here (finished or taken over)", task_id)
             except Exception as exc:
                 log.warning("task %s: lease renewal failed: %s", task_id, exc)
@@ -378,17 +275,14 @@ class TaskProcessor:
         )
 
     async def _release(self, task_id: int) -> None:
-        await self._run(_RELEASE, task_id=task_id)
+        await tasks.release(self._driver_pool, task_id)
 
     async def _give_back(self, task_id: int) -> None:
-        await self._run(_GIVE_BACK, task_id=task_id)
+        await tasks.give_back(self._driver_pool, task_id)
 
     async def _finish_done(self, task_id: int, outputs: list[dict[str, Any]]) -> None:
         files = [output["file"] for output in outputs]
-        finished = await self._run(
-            _FINISH_DONE, task_id=task_id, output_name=files[0], outputs=json.dumps(outputs)
-        )
-        if finished is not None:
+        if await tasks.finish_done(self._driver_pool, task_id, outputs):
             log.info("task %s done: %s", task_id, ", ".join(files))
         elif await self._status(task_id) is None:
             # Deleted (DELETE /tasks/{id}) while it was being processed: leave nothing behind.
@@ -398,7 +292,7 @@ class TaskProcessor:
             log.warning("task %s was finished elsewhere meanwhile; its outputs are the same files", task_id)
 
     async def _finish_failed(self, task_id: int, reason: str, claim: _Claim) -> None:
-        await self._run(_FINISH_FAILED, task_id=task_id, reason=reason)
+        await tasks.finish_failed(self._driver_pool, task_id, reason)
         self._record(claim, TaskStatus.FAILED)
 
 

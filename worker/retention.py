@@ -8,12 +8,10 @@ import asyncio
 import logging
 from datetime import timedelta
 
-from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core import loops
-from core.models import FINAL_STATUSES, ImageTask, output_files
-from core.storage import NOT_READY, Area, Storage, StorageUnavailable
+from core import loops, tasks
+from core.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -24,32 +22,11 @@ INTERVAL_SECONDS = 3600.0
 async def purge_expired(
     sessions: async_sessionmaker[AsyncSession], storage: Storage, older_than: timedelta
 ) -> int:
-    """Delete one batch of finished tasks older than `older_than`, then their files. Returns how many.
-
-    Rows go first: a crash between the two steps (or a file store outage) leaves files without rows
-    (wasted space), never rows without files (tasks that cannot be shown).
-    """
-    if not storage.is_ready:  # checked first: rows deleted now would leave their files for good
-        raise StorageUnavailable(NOT_READY)
-    expired = (
-        select(ImageTask.id)
-        .where(ImageTask.status.in_(FINAL_STATUSES), ImageTask.finished_at < func.now() - older_than)
-        .limit(BATCH)
-        .with_for_update(skip_locked=True)
-    )
-    async with sessions() as session, session.begin():
-        rows = (
-            await session.execute(
-                delete(ImageTask)
-                .where(ImageTask.id.in_(expired))
-                .returning(ImageTask.input_name, ImageTask.output_name, ImageTask.outputs)
-            )
-        ).all()
-    await storage.remove(Area.UPLOADS, [row.input_name for row in rows])
-    await storage.remove(
-        Area.PROCESSED, [file for row in rows for file in output_files(row.output_name, row.outputs)]
-    )
-    return len(rows)
+    """Delete one batch of finished tasks older than `older_than`, then their files. Returns how many
+    (core.tasks.delete_finished: rows first, so a failure leaves files without rows, never the
+    other way round)."""
+    async with sessions() as session:
+        return await tasks.delete_finished(session, storage, older_than=older_than, limit=BATCH)
 
 
 async def purge_until_stopped(

@@ -26,13 +26,12 @@ from dataclasses import dataclass, field
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy.exc import DBAPIError
 from starlette.types import Receive, Scope, Send
 
 from api.deps import CallerDep, ServicesDep, SessionDep, TaskDep
 from api.schemas import task_status
 from api.state import Services
-from core.db import DATABASE_UNAVAILABLE_ERRORS, is_database_unavailable
+from core import tasks
 from core.models import FINAL_STATUSES, ImageTask
 
 log = logging.getLogger(__name__)
@@ -141,7 +140,7 @@ def _first_event_id(request: Request) -> int:
 
 async def _read_task(services: Services, task_id: int) -> ImageTask | None:
     async with services.sessions() as session:
-        return await session.get(ImageTask, task_id)
+        return await tasks.get(session, task_id)
 
 
 async def _status_events(
@@ -162,9 +161,7 @@ async def _status_events(
             return
         try:
             task = await _read_task(services, task_id)
-        except (*DATABASE_UNAVAILABLE_ERRORS, DBAPIError) as exc:
-            if not is_database_unavailable(exc):
-                raise
+        except tasks.DatabaseUnavailable as exc:
             # A passing outage: keep the stream (and its keep-alives) and look again next time.
             if not outage:
                 log.warning("database unavailable while streaming task %s: %s", task_id, exc)

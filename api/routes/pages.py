@@ -13,10 +13,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
 from api.deps import MAX_TASK_ID, CallerDep, ServicesDep, SessionDep, TaskDep
-from api.listing import newest_tasks
 from api.routes.originals import original_url
 from api.schemas import status_url, task_status
 from api.templating import templates
+from core import tasks
 from core.formats import ALLOWED_FORMATS
 from core.models import FINAL_STATUSES
 
@@ -115,7 +115,7 @@ async def gallery(
     caller: CallerDep,
     cursor: Annotated[int | None, Query(ge=1, le=MAX_TASK_ID)] = None,
 ) -> HTMLResponse:
-    found = await newest_tasks(session, limit=GALLERY_PAGE_SIZE, cursor=cursor, owner=caller)
+    found = await tasks.newest(session, limit=GALLERY_PAGE_SIZE, cursor=cursor, owner=caller)
     return templates.TemplateResponse(
         request,
         "gallery.html",

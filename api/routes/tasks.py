@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import logging
 import re
 from pathlib import PurePath
 from typing import Annotated
 
-import asyncpg
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
-from sqlalchemy import insert, or_, select
-from sqlalchemy.dialects.postgresql import JSONB
 
 from api.callback_urls import CallbackRefused, vet_callback_url
 from api.deps import MAX_TASK_ID, CallerDep, ServicesDep, SessionDep, TaskDep
-from api.listing import newest_tasks
 from api.schemas import (
     ErrorResponse,
     TaskPage,
@@ -29,25 +23,22 @@ from api.schemas import (
 from api.stored_files import image_cache_control, stored_file_response
 from api.templating import wants_html
 from api.uploads import STORAGE_FAILED, ReceivedUpload, UploadRefused, receive_upload
-from core.db import POOL_TIMEOUT_SECONDS, DriverStatement, placeholder
+from core import tasks
 from core.formats import CONTENT_TYPES, EXTENSIONS
-from core.models import ImageTask, TaskStatus, output_files
+from core.models import ImageTask, TaskStatus
 from core.processing.forms import resolve
 from core.processing.operations import ProcessingInvalid
 from core.processing.outputs import Processing
 from core.processing.sizes import output_size
 from core.storage import (
-    NOT_READY,
     STORAGE_UNAVAILABLE,
     Area,
-    Storage,
     StorageUnavailable,
     is_stored_name,
     new_stored_name,
     remove_quietly,
 )
 
-log = logging.getLogger(__name__)
 router = APIRouter(tags=["tasks"])
 
 UPLOAD_ACCEPTED = "Upload accepted; the image is queued for processing."
@@ -111,32 +102,6 @@ _UPLOAD_BODY = {
 }
 
 
-_NEW_TASK_COLUMNS = (
-    "filename",
-    "content_type",
-    "size_bytes",
-    "width",
-    "height",
-    "sha256",
-    "input_name",
-    "idempotency_key",
-    "owner",
-    "callback_url",
-)
-# The upload's row, in one autocommit round trip (see DriverStatement): the ORM's flush and commit
-# cost about 1.2 ms of the API's CPU per upload, a quarter of all it spends on one.
-_INSERT_TASK = DriverStatement.of(
-    insert(ImageTask)
-    .values(
-        **{column: placeholder(column) for column in _NEW_TASK_COLUMNS},
-        processing=placeholder("processing", JSONB()),
-    )
-    .returning(ImageTask.id),
-    *_NEW_TASK_COLUMNS,
-    "processing",
-)
-
-
 def _stored_key(raw: str | None, caller: str | None) -> str | None:
     """The Idempotency-Key as stored: scoped to the caller's API key, so keys cannot collide."""
     if raw is None:
@@ -164,7 +129,7 @@ async def _task_for_key(
     services: ServicesDep, key: str, upload: ReceivedUpload, processing: Processing, callback_url: str | None
 ) -> ImageTask | None:
     async with services.sessions() as session:
-        existing = await session.scalar(select(ImageTask).where(ImageTask.idempotency_key == key))
+        existing = await tasks.find_by_idempotency_key(session, key)
     if existing is not None and (
         existing.sha256 != upload.sha256
         or existing.processing != processing.to_json()
@@ -220,7 +185,9 @@ async def _create_task(
         raise UploadRefused(503, STORAGE_FAILED) from exc
     except StorageUnavailable as exc:
         raise UploadRefused(503, STORAGE_UNAVAILABLE) from exc
-    values = _INSERT_TASK.args(
+    # The row in one autocommit round trip on the driver pool (core.tasks): the ORM's flush and
+    # commit cost about 1.2 ms of the API's CPU per upload, a quarter of all it spends on one.
+    new_task = tasks.NewTask(
         filename=upload.display_name,
         content_type=upload.info.content_type,
         size_bytes=upload.size_bytes,
@@ -230,41 +197,10 @@ async def _create_task(
         input_name=input_name,
         idempotency_key=key,
         owner=owner,
-        processing=json.dumps(processing.to_json()),
         callback_url=callback_url,
+        processing=processing.to_json(),
     )
-    sent = False
-    try:
-        async with services.database.acquire(timeout=POOL_TIMEOUT_SECONDS) as connection:
-            sent = True
-            return await connection.fetchval(_INSERT_TASK.sql, *values)
-    except BaseException as exc:
-        # Remove the file only when the row surely does not exist: the statement never left (no
-        # connection), or the server answered it with an error. A connection lost mid-statement
-        # may have committed it: keep the file its row would need (at worst a file with no row;
-        # deleting it could leave a row with no file).
-        if not sent or _refused_by_server(exc):
-            await _forget_upload(storage, input_name)
-        raise
-
-
-def _refused_by_server(exc: BaseException) -> bool:
-    """Whether the server answered the statement with an error: an autocommit statement that failed
-    did not commit. asyncpg makes up PostgresConnectionErrors itself when a connection drops; when
-    the server sent an error and then closed it (terminated, shutting down: FATAL 57P01), that
-    error is the ConnectionDoesNotExistError's cause."""
-    if isinstance(exc, asyncpg.ConnectionDoesNotExistError):
-        exc = exc.__cause__ or exc
-    return isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, asyncpg.PostgresConnectionError)
-
-
-async def _forget_upload(storage: Storage, input_name: str) -> None:
-    """Remove an upload whose row could not be made. Failing that, the file is left without a row:
-    wasted space, which is better than a 500 over a database error the client should see."""
-    try:
-        await storage.remove(Area.UPLOADS, [input_name])
-    except StorageUnavailable as exc:
-        log.warning("could not remove upload %s after a failed insert: %s", input_name, exc)
+    return await tasks.insert_task(services.driver_pool, storage, new_task)
 
 
 def _answer(request: Request, task_id: int, filename: str, message: str, *, replayed: bool) -> Response:
@@ -333,7 +269,7 @@ async def upload(
         if existing is None:
             try:
                 task_id = await _create_task(services, received, processing, callback_url, key, caller)
-            except asyncpg.UniqueViolationError:
+            except tasks.TaskConflict:
                 # A concurrent request with the same key committed first.
                 existing = (
                     await _task_for_key(services, key, received, processing, callback_url) if key else None
@@ -368,19 +304,7 @@ async def get_task(task: TaskDep) -> TaskStatusResponse:
 async def delete_task(task: TaskDep, session: SessionDep, services: ServicesDep) -> Response:
     """Remove a task and its files. A worker processing it at that moment drops its result when it
     next looks (its message is then terminated, its output removed)."""
-    outputs = output_files(task.output_name, task.outputs)
-    task_id, input_name = task.id, task.input_name
-    if not services.storage.is_ready:  # before the row goes, or its files would stay for good
-        raise StorageUnavailable(NOT_READY)
-    # Rows go first (as in worker/retention.py): a failure after the commit leaves files without a
-    # row (wasted space), never a row without its files.
-    await session.delete(task)
-    await session.commit()
-    try:
-        await services.storage.remove(Area.UPLOADS, [input_name])
-        await services.storage.remove(Area.PROCESSED, outputs)
-    except StorageUnavailable as exc:
-        log.warning("task %s deleted, but its files could not be removed: %s", task_id, exc)
+    await tasks.delete_task(session, services.storage, task.id)
     return Response(status_code=204)
 
 
@@ -400,7 +324,7 @@ async def list_tasks(
 ) -> TaskPage:
     """Tasks, newest first, optionally of one status; pages of at most 100 (keyset pagination,
     so pages stay consistent while new tasks arrive). With API keys on, only the caller's tasks."""
-    found = await newest_tasks(session, limit=limit, cursor=cursor, status=status, owner=caller)
+    found = await tasks.newest(session, limit=limit, cursor=cursor, status=status, owner=caller)
     return TaskPage(items=[task_status(task) for task in found.tasks], next_cursor=found.next_cursor)
 
 
@@ -420,17 +344,8 @@ async def get_processed(
     """A processed image, by the generated name given in `processed_url`."""
     if not is_stored_name(name):
         raise HTTPException(status_code=404, detail=PROCESSED_NOT_FOUND)
-    if caller is not None:
-        owned = await session.scalar(
-            select(ImageTask.id)
-            .where(
-                ImageTask.owner == caller,
-                or_(ImageTask.output_name == name, ImageTask.outputs.contains([{"file": name}])),
-            )
-            .limit(1)
-        )
-        if owned is None:
-            raise HTTPException(status_code=404, detail=PROCESSED_NOT_FOUND)
+    if caller is not None and not await tasks.owns_output(session, caller, name):
+        raise HTTPException(status_code=404, detail=PROCESSED_NOT_FOUND)
     found = await services.storage.find(Area.PROCESSED, name)
     if found is None:
         raise HTTPException(status_code=404, detail=PROCESSED_NOT_FOUND)

@@ -20,6 +20,21 @@ from worker.__main__ import run
 LONG_AGO = datetime.now(UTC) - timedelta(days=10)
 
 
+def _outputs(name: str) -> list[dict[str, object]]:
+    """What a worker records for one output (the row's files are its outputs' files)."""
+    return [
+        {
+            "name": "default",
+            "file": name,
+            "format": "JPEG",
+            "width": 40,
+            "height": 30,
+            "frames": 1,
+            "size_bytes": 1,
+        }
+    ]
+
+
 async def finished_task(
     client: httpx.AsyncClient, db: AsyncSession, processed_dir: Path, *, status: str, finished_at: datetime
 ) -> tuple[int, str]:
@@ -31,7 +46,13 @@ async def finished_task(
     await db.execute(
         update(ImageTask)
         .where(ImageTask.id == task.id)
-        .values(status=status, finished_at=finished_at, output_name=task.input_name, upload_time=finished_at)
+        .values(
+            status=status,
+            finished_at=finished_at,
+            output_name=task.input_name,
+            outputs=_outputs(task.input_name),
+            upload_time=finished_at,
+        )
     )
     await db.commit()
     return task.id, task.input_name

@@ -1,0 +1,524 @@
+"""The task row: every statement on `image_tasks`, its status and lease rules, and delete-with-files.
+
+The status machine is drawn in core/models.py; this module is the only code that moves a row along
+it. Two ways to the database, each where it pays:
+
+- The statements run once per upload or per image (insert, queued mark, claim, lease renewal,
+  release, finish) are hand-written SQL run on asyncpg's own pool (core.db.make_driver_pool): one
+  autocommit round trip each. Through a session (BEGIN, statement, COMMIT through the ORM and the
+  async bridge) the worker drained at half the rate. Running them on the driver connection
+  under the engine's own pool instead (one pool per process) was measured too: 220 µs of CPU per
+  statement against 130 µs here (claims and finishes in turns, without pre-ping; 400 µs with
+  it), about 0.2 ms more per image and per upload, so those processes keep the second pool.
+- Everything else (reads for the API, the outbox relay and lease sweep, callbacks, retention,
+  deletes) runs on SQLAlchemy sessions and returns ORM rows.
+
+Errors: whatever the driver or SQLAlchemy raise for a database that cannot be reached now becomes
+DatabaseUnavailable, and a second row for one Idempotency-Key becomes TaskConflict, here and
+nowhere else. Any other error is a bug and passes through as it is.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, NamedTuple, ParamSpec, TypeVar
+
+import asyncpg
+from sqlalchemy import Row, delete, func, or_, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from core.db import POOL_TIMEOUT_SECONDS, is_database_unavailable
+from core.models import FINAL_STATUSES, INTERRUPTED_REASON, CallbackState, ImageTask, TaskStatus
+from core.storage import NOT_READY, Area, Storage, StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+_UNIQUE_VIOLATION = "23505"
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached now (down, restarting, out of connections): a passing fault,
+    answered with 503 by the API and with a delayed redelivery, at no attempt's cost, by the worker."""
+
+
+class TaskConflict(Exception):
+    """A task with this Idempotency-Key was committed first (by a concurrent request)."""
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _mapping_errors(statement: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awaitable[_T]]:
+    @functools.wraps(statement)
+    async def run(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await statement(*args, **kwargs)
+        except (DatabaseUnavailable, TaskConflict):
+            raise
+        except Exception as exc:
+            raise _mapped(exc) from exc
+
+    return run
+
+
+def _mapped(exc: Exception) -> Exception:
+    if is_database_unavailable(exc):
+        return DatabaseUnavailable(str(exc) or type(exc).__name__)
+    orig = exc.orig if isinstance(exc, IntegrityError) else exc
+    if getattr(orig, "sqlstate", None) == _UNIQUE_VIOLATION:
+        return TaskConflict(str(orig))
+    return exc
+
+
+# ---- Lease rules -------------------------------------------------------------------------------
+
+
+def lease_length(ack_wait_seconds: float) -> timedelta:
+    """How long a claim (and each renewal) holds a task: long enough to survive a missed heartbeat
+    or two, short enough that a dead worker's task is taken over soon after JetStream redelivers."""
+    return timedelta(seconds=2 * ack_wait_seconds)
+
+
+# The SQL fragments below are the rules; the statements of both paths are built from them. Status
+# values are written out: the table's CHECK constraint refuses any other, and
+# tests/core/test_tasks.py runs every statement against the migrated schema.
+
+# Pending, or processing under a lease that has run out (its worker is gone). The lease is the
+# lock: two workers never hold one task.
+_CLAIMABLE = (
+    "(status = 'pending' OR (status = 'processing' AND (leased_until IS NULL OR leased_until < now())))"
+)
+# What the API's sweep takes back: still `processing` after its lease.
+_LEASE_EXPIRED = "status = 'processing' AND leased_until < now()"
+# Set by every transition to `done` or `failed`: the callback, if the task has one, becomes due now.
+_FINISHED = (
+    "finished_at = now(), leased_until = NULL,"
+    " callback_state = CASE WHEN callback_url IS NOT NULL THEN 'pending' END,"
+    " callback_next_at = CASE WHEN callback_url IS NOT NULL THEN now() END"
+)
+
+
+# ---- The hot statements, on the driver pool -----------------------------------------------------
+# JSONB values go in as json.dumps text and come back as text (asyncpg's default codec).
+
+# Every value cast, as SQLAlchemy wrote them: with bare `$n` the INSERT was sometimes seen waiting for
+# a table lock under the connection's previous statement in pg_stat_activity (tests find it there).
+INSERT_TASK = """\
+INSERT INTO image_tasks (filename, content_type, size_bytes, width, height, sha256, input_name,
+                         idempotency_key, owner, callback_url, processing)
+VALUES ($1::varchar, $2::varchar, $3::bigint, $4::integer, $5::integer, $6::varchar, $7::varchar,
+        $8::varchar, $9::varchar, $10::text, $11::jsonb)
+RETURNING id"""
+MARK_QUEUED = "UPDATE image_tasks SET queued_at = now() WHERE id = ANY($1::integer[])"
+# Mark a task `processing`, count the attempt and lease it; no row if it is missing, final, or
+# leased by a live worker.
+CLAIM = f"""\
+UPDATE image_tasks
+SET status = 'processing', attempts = attempts + 1, started_at = now(),
+    leased_until = now() + $2::interval, error = NULL
+WHERE id = $1 AND {_CLAIMABLE}
+RETURNING input_name, attempts, processing"""
+STATUS = "SELECT status FROM image_tasks WHERE id = $1"
+RENEW_LEASE = """\
+UPDATE image_tasks SET leased_until = now() + $2::interval
+WHERE id = $1 AND status = 'processing'
+RETURNING id"""
+# After a failed attempt: back to `pending` until the message comes round again.
+RELEASE = """\
+UPDATE image_tasks SET status = 'pending', leased_until = NULL
+WHERE id = $1 AND status = 'processing'"""
+# After a file store outage: back to `pending` with the attempt not counted, as if never claimed.
+GIVE_BACK = """\
+UPDATE image_tasks SET status = 'pending', leased_until = NULL, attempts = attempts - 1
+WHERE id = $1 AND status = 'processing'"""
+FINISH_DONE = f"""\
+UPDATE image_tasks SET status = 'done', output_name = $2, outputs = $3::jsonb, error = NULL, {_FINISHED}
+WHERE id = $1 AND status IN ('pending', 'processing')
+RETURNING id"""
+FINISH_FAILED = f"""\
+UPDATE image_tasks SET status = 'failed', error = $2, {_FINISHED}
+WHERE id = $1 AND status NOT IN ('done', 'failed')"""
+
+
+async def _fetchrow(pool: asyncpg.Pool, sql: str, *args: Any) -> asyncpg.Record | None:
+    async with pool.acquire(timeout=POOL_TIMEOUT_SECONDS) as connection:
+        return await connection.fetchrow(sql, *args)
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """An upload's row, its file already kept under `input_name`."""
+
+    filename: str
+    content_type: str
+    size_bytes: int
+    width: int
+    height: int
+    sha256: str
+    input_name: str
+    idempotency_key: str | None
+    owner: str | None
+    callback_url: str | None
+    processing: dict[str, Any]
+
+
+async def insert_task(pool: asyncpg.Pool, storage: Storage, task: NewTask) -> int:
+    """Insert the upload's row; the new task's id. If the row surely was not made, its upload file
+    is removed; TaskConflict when another request committed the same Idempotency-Key first."""
+    values = (
+        task.filename,
+        task.content_type,
+        task.size_bytes,
+        task.width,
+        task.height,
+        task.sha256,
+        task.input_name,
+        task.idempotency_key,
+        task.owner,
+        task.callback_url,
+        json.dumps(task.processing),
+    )
+    sent = False
+    try:
+        async with pool.acquire(timeout=POOL_TIMEOUT_SECONDS) as connection:
+            sent = True
+            return await connection.fetchval(INSERT_TASK, *values)
+    except BaseException as exc:
+        # Remove the file only when the row surely does not exist: the statement never left (no
+        # connection), or the server answered it with an error. A connection lost mid-statement
+        # may have committed it: keep the file its row would need (at worst a file with no row;
+        # deleting it could leave a row with no file).
+        if not sent or _refused_by_server(exc):
+            await _forget_upload(storage, task.input_name)
+        if isinstance(exc, Exception):
+            raise _mapped(exc) from exc
+        raise
+
+
+def _refused_by_server(exc: BaseException) -> bool:
+    """Whether the server answered the statement with an error: an autocommit statement that failed
+    did not commit. asyncpg makes up PostgresConnectionErrors itself when a connection drops; when
+    the server sent an error and then closed it (terminated, shutting down: FATAL 57P01), that
+    error is the ConnectionDoesNotExistError's cause."""
+    if isinstance(exc, asyncpg.ConnectionDoesNotExistError):
+        exc = exc.__cause__ or exc
+    return isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, asyncpg.PostgresConnectionError)
+
+
+async def _forget_upload(storage: Storage, input_name: str) -> None:
+    """Remove an upload whose row could not be made. Failing that, the file is left without a row:
+    wasted space, which is better than a 500 over a database error the client should see."""
+    try:
+        await storage.remove(Area.UPLOADS, [input_name])
+    except StorageUnavailable as exc:
+        log.warning("could not remove upload %s after a failed insert: %s", input_name, exc)
+
+
+@_mapping_errors
+async def mark_queued(pool: asyncpg.Pool, task_ids: Sequence[int]) -> None:
+    """Record that these tasks are in JetStream (the outbox relay then leaves them alone)."""
+    async with pool.acquire(timeout=POOL_TIMEOUT_SECONDS) as connection:
+        await connection.execute(MARK_QUEUED, list(task_ids))
+
+
+@dataclass(frozen=True)
+class Claim:
+    input_name: str
+    # This attempt's number, counting the ones before it.
+    attempts: int
+    # What to make, as stored (core.processing.outputs.Processing as JSON).
+    processing: dict[str, Any]
+
+
+@_mapping_errors
+async def claim(pool: asyncpg.Pool, task_id: int, lease: timedelta) -> Claim | None:
+    """The task, now `processing` and leased to the caller; None if it is missing, final or leased
+    by a live worker (see `status_of` for which)."""
+    row = await _fetchrow(pool, CLAIM, task_id, lease)
+    if row is None:
+        return None
+    return Claim(
+        input_name=row["input_name"], attempts=row["attempts"], processing=json.loads(row["processing"])
+    )
+
+
+@_mapping_errors
+async def status_of(pool: asyncpg.Pool, task_id: int) -> str | None:
+    """The task's status; None when there is no such row (never made, or deleted)."""
+    row = await _fetchrow(pool, STATUS, task_id)
+    return None if row is None else row["status"]
+
+
+@_mapping_errors
+async def renew_lease(pool: asyncpg.Pool, task_id: int, lease: timedelta) -> bool:
+    """Extend the lease; False when the task is no longer processing (finished, or taken back)."""
+    return await _fetchrow(pool, RENEW_LEASE, task_id, lease) is not None
+
+
+@_mapping_errors
+async def release(pool: asyncpg.Pool, task_id: int) -> None:
+    """End a failed attempt: back to `pending`, the attempt counted."""
+    await _fetchrow(pool, RELEASE, task_id)
+
+
+@_mapping_errors
+async def give_back(pool: asyncpg.Pool, task_id: int) -> None:
+    """End an attempt stopped by a passing fault: back to `pending`, the attempt not counted."""
+    await _fetchrow(pool, GIVE_BACK, task_id)
+
+
+@_mapping_errors
+async def finish_done(pool: asyncpg.Pool, task_id: int, outputs: list[dict[str, Any]]) -> bool:
+    """Record the outputs made (core.processing.OutputRecord JSON); False when the task was not
+    open any more (deleted, or finished elsewhere)."""
+    row = await _fetchrow(pool, FINISH_DONE, task_id, outputs[0]["file"], json.dumps(outputs))
+    return row is not None
+
+
+@_mapping_errors
+async def finish_failed(pool: asyncpg.Pool, task_id: int, reason: str) -> None:
+    """Mark the task `failed` for good, saying why; a final task is left as it is."""
+    await _fetchrow(pool, FINISH_FAILED, task_id, reason)
+
+
+# ---- Reads, on a session ------------------------------------------------------------------------
+
+
+@_mapping_errors
+async def get(session: AsyncSession, task_id: int) -> ImageTask | None:
+    return await session.get(ImageTask, task_id)
+
+
+@_mapping_errors
+async def find_by_idempotency_key(session: AsyncSession, key: str) -> ImageTask | None:
+    return await session.scalar(select(ImageTask).where(ImageTask.idempotency_key == key))
+
+
+@_mapping_errors
+async def owns_output(session: AsyncSession, owner: str, name: str) -> bool:
+    """Whether one of `owner`'s tasks made the processed file `name`."""
+    found = await session.scalar(
+        select(ImageTask.id)
+        .where(
+            ImageTask.owner == owner,
+            or_(ImageTask.output_name == name, ImageTask.outputs.contains([{"file": name}])),
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
+@_mapping_errors
+async def count_by_status(connection: AsyncConnection) -> dict[str, int]:
+    rows = await connection.execute(select(ImageTask.status, func.count()).group_by(ImageTask.status))
+    return {str(status): count for status, count in rows}
+
+
+@dataclass(frozen=True)
+class TaskSlice:
+    tasks: list[ImageTask]
+    # The id to pass as `cursor` for the next page; None on the last one.
+    next_cursor: int | None
+
+
+@_mapping_errors
+async def newest(
+    session: AsyncSession,
+    *,
+    limit: int,
+    cursor: int | None = None,
+    status: TaskStatus | None = None,
+    owner: str | None = None,
+) -> TaskSlice:
+    """At most `limit` tasks older than `cursor`, newest first; only `owner`'s when one is given.
+
+    Keyset pagination (`id < cursor`) rather than offsets, so a page stays consistent while new
+    tasks arrive and a deep page costs no more than the first (`GET /tasks` and the gallery)."""
+    # One row more than asked tells whether another page follows, without a COUNT.
+    query = select(ImageTask).order_by(ImageTask.id.desc()).limit(limit + 1)
+    if status is not None:
+        query = query.where(ImageTask.status == status)
+    if cursor is not None:
+        query = query.where(ImageTask.id < cursor)
+    if owner is not None:
+        query = query.where(ImageTask.owner == owner)
+    rows = list(await session.scalars(query))
+    page, more = rows[:limit], len(rows) > limit
+    return TaskSlice(page, page[-1].id if more else None)
+
+
+# ---- The outbox relay and the lease sweep (API), in the caller's transaction ----------------------
+
+
+class Unqueued(NamedTuple):
+    id: int
+    attempts: int
+
+
+@_mapping_errors
+async def lock_unqueued(session: AsyncSession, *, limit: int, grace: timedelta) -> list[Unqueued]:
+    """Up to `limit` pending rows committed more than `grace` ago and never confirmed queued, as
+    (id, attempts), locked until the transaction ends; rows another relay holds are skipped."""
+    result = await session.execute(
+        select(ImageTask.id, ImageTask.attempts)
+        .where(
+            ImageTask.queued_at.is_(None),
+            ImageTask.status == TaskStatus.PENDING,
+            ImageTask.upload_time < func.now() - grace,
+        )
+        .order_by(ImageTask.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return [Unqueued(row.id, row.attempts) for row in result]
+
+
+@_mapping_errors
+async def mark_queued_in(session: AsyncSession, task_ids: Sequence[int]) -> None:
+    """`mark_queued` inside the caller's transaction (the relay's, which holds the rows)."""
+    await session.execute(update(ImageTask).where(ImageTask.id.in_(task_ids)).values(queued_at=func.now()))
+
+
+_FAIL_EXPIRED = text(
+    f"UPDATE image_tasks SET status = 'failed', error = :reason, {_FINISHED}"
+    f" WHERE {_LEASE_EXPIRED} AND attempts >= :max_attempts"
+)
+_REQUEUE_EXPIRED = text(
+    f"UPDATE image_tasks SET status = 'pending', queued_at = NULL, leased_until = NULL WHERE {_LEASE_EXPIRED}"
+)
+
+
+@_mapping_errors
+async def take_back_expired(session: AsyncSession, max_attempts: int) -> tuple[int, int]:
+    """Rows whose lease ran out lost their worker: `failed` once they have had `max_attempts`,
+    else back to `pending` and unqueued, for the relay to queue again. Returns (re-queued, failed)."""
+    reason = INTERRUPTED_REASON.format(attempts=max_attempts)
+    failed = await session.execute(_FAIL_EXPIRED, {"reason": reason, "max_attempts": max_attempts})
+    requeued = await session.execute(_REQUEUE_EXPIRED)
+    return getattr(requeued, "rowcount", 0) or 0, getattr(failed, "rowcount", 0) or 0
+
+
+@_mapping_errors
+async def unqueue_lost(session: AsyncSession, queued_before: timedelta) -> int:
+    """Mark pending rows queued more than `queued_before` ago as unqueued again (their message is
+    gone); how many."""
+    result = await session.execute(
+        update(ImageTask)
+        .where(ImageTask.status == TaskStatus.PENDING, ImageTask.queued_at < func.now() - queued_before)
+        .values(queued_at=None)
+    )
+    return getattr(result, "rowcount", 0) or 0
+
+
+# ---- Callbacks (API) ----------------------------------------------------------------------------
+
+
+@_mapping_errors
+async def claim_due_callbacks(session: AsyncSession, *, limit: int, hold: timedelta) -> list[ImageTask]:
+    """Claim up to `limit` callbacks due now and count their try: their due time moves `hold`
+    forward (so no lock is held while the receiver answers, and a sender that dies hands them on).
+    Commits; returns the claimed tasks."""
+    due = (
+        select(ImageTask.id)
+        .where(ImageTask.callback_state == CallbackState.PENDING, ImageTask.callback_next_at <= func.now())
+        .order_by(ImageTask.callback_next_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    async with session.begin():
+        claimed = (
+            await session.scalars(
+                update(ImageTask)
+                .where(ImageTask.id.in_(due))
+                .values(
+                    callback_next_at=func.now() + hold,
+                    callback_attempts=ImageTask.callback_attempts + 1,
+                )
+                .returning(ImageTask.id)
+            )
+        ).all()
+    if not claimed:
+        return []
+    return list(await session.scalars(select(ImageTask).where(ImageTask.id.in_(claimed))))
+
+
+@_mapping_errors
+async def record_callback(
+    session: AsyncSession, task_id: int, *, error: str | None, retry_in: timedelta | None
+) -> None:
+    """The outcome of a try: delivered (`error` None), to try again in `retry_in`, or failed for
+    good (`retry_in` None). Commits."""
+    values: dict[str, Any]
+    if error is None:
+        values = {"callback_state": CallbackState.DELIVERED, "callback_error": None, "callback_next_at": None}
+    elif retry_in is None:
+        values = {"callback_state": CallbackState.FAILED, "callback_error": error, "callback_next_at": None}
+    else:
+        values = {"callback_next_at": func.now() + retry_in, "callback_error": error}
+    async with session.begin():
+        await session.execute(
+            update(ImageTask)
+            .where(ImageTask.id == task_id, ImageTask.callback_state == CallbackState.PENDING)
+            .values(**values)
+        )
+
+
+# ---- Delete with files --------------------------------------------------------------------------
+
+
+# Rows go first, committed, then their files: a crash between the two (or a file store outage)
+# leaves files without rows (wasted space), never rows without files (tasks that cannot be shown).
+# The store is checked first, as rows deleted while it is away would leave their files for good.
+
+
+async def delete_task(session: AsyncSession, storage: Storage, task_id: int) -> bool:
+    """Delete a task and its files (DELETE /tasks/{id}); False if there was no such row. A file
+    store lost after the row went is logged: the task is gone either way."""
+    if not storage.is_ready:
+        raise StorageUnavailable(NOT_READY)
+    rows = await _delete_rows(session, ImageTask.id == task_id)
+    try:
+        await _remove_files(storage, rows)
+    except StorageUnavailable as exc:
+        log.warning("task %s deleted, but its files could not be removed: %s", task_id, exc)
+    return bool(rows)
+
+
+async def delete_finished(
+    session: AsyncSession, storage: Storage, *, older_than: timedelta, limit: int
+) -> int:
+    """Delete up to `limit` tasks finished more than `older_than` ago, and their files (retention).
+    Rows another process is deleting are skipped. Returns how many."""
+    if not storage.is_ready:
+        raise StorageUnavailable(NOT_READY)
+    expired = (
+        select(ImageTask.id)
+        .where(ImageTask.status.in_(FINAL_STATUSES), ImageTask.finished_at < func.now() - older_than)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = await _delete_rows(session, ImageTask.id.in_(expired))
+    await _remove_files(storage, rows)
+    return len(rows)
+
+
+async def _remove_files(storage: Storage, rows: Sequence[Row[Any]]) -> None:
+    await storage.remove(Area.UPLOADS, [row.input_name for row in rows])
+    await storage.remove(Area.PROCESSED, [output["file"] for row in rows for output in row.outputs or ()])
+
+
+@_mapping_errors
+async def _delete_rows(session: AsyncSession, which: Any) -> Sequence[Row[Any]]:
+    result = await session.execute(
+        delete(ImageTask).where(which).returning(ImageTask.input_name, ImageTask.outputs)
+    )
+    rows = result.all()
+    await session.commit()
+    return rows

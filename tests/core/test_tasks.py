@@ -1,0 +1,204 @@
+"""core.tasks' hot statements (hand-written SQL on the driver pool) against the migrated schema, and
+the driver errors it maps to our own exceptions."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from core import tasks
+from core.db import is_database_unavailable, make_driver_pool
+from core.storage import Folders, LocalStorage, new_stored_name
+from devstack.servers import free_port
+
+_TEST_ROW = "task-statement-"
+_LEASE = timedelta(minutes=5)
+_UNUSED_STORAGE = LocalStorage(Folders(Path("/nonexistent/uploads"), Path("/nonexistent/processed")))
+
+
+@pytest.fixture
+async def database(stack_env: dict[str, str]) -> AsyncIterator[asyncpg.Pool]:
+    """The shared test database; the rows these tests make (not real tasks) are deleted after each."""
+    pool = await make_driver_pool(stack_env["DATABASE_URL"], max_size=2)
+    yield pool
+    await pool.execute(f"DELETE FROM image_tasks WHERE filename LIKE '{_TEST_ROW}%'")
+    await pool.close()
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> LocalStorage:
+    """A local file store of its own, to see which uploads a failed insert removes."""
+    folders = Folders(tmp_path / "uploads", tmp_path / "processed")
+    folders.ensure_dirs()
+    return LocalStorage(folders)
+
+
+def _kept_upload(storage: LocalStorage, **columns: object) -> tasks.NewTask:
+    """A new task whose upload file is stored, as the upload route keeps it before the insert."""
+    new_task = _new_task(**columns)
+    (storage.folders.uploads_dir / new_task.input_name).write_bytes(b"an image")
+    return new_task
+
+
+def _stored(storage: LocalStorage, new_task: tasks.NewTask) -> bool:
+    return (storage.folders.uploads_dir / new_task.input_name).exists()
+
+
+def _new_task(**columns: object) -> tasks.NewTask:
+    values: dict[str, object] = {
+        "filename": f"{_TEST_ROW}a.jpg",
+        "content_type": "image/jpeg",
+        "size_bytes": 1,
+        "width": 1,
+        "height": 1,
+        "sha256": "0" * 64,
+        "input_name": new_stored_name(".jpg"),
+        "idempotency_key": None,
+        "owner": None,
+        "callback_url": None,
+        "processing": {"outputs": []},
+        **columns,
+    }
+    return tasks.NewTask(**values)  # type: ignore[arg-type]
+
+
+async def _insert(pool: asyncpg.Pool, **columns: object) -> int:
+    # No file: a successful insert never touches the store.
+    return await tasks.insert_task(pool, _UNUSED_STORAGE, _new_task(**columns))
+
+
+async def _row(pool: asyncpg.Pool, task_id: int) -> asyncpg.Record:
+    return await pool.fetchrow("SELECT * FROM image_tasks WHERE id = $1", task_id)
+
+
+async def test_an_insert_takes_the_columns_defaults(database: asyncpg.Pool) -> None:
+    task_id = await _insert(database)
+    row = await _row(database, task_id)
+
+    assert (row["status"], row["attempts"], row["callback_attempts"]) == ("pending", 0, 0)
+    assert row["upload_time"] is not None and row["queued_at"] is None
+
+
+async def test_a_claim_leases_counts_and_excludes_a_second_claim(database: asyncpg.Pool) -> None:
+    task_id = await _insert(database, processing={"outputs": [{"name": "default"}]})
+
+    claim = await tasks.claim(database, task_id, _LEASE)
+    again = await tasks.claim(database, task_id, _LEASE)
+
+    assert claim is not None and claim.attempts == 1
+    assert claim.processing == {"outputs": [{"name": "default"}]}
+    assert again is None, "a live lease is the lock"
+    assert await tasks.status_of(database, task_id) == "processing"
+    assert await tasks.renew_lease(database, task_id, _LEASE)
+    row = await _row(database, task_id)
+    assert row["leased_until"] > row["started_at"] + timedelta(minutes=4)
+
+
+async def test_a_processing_row_whose_lease_ran_out_is_claimable(database: asyncpg.Pool) -> None:
+    task_id = await _insert(database)
+    assert await tasks.claim(database, task_id, -_LEASE) is not None
+
+    claim = await tasks.claim(database, task_id, _LEASE)
+
+    assert claim is not None and claim.attempts == 2
+
+
+async def test_release_counts_the_attempt_and_give_back_does_not(database: asyncpg.Pool) -> None:
+    task_id = await _insert(database)
+    await tasks.claim(database, task_id, _LEASE)
+    await tasks.release(database, task_id)
+    released = await _row(database, task_id)
+    await tasks.claim(database, task_id, _LEASE)
+    await tasks.give_back(database, task_id)
+    given_back = await _row(database, task_id)
+
+    assert (released["status"], released["attempts"], released["leased_until"]) == ("pending", 1, None)
+    assert (given_back["status"], given_back["attempts"], given_back["leased_until"]) == ("pending", 1, None)
+
+
+async def test_finishing_makes_a_callback_due_only_where_the_row_has_one(database: asyncpg.Pool) -> None:
+    with_callback = await _insert(database, callback_url="https://example.org/hook")
+    without = await _insert(database)
+    outputs = [{"file": "x.jpg", "name": "default"}]
+    for task_id in (with_callback, without):
+        await tasks.claim(database, task_id, _LEASE)
+
+    assert await tasks.finish_done(database, with_callback, outputs)
+    await tasks.finish_failed(database, without, "broken")
+    done, failed = await _row(database, with_callback), await _row(database, without)
+
+    assert (done["status"], done["output_name"], done["leased_until"]) == ("done", "x.jpg", None)
+    assert done["outputs"] is not None and done["finished_at"] is not None
+    assert (done["callback_state"], failed["callback_state"]) == ("pending", None)
+    assert done["callback_next_at"] is not None and failed["callback_next_at"] is None
+    assert (failed["status"], failed["error"]) == ("failed", "broken")
+    assert not await tasks.finish_done(database, with_callback, outputs), "a final row stays as it is"
+    await tasks.finish_failed(database, with_callback, "late")
+    assert (await _row(database, with_callback))["status"] == "done"
+
+
+async def test_mark_queued_sets_every_given_row(database: asyncpg.Pool) -> None:
+    ids = [await _insert(database), await _insert(database)]
+
+    await tasks.mark_queued(database, ids)
+
+    assert all([(await _row(database, task_id))["queued_at"] is not None for task_id in ids])
+    assert await tasks.status_of(database, 2**31 - 1) is None
+
+
+async def test_a_second_row_for_one_idempotency_key_is_a_conflict(
+    database: asyncpg.Pool, storage: LocalStorage
+) -> None:
+    key = f"{_TEST_ROW}{uuid.uuid4().hex}"
+    first = _kept_upload(storage, idempotency_key=key)
+    await tasks.insert_task(database, storage, first)
+    second = _kept_upload(storage, idempotency_key=key)
+
+    with pytest.raises(tasks.TaskConflict):
+        await tasks.insert_task(database, storage, second)
+
+    assert _stored(storage, first)
+    assert not _stored(storage, second), "the server refused it: its upload goes"
+
+
+def test_driver_errors_are_told_apart_from_an_unavailable_database() -> None:
+    assert not is_database_unavailable(asyncpg.UniqueViolationError("duplicate key"))
+    assert is_database_unavailable(asyncpg.AdminShutdownError("terminating connection"))
+    assert is_database_unavailable(asyncpg.CannotConnectNowError("the database system is starting up"))
+    assert is_database_unavailable(asyncpg.InterfaceError("connection is closed"))
+
+
+async def test_a_pool_on_an_unreachable_server_starts_and_each_use_is_unavailable(
+    storage: LocalStorage,
+) -> None:
+    pool = await make_driver_pool(f"postgresql+asyncpg://nobody@127.0.0.1:{free_port()}/none", max_size=1)
+    new_task = _kept_upload(storage)
+    try:
+        with pytest.raises(tasks.DatabaseUnavailable):
+            await tasks.status_of(pool, 1)
+        with pytest.raises(tasks.DatabaseUnavailable):
+            await tasks.insert_task(pool, storage, new_task)
+    finally:
+        await pool.close()
+
+    assert not _stored(storage, new_task), "the statement never left: its upload goes"
+
+
+async def test_sqlalchemy_url_options_are_understood_by_the_driver_pool(stack_env: dict[str, str]) -> None:
+    """`prepared_statement_cache_size` is SQLAlchemy's option (0 behind a transaction-mode PgBouncer);
+    asyncpg.connect() would refuse it, so every use of the pool would fail."""
+    url = stack_env["DATABASE_URL"]
+    pool = await make_driver_pool(
+        f"{url}{'&' if '?' in url else '?'}prepared_statement_cache_size=0", max_size=1
+    )
+    try:
+        async with pool.acquire() as connection:
+            assert await connection.fetchval("SELECT 1") == 1
+            assert connection._stmt_cache.get_max_size() == 0
+    finally:
+        await pool.close()
