@@ -22,6 +22,7 @@ No global state is touched (no `warnings` filters, no `Image.MAX_IMAGE_PIXELS`, 
 from __future__ import annotations
 
 import math
+import re
 import struct
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +34,7 @@ from typing import Any, cast
 from PIL import ExifTags, Image
 
 from core.formats import DAMAGED_MESSAGE, ImageRejected, check_animation, open_image
+from core.processing.cost import ANIMATED_OUTPUT_FORMATS, cost_refusal, output_frames
 from core.processing.operations import Blur, Crop, Flip, Format, Grayscale, Resize, Rotate, Sharpen, Watermark
 from core.processing.outputs import Output
 from core.processing.sizes import crop_box, output_size, resized_size
@@ -40,7 +42,13 @@ from worker import operations
 
 OUTSIDE_MESSAGE = "A frame of the animation lies far outside the picture and cannot be decoded."
 ENCODING_FAILED = "The result could not be written as {format} ({reason})."
-OUTPUT_TOO_LARGE = "Output {name!r} would be {width:,}×{height:,} pixels; the limit is {limit:,} pixels."
+OUTPUT_TOO_COSTLY = "Output {name!r}: {reason}"
+STEP_TOO_LARGE = (
+    "Output {name!r}: [{index}] {op} would make an image of {pixels:,} pixels; the limit is {limit:,} pixels."
+)
+STEP_FAILED = "Output {name!r}: [{index}] {op} cannot be done on this picture ({reason})."
+# Pillow's DecompressionBombError/Warning: "Image size (N pixels) exceeds limit of M pixels".
+_PILLOW_SIZES = re.compile(r"\((\d+) pixels\) exceeds limit of (\d+) pixels")
 
 
 @dataclass(frozen=True)
@@ -86,7 +94,6 @@ _ORIENTATION_TRANSPOSE = {
 _SWAPS_SIDES = {5, 6, 7, 8}
 
 _FORMAT_NAMES = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "avif": "AVIF"}
-_ANIMATED_FORMATS = ("GIF", "PNG", "WEBP", "AVIF")
 # Modes each encoder writes; anything else is converted (see _encodable).
 _ENCODER_MODES = {
     "JPEG": ("RGB", "L", "CMYK"),
@@ -136,13 +143,10 @@ def render(
         source = _decode(image, [output for output, _ in outputs], limits)
         for index, (output, dst) in enumerate(outputs):
             # Checked again here (the API did, before queueing): only now is the orientation known.
-            width, height = output_size(output.ops, *source.full_size)
-            if width * height > limits.max_output_pixels:
-                raise ImageRejected(
-                    OUTPUT_TOO_LARGE.format(
-                        name=output.name, width=width, height=height, limit=limits.max_output_pixels
-                    )
-                )
+            frames = output_frames(output, source.format, len(source.frames))
+            refused = cost_refusal(output, *source.full_size, frames, limit=limits.max_output_pixels)
+            if refused:
+                raise ImageRejected(OUTPUT_TOO_COSTLY.format(name=output.name, reason=refused))
             # The last output may draw on the decoded frames themselves: nobody needs them afterwards.
             last = index == len(outputs) - 1
             results.append(_render_output(source, output, dst, encoder, owns_frames=last))
@@ -255,7 +259,7 @@ def _render_output(
 ) -> ProcessedImage:
     chosen = output.format()
     output_format = _FORMAT_NAMES[chosen.format] if chosen else source.format
-    animated = len(source.frames) > 1 and output_format in _ANIMATED_FORMATS
+    animated = len(source.frames) > 1 and output_format in ANIMATED_OUTPUT_FORMATS
     frames_in = source.frames if animated else source.frames[:1]
     smallest_text: int | None = None
     frames: list[Image.Image] = []
@@ -264,14 +268,15 @@ def _render_output(
         # The size the frame stands for. A draft-decoded frame is smaller, and its rounded-up size
         # has a slightly different aspect: a resize must aim at the size output_size promised.
         size = source.full_size
-        for op in output.ops:
-            if isinstance(op, Watermark):
-                frame, stamp = operations.watermark(frame, op, owned=owned or owns_frames)
-                smallest_text = min(stamp.font_size, smallest_text or stamp.font_size)
-            elif isinstance(op, Resize):
-                frame = operations.resize(frame, op, full_size=size)
-            elif not isinstance(op, Format):
-                frame = _FRAME_OPERATIONS[type(op)](frame, op)
+        for index, op in enumerate(output.ops):
+            with _applying(output.name, index, op):
+                if isinstance(op, Watermark):
+                    frame, stamp = operations.watermark(frame, op, owned=owned or owns_frames)
+                    smallest_text = min(stamp.font_size, smallest_text or stamp.font_size)
+                elif isinstance(op, Resize):
+                    frame = operations.resize(frame, op, full_size=size)
+                elif not isinstance(op, Format):
+                    frame = _FRAME_OPERATIONS[type(op)](frame, op)
             size = output_size((op,), *size)
             owned = True
         frames.append(_encodable(frame, output_format))
@@ -369,6 +374,25 @@ def _encodable(frame: Image.Image, output_format: str) -> Image.Image:
     if frame.mode == "LA":
         return frame.convert("RGBA")
     return frame.convert("RGB")
+
+
+@contextmanager
+def _applying(name: str, index: int, op: Any) -> Iterator[None]:
+    """Turn Pillow's refusals of an operation into `ImageRejected`: with sizes the cost check
+    passed, they come from the picture and the request alone (a text image past Pillow's pixel
+    guard, a size it cannot make), so every retry would fail the same way."""
+    try:
+        yield
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        found = _PILLOW_SIZES.search(str(exc))
+        pixels, limit = (int(found[1]), int(found[2])) if found else (0, 0)
+        raise ImageRejected(
+            STEP_TOO_LARGE.format(name=name, index=index, op=op.op, pixels=pixels, limit=limit)
+        ) from exc
+    except ValueError as exc:
+        raise ImageRejected(STEP_FAILED.format(name=name, index=index, op=op.op, reason=exc)) from exc
 
 
 @contextmanager
