@@ -137,3 +137,11 @@ def jpeg_with_fill_bytes(count: int) -> bytes:
     """A small JPEG with `count` 0xFF fill bytes after its start marker (legal; Pillow reads each)."""
     data = encode(Image.new("L", (8, 8)), "JPEG")
     return data[:2] + b"\xff" * count + data[2:]
+
+
+def jpeg_with_scans(extra: int, width: int = 256, height: int = 256) -> bytes:
+    """A progressive JPEG whose last scan is repeated `extra` more times: each repeat costs libjpeg
+    another pass over the picture. Pillow's encoder writes 10 scans for a colour picture."""
+    data = encode(photo(width, height), "JPEG", progressive=True, quality=90)
+    last_scan, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    return data[:end] + data[last_scan:end] * extra + data[end:]
