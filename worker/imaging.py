@@ -21,6 +21,7 @@ No global state is touched (no `warnings` filters, no `Image.MAX_IMAGE_PIXELS`, 
 
 from __future__ import annotations
 
+import io
 import math
 import re
 import struct
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from PIL import ExifTags, Image
+from PIL import ExifTags, Image, ImageCms
 
 from core.formats import DAMAGED_MESSAGE, ImageRejected, check_animation, open_image
 from core.processing.cost import ANIMATED_OUTPUT_FORMATS, cost_refusal, output_frames
@@ -79,6 +80,13 @@ class EncoderSettings:
 # ICC header bytes 16-20 name the profile's colour space; a profile is only kept when it describes
 # the pixels written (a GRAY profile on an image we turned RGB would be wrong).
 _ICC_SPACE = {"RGB": b"RGB ", "RGBA": b"RGB ", "CMYK": b"CMYK", "L": b"GRAY", "LA": b"GRAY"}
+# Largest ICC profile copied into outputs: Pillow's own cap on a PNG's (its iCCP chunk), so every
+# input format is held to the same. Display and camera profiles weigh a few KB, press profiles up to
+# about a megabyte; a JPEG may carry 16 MB, which every output (a 64×48 thumbnail too) would repeat.
+# A larger profile is applied instead (the pixels converted to sRGB, which viewers assume) and
+# dropped; one LittleCMS cannot use is dropped as it is.
+MAX_ICC_PROFILE_BYTES = 1024 * 1024
+_SRGB = ImageCms.createProfile("sRGB")
 
 # ImageOps.exif_transpose decides per image from that image's own metadata; an animation needs one
 # decision applied to every frame, so the orientation is read once and mapped here.
@@ -197,6 +205,7 @@ def _decode(image: Image.Image, outputs: list[Output], limits: RenderLimits) -> 
             image.draft("L" if grey else None, wanted)
 
     source = _Source(format=input_format, frames=[], durations=[], animation={}, icc_profile=None, exif=None)
+    to_srgb: ImageCms.ImageCmsTransform | None = None
     for index in range(frame_count):
         with _decoding():
             if frame_count > 1:
@@ -208,6 +217,9 @@ def _decode(image: Image.Image, outputs: list[Output], limits: RenderLimits) -> 
                 transpose = _orientation(image)
             source.animation = _animation_options(image)
             source.icc_profile = image.info.get("icc_profile")
+            if source.icc_profile and len(source.icc_profile) > MAX_ICC_PROFILE_BYTES:
+                to_srgb = _to_srgb(source.icc_profile, _normalised_mode(image))
+                source.icc_profile = None
             source.exif = _exif(image)
         source.durations.append(image.info.get("duration", 0))
         # An animation's frames must be copies (the next seek reuses the image); a still image
@@ -221,6 +233,8 @@ def _decode(image: Image.Image, outputs: list[Output], limits: RenderLimits) -> 
             frame = frame.transpose(_ORIENTATION_TRANSPOSE[transpose])
         # Some encoders fall back on `info`: the input's comment, or an APNG's disposal and
         # blend, which describe its partial frames, not the full frames written here.
+        if to_srgb is not None:
+            frame = ImageCms.applyTransform(frame, to_srgb) or frame
         frame.info = {}
         source.frames.append(frame)
     source.full_size = screen[::-1] if transpose in _SWAPS_SIDES else screen
@@ -472,17 +486,30 @@ def _normalised(image: Image.Image, *, copy: bool) -> Image.Image:
         # A tRNS grey value is in 16-bit units and would now match the wrong pixels.
         image.info.pop("transparency", None)
         copy = False
-    if image.mode == "CMYK":
-        mode = "CMYK"
-    elif image.mode in ("L", "LA", "1"):
-        mode = "LA" if image.has_transparency_data else "L"
-    elif image.has_transparency_data:
-        mode = "RGBA"
-    else:
-        mode = "RGB"
+    mode = _normalised_mode(image)
     if image.mode != mode:
         return image.convert(mode)
     return image.copy() if copy else image
+
+
+def _normalised_mode(image: Image.Image) -> str:
+    if image.mode == "CMYK":
+        return "CMYK"
+    if image.mode.startswith("I") or image.mode in ("L", "LA", "1"):
+        return "LA" if image.has_transparency_data else "L"
+    return "RGBA" if image.has_transparency_data else "RGB"
+
+
+def _to_srgb(profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """A transform from `profile` to sRGB for frames in `mode`; None when LittleCMS cannot make one
+    (a damaged profile, or one for other pixels than these)."""
+    if profile[16:20] != _ICC_SPACE.get(mode) or mode == "LA":  # LittleCMS has no grey with alpha
+        return None
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        return ImageCms.buildTransform(source, _SRGB, mode, "RGBA" if mode == "RGBA" else "RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return None
 
 
 def _has_transparent_pixels(frame: Image.Image) -> bool:
