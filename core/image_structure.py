@@ -176,56 +176,50 @@ def _skip_sub_blocks(file: BinaryIO, blocks: int) -> int:
 
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 # Start-of-frame markers of progressive JPEGs (Huffman and arithmetic coded); a sequential JPEG's
-# scans are one per component at most, so its pixel data is never walked.
+# scans are one per component at most, so its scans are not counted.
 _PROGRESSIVE_SOF = (0xC2, 0xC6, 0xCA, 0xCE)
 _STANDALONE = (0x01, *range(0xD0, 0xD8))  # TEM and RSTn: no length follows
-# Fill bytes, then a marker; in pixel data a 0xFF is followed by 0x00 (a stuffed byte) or an RSTn.
-_MARKER = re.compile(rb"\xff+([^\xff])")
-_MARKER_AFTER_PIXELS = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+_MARKER = re.compile(rb"\xff+([^\xff])")  # fill bytes, then a marker
+_START_OF_SCAN = b"\xff\xda"
 
 
 def check_jpeg_scans(file: BinaryIO) -> None:
-    """Count the scans of the JPEG in `file` (its first picture) and refuse past JPEG_MAX_SCANS.
+    """Count the scans of the progressive JPEG in `file` and refuse past JPEG_MAX_SCANS.
 
-    The markers are walked by their lengths; a progressive JPEG's pixel data is searched for the
-    next marker by a regular expression (C speed, on a map of the file, no copy). A malformed file
-    ends the walk: Pillow judges it next.
+    The segments before the pixels are walked by their lengths (so metadata holding the bytes of a
+    marker does not count). From the first scan on, start-of-scan markers are counted in the bytes
+    (at C speed, on a map of the file): pixel data cannot hold one (a 0xFF there is followed by 0x00
+    or a restart marker). Anything that does in the segments between scans counts too, which errs
+    on the side of refusing a crafted file. A sequential JPEG stops at its frame header; a
+    malformed one ends the walk, for Pillow to judge.
     """
     size = file.seek(0, 2)
     if size < len(JPEG_SIGNATURE):
         return
     with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        scans = segments = 0
-        progressive = False
         position = 2
-        while True:
+        for _ in range(JPEG_MAX_SEGMENTS):
             found = _MARKER.match(data, position)
             if found is None:
                 return
             marker, position = found[1][0], found.end()
-            segments += 1
-            if segments > JPEG_MAX_SEGMENTS:
-                raise StructureTooCostly(JPEG_TOO_MANY_SEGMENTS)
-            if marker == 0xD9:  # end of the (first) picture
+            if marker == 0xD9:  # the end, before any scan
                 return
             if marker in _STANDALONE:
                 continue
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and marker not in _PROGRESSIVE_SOF:
+                return  # sequential
+            if marker == 0xDA:
+                for _ in range(JPEG_MAX_SCANS):
+                    position = data.find(_START_OF_SCAN, position) + 2
+                    if position == 1:  # not found: this was the last scan
+                        return
+                raise StructureTooCostly(JPEG_TOO_MANY_SCANS)
             if position + 2 > size:
                 return
             (length,) = struct.unpack_from(">H", data, position)
             position += length
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                progressive = marker in _PROGRESSIVE_SOF
-                if not progressive:
-                    return
-            elif marker == 0xDA:
-                scans += 1
-                if scans > JPEG_MAX_SCANS:
-                    raise StructureTooCostly(JPEG_TOO_MANY_SCANS)
-                pixels_end = _MARKER_AFTER_PIXELS.search(data, position)
-                if pixels_end is None:
-                    return
-                position = pixels_end.start()
+        raise StructureTooCostly(JPEG_TOO_MANY_SEGMENTS)
 
 
 class BoundedReader:
