@@ -86,7 +86,6 @@ _ICC_SPACE = {"RGB": b"RGB ", "RGBA": b"RGB ", "CMYK": b"CMYK", "L": b"GRAY", "L
 # A larger profile is applied instead (the pixels converted to sRGB, which viewers assume) and
 # dropped; one LittleCMS cannot use is dropped as it is.
 MAX_ICC_PROFILE_BYTES = 1024 * 1024
-_SRGB = ImageCms.createProfile("sRGB")
 
 # ImageOps.exif_transpose decides per image from that image's own metadata; an animation needs one
 # decision applied to every frame, so the orientation is read once and mapped here.
@@ -231,10 +230,10 @@ def _decode(image: Image.Image, outputs: list[Output], limits: RenderLimits) -> 
             frame = frame.crop((0, 0, *screen))
         if transpose:
             frame = frame.transpose(_ORIENTATION_TRANSPOSE[transpose])
-        # Some encoders fall back on `info`: the input's comment, or an APNG's disposal and
-        # blend, which describe its partial frames, not the full frames written here.
         if to_srgb is not None:
             frame = ImageCms.applyTransform(frame, to_srgb) or frame
+        # Some encoders fall back on `info`: the input's comment, or an APNG's disposal and
+        # blend, which describe its partial frames, not the full frames written here.
         frame.info = {}
         source.frames.append(frame)
     source.full_size = screen[::-1] if transpose in _SWAPS_SIDES else screen
@@ -401,11 +400,17 @@ def _applying(name: str, index: int, op: Any) -> Iterator[None]:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         found = _PILLOW_SIZES.search(str(exc))
-        pixels, limit = (int(found[1]), int(found[2])) if found else (0, 0)
+        if found is None:
+            raise ImageRejected(STEP_FAILED.format(name=name, index=index, op=op.op, reason=exc)) from exc
+        pixels, limit = int(found[1]), int(found[2])
         raise ImageRejected(
             STEP_TOO_LARGE.format(name=name, index=index, op=op.op, pixels=pixels, limit=limit)
         ) from exc
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
+        # An OSError with an errno is the system failing (memory, disk): worth a retry. Without
+        # one, it is Pillow or FreeType refusing (a raster overflow on a huge glyph).
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise
         raise ImageRejected(STEP_FAILED.format(name=name, index=index, op=op.op, reason=exc)) from exc
 
 
@@ -507,7 +512,10 @@ def _to_srgb(profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
         return None
     try:
         source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
-        return ImageCms.buildTransform(source, _SRGB, mode, "RGBA" if mode == "RGBA" else "RGB")
+        # A profile of its own each time: LittleCMS caches what it reads in the profile, and
+        # several threads render at once.
+        srgb = ImageCms.createProfile("sRGB")
+        return ImageCms.buildTransform(source, srgb, mode, "RGBA" if mode == "RGBA" else "RGB")
     except (ImageCms.PyCMSError, OSError, ValueError):
         return None
 
