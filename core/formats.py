@@ -18,11 +18,13 @@ from PIL import Image
 
 from core.image_structure import (
     GIF_SIGNATURES,
+    JPEG_SIGNATURE,
     MAX_PROBE_READS,
     PNG_SIGNATURE,
     PROBE_BYTES_SLACK,
     BoundedReader,
     StructureTooCostly,
+    check_jpeg_scans,
     check_png_chunks,
     count_gif_frames,
 )
@@ -168,7 +170,8 @@ def probe_image(path: Path, *, max_pixels: int, max_frames: int) -> ImageInfo:
 
     The work is bounded whatever the bytes: PNG chunks and GIF blocks are walked first within
     limits, frames are counted no further than one past `max_frames`, and Pillow reads the header
-    through a reader that refuses past MAX_PROBE_READS reads (core.image_structure).
+    through a reader that refuses past MAX_PROBE_READS reads (core.image_structure). A progressive
+    JPEG's scans are counted, since each one costs the decoder a pass over the whole picture.
     """
     with open(path, "rb") as file:
         try:
@@ -185,6 +188,8 @@ def _probe(file: BinaryIO, *, max_pixels: int, max_frames: int) -> ImageInfo:
     elif signature[:6] in GIF_SIGNATURES:
         # Pillow's n_frames would walk every frame; this stops one past the limit.
         gif_frames = count_gif_frames(file, stop_after=max_frames + 1)
+    elif signature.startswith(JPEG_SIGNATURE):
+        check_jpeg_scans(file)
     file.seek(0)
     max_bytes = 2 * os.fstat(file.fileno()).st_size + PROBE_BYTES_SLACK
     reader = BoundedReader(file, max_reads=MAX_PROBE_READS, max_bytes=max_bytes)

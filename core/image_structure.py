@@ -13,6 +13,8 @@ is left for Pillow to judge, so damaged files keep the answers they had.
 
 from __future__ import annotations
 
+import mmap
+import re
 import struct
 import zlib
 from typing import BinaryIO
@@ -28,6 +30,12 @@ PNG_MAX_INFLATED_CHUNK_BYTES = MAX_TEXT_CHUNK
 PNG_MAX_TEXT_BYTES = MAX_TEXT_MEMORY
 # GIF encoders write data in blocks of 255 bytes: 250,000 blocks hold over 60 MB of image data.
 GIF_MAX_BLOCKS = 250_000
+# libjpeg decodes a progressive JPEG scan by scan, each a pass over the whole picture, and sets no
+# limit of its own: a 0.5 MB file of thousands of scans cost 19 s of CPU. Encoders write 6 to 12
+# (libjpeg's and mozjpeg's scripts); 100 is far above any of them. Segments: markers before the
+# pixels, for the walk's own bound (a camera JPEG has about a dozen).
+JPEG_MAX_SCANS = 100
+JPEG_MAX_SEGMENTS = 10_000
 # What Pillow may do to identify any file once the walk above passed: reads (each a call into
 # Python code) and bytes (at most each byte twice, plus the little it reads more than once).
 MAX_PROBE_READS = 100_000
@@ -42,6 +50,13 @@ PNG_TOO_MANY_CHUNKS = f"PNG has more than {PNG_MAX_CHUNKS:,} chunks; the limit i
 PNG_TEXT_TOO_LARGE = f"PNG text metadata is larger than {PNG_MAX_TEXT_BYTES:,} bytes in all."
 GIF_TOO_MANY_BLOCKS = (
     f"GIF is split into more than {GIF_MAX_BLOCKS:,} blocks; the limit is {GIF_MAX_BLOCKS:,}."
+)
+JPEG_TOO_MANY_SCANS = (
+    f"JPEG has more than {JPEG_MAX_SCANS:,} progressive scans; the limit is {JPEG_MAX_SCANS:,} "
+    "(each scan is a pass over the whole picture)."
+)
+JPEG_TOO_MANY_SEGMENTS = (
+    f"JPEG has more than {JPEG_MAX_SEGMENTS:,} marker segments; the limit is {JPEG_MAX_SEGMENTS:,}."
 )
 TOO_COSTLY_TO_READ = (
     f"The file is made of too many small parts: identifying it takes more than {MAX_PROBE_READS:,} "
@@ -157,6 +172,54 @@ def _skip_sub_blocks(file: BinaryIO, blocks: int) -> int:
         if not size or size[0] == 0:
             return blocks
         file.seek(size[0], 1)
+
+
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+# Start-of-frame markers of progressive JPEGs (Huffman and arithmetic coded); a sequential JPEG's
+# scans are one per component at most, so its scans are not counted.
+_PROGRESSIVE_SOF = (0xC2, 0xC6, 0xCA, 0xCE)
+_STANDALONE = (0x01, *range(0xD0, 0xD8))  # TEM and RSTn: no length follows
+_MARKER = re.compile(rb"\xff+([^\xff])")  # fill bytes, then a marker
+_START_OF_SCAN = b"\xff\xda"
+
+
+def check_jpeg_scans(file: BinaryIO) -> None:
+    """Count the scans of the progressive JPEG in `file` and refuse past JPEG_MAX_SCANS.
+
+    The segments before the pixels are walked by their lengths (so metadata holding the bytes of a
+    marker does not count). From the first scan on, start-of-scan markers are counted in the bytes
+    (at C speed, on a map of the file): pixel data cannot hold one (a 0xFF there is followed by 0x00
+    or a restart marker). Anything that does in the segments between scans counts too, which errs
+    on the side of refusing a crafted file. A sequential JPEG stops at its frame header; a
+    malformed one ends the walk, for Pillow to judge.
+    """
+    size = file.seek(0, 2)
+    if size < len(JPEG_SIGNATURE):
+        return
+    with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        position = 2
+        for _ in range(JPEG_MAX_SEGMENTS):
+            found = _MARKER.match(data, position)
+            if found is None:
+                return
+            marker, position = found[1][0], found.end()
+            if marker == 0xD9:  # the end, before any scan
+                return
+            if marker in _STANDALONE:
+                continue
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and marker not in _PROGRESSIVE_SOF:
+                return  # sequential
+            if marker == 0xDA:
+                for _ in range(JPEG_MAX_SCANS):
+                    position = data.find(_START_OF_SCAN, position) + 2
+                    if position == 1:  # not found: this was the last scan
+                        return
+                raise StructureTooCostly(JPEG_TOO_MANY_SCANS)
+            if position + 2 > size:
+                return
+            (length,) = struct.unpack_from(">H", data, position)
+            position += length
+        raise StructureTooCostly(JPEG_TOO_MANY_SEGMENTS)
 
 
 class BoundedReader:

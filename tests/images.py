@@ -6,7 +6,7 @@ import io
 import struct
 import zlib
 
-from PIL import ExifTags, Image, ImageDraw, ImageFilter
+from PIL import ExifTags, Image, ImageCms, ImageDraw, ImageFilter
 
 
 def encode(image: Image.Image, fmt: str, **params) -> bytes:
@@ -137,3 +137,34 @@ def jpeg_with_fill_bytes(count: int) -> bytes:
     """A small JPEG with `count` 0xFF fill bytes after its start marker (legal; Pillow reads each)."""
     data = encode(Image.new("L", (8, 8)), "JPEG")
     return data[:2] + b"\xff" * count + data[2:]
+
+
+def jpeg_with_scans(extra: int, width: int = 256, height: int = 256) -> bytes:
+    """A progressive JPEG whose last scan is repeated `extra` more times: each repeat costs libjpeg
+    another pass over the picture. Pillow's encoder writes 10 scans for a colour picture."""
+    data = encode(photo(width, height), "JPEG", progressive=True, quality=90)
+    last_scan, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    return data[:end] + data[last_scan:end] * extra + data[end:]
+
+
+def icc_profile(size: int = 0, *, swap_red_and_blue: bool = False) -> bytes:
+    """A real RGB ICC profile (LittleCMS's sRGB) padded with a private tag to about `size` bytes;
+    with `swap_red_and_blue`, its red and blue primaries trade places, so converting from it to
+    sRGB changes colours visibly (red turns blue)."""
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    (count,) = struct.unpack_from(">I", profile, 128)
+    entries = [list(struct.unpack_from(">4sII", profile, 132 + 12 * index)) for index in range(count)]
+    if swap_red_and_blue:
+        red = next(entry for entry in entries if entry[0] == b"rXYZ")
+        blue = next(entry for entry in entries if entry[0] == b"bXYZ")
+        red[1:], blue[1:] = blue[1:], red[1:]
+    body = profile[132 + 12 * count :]
+    # One more table entry moves every tag 12 bytes on; the padding tag goes last, 4-byte aligned.
+    padding_at = len(profile) + 12 + (-(len(profile) + 12)) % 4
+    entries = [[sig, offset + 12, length] for sig, offset, length in entries]
+    entries.append([b"zzzz", padding_at, size])
+    table = struct.pack(">I", len(entries)) + b"".join(struct.pack(">4sII", *entry) for entry in entries)
+    out = bytearray(profile[:128] + table + body)
+    out += bytes(padding_at - len(out) + size)
+    struct.pack_into(">I", out, 0, len(out))
+    return bytes(out)

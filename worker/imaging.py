@@ -21,7 +21,9 @@ No global state is touched (no `warnings` filters, no `Image.MAX_IMAGE_PIXELS`, 
 
 from __future__ import annotations
 
+import io
 import math
+import re
 import struct
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -30,9 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from PIL import ExifTags, Image
+from PIL import ExifTags, Image, ImageCms
 
 from core.formats import DAMAGED_MESSAGE, ImageRejected, check_animation, open_image
+from core.processing.cost import ANIMATED_OUTPUT_FORMATS, cost_refusal, output_frames
 from core.processing.operations import Blur, Crop, Flip, Format, Grayscale, Resize, Rotate, Sharpen, Watermark
 from core.processing.outputs import Output
 from core.processing.sizes import crop_box, output_size, resized_size
@@ -40,7 +43,13 @@ from worker import operations
 
 OUTSIDE_MESSAGE = "A frame of the animation lies far outside the picture and cannot be decoded."
 ENCODING_FAILED = "The result could not be written as {format} ({reason})."
-OUTPUT_TOO_LARGE = "Output {name!r} would be {width:,}×{height:,} pixels; the limit is {limit:,} pixels."
+OUTPUT_TOO_COSTLY = "Output {name!r}: {reason}"
+STEP_TOO_LARGE = (
+    "Output {name!r}: [{index}] {op} would make an image of {pixels:,} pixels; the limit is {limit:,} pixels."
+)
+STEP_FAILED = "Output {name!r}: [{index}] {op} cannot be done on this picture ({reason})."
+# Pillow's DecompressionBombError/Warning: "Image size (N pixels) exceeds limit of M pixels".
+_PILLOW_SIZES = re.compile(r"\((\d+) pixels\) exceeds limit of (\d+) pixels")
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,12 @@ class EncoderSettings:
 # ICC header bytes 16-20 name the profile's colour space; a profile is only kept when it describes
 # the pixels written (a GRAY profile on an image we turned RGB would be wrong).
 _ICC_SPACE = {"RGB": b"RGB ", "RGBA": b"RGB ", "CMYK": b"CMYK", "L": b"GRAY", "LA": b"GRAY"}
+# Largest ICC profile copied into outputs: Pillow's own cap on a PNG's (its iCCP chunk), so every
+# input format is held to the same. Display and camera profiles weigh a few KB, press profiles up to
+# about a megabyte; a JPEG may carry 16 MB, which every output (a 64×48 thumbnail too) would repeat.
+# A larger profile is applied instead (the pixels converted to sRGB, which viewers assume) and
+# dropped; one LittleCMS cannot use is dropped as it is.
+MAX_ICC_PROFILE_BYTES = 1024 * 1024
 
 # ImageOps.exif_transpose decides per image from that image's own metadata; an animation needs one
 # decision applied to every frame, so the orientation is read once and mapped here.
@@ -86,7 +101,6 @@ _ORIENTATION_TRANSPOSE = {
 _SWAPS_SIDES = {5, 6, 7, 8}
 
 _FORMAT_NAMES = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "avif": "AVIF"}
-_ANIMATED_FORMATS = ("GIF", "PNG", "WEBP", "AVIF")
 # Modes each encoder writes; anything else is converted (see _encodable).
 _ENCODER_MODES = {
     "JPEG": ("RGB", "L", "CMYK"),
@@ -136,13 +150,10 @@ def render(
         source = _decode(image, [output for output, _ in outputs], limits)
         for index, (output, dst) in enumerate(outputs):
             # Checked again here (the API did, before queueing): only now is the orientation known.
-            width, height = output_size(output.ops, *source.full_size)
-            if width * height > limits.max_output_pixels:
-                raise ImageRejected(
-                    OUTPUT_TOO_LARGE.format(
-                        name=output.name, width=width, height=height, limit=limits.max_output_pixels
-                    )
-                )
+            frames = output_frames(output, source.format, len(source.frames))
+            refused = cost_refusal(output, *source.full_size, frames, limit=limits.max_output_pixels)
+            if refused:
+                raise ImageRejected(OUTPUT_TOO_COSTLY.format(name=output.name, reason=refused))
             # The last output may draw on the decoded frames themselves: nobody needs them afterwards.
             last = index == len(outputs) - 1
             results.append(_render_output(source, output, dst, encoder, owns_frames=last))
@@ -193,6 +204,7 @@ def _decode(image: Image.Image, outputs: list[Output], limits: RenderLimits) -> 
             image.draft("L" if grey else None, wanted)
 
     source = _Source(format=input_format, frames=[], durations=[], animation={}, icc_profile=None, exif=None)
+    to_srgb: ImageCms.ImageCmsTransform | None = None
     for index in range(frame_count):
         with _decoding():
             if frame_count > 1:
@@ -204,6 +216,9 @@ def _decode(image: Image.Image, outputs: list[Output], limits: RenderLimits) -> 
                 transpose = _orientation(image)
             source.animation = _animation_options(image)
             source.icc_profile = image.info.get("icc_profile")
+            if source.icc_profile and len(source.icc_profile) > MAX_ICC_PROFILE_BYTES:
+                to_srgb = _to_srgb(source.icc_profile, _normalised_mode(image))
+                source.icc_profile = None
             source.exif = _exif(image)
         source.durations.append(image.info.get("duration", 0))
         # An animation's frames must be copies (the next seek reuses the image); a still image
@@ -215,6 +230,8 @@ def _decode(image: Image.Image, outputs: list[Output], limits: RenderLimits) -> 
             frame = frame.crop((0, 0, *screen))
         if transpose:
             frame = frame.transpose(_ORIENTATION_TRANSPOSE[transpose])
+        if to_srgb is not None:
+            frame = ImageCms.applyTransform(frame, to_srgb) or frame
         # Some encoders fall back on `info`: the input's comment, or an APNG's disposal and
         # blend, which describe its partial frames, not the full frames written here.
         frame.info = {}
@@ -255,7 +272,7 @@ def _render_output(
 ) -> ProcessedImage:
     chosen = output.format()
     output_format = _FORMAT_NAMES[chosen.format] if chosen else source.format
-    animated = len(source.frames) > 1 and output_format in _ANIMATED_FORMATS
+    animated = len(source.frames) > 1 and output_format in ANIMATED_OUTPUT_FORMATS
     frames_in = source.frames if animated else source.frames[:1]
     smallest_text: int | None = None
     frames: list[Image.Image] = []
@@ -264,14 +281,15 @@ def _render_output(
         # The size the frame stands for. A draft-decoded frame is smaller, and its rounded-up size
         # has a slightly different aspect: a resize must aim at the size output_size promised.
         size = source.full_size
-        for op in output.ops:
-            if isinstance(op, Watermark):
-                frame, stamp = operations.watermark(frame, op, owned=owned or owns_frames)
-                smallest_text = min(stamp.font_size, smallest_text or stamp.font_size)
-            elif isinstance(op, Resize):
-                frame = operations.resize(frame, op, full_size=size)
-            elif not isinstance(op, Format):
-                frame = _FRAME_OPERATIONS[type(op)](frame, op)
+        for index, op in enumerate(output.ops):
+            with _applying(output.name, index, op):
+                if isinstance(op, Watermark):
+                    frame, stamp = operations.watermark(frame, op, owned=owned or owns_frames)
+                    smallest_text = min(stamp.font_size, smallest_text or stamp.font_size)
+                elif isinstance(op, Resize):
+                    frame = operations.resize(frame, op, full_size=size)
+                elif not isinstance(op, Format):
+                    frame = _FRAME_OPERATIONS[type(op)](frame, op)
             size = output_size((op,), *size)
             owned = True
         frames.append(_encodable(frame, output_format))
@@ -372,6 +390,31 @@ def _encodable(frame: Image.Image, output_format: str) -> Image.Image:
 
 
 @contextmanager
+def _applying(name: str, index: int, op: Any) -> Iterator[None]:
+    """Turn Pillow's refusals of an operation into `ImageRejected`: with sizes the cost check
+    passed, they come from the picture and the request alone (a text image past Pillow's pixel
+    guard, a size it cannot make), so every retry would fail the same way."""
+    try:
+        yield
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        found = _PILLOW_SIZES.search(str(exc))
+        if found is None:
+            raise ImageRejected(STEP_FAILED.format(name=name, index=index, op=op.op, reason=exc)) from exc
+        pixels, limit = int(found[1]), int(found[2])
+        raise ImageRejected(
+            STEP_TOO_LARGE.format(name=name, index=index, op=op.op, pixels=pixels, limit=limit)
+        ) from exc
+    except (ValueError, OSError) as exc:
+        # An OSError with an errno is the system failing (memory, disk): worth a retry. Without
+        # one, it is Pillow or FreeType refusing (a raster overflow on a huge glyph).
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise
+        raise ImageRejected(STEP_FAILED.format(name=name, index=index, op=op.op, reason=exc)) from exc
+
+
+@contextmanager
 def _decoding() -> Iterator[None]:
     """Turn a decoder's complaint about the input into `ImageRejected`."""
     try:
@@ -448,17 +491,33 @@ def _normalised(image: Image.Image, *, copy: bool) -> Image.Image:
         # A tRNS grey value is in 16-bit units and would now match the wrong pixels.
         image.info.pop("transparency", None)
         copy = False
-    if image.mode == "CMYK":
-        mode = "CMYK"
-    elif image.mode in ("L", "LA", "1"):
-        mode = "LA" if image.has_transparency_data else "L"
-    elif image.has_transparency_data:
-        mode = "RGBA"
-    else:
-        mode = "RGB"
+    mode = _normalised_mode(image)
     if image.mode != mode:
         return image.convert(mode)
     return image.copy() if copy else image
+
+
+def _normalised_mode(image: Image.Image) -> str:
+    if image.mode == "CMYK":
+        return "CMYK"
+    if image.mode.startswith("I") or image.mode in ("L", "LA", "1"):
+        return "LA" if image.has_transparency_data else "L"
+    return "RGBA" if image.has_transparency_data else "RGB"
+
+
+def _to_srgb(profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """A transform from `profile` to sRGB for frames in `mode`; None when LittleCMS cannot make one
+    (a damaged profile, or one for other pixels than these)."""
+    if profile[16:20] != _ICC_SPACE.get(mode) or mode == "LA":  # LittleCMS has no grey with alpha
+        return None
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        # A profile of its own each time: LittleCMS caches what it reads in the profile, and
+        # several threads render at once.
+        srgb = ImageCms.createProfile("sRGB")
+        return ImageCms.buildTransform(source, srgb, mode, "RGBA" if mode == "RGBA" else "RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return None
 
 
 def _has_transparent_pixels(frame: Image.Image) -> bool:

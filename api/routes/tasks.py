@@ -26,10 +26,10 @@ from api.uploads import STORAGE_FAILED, ReceivedUpload, UploadRefused, receive_u
 from core import tasks
 from core.formats import CONTENT_TYPES, EXTENSIONS
 from core.models import ImageTask, TaskStatus
+from core.processing.cost import cost_refusal, output_frames
 from core.processing.forms import resolve
 from core.processing.operations import ProcessingInvalid
 from core.processing.outputs import Processing
-from core.processing.sizes import output_size
 from core.storage import (
     STORAGE_UNAVAILABLE,
     Area,
@@ -46,10 +46,6 @@ UPLOAD_REPLAYED = "This Idempotency-Key was already used for this file; here is 
 BAD_IDEMPOTENCY_KEY = "Idempotency-Key must be 1 to 200 printable ASCII characters without spaces."
 IDEMPOTENCY_KEY_REUSED = "This Idempotency-Key was already used for a different file or processing."
 UNKNOWN_FIELD = "Unknown form field {name!r}; the fields are: {fields}."
-OUTPUT_TOO_LARGE = (
-    "{where}: the output would be {width:,}×{height:,} pixels; "
-    "the limit is {limit:,} pixels (MAX_OUTPUT_PIXELS)."
-)
 # Besides `file`: how to process it (core.processing), and where to report the end (callbacks).
 # Anything else is refused, so a misspelt field is not silently ignored.
 PROCESSING_FIELDS = ("preset", "ops", "outputs")
@@ -158,13 +154,12 @@ def _requested_processing(services: ServicesDep, upload: ReceivedUpload) -> Proc
     except ProcessingInvalid as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
     for output in processing.outputs:
-        width, height = output_size(output.ops, upload.info.width, upload.info.height)
-        if width * height > settings.max_output_pixels:
-            where = f"`outputs.{output.name}`" if "outputs" in fields else "The processing"
-            detail = OUTPUT_TOO_LARGE.format(
-                where=where, width=width, height=height, limit=settings.max_output_pixels
-            )
-            raise HTTPException(status_code=422, detail=detail)
+        info = upload.info
+        frames = output_frames(output, info.format, info.frames)
+        refused = cost_refusal(output, info.width, info.height, frames, limit=settings.max_output_pixels)
+        if refused:
+            field = f"outputs.{output.name}" if "outputs" in fields else "preset" if output.preset else "ops"
+            raise HTTPException(status_code=422, detail=f"`{field}`: {refused}")
     return processing
 
 

@@ -17,7 +17,9 @@ its last `format` operation, or the input's own format when it has none.
 One module per owner; import from the one that owns the name:
 
 - `operations`: the operation models, their bounds, and how a bad list is reported;
-- `sizes`: the pixel size operations produce (the API's check before queueing, the worker's plan);
+- `sizes`: the pixel size operations produce (the worker resizes and crops by these numbers);
+- `cost`: what an output costs in pixels at every step and frame (checked at upload and again by
+  the worker against MAX_OUTPUT_PIXELS);
 - `outputs`: `Processing` and `Output` (the `processing` column), `OutputRecord` (the `outputs` one);
 - `presets`: the built-in presets and the PRESETS setting;
 - `forms`: the upload's `preset` / `ops` / `outputs` fields resolved into a `Processing`.

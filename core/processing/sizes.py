@@ -1,7 +1,7 @@
 """The pixel size operations produce, without touching pixels.
 
-Shared by the API (to refuse an output over MAX_OUTPUT_PIXELS before queueing) and the worker
-(which checks again once it knows the orientation, and resizes and crops by these very numbers).
+Shared by the cost check (core.processing.cost: the API's before queueing, the worker's again once
+it knows the orientation) and the worker, which resizes and crops by these very numbers.
 """
 
 from __future__ import annotations

@@ -184,8 +184,8 @@ async def test_deleting_a_task_removes_every_output(
         ),
         (
             {"ops": '[{"op": "resize", "width": 10000, "height": 10000, "mode": "exact"}]'},
-            "The processing: the output would be 10,000×10,000 pixels; the limit is 50,000,000 pixels "
-            "(MAX_OUTPUT_PIXELS).",
+            "`ops`: [0] resize makes 10,000×10,000 pixels; "
+            "the limit is 50,000,000 pixels (MAX_OUTPUT_PIXELS).",
         ),
     ],
 )

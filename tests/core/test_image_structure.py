@@ -17,6 +17,8 @@ from core.formats import AnimationTooLarge, TooCostlyToIdentify, more_frames_tha
 from core.image_structure import (
     GIF_MAX_BLOCKS,
     GIF_TOO_MANY_BLOCKS,
+    JPEG_MAX_SCANS,
+    JPEG_TOO_MANY_SCANS,
     PNG_MAX_CHUNKS,
     PNG_MAX_INFLATED_CHUNK_BYTES,
     PNG_TEXT_TOO_LARGE,
@@ -97,6 +99,44 @@ def test_a_jpeg_of_millions_of_fill_bytes_is_refused_by_the_read_budget(tmp_path
     )
     # A few fill bytes are legal and common.
     assert probe(tmp_path, images.jpeg_with_fill_bytes(10)).format == "JPEG"
+
+
+def test_a_progressive_jpeg_of_thousands_of_scans_is_refused_from_its_header(tmp_path: Path) -> None:
+    # Each repeated scan is another pass of libjpeg over the picture: decoding this file took
+    # seconds (timed here, to show what the refusal saves), identifying it must not.
+    data = images.jpeg_with_scans(3000, 1024, 1024)
+    started = time.monotonic()
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+    decoding = time.monotonic() - started
+    started = time.monotonic()
+
+    message = refused_within_deadline(tmp_path, data, TooCostlyToIdentify)
+
+    assert time.monotonic() - started < decoding / 10
+    assert message == JPEG_TOO_MANY_SCANS
+    assert message == (
+        "JPEG has more than 100 progressive scans; the limit is 100 "
+        "(each scan is a pass over the whole picture)."
+    )
+
+
+def test_a_progressive_jpeg_at_the_scan_limit_is_identified(tmp_path: Path) -> None:
+    ordinary = images.encode(images.photo(300, 200), "JPEG", progressive=True)
+    assert ordinary.count(b"\xff\xda") == 10  # what the encoder writes: far below the limit
+    assert probe(tmp_path, ordinary).format == "JPEG"
+    assert probe(tmp_path, images.jpeg_with_scans(JPEG_MAX_SCANS - 10)).format == "JPEG"
+    with pytest.raises(TooCostlyToIdentify):
+        probe(tmp_path, images.jpeg_with_scans(JPEG_MAX_SCANS - 9))
+
+
+def test_only_the_scans_of_a_jpeg_count_not_marker_bytes_in_its_metadata(tmp_path: Path) -> None:
+    # An EXIF thumbnail or any APPn data may hold SOS markers of its own: the walk skips segments
+    # by their length, so only the picture's scans count.
+    sos_in_metadata = b"\xff\xda" * 30_000
+    data = images.encode(images.photo(300, 200), "JPEG", progressive=True, icc_profile=sos_in_metadata)
+
+    assert probe(tmp_path, data).format == "JPEG"
 
 
 def path_open(tmp_path: Path, data: bytes) -> io.BufferedReader:

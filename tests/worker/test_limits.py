@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from core.formats import ImageRejected
+from core.processing.cost import STEP_TOO_LARGE as STEP_TOO_LARGE_AT
+from core.processing.cost import STEP_TOO_LARGE_IN_ALL
 from tests import images
-from tests.worker.rendering import BLUE, LIMITS, processing, render_all, run, save, sideways_jpeg
-from worker.imaging import OUTPUT_TOO_LARGE, RenderLimits
+from tests.worker.rendering import BLUE, LIMITS, WHITE, processing, render_all, run, save, sideways_jpeg
+from worker.imaging import OUTPUT_TOO_COSTLY, STEP_TOO_LARGE, RenderLimits
 
 # output limit
 
@@ -31,8 +35,11 @@ def test_an_output_over_the_pixel_limit_is_rejected_by_name(tmp_path: Path) -> N
         render_all(src, chosen, tmp_path, limits=limits)
 
     message = str(raised.value)
-    assert message == OUTPUT_TOO_LARGE.format(name="poster", width=1000, height=800, limit=500_000)
-    assert message == "Output 'poster' would be 1,000×800 pixels; the limit is 500,000 pixels."
+    reason = STEP_TOO_LARGE_AT.format(index=0, op="resize", width=1000, height=800, limit=500_000)
+    assert message == OUTPUT_TOO_COSTLY.format(name="poster", reason=reason)
+    assert message == (
+        "Output 'poster': [0] resize makes 1,000×800 pixels; the limit is 500,000 pixels (MAX_OUTPUT_PIXELS)."
+    )
 
 
 def test_the_output_limit_uses_the_oriented_size(tmp_path: Path) -> None:
@@ -46,6 +53,87 @@ def test_the_output_limit_uses_the_oriented_size(tmp_path: Path) -> None:
     ((result, _),) = render_all(src, chosen, tmp_path, limits=limits)
 
     assert (result.width, result.height) == (100, 300)
+
+
+# Every step and every frame (the API checks the same; these rows bypass it)
+
+# Measured before the check: this render grew a worker's RSS by over 1 GB.
+ENLARGE_AND_BACK = [
+    {"op": "resize", "width": 16384, "height": 16384, "mode": "exact"},
+    {"op": "resize", "width": 64, "height": 64, "mode": "exact"},
+]
+_RENDER_IN_A_CHILD = """
+import sys
+from pathlib import Path
+from core.formats import ImageRejected
+from tests.worker.rendering import LIMITS, processing, render_all
+try:
+    render_all(Path(sys.argv[1]), processing(ops=%r), Path(sys.argv[2]), limits=LIMITS)
+    print("rendered")
+except ImageRejected as exc:
+    print(exc)
+# VmHWM: this process's own peak (ru_maxrss would include the parent's, from before the exec).
+status = Path("/proc/self/status").read_text()
+print(int(status.split("VmHWM:")[1].split()[0]) // 1024)
+"""
+
+
+def test_an_enlargement_shrunk_back_is_rejected_before_it_costs_memory(tmp_path: Path) -> None:
+    src = save(Image.new("RGB", (1, 1), BLUE), tmp_path / "in.png")
+
+    # In a child process, to measure its peak memory alone.
+    done = subprocess.run(
+        [sys.executable, "-c", _RENDER_IN_A_CHILD % ENLARGE_AND_BACK, str(src), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parents[2],
+        timeout=120,
+    )
+
+    message, peak_mib = done.stdout.splitlines()
+    reason = STEP_TOO_LARGE_AT.format(index=0, op="resize", width=16384, height=16384, limit=50_000_000)
+    assert message == OUTPUT_TOO_COSTLY.format(name="image", reason=reason)
+    assert int(peak_mib) < 200, "rejected before any large image was made"
+
+
+def test_every_frame_of_an_animation_counts(tmp_path: Path) -> None:
+    frames = [Image.new("RGB", (1, 1), colour) for colour in (BLUE, WHITE) * 4]
+    src = save(frames[0], tmp_path / "in.gif", save_all=True, append_images=frames[1:], duration=50)
+    ops = [{"op": "resize", "width": 2000, "height": 2000, "mode": "exact"}]
+    limits = RenderLimits(
+        max_pixels=LIMITS.max_pixels, max_frames=LIMITS.max_frames, max_output_pixels=20_000_000
+    )
+
+    with pytest.raises(ImageRejected) as raised:
+        render_all(src, processing(ops=ops), tmp_path, limits=limits)
+
+    reason = STEP_TOO_LARGE_IN_ALL.format(
+        index=0, op="resize", width=2000, height=2000, frames=8, total=32_000_000, limit=20_000_000
+    )
+    assert str(raised.value) == OUTPUT_TOO_COSTLY.format(name="image", reason=reason)
+    # The first frame alone (a JPEG keeps no more) is within the limit.
+    ((result, _),) = render_all(
+        src, processing(ops=[*ops, {"op": "format", "format": "jpeg"}]), tmp_path, limits=limits
+    )
+    assert (result.frames, result.width) == (1, 2000)
+
+
+def test_pillows_own_refusal_of_a_step_is_a_rejection_in_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What configure_pillow does in a worker with MAX_IMAGE_PIXELS=1,000,000: Pillow then refuses
+    # to draw a text image over 2,000,000 pixels (DecompressionBombError), which no retry changes.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
+    src = save(Image.new("RGB", (400, 300), BLUE), tmp_path / "in.png")
+    ops = [{"op": "grayscale"}, {"op": "watermark", "text": "W" * 20, "size": 400}]
+
+    with pytest.raises(ImageRejected) as raised:
+        render_all(src, processing(ops=ops), tmp_path)
+
+    assert str(raised.value) == STEP_TOO_LARGE.format(
+        name="image", index=1, op="watermark", pixels=2_110_740, limit=2_000_000
+    )
 
 
 # Encoders that refuse
