@@ -83,7 +83,7 @@ def start_api(
     server = ("api.serve", "--app", app) if (root / "api" / "serve.py").exists() else ("uvicorn", app)
     return _start(
         [
-            *(python, "-m", *server, "--host", "127.0.0.1", "--port", str(port)),
+            *(python, "-m", *server, "--host", "127.0.0.1", "--port", str(port), "--proxy-headers"),
             # As in Dockerfile.api: outlive clients' keep-alive expiry so reused connections are not cut.
             *("--timeout-keep-alive", "30", "--timeout-graceful-shutdown", "20"),
             *extra_args,
