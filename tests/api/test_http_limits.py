@@ -73,7 +73,7 @@ def api(stack_env: dict[str, str], workdir: Path) -> Iterator[Api]:
 
 def test_the_api_runs_the_images_command_with_the_shipped_limits(api: Api) -> None:
     image = _process_argv(_instructions(DOCKERFILES["api"]))
-    started = list(api.process.args)  # type: ignore[arg-type]
+    started = [str(arg) for arg in api.process.args]  # type: ignore[union-attr]
     assert started[1:3] == image[1:3] == ["-m", "api.serve"]
     # The same launcher and options; only the interface (the image listens on all) and port differ.
     assert _options(started) == {**_options(image), "--host": "127.0.0.1", "--port": str(api.port)}
