@@ -121,6 +121,7 @@ class Settings:
     http_max_headers: int = field(metadata=setting(100, ge=10))
     http_header_timeout_seconds: float = field(metadata=setting(10, gt=0))
     http_body_idle_timeout_seconds: float = field(metadata=setting(15, gt=0))
+    http_body_min_bytes_per_second: int = field(metadata=setting(1024, gt=0))
     http_max_connections: int = field(metadata=setting(1000, ge=10))
     watermark_text: str = field(
         metadata=setting(

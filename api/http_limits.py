@@ -13,8 +13,10 @@ What a client sees (the README's "Security limits" table):
 - a head not complete `header_timeout` seconds after its first byte (or after the connection opened):
   408 (or a silent close if nothing was sent), connection closed;
 - no body bytes for `body_idle_timeout` seconds while the server waits for them (a stalled upload,
-  or a body shorter than its Content-Length): 408 if no answer was started, connection closed; the
-  application sees a disconnect, so the upload's temp file is removed;
+  or a body shorter than its Content-Length), or a body slower on average than `body_min_rate`
+  bytes a second after that grace (a trickle that is never quite idle): 408 if no answer was
+  started, connection closed; the application sees a disconnect, so the upload's temp file is
+  removed. Time the application keeps the client waiting (not reading yet) is not counted;
 - a new connection beyond `max_connections`: the longest-idle connection that is between requests
   or still sending its head is closed to make room; if every one is inside a request, the new one
   gets 503 and is closed. So /health stays answerable under a flood of idle connections.
@@ -33,6 +35,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+# How often a body being read is checked against its limits (so they act up to this much late).
+BODY_CHECK_SECONDS = 0.5
 HEAD_TOO_LARGE = "Request header fields too large."
 HEAD_TIMEOUT = "The request headers were not received in time."
 BODY_TIMEOUT = "The request body stalled."
@@ -45,6 +49,7 @@ class HttpLimits:
     max_headers: int
     header_timeout: float
     body_idle_timeout: float
+    body_min_rate: int
     max_connections: int
 
 
@@ -77,6 +82,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._in_body = False
         self._body_timer: asyncio.TimerHandle | None = None
+        # The body's clock: when the last byte came, the time it has been waited for on the
+        # client's account (not while the application was not reading), and its size so far.
+        self._body_last_byte = 0.0
+        self._body_waited = 0.0
+        self._body_bytes = 0
         # When this connection last became idle (between requests): the eviction order.
         self._idle_since = time.monotonic()
 
@@ -156,30 +166,41 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._cancel_head_timer()
         self._head_bytes = None
-        self._in_body = True
-        self._arm_body_timer()
+        self._start_body()
         super().on_headers_complete()
 
     # --- the body ------------------------------------------------------------------------------
 
-    def _arm_body_timer(self) -> None:
+    def _start_body(self) -> None:
         self._cancel_body_timer()
-        self._body_timer = self.loop.call_later(self.limits.body_idle_timeout, self._body_timed_out)
+        self._in_body = True
+        self._body_last_byte = self.loop.time()
+        self._body_waited = 0.0
+        self._body_bytes = 0
+        self._body_timer = self.loop.call_later(BODY_CHECK_SECONDS, self._check_body)
 
     def _cancel_body_timer(self) -> None:
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
 
-    def _body_timed_out(self) -> None:
-        self._body_timer = None
+    def _check_body(self) -> None:
+        """Every BODY_CHECK_SECONDS while a body is read: is the client too slow?"""
+        now = self.loop.time()
         cycle = self.cycle
         # Waiting on the application, not on the client: it has not read what came (reading is
         # paused), or has not asked for the body yet (the client waits for `100 Continue`).
         if cycle is not None and (self.flow.read_paused or cycle.body or cycle.waiting_for_100_continue):
-            self._arm_body_timer()
-            return
-        self._refuse(408, BODY_TIMEOUT)
+            self._body_last_byte = now
+        else:
+            self._body_waited += BODY_CHECK_SECONDS
+            idle = now - self._body_last_byte > self.limits.body_idle_timeout
+            allowed = self.limits.body_idle_timeout + self._body_bytes / self.limits.body_min_rate
+            if idle or self._body_waited > allowed:
+                self._body_timer = None
+                self._refuse(408, BODY_TIMEOUT)
+                return
+        self._body_timer = self.loop.call_later(BODY_CHECK_SECONDS, self._check_body)
 
     def on_message_complete(self) -> None:
         self._in_body = False
@@ -198,7 +219,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         bound memory), and bytes inside one restart its idle timer."""
         self._unset_keepalive_if_required()
         if self._in_body:
-            self._arm_body_timer()
+            self._body_last_byte = self.loop.time()
+            self._body_bytes += len(data)
         else:
             self._start_head()
         head = self._head_timer

@@ -27,6 +27,7 @@ def http_limits(settings: Settings) -> HttpLimits:
         max_headers=settings.http_max_headers,
         header_timeout=settings.http_header_timeout_seconds,
         body_idle_timeout=settings.http_body_idle_timeout_seconds,
+        body_min_rate=settings.http_body_min_bytes_per_second,
         max_connections=settings.http_max_connections,
     )
 

@@ -36,6 +36,7 @@ HTTP_SETTINGS = (
     "HTTP_MAX_HEADERS",
     "HTTP_HEADER_TIMEOUT_SECONDS",
     "HTTP_BODY_IDLE_TIMEOUT_SECONDS",
+    "HTTP_BODY_MIN_BYTES_PER_SECOND",
     "HTTP_MAX_CONNECTIONS",
 )
 
@@ -253,6 +254,41 @@ async def test_a_body_shorter_than_its_content_length_is_closed_at_the_idle_time
     await eventually(lambda: _async(_partials(uploads_dir) <= before), timeout=10, what="no temp file left")
 
 
+async def test_a_body_trickling_a_byte_a_second_is_closed_after_the_grace(
+    api: Api, uploads_dir: Path
+) -> None:
+    """Never idle for long, but far below the minimum rate: closed once the grace is used up."""
+    sent = _PART_HEAD
+    limit = (
+        api.settings.http_body_idle_timeout_seconds + len(sent) / api.settings.http_body_min_bytes_per_second
+    )
+    before = _partials(uploads_dir)
+    reader, writer = await _connect(api)
+    writer.write(_upload_head(500_000) + sent)
+    await writer.drain()
+    started = time.monotonic()
+
+    async def trickle() -> None:
+        with contextlib.suppress(ConnectionError):
+            while True:
+                await asyncio.sleep(1)  # the attack's pace, not a wait for the server
+                writer.write(b"a")
+                await writer.drain()
+
+    trickling = asyncio.create_task(trickle())
+    try:
+        answer, elapsed = await _closed_after(reader, started, limit=limit)
+    finally:
+        trickling.cancel()
+        writer.close()
+
+    assert limit - 0.5 <= elapsed <= limit + SLACK_SECONDS, elapsed
+    assert _status(answer) == 408
+    await eventually(
+        lambda: _async(_partials(uploads_dir) <= before), timeout=10, what="the temp file removed"
+    )
+
+
 async def _async(value: bool) -> bool:
     return value
 
@@ -315,3 +351,47 @@ async def test_four_64_mb_heads_leave_the_api_memory_bounded(api: Api) -> None:
     # barely moved (it grew 288 MB before the limits).
     assert all(amount < 16 * 1024 * 1024 for amount in sent), sent
     assert peak - before < 20 * 1024 * 1024, (before, peak)
+
+
+async def test_past_the_cap_with_every_connection_inside_a_request_a_newcomer_gets_503(
+    stack_env: dict[str, str], workdir: Path, uploads_dir: Path
+) -> None:
+    """Nothing idle to close for it: the newcomer is told to come back, and served once one ends."""
+    cap = 10  # the smallest the setting allows, so that ten uploads fill it
+    port = free_port()
+    process = start_api(
+        {**stack_env, "HTTP_MAX_CONNECTIONS": str(cap)}, port, log_file=workdir / "cap-api.log"
+    )
+    try:
+        await asyncio.to_thread(wait_until_ready, f"http://127.0.0.1:{port}", timeout=60, process=process)
+        before = _partials(uploads_dir)
+        uploads = [await asyncio.open_connection("127.0.0.1", port) for _ in range(cap)]
+        for _, writer in uploads:
+            writer.write(_upload_head(500_000) + _PART_HEAD + b"x")
+        await eventually(
+            lambda: _async(len(_partials(uploads_dir) - before) >= cap),
+            timeout=10,
+            what="ten uploads under way",
+        )
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await _answer(reader, timeout=2)
+        writer.close()
+        assert _status(answer) == 503
+        assert b"\r\nretry-after: 5\r\n" in answer
+
+        uploads.pop()[1].close()
+
+        async def health_served() -> bool:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = await _answer(reader, timeout=2)
+            writer.close()
+            return _status(answer) == 200
+
+        await eventually(health_served, timeout=5, what="/health served once an upload ended")
+        for _, writer in uploads:
+            writer.close()
+    finally:
+        stop_process(process)
