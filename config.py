@@ -116,6 +116,13 @@ class Settings:
     max_upload_bytes: int = field(metadata=setting(25 * 1024 * 1024, gt=0))
     max_image_pixels: int = field(metadata=setting(50_000_000, gt=0))
     max_frames: int = field(metadata=setting(500, gt=0))
+    # The API's HTTP limits (api/http_limits.py), per API process.
+    http_max_header_bytes: int = field(metadata=setting(32 * 1024, ge=1024))
+    http_max_headers: int = field(metadata=setting(100, ge=10))
+    http_header_timeout_seconds: float = field(metadata=setting(10, gt=0))
+    http_body_idle_timeout_seconds: float = field(metadata=setting(15, gt=0))
+    http_body_min_bytes_per_second: int = field(metadata=setting(1024, gt=0))
+    http_max_connections: int = field(metadata=setting(1000, ge=10))
     watermark_text: str = field(
         metadata=setting(
             "AI magic added!", check=lambda text: 1 <= len(text) <= 200, rule="be text of 1 to 200 characters"

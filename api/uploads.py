@@ -224,7 +224,9 @@ async def _stream_to(
             raise UploadRefused(413, TOO_LARGE.format(limit=max_file_bytes))
         try:
             parser.write(chunk)
-        except UploadRefused:
+        # A failed write of the file part (ENOSPC, EDQUOT) is the server's, not a malformed body:
+        # `_receive` answers it 503.
+        except (UploadRefused, OSError):
             raise
         except Exception:
             raise UploadRefused(422, MALFORMED) from None

@@ -76,11 +76,14 @@ def start_api(
     root: Path = PROJECT_ROOT,
     python: str = sys.executable,
 ) -> subprocess.Popen:
-    """uvicorn serving `app` from the code in `root` (the benchmarks also start their bare endpoint,
-    and an earlier version of the code, with the same settings; the tests an image's own venv)."""
+    """`python -m api.serve` (uvicorn with the HTTP limits, as Dockerfile.api runs it) serving `app`
+    from the code in `root` (the benchmarks also start their bare endpoint, and an earlier version of
+    the code, with the same settings; the tests an image's own venv). Code older than the launcher is
+    served by plain uvicorn."""
+    server = ("api.serve", "--app", app) if (root / "api" / "serve.py").exists() else ("uvicorn", app)
     return _start(
         [
-            *(python, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)),
+            *(python, "-m", *server, "--host", "127.0.0.1", "--port", str(port), "--proxy-headers"),
             # As in Dockerfile.api: outlive clients' keep-alive expiry so reused connections are not cut.
             *("--timeout-keep-alive", "30", "--timeout-graceful-shutdown", "20"),
             *extra_args,

@@ -345,6 +345,16 @@ def test_image_copies_exactly_the_code_its_process_imports(image: str, dockerfil
     assert _copied_sources(dockerfile) == IMAGE_CODE[image] | _image_requirements(image)
 
 
+def test_api_image_serves_the_app_through_the_limits_launcher_on_its_exposed_port() -> None:
+    dockerfile = _instructions(DOCKERFILES["api"])
+    argv = _process_argv(dockerfile)
+    # api.serve: uvicorn with the HTTP limits (tests/api/test_http_limits.py runs this same argv).
+    assert argv[:3] == ["python", "-m", "api.serve"], argv
+    assert _option(argv, "--app") == "api.main:app"
+    assert _option(argv, "--host") == "0.0.0.0"
+    assert _args(dockerfile, "EXPOSE") == [_option(argv, "--port")] == ["8000"]
+
+
 # --- .dockerignore -----------------------------------------------------------------------------------
 
 

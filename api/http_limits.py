@@ -1,0 +1,283 @@
+"""HTTP limits uvicorn does not have: how long and how large a request head may be, how long a body may
+stall, and how many connections one API process keeps.
+
+uvicorn's own settings bound none of these (its keep-alive timer runs only between requests, and
+httptools buffers a header of any size), so a few slow or oversized requests could hold every socket,
+temp file and megabyte of the API. `limited_protocol(limits)` returns uvicorn's httptools protocol
+(what `http="auto"` picks with uvicorn[standard]) with these limits added; `api.serve` passes it to
+uvicorn as its `http` class.
+
+What a client sees (the README's "Security limits" table):
+- a head (request line and headers) over `max_header_bytes`, or with over `max_headers` headers:
+  431, connection closed;
+- a head not complete `header_timeout` seconds after its first byte (or after the connection opened):
+  408 (or a silent close if nothing was sent), connection closed;
+- no body bytes for `body_idle_timeout` seconds while the server waits for them (a stalled upload,
+  or a body shorter than its Content-Length), or a body slower on average than `body_min_rate`
+  bytes a second after that grace (a trickle that is never quite idle): 408 if no answer was
+  started, connection closed; the application sees a disconnect, so the upload's temp file is
+  removed. Time the application keeps the client waiting (not reading yet) is not counted;
+- a new connection beyond `max_connections`: the longest-idle connection that is between requests
+  or still sending its head is closed to make room; if every one is inside a request, the new one
+  gets 503 and is closed. So /health stays answerable under a flood of idle connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httptools
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+# How often a body being read is checked against its limits (so they act up to this much late).
+BODY_CHECK_SECONDS = 0.5
+HEAD_TOO_LARGE = "Request header fields too large."
+HEAD_TIMEOUT = "The request headers were not received in time."
+BODY_TIMEOUT = "The request body stalled."
+TOO_MANY_CONNECTIONS = "Too many connections; try again shortly."
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_header_bytes: int
+    max_headers: int
+    header_timeout: float
+    body_idle_timeout: float
+    body_min_rate: int
+    max_connections: int
+
+
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a head over the limits."""
+
+
+def limited_protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol class, bounded by `limits` (a class per limits, since uvicorn
+    builds protocols from the class and its own Config only)."""
+    return type("LimitedHttpToolsProtocol", (LimitedHttpToolsProtocol,), {"limits": limits})
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    limits: HttpLimits
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        # The head being received: its size as the parser reported it and as bytes fed; None between
+        # heads (in a body, or waiting for the next request).
+        self._head_bytes: int | None = None
+        self._head_fed = 0
+        self._head_count = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._in_body = False
+        self._body_timer: asyncio.TimerHandle | None = None
+        # The body's clock: when the last byte came, the time it has been waited for on the
+        # client's account (not while the application was not reading), and its size so far.
+        self._body_last_byte = 0.0
+        self._body_waited = 0.0
+        self._body_bytes = 0
+        # When this connection last became idle (between requests): the eviction order.
+        self._idle_since = time.monotonic()
+
+    # --- connections ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # A connection that never sends a byte is a head that never arrives.
+        self._start_head()
+        if len(self.connections) > self.limits.max_connections and not self._evict_an_idle_one():
+            self._refuse(503, TOO_MANY_CONNECTIONS)
+
+    def _evict_an_idle_one(self) -> bool:
+        """Close the longest-idle connection that is between requests or still in its head."""
+        idle = [
+            other
+            for other in self.connections
+            if other is not self
+            and isinstance(other, LimitedHttpToolsProtocol)
+            and other._idle()
+            and not other.transport.is_closing()
+        ]
+        if not idle:
+            return False
+        min(idle, key=lambda other: other._idle_since).transport.close()
+        return True
+
+    def _idle(self) -> bool:
+        return not self._in_body and (self.cycle is None or self.cycle.response_complete)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        self._cancel_body_timer()
+        super().connection_lost(exc)
+
+    # --- the head ------------------------------------------------------------------------------
+
+    def _start_head(self) -> None:
+        if self._head_bytes is None:
+            self._head_bytes = 0
+            self._head_fed = 0
+            self._head_count = 0
+            self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._head_fed or self._head_bytes:
+            self._refuse(408, HEAD_TIMEOUT)
+        elif not self.transport.is_closing():
+            self.transport.close()
+
+    def _count_head(self, size: int, *, header: bool = False) -> None:
+        if self._head_bytes is None:  # not in a head (uvicorn's own calls)
+            return
+        self._head_bytes += size
+        self._head_count += header
+        if self._head_bytes > self.limits.max_header_bytes or self._head_count > self.limits.max_headers:
+            raise _HeadTooLarge
+
+    def on_message_begin(self) -> None:
+        self._start_head()  # a pipelined request's head begins inside the previous one's bytes
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4, header=True)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._cancel_head_timer()
+        self._head_bytes = None
+        self._start_body()
+        super().on_headers_complete()
+
+    # --- the body ------------------------------------------------------------------------------
+
+    def _start_body(self) -> None:
+        self._cancel_body_timer()
+        self._in_body = True
+        self._body_last_byte = self.loop.time()
+        self._body_waited = 0.0
+        self._body_bytes = 0
+        self._body_timer = self.loop.call_later(BODY_CHECK_SECONDS, self._check_body)
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _check_body(self) -> None:
+        """Every BODY_CHECK_SECONDS while a body is read: is the client too slow?"""
+        now = self.loop.time()
+        cycle = self.cycle
+        # Waiting on the application, not on the client: it has not read what came (reading is
+        # paused), or has not asked for the body yet (the client waits for `100 Continue`).
+        if cycle is not None and (self.flow.read_paused or cycle.body or cycle.waiting_for_100_continue):
+            self._body_last_byte = now
+        else:
+            self._body_waited += BODY_CHECK_SECONDS
+            idle = now - self._body_last_byte > self.limits.body_idle_timeout
+            allowed = self.limits.body_idle_timeout + self._body_bytes / self.limits.body_min_rate
+            if idle or self._body_waited > allowed:
+                self._body_timer = None
+                self._refuse(408, BODY_TIMEOUT)
+                return
+        self._body_timer = self.loop.call_later(BODY_CHECK_SECONDS, self._check_body)
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        self._cancel_body_timer()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        self._idle_since = time.monotonic()
+        super().on_response_complete()
+
+    # --- bytes in --------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        """uvicorn's, plus the limits: bytes outside a body are a head, counted as they arrive
+        (httptools keeps a header until its end, so the parser's own callbacks come too late to
+        bound memory), and bytes inside one restart its idle timer."""
+        self._unset_keepalive_if_required()
+        if self._in_body:
+            self._body_last_byte = self.loop.time()
+            self._body_bytes += len(data)
+        else:
+            self._start_head()
+        head = self._head_timer
+        try:
+            self.parser.feed_data(data)
+            if head is not None and head is self._head_timer:  # the same head, still incomplete
+                self._head_fed += len(data)
+                if self._head_fed > self.limits.max_header_bytes:
+                    raise _HeadTooLarge
+        except _HeadTooLarge:
+            self._refuse(431, HEAD_TOO_LARGE)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _HeadTooLarge):
+                self._refuse(431, HEAD_TOO_LARGE)
+            else:
+                self._bad_request()
+        except httptools.HttpParserError:
+            self._bad_request()
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+
+    def _bad_request(self) -> None:
+        message = "Invalid HTTP request received."
+        self.logger.warning(message)
+        self.send_400_response(message)
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer `status` (unless an answer is already under way) and close the connection; the
+        application, if it is running, sees a disconnect."""
+        self._cancel_head_timer()
+        self._cancel_body_timer()
+        if self.transport.is_closing():
+            return
+        self.logger.warning("%s %s", status, message)
+        cycle = self.cycle
+        # A head's refusal is the answer to that head, unless an earlier request's answer is still
+        # being sent; a body's only while its request has no answer yet.
+        if self._in_body:
+            answer = cycle is not None and not cycle.response_started
+        else:
+            answer = cycle is None or cycle.response_complete
+        if answer:
+            body = message.encode()
+            head = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n".encode()]
+            head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+            head += [
+                b"content-type: text/plain; charset=utf-8\r\n",
+                b"content-length: %d\r\n" % len(body),
+                b"connection: close\r\n",
+            ]
+            if status == 503:
+                head.append(b"retry-after: 5\r\n")
+            self.transport.write(b"".join([*head, b"\r\n", body]))
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self.transport.close()

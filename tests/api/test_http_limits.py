@@ -1,0 +1,397 @@
+"""The API's HTTP limits (api/http_limits.py), attacked with raw sockets as they ship.
+
+The API is started by devstack's `start_api` (what `make run` and the whole suite use), which runs the
+launcher Dockerfile.api's CMD runs, with the same options; the limits are the HTTP_* settings' defaults,
+which no shipped file changes (the suite's settings leave them alone too). Each attack is one from
+issue 14: slow heads, oversized heads, stalled and short bodies, a flood of idle connections, and
+64 MB heads against the API's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import resource
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from api.http_limits import BODY_TIMEOUT, HEAD_TIMEOUT, HEAD_TOO_LARGE
+from config import _DEFAULTS, Settings, get_settings
+from core.storage import TEMP_PREFIX
+from devstack.servers import free_port
+from devstack.stack import start_api, stop_process, wait_until_ready
+from tests import images
+from tests.test_compose import DOCKERFILES, _instructions, _process_argv
+from tests.waiting import eventually
+
+# How much later than its limit a close may come on a loaded two-core machine.
+SLACK_SECONDS = 3.0
+HTTP_SETTINGS = (
+    "HTTP_MAX_HEADER_BYTES",
+    "HTTP_MAX_HEADERS",
+    "HTTP_HEADER_TIMEOUT_SECONDS",
+    "HTTP_BODY_IDLE_TIMEOUT_SECONDS",
+    "HTTP_BODY_MIN_BYTES_PER_SECOND",
+    "HTTP_MAX_CONNECTIONS",
+)
+
+
+@dataclass
+class Api:
+    process: subprocess.Popen
+    port: int
+    settings: Settings
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+
+@pytest.fixture(scope="module")
+def api(stack_env: dict[str, str], workdir: Path) -> Iterator[Api]:
+    """An API process of its own (its memory is measured), started as the suite's is."""
+    assert not set(HTTP_SETTINGS) & set(stack_env), "the limits under test are the shipped defaults"
+    port = free_port()
+    log_file = workdir / "limits-api.log"
+    process = start_api(stack_env, port, log_file=log_file)
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}", timeout=60, process=process)
+        yield Api(process, port, get_settings())
+    finally:
+        stop_process(process)
+
+
+def test_the_api_runs_the_images_command_with_the_shipped_limits(api: Api) -> None:
+    image = _process_argv(_instructions(DOCKERFILES["api"]))
+    started = [str(arg) for arg in api.process.args]  # type: ignore[union-attr]
+    assert started[1:3] == image[1:3] == ["-m", "api.serve"]
+    # The same launcher and options; only the interface (the image listens on all) and port differ.
+    assert _options(started) == {**_options(image), "--host": "127.0.0.1", "--port": str(api.port)}
+    assert {name: getattr(api.settings, name.lower()) for name in HTTP_SETTINGS} == {
+        name: _DEFAULTS[name] for name in HTTP_SETTINGS
+    }
+
+
+def _options(argv: list[str]) -> dict[str, str]:
+    """`--name value` and bare `--flag` options after the launcher's name, by name."""
+    options = [*argv[argv.index("api.serve") + 1 :], "--"]
+    return {
+        name: "" if options[index + 1].startswith("--") else options[index + 1]
+        for index, name in enumerate(options[:-1])
+        if name.startswith("--")
+    }
+
+
+# --- raw sockets -----------------------------------------------------------------------------------
+
+
+async def _connect(api: Api) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", api.port)
+
+
+async def _answer(reader: asyncio.StreamReader, *, timeout: float) -> bytes:
+    """Everything the server sends until it closes the connection (fails if it does not in time)."""
+    received = b""
+    async with asyncio.timeout(timeout):
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := await reader.read(65536):
+                received += chunk
+    return received
+
+
+def _status(answer: bytes) -> int:
+    assert answer.startswith(b"HTTP/1.1 "), answer[:200]
+    return int(answer.split(b" ", 2)[1])
+
+
+async def _closed_after(reader: asyncio.StreamReader, started: float, *, limit: float) -> tuple[bytes, float]:
+    answer = await _answer(reader, timeout=limit + SLACK_SECONDS)
+    return answer, time.monotonic() - started
+
+
+# --- heads -----------------------------------------------------------------------------------------
+
+
+async def test_headers_over_the_byte_limit_are_answered_431_and_closed(api: Api) -> None:
+    reader, writer = await _connect(api)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+    answer = await _answer(reader, timeout=5)
+    writer.close()
+
+    assert _status(answer) == 431
+    assert answer.endswith(HEAD_TOO_LARGE.encode())
+
+
+async def test_a_thousand_headers_are_answered_431(api: Api) -> None:
+    reader, writer = await _connect(api)
+    headers = b"".join(b"X-H%d: 1\r\n" % index for index in range(1000))
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    answer = await _answer(reader, timeout=5)
+    writer.close()
+
+    assert _status(answer) == 431
+
+
+async def test_headers_within_the_limits_are_served(api: Api) -> None:
+    reader, writer = await _connect(api)
+    headers = b"".join(b"X-H%d: %s\r\n" % (index, b"v" * 200) for index in range(90))
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + headers + b"\r\n")
+    answer = await _answer(reader, timeout=5)
+    writer.close()
+
+    assert _status(answer) == 200
+
+
+async def test_slow_heads_are_closed_at_the_header_deadline(api: Api) -> None:
+    """Slowloris: 50 connections each sending a header byte every second."""
+    limit = api.settings.http_header_timeout_seconds
+
+    async def slow_head() -> tuple[bytes, float]:
+        reader, writer = await _connect(api)
+        started = time.monotonic()
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+
+        async def drip() -> None:
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    await asyncio.sleep(1)  # the attack's pace, not a wait for the server
+                    writer.write(b"a")
+                    await writer.drain()
+
+        dripping = asyncio.create_task(drip())
+        try:
+            return await _closed_after(reader, started, limit=limit)
+        finally:
+            dripping.cancel()
+            writer.close()
+
+    results = await asyncio.gather(*(slow_head() for _ in range(50)))
+
+    for answer, elapsed in results:
+        assert limit - 0.5 <= elapsed <= limit + SLACK_SECONDS, elapsed
+        assert _status(answer) == 408
+        assert answer.endswith(HEAD_TIMEOUT.encode())
+
+
+async def test_a_silent_connection_is_closed_at_the_header_deadline(api: Api) -> None:
+    limit = api.settings.http_header_timeout_seconds
+    reader, writer = await _connect(api)
+    answer, elapsed = await _closed_after(reader, time.monotonic(), limit=limit)
+    writer.close()
+
+    assert answer == b""
+    assert limit - 0.5 <= elapsed <= limit + SLACK_SECONDS
+
+
+# --- bodies ----------------------------------------------------------------------------------------
+
+
+def _partials(uploads_dir: Path) -> set[str]:
+    return {path.name for path in uploads_dir.glob(f"{TEMP_PREFIX}*")}
+
+
+def _upload_head(content_length: int) -> bytes:
+    return (
+        b"POST /upload HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: multipart/form-data; boundary=limitsboundary\r\n"
+        b"Content-Length: %d\r\n\r\n" % content_length
+    )
+
+
+_PART_HEAD = b'--limitsboundary\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+
+
+async def test_a_stalled_upload_is_closed_at_the_idle_timeout_and_its_temp_file_removed(
+    api: Api, uploads_dir: Path
+) -> None:
+    limit = api.settings.http_body_idle_timeout_seconds
+    before = _partials(uploads_dir)
+    reader, writer = await _connect(api)
+    writer.write(_upload_head(500_000) + _PART_HEAD + images.png()[:100])
+    await writer.drain()
+    stalled = time.monotonic()
+
+    await eventually(
+        lambda: _async(bool(_partials(uploads_dir) - before)), timeout=10, what="the upload's temp file"
+    )
+    answer, elapsed = await _closed_after(reader, stalled, limit=limit)
+    writer.close()
+
+    assert limit - 0.5 <= elapsed <= limit + SLACK_SECONDS, elapsed
+    assert _status(answer) == 408
+    assert answer.endswith(BODY_TIMEOUT.encode())
+    await eventually(
+        lambda: _async(_partials(uploads_dir) <= before), timeout=10, what="the temp file removed"
+    )
+
+
+async def test_a_body_shorter_than_its_content_length_is_closed_at_the_idle_timeout(
+    api: Api, uploads_dir: Path
+) -> None:
+    limit = api.settings.http_body_idle_timeout_seconds
+    before = _partials(uploads_dir)
+    body = _PART_HEAD + images.png() + b"\r\n--limitsboundary--\r\n"
+    reader, writer = await _connect(api)
+    writer.write(_upload_head(len(body) + 1000) + body)
+    await writer.drain()
+
+    answer, elapsed = await _closed_after(reader, time.monotonic(), limit=limit)
+    writer.close()
+
+    assert limit - 0.5 <= elapsed <= limit + SLACK_SECONDS, elapsed
+    assert _status(answer) == 408
+    await eventually(lambda: _async(_partials(uploads_dir) <= before), timeout=10, what="no temp file left")
+
+
+async def test_a_body_trickling_a_byte_a_second_is_closed_after_the_grace(
+    api: Api, uploads_dir: Path
+) -> None:
+    """Never idle for long, but far below the minimum rate: closed once the grace is used up."""
+    sent = _PART_HEAD
+    limit = (
+        api.settings.http_body_idle_timeout_seconds + len(sent) / api.settings.http_body_min_bytes_per_second
+    )
+    before = _partials(uploads_dir)
+    reader, writer = await _connect(api)
+    writer.write(_upload_head(500_000) + sent)
+    await writer.drain()
+    started = time.monotonic()
+
+    async def trickle() -> None:
+        with contextlib.suppress(ConnectionError):
+            while True:
+                await asyncio.sleep(1)  # the attack's pace, not a wait for the server
+                writer.write(b"a")
+                await writer.drain()
+
+    trickling = asyncio.create_task(trickle())
+    try:
+        answer, elapsed = await _closed_after(reader, started, limit=limit)
+    finally:
+        trickling.cancel()
+        writer.close()
+
+    assert limit - 0.5 <= elapsed <= limit + SLACK_SECONDS, elapsed
+    assert _status(answer) == 408
+    await eventually(
+        lambda: _async(_partials(uploads_dir) <= before), timeout=10, what="the temp file removed"
+    )
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+# --- connections and memory ------------------------------------------------------------------------
+
+
+async def test_health_answers_within_a_second_past_the_connection_cap(api: Api) -> None:
+    cap = api.settings.http_max_connections
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * cap + 500
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+    idle = [await _connect(api) for _ in range(cap + 50)]
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            reader, writer = await _connect(api)
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = await _answer(reader, timeout=1)
+            writer.close()
+            assert _status(answer) == 200
+            assert time.monotonic() - started < 1
+    finally:
+        for _, writer in idle:
+            writer.close()
+
+
+async def test_four_64_mb_heads_leave_the_api_memory_bounded(api: Api) -> None:
+    before = api.rss_bytes()
+    peak = before
+    chunk = b"a" * 65536
+
+    async def header_bomb() -> int:
+        """Send up to 64 MB of one header; return what the server took before closing."""
+        _, writer = await _connect(api)
+        sent = 0
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Bomb: ")
+        with contextlib.suppress(ConnectionError):
+            while sent < 64 * 1024 * 1024:
+                writer.write(chunk)
+                await writer.drain()
+                sent += len(chunk)
+        writer.close()
+        return sent
+
+    async def sample() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, api.rss_bytes())
+            await asyncio.sleep(0.01)
+
+    sampling = asyncio.create_task(sample())
+    try:
+        sent = await asyncio.wait_for(asyncio.gather(*(header_bomb() for _ in range(4))), timeout=30)
+    finally:
+        sampling.cancel()
+
+    # The server closed each one early (a socket buffer's worth after the limit), and its memory
+    # barely moved (it grew 288 MB before the limits).
+    assert all(amount < 16 * 1024 * 1024 for amount in sent), sent
+    assert peak - before < 20 * 1024 * 1024, (before, peak)
+
+
+async def test_past_the_cap_with_every_connection_inside_a_request_a_newcomer_gets_503(
+    stack_env: dict[str, str], workdir: Path, uploads_dir: Path
+) -> None:
+    """Nothing idle to close for it: the newcomer is told to come back, and served once one ends."""
+    cap = 10  # the smallest the setting allows, so that ten uploads fill it
+    port = free_port()
+    process = start_api(
+        {**stack_env, "HTTP_MAX_CONNECTIONS": str(cap)}, port, log_file=workdir / "cap-api.log"
+    )
+    try:
+        await asyncio.to_thread(wait_until_ready, f"http://127.0.0.1:{port}", timeout=60, process=process)
+        before = _partials(uploads_dir)
+        uploads = [await asyncio.open_connection("127.0.0.1", port) for _ in range(cap)]
+        for _, writer in uploads:
+            writer.write(_upload_head(500_000) + _PART_HEAD + b"x")
+        await eventually(
+            lambda: _async(len(_partials(uploads_dir) - before) >= cap),
+            timeout=10,
+            what="ten uploads under way",
+        )
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await _answer(reader, timeout=2)
+        writer.close()
+        assert _status(answer) == 503
+        assert b"\r\nretry-after: 5\r\n" in answer
+
+        uploads.pop()[1].close()
+
+        async def health_served() -> bool:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = await _answer(reader, timeout=2)
+            writer.close()
+            return _status(answer) == 200
+
+        await eventually(health_served, timeout=5, what="/health served once an upload ended")
+        for _, writer in uploads:
+            writer.close()
+    finally:
+        stop_process(process)
