@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.deps import TASK_NOT_FOUND
 from core.models import ImageTask
 from tests import images
+from tests.database import recorded_outputs
 from tests.waiting import task_row
 
 
@@ -68,21 +69,6 @@ async def test_a_task_reads_the_same_under_tasks_and_status(client: httpx.AsyncC
     assert (missing.status_code, missing.json()) == (404, {"detail": TASK_NOT_FOUND})
 
 
-def _outputs(name: str) -> list[dict[str, object]]:
-    """What a worker records for one output (the row's files are its outputs' files)."""
-    return [
-        {
-            "name": "default",
-            "file": name,
-            "format": "JPEG",
-            "width": 40,
-            "height": 30,
-            "frames": 1,
-            "size_bytes": 1,
-        }
-    ]
-
-
 async def test_deleting_a_task_removes_its_row_and_files(
     client: httpx.AsyncClient, db: AsyncSession, uploads_dir: Path, processed_dir: Path
 ) -> None:
@@ -94,7 +80,7 @@ async def test_deleting_a_task_removes_its_row_and_files(
     await db.execute(
         update(ImageTask)
         .where(ImageTask.id == task_id)
-        .values(status="done", output_name=task.input_name, outputs=_outputs(task.input_name))
+        .values(status="done", output_name=task.input_name, outputs=recorded_outputs(task.input_name))
     )
     await db.commit()
 

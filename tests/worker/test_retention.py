@@ -14,25 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from config import get_settings
 from core.models import ImageTask
 from tests import images
+from tests.database import recorded_outputs
 from tests.waiting import eventually, task_row
 from worker.__main__ import run
 
 LONG_AGO = datetime.now(UTC) - timedelta(days=10)
-
-
-def _outputs(name: str) -> list[dict[str, object]]:
-    """What a worker records for one output (the row's files are its outputs' files)."""
-    return [
-        {
-            "name": "default",
-            "file": name,
-            "format": "JPEG",
-            "width": 40,
-            "height": 30,
-            "frames": 1,
-            "size_bytes": 1,
-        }
-    ]
 
 
 async def finished_task(
@@ -50,7 +36,7 @@ async def finished_task(
             status=status,
             finished_at=finished_at,
             output_name=task.input_name,
-            outputs=_outputs(task.input_name),
+            outputs=recorded_outputs(task.input_name),
             upload_time=finished_at,
         )
     )
