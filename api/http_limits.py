@@ -87,6 +87,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._body_last_byte = 0.0
         self._body_waited = 0.0
         self._body_bytes = 0
+        # A chunk's header came and none of its data since: the last chunk's, if trailer fields
+        # follow, which httptools keeps (each one whole, by repeated concatenation) until its end.
+        self._after_chunk_header = False
+        self._trailer_fed = 0
         # When this connection last became idle (between requests): the eviction order.
         self._idle_since = time.monotonic()
 
@@ -202,14 +206,28 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 return
         self._body_timer = self.loop.call_later(BODY_CHECK_SECONDS, self._check_body)
 
+    def on_chunk_header(self) -> None:
+        self._after_chunk_header = True
+        self._trailer_fed = 0
+
+    def on_body(self, body: bytes) -> None:
+        self._after_chunk_header = False
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
         self._in_body = False
+        self._after_chunk_header = False
         self._cancel_body_timer()
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
         self._idle_since = time.monotonic()
         super().on_response_complete()
+        if self._in_body and not self.transport.is_closing():
+            # Answered before its body was read in full (a 404, a refusal): the rest of it would
+            # keep the connection busy for ever, and nothing is going to read it.
+            self._cancel_body_timer()
+            self.transport.close()
 
     # --- bytes in --------------------------------------------------------------------------------
 
@@ -224,11 +242,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self._start_head()
         head = self._head_timer
+        in_trailer = self._in_body and self._after_chunk_header
         try:
             self.parser.feed_data(data)
             if head is not None and head is self._head_timer:  # the same head, still incomplete
                 self._head_fed += len(data)
                 if self._head_fed > self.limits.max_header_bytes:
+                    raise _HeadTooLarge
+            if in_trailer and self._in_body and self._after_chunk_header:
+                # A whole read after a chunk header with no chunk data: trailer fields, held to
+                # the head's size limit (a data chunk's bytes would have reached on_body).
+                self._trailer_fed += len(data)
+                if self._trailer_fed > self.limits.max_header_bytes:
                     raise _HeadTooLarge
         except _HeadTooLarge:
             self._refuse(431, HEAD_TOO_LARGE)

@@ -254,6 +254,42 @@ async def test_a_body_shorter_than_its_content_length_is_closed_at_the_idle_time
     await eventually(lambda: _async(_partials(uploads_dir) <= before), timeout=10, what="no temp file left")
 
 
+async def test_chunked_trailer_fields_are_held_to_the_head_limit(api: Api) -> None:
+    """Trailers after the last chunk are kept by the parser like a head: past the head's byte limit
+    the request is answered 431 and closed, however the bytes come."""
+    reader, writer = await _connect(api)
+    writer.write(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Type: multipart/form-data; boundary=limitsboundary\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nX-Trailer: "
+    )
+    await writer.drain()
+    sent = 0
+    with contextlib.suppress(ConnectionError):
+        while sent < 4 * api.settings.http_max_header_bytes and not reader.at_eof():
+            writer.write(b"a" * 4096)
+            await writer.drain()
+            sent += 4096
+    answer = await _answer(reader, timeout=10)
+    writer.close()
+
+    assert _status(answer) == 431, answer[:200]
+    assert answer.endswith(HEAD_TOO_LARGE.encode())
+
+
+async def test_a_body_left_unread_by_its_answer_does_not_hold_the_connection(api: Api) -> None:
+    """Answered before its body was read (here a 404): the connection is closed rather than kept in
+    a body nobody reads, where no idle or eviction rule would ever reach it."""
+    reader, writer = await _connect(api)
+    writer.write(b"POST /no-such-page HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nx")
+    await writer.drain()
+
+    answer = await _answer(reader, timeout=api.settings.http_body_idle_timeout_seconds)
+    writer.close()
+
+    assert _status(answer) == 404
+
+
 async def test_a_body_trickling_a_byte_a_second_is_closed_after_the_grace(
     api: Api, uploads_dir: Path
 ) -> None:
