@@ -42,9 +42,11 @@ DATABASE_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     # asyncpg raises plain OSErrors while connecting (refused, no such socket file), unwrapped.
     OSError,
     TimeoutError,
-    # The driver's own pool (core.tasks): a closed connection, a pool shutting down.
-    asyncpg.InterfaceError,
 )
+# The driver's own pool (core.tasks) reports a connection or a pool closed under it as a bare
+# InterfaceError; its other InterfaceErrors (an argument of the wrong type, a missing feature) are
+# bugs, which must not pass for an outage.
+_CLOSED_UNDER_US = ("connection is closed", "pool is closing", "pool is closed")
 
 
 # SQLSTATE classes of a server that cannot serve us right now: 08 connection exception, 53 out of
@@ -60,6 +62,8 @@ def is_database_unavailable(exc: BaseException) -> bool:
     """
     if isinstance(exc, DATABASE_UNAVAILABLE_ERRORS):
         return True
+    if isinstance(exc, asyncpg.InterfaceError):
+        return str(exc) in _CLOSED_UNDER_US
     if isinstance(exc, DBAPIError):
         sqlstate = getattr(exc.orig, "sqlstate", None) or ""
         return exc.connection_invalidated or sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES

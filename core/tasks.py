@@ -63,7 +63,10 @@ def _mapping_errors(statement: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awai
         except (DatabaseUnavailable, TaskConflict):
             raise
         except Exception as exc:
-            raise _mapped(exc) from exc
+            mapped = _mapped(exc)
+            if mapped is exc:  # a bug: as it is, with its own cause
+                raise
+            raise mapped from exc
 
     return run
 
@@ -197,9 +200,10 @@ async def insert_task(pool: asyncpg.Pool, storage: Storage, task: NewTask) -> in
         # deleting it could leave a row with no file).
         if not sent or _refused_by_server(exc):
             await _forget_upload(storage, task.input_name)
-        if isinstance(exc, Exception):
-            raise _mapped(exc) from exc
-        raise
+        mapped = _mapped(exc) if isinstance(exc, Exception) else exc
+        if mapped is exc:
+            raise
+        raise mapped from exc
 
 
 def _refused_by_server(exc: BaseException) -> bool:

@@ -171,6 +171,18 @@ def test_driver_errors_are_told_apart_from_an_unavailable_database() -> None:
     assert is_database_unavailable(asyncpg.AdminShutdownError("terminating connection"))
     assert is_database_unavailable(asyncpg.CannotConnectNowError("the database system is starting up"))
     assert is_database_unavailable(asyncpg.InterfaceError("connection is closed"))
+    assert is_database_unavailable(asyncpg.InterfaceError("pool is closing"))
+    assert not is_database_unavailable(
+        asyncpg.InterfaceError("cannot perform operation: another operation is in progress")
+    )
+
+
+async def test_a_driver_error_that_is_a_bug_passes_through_as_it_is(database: asyncpg.Pool) -> None:
+    """An argument of the wrong type is a bug: never "unavailable" (a 503, or a worker nak'ing for
+    ever), and raised as the driver raised it, not wrapped and not stripped of its cause."""
+    with pytest.raises(asyncpg.DataError, match="invalid input for query argument") as raised:
+        await tasks.status_of(database, "not an id")  # type: ignore[arg-type]
+    assert isinstance(raised.value.__cause__, TypeError), "its own cause, as the driver raised it"
 
 
 async def test_a_pool_on_an_unreachable_server_starts_and_each_use_is_unavailable(

@@ -76,7 +76,20 @@ async def test_an_upload_whose_insert_the_server_cuts_off_answers_503_and_leaves
                 )
                 return bool(waiting)
 
-            await eventually(insert_waits_for_the_lock, what="the upload's INSERT waiting for the lock")
+            activity: list[str] = []
+
+            async def what_waits() -> bool:
+                rows = await admin.fetch(
+                    "SELECT pid, state, wait_event_type, left(query, 70) AS query FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                activity[:] = [str(dict(row)) for row in rows]
+                return await insert_waits_for_the_lock()
+
+            await eventually(
+                what_waits,
+                what=lambda: "the upload's INSERT waiting for the lock; activity:\n" + "\n".join(activity),
+            )
             await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", waiting)
             response = await upload
     finally:
