@@ -30,6 +30,7 @@ TOO_LONG = f"`callback_url` is longer than {MAX_URL_CHARS} characters."
 NO_HOST = "`callback_url` has no host name."
 HAS_CREDENTIALS = "`callback_url` must not carry a user name or password."
 BAD_PORT = "`callback_url` has an invalid port."
+CONTROL_CHARACTERS = "`callback_url` must not contain control characters."
 UNRESOLVED = "`callback_url`: the host name {host!r} does not resolve."
 PRIVATE = (
     "`callback_url` points to {address}, a loopback, private or reserved address; "
@@ -70,6 +71,9 @@ async def vet_callback_url(url: str, *, allow_private: bool) -> CallbackTarget:
     """Parse and resolve `url`; CallbackRefused says why it cannot be used."""
     if len(url) > MAX_URL_CHARS:
         raise CallbackRefused(TOO_LONG)
+    # A NUL cannot be stored (PostgreSQL text refuses it), and none belongs in a URL.
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in url):
+        raise CallbackRefused(CONTROL_CHARACTERS)
     try:
         parts = urlsplit(url)
         port = parts.port

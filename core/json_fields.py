@@ -23,6 +23,7 @@ MAX_JSON_FIELD_BYTES = 8 * 1024
 NOT_JSON = "`{field}` is not valid JSON."
 TOO_DEEP = f"`{{field}}` is nested more than {MAX_JSON_DEPTH} levels deep."
 TOO_LARGE = f"`{{field}}` is larger than {MAX_JSON_FIELD_BYTES:,} bytes."
+HAS_NUL = "`{field}` contains a NUL character (\\u0000), which cannot be stored."
 
 # A JSON string, escapes included: brackets inside strings do not nest.
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
@@ -40,9 +41,24 @@ def parse_json_field(field: str, raw: str) -> Any:
     if nesting_depth(raw) > MAX_JSON_DEPTH:
         raise JsonFieldInvalid(TOO_DEEP.format(field=field))
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except (ValueError, RecursionError):
         raise JsonFieldInvalid(NOT_JSON.format(field=field)) from None
+    # PostgreSQL's jsonb refuses \u0000 in any string: the row's INSERT would fail (a 500).
+    if _has_nul(value):
+        raise JsonFieldInvalid(HAS_NUL.format(field=field))
+    return value
+
+
+def _has_nul(value: Any) -> bool:
+    """Whether a NUL is in any string or key of `value` (at most MAX_JSON_DEPTH deep)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    if isinstance(value, dict):
+        return any("\x00" in key or _has_nul(item) for key, item in value.items())
+    return False
 
 
 def nesting_depth(raw: str) -> int:

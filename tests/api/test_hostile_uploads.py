@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from api.callback_urls import CONTROL_CHARACTERS
 from core.formats import more_frames_than_message
 from core.image_structure import (
     PNG_MAX_CHUNKS,
@@ -21,7 +22,7 @@ from core.image_structure import (
     PNG_TOO_MANY_CHUNKS,
     png_metadata_too_large_message,
 )
-from core.json_fields import MAX_JSON_DEPTH, TOO_DEEP
+from core.json_fields import HAS_NUL, MAX_JSON_DEPTH, TOO_DEEP
 from tests import images
 from tests.conftest import TEST_SETTINGS
 
@@ -93,6 +94,27 @@ async def test_json_nested_a_thousand_levels_deep_is_a_422_naming_the_field(
     assert response.status_code == 422
     assert response.json() == {"detail": TOO_DEEP.format(field=field)}
     assert response.json() == {"detail": f"`{field}` is nested more than {MAX_JSON_DEPTH} levels deep."}
+
+
+async def test_a_nul_in_an_ops_string_is_a_422_not_a_500(
+    client: httpx.AsyncClient, uploads_dir: Path
+) -> None:
+    # Valid JSON, but PostgreSQL's jsonb refuses \u0000: the row's INSERT failed with a 500.
+    ops = '[{"op": "watermark", "text": "a\\u0000b"}]'
+    response = await refused(client, uploads_dir, images.png(), ops=ops)
+
+    assert response.status_code == 422
+    assert response.json() == {"detail": HAS_NUL.format(field="ops")}
+
+
+async def test_a_control_character_in_a_callback_url_is_a_422_not_a_500(
+    client: httpx.AsyncClient, uploads_dir: Path
+) -> None:
+    # PostgreSQL's text refuses a NUL: the row's INSERT failed with a 500.
+    response = await refused(client, uploads_dir, images.png(), callback_url="http://93.184.216.34/\x00x")
+
+    assert response.status_code == 422
+    assert response.json() == {"detail": CONTROL_CHARACTERS}
 
 
 async def test_json_nested_within_the_limit_is_judged_as_usual(
