@@ -1,7 +1,8 @@
 """The FastAPI application: lifespan (settings, engine, NATS publisher), routers, error answers.
 
-`uvicorn api.main:app` serves it. Building `app` touches nothing outside the process: settings
-are read, and connections made, when the lifespan starts.
+`python -m api.serve` serves it (uvicorn with the HTTP limits of api/http_limits.py). Building
+`app` touches nothing outside the process: settings are read, and connections made, when the
+lifespan starts.
 """
 
 from __future__ import annotations

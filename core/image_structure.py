@@ -44,7 +44,6 @@ PROBE_BYTES_SLACK = 64 * 1024
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GIF_SIGNATURES = (b"GIF87a", b"GIF89a")
 _TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
-_COMPRESSED_CHUNKS = (b"zTXt", b"iCCP", b"iTXt")
 
 PNG_TOO_MANY_CHUNKS = f"PNG has more than {PNG_MAX_CHUNKS:,} chunks; the limit is {PNG_MAX_CHUNKS:,}."
 PNG_TEXT_TOO_LARGE = f"PNG text metadata is larger than {PNG_MAX_TEXT_BYTES:,} bytes in all."

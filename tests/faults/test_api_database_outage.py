@@ -65,29 +65,31 @@ async def test_an_upload_whose_insert_the_server_cuts_off_answers_503_and_leaves
                 client.post("/upload", files={"file": ("cut.jpg", images.jpeg(), "image/jpeg")})
             )
             waiting: list[int] = []
-
-            async def insert_waits_for_the_lock() -> bool:
-                waiting[:] = (
-                    await admin.fetchval(
-                        "SELECT array_agg(pid) FROM pg_stat_activity"
-                        " WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO image_tasks%'"
-                    )
-                    or []
-                )
-                return bool(waiting)
-
             activity: list[str] = []
 
-            async def what_waits() -> bool:
+            async def insert_waits_for_the_lock() -> bool:
+                # A prepared statement that waits for a lock while it is bound still shows its
+                # connection's previous statement ("idle"), so the INSERT is found by its lock: a
+                # row-exclusive one on image_tasks not granted, on a connection of the API's driver
+                # pool (which runs only the INSERT and the queued mark).
                 rows = await admin.fetch(
-                    "SELECT pid, state, wait_event_type, left(query, 70) AS query FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    "SELECT a.pid, a.state, left(a.query, 70) AS query, l.mode, l.granted"
+                    " FROM pg_stat_activity a LEFT JOIN pg_locks l"
+                    " ON l.pid = a.pid AND l.relation = 'image_tasks'::regclass"
+                    " WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()"
                 )
                 activity[:] = [str(dict(row)) for row in rows]
-                return await insert_waits_for_the_lock()
+                waiting[:] = [
+                    row["pid"]
+                    for row in rows
+                    if row["mode"] == "RowExclusiveLock"
+                    and not row["granted"]
+                    and _driver_pool_statement(row["query"] or "")
+                ]
+                return bool(waiting)
 
             await eventually(
-                what_waits,
+                insert_waits_for_the_lock,
                 what=lambda: "the upload's INSERT waiting for the lock; activity:\n" + "\n".join(activity),
             )
             await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", waiting)
@@ -98,3 +100,9 @@ async def test_an_upload_whose_insert_the_server_cuts_off_answers_503_and_leaves
     assert response.status_code == 503, response.text
     assert response.json() == {"detail": DATABASE_UNAVAILABLE}
     assert set(uploads_dir.iterdir()) == before
+
+
+def _driver_pool_statement(query: str) -> bool:
+    """Whether `query` (a connection's last statement) is one the API's driver pool runs; empty on a
+    connection that has run nothing yet."""
+    return not query or query.startswith(("INSERT INTO image_tasks", "UPDATE image_tasks SET queued_at"))
