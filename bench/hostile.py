@@ -185,13 +185,27 @@ class Watched:
     rss: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
     api_open_files: list[int] = field(default_factory=list)
     temp_files: list[int] = field(default_factory=list)
+    accept_queue: list[int] = field(default_factory=list)
+
+
+def accept_queue(port: int) -> int | None:
+    """Connections the kernel has completed for the listening socket on `port` that the API has not
+    accepted yet (a LISTEN socket's rx_queue in /proc/net/tcp): time spent there is not the API's
+    own, and no limit of it can see it."""
+    wanted = f"0100007F:{port:04X}"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1] == wanted and fields[3] == "0A":
+                return int(fields[4].split(":")[1], 16)
+    return None
 
 
 def _temp_files(uploads: Path) -> int:
     return sum(1 for _ in uploads.glob(f"{TEMP_PREFIX}*"))
 
 
-async def watch(processes: dict[str, int], uploads: Path, stop: asyncio.Event) -> Watched:
+async def watch(processes: dict[str, int], uploads: Path, port: int, stop: asyncio.Event) -> Watched:
     watched = Watched()
     handles = {name: psutil.Process(pid) for name, pid in processes.items()}
     while not stop.is_set():
@@ -201,6 +215,9 @@ async def watch(processes: dict[str, int], uploads: Path, stop: asyncio.Event) -
         with contextlib.suppress(psutil.NoSuchProcess):
             watched.api_open_files.append(handles["api"].num_fds())
         watched.temp_files.append(await asyncio.to_thread(_temp_files, uploads))
+        queued = await asyncio.to_thread(accept_queue, port)
+        if queued is not None:
+            watched.accept_queue.append(queued)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), SAMPLE_SECONDS)
     return watched
@@ -218,12 +235,20 @@ def _spread(values: list[float], scale: float = 1000.0) -> dict[str, float | Non
     }
 
 
+@dataclass(frozen=True)
+class HostilePlan:
+    seconds: float = 60.0  # each phase
+    rate: float = 20.0  # normal uploads a second
+    workers: int = 1
+    mix: Mix = field(default_factory=Mix)
+
+
 class Bench:
-    def __init__(self, stack: BenchStack, api: Api, workers: list[int], args: argparse.Namespace) -> None:
+    def __init__(self, stack: BenchStack, api: Api, workers: list[int], plan: HostilePlan) -> None:
         self.stack = stack
         self.api = api
         self.workers = workers
-        self.args = args
+        self.plan = plan
         self.data = photo_jpeg(*SMALL)
         self.cpu = machine.CpuAccount(stack.postmaster_pid())
 
@@ -239,15 +264,15 @@ class Bench:
         }
 
     async def phase(self, name: str, *, hostile: bool) -> dict[str, Any]:
-        print(f"— {name}: {self.args.seconds:g} s", flush=True)
+        print(f"  {name}: {self.plan.seconds:g} s", flush=True)
         stop = asyncio.Event()
         rss_before = {name: _tree_rss_mib(psutil.Process(pid)) for name, pid in self.processes.items()}
         cpu_before, machine_before = self.cpu_seconds(), self.cpu.snapshot()
-        watching = asyncio.create_task(watch(self.processes, self.stack.uploads, stop))
+        watching = asyncio.create_task(watch(self.processes, self.stack.uploads, self.api.port, stop))
         health = asyncio.create_task(poll_health(self.api.base_url, stop))
         attacker = await self.start_attacker() if hostile else None
         started = time.monotonic()
-        load = await normal_uploads(self.api.base_url, self.data, self.args.rate, self.args.seconds)
+        load = await normal_uploads(self.api.base_url, self.data, self.plan.rate, self.plan.seconds)
         attack = await self.attack_result(attacker) if attacker else None
         window = time.monotonic() - started
         stop.set()
@@ -270,6 +295,7 @@ class Bench:
             },
             "api_open_files_peak": max(watched.api_open_files, default=0),
             "temp_files_peak": max(watched.temp_files, default=0),
+            "accept_queue": _spread(watched.accept_queue, scale=1.0),
             "cpu": busy,
             "client_cpu_seconds": cpu_after["measuring client"] - cpu_before["measuring client"],
             "alive": {process: psutil.pid_exists(pid) for process, pid in self.processes.items()},
@@ -286,7 +312,7 @@ class Bench:
     async def start_attacker(self) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
             *(sys.executable, "-m", "bench.hostile_attacks", "--port", str(self.api.port)),
-            *("--seconds", str(self.args.seconds), "--mix", json.dumps(self.args.mix)),
+            *("--seconds", str(self.plan.seconds), "--mix", json.dumps(asdict(self.plan.mix))),
             *("--header-timeout", str(get_settings().http_header_timeout_seconds)),
             stdout=asyncio.subprocess.PIPE,
         )
@@ -353,42 +379,41 @@ class Bench:
             await asyncio.sleep(0.2)
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    workdir = Path(tempfile.mkdtemp(prefix="imagequeue-hostile-"))
+async def scenario(stack: BenchStack, plan: HostilePlan) -> dict[str, Any]:
+    """Both phases on `stack` (started), with an API and workers of their own."""
     started = time.monotonic()
+    result: dict[str, Any] = {"plan": asdict(plan), "settings": _shown_settings(stack.env)}
+    async with stack.api(name="api-hostile") as api, stack.workers(plan.workers) as pids:
+        bench = Bench(stack, api, pids, plan)
+        await normal_uploads(api.base_url, bench.data, WARM_UP_UPLOADS, 1.0)
+        await bench.wait_idle()
+        result["baseline"] = await bench.phase("baseline (normal uploads alone)", hostile=False)
+        await bench.wait_idle()
+        result["hostile"] = await bench.phase("hostile (the same, with every attack at once)", hostile=True)
+        result["rss_after_settle_mib"] = await bench.settle()
+        result["api_log_tail"] = _tail(stack.workdir / "api-hostile.log")
+        result["workers_log_tail"] = _tail(stack.workdir / "workers.log")
+    result["elapsed_seconds"] = round(time.monotonic() - started, 1)
+    return result
+
+
+async def run(plan: HostilePlan, *, keep: bool) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="imagequeue-hostile-"))
     stack = BenchStack(workdir)
     try:
         await stack.start()
+        print("— hostile traffic", flush=True)
         results: dict[str, Any] = {
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "machine": machine.machine(),
             "versions": machine.versions(await stack.postgres_version(), stack.nats_binary),
-            "plan": {
-                "seconds": args.seconds,
-                "rate": args.rate,
-                "workers": args.workers,
-                "mix": asdict(Mix(**args.mix)),
-            },
-            "settings": _shown_settings(stack.env),
+            **await scenario(stack, plan),
         }
-        async with stack.api() as api, stack.workers(args.workers) as pids:
-            bench = Bench(stack, api, pids, args)
-            await normal_uploads(api.base_url, bench.data, WARM_UP_UPLOADS, 1.0)
-            await bench.wait_idle()
-            results["baseline"] = await bench.phase("baseline (normal uploads alone)", hostile=False)
-            await bench.wait_idle()
-            results["hostile"] = await bench.phase(
-                "hostile (the same, with every attack at once)", hostile=True
-            )
-            results["rss_after_settle_mib"] = await bench.settle()
-            results["api_log_tail"] = _tail(workdir / "api.log")
-            results["workers_log_tail"] = _tail(workdir / "workers.log")
         results["machine"]["load_average_at_end"] = os.getloadavg()
-        results["elapsed_seconds"] = round(time.monotonic() - started, 1)
         return results
     finally:
         await stack.stop()
-        if args.keep:
+        if keep:
             print(f"work folder kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -437,6 +462,13 @@ def _counts(counter: dict[str, int]) -> str:
     return ", ".join(f"{key}: {n:,}" for key, n in counter.items()) or "none"
 
 
+def _queue(phase: dict[str, Any]) -> str:
+    queued = phase.get("accept_queue") or {}
+    if not queued.get("n"):
+        return "not read"
+    return f"{queued['p50']:,.0f} / {queued['max']:,.0f}"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -444,11 +476,21 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
+    """A standalone run: when, where, then the tables."""
+    machine_load = results["machine"]
+    return (
+        f"Run of {results['date']}; load average at start {machine_load['load_average_at_start'][0]:.2f}, "
+        f"at end {machine_load['load_average_at_end'][0]:.2f}.\n\n{section(results)}"
+    )
+
+
+def section(results: dict[str, Any]) -> str:
+    """The tables of one scenario's result (also `make bench`'s section 6)."""
     plan = results["plan"]
     base, hostile = results["baseline"], results["hostile"]
     out = [
-        f"Run of {results['date']}: {plan['seconds']:g} s a phase, {plan['rate']:g} normal uploads/s "
-        f"(600×450 JPEG), {plan['workers']} worker process(es); {results['elapsed_seconds']} s in all.",
+        f"{plan['seconds']:g} s a phase, {plan['rate']:g} normal uploads/s (600×450 JPEG), "
+        f"{plan['workers']} worker process(es); {results['elapsed_seconds']} s in all.",
         "",
         "**Normal uploads** (ms; client: POST answered, and POST → `done` seen with GET /status every "
         "50 ms; task: `upload_time` → `finished_at` from the row)",
@@ -537,7 +579,9 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"API open files at peak: {base['api_open_files_peak']:,} (baseline), "
         f"{hostile['api_open_files_peak']:,} (hostile); upload temp files at peak: "
-        f"{base['temp_files_peak']}, {hostile['temp_files_peak']}. "
+        f"{base['temp_files_peak']}, {hostile['temp_files_peak']}. Connections waiting in the "
+        f"kernel for the API to accept them (sampled every {SAMPLE_SECONDS:g} s), p50 / max: "
+        f"{_queue(base)}, {_queue(hostile)}. "
         f"CPU of the measuring client (normal uploads, /health, sampling): "
         f"{base['client_cpu_seconds']:.1f} s, {hostile['client_cpu_seconds']:.1f} s; of the attacker "
         f"process: {attack.get('cpu_seconds', 0):.1f} s; of the whole machine: "
@@ -545,9 +589,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"{base['cpu']['wall_seconds']:.0f} s, {hostile['cpu']['wall_seconds']:.0f} s. Share of the "
         f"machine's CPU used by processes this run did not start: "
         f"{base['cpu']['other_cpu_share']:.0%} (baseline), "
-        f"{hostile['cpu']['other_cpu_share']:.0%} (hostile); load average at start "
-        f"{results['machine']['load_average_at_start'][0]:.2f}, at end "
-        f"{results['machine']['load_average_at_end'][0]:.2f}. Still running at the end: "
+        f"{hostile['cpu']['other_cpu_share']:.0%} (hostile). Still running at the end: "
         f"{_counts({k: int(v) for k, v in hostile['alive'].items()})}.",
         "",
         "**Attacks: how each connection was answered** (held: connect → closed by the server)",
@@ -640,8 +682,9 @@ def main() -> int:
     parser.add_argument("--name", help="results file name (default: <date>-hostile)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, files)")
     args = parser.parse_args()
-    Mix(**args.mix)  # an unknown field fails here, before any server starts
-    results = asyncio.run(run(args))
+    # An unknown field fails here, before any server starts.
+    plan = HostilePlan(seconds=args.seconds, rate=args.rate, workers=args.workers, mix=Mix(**args.mix))
+    results = asyncio.run(run(plan, keep=args.keep))
     name = args.name or datetime.date.today().isoformat() + "-hostile"
     paths = write(results, args.out, name)
     print(markdown(results))
