@@ -110,14 +110,12 @@ async def _until_closed(reader: asyncio.StreamReader) -> str:
     return _answer_label(received, None)
 
 
-async def _connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.wait_for(asyncio.open_connection(HOST, _port), 10)
-
-
-_port = 0
+async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.wait_for(asyncio.open_connection(HOST, port), 10)
 
 
 async def _held_connection(
+    port: int,
     tally: Tally,
     head: bytes,
     drip: bytes,
@@ -131,7 +129,7 @@ async def _held_connection(
     while time.monotonic() < end:
         started = time.monotonic()
         try:
-            reader, writer = await _connect()
+            reader, writer = await _connect(port)
         except (OSError, TimeoutError) as exc:
             tally.record(f"connect failed ({type(exc).__name__})", started)
             await asyncio.sleep(0.5)
@@ -166,13 +164,13 @@ async def _held_connection(
             writer.close()
 
 
-async def _bomb(tally: Tally, head: bytes, body: bytes, repeat: int, end: float) -> None:
+async def _bomb(port: int, tally: Tally, head: bytes, body: bytes, repeat: int, end: float) -> None:
     """One slot of a header bomb: send `head`, then `body` `repeat` times (or until the server
     closes), and read the answer; again until `end`."""
     while time.monotonic() < end:
         started = time.monotonic()
         try:
-            reader, writer = await _connect()
+            reader, writer = await _connect(port)
         except (OSError, TimeoutError) as exc:
             tally.record(f"connect failed ({type(exc).__name__})", started)
             await asyncio.sleep(0.5)
@@ -259,10 +257,10 @@ def cost_bombs(port: int) -> dict[str, CostBomb]:
     }
 
 
-async def _send_cost_bomb(bomb: CostBomb) -> None:
+async def _send_cost_bomb(port: int, bomb: CostBomb) -> None:
     started = time.monotonic()
     try:
-        reader, writer = await _connect()
+        reader, writer = await _connect(port)
     except (OSError, TimeoutError) as exc:
         bomb.answers[f"connect failed ({type(exc).__name__})"] += 1
         return
@@ -288,7 +286,7 @@ async def _send_cost_bomb(bomb: CostBomb) -> None:
         writer.close()
 
 
-async def _cost_bombing(bombs: dict[str, CostBomb], per_second: float, end: float) -> None:
+async def _cost_bombing(port: int, bombs: dict[str, CostBomb], per_second: float, end: float) -> None:
     """The kinds in turn at `per_second`, each in a task of its own (a slow answer does not slow
     the pace), at most MAX_COST_BOMBS_IN_FLIGHT unanswered."""
     kinds = list(bombs.values())
@@ -297,7 +295,7 @@ async def _cost_bombing(bombs: dict[str, CostBomb], per_second: float, end: floa
     next_at = time.monotonic()
     while time.monotonic() < end:
         if len(in_flight) < MAX_COST_BOMBS_IN_FLIGHT:
-            task = asyncio.create_task(_send_cost_bomb(kinds[index % len(kinds)]))
+            task = asyncio.create_task(_send_cost_bomb(port, kinds[index % len(kinds)]))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
             index += 1
@@ -308,8 +306,6 @@ async def _cost_bombing(bombs: dict[str, CostBomb], per_second: float, end: floa
 
 
 async def attack(port: int, seconds: float, mix: Mix, header_timeout: float) -> dict[str, Any]:
-    global _port
-    _port = port
     end = time.monotonic() + seconds
     tallies = {
         name: Tally() for name in ("slowloris", "slow bodies", "64 MB heads", "20,000 headers", "idle")
@@ -345,6 +341,7 @@ async def attack(port: int, seconds: float, mix: Mix, header_timeout: float) -> 
             mix.slowloris,
             mix.slowloris_interval,
             lambda: _held_connection(
+                port,
                 tallies["slowloris"],
                 b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ",
                 b"a",
@@ -356,15 +353,20 @@ async def attack(port: int, seconds: float, mix: Mix, header_timeout: float) -> 
         staggered(
             mix.slow_bodies,
             mix.slow_body_interval,
-            lambda: _held_connection(tallies["slow bodies"], upload_head, b"a", mix.slow_body_interval, end),
+            lambda: _held_connection(
+                port, tallies["slow bodies"], upload_head, b"a", mix.slow_body_interval, end
+            ),
         ),
         staggered(
-            mix.idle, 2.0, lambda: _held_connection(tallies["idle"], b"", b"", 0, end, classify=early_close)
+            mix.idle,
+            2.0,
+            lambda: _held_connection(port, tallies["idle"], b"", b"", 0, end, classify=early_close),
         ),
         staggered(
             mix.header_bombs,
             1.0,
             lambda: _bomb(
+                port,
                 tallies["64 MB heads"],
                 b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Bomb: ",
                 chunk,
@@ -376,12 +378,12 @@ async def attack(port: int, seconds: float, mix: Mix, header_timeout: float) -> 
             mix.header_floods,
             1.0,
             lambda: _bomb(
-                tallies["20,000 headers"], b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n", flood, 1, end
+                port, tallies["20,000 headers"], b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n", flood, 1, end
             ),
         ),
     ]
     if mix.cost_bombs_per_second > 0:
-        jobs.append(_cost_bombing(bombs, mix.cost_bombs_per_second, end))
+        jobs.append(_cost_bombing(port, bombs, mix.cost_bombs_per_second, end))
     await asyncio.gather(*jobs)
     return {
         "connections": {name: tally.summary() for name, tally in tallies.items()},
