@@ -6,7 +6,7 @@ PORT ?= 8000
 WORKERS ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-compose lint format clean bench bench-quick
+.PHONY: install run test test-compose lint format clean bench bench-quick bench-hostile
 
 # The venv is rebuilt only when a requirements file changes.
 $(VENV)/.installed: requirements.txt requirements-core.txt requirements-api.txt requirements-worker.txt \
@@ -53,6 +53,10 @@ bench: $(VENV)/.bench-installed
 ## bench-quick: a two-minute subset of `make bench` (results as bench/results/<date>-quick.*)
 bench-quick: $(VENV)/.bench-installed
 	$(PY) -m bench.suite --quick
+
+## bench-hostile: `make bench`'s hostile-traffic scenario alone (about 2.5 min; bench/results/<date>-hostile.*)
+bench-hostile: $(VENV)/.bench-installed
+	$(PY) -m bench.hostile
 
 ## clean: remove the local servers' data (.devdata) and runtime files; keeps the venv
 clean:

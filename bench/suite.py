@@ -17,6 +17,8 @@ Scenarios (the issue's numbering):
 4. end to end: uploads at concurrency 16 with 2 worker processes: images/s, first upload to last done.
 5. memory: the API's RSS growth while an 80 MB upload is refused; a worker's peak RSS on 24 MP and
    50 MP JPEGs (default processing, and the `thumbnail` preset when the API accepts it).
+6. hostile traffic (full runs only, once: about 2.5 minutes): normal uploads alone, then the same
+   while every attack class of issue 14 runs at once (bench/hostile.py).
 
 Every load is bounded in count and in time and goes to 127.0.0.1 only.
 """
@@ -41,7 +43,7 @@ from typing import Any
 
 import httpx
 
-from bench import machine, report
+from bench import hostile, machine, report
 from bench.images import photo_jpeg
 from bench.load import HOST
 from bench.pillow_baseline import bare_loop, render_function
@@ -72,6 +74,9 @@ class Plan:
     # Also drain with WORKER_CONCURRENCY=1 (one render thread per process), this many tasks (0: not):
     # the default (CPU count) lets one process use both cores, so 1 → 2 processes says little alone.
     single_thread_drain_tasks: int = 0
+    # Each phase of the hostile-traffic scenario (0: not run). Run once, not `reps` times: its two
+    # phases of a minute each would not fit three times in the suite's 15 minutes.
+    hostile_seconds: float = 0.0
 
     @classmethod
     def full(cls, reps: int) -> Plan:
@@ -87,6 +92,7 @@ class Plan:
             bare_loop_seconds=6.0,
             worker_memory_images=("24mp", "50mp"),
             single_thread_drain_tasks=1000,
+            hostile_seconds=60.0,
         )
 
     @classmethod
@@ -418,6 +424,11 @@ class Suite:
                             worker_runs.append(await self.worker_peak(api, image, processing, fields, rep))
         return {"api_runs": api_runs, "worker_runs": worker_runs, "thumbnail_preset": preset}
 
+    # -- 6. hostile traffic ---------------------------------------------------------------------
+
+    async def hostile(self) -> dict[str, Any]:
+        return await hostile.scenario(self.stack, hostile.HostilePlan(seconds=self.plan.hostile_seconds))
+
     async def refused_upload(self, api: Api, *, declared: bool, rep: int) -> dict[str, Any]:
         """One 80 MB upload, with a Content-Length (refused before the body) or chunked (refused
         as the streamed body passes MAX_UPLOAD_BYTES), sent while the answer is read."""
@@ -577,6 +588,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "end_to_end": suite.end_to_end,
             "memory": suite.memory,
         }
+        if plan.hostile_seconds:
+            scenarios["hostile"] = suite.hostile
         for name, scenario in scenarios.items():
             if args.only and name not in args.only:
                 continue
