@@ -124,7 +124,7 @@ UPDATE image_tasks
 SET status = 'processing', attempts = attempts + 1, started_at = now(),
     leased_until = now() + $2::interval, error = NULL
 WHERE id = $1 AND {_CLAIMABLE}
-RETURNING input_name, attempts, processing"""
+RETURNING input_name, attempts, processing, width, height, content_type"""
 STATUS = "SELECT status FROM image_tasks WHERE id = $1"
 RENEW_LEASE = """\
 UPDATE image_tasks SET leased_until = now() + $2::interval
@@ -235,6 +235,10 @@ class Claim:
     attempts: int
     # What to make, as stored (core.processing.outputs.Processing as JSON).
     processing: dict[str, Any]
+    # The upload's size and type, as its header said: what the render will cost.
+    width: int
+    height: int
+    content_type: str
 
 
 @_mapping_errors
@@ -245,7 +249,12 @@ async def claim(pool: asyncpg.Pool, task_id: int, lease: timedelta) -> Claim | N
     if row is None:
         return None
     return Claim(
-        input_name=row["input_name"], attempts=row["attempts"], processing=json.loads(row["processing"])
+        input_name=row["input_name"],
+        attempts=row["attempts"],
+        processing=json.loads(row["processing"]),
+        width=row["width"],
+        height=row["height"],
+        content_type=row["content_type"],
     )
 
 

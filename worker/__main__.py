@@ -122,6 +122,8 @@ async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | 
             ack_wait_seconds=settings.ack_wait_seconds,
             max_attempts=settings.max_attempts,
             retry_delay_seconds=settings.retry_delay_seconds,
+            heavy_render_pixels=settings.heavy_render_pixels,
+            render_timeout_seconds=settings.render_timeout_seconds,
         ),
     )
     policy = queue.ConsumerPolicy(settings.ack_wait_seconds, settings.consumer_replicas)

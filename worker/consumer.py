@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable
@@ -38,20 +39,27 @@ from nats.aio.msg import Msg
 
 from core import tasks
 from core.db import DriverPool
-from core.formats import ImageRejected
+from core.formats import CONTENT_TYPES, ImageRejected, probe_image
 from core.logs import task_context
 from core.models import INTERRUPTED_REASON, TaskStatus
+from core.processing.cost import ANIMATED_OUTPUT_FORMATS, render_pixels
 from core.processing.outputs import Processing
 from core.queue import parse_task_id
 from core.storage import Area, Storage, StorageUnavailable, StoredFileMissing, remove_quietly
 from worker.metrics import WorkerMetrics
-from worker.pool import RenderInterrupted, RenderPool
-from worker.render_job import RenderedOutput, RenderSettings, render_task
+from worker.pool import RenderInterrupted, RenderPool, RenderTimedOut
+from worker.render_job import RenderedOutput, RenderSettings, render_task, temp_paths
 
 log = logging.getLogger(__name__)
 
 INPUT_MISSING = "The uploaded file is no longer available, so it cannot be processed."
 GAVE_UP = "Processing failed {attempts} times; giving up. Last error: {error}"
+TOO_SLOW = (
+    "Processing took longer than {seconds:g} s (RENDER_TIMEOUT_SECONDS) and was stopped; it would be "
+    "as slow again. Ask for fewer or cheaper operations, or a smaller image."
+)
+
+FORMATS_BY_CONTENT_TYPE = {content_type: name for name, content_type in CONTENT_TYPES.items()}
 
 # How often recording a finished output is retried in place before the message is given back.
 FINISH_RETRIES = 10
@@ -64,6 +72,10 @@ class TaskPolicy:
     ack_wait_seconds: float
     max_attempts: int
     retry_delay_seconds: float
+    # A render estimated above this many pixels (core.processing.cost.render_pixels) is heavy: it
+    # runs in a child process of its own, killed past render_timeout_seconds, one at a time.
+    heavy_render_pixels: int
+    render_timeout_seconds: float
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,9 @@ class _Claim:
     input_name: str
     attempts: int
     processing: Processing
+    width: int
+    height: int
+    input_format: str
     claimed_at: float = field(default_factory=time.monotonic)
 
 
@@ -94,6 +109,9 @@ class TaskProcessor:
         self._policy = policy
         self._heartbeat_seconds = max(policy.ack_wait_seconds / 3, 0.5)
         self._lease = tasks.lease_length(policy.ack_wait_seconds)
+        # Heavy renders take turns, so they never hold more than one render's worth of memory and
+        # CPU beside the light ones (which keep the pool's slots).
+        self._heavy_lane = asyncio.Semaphore(1)
         # Monotonic time before which the fetch loop should not take new messages (database down).
         self.database_back_at = 0.0
 
@@ -190,15 +208,24 @@ class TaskProcessor:
         failed, or released for another attempt) and the message is settled."""
         max_attempts = self._policy.max_attempts
         try:
-            return await self._pool.run(
-                render_task,
-                self._storage.folders,
-                self._render_settings,
-                source,
-                claim.input_name,
-                claim.processing,
-                self._output_placer,
-            )
+            if not await self._is_heavy(claim, source):
+                return await self._pool.run(
+                    render_task,
+                    self._storage.folders,
+                    self._render_settings,
+                    source,
+                    claim.input_name,
+                    claim.processing,
+                    self._output_placer,
+                )
+            return await self._render_heavy(task_id, claim, source)
+        except RenderTimedOut as exc:
+            # As slow at every attempt: fail now, saying so, rather than burn MAX_ATTEMPTS.
+            reason = TOO_SLOW.format(seconds=exc.seconds)
+            log.warning("task %s failed: %s", task_id, reason)
+            await self._finish_failed(task_id, reason, claim)
+            await msg.term()
+            return None
         except ImageRejected as exc:
             log.info("task %s failed: %s", task_id, exc)
             await self._finish_failed(task_id, str(exc), claim)
@@ -221,6 +248,51 @@ class TaskProcessor:
             await self._finish_failed(task_id, reason, claim)
             await msg.term()
             return None
+
+    async def _is_heavy(self, claim: _Claim, source: Path) -> bool:
+        """Whether the render may be costly enough to need its own killable process. Decided from
+        the row's size; an image that could be animated is opened (its header only) where the
+        count of frames decides it."""
+        threshold = self._policy.heavy_render_pixels
+        estimate = functools.partial(
+            render_pixels, claim.processing, claim.width, claim.height, input_format=claim.input_format
+        )
+        if estimate(frames=1) > threshold:
+            return True
+        if claim.input_format not in ANIMATED_OUTPUT_FORMATS:
+            return False
+        limits = self._render_settings.limits
+        most_frames = min(limits.max_frames, max(1, limits.max_pixels // max(1, claim.width * claim.height)))
+        if estimate(frames=most_frames) <= threshold:
+            return False
+        info = await asyncio.to_thread(
+            probe_image, source, max_pixels=limits.max_pixels, max_frames=limits.max_frames
+        )
+        return estimate(frames=info.frames) > threshold
+
+    async def _render_heavy(self, task_id: int, claim: _Claim, source: Path) -> list[RenderedOutput]:
+        """Render in a child process of its own, one heavy render at a time, killed at its deadline
+        (or when this coroutine is cancelled); its temporary files are removed here, since a killed
+        child cannot."""
+        async with self._heavy_lane:
+            log.info("task %s: heavy render, in a process of its own", task_id)
+            temps = temp_paths(self._storage.folders, claim.processing)
+            try:
+                return await self._pool.run_killable(
+                    self._policy.render_timeout_seconds,
+                    render_task,
+                    self._storage.folders,
+                    self._render_settings,
+                    source,
+                    claim.input_name,
+                    claim.processing,
+                    self._output_placer,
+                    temps,
+                )
+            except BaseException:
+                for temp in temps:
+                    remove_quietly(temp)
+                raise
 
     def _record(self, claim: _Claim, status: TaskStatus) -> None:
         self._metrics.task_finished(
@@ -246,7 +318,14 @@ class TaskProcessor:
         if claim is None:
             return None
         processing = Processing.from_json(claim.processing)
-        return _Claim(input_name=claim.input_name, attempts=claim.attempts, processing=processing)
+        return _Claim(
+            input_name=claim.input_name,
+            attempts=claim.attempts,
+            processing=processing,
+            width=claim.width,
+            height=claim.height,
+            input_format=FORMATS_BY_CONTENT_TYPE.get(claim.content_type, ""),
+        )
 
     async def _status(self, task_id: int) -> str | None:
         return await tasks.status_of(self._driver_pool, task_id)
