@@ -32,8 +32,9 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.aio.msg import Msg
 
@@ -51,6 +52,8 @@ from worker.pool import RenderInterrupted, RenderPool, RenderTimedOut
 from worker.render_job import RenderedOutput, RenderSettings, render_task, temp_paths
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 INPUT_MISSING = "The uploaded file is no longer available, so it cannot be processed."
 GAVE_UP = "Processing failed {attempts} times; giving up. Last error: {error}"
@@ -86,7 +89,27 @@ class _Claim:
     width: int
     height: int
     input_format: str
+    # The claim's mark in the row, by which it renews and finishes the task.
+    started_at: datetime
     claimed_at: float = field(default_factory=time.monotonic)
+
+
+class _Lease:
+    """Whether this worker still holds the task: the heartbeat says when it has lost it."""
+
+    def __init__(self) -> None:
+        self.lost = asyncio.Event()
+        # True: the row is no longer this claim's (claimed again elsewhere, finished, deleted);
+        # False: the lease ran out before it could be renewed (database trouble).
+        self.taken = False
+
+    def lose(self, *, taken: bool) -> None:
+        self.taken = taken
+        self.lost.set()
+
+
+class _LeaseLost(Exception):
+    """The render was abandoned: the task is no longer this worker's."""
 
 
 class TaskProcessor:
@@ -159,9 +182,10 @@ class TaskProcessor:
             await self._finish_failed(task_id, INTERRUPTED_REASON.format(attempts=max_attempts), claim)
             await msg.term()
             return
-        heartbeat = asyncio.create_task(self._heartbeat(msg, task_id))
+        lease = _Lease()
+        heartbeat = asyncio.create_task(self._heartbeat(msg, task_id, claim, lease))
         try:
-            await self._render_and_finish(msg, task_id, claim)
+            await self._render_and_finish(msg, task_id, claim, lease)
         except StorageUnavailable as exc:
             # The store (NATS) is away: a passing fault like a database outage, so it costs no attempt.
             log.warning("task %s: file store unavailable (%s); retrying later", task_id, exc)
@@ -172,10 +196,10 @@ class TaskProcessor:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
 
-    async def _render_and_finish(self, msg: Msg, task_id: int, claim: _Claim) -> None:
+    async def _render_and_finish(self, msg: Msg, task_id: int, claim: _Claim, lease: _Lease) -> None:
         try:
             async with self._storage.local_upload_path(claim.input_name) as source:
-                rendered = await self._render(msg, task_id, claim, source)
+                rendered = await self._render(msg, task_id, claim, source, lease)
         except StoredFileMissing:
             await self._finish_failed(task_id, INPUT_MISSING, claim)
             await msg.term()
@@ -183,7 +207,7 @@ class TaskProcessor:
         if rendered is None:  # the attempt ended (failed, or given back)
             return
         outputs = await self._keep_outputs(rendered)
-        await self._finish_done_patiently(task_id, outputs)
+        await self._finish_done_patiently(task_id, outputs, claim)
         self._record(claim, TaskStatus.DONE)
         await msg.ack()
 
@@ -202,23 +226,23 @@ class TaskProcessor:
         return [output.record for output in rendered]
 
     async def _render(
-        self, msg: Msg, task_id: int, claim: _Claim, source: Path
+        self, msg: Msg, task_id: int, claim: _Claim, source: Path, lease: _Lease
     ) -> list[RenderedOutput] | None:
         """Render every output to a temporary file; None when the attempt ended here (the task is
-        failed, or released for another attempt) and the message is settled."""
+        failed, released for another attempt, or no longer ours) and the message is settled."""
         max_attempts = self._policy.max_attempts
         try:
-            if not await self._is_heavy(claim, source):
-                return await self._pool.run(
-                    render_task,
-                    self._storage.folders,
-                    self._render_settings,
-                    source,
-                    claim.input_name,
-                    claim.processing,
-                    self._output_placer,
-                )
-            return await self._render_heavy(task_id, claim, source)
+            return await _unless_lost(lease, self._render_in_lane(task_id, claim, source))
+        except _LeaseLost:
+            if lease.taken:
+                # Another worker holds the task now (or it is finished or deleted): its outcome is
+                # that worker's to record, and nothing of this attempt is.
+                log.warning("task %s: lease lost to another claim; render abandoned", task_id)
+                await msg.ack()
+            else:
+                log.warning("task %s: lease ran out unrenewed; render abandoned, retrying later", task_id)
+                await msg.nak(delay=self._policy.retry_delay_seconds)
+            return None
         except RenderTimedOut as exc:
             # As slow at every attempt: fail now, saying so, rather than burn MAX_ATTEMPTS.
             reason = TOO_SLOW.format(seconds=exc.seconds)
@@ -248,6 +272,19 @@ class TaskProcessor:
             await self._finish_failed(task_id, reason, claim)
             await msg.term()
             return None
+
+    async def _render_in_lane(self, task_id: int, claim: _Claim, source: Path) -> list[RenderedOutput]:
+        if not await self._is_heavy(claim, source):
+            return await self._pool.run(
+                render_task,
+                self._storage.folders,
+                self._render_settings,
+                source,
+                claim.input_name,
+                claim.processing,
+                self._output_placer,
+            )
+        return await self._render_heavy(task_id, claim, source)
 
     async def _is_heavy(self, claim: _Claim, source: Path) -> bool:
         """Whether the render may be costly enough to need its own killable process. Decided from
@@ -299,12 +336,14 @@ class TaskProcessor:
             status=status.value, preset=claim.processing.label(), seconds=time.monotonic() - claim.claimed_at
         )
 
-    async def _finish_done_patiently(self, task_id: int, outputs: list[dict[str, Any]]) -> None:
+    async def _finish_done_patiently(
+        self, task_id: int, outputs: list[dict[str, Any]], claim: _Claim
+    ) -> None:
         """Record the finished output, riding out a short database outage: the work is done and
         the heartbeats still hold the message, so giving up now would only cost a re-render."""
         for remaining in range(FINISH_RETRIES, -1, -1):
             try:
-                await self._finish_done(task_id, outputs)
+                await self._finish_done(task_id, outputs, claim)
                 return
             except tasks.DatabaseUnavailable as exc:
                 if remaining == 0:
@@ -325,30 +364,47 @@ class TaskProcessor:
             width=claim.width,
             height=claim.height,
             input_format=FORMATS_BY_CONTENT_TYPE.get(claim.content_type, ""),
+            started_at=claim.started_at,
         )
 
     async def _status(self, task_id: int) -> str | None:
         return await tasks.status_of(self._driver_pool, task_id)
 
-    async def _heartbeat(self, msg: Msg, task_id: int) -> None:
+    async def _heartbeat(self, msg: Msg, task_id: int, claim: _Claim, lease: _Lease) -> None:
         """Keep the message (JetStream) and the lease (database) while this worker works on it.
 
         A failed beat costs at worst a redelivery that the lease turns away: it must never end the
         loop nor fail a good render. Each renewal is bounded by one beat, so a stalled database
         cannot delay the next `in_progress`. Past RENDER_DEADLINE_SECONDS the beats stop, so a
         render that never ends lets the task go to another attempt instead of holding it for ever.
+
+        The lease is lost when a renewal finds the row no longer this claim's (a worker paused past
+        its lease, whose task another worker claimed), or when no renewal succeeded for a whole
+        lease: then `lease` says so, and the render is abandoned rather than finished for nothing.
         """
         deadline = time.monotonic() + RENDER_DEADLINE_SECONDS
+        renewed_at = time.monotonic()
+        lease_seconds = self._lease.total_seconds()
         while time.monotonic() < deadline:
             await asyncio.sleep(self._heartbeat_seconds)
             await _settle(msg.in_progress())
+            asked_at = time.monotonic()
             try:
                 async with asyncio.timeout(self._heartbeat_seconds):
-                    renewed = await tasks.renew_lease(self._driver_pool, task_id, self._lease)
-                if not renewed:
-                    log.warning("task %s: no longer processing here (finished or taken over)", task_id)
+                    renewed = await tasks.renew_lease(
+                        self._driver_pool, task_id, self._lease, claim.started_at
+                    )
             except Exception as exc:
                 log.warning("task %s: lease renewal failed: %s", task_id, exc)
+                if time.monotonic() - renewed_at > lease_seconds:
+                    lease.lose(taken=False)
+                    return
+                continue
+            if not renewed:
+                log.warning("task %s: no longer processing here (finished or taken over)", task_id)
+                lease.lose(taken=True)
+                return
+            renewed_at = asked_at
         log.error(
             "task %s: still rendering after %d s; letting the task go", task_id, RENDER_DEADLINE_SECONDS
         )
@@ -359,9 +415,9 @@ class TaskProcessor:
     async def _give_back(self, task_id: int) -> None:
         await tasks.give_back(self._driver_pool, task_id)
 
-    async def _finish_done(self, task_id: int, outputs: list[dict[str, Any]]) -> None:
+    async def _finish_done(self, task_id: int, outputs: list[dict[str, Any]], claim: _Claim) -> None:
         files = [output["file"] for output in outputs]
-        if await tasks.finish_done(self._driver_pool, task_id, outputs):
+        if await tasks.finish_done(self._driver_pool, task_id, outputs, claim.started_at):
             log.info("task %s done: %s", task_id, ", ".join(files))
         elif await self._status(task_id) is None:
             # Deleted (DELETE /tasks/{id}) while it was being processed: leave nothing behind.
@@ -373,6 +429,25 @@ class TaskProcessor:
     async def _finish_failed(self, task_id: int, reason: str, claim: _Claim) -> None:
         await tasks.finish_failed(self._driver_pool, task_id, reason)
         self._record(claim, TaskStatus.FAILED)
+
+
+async def _unless_lost(lease: _Lease, work: Awaitable[T]) -> T:
+    """`work`'s result, or _LeaseLost once the lease is lost first; the work is then cancelled
+    (a heavy render's child is killed; a render in the pool runs on, and its outputs are the same
+    files the new owner writes)."""
+    doing = asyncio.ensure_future(work)
+    losing = asyncio.ensure_future(lease.lost.wait())
+    try:
+        await asyncio.wait({doing, losing}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        losing.cancel()
+        if not doing.done():
+            doing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await doing
+    if doing.cancelled():
+        raise _LeaseLost
+    return doing.result()
 
 
 def _describe(exc: BaseException) -> str:
