@@ -186,9 +186,10 @@ async def _fetch_loop(
     )
     while not stop.is_set():
         liveness.touch()
-        paused = processor.database_back_at - time.monotonic()
+        paused = processor.paused_until - time.monotonic()
         if paused > 0:
-            # The database is down: take nothing new until it may be back (in-flight work goes on).
+            # The database is down or the output volume full: take nothing new until it may be back
+            # (in-flight work goes on).
             await loops.wait_or_stop(stop, paused)
             continue
         free = concurrency - len(in_flight)

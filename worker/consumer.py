@@ -8,7 +8,8 @@ Ack policy (JetStream delivers at least once, so every step is safe to repeat):
         decoded, a task out of attempts); the row, where there is one, says `failed` and why.
 - nak(delay): a passing fault; JetStream offers the message again after RETRY_DELAY_SECONDS.
         A database outage costs no attempt (the claim never happened) and is retried for as long
-        as it lasts; so does a file store outage (nats backend: the claim is given back). Any
+        as it lasts; so does a file store outage (nats backend: the claim is given back), and so
+        does a full output volume (ENOSPC, EDQUOT: the claim is given back). Any
         other failure counts one attempt (`attempts`, in the row), and the MAX_ATTEMPTS-th failed
         attempt marks the task `failed`, so nothing loops for ever. Attempts live in the row
         rather than in JetStream's delivery count, which also counts deliveries that never
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
 import time
@@ -135,8 +137,9 @@ class TaskProcessor:
         # Heavy renders take turns, so they never hold more than one render's worth of memory and
         # CPU beside the light ones (which keep the pool's slots).
         self._heavy_lane = asyncio.Semaphore(1)
-        # Monotonic time before which the fetch loop should not take new messages (database down).
-        self.database_back_at = 0.0
+        # Monotonic time before which the fetch loop should not take new messages (database down,
+        # or no space left for outputs).
+        self.paused_until = 0.0
 
     async def handle(self, msg: Msg) -> None:
         """Process one message and settle it; never raises (a bug is logged and retried later)."""
@@ -153,7 +156,7 @@ class TaskProcessor:
             await self._handle_task(msg, task_id)
         except tasks.DatabaseUnavailable as exc:
             # Tell the fetch loop to pause, so a backlog is not cycled through a recovering database.
-            self.database_back_at = time.monotonic() + self._policy.retry_delay_seconds
+            self.paused_until = time.monotonic() + self._policy.retry_delay_seconds
             log.warning("task %s: database unavailable (%s); retrying later", task_id, exc)
             await _settle(msg.nak(delay=self._policy.retry_delay_seconds))
         except Exception:
@@ -189,6 +192,15 @@ class TaskProcessor:
         except StorageUnavailable as exc:
             # The store (NATS) is away: a passing fault like a database outage, so it costs no attempt.
             log.warning("task %s: file store unavailable (%s); retrying later", task_id, exc)
+            await self._give_back(task_id)
+            await msg.nak(delay=self._policy.retry_delay_seconds)
+        except OSError as exc:
+            if not _is_disk_full(exc):
+                raise
+            # No room for the output: the volume's fault, not the task's, and every task would meet
+            # it. Like a database outage: no attempt counted, and no new message for a while.
+            log.warning("task %s: no space for its output (%s); handing it back", task_id, _describe(exc))
+            self.paused_until = time.monotonic() + self._policy.retry_delay_seconds
             await self._give_back(task_id)
             await msg.nak(delay=self._policy.retry_delay_seconds)
         finally:
@@ -256,6 +268,8 @@ class TaskProcessor:
             await msg.term()
             return None
         except Exception as exc:
+            if _is_disk_full(exc):
+                raise  # handed back by _handle_task
             if claim.attempts < max_attempts:
                 log.warning("task %s: attempt %d failed (%s); retrying later", task_id, claim.attempts, exc)
                 await self._release(task_id)
@@ -448,6 +462,11 @@ async def _unless_lost(lease: _Lease, work: Awaitable[T]) -> T:
     if doing.cancelled():
         raise _LeaseLost
     return doing.result()
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """No space (or quota) left where outputs are written."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _describe(exc: BaseException) -> str:
