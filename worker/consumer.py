@@ -9,7 +9,8 @@ Ack policy (JetStream delivers at least once, so every step is safe to repeat):
 - nak(delay): a passing fault; JetStream offers the message again after RETRY_DELAY_SECONDS.
         A database outage costs no attempt (the claim never happened) and is retried for as long
         as it lasts; so does a file store outage (nats backend: the claim is given back), and so
-        does a full output volume (ENOSPC, EDQUOT: the claim is given back). Any
+        does a full output volume (ENOSPC, EDQUOT: the claim is given back), and a heavy task
+        that finds this worker's heavy lane taken (it waits in the queue, not in a fetch slot). Any
         other failure counts one attempt (`attempts`, in the row), and the MAX_ATTEMPTS-th failed
         attempt marks the task `failed`, so nothing loops for ever. Attempts live in the row
         rather than in JetStream's delivery count, which also counts deliveries that never
@@ -114,6 +115,10 @@ class _LeaseLost(Exception):
     """The render was abandoned: the task is no longer this worker's."""
 
 
+class _HeavyLaneBusy(Exception):
+    """Another heavy render holds this worker's heavy lane: the task waits in the queue instead."""
+
+
 class TaskProcessor:
     def __init__(
         self,
@@ -135,8 +140,9 @@ class TaskProcessor:
         self._heartbeat_seconds = max(policy.ack_wait_seconds / 3, 0.5)
         self._lease = tasks.lease_length(policy.ack_wait_seconds)
         # Heavy renders take turns, so they never hold more than one render's worth of memory and
-        # CPU beside the light ones (which keep the pool's slots).
-        self._heavy_lane = asyncio.Semaphore(1)
+        # CPU beside the light ones (which keep the pool's slots). A lock, not a queue: a heavy task
+        # that finds it taken goes back to JetStream rather than wait holding a fetch slot.
+        self._heavy_lane = asyncio.Lock()
         # Monotonic time before which the fetch loop should not take new messages (database down,
         # or no space left for outputs).
         self.paused_until = 0.0
@@ -245,6 +251,13 @@ class TaskProcessor:
         max_attempts = self._policy.max_attempts
         try:
             return await _unless_lost(lease, self._render_in_lane(task_id, claim, source))
+        except _HeavyLaneBusy:
+            # Waiting here would hold a message (a fetch slot) that a light task could use, and
+            # keep the task from an idle worker: back to the queue, at no attempt's cost.
+            log.info("task %s: heavy, and a heavy render is running; back to the queue", task_id)
+            await self._give_back(task_id)
+            await msg.nak(delay=self._policy.retry_delay_seconds)
+            return None
         except _LeaseLost:
             if lease.taken:
                 # Another worker holds the task now (or it is finished or deleted): its outcome is
@@ -322,9 +335,11 @@ class TaskProcessor:
         return estimate(frames=info.frames) > threshold
 
     async def _render_heavy(self, task_id: int, claim: _Claim, source: Path) -> list[RenderedOutput]:
-        """Render in a child process of its own, one heavy render at a time, killed at its deadline
-        (or when this coroutine is cancelled); its temporary files are removed here, since a killed
-        child cannot."""
+        """Render in a child process of its own, one heavy render at a time (_HeavyLaneBusy while
+        another runs), killed at its deadline (or when this coroutine is cancelled); its temporary
+        files are removed here, since a killed child cannot."""
+        if self._heavy_lane.locked():
+            raise _HeavyLaneBusy
         async with self._heavy_lane:
             log.info("task %s: heavy render, in a process of its own", task_id)
             temps = temp_paths(self._storage.folders, claim.processing)
