@@ -16,6 +16,7 @@ import asyncio
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -28,6 +29,8 @@ from core.formats import configure_pillow
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Niceness added to a heavy render's child process (0 normal, 19 lowest).
+HEAVY_NICENESS = 10
 PoolKind = Literal["threads", "processes"]
 
 
@@ -119,6 +122,9 @@ def _run_child(
     answer: multiprocessing.connection.Connection, max_pixels: int, function: Callable[..., Any], args: tuple
 ) -> None:
     _start_child(max_pixels)
+    # Below the light renders and the event loop in CPU priority: a heavy render takes what the
+    # cores have left, so it slows the light ones beside it as little as it can.
+    os.nice(HEAVY_NICENESS)
     try:
         result: tuple[bool, Any] = (True, function(*args))
     except Exception as exc:
