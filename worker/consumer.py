@@ -250,7 +250,7 @@ class TaskProcessor:
         failed, released for another attempt, or no longer ours) and the message is settled."""
         max_attempts = self._policy.max_attempts
         try:
-            return await _unless_lost(lease, self._render_in_lane(task_id, claim, source))
+            return await self._render_in_lane(task_id, claim, source, lease)
         except _HeavyLaneBusy:
             # Waiting here would hold a message (a fetch slot) that a light task could use, and
             # keep the task from an idle worker: back to the queue, at no attempt's cost.
@@ -300,7 +300,12 @@ class TaskProcessor:
             await msg.term()
             return None
 
-    async def _render_in_lane(self, task_id: int, claim: _Claim, source: Path) -> list[RenderedOutput]:
+    async def _render_in_lane(
+        self, task_id: int, claim: _Claim, source: Path, lease: _Lease
+    ) -> list[RenderedOutput]:
+        """A light render in the pool; a heavy one in its own process, abandoned (killed) if the
+        lease is lost meanwhile. A light render cannot be stopped and is short: it ends, and
+        finishing it records nothing once the task is no longer this claim's (_finish_done)."""
         if not await self._is_heavy(claim, source):
             return await self._pool.run(
                 render_task,
@@ -311,7 +316,7 @@ class TaskProcessor:
                 claim.processing,
                 self._output_placer,
             )
-        return await self._render_heavy(task_id, claim, source)
+        return await _unless_lost(lease, self._render_heavy(task_id, claim, source))
 
     async def _is_heavy(self, claim: _Claim, source: Path) -> bool:
         """Whether the render may be costly enough to need its own killable process. Decided from
@@ -462,8 +467,7 @@ class TaskProcessor:
 
 async def _unless_lost(lease: _Lease, work: Awaitable[T]) -> T:
     """`work`'s result, or _LeaseLost once the lease is lost first; the work is then cancelled
-    (a heavy render's child is killed; a render in the pool runs on, and its outputs are the same
-    files the new owner writes)."""
+    (a heavy render's child is killed)."""
     doing = asyncio.ensure_future(work)
     losing = asyncio.ensure_future(lease.lost.wait())
     try:
