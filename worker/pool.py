@@ -18,6 +18,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -121,6 +122,7 @@ class RenderPool:
 def _run_child(
     answer: multiprocessing.connection.Connection, max_pixels: int, function: Callable[..., Any], args: tuple
 ) -> None:
+    _die_with_parent()
     _start_child(max_pixels)
     # Below the light renders and the event loop in CPU priority: a heavy render takes what the
     # cores have left, so it slows the light ones beside it as little as it can.
@@ -131,6 +133,24 @@ def _run_child(
         result = (False, exc)
     answer.send(result)
     answer.close()
+
+
+def _die_with_parent() -> None:
+    """End this child when the worker that asked for it dies (SIGKILL, out of memory): a render left
+    running would write an output the task's next owner also writes. Its parent is the fork server,
+    which outlives the worker for as long as such a child holds the worker's end of its pipe, so
+    the child watches the worker itself (the pipe it was started through, closed by the worker's
+    death)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        multiprocessing.connection.wait([sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="worker-watch", daemon=True).start()
 
 
 def _start_child(max_pixels: int) -> None:

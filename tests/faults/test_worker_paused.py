@@ -4,9 +4,7 @@ the only one."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -16,41 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.storage.base import TEMP_PREFIX
 from tests import images
-from tests.faults.processes import Started, worker_ready
+from tests.faults.processes import Started, alive, children, descendants, send, worker_ready
 from tests.waiting import eventually, final_row, task_row_when
 
 # About eight seconds of blurring on one core: heavy (a child process of its own), and still
 # rendering when the paused worker resumes, a heartbeat later.
 SLOW_OPS = [{"op": "blur", "radius": 50}] * 20
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below `pid` (the fork server and the render child it made)."""
-    found = children(pid)
-    for child in list(found):
-        found |= descendants(child)
-    return found
-
-
-def children(pid: int) -> set[int]:
-    return {
-        int(child)
-        for task in Path(f"/proc/{pid}/task").iterdir()
-        for child in (task / "children").read_text().split()
-    }
-
-
-def send(pids: set[int], signum: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 async def test_a_worker_resumed_after_losing_its_lease_abandons_the_render(
