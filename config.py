@@ -163,6 +163,14 @@ class Settings:
     # 4.4× faster than Pillow's default 4, for a file 3% larger.
     webp_method: int = field(metadata=setting(0, ge=0, le=6))
     worker_pool: Literal["threads", "processes"] = field(metadata=setting("threads"))
+    # A render estimated to touch more pixels than this (decode, every step and encode, every frame:
+    # core.processing.cost.render_pixels) is heavy: it runs in a child process of its own, one at a
+    # time, and is killed past RENDER_TIMEOUT_SECONDS. At ~35 ns a pixel-step (BENCHMARKS.md,
+    # "Admission by cost"), the light renders left in the pool take a few seconds at most.
+    heavy_render_pixels: int = field(metadata=setting(100_000_000, gt=0))
+    # A 50 MP photo with the default preset renders in 0.6 s, with 8 blur/sharpen steps in 17 s
+    # (one core of this project's 2-core bench machine): a minute leaves room for a loaded machine.
+    render_timeout_seconds: float = field(metadata=setting(60, gt=0))
     webhook_secret: str = field(
         metadata=setting(
             "",

@@ -25,7 +25,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 import asyncpg
@@ -126,11 +126,13 @@ UPDATE image_tasks
 SET status = 'processing', attempts = attempts + 1, started_at = now(),
     leased_until = now() + $2::interval, error = NULL
 WHERE id = $1 AND {_CLAIMABLE}
-RETURNING input_name, attempts, processing"""
+RETURNING input_name, attempts, processing, width, height, content_type, started_at"""
 STATUS = "SELECT status FROM image_tasks WHERE id = $1"
+# A claim's `started_at` is its mark: a row claimed again since (its lease ran out, another worker
+# took it) is no longer the first claimant's to renew or to finish.
 RENEW_LEASE = """\
 UPDATE image_tasks SET leased_until = now() + $2::interval
-WHERE id = $1 AND status = 'processing'
+WHERE id = $1 AND status = 'processing' AND started_at = $3
 RETURNING id"""
 # After a failed attempt: back to `pending` until the message comes round again.
 RELEASE = """\
@@ -142,7 +144,7 @@ UPDATE image_tasks SET status = 'pending', leased_until = NULL, attempts = attem
 WHERE id = $1 AND status = 'processing'"""
 FINISH_DONE = f"""\
 UPDATE image_tasks SET status = 'done', output_name = $2, outputs = $3::jsonb, error = NULL, {_FINISHED}
-WHERE id = $1 AND status IN ('pending', 'processing')
+WHERE id = $1 AND status IN ('pending', 'processing') AND started_at = $4
 RETURNING id"""
 FINISH_FAILED = f"""\
 UPDATE image_tasks SET status = 'failed', error = $2, {_FINISHED}
@@ -238,6 +240,12 @@ class Claim:
     attempts: int
     # What to make, as stored (core.processing.outputs.Processing as JSON).
     processing: dict[str, Any]
+    # The upload's size and type, as its header said: what the render will cost.
+    width: int
+    height: int
+    content_type: str
+    # When this claim was made: the mark by which it renews and finishes the task (see RENEW_LEASE).
+    started_at: datetime
 
 
 @_mapping_errors
@@ -248,7 +256,13 @@ async def claim(pool: asyncpg.Pool, task_id: int, lease: timedelta) -> Claim | N
     if row is None:
         return None
     return Claim(
-        input_name=row["input_name"], attempts=row["attempts"], processing=json.loads(row["processing"])
+        input_name=row["input_name"],
+        attempts=row["attempts"],
+        processing=json.loads(row["processing"]),
+        width=row["width"],
+        height=row["height"],
+        content_type=row["content_type"],
+        started_at=row["started_at"],
     )
 
 
@@ -260,9 +274,10 @@ async def status_of(pool: asyncpg.Pool, task_id: int) -> str | None:
 
 
 @_mapping_errors
-async def renew_lease(pool: asyncpg.Pool, task_id: int, lease: timedelta) -> bool:
-    """Extend the lease; False when the task is no longer processing (finished, or taken back)."""
-    return await _fetchrow(pool, RENEW_LEASE, task_id, lease) is not None
+async def renew_lease(pool: asyncpg.Pool, task_id: int, lease: timedelta, started_at: datetime) -> bool:
+    """Extend the lease of the claim made at `started_at`; False when the task is no longer that
+    claim's (finished, taken back, or claimed again by another worker after the lease ran out)."""
+    return await _fetchrow(pool, RENEW_LEASE, task_id, lease, started_at) is not None
 
 
 @_mapping_errors
@@ -278,10 +293,13 @@ async def give_back(pool: asyncpg.Pool, task_id: int) -> None:
 
 
 @_mapping_errors
-async def finish_done(pool: asyncpg.Pool, task_id: int, outputs: list[dict[str, Any]]) -> bool:
-    """Record the outputs made (core.processing.OutputRecord JSON); False when the task was not
-    open any more (deleted, or finished elsewhere)."""
-    row = await _fetchrow(pool, FINISH_DONE, task_id, outputs[0]["file"], json.dumps(outputs))
+async def finish_done(
+    pool: asyncpg.Pool, task_id: int, outputs: list[dict[str, Any]], started_at: datetime
+) -> bool:
+    """Record the outputs made (core.processing.OutputRecord JSON) by the claim made at
+    `started_at`; False when the task was not that claim's any more (deleted, finished or claimed
+    again elsewhere)."""
+    row = await _fetchrow(pool, FINISH_DONE, task_id, outputs[0]["file"], json.dumps(outputs), started_at)
     return row is not None
 
 

@@ -107,7 +107,13 @@ async def test_a_file_store_outage_gives_the_task_back_at_no_attempts_cost(
         pool=pool,
         metrics=WorkerMetrics(),
         render=render_settings(settings),
-        policy=TaskPolicy(ack_wait_seconds=5, max_attempts=3, retry_delay_seconds=0.2),
+        policy=TaskPolicy(
+            ack_wait_seconds=5,
+            max_attempts=3,
+            retry_delay_seconds=0.2,
+            heavy_render_pixels=settings.heavy_render_pixels,
+            render_timeout_seconds=settings.render_timeout_seconds,
+        ),
     )
     try:
         await queue.ensure_consumer(js, queue.ConsumerPolicy(ack_wait_seconds=5))

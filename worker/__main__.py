@@ -122,6 +122,8 @@ async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | 
             ack_wait_seconds=settings.ack_wait_seconds,
             max_attempts=settings.max_attempts,
             retry_delay_seconds=settings.retry_delay_seconds,
+            heavy_render_pixels=settings.heavy_render_pixels,
+            render_timeout_seconds=settings.render_timeout_seconds,
         ),
     )
     policy = queue.ConsumerPolicy(settings.ack_wait_seconds, settings.consumer_replicas)
@@ -184,9 +186,10 @@ async def _fetch_loop(
     )
     while not stop.is_set():
         liveness.touch()
-        paused = processor.database_back_at - time.monotonic()
+        paused = processor.paused_until - time.monotonic()
         if paused > 0:
-            # The database is down: take nothing new until it may be back (in-flight work goes on).
+            # The database is down or the output volume full: take nothing new until it may be back
+            # (in-flight work goes on).
             await loops.wait_or_stop(stop, paused)
             continue
         free = concurrency - len(in_flight)

@@ -8,7 +8,9 @@ Ack policy (JetStream delivers at least once, so every step is safe to repeat):
         decoded, a task out of attempts); the row, where there is one, says `failed` and why.
 - nak(delay): a passing fault; JetStream offers the message again after RETRY_DELAY_SECONDS.
         A database outage costs no attempt (the claim never happened) and is retried for as long
-        as it lasts; so does a file store outage (nats backend: the claim is given back). Any
+        as it lasts; so does a file store outage (nats backend: the claim is given back), and so
+        does a full output volume (ENOSPC, EDQUOT: the claim is given back), and a heavy task
+        that finds this worker's heavy lane taken (it waits in the queue, not in a fetch slot). Any
         other failure counts one attempt (`attempts`, in the row), and the MAX_ATTEMPTS-th failed
         attempt marks the task `failed`, so nothing loops for ever. Attempts live in the row
         rather than in JetStream's delivery count, which also counts deliveries that never
@@ -27,31 +29,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import functools
 import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.aio.msg import Msg
 
 from core import tasks
 from core.db import DriverPool
-from core.formats import ImageRejected
+from core.formats import CONTENT_TYPES, ImageRejected, probe_image
 from core.logs import task_context
 from core.models import INTERRUPTED_REASON, TaskStatus
+from core.processing.cost import ANIMATED_OUTPUT_FORMATS, render_pixels
 from core.processing.outputs import Processing
 from core.queue import parse_task_id
 from core.storage import Area, Storage, StorageUnavailable, StoredFileMissing, remove_quietly
 from worker.metrics import WorkerMetrics
-from worker.pool import RenderInterrupted, RenderPool
-from worker.render_job import RenderedOutput, RenderSettings, render_task
+from worker.pool import RenderInterrupted, RenderPool, RenderTimedOut
+from worker.render_job import RenderedOutput, RenderSettings, render_task, temp_paths
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 INPUT_MISSING = "The uploaded file is no longer available, so it cannot be processed."
 GAVE_UP = "Processing failed {attempts} times; giving up. Last error: {error}"
+TOO_SLOW = (
+    "Processing took longer than {seconds:g} s (RENDER_TIMEOUT_SECONDS) and was stopped; it would be "
+    "as slow again. Ask for fewer or cheaper operations, or a smaller image."
+)
+
+FORMATS_BY_CONTENT_TYPE = {content_type: name for name, content_type in CONTENT_TYPES.items()}
 
 # How often recording a finished output is retried in place before the message is given back.
 FINISH_RETRIES = 10
@@ -64,6 +78,10 @@ class TaskPolicy:
     ack_wait_seconds: float
     max_attempts: int
     retry_delay_seconds: float
+    # A render estimated above this many pixels (core.processing.cost.render_pixels) is heavy: it
+    # runs in a child process of its own, killed past render_timeout_seconds, one at a time.
+    heavy_render_pixels: int
+    render_timeout_seconds: float
 
 
 @dataclass(frozen=True)
@@ -71,7 +89,34 @@ class _Claim:
     input_name: str
     attempts: int
     processing: Processing
+    width: int
+    height: int
+    input_format: str
+    # The claim's mark in the row, by which it renews and finishes the task.
+    started_at: datetime
     claimed_at: float = field(default_factory=time.monotonic)
+
+
+class _Lease:
+    """Whether this worker still holds the task: the heartbeat says when it has lost it."""
+
+    def __init__(self) -> None:
+        self.lost = asyncio.Event()
+        # True: the row is no longer this claim's (claimed again elsewhere, finished, deleted);
+        # False: the lease ran out before it could be renewed (database trouble).
+        self.taken = False
+
+    def lose(self, *, taken: bool) -> None:
+        self.taken = taken
+        self.lost.set()
+
+
+class _LeaseLost(Exception):
+    """The render was abandoned: the task is no longer this worker's."""
+
+
+class _HeavyLaneBusy(Exception):
+    """Another heavy render holds this worker's heavy lane: the task waits in the queue instead."""
 
 
 class TaskProcessor:
@@ -94,8 +139,13 @@ class TaskProcessor:
         self._policy = policy
         self._heartbeat_seconds = max(policy.ack_wait_seconds / 3, 0.5)
         self._lease = tasks.lease_length(policy.ack_wait_seconds)
-        # Monotonic time before which the fetch loop should not take new messages (database down).
-        self.database_back_at = 0.0
+        # Heavy renders take turns, so they never hold more than one render's worth of memory and
+        # CPU beside the light ones (which keep the pool's slots). A lock, not a queue: a heavy task
+        # that finds it taken goes back to JetStream rather than wait holding a fetch slot.
+        self._heavy_lane = asyncio.Lock()
+        # Monotonic time before which the fetch loop should not take new messages (database down,
+        # or no space left for outputs).
+        self.paused_until = 0.0
 
     async def handle(self, msg: Msg) -> None:
         """Process one message and settle it; never raises (a bug is logged and retried later)."""
@@ -112,7 +162,7 @@ class TaskProcessor:
             await self._handle_task(msg, task_id)
         except tasks.DatabaseUnavailable as exc:
             # Tell the fetch loop to pause, so a backlog is not cycled through a recovering database.
-            self.database_back_at = time.monotonic() + self._policy.retry_delay_seconds
+            self.paused_until = time.monotonic() + self._policy.retry_delay_seconds
             log.warning("task %s: database unavailable (%s); retrying later", task_id, exc)
             await _settle(msg.nak(delay=self._policy.retry_delay_seconds))
         except Exception:
@@ -141,12 +191,22 @@ class TaskProcessor:
             await self._finish_failed(task_id, INTERRUPTED_REASON.format(attempts=max_attempts), claim)
             await msg.term()
             return
-        heartbeat = asyncio.create_task(self._heartbeat(msg, task_id))
+        lease = _Lease()
+        heartbeat = asyncio.create_task(self._heartbeat(msg, task_id, claim, lease))
         try:
-            await self._render_and_finish(msg, task_id, claim)
+            await self._render_and_finish(msg, task_id, claim, lease)
         except StorageUnavailable as exc:
             # The store (NATS) is away: a passing fault like a database outage, so it costs no attempt.
             log.warning("task %s: file store unavailable (%s); retrying later", task_id, exc)
+            await self._give_back(task_id)
+            await msg.nak(delay=self._policy.retry_delay_seconds)
+        except OSError as exc:
+            if not _is_disk_full(exc):
+                raise
+            # No room for the output: the volume's fault, not the task's, and every task would meet
+            # it. Like a database outage: no attempt counted, and no new message for a while.
+            log.warning("task %s: no space for its output (%s); handing it back", task_id, _describe(exc))
+            self.paused_until = time.monotonic() + self._policy.retry_delay_seconds
             await self._give_back(task_id)
             await msg.nak(delay=self._policy.retry_delay_seconds)
         finally:
@@ -154,10 +214,10 @@ class TaskProcessor:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
 
-    async def _render_and_finish(self, msg: Msg, task_id: int, claim: _Claim) -> None:
+    async def _render_and_finish(self, msg: Msg, task_id: int, claim: _Claim, lease: _Lease) -> None:
         try:
             async with self._storage.local_upload_path(claim.input_name) as source:
-                rendered = await self._render(msg, task_id, claim, source)
+                rendered = await self._render(msg, task_id, claim, source, lease)
         except StoredFileMissing:
             await self._finish_failed(task_id, INPUT_MISSING, claim)
             await msg.term()
@@ -165,7 +225,7 @@ class TaskProcessor:
         if rendered is None:  # the attempt ended (failed, or given back)
             return
         outputs = await self._keep_outputs(rendered)
-        await self._finish_done_patiently(task_id, outputs)
+        await self._finish_done_patiently(task_id, outputs, claim)
         self._record(claim, TaskStatus.DONE)
         await msg.ack()
 
@@ -184,27 +244,45 @@ class TaskProcessor:
         return [output.record for output in rendered]
 
     async def _render(
-        self, msg: Msg, task_id: int, claim: _Claim, source: Path
+        self, msg: Msg, task_id: int, claim: _Claim, source: Path, lease: _Lease
     ) -> list[RenderedOutput] | None:
         """Render every output to a temporary file; None when the attempt ended here (the task is
-        failed, or released for another attempt) and the message is settled."""
+        failed, released for another attempt, or no longer ours) and the message is settled."""
         max_attempts = self._policy.max_attempts
         try:
-            return await self._pool.run(
-                render_task,
-                self._storage.folders,
-                self._render_settings,
-                source,
-                claim.input_name,
-                claim.processing,
-                self._output_placer,
-            )
+            return await self._render_in_lane(task_id, claim, source, lease)
+        except _HeavyLaneBusy:
+            # Waiting here would hold a message (a fetch slot) that a light task could use, and
+            # keep the task from an idle worker: back to the queue, at no attempt's cost.
+            log.info("task %s: heavy, and a heavy render is running; back to the queue", task_id)
+            await self._give_back(task_id)
+            await msg.nak(delay=self._policy.retry_delay_seconds)
+            return None
+        except _LeaseLost:
+            if lease.taken:
+                # Another worker holds the task now (or it is finished or deleted): its outcome is
+                # that worker's to record, and nothing of this attempt is.
+                log.warning("task %s: lease lost to another claim; render abandoned", task_id)
+                await msg.ack()
+            else:
+                log.warning("task %s: lease ran out unrenewed; render abandoned, retrying later", task_id)
+                await msg.nak(delay=self._policy.retry_delay_seconds)
+            return None
+        except RenderTimedOut as exc:
+            # As slow at every attempt: fail now, saying so, rather than burn MAX_ATTEMPTS.
+            reason = TOO_SLOW.format(seconds=exc.seconds)
+            log.warning("task %s failed: %s", task_id, reason)
+            await self._finish_failed(task_id, reason, claim)
+            await msg.term()
+            return None
         except ImageRejected as exc:
             log.info("task %s failed: %s", task_id, exc)
             await self._finish_failed(task_id, str(exc), claim)
             await msg.term()
             return None
         except Exception as exc:
+            if _is_disk_full(exc):
+                raise  # handed back by _handle_task
             if claim.attempts < max_attempts:
                 log.warning("task %s: attempt %d failed (%s); retrying later", task_id, claim.attempts, exc)
                 await self._release(task_id)
@@ -222,17 +300,84 @@ class TaskProcessor:
             await msg.term()
             return None
 
+    async def _render_in_lane(
+        self, task_id: int, claim: _Claim, source: Path, lease: _Lease
+    ) -> list[RenderedOutput]:
+        """A light render in the pool; a heavy one in its own process, abandoned (killed) if the
+        lease is lost meanwhile. A light render cannot be stopped and is short: it ends, and
+        finishing it records nothing once the task is no longer this claim's (_finish_done)."""
+        if not await self._is_heavy(claim, source):
+            return await self._pool.run(
+                render_task,
+                self._storage.folders,
+                self._render_settings,
+                source,
+                claim.input_name,
+                claim.processing,
+                self._output_placer,
+            )
+        return await _unless_lost(lease, self._render_heavy(task_id, claim, source))
+
+    async def _is_heavy(self, claim: _Claim, source: Path) -> bool:
+        """Whether the render may be costly enough to need its own killable process. Decided from
+        the row's size; an image that could be animated is opened (its header only) where the
+        count of frames decides it."""
+        threshold = self._policy.heavy_render_pixels
+        estimate = functools.partial(
+            render_pixels, claim.processing, claim.width, claim.height, input_format=claim.input_format
+        )
+        if estimate(frames=1) > threshold:
+            return True
+        if claim.input_format not in ANIMATED_OUTPUT_FORMATS:
+            return False
+        limits = self._render_settings.limits
+        most_frames = min(limits.max_frames, max(1, limits.max_pixels // max(1, claim.width * claim.height)))
+        if estimate(frames=most_frames) <= threshold:
+            return False
+        info = await asyncio.to_thread(
+            probe_image, source, max_pixels=limits.max_pixels, max_frames=limits.max_frames
+        )
+        return estimate(frames=info.frames) > threshold
+
+    async def _render_heavy(self, task_id: int, claim: _Claim, source: Path) -> list[RenderedOutput]:
+        """Render in a child process of its own, one heavy render at a time (_HeavyLaneBusy while
+        another runs), killed at its deadline (or when this coroutine is cancelled); its temporary
+        files are removed here, since a killed child cannot."""
+        if self._heavy_lane.locked():
+            raise _HeavyLaneBusy
+        async with self._heavy_lane:
+            log.info("task %s: heavy render, in a process of its own", task_id)
+            temps = temp_paths(self._storage.folders, claim.processing)
+            try:
+                return await self._pool.run_killable(
+                    self._policy.render_timeout_seconds,
+                    render_task,
+                    self._storage.folders,
+                    self._render_settings,
+                    source,
+                    claim.input_name,
+                    claim.processing,
+                    self._output_placer,
+                    temps,
+                )
+            except BaseException:
+                for temp in temps:
+                    remove_quietly(temp)
+                raise
+
     def _record(self, claim: _Claim, status: TaskStatus) -> None:
         self._metrics.task_finished(
             status=status.value, preset=claim.processing.label(), seconds=time.monotonic() - claim.claimed_at
         )
 
-    async def _finish_done_patiently(self, task_id: int, outputs: list[dict[str, Any]]) -> None:
+    async def _finish_done_patiently(
+        self, task_id: int, outputs: list[dict[str, Any]], claim: _Claim
+    ) -> None:
         """Record the finished output, riding out a short database outage: the work is done and
         the heartbeats still hold the message, so giving up now would only cost a re-render."""
         for remaining in range(FINISH_RETRIES, -1, -1):
             try:
-                await self._finish_done(task_id, outputs)
+                await self._finish_done(task_id, outputs, claim)
                 return
             except tasks.DatabaseUnavailable as exc:
                 if remaining == 0:
@@ -246,30 +391,54 @@ class TaskProcessor:
         if claim is None:
             return None
         processing = Processing.from_json(claim.processing)
-        return _Claim(input_name=claim.input_name, attempts=claim.attempts, processing=processing)
+        return _Claim(
+            input_name=claim.input_name,
+            attempts=claim.attempts,
+            processing=processing,
+            width=claim.width,
+            height=claim.height,
+            input_format=FORMATS_BY_CONTENT_TYPE.get(claim.content_type, ""),
+            started_at=claim.started_at,
+        )
 
     async def _status(self, task_id: int) -> str | None:
         return await tasks.status_of(self._driver_pool, task_id)
 
-    async def _heartbeat(self, msg: Msg, task_id: int) -> None:
+    async def _heartbeat(self, msg: Msg, task_id: int, claim: _Claim, lease: _Lease) -> None:
         """Keep the message (JetStream) and the lease (database) while this worker works on it.
 
         A failed beat costs at worst a redelivery that the lease turns away: it must never end the
         loop nor fail a good render. Each renewal is bounded by one beat, so a stalled database
         cannot delay the next `in_progress`. Past RENDER_DEADLINE_SECONDS the beats stop, so a
         render that never ends lets the task go to another attempt instead of holding it for ever.
+
+        The lease is lost when a renewal finds the row no longer this claim's (a worker paused past
+        its lease, whose task another worker claimed), or when no renewal succeeded for a whole
+        lease: then `lease` says so, and the render is abandoned rather than finished for nothing.
         """
         deadline = time.monotonic() + RENDER_DEADLINE_SECONDS
+        renewed_at = time.monotonic()
+        lease_seconds = self._lease.total_seconds()
         while time.monotonic() < deadline:
             await asyncio.sleep(self._heartbeat_seconds)
             await _settle(msg.in_progress())
+            asked_at = time.monotonic()
             try:
                 async with asyncio.timeout(self._heartbeat_seconds):
-                    renewed = await tasks.renew_lease(self._driver_pool, task_id, self._lease)
-                if not renewed:
-                    log.warning("task %s: no longer processing here (finished or taken over)", task_id)
+                    renewed = await tasks.renew_lease(
+                        self._driver_pool, task_id, self._lease, claim.started_at
+                    )
             except Exception as exc:
                 log.warning("task %s: lease renewal failed: %s", task_id, exc)
+                if time.monotonic() - renewed_at > lease_seconds:
+                    lease.lose(taken=False)
+                    return
+                continue
+            if not renewed:
+                log.warning("task %s: no longer processing here (finished or taken over)", task_id)
+                lease.lose(taken=True)
+                return
+            renewed_at = asked_at
         log.error(
             "task %s: still rendering after %d s; letting the task go", task_id, RENDER_DEADLINE_SECONDS
         )
@@ -280,9 +449,9 @@ class TaskProcessor:
     async def _give_back(self, task_id: int) -> None:
         await tasks.give_back(self._driver_pool, task_id)
 
-    async def _finish_done(self, task_id: int, outputs: list[dict[str, Any]]) -> None:
+    async def _finish_done(self, task_id: int, outputs: list[dict[str, Any]], claim: _Claim) -> None:
         files = [output["file"] for output in outputs]
-        if await tasks.finish_done(self._driver_pool, task_id, outputs):
+        if await tasks.finish_done(self._driver_pool, task_id, outputs, claim.started_at):
             log.info("task %s done: %s", task_id, ", ".join(files))
         elif await self._status(task_id) is None:
             # Deleted (DELETE /tasks/{id}) while it was being processed: leave nothing behind.
@@ -294,6 +463,29 @@ class TaskProcessor:
     async def _finish_failed(self, task_id: int, reason: str, claim: _Claim) -> None:
         await tasks.finish_failed(self._driver_pool, task_id, reason)
         self._record(claim, TaskStatus.FAILED)
+
+
+async def _unless_lost(lease: _Lease, work: Awaitable[T]) -> T:
+    """`work`'s result, or _LeaseLost once the lease is lost first; the work is then cancelled
+    (a heavy render's child is killed)."""
+    doing = asyncio.ensure_future(work)
+    losing = asyncio.ensure_future(lease.lost.wait())
+    try:
+        await asyncio.wait({doing, losing}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        losing.cancel()
+        if not doing.done():
+            doing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await doing
+    if doing.cancelled():
+        raise _LeaseLost
+    return doing.result()
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """No space (or quota) left where outputs are written."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,4 +1,5 @@
-"""Where Pillow runs: a pool of threads, or of single-threaded child processes (WORKER_POOL).
+"""Where Pillow runs: a pool of threads, or of single-threaded child processes (WORKER_POOL), for
+light renders; a child process of its own, killed at its deadline, for each heavy one.
 
 Threads share one interpreter; Pillow releases the GIL inside its codecs and resamplers, but not
 everywhere (drawing text, Python-level loops over frames), so processes can use the cores better.
@@ -14,7 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import multiprocessing.connection
+import os
 import signal
+import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -26,11 +30,21 @@ from core.formats import configure_pillow
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Niceness added to a heavy render's child process (0 normal, 19 lowest).
+HEAVY_NICENESS = 10
 PoolKind = Literal["threads", "processes"]
 
 
 class RenderInterrupted(Exception):
     """The child process rendering this image died (killed, out of memory) before it finished."""
+
+
+class RenderTimedOut(Exception):
+    """The render ran past its deadline and was killed: it would be as slow at every attempt."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"processing took longer than {seconds:g} s")
+        self.seconds = seconds
 
 
 class RenderPool:
@@ -62,8 +76,81 @@ class RenderPool:
                 executor.shutdown(wait=False, cancel_futures=True)
             raise RenderInterrupted(str(exc) or "render process died") from exc
 
+    async def run_killable(self, deadline_seconds: float, function: Callable[..., T], *args: Any) -> T:
+        """`function(*args)` in a child process of its own, killed if it runs past `deadline_seconds`
+        seconds (RenderTimedOut) or if the caller is cancelled; RenderInterrupted if it dies."""
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["worker.render_job"])
+        receiver, sender = context.Pipe(duplex=False)
+        child = context.Process(
+            target=_run_child, args=(sender, self._max_pixels, function, args), name="render", daemon=True
+        )
+        loop = asyncio.get_running_loop()
+        answered = asyncio.Event()
+        try:
+            # Starting asks the fork server over a socket: quick, but not for the event loop.
+            await loop.run_in_executor(None, child.start)
+            sender.close()
+            loop.add_reader(receiver.fileno(), answered.set)
+            try:
+                async with asyncio.timeout(deadline_seconds):
+                    await answered.wait()
+            except TimeoutError:
+                raise RenderTimedOut(deadline_seconds) from None
+            finally:
+                loop.remove_reader(receiver.fileno())
+            try:
+                # The answer (a few output records, or an exception) is written whole once ready.
+                succeeded, value = receiver.recv()
+            except EOFError:
+                raise RenderInterrupted(f"render process ended with status {child.exitcode}") from None
+        finally:
+            receiver.close()
+            sender.close()
+            if child.pid is not None:
+                child.kill()  # nothing if it has ended; otherwise the render stops here
+                await loop.run_in_executor(None, child.join)
+                child.close()
+        if not succeeded:
+            raise value
+        return value
+
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+def _run_child(
+    answer: multiprocessing.connection.Connection, max_pixels: int, function: Callable[..., Any], args: tuple
+) -> None:
+    _die_with_parent()
+    _start_child(max_pixels)
+    # Below the light renders and the event loop in CPU priority: a heavy render takes what the
+    # cores have left, so it slows the light ones beside it as little as it can.
+    os.nice(HEAVY_NICENESS)
+    try:
+        result: tuple[bool, Any] = (True, function(*args))
+    except Exception as exc:
+        result = (False, exc)
+    answer.send(result)
+    answer.close()
+
+
+def _die_with_parent() -> None:
+    """End this child when the worker that asked for it dies (SIGKILL, out of memory): a render left
+    running would write an output the task's next owner also writes. Its parent is the fork server,
+    which outlives the worker for as long as such a child holds the worker's end of its pipe, so
+    the child watches the worker itself (the pipe it was started through, closed by the worker's
+    death)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        multiprocessing.connection.wait([sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="worker-watch", daemon=True).start()
 
 
 def _start_child(max_pixels: int) -> None:

@@ -58,18 +58,22 @@ def render_task(
     input_name: str,
     processing: Processing,
     place: Callable[[Path, str], None] | None = None,
+    temps: list[Path] | None = None,
 ) -> list[RenderedOutput]:
     """Decode `source` once and render every output to a temporary file in PROCESSED_DIR, then
     store each with `place` when given.
 
     Output names derive from the input's, so a second run replaces the first one's files rather
-    than adding to them. On failure no temporary file is left behind.
+    than adding to them. On failure no temporary file is left behind. `temps` names the temporary
+    files (one per output) where the caller must be able to remove them: a killed child cannot.
     """
-    temps = [(output, folders.temp_processed_path()) for output in processing.outputs]
+    if temps is None:
+        temps = temp_paths(folders, processing)
+    planned = list(zip(processing.outputs, temps, strict=True))
     try:
-        results = render(source, temps, limits=settings.limits, encoder=settings.encoder)
+        results = render(source, planned, limits=settings.limits, encoder=settings.encoder)
         rendered = []
-        for index, ((output, temp), result) in enumerate(zip(temps, results, strict=True)):
+        for index, ((output, temp), result) in enumerate(zip(planned, results, strict=True)):
             file = output_name_for(input_name, EXTENSIONS[result.format], index)
             record = OutputRecord(
                 name=output.name,
@@ -84,7 +88,12 @@ def render_task(
                 place(temp, file)
             rendered.append(RenderedOutput(record=record, temp=None if place is not None else temp))
     except BaseException:
-        for _, temp in temps:
+        for temp in temps:
             remove_quietly(temp)
         raise
     return rendered
+
+
+def temp_paths(folders: Folders, processing: Processing) -> list[Path]:
+    """A fresh temporary file name in PROCESSED_DIR for each output."""
+    return [folders.temp_processed_path() for _ in processing.outputs]

@@ -15,7 +15,7 @@ MAX_IMAGE_PIXELS already allowed. A watermark's text image may hold at most `lim
 from __future__ import annotations
 
 from core.processing.operations import Watermark
-from core.processing.outputs import Output
+from core.processing.outputs import Output, Processing
 from core.processing.sizes import output_size
 
 # The formats whose outputs keep every frame of an animation; any other keeps the first only.
@@ -96,3 +96,19 @@ def text_pixels_bound(op: Watermark, width: int, height: int) -> int:
     text_width = (longest + 1) * TEXT_ADVANCE * size
     text_height = (len(lines) - 1 + TEXT_LINE_BOTTOM) * size + len(lines) * TEXT_LINE_SPACING_PX
     return int(text_width * text_height)
+
+
+def render_pixels(processing: Processing, width: int, height: int, frames: int, input_format: str) -> int:
+    """About how many pixels rendering `processing` touches, from sizes alone: the decode, then
+    every step and the encode of every output, for each frame that output keeps. The worker's
+    measure of a render's time and memory (its lanes); an upper bound for JPEG, which a draft()
+    decode makes cheaper. Arithmetic only."""
+    total = width * height * frames
+    for output in processing.outputs:
+        kept = output_frames(output, input_format, frames)
+        step_width, step_height = width, height
+        for op in output.ops:
+            step_width, step_height = output_size((op,), step_width, step_height)
+            total += step_width * step_height * kept
+        total += step_width * step_height * kept  # the encoder
+    return total

@@ -94,18 +94,22 @@ async def test_a_claim_leases_counts_and_excludes_a_second_claim(database: async
     assert claim.processing == {"outputs": [{"name": "default"}]}
     assert again is None, "a live lease is the lock"
     assert await tasks.status_of(database, task_id) == "processing"
-    assert await tasks.renew_lease(database, task_id, _LEASE)
+    assert await tasks.renew_lease(database, task_id, _LEASE, claim.started_at)
     row = await _row(database, task_id)
     assert row["leased_until"] > row["started_at"] + timedelta(minutes=4)
 
 
 async def test_a_processing_row_whose_lease_ran_out_is_claimable(database: asyncpg.Pool) -> None:
     task_id = await _insert(database)
-    assert await tasks.claim(database, task_id, -_LEASE) is not None
+    first = await tasks.claim(database, task_id, -_LEASE)
 
     claim = await tasks.claim(database, task_id, _LEASE)
 
     assert claim is not None and claim.attempts == 2
+    assert first is not None
+    assert not await tasks.renew_lease(database, task_id, _LEASE, first.started_at), "no longer its claim"
+    assert not await tasks.finish_done(database, task_id, [{"file": "x.jpg"}], first.started_at)
+    assert await tasks.renew_lease(database, task_id, _LEASE, claim.started_at)
 
 
 async def test_release_counts_the_attempt_and_give_back_does_not(database: asyncpg.Pool) -> None:
@@ -125,10 +129,11 @@ async def test_finishing_makes_a_callback_due_only_where_the_row_has_one(databas
     with_callback = await _insert(database, callback_url="https://example.org/hook")
     without = await _insert(database)
     outputs = [{"file": "x.jpg", "name": "default"}]
-    for task_id in (with_callback, without):
-        await tasks.claim(database, task_id, _LEASE)
+    claims = [await tasks.claim(database, task_id, _LEASE) for task_id in (with_callback, without)]
+    started_at = claims[0].started_at if claims[0] else None
+    assert started_at is not None
 
-    assert await tasks.finish_done(database, with_callback, outputs)
+    assert await tasks.finish_done(database, with_callback, outputs, started_at)
     await tasks.finish_failed(database, without, "broken")
     done, failed = await _row(database, with_callback), await _row(database, without)
 
@@ -137,7 +142,9 @@ async def test_finishing_makes_a_callback_due_only_where_the_row_has_one(databas
     assert (done["callback_state"], failed["callback_state"]) == ("pending", None)
     assert done["callback_next_at"] is not None and failed["callback_next_at"] is None
     assert (failed["status"], failed["error"]) == ("failed", "broken")
-    assert not await tasks.finish_done(database, with_callback, outputs), "a final row stays as it is"
+    assert not await tasks.finish_done(database, with_callback, outputs, started_at), (
+        "a final row stays as it is"
+    )
     await tasks.finish_failed(database, with_callback, "late")
     assert (await _row(database, with_callback))["status"] == "done"
 

@@ -16,13 +16,14 @@ from tests.faults.processes import Started
 
 
 @pytest.fixture
-def workers(stack_env: dict[str, str], workdir: Path) -> Iterator[Callable[[str], Started]]:
-    """Start `python -m worker` processes, logging to `<workdir>/<name>.log`."""
+def workers(stack_env: dict[str, str], workdir: Path) -> Iterator[Callable[..., Started]]:
+    """Start `python -m worker` processes, logging to `<workdir>/<name>.log`, optionally with settings
+    of their own (`RENDER_TIMEOUT_SECONDS=...`)."""
     started: list[Started] = []
 
-    def start(name: str) -> Started:
+    def start(name: str, **settings: str) -> Started:
         log_file = workdir / f"{name}.log"
-        worker = Started(start_worker(stack_env, log_file=log_file), log_file)
+        worker = Started(start_worker({**stack_env, **settings}, log_file=log_file), log_file)
         started.append(worker)
         return worker
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -56,3 +58,34 @@ def assert_api_shut_down_cleanly(api: Started, exit_code: int) -> None:
 
 async def stop_api(api: Started) -> None:
     assert_api_shut_down_cleanly(api, await api.stop())
+
+
+def children(pid: int) -> set[int]:
+    """The processes `pid` started (none once it has ended)."""
+    found: set[int] = set()
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # it may have just ended
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found |= {int(child) for child in (task / "children").read_text().split()}
+    return found
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (a worker's fork server, and the render children it made)."""
+    found = children(pid)
+    for child in list(found):
+        found |= descendants(child)
+    return found
+
+
+def send(pids: set[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def alive(pid: int) -> bool:
+    """Running, stopped or sleeping: neither gone nor a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tests import images
 from tests.faults.burst import Burst, new_prefix
 from tests.faults.outcome import assert_processed_once, rows_named, wait_until_done, wait_until_settled
-from tests.faults.processes import Started
+from tests.faults.processes import Started, alive, descendants
 from tests.waiting import eventually
 
 
@@ -39,12 +39,18 @@ async def test_a_worker_killed_mid_image_leaves_the_task_to_another_worker_which
             return status == "processing"
 
         await eventually(processing, timeout=30, what=f"task {big_id} processing")
+        below = descendants(first.process.pid)  # a heavy render's fork server and child, if any
         await first.kill()
         [killed_mid_image] = [row for row in await rows_named(db, prefix) if row.id == big_id]
         second = workers("fault-worker-second")
         await burst.wait_for_more(10)
 
     assert (killed_mid_image.status, killed_mid_image.attempts) == ("processing", 1), killed_mid_image
+
+    async def gone() -> bool:
+        return not any(alive(pid) for pid in below)
+
+    await eventually(gone, timeout=5, what="the killed worker's render processes gone with it")
     assert not (processed_dir / f"{Path(killed_mid_image.input_name).stem}.jpg").exists(), "killed too late"
     print("OUTCOMES", len(burst.outcomes))
     assert burst.unexpected(allowed_statuses={200}) == []
