@@ -255,8 +255,8 @@ async def test_a_body_shorter_than_its_content_length_is_closed_at_the_idle_time
 
 
 async def test_chunked_trailer_fields_are_held_to_the_head_limit(api: Api) -> None:
-    """Trailers after the last chunk are kept by the parser like a head: past the head's byte limit
-    the request is answered 431 and closed, however the bytes come."""
+    """Trailers after the last chunk are kept by the parser like a head: streamed past the head's
+    byte limit, the connection is refused (431) and closed, where it used to take 64 MB and more."""
     # A well-begun upload, so the application waits for the rest rather than answering early.
     chunk = _PART_HEAD + images.png()[:100]
     reader, writer = await _connect(api)
@@ -266,17 +266,24 @@ async def test_chunked_trailer_fields_are_held_to_the_head_limit(api: Api) -> No
         b"%x\r\n%s\r\n0\r\nX-Trailer: " % (len(chunk), chunk)
     )
     await writer.drain()
+    # The limit counts whole reads once the trailer has begun, so it may act one read (at most
+    # 256 KiB in uvicorn) late; far past that, the connection must be gone.
+    cap = 4 * 1024 * 1024
     sent = 0
     with contextlib.suppress(ConnectionError):
-        while sent < 4 * api.settings.http_max_header_bytes and not reader.at_eof():
+        while sent < cap and not reader.at_eof() and not writer.transport.is_closing():
             writer.write(b"a" * 4096)
             await writer.drain()
             sent += 4096
-    answer = await _answer(reader, timeout=10)
+    answer = b""
+    with contextlib.suppress(ConnectionError):
+        answer = await _answer(reader, timeout=10)
     writer.close()
 
-    assert _status(answer) == 431, answer[:200]
-    assert answer.endswith(HEAD_TOO_LARGE.encode())
+    assert sent < cap, "the trailer was taken without limit"
+    if answer:  # the answer may be lost to the reset that closing on unread bytes sends
+        assert _status(answer) == 431, answer[:200]
+        assert answer.endswith(HEAD_TOO_LARGE.encode())
 
 
 async def test_a_body_left_unread_by_its_answer_does_not_hold_the_connection(api: Api) -> None:
