@@ -17,6 +17,7 @@ from core.formats import AnimationTooLarge, TooCostlyToIdentify, more_frames_tha
 from core.image_structure import (
     GIF_MAX_BLOCKS,
     GIF_TOO_MANY_BLOCKS,
+    JPEG_HEAD_BYTES,
     JPEG_MAX_SCANS,
     JPEG_TOO_MANY_SCANS,
     PNG_MAX_CHUNKS,
@@ -119,6 +120,17 @@ def test_a_progressive_jpeg_of_thousands_of_scans_is_refused_from_its_header(tmp
         "JPEG has more than 100 progressive scans; the limit is 100 "
         "(each scan is a pass over the whole picture)."
     )
+
+
+def test_scans_past_a_long_metadata_head_are_counted_too(tmp_path: Path) -> None:
+    # The walk reads the file's beginning first (JPEG_HEAD_BYTES); three 64 KiB APPn segments put
+    # the frame header and the scans past it, where the whole file is mapped and walked.
+    data = images.jpeg_with_scans(3000, 256, 256)
+    padding = b"".join(b"\xff\xef\xff\xff" + b"\0" * 65533 for _ in range(3))
+    padded = data[:2] + padding + data[2:]
+    assert padded.index(b"\xff\xc2") > JPEG_HEAD_BYTES
+
+    assert refused_within_deadline(tmp_path, padded, TooCostlyToIdentify) == JPEG_TOO_MANY_SCANS
 
 
 def test_a_progressive_jpeg_at_the_scan_limit_is_identified(tmp_path: Path) -> None:
