@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from config import get_settings
 from core.storage.base import TEMP_PREFIX
 from tests import images
+from tests.tmpfs import small_tmpfs
 from tests.waiting import eventually, final_row, task_row
 from worker.__main__ import run
 
@@ -32,21 +33,8 @@ TMPFS_BYTES = 64 * 1024
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mount_point = tmp_path / "small-processed"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES},mode=0755", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small-processed", TMPFS_BYTES) as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 def _noise_png(side: int) -> bytes:
