@@ -307,16 +307,19 @@ class TaskProcessor:
         lease is lost meanwhile. A light render cannot be stopped and is short: it ends, and
         finishing it records nothing once the task is no longer this claim's (_finish_done)."""
         if not await self._is_heavy(claim, source):
-            return await self._pool.run(
-                render_task,
-                self._storage.folders,
-                self._render_settings,
-                source,
-                claim.input_name,
-                claim.processing,
-                self._output_placer,
-            )
+            return await self._pool.run(render_task, *self._render_args(claim, source))
         return await _unless_lost(lease, self._render_heavy(task_id, claim, source))
+
+    def _render_args(self, claim: _Claim, source: Path) -> tuple[Any, ...]:
+        """render_task's arguments for this claim, in a thread or a child process alike."""
+        return (
+            self._storage.folders,
+            self._render_settings,
+            source,
+            claim.input_name,
+            claim.processing,
+            self._output_placer,
+        )
 
     async def _is_heavy(self, claim: _Claim, source: Path) -> bool:
         """Whether the render may be costly enough to need its own killable process. Decided from
@@ -352,12 +355,7 @@ class TaskProcessor:
                 return await self._pool.run_killable(
                     self._policy.render_timeout_seconds,
                     render_task,
-                    self._storage.folders,
-                    self._render_settings,
-                    source,
-                    claim.input_name,
-                    claim.processing,
-                    self._output_placer,
+                    *self._render_args(claim, source),
                     temps,
                 )
             except BaseException:
