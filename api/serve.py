@@ -17,6 +17,15 @@ import uvicorn
 from api.http_limits import HttpLimits, limited_protocol
 from config import ConfigError, Settings, get_settings
 
+# The settings the limits come from (read by http_limits below).
+LIMIT_SETTINGS = (
+    "HTTP_MAX_HEADER_BYTES",
+    "HTTP_MAX_HEADERS",
+    "HTTP_HEADER_TIMEOUT_SECONDS",
+    "HTTP_BODY_IDLE_TIMEOUT_SECONDS",
+    "HTTP_BODY_MIN_BYTES_PER_SECOND",
+    "HTTP_MAX_CONNECTIONS",
+)
 # Open files besides the connections: the database pool, NATS, logs, files being read or written.
 SPARE_FILES = 256
 

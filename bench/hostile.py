@@ -42,6 +42,7 @@ from typing import Any
 import httpx
 import psutil
 
+from api.serve import LIMIT_SETTINGS
 from bench import machine
 from bench.hostile_attacks import Mix
 from bench.images import photo_jpeg
@@ -424,12 +425,7 @@ def _shown_settings(env: dict[str, str]) -> dict[str, Any]:
     shown: dict[str, Any] = {
         name: getattr(settings, name.lower())
         for name in (
-            "HTTP_MAX_HEADER_BYTES",
-            "HTTP_MAX_HEADERS",
-            "HTTP_HEADER_TIMEOUT_SECONDS",
-            "HTTP_BODY_IDLE_TIMEOUT_SECONDS",
-            "HTTP_BODY_MIN_BYTES_PER_SECOND",
-            "HTTP_MAX_CONNECTIONS",
+            *LIMIT_SETTINGS,
             "MAX_UPLOAD_BYTES",
             "MAX_OUTPUT_PIXELS",
             "WORKER_CONCURRENCY",

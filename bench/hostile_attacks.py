@@ -114,6 +114,20 @@ async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWrite
     return await asyncio.wait_for(asyncio.open_connection(HOST, port), 10)
 
 
+async def _tallied_connection(
+    port: int, tally: Tally, started: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """A new connection counted in `tally`; None (recorded, after a pause) if none could be made."""
+    try:
+        connection = await _connect(port)
+    except (OSError, TimeoutError) as exc:
+        tally.record(f"connect failed ({type(exc).__name__})", started)
+        await asyncio.sleep(0.5)
+        return None
+    tally.opened += 1
+    return connection
+
+
 async def _held_connection(
     port: int,
     tally: Tally,
@@ -128,13 +142,10 @@ async def _held_connection(
     server closes; again until `end`. What the server did each time goes to `tally`."""
     while time.monotonic() < end:
         started = time.monotonic()
-        try:
-            reader, writer = await _connect(port)
-        except (OSError, TimeoutError) as exc:
-            tally.record(f"connect failed ({type(exc).__name__})", started)
-            await asyncio.sleep(0.5)
+        connection = await _tallied_connection(port, tally, started)
+        if connection is None:
             continue
-        tally.opened += 1
+        reader, writer = connection
 
         async def dripping(writer: asyncio.StreamWriter = writer) -> None:
             with contextlib.suppress(OSError):
@@ -169,13 +180,10 @@ async def _bomb(port: int, tally: Tally, head: bytes, body: bytes, repeat: int, 
     closes), and read the answer; again until `end`."""
     while time.monotonic() < end:
         started = time.monotonic()
-        try:
-            reader, writer = await _connect(port)
-        except (OSError, TimeoutError) as exc:
-            tally.record(f"connect failed ({type(exc).__name__})", started)
-            await asyncio.sleep(0.5)
+        connection = await _tallied_connection(port, tally, started)
+        if connection is None:
             continue
-        tally.opened += 1
+        reader, writer = connection
         sent = 0
         answer = asyncio.create_task(_until_closed(reader))
         try:
