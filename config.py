@@ -76,6 +76,8 @@ def setting(
 _POSTGRES_URL = re.compile(r"(postgresql|postgresql\+asyncpg|postgres)://\S+")
 _NATS_URL = re.compile(r"(nats|tls)://[^,\s]+")
 _PLACEHOLDER_KEYS = ("change-me-change-me", "changeme-changeme", "xxxxxxxxxxxxxxxx")
+# A watermark image's name appears in ops and error messages: the same rule as output and preset names.
+_IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 
 
 def _key_list(raw: list[Any] | str) -> tuple[str, ...]:
@@ -195,6 +197,19 @@ class Settings:
     # Where uploads and outputs are kept: `local` (UPLOADS_DIR and PROCESSED_DIR, shared by every
     # process) or `nats` (JetStream object store buckets; the folders are then scratch space only).
     storage_backend: Literal["local", "nats"] = field(metadata=setting("local"))
+    # Image watermarks for the `overlay` op, name -> file (relative paths from the project folder).
+    # The API checks only the names; each worker loads every file at start-up and refuses to start
+    # on one it cannot use (worker/overlays.py).
+    watermark_images: dict[str, Path] = field(
+        metadata=setting(
+            {},
+            check=lambda images: all(
+                _IMAGE_NAME.fullmatch(str(name)) and isinstance(path, str) and path
+                for name, path in images.items()
+            ),
+            rule="be a table of name (letters, digits, - and _) -> image file",
+        )
+    )
 
     @property
     def log_json(self) -> bool:
@@ -268,6 +283,12 @@ def _reading(hint: Any) -> _Reading:
         return _Reading(lambda value: isinstance(value, list | str), "a list", _key_list)
     if hint == dict[str, Any]:
         return _Reading(lambda value: isinstance(value, dict), "a table", _plain)
+    if hint == dict[str, Path]:
+        return _Reading(
+            lambda value: isinstance(value, dict),
+            "a table of files",
+            lambda value: {str(name): (PROJECT_ROOT / path).resolve() for name, path in value.items()},
+        )
     raise TypeError(f"config.Settings: no reading for fields of type {hint}")
 
 

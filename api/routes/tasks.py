@@ -48,7 +48,7 @@ IDEMPOTENCY_KEY_REUSED = "This Idempotency-Key was already used for a different 
 UNKNOWN_FIELD = "Unknown form field {name!r}; the fields are: {fields}."
 # Besides `file`: how to process it (core.processing), and where to report the end (callbacks).
 # Anything else is refused, so a misspelt field is not silently ignored.
-PROCESSING_FIELDS = ("preset", "ops", "outputs")
+PROCESSING_FIELDS = ("preset", "ops", "outputs", "focus")
 FORM_FIELDS = ("file", *PROCESSING_FIELDS, "callback_url")
 CALLBACKS_OFF = "This server sends no callbacks (its WEBHOOK_SECRET setting is empty)."
 
@@ -89,6 +89,11 @@ _UPLOAD_BODY = {
                         "outputs": {
                             "type": "string",
                             "description": 'Output name -> preset or ops, e.g. {"thumb": "thumbnail"}.',
+                        },
+                        "focus": {
+                            "type": "string",
+                            "description": 'The point `gravity: "focus"` keeps: x,y fractions from the top '
+                            "left of the picture as displayed, e.g. 0.3,0.6.",
                         },
                     },
                 }
@@ -150,6 +155,8 @@ def _requested_processing(services: ServicesDep, upload: ReceivedUpload) -> Proc
             outputs=fields.get("outputs"),
             presets=services.presets,
             watermark_text=settings.watermark_text,
+            focus=fields.get("focus"),
+            watermark_images=settings.watermark_images,
         )
     except ProcessingInvalid as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None

@@ -14,7 +14,7 @@ MAX_IMAGE_PIXELS already allowed. A watermark's text image may hold at most `lim
 
 from __future__ import annotations
 
-from core.processing.operations import Watermark
+from core.processing.operations import MAX_BYTES_ENCODES, Watermark
 from core.processing.outputs import Output, Processing
 from core.processing.sizes import output_size
 
@@ -100,7 +100,9 @@ def text_pixels_bound(op: Watermark, width: int, height: int) -> int:
 
 def render_pixels(processing: Processing, width: int, height: int, frames: int, input_format: str) -> int:
     """About how many pixels rendering `processing` touches, from sizes alone: the decode, then
-    every step and the encode of every output, for each frame that output keeps. The worker's
+    every step and the encode of every output (each encode its `max_bytes` search may make), for
+    each frame that output keeps. A `trim` counts as the size it was given, which it cannot exceed;
+    a `smart` gravity's look at the picture is a small downscale, not counted. The worker's
     measure of a render's time and memory (its lanes); an upper bound for JPEG, which a draft()
     decode makes cheaper. Arithmetic only."""
     total = width * height * frames
@@ -110,5 +112,7 @@ def render_pixels(processing: Processing, width: int, height: int, frames: int, 
         for op in output.ops:
             step_width, step_height = output_size((op,), step_width, step_height)
             total += step_width * step_height * kept
-        total += step_width * step_height * kept  # the encoder
+        chosen = output.format()
+        encodes = MAX_BYTES_ENCODES if chosen is not None and chosen.max_bytes is not None else 1
+        total += step_width * step_height * kept * encodes  # the encoder
     return total

@@ -1,17 +1,29 @@
-"""The upload form's `preset`, `ops` and `outputs` fields, resolved into the `Processing` a task
-stores; ProcessingInvalid names the field that is wrong."""
+"""The upload form's `preset`, `ops`, `outputs` and `focus` fields, resolved into the `Processing` a
+task stores; ProcessingInvalid names the field that is wrong."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
 from core.json_fields import JsonFieldInvalid, parse_json_field
-from core.processing.operations import MAX_OPS, OPS, Op, ProcessingInvalid, Watermark, check_ops, first_error
+from core.processing.operations import (
+    MAX_OPS,
+    OPS,
+    Op,
+    ProcessingInvalid,
+    Watermark,
+    check_ops,
+    check_references,
+    first_error,
+)
 from core.processing.outputs import MAX_OUTPUTS, SINGLE_OUTPUT, USABLE_NAME, Output, Processing
 from core.processing.presets import DEFAULT_PRESET, Preset
+
+FOCUS_INVALID = "`focus` must be two fractions x,y from 0 to 1 (from the top left), such as 0.3,0.6."
 
 
 def resolve(
@@ -21,8 +33,13 @@ def resolve(
     outputs: str | None,
     presets: Mapping[str, Preset],
     watermark_text: str,
+    focus: str | None = None,
+    watermark_images: Collection[str] = (),
 ) -> Processing:
-    """The upload's form fields as a `Processing`; ProcessingInvalid names the field that is wrong."""
+    """The upload's form fields as a `Processing`; ProcessingInvalid names the field that is wrong.
+
+    `watermark_images`: the names an `overlay` may use (the WATERMARK_IMAGES setting's)."""
+    point = parse_focus(focus) if focus else None
     chosen = [name for name, value in (("preset", preset), ("ops", ops), ("outputs", outputs)) if value]
     if len(chosen) > 1:
         raise ProcessingInvalid(
@@ -52,7 +69,22 @@ def resolve(
         outputs_tuple = (Output(name=SINGLE_OUTPUT, ops=_validated_ops(_json_field("ops", ops), "ops")),)
     else:
         outputs_tuple = (_from_preset(preset or DEFAULT_PRESET, presets, "preset", SINGLE_OUTPUT),)
-    return Processing(tuple(_with_text(output, watermark_text) for output in outputs_tuple))
+    for output in outputs_tuple:
+        field = f"outputs.{output.name}" if outputs else "preset" if output.preset else "ops"
+        check_references(output.ops, field, watermark_images, focus=point is not None)
+    return Processing(tuple(_with_text(output, watermark_text) for output in outputs_tuple), focus=point)
+
+
+def parse_focus(raw: str) -> tuple[float, float]:
+    """The `focus` field, "x,y" fractions of the picture from its top left: "0.3,0.6"."""
+    parts = raw.split(",")
+    try:
+        x, y = (float(part) for part in parts)
+    except ValueError:
+        raise ProcessingInvalid(FOCUS_INVALID) from None
+    if not all(math.isfinite(value) and 0 <= value <= 1 for value in (x, y)):
+        raise ProcessingInvalid(FOCUS_INVALID)
+    return x, y
 
 
 def _from_preset(name: str, presets: Mapping[str, Preset], field: str, output: str) -> Output:

@@ -34,6 +34,9 @@ class Output:
 @dataclass(frozen=True)
 class Processing:
     outputs: tuple[Output, ...]
+    # The upload's `focus` field: (x, y) as fractions of the picture as displayed (after its EXIF
+    # orientation), from the top left; what `gravity: "focus"` keeps.
+    focus: tuple[float, float] | None = None
 
     def label(self) -> str:
         """A short, bounded name for metrics: the preset, or `ops` / `outputs`."""
@@ -42,7 +45,7 @@ class Processing:
         return self.outputs[0].preset or "ops"
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        stored: dict[str, Any] = {
             "outputs": [
                 {
                     "name": output.name,
@@ -52,16 +55,22 @@ class Processing:
                 for output in self.outputs
             ]
         }
+        # Only when given: a row without a focus reads (and compares, for Idempotency-Key) as before.
+        if self.focus is not None:
+            stored["focus"] = list(self.focus)
+        return stored
 
     @classmethod
     def from_json(cls, stored: Mapping[str, Any]) -> Processing:
+        focus = stored.get("focus")
         return cls(
             tuple(
                 Output(
                     name=item["name"], preset=item.get("preset"), ops=tuple(OPS.validate_python(item["ops"]))
                 )
                 for item in stored["outputs"]
-            )
+            ),
+            focus=(float(focus[0]), float(focus[1])) if focus else None,
         )
 
 

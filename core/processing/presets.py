@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from config import ConfigError, Settings
-from core.processing.operations import MAX_OPS, OPS, Op, Operation, ProcessingInvalid, check_ops, first_error
+from core.processing.operations import (
+    MAX_OPS,
+    OPS,
+    Op,
+    Operation,
+    ProcessingInvalid,
+    check_ops,
+    check_references,
+    first_error,
+)
 from core.processing.outputs import USABLE_NAME
 
 DEFAULT_PRESET = "default"
@@ -62,15 +71,19 @@ class _PresetSetting(BaseModel):
 def configured_presets(settings: Settings) -> dict[str, Preset]:
     """The presets of these settings; a bad PRESETS setting stops start-up (ConfigError)."""
     try:
-        return build_presets(settings.presets)
+        return build_presets(settings.presets, watermark_images=settings.watermark_images)
     except ProcessingInvalid as exc:
         raise ConfigError(str(exc)) from None
 
 
-def build_presets(configured: Mapping[str, Any]) -> dict[str, Preset]:
+def build_presets(
+    configured: Mapping[str, Any], *, watermark_images: Collection[str] = ()
+) -> dict[str, Preset]:
     """The built-in presets plus the PRESETS setting (which may replace a built-in one).
 
-    Raises ProcessingInvalid naming the bad preset; start-up turns that into a refusal to start.
+    Raises ProcessingInvalid naming the bad preset (an overlay of an image `watermark_images` does
+    not name too); start-up turns that into a refusal to start. A preset with `gravity: "focus"` is
+    fine: the uploads that choose it must give the point.
     """
     presets = dict(BUILTIN_PRESETS)
     for name, raw in configured.items():
@@ -81,6 +94,7 @@ def build_presets(configured: Mapping[str, Any]) -> dict[str, Preset]:
         try:
             parsed = _PresetSetting.model_validate(raw)
             check_ops(parsed.ops, f"PRESETS.{name}.ops")
+            check_references(tuple(parsed.ops), f"PRESETS.{name}.ops", watermark_images, focus=True)
         except ValidationError as exc:
             raise ProcessingInvalid(f"PRESETS.{name}{first_error(exc)}") from None
         presets[str(name)] = Preset(parsed.description or f"Operator preset {name}.", tuple(parsed.ops))

@@ -9,14 +9,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from core.processing.operations import Crop, Op, Resize, Rotate
+from core.processing.operations import Crop, Op, Pad, Resize, Rotate
 
 
 def output_size(ops: Iterable[Op], width: int, height: int) -> tuple[int, int]:
     """The pixel size `ops` produce from a `width` × `height` picture (already oriented).
 
     A crop box outside the picture is reported by the worker, which knows the exact size at that
-    step; here it is taken at face value.
+    step; here it is taken at face value. A `trim` depends on the pixels: its size here is the one
+    it cannot exceed, the size it was given.
     """
     for op in ops:
         if isinstance(op, Resize):
@@ -26,13 +27,20 @@ def output_size(ops: Iterable[Op], width: int, height: int) -> tuple[int, int]:
             width, height = right - left, bottom - top
         elif isinstance(op, Rotate):
             width, height = rotated_size(op.degrees, width, height)
+        elif isinstance(op, Pad):
+            width, height = width + 2 * op.margin, height + 2 * op.margin
     return width, height
 
 
 def resized_size(op: Resize, width: int, height: int) -> tuple[int, int]:
-    if op.mode in ("exact", "fill"):
+    if op.mode in ("exact", "fill", "pad"):
         assert op.width is not None and op.height is not None
         return op.width, op.height
+    return fitted_size(op, width, height)
+
+
+def fitted_size(op: Resize, width: int, height: int) -> tuple[int, int]:
+    """The size `fit` makes (and `pad` before it extends to the box)."""
     scale = min(
         op.width / width if op.width else float("inf"),
         op.height / height if op.height else float("inf"),

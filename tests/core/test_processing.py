@@ -13,8 +13,12 @@ import pytest
 from PIL import Image
 
 from config import ConfigError
-from core.processing.forms import resolve
+from core.processing.cost import render_pixels
+from core.processing.forms import FOCUS_INVALID, resolve
 from core.processing.operations import (
+    FOCUS_MISSING,
+    GRAVITIES,
+    MAX_BYTES_ENCODES,
     MAX_OPS,
     MAX_SIDE,
     MAX_TEXT_CHARS,
@@ -23,9 +27,11 @@ from core.processing.operations import (
     POSITIONS,
     Crop,
     Format,
+    Pad,
     ProcessingInvalid,
     Resize,
     Rotate,
+    Trim,
     Watermark,
 )
 from core.processing.outputs import MAX_OUTPUTS, SINGLE_OUTPUT, Output, Processing
@@ -41,6 +47,8 @@ def resolved(
     ops: Any = None,
     outputs: Any = None,
     presets: dict[str, Any] | None = None,
+    focus: str | None = None,
+    watermark_images: tuple[str, ...] = (),
 ) -> Processing:
     """`resolve` with the form fields as the API receives them: strings, JSON for ops and outputs."""
     return resolve(
@@ -49,6 +57,8 @@ def resolved(
         outputs=outputs if outputs is None or isinstance(outputs, str) else json.dumps(outputs),
         presets=BUILTIN_PRESETS if presets is None else presets,
         watermark_text=TEXT,
+        focus=focus,
+        watermark_images=watermark_images,
     )
 
 
@@ -232,6 +242,52 @@ BAD_PARAMETERS: list[tuple[dict[str, Any], str, list[str]]] = [
     ({"op": "format"}, "[0].format", ["Field required"]),
     ({"op": "format", "format": "jpeg", "quality": 0}, "[0].quality", ["greater than or equal to 1"]),
     ({"op": "format", "format": "jpeg", "quality": 101}, "[0].quality", ["less than or equal to 100"]),
+    # Issue 15's operations and parameters.
+    (
+        {"op": "resize", "width": 10, "height": 10, "mode": "fill", "gravity": "up"},
+        "[0].gravity",
+        [*(f"'{g}'" for g in GRAVITIES)],
+    ),
+    ({"op": "resize", "width": 10, "gravity": "smart"}, "[0]", ['`gravity` applies to mode "fill" only']),
+    (
+        {"op": "resize", "width": 10, "height": 10, "background": "red"},
+        "[0]",
+        ['`background` applies to mode "pad" only'],
+    ),
+    (
+        {"op": "resize", "width": 10, "height": 10, "mode": "pad", "background": "sunset"},
+        "[0].background",
+        ["'sunset' is not a colour", "#rrggbbaa"],
+    ),
+    ({"op": "resize", "width": 10, "mode": "pad"}, "[0]", ["'pad' needs both `width` and `height`"]),
+    (
+        {"op": "crop", "left": 0, "top": 0, "width": 5, "height": 5, "gravity": "top"},
+        "[0]",
+        ["crop `gravity` applies to `aspect` only"],
+    ),
+    (
+        {"op": "crop", "aspect": "1:1", "gravity": "north"},
+        "[0].gravity",
+        ["'top-left'", "'smart'", "'focus'"],
+    ),
+    ({"op": "trim", "threshold": 256}, "[0].threshold", ["less than or equal to 255"]),
+    ({"op": "trim", "threshold": -1}, "[0].threshold", ["greater than or equal to 0"]),
+    ({"op": "pad"}, "[0].margin", ["Field required"]),
+    ({"op": "pad", "margin": -1}, "[0].margin", ["greater than or equal to 0"]),
+    ({"op": "pad", "margin": 4, "background": "nope"}, "[0].background", ["'nope' is not a colour"]),
+    ({"op": "overlay"}, "[0].image", ["Field required"]),
+    ({"op": "overlay", "image": "logo", "position": "middle"}, "[0].position", [f"'{p}'" for p in POSITIONS]),
+    ({"op": "overlay", "image": "logo", "scale": 0}, "[0].scale", ["greater than or equal to 0.01"]),
+    ({"op": "overlay", "image": "logo", "scale": 1.5}, "[0].scale", ["less than or equal to 1"]),
+    ({"op": "overlay", "image": "logo", "opacity": -0.1}, "[0].opacity", ["greater than or equal to 0"]),
+    ({"op": "overlay", "image": "logo", "margin": -1}, "[0].margin", ["greater than or equal to 0"]),
+    ({"op": "overlay", "image": "logo", "tile": "yes please"}, "[0].tile", ["boolean"]),
+    (
+        {"op": "format", "format": "png", "max_bytes": 5000},
+        "[0]",
+        ["`max_bytes` needs a lossy format: jpeg, webp"],
+    ),
+    ({"op": "format", "format": "jpeg", "max_bytes": 99}, "[0].max_bytes", ["greater than or equal to 100"]),
 ]
 
 
@@ -253,6 +309,77 @@ def test_every_op_has_a_bad_parameter_case() -> None:
     assert {op["op"] for op, _, _ in BAD_PARAMETERS} == set(OPERATION_NAMES)
 
 
+# What ops refer to outside themselves: the upload's focus point, the operator's watermark images
+
+
+@pytest.mark.parametrize("raw", ["0.3", "0.3,0.6,0.1", "a,b", "1.2,0.5", "-0.1,0.5", "nan,0.5", "0.5,inf"])
+def test_a_bad_focus_is_refused(raw: str) -> None:
+    assert refusal(ops=[{"op": "grayscale"}], focus=raw) == FOCUS_INVALID
+
+
+def test_the_focus_is_kept_with_the_processing_and_read_back() -> None:
+    ops = [{"op": "crop", "aspect": "1:1", "gravity": "focus"}]
+    processing = resolved(ops=ops, focus="0.25, 1")
+
+    assert processing.focus == (0.25, 1.0)
+    stored = processing.to_json()
+    assert stored["focus"] == [0.25, 1.0]
+    assert Processing.from_json(json.loads(json.dumps(stored))) == processing
+
+
+def test_without_a_focus_the_stored_form_is_as_before() -> None:
+    assert "focus" not in resolved(preset="web").to_json()
+
+
+def test_gravity_focus_without_a_focus_point_is_refused_naming_the_op() -> None:
+    ops = [{"op": "grayscale"}, {"op": "resize", "width": 9, "height": 9, "mode": "fill", "gravity": "focus"}]
+
+    assert refusal(ops=ops) == FOCUS_MISSING.format(field="ops", index=1)
+    assert refusal(outputs={"sq": [{"op": "crop", "aspect": "1:1", "gravity": "focus"}]}) == (
+        FOCUS_MISSING.format(field="outputs.sq", index=0)
+    )
+
+
+def test_an_overlay_of_an_unknown_image_is_refused_naming_the_known_ones() -> None:
+    ops = [{"op": "overlay", "image": "logo"}]
+
+    assert refusal(ops=ops) == (
+        "`ops[0].image`: unknown watermark image 'logo'; none are configured (WATERMARK_IMAGES)."
+    )
+    assert refusal(ops=ops, watermark_images=("seal", "badge")) == (
+        "`ops[0].image`: unknown watermark image 'logo'; configured: badge, seal."
+    )
+    assert resolved(ops=ops, watermark_images=("logo",)).outputs[0].ops[0].image == "logo"  # type: ignore[attr-defined]
+
+
+def test_an_operator_preset_overlaying_an_unknown_image_stops_start_up() -> None:
+    settings = SimpleNamespace(
+        presets={"stamped": {"ops": [{"op": "overlay", "image": "logo"}]}}, watermark_images={"seal": "x"}
+    )
+
+    with pytest.raises(
+        ConfigError, match=r"`PRESETS.stamped.ops\[0\].image`: unknown watermark image 'logo'"
+    ):
+        configured_presets(settings)  # type: ignore[arg-type]
+
+
+def test_the_new_sizes() -> None:
+    pad_box = Resize(op="resize", width=300, height=200, mode="pad")
+    assert output_size([pad_box], 1000, 1000) == (300, 200)
+    assert output_size([pad_box], 50, 20) == (300, 200), "padded to the box even when not enlarged"
+    assert output_size([Pad(op="pad", margin=7)], 100, 50) == (114, 64)
+    assert output_size([Trim(op="trim")], 100, 50) == (100, 50), "a trim is bounded by its input"
+
+
+def test_max_bytes_counts_every_encode_of_its_search() -> None:
+    plain = resolved(ops=[{"op": "format", "format": "jpeg"}])
+    searched = resolved(ops=[{"op": "format", "format": "jpeg", "max_bytes": 10_000}])
+    pixels = 1000 * 800
+
+    assert render_pixels(plain, 1000, 800, 1, "JPEG") == pixels * 3  # decode, step, encode
+    assert render_pixels(searched, 1000, 800, 1, "JPEG") == pixels * (2 + MAX_BYTES_ENCODES)
+
+
 def test_a_bad_parameter_in_a_later_op_names_its_index() -> None:
     message = refusal(ops=[{"op": "grayscale"}, {"op": "blur"}, {"op": "flip", "direction": "up"}])
     assert message == "`ops`: [2].direction: must be one of 'horizontal' or 'vertical'"
@@ -260,7 +387,7 @@ def test_a_bad_parameter_in_a_later_op_names_its_index() -> None:
 
 def test_a_bad_parameter_in_outputs_names_the_output() -> None:
     message = refusal(outputs={"ok": "web", "odd": [{"op": "resize", "width": 10, "mode": "cover"}]})
-    assert message == "`outputs.odd`: [0].mode: must be one of 'fit', 'fill' or 'exact'"
+    assert message == "`outputs.odd`: [0].mode: must be one of 'fit', 'fill', 'exact' or 'pad'"
 
 
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
@@ -436,11 +563,11 @@ def _choices(values: tuple[str, ...]) -> str:
 
 
 def test_a_bad_presets_setting_stops_start_up() -> None:
-    settings: Any = SimpleNamespace(presets={"small": {"ops": [{"op": "sepia"}]}})
+    settings: Any = SimpleNamespace(presets={"small": {"ops": [{"op": "sepia"}]}}, watermark_images={})
     with pytest.raises(ConfigError) as raised:
         configured_presets(settings)
     assert "PRESETS.small" in str(raised.value)
-    assert list(configured_presets(SimpleNamespace(presets={}))) == list(BUILTIN_PRESETS)  # type: ignore[arg-type]
+    assert list(configured_presets(SimpleNamespace(presets={}, watermark_images={}))) == list(BUILTIN_PRESETS)  # type: ignore[arg-type]
 
 
 # The stored form
