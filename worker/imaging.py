@@ -26,7 +26,7 @@ import math
 import re
 import struct
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +36,27 @@ from PIL import ExifTags, Image, ImageCms
 
 from core.formats import DAMAGED_MESSAGE, ImageRejected, check_animation, open_image
 from core.processing.cost import ANIMATED_OUTPUT_FORMATS, cost_refusal, output_frames
-from core.processing.operations import Blur, Crop, Flip, Format, Grayscale, Resize, Rotate, Sharpen, Watermark
+from core.processing.operations import (
+    MAX_BYTES_ENCODES,
+    MAX_BYTES_FLOOR_QUALITY,
+    Blur,
+    Crop,
+    Flip,
+    Format,
+    Grayscale,
+    Overlay,
+    Pad,
+    Resize,
+    Rotate,
+    Sharpen,
+    Trim,
+    Watermark,
+)
 from core.processing.outputs import Output
-from core.processing.sizes import crop_box, output_size, resized_size
-from worker import operations
+from core.processing.sizes import crop_box, fitted_size, output_size, resized_size
+from worker import gravity, operations
+from worker.gravity import Focus
+from worker.overlays import load_watermark
 
 OUTSIDE_MESSAGE = "A frame of the animation lies far outside the picture and cannot be decoded."
 ENCODING_FAILED = "The result could not be written as {format} ({reason})."
@@ -48,6 +65,14 @@ STEP_TOO_LARGE = (
     "Output {name!r}: [{index}] {op} would make an image of {pixels:,} pixels; the limit is {limit:,} pixels."
 )
 STEP_FAILED = "Output {name!r}: [{index}] {op} cannot be done on this picture ({reason})."
+WATERMARK_IMAGE_GONE = (
+    "Output {name!r}: [{index}] overlay: the watermark image {image!r} is not configured on this worker "
+    "(WATERMARK_IMAGES)."
+)
+MAX_BYTES_UNREACHABLE = (
+    "Output {name!r}: even at quality {quality}, the lowest tried, the {format} is {size:,} bytes; "
+    "max_bytes asks for at most {max_bytes:,} bytes."
+)
 # Pillow's DecompressionBombError/Warning: "Image size (N pixels) exceeds limit of M pixels".
 _PILLOW_SIZES = re.compile(r"\((\d+) pixels\) exceeds limit of (\d+) pixels")
 
@@ -129,6 +154,8 @@ _SMALL_TEXT = 24
 _DRAFT_GAP = 1.0
 # Operations that change only the geometry: a grey conversion commutes with them.
 _GEOMETRY = (Resize, Crop, Rotate, Flip)
+# The output formats that keep transparency: where `pad` extends with transparent pixels, not white.
+_ALPHA_FORMATS = ("PNG", "WEBP", "AVIF", "GIF")
 
 
 def render(
@@ -137,12 +164,17 @@ def render(
     *,
     limits: RenderLimits,
     encoder: EncoderSettings | None = None,
+    focus: tuple[float, float] | None = None,
+    watermark_images: Mapping[str, Path] | None = None,
 ) -> list[ProcessedImage]:
     """Write each output's rendering of `src` to exactly its path (which needs no extension).
 
-    If writing fails, partly written files may remain; the caller owns them.
+    `focus`: the upload's focus point (fractions of the picture as displayed); `watermark_images`:
+    the files `overlay` ops name (WATERMARK_IMAGES). If writing fails, partly written files may
+    remain; the caller owns them.
     """
     encoder = encoder or EncoderSettings()
+    context = _Context(focus=Focus(*focus) if focus else None, watermark_images=watermark_images or {})
     results = []
     # Rendered while the file is open: a still image's frame is the decoded image itself, which
     # closing it would free.
@@ -156,8 +188,16 @@ def render(
                 raise ImageRejected(OUTPUT_TOO_COSTLY.format(name=output.name, reason=refused))
             # The last output may draw on the decoded frames themselves: nobody needs them afterwards.
             last = index == len(outputs) - 1
-            results.append(_render_output(source, output, dst, encoder, owns_frames=last))
+            results.append(_render_output(source, output, dst, encoder, context, owns_frames=last))
     return results
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What the operations may need beyond the frame: the upload's focus point and the watermark files."""
+
+    focus: Focus | None
+    watermark_images: Mapping[str, Path]
 
 
 def watermark(src: Path, dst: Path, *, text: str, max_pixels: int, max_frames: int) -> ProcessedImage:
@@ -245,7 +285,9 @@ def _needed_fraction(ops: Sequence[Any], width: int, height: int) -> float:
     operations that do not care about scale come before it; 1 otherwise."""
     for op in ops:
         if isinstance(op, Resize):
-            new_w, new_h = resized_size(op, width, height)
+            new_w, new_h = (
+                fitted_size(op, width, height) if op.mode == "pad" else resized_size(op, width, height)
+            )
             return min(1.0, max(new_w / width, new_h / height))
         if isinstance(op, Crop) and op.aspect is not None:
             left, top, right, bottom = crop_box(op, width, height)
@@ -268,31 +310,35 @@ def _turns_grey_first(ops: Sequence[Any]) -> bool:
 
 
 def _render_output(
-    source: _Source, output: Output, dst: Path, encoder: EncoderSettings, *, owns_frames: bool
+    source: _Source,
+    output: Output,
+    dst: Path,
+    encoder: EncoderSettings,
+    context: _Context,
+    *,
+    owns_frames: bool,
 ) -> ProcessedImage:
     chosen = output.format()
     output_format = _FORMAT_NAMES[chosen.format] if chosen else source.format
     animated = len(source.frames) > 1 and output_format in ANIMATED_OUTPUT_FORMATS
     frames_in = source.frames if animated else source.frames[:1]
-    smallest_text: int | None = None
+    steps = _Steps(context, transparent=output_format in _ALPHA_FORMATS, name=output.name)
     frames: list[Image.Image] = []
     for frame in frames_in:
         owned = False
         # The size the frame stands for. A draft-decoded frame is smaller, and its rounded-up size
         # has a slightly different aspect: a resize must aim at the size output_size promised.
         size = source.full_size
+        steps.focus = context.focus
         for index, op in enumerate(output.ops):
+            before = frame
             with _applying(output.name, index, op):
-                if isinstance(op, Watermark):
-                    frame, stamp = operations.watermark(frame, op, owned=owned or owns_frames)
-                    smallest_text = min(stamp.font_size, smallest_text or stamp.font_size)
-                elif isinstance(op, Resize):
-                    frame = operations.resize(frame, op, full_size=size)
-                elif not isinstance(op, Format):
-                    frame = _FRAME_OPERATIONS[type(op)](frame, op)
-            size = output_size((op,), *size)
-            owned = True
+                frame = steps.apply(frame, index, op, size, owned=owned or owns_frames)
+            # A trim's size depends on the pixels (and no draft decode comes before one).
+            size = frame.size if isinstance(op, Trim) else output_size((op,), *size)
+            owned = owned or frame is not before
         frames.append(_encodable(frame, output_format))
+    smallest_text = steps.smallest_text
 
     options: dict[str, Any] = {"format": output_format, **_encoder_options(output_format, chosen, encoder)}
     small_text = smallest_text is not None and smallest_text < _SMALL_TEXT
@@ -319,7 +365,10 @@ def _render_output(
             # Restore-to-background before each frame: otherwise a pixel that turns transparent
             # keeps showing the previous frame through it.
             options["disposal"] = 2
-    _save(frames[0], dst, options)
+    if chosen is not None and chosen.max_bytes is not None:
+        _save_within(frames[0], dst, options, chosen.max_bytes, output.name)
+    else:
+        _save(frames[0], dst, options)
     return ProcessedImage(
         format=output_format,
         width=frames[0].width,
@@ -329,18 +378,139 @@ def _render_output(
     )
 
 
-# The operations that only map a frame to a frame (resize and watermark need more, see above).
+# The operations that only map a frame to a frame (the others need more: see _Steps).
 _FRAME_OPERATIONS: dict[type, Callable[[Image.Image, Any], Image.Image]] = {
-    Crop: operations.crop,
-    Rotate: operations.rotate,
-    Flip: operations.flip,
     Grayscale: operations.grayscale,
     Blur: operations.blur,
     Sharpen: operations.sharpen,
 }
 
 
-def _save(first: Image.Image, dst: Path, options: dict[str, Any]) -> None:
+class _Steps:
+    """One output's operations on its frames, with what they carry from one step to the next (the
+    focus point, as fractions of the frame at that step) and from the first frame to the others:
+    where a trim cuts and where a gravity puts its cut are decided on the first frame, so that
+    every frame of an animation is cut alike."""
+
+    def __init__(self, context: _Context, *, transparent: bool, name: str) -> None:
+        self.context = context
+        self.transparent = transparent
+        self.name = name
+        self.focus: Focus | None = context.focus
+        self.smallest_text: int | None = None
+        self._decided: dict[int, Any] = {}
+
+    def apply(
+        self, frame: Image.Image, index: int, op: Any, size: tuple[int, int], *, owned: bool
+    ) -> Image.Image:
+        if isinstance(op, Watermark):
+            frame, stamp = operations.watermark(frame, op, owned=owned)
+            self.smallest_text = min(stamp.font_size, self.smallest_text or stamp.font_size)
+            return frame
+        if isinstance(op, Resize):
+            return self._resize(frame, index, op, size)
+        if isinstance(op, Crop):
+            offset = None
+            if op.gravity is not None:
+                left, top, right, bottom = crop_box(op, frame.width, frame.height)
+                offset = self._placed(index, op.gravity, frame, (right - left, bottom - top))
+            box = operations.placed_crop_box(frame, op, offset)
+            cropped = operations.crop(frame, op, offset=offset)
+            self._follow_box(box, frame.size)
+            return cropped
+        if isinstance(op, Trim):
+            if index not in self._decided:
+                self._decided[index] = operations.trim_box(frame, op)
+            box = self._decided[index]
+            if box is None or box == (0, 0, *frame.size):
+                return frame  # nothing to cut: the frame goes on as it is
+            self._follow_box(box, frame.size)
+            return frame.crop(box)
+        if isinstance(op, Pad):
+            padded = operations.pad(frame, op, transparent=self.transparent)
+            if self.focus is not None:
+                self.focus = self.focus.after_padding(frame.size, (op.margin, op.margin), padded.size)
+            return padded
+        if isinstance(op, Overlay):
+            path = self.context.watermark_images.get(op.image)
+            if path is None:
+                raise ImageRejected(WATERMARK_IMAGE_GONE.format(name=self.name, index=index, image=op.image))
+            return operations.overlay(frame, op, load_watermark(path), owned=owned)
+        if isinstance(op, Rotate):
+            if self.focus is not None:
+                self.focus = self.focus.after_rotation(op.degrees % 360, frame.size)
+            return operations.rotate(frame, op)
+        if isinstance(op, Flip):
+            if self.focus is not None:
+                self.focus = self.focus.after_flip(op.direction)
+            return operations.flip(frame, op)
+        if isinstance(op, Format):
+            return frame
+        return _FRAME_OPERATIONS[type(op)](frame, op)
+
+    def _resize(self, frame: Image.Image, index: int, op: Resize, size: tuple[int, int]) -> Image.Image:
+        if op.mode == "pad":
+            padded, inner, at = operations.pad_to_box(frame, op, full_size=size, transparent=self.transparent)
+            if self.focus is not None:
+                self.focus = self.focus.after_padding(inner, at, padded.size)
+            return padded
+        if op.mode != "fill":
+            return operations.resize(frame, op, full_size=size)
+        cut = operations.fill_cut(frame, op, size)
+        offset = self._placed(index, op.gravity, frame, cut)
+        self._follow_box((offset[0], offset[1], offset[0] + cut[0], offset[1] + cut[1]), frame.size)
+        return operations.resize(frame, op, full_size=size, offset=offset)
+
+    def _placed(
+        self, index: int, where: str | None, frame: Image.Image, cut: tuple[float, float]
+    ) -> tuple[float, float]:
+        if index not in self._decided:
+            self._decided[index] = gravity.offset(where, frame, cut, self.focus)
+        return self._decided[index]
+
+    def _follow_box(self, box: tuple[float, float, float, float], size: tuple[int, int]) -> None:
+        if self.focus is not None:
+            self.focus = self.focus.after_box(box, size)
+
+
+def _save_within(first: Image.Image, dst: Path, options: dict[str, Any], max_bytes: int, name: str) -> None:
+    """`format`'s `max_bytes`: the highest quality from the one asked for (or the format's default)
+    down to MAX_BYTES_FLOOR_QUALITY whose file fits, by a binary search of at most MAX_BYTES_ENCODES
+    encodes in memory; ImageRejected with the smallest size reached when none fits."""
+    ceiling = int(options["quality"])
+    floor = min(MAX_BYTES_FLOOR_QUALITY, ceiling)
+
+    def encoded(quality: int) -> bytes:
+        buffer = io.BytesIO()
+        _save(first, buffer, {**options, "quality": quality})
+        return buffer.getvalue()
+
+    data = encoded(ceiling)
+    if len(data) <= max_bytes:
+        dst.write_bytes(data)
+        return
+    encodes, best, smallest = 1, None, (len(data), ceiling)
+    low, high = floor, ceiling - 1
+    while low <= high and encodes < MAX_BYTES_ENCODES:
+        middle = (low + high) // 2
+        data = encoded(middle)
+        encodes += 1
+        if len(data) <= max_bytes:
+            best, low = data, middle + 1
+        else:
+            smallest = min(smallest, (len(data), middle))
+            high = middle - 1
+    if best is None:
+        size, quality = smallest
+        raise ImageRejected(
+            MAX_BYTES_UNREACHABLE.format(
+                name=name, quality=quality, format=options["format"], size=size, max_bytes=max_bytes
+            )
+        )
+    dst.write_bytes(best)
+
+
+def _save(first: Image.Image, dst: Path | io.BytesIO, options: dict[str, Any]) -> None:
     """Encode, with the slower WebP methods as a fallback for partition overflows. An encoder that
     refuses the picture does so every time: that is `ImageRejected`, not a fault worth retrying
     (an OSError with an errno, the disk failing, still is)."""

@@ -1,8 +1,11 @@
 """One Pillow function per operation of core.processing.operations: a frame in, a frame out.
 
 Frames arrive in one of the modes worker.imaging normalises to (RGB, RGBA, L, LA or CMYK) and
-leave in one of them. Only `watermark` may draw on the frame it is given, and only when the
-caller says the frame is its own (`owned`); every other operation returns a new image.
+leave in one of them. Only `watermark` and `overlay` may draw on the frame they are given, and only
+when the caller says the frame is its own (`owned`); every other operation returns a new image.
+
+What depends on more than the frame (where a gravity puts a cut, whether the output format keeps
+transparency, a watermark image) is decided by worker.imaging and handed in.
 """
 
 from __future__ import annotations
@@ -10,11 +13,24 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
 from core.formats import ImageRejected
-from core.processing.operations import Blur, Crop, Flip, Grayscale, Resize, Rotate, Sharpen, Watermark
-from core.processing.sizes import crop_box, resized_size
+from core.processing.operations import (
+    Blur,
+    Crop,
+    Flip,
+    Grayscale,
+    Overlay,
+    Pad,
+    Resize,
+    Rotate,
+    Sharpen,
+    Trim,
+    Watermark,
+    colour_rgba,
+)
+from core.processing.sizes import crop_box, fitted_size, resized_size
 
 CROP_OUTSIDE = "The crop box {box} lies outside the picture, which is {width}×{height} pixels at that step."
 
@@ -43,28 +59,179 @@ class Stamp:
     font_size: int
 
 
-def resize(frame: Image.Image, op: Resize, *, full_size: tuple[int, int] | None = None) -> Image.Image:
-    """`full_size`: the size `frame` stands for when it was decoded at a reduced scale (JPEG draft)."""
+def resize(
+    frame: Image.Image,
+    op: Resize,
+    *,
+    full_size: tuple[int, int] | None = None,
+    offset: tuple[float, float] | None = None,
+) -> Image.Image:
+    """`full_size`: the size `frame` stands for when it was decoded at a reduced scale (JPEG draft).
+    `offset`: for `fill`, the (left, top) of its cut (fill_cut's size) on `frame`; the centre's
+    without it. Mode `pad` is `pad_to_box`."""
     width, height = resized_size(op, *(full_size or frame.size))
     if (width, height) == frame.size:
         return frame.copy()
     box = None
     if op.mode == "fill":
         # Cut the source to the target's aspect first (as a box, so nothing is copied), then scale.
-        scale = max(width / frame.width, height / frame.height)
-        # min(): in floating point the side that should equal the frame's can come out a hair
-        # larger (61 × (80/61) / 80 > 61), and Pillow refuses a box that starts below zero.
-        cut_w, cut_h = min(frame.width, width / scale), min(frame.height, height / scale)
-        left, top = (frame.width - cut_w) / 2, (frame.height - cut_h) / 2
+        cut_w, cut_h = fill_cut(frame, op, full_size)
+        left, top = offset if offset is not None else ((frame.width - cut_w) / 2, (frame.height - cut_h) / 2)
         box = (left, top, left + cut_w, top + cut_h)
     return frame.resize((width, height), Image.Resampling.LANCZOS, box=box, reducing_gap=REDUCING_GAP)
 
 
-def crop(frame: Image.Image, op: Crop) -> Image.Image:
-    box = crop_box(op, frame.width, frame.height)
+def fill_cut(frame: Image.Image, op: Resize, full_size: tuple[int, int] | None = None) -> tuple[float, float]:
+    """The part of `frame` a `fill` resize scales to its box: the largest of the box's aspect."""
+    width, height = resized_size(op, *(full_size or frame.size))
+    scale = max(width / frame.width, height / frame.height)
+    # min(): in floating point the side that should equal the frame's can come out a hair
+    # larger (61 × (80/61) / 80 > 61), and Pillow refuses a box that starts below zero.
+    return min(frame.width, width / scale), min(frame.height, height / scale)
+
+
+def pad_to_box(
+    frame: Image.Image, op: Resize, *, full_size: tuple[int, int] | None = None, transparent: bool
+) -> tuple[Image.Image, tuple[int, int], tuple[int, int]]:
+    """Resize mode `pad`: fit inside the box, then centre on a canvas of exactly the box. Also
+    returns the fitted picture's size and where it was put (for the focus point)."""
+    assert op.width is not None and op.height is not None
+    inner = fitted_size(op, *(full_size or frame.size))
+    fitted = (
+        frame
+        if inner == frame.size
+        else frame.resize(inner, Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
+    )
+    at = ((op.width - inner[0]) // 2, (op.height - inner[1]) // 2)
+    return _extended(fitted, (op.width, op.height), at, _fill_colour(op.background, transparent)), inner, at
+
+
+def pad(frame: Image.Image, op: Pad, *, transparent: bool) -> Image.Image:
+    size = (frame.width + 2 * op.margin, frame.height + 2 * op.margin)
+    return _extended(frame, size, (op.margin, op.margin), _fill_colour(op.background, transparent))
+
+
+def trim_box(frame: Image.Image, op: Trim) -> tuple[int, int, int, int] | None:
+    """The box inside the border the top-left pixel's colour makes (within `op.threshold` in every
+    channel, transparency included); None when the whole frame is that colour."""
+    corner = frame.getpixel((0, 0))
+    corner_values = corner if isinstance(corner, tuple) else (corner,)
+    differs: Image.Image | None = None
+    for band, value in zip(frame.split(), corner_values, strict=True):
+        low, high = int(value) - op.threshold, int(value) + op.threshold  # type: ignore[arg-type]
+        mask = band.point(lambda v, low=low, high=high: 0 if low <= v <= high else 255)
+        differs = mask if differs is None else ImageChops.lighter(differs, mask)
+    assert differs is not None
+    return differs.getbbox()
+
+
+def overlay(frame: Image.Image, op: Overlay, mark: Image.Image, *, owned: bool) -> Image.Image:
+    """`mark` (RGBA) over `frame`; draws on `frame` itself when `owned` and its mode allows."""
+    margin = op.margin if op.margin is not None else max(1, min(frame.size) // _MARGIN_DIVISOR)
+    room = (frame.width, frame.height) if op.tile else (frame.width - 2 * margin, frame.height - 2 * margin)
+    scaled = _scaled_mark(mark, op.scale, frame.width, (max(1, room[0]), max(1, room[1])))
+    if op.opacity < 1:
+        scaled = scaled.copy()
+        scaled.putalpha(scaled.getchannel("A").point(lambda v: round(v * op.opacity)))
+    if op.tile:
+        layer, at = _tiled(scaled, frame.size, gap=margin), (0, 0)
+    else:
+        x, y = _place(op.position, frame.size, scaled.size, margin)
+        # A mark wider than the frame less its margins (a margin past half the frame) starts at its edge.
+        layer, at = scaled, (max(0, x), max(0, y))
+    if frame.mode in _COLOUR:
+        frame, owned = frame.convert(_COLOUR[frame.mode]), True  # a coloured mark needs colour pixels
+    if not owned:
+        frame = frame.copy()
+    layer = layer.crop((0, 0, min(layer.width, frame.width - at[0]), min(layer.height, frame.height - at[1])))
+    if frame.mode == "RGBA":
+        frame.alpha_composite(layer, dest=at)
+    else:
+        # RGB, or CMYK kept as CMYK (its ICC profile stays valid), as `watermark` does.
+        frame.paste(layer.convert("RGB").convert(frame.mode), at, layer.getchannel("A"))
+    return frame
+
+
+def _scaled_mark(mark: Image.Image, scale: float | None, width: int, room: tuple[int, int]) -> Image.Image:
+    """The mark `scale` times `width` wide (its own size without), shrunk to fit `room`."""
+    size = (mark.width, mark.height)
+    if scale is not None:
+        target_w = max(1, round(width * scale))
+        size = (target_w, max(1, round(mark.height * target_w / mark.width)))
+    shrink = min(1.0, room[0] / size[0], room[1] / size[1])
+    if shrink < 1:
+        size = (max(1, int(size[0] * shrink)), max(1, int(size[1] * shrink)))
+    if size == mark.size:
+        return mark
+    return mark.resize(size, Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
+
+
+def _tiled(mark: Image.Image, size: tuple[int, int], *, gap: int) -> Image.Image:
+    """A transparent layer of `size` with `mark` repeated `gap` pixels apart from its top left. The
+    strip and then the layer double at each paste: a handful of pastes even for a 1-pixel mark."""
+    cell = Image.new("RGBA", (mark.width + gap, mark.height + gap))
+    cell.paste(mark, (0, 0))
+    strip = Image.new("RGBA", (size[0], cell.height))
+    filled = 0
+    while filled < size[0]:
+        source = cell if filled == 0 else strip.crop((0, 0, filled, cell.height))
+        strip.paste(source, (filled, 0))
+        filled += source.width
+    layer = Image.new("RGBA", size)
+    filled = 0
+    while filled < size[1]:
+        source = strip if filled == 0 else layer.crop((0, 0, size[0], filled))
+        layer.paste(source, (0, filled))
+        filled += source.height
+    return layer
+
+
+def _fill_colour(background: str | None, transparent: bool) -> tuple[int, int, int, int]:
+    """What `pad` extends with: the colour asked for, else transparent where the output format keeps
+    transparency, else white."""
+    if background is not None:
+        return colour_rgba(background)
+    return (255, 255, 255, 0) if transparent else (255, 255, 255, 255)
+
+
+def _extended(
+    frame: Image.Image, size: tuple[int, int], at: tuple[int, int], colour: tuple[int, int, int, int]
+) -> Image.Image:
+    """`frame` at `at` on a canvas of `size` in `colour`, in a mode that holds both."""
+    red, green, blue, alpha = colour
+    mode = frame.mode
+    if alpha < 255:
+        mode = {"L": "LA", "RGB": "RGBA", "CMYK": "RGBA"}.get(mode, mode)
+    if not red == green == blue:
+        mode = _COLOUR.get(mode, mode)
+    if frame.mode != mode:
+        frame = frame.convert(mode)
+    fill: tuple[int, ...] | int
+    if mode == "CMYK":
+        fill = (255 - red, 255 - green, 255 - blue, 0)  # the naive complement, as _ink
+    else:
+        fill = {"L": red, "LA": (red, alpha), "RGB": (red, green, blue), "RGBA": colour}[mode]
+    canvas = Image.new(mode, size, fill)
+    canvas.paste(frame, at)
+    return canvas
+
+
+def crop(frame: Image.Image, op: Crop, *, offset: tuple[float, float] | None = None) -> Image.Image:
+    """`offset`: for an `aspect` crop, its (left, top) as its gravity placed it; centred without."""
+    box = placed_crop_box(frame, op, offset)
     if box[2] > frame.width or box[3] > frame.height:
         raise ImageRejected(CROP_OUTSIDE.format(box=box, width=frame.width, height=frame.height))
     return frame.crop(box)
+
+
+def placed_crop_box(
+    frame: Image.Image, op: Crop, offset: tuple[float, float] | None = None
+) -> tuple[int, int, int, int]:
+    box = crop_box(op, frame.width, frame.height)
+    if offset is not None and op.aspect is not None:
+        left, top = round(offset[0]), round(offset[1])
+        box = (left, top, left + box[2] - box[0], top + box[3] - box[1])
+    return box
 
 
 def rotate(frame: Image.Image, op: Rotate) -> Image.Image:

@@ -9,7 +9,7 @@ rendered them; otherwise it hands back temporary files for the caller to store.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +19,24 @@ from core.processing.outputs import OutputRecord, Processing
 from core.processing.presets import configured_presets
 from core.storage import Folders, output_name_for, remove_quietly
 from worker.imaging import EncoderSettings, RenderLimits, render
+from worker.overlays import check_watermark_images
 
 
 @dataclass(frozen=True)
 class RenderSettings:
     limits: RenderLimits
     encoder: EncoderSettings
+    # WATERMARK_IMAGES: the paths travel to a child process, each process loads what it uses once.
+    watermark_images: dict[str, Path] = field(default_factory=dict)
 
 
 def render_settings(settings: Settings) -> RenderSettings:
-    """The settings' processing limits and encoder choices; refuses to start on a bad PRESETS."""
+    """The settings' processing limits and encoder choices; refuses to start on a bad PRESETS or a
+    watermark image it cannot use."""
     # The worker runs what each row stored and never a preset; checked anyway so that a bad
     # setting stops every process that reads it, not only the API.
     configured_presets(settings)
+    check_watermark_images(settings.watermark_images)
     return RenderSettings(
         limits=RenderLimits(
             max_pixels=settings.max_image_pixels,
@@ -39,6 +44,7 @@ def render_settings(settings: Settings) -> RenderSettings:
             max_output_pixels=settings.max_output_pixels,
         ),
         encoder=EncoderSettings(webp_method=settings.webp_method, keep_metadata=settings.keep_metadata),
+        watermark_images=dict(settings.watermark_images),
     )
 
 
@@ -71,7 +77,14 @@ def render_task(
         temps = temp_paths(folders, processing)
     planned = list(zip(processing.outputs, temps, strict=True))
     try:
-        results = render(source, planned, limits=settings.limits, encoder=settings.encoder)
+        results = render(
+            source,
+            planned,
+            limits=settings.limits,
+            encoder=settings.encoder,
+            focus=processing.focus,
+            watermark_images=settings.watermark_images,
+        )
         rendered = []
         for index, ((output, temp), result) in enumerate(zip(planned, results, strict=True)):
             file = output_name_for(input_name, EXTENSIONS[result.format], index)
