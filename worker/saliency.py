@@ -90,7 +90,7 @@ def _best(scores: Image.Image, *, horizontal: bool, window: float) -> float:
     profile_image = scores.convert("F").resize(
         (length, 1) if horizontal else (1, length), Image.Resampling.BOX
     )
-    profile = list(profile_image.getdata())
+    profile = list(profile_image.get_flattened_data())
     size = min(length, max(1, round(window * length)))
     positions = length - size
     if positions <= 0:

@@ -31,6 +31,8 @@ def processing(**fields: Any) -> Processing:
         outputs=json.dumps(fields["outputs"]) if "outputs" in fields else None,
         presets=BUILTIN_PRESETS,
         watermark_text=TEXT,
+        focus=fields.get("focus"),
+        watermark_images=tuple(fields.get("watermark_images", ())),
     )
 
 
@@ -41,18 +43,23 @@ def render_all(
     *,
     limits: RenderLimits = LIMITS,
     encoder: EncoderSettings | None = None,
+    watermark_images: dict[str, Path] | None = None,
 ) -> list[tuple[ProcessedImage, Path]]:
     # No extension, like the worker's temporary paths: the format must not come from the name.
     pairs = [(output, tmp_path / f"out-{output.name}") for output in chosen.outputs]
-    results = render(src, pairs, limits=limits, encoder=encoder)
+    results = render(
+        src, pairs, limits=limits, encoder=encoder, focus=chosen.focus, watermark_images=watermark_images
+    )
     return [(result, dst) for result, (_, dst) in zip(results, pairs, strict=True)]
 
 
 def run(
-    src: Path, tmp_path: Path, *ops: dict[str, Any], **options: Any
+    src: Path, tmp_path: Path, *ops: dict[str, Any], focus: str | None = None, **options: Any
 ) -> tuple[ProcessedImage, Image.Image]:
-    """One output with these ops; its result and its decoded picture."""
-    ((result, dst),) = render_all(src, processing(ops=list(ops)), tmp_path, **options)
+    """One output with these ops (and the upload's `focus`); its result and its decoded picture."""
+    names = tuple(options.get("watermark_images") or ())
+    chosen = processing(ops=list(ops), focus=focus, watermark_images=names)
+    ((result, dst),) = render_all(src, chosen, tmp_path, **options)
     return result, load(dst)
 
 
