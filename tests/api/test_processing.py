@@ -155,7 +155,7 @@ async def test_deleting_a_task_removes_every_output(
         (
             {"ops": '[{"op": "zoom"}]'},
             "`ops`: [0]: unknown op; allowed: "
-            "resize, crop, rotate, flip, grayscale, blur, sharpen, watermark, format",
+            "resize, crop, rotate, flip, grayscale, blur, sharpen, watermark, trim, pad, overlay, format",
         ),
         (
             {"ops": '[{"op": "flip", "direction": "sideways"}]'},
@@ -180,7 +180,7 @@ async def test_deleting_a_task_removes_every_output(
         ),
         (
             {"presets": "web"},
-            "Unknown form field 'presets'; the fields are: file, preset, ops, outputs, callback_url.",
+            "Unknown form field 'presets'; the fields are: file, preset, ops, outputs, focus, callback_url.",
         ),
         (
             {"ops": '[{"op": "resize", "width": 10000, "height": 10000, "mode": "exact"}]'},
