@@ -19,6 +19,8 @@ from PIL import Image, ImageChops, ImageFilter
 # Long side of the copy the decision is made on: a crop is placed to within 1/ANALYSIS_SIDE of the
 # picture, about 8 pixels of a 1000-pixel output.
 ANALYSIS_SIDE = 128
+# Samples a side averaged into each analysed pixel (see _small).
+_SAMPLES = 8
 # How much each feature weighs (of 255 for edges): skin is what people look at first.
 _SKIN_WEIGHT = 1.0
 _SATURATION_WEIGHT = 0.5
@@ -51,14 +53,20 @@ def smart_offset(frame: Image.Image, cut: tuple[float, float]) -> tuple[float, f
 
 
 def _small(frame: Image.Image) -> Image.Image:
-    """An RGB copy of at most ANALYSIS_SIDE a side: a box reduce (cheap, and an average is what the
-    scores need), then a resize for the rest."""
-    factor = max(1, max(frame.size) // ANALYSIS_SIDE)
-    small = frame.reduce(factor) if factor > 1 else frame
-    if max(small.size) > ANALYSIS_SIDE:
-        scale = ANALYSIS_SIDE / max(small.size)
-        size = (max(1, round(small.width * scale)), max(1, round(small.height * scale)))
-        small = small.resize(size, Image.Resampling.BOX)
+    """An RGB copy of at most ANALYSIS_SIDE a side, each of its pixels the mean of a sample of the
+    frame's. Averaging every pixel of a 12 MP frame reads all 36 MB of it (8 ms here, as much as the
+    crop itself); a nearest-pixel sample of 8 × 8 per analysed pixel first makes it 2 ms, and 64
+    samples average out grain as well as 1,000 would."""
+    scale = ANALYSIS_SIDE / max(frame.size)
+    if scale >= 1:
+        small = frame
+    else:
+        size = (max(1, round(frame.width * scale)), max(1, round(frame.height * scale)))
+        sampled = frame
+        if scale * _SAMPLES < 1:
+            sample_size = (size[0] * _SAMPLES, size[1] * _SAMPLES)
+            sampled = frame.resize(sample_size, Image.Resampling.NEAREST)
+        small = sampled.resize(size, Image.Resampling.BOX)
     if small.mode in ("RGBA", "LA"):
         # Transparent parts are not content: flattened on black, they score nothing.
         flat = Image.new("RGB", small.size)
