@@ -70,8 +70,8 @@ WATERMARK_IMAGE_GONE = (
     "(WATERMARK_IMAGES)."
 )
 MAX_BYTES_UNREACHABLE = (
-    "Output {name!r}: even at quality {quality}, the lowest tried, the {format} is {size:,} bytes; "
-    "max_bytes asks for at most {max_bytes:,} bytes."
+    "Output {name!r}: the {format} is over max_bytes ({max_bytes:,} bytes) at every quality from "
+    "{ceiling} down to {floor}; the smallest it reached was {size:,} bytes, at quality {quality}."
 )
 # Pillow's DecompressionBombError/Warning: "Image size (N pixels) exceeds limit of M pixels".
 _PILLOW_SIZES = re.compile(r"\((\d+) pixels\) exceeds limit of (\d+) pixels")
@@ -504,7 +504,13 @@ def _save_within(first: Image.Image, dst: Path, options: dict[str, Any], max_byt
         size, quality = smallest
         raise ImageRejected(
             MAX_BYTES_UNREACHABLE.format(
-                name=name, quality=quality, format=options["format"], size=size, max_bytes=max_bytes
+                name=name,
+                format=options["format"],
+                max_bytes=max_bytes,
+                ceiling=ceiling,
+                floor=floor,
+                size=size,
+                quality=quality,
             )
         )
     dst.write_bytes(best)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from PIL import Image
 
 from core.processing.forms import FOCUS_INVALID
-from core.processing.operations import FOCUS_MISSING, LOSSY_FORMATS
+from core.processing.operations import FOCUS_MISSING, LOSSY_FORMATS, MAX_BYTES_FLOOR_QUALITY
 from devstack.stack import running_api, start_worker, stop_process
 from tests import images
 from tests.subjects import MARK, SKIN, SUBJECT_BOX, framed, logo, off_centre_subject, sideways_with_marks
@@ -166,9 +167,12 @@ async def test_max_bytes_is_respected_and_its_failure_says_the_smallest_size(ops
     assert status["status"] == "done", status["error"]
     assert status["outputs"][0]["size_bytes"] <= 20_000
     assert failed["status"] == "failed" and failed["attempts"] == 1, "no retry makes it smaller"
-    before, after = MAX_BYTES_UNREACHABLE.split("{size:,}")
-    assert failed["error"].startswith(before.format(name="image", quality=10, format="JPEG")), failed["error"]
-    assert failed["error"].endswith(after.format(max_bytes=500))
+    head = MAX_BYTES_UNREACHABLE.split("; ")[0].format(
+        name="image", format="JPEG", max_bytes=500, ceiling=90, floor=MAX_BYTES_FLOOR_QUALITY
+    )
+    assert re.fullmatch(
+        re.escape(head) + r"; the smallest it reached was [\d,]+ bytes, at quality \d+\.", failed["error"]
+    )
 
 
 @pytest.mark.parametrize(
