@@ -100,6 +100,8 @@ class _Subscription:
 async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | None = None) -> None:
     metrics = metrics or WorkerMetrics()
     configure_pillow(settings.max_image_pixels)
+    # First: a bad PRESETS or an unusable WATERMARK_IMAGES file stops start-up before any connection.
+    rendering = render_settings(settings)
     storage = make_storage(settings, client_name="imagequeue-worker-storage")
     storage.folders.ensure_dirs()
     # The task rows' changes go straight through the driver: one connection per message held (plus
@@ -117,7 +119,7 @@ async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | 
         storage=storage,
         pool=pool,
         metrics=metrics,
-        render=render_settings(settings),
+        render=rendering,
         policy=TaskPolicy(
             ack_wait_seconds=settings.ack_wait_seconds,
             max_attempts=settings.max_attempts,
@@ -261,6 +263,9 @@ def main() -> int:
     except queue.QueueMisconfigured as exc:
         log.critical("%s", exc)
         return 1
+    except ConfigError as exc:  # found only once loaded: PRESETS, WATERMARK_IMAGES' files
+        log.critical("worker: %s", exc)
+        return 2
     finally:
         metrics.close()
     log.info("worker stopped")

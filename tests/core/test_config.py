@@ -81,6 +81,10 @@ def test_a_plain_postgresql_url_gets_the_async_driver(monkeypatch: pytest.Monkey
         ("API_KEYS", "short"),
         ("WORKER_METRICS_PORT", "70000"),
         ("WORKER_METRICS_PORT", "-1"),
+        ("WATERMARK_IMAGES", "logo.png"),
+        ("WATERMARK_IMAGES", '@json {"no spaces": "logo.png"}'),
+        ("WATERMARK_IMAGES", '@json {"logo": ""}'),
+        ("WATERMARK_IMAGES", '@json {"logo": 5}'),
     ],
 )
 def test_a_bad_value_fails_with_the_setting_named(
@@ -98,6 +102,15 @@ def test_the_example_secrets_file_lists_every_setting_and_loads(monkeypatch: pyt
 
     assert set(tomllib.loads(example.read_text())) == set(config._DEFAULTS)
     assert load_settings().watermark_text == "AI magic added!"
+
+
+def test_watermark_images_are_files_by_name_from_the_project_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATERMARK_IMAGES", '@json {"logo": "art/logo.png", "seal": "/etc/seal.webp"}')
+
+    assert load_settings().watermark_images == {
+        "logo": PROJECT_ROOT / "art" / "logo.png",
+        "seal": Path("/etc/seal.webp"),
+    }
 
 
 def test_text_settings_stay_text_even_when_they_look_like_numbers(monkeypatch: pytest.MonkeyPatch) -> None:

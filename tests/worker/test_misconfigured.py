@@ -1,4 +1,4 @@
-"""A stream that JetStream will not let us set up stops the worker loudly instead of looping."""
+"""Settings or a stream the worker cannot work with stop it loudly instead of looping."""
 
 from __future__ import annotations
 
@@ -37,3 +37,23 @@ async def test_a_worker_facing_an_incompatible_stream_exits_1_and_says_why(
 
     assert exit_code == 1
     assert "JetStream refused the stream or consumer" in log_file.read_text()
+
+
+async def test_a_worker_with_an_unusable_watermark_image_exits_2_and_names_it(
+    stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "logo.png"
+    log_file = tmp_path / "worker.log"
+    env = {**stack_env, "WATERMARK_IMAGES": f'@json {{"logo": "{missing}"}}'}
+
+    process = start_worker(env, log_file=log_file)
+    try:
+        exit_code = await asyncio.to_thread(process.wait, 30)
+    finally:
+        stop_process(process)
+
+    assert exit_code == 2
+    assert (
+        f"invalid setting: WATERMARK_IMAGES: 'logo' ({missing}): No such file or directory"
+        in log_file.read_text()
+    )
