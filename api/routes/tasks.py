@@ -249,7 +249,8 @@ async def upload(
 
     Optional fields choose the processing (one of them): `preset` (a name from `GET /presets`),
     `ops` (a JSON list of operations) or `outputs` (a JSON object of output name -> preset name or
-    ops list, for several derivatives of one upload). Without any, the `default` preset.
+    ops list, for several derivatives of one upload). Without any, the `default` preset. `focus`
+    (x,y fractions of the picture as displayed) is the point `gravity: "focus"` keeps.
 
     With an `Idempotency-Key` header, a retried upload of the same file returns the task the first
     one created instead of a new one.
