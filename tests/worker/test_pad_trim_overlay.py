@@ -277,3 +277,17 @@ def test_max_bytes_out_of_reach_fails_with_the_smallest_size(tmp_path: Path) -> 
     size, quality = re.fullmatch(r"([\d,]+) bytes, at quality (\d+)\.", smallest).groups()  # type: ignore[union-attr]
     assert int(size.replace(",", "")) > 1000 and MAX_BYTES_FLOOR_QUALITY <= int(quality) <= 90
     assert not (tmp_path / "out-image").exists(), "nothing is written"
+
+
+def test_an_animation_is_trimmed_alike_in_every_frame(tmp_path: Path) -> None:
+    # The black box moves; the cut is the first frame's, so the frames keep one size.
+    frames = [framed((100, 60), (10 + shift, 10, 50 + shift, 40), WHITE) for shift in (0, 5, 10)]
+    src = tmp_path / "moving.gif"
+    frames[0].save(src, save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+    result, _ = run(src, tmp_path, {"op": "trim"})
+
+    assert (result.frames, result.width, result.height) == (3, 40, 30)
+    with Image.open(tmp_path / "out-image") as out:
+        out.seek(2)
+        assert pixel(out.convert("RGB"), (2, 15)) == WHITE, "the last frame's box moved right within the cut"
