@@ -180,7 +180,8 @@ async def test_deleting_a_task_removes_every_output(
         ),
         (
             {"presets": "web"},
-            "Unknown form field 'presets'; the fields are: file, preset, ops, outputs, callback_url.",
+            "Unknown form field 'presets' (did you mean 'preset'?); "
+            "the fields are: file, preset, ops, outputs, callback_url.",
         ),
         (
             {"ops": '[{"op": "resize", "width": 10000, "height": 10000, "mode": "exact"}]'},
