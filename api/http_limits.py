@@ -20,6 +20,14 @@ What a client sees (the README's "Security limits" table):
 - a new connection beyond `max_connections`: the longest-idle connection that is between requests
   or still sending its head is closed to make room; if every one is inside a request, the new one
   gets 503 and is closed. So /health stays answerable under a flood of idle connections.
+
+One thing uvicorn's httptools protocol gets wrong is fixed here too: a request that offers an upgrade
+other than a WebSocket (`Upgrade: h2c` from `curl --http2` or Java's HttpClient on plain HTTP) lost
+its body. httptools tells llhttp to skip the body of any upgrade request and stops parsing there;
+uvicorn declines the upgrade but hands the application an empty body, and parses what follows as a
+new request (uvicorn issue #2722). Here such a request is served as the HTTP/1.1 request it also is
+(RFC 9110 §7.8 lets a server ignore an upgrade offer): its head, without `Upgrade`, is replayed into
+a fresh parser, silently, and its body parsed from there, within the same limits.
 """
 
 from __future__ import annotations
@@ -93,6 +101,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._trailer_fed = 0
         # When this connection last became idle (between requests): the eviction order.
         self._idle_since = time.monotonic()
+        # An upgrade offer is being declined: its message "completed" without its body (see the
+        # module docstring), or its head is being replayed into a fresh parser.
+        self._declining_upgrade = False
+        self._replaying_head = False
 
     # --- connections ---------------------------------------------------------------------------
 
@@ -156,18 +168,26 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             raise _HeadTooLarge
 
     def on_message_begin(self) -> None:
+        if self._replaying_head:
+            return
         self._start_head()  # a pipelined request's head begins inside the previous one's bytes
         super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:
+        if self._replaying_head:
+            return
         self._count_head(len(url))
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._replaying_head:
+            return
         self._count_head(len(name) + len(value) + 4, header=True)  # ": " and CRLF
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        if self._replaying_head:
+            return
         self._cancel_head_timer()
         self._head_bytes = None
         self._start_body()
@@ -215,6 +235,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_body(body)
 
     def on_message_complete(self) -> None:
+        if self.parser.should_upgrade() and not self._should_upgrade() and self.scope["method"] != "CONNECT":
+            # Not the end: llhttp skipped the body of a request offering an upgrade we decline.
+            self._declining_upgrade = True
+            return
         self._in_body = False
         self._after_chunk_header = False
         self._cancel_body_timer()
@@ -264,11 +288,36 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._bad_request()
         except httptools.HttpParserError:
             self._bad_request()
-        except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
+        except httptools.HttpParserUpgrade as upgrade:
+            if self._declining_upgrade:
+                self._serve_without_upgrade(data[upgrade.args[0] :])
+            elif self._should_upgrade():
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
+
+    def _serve_without_upgrade(self, rest: bytes) -> None:
+        """Go on with a request whose upgrade offer is declined as if it had made none: a fresh parser
+        is given its head without `Upgrade` (the callbacks ignore it: the request is already under
+        way), then the bytes after the head, which it parses as this request's body and beyond."""
+        self._declining_upgrade = False
+        version = self.scope["http_version"].encode()
+        head = [self.scope["method"].encode(), b" ", self.url, b" HTTP/" + version + b"\r\n"]
+        for name, value in self.headers:
+            if name != b"upgrade":
+                head += [name, b": ", value, b"\r\n"]
+        head.append(b"\r\n")
+        self.parser = httptools.HttpRequestParser(self)
+        self._replaying_head = True
+        try:
+            self.parser.feed_data(b"".join(head))  # a head llhttp has just accepted
+        except httptools.HttpParserError:
+            self._bad_request()
+            return
+        finally:
+            self._replaying_head = False
+        if rest:
+            self.data_received(rest)
 
     def _bad_request(self) -> None:
         message = "Invalid HTTP request received."

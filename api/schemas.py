@@ -18,6 +18,11 @@ class UploadResponse(BaseModel):
     message: str
     status_url: str
     result_url: str
+    ignored_fields: list[str] = Field(
+        default_factory=list,
+        description="Form fields that are not the API's (a submit button, a CSRF token), ignored; "
+        "a field that looks like one of the API's misspelt is refused with 422 instead.",
+    )
 
 
 class RequestedOutput(BaseModel):

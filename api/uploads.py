@@ -6,7 +6,8 @@ and the byte limit is enforced on the raw body before (Content-Length) and while
 the limit is passed the request is answered 413 at once; the rest of the body is never read.
 
 The format is identified from the bytes (Pillow reads the header only), never from the client's
-file name or declared content type. The client's file name is kept as a display name only.
+file name or declared content type. The client's file name (in whichever of its encodings:
+api/content_disposition.py) is kept as a display name only.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import anyio.to_thread
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
+from api.content_disposition import parse_disposition
 from core.formats import ImageInfo, ImageRejected, UnsupportedImage, probe_image
 from core.storage import Folders, remove_quietly
 
@@ -39,6 +41,8 @@ MAX_PART_HEADER_BYTES = 8 * 1024
 DISCARD_BYTES = 4 * 1024 * 1024
 DISCARD_SECONDS = 2.0
 DISPLAY_NAME_MAX_CHARS = 255
+# How much of the body is read looking for its first boundary line (past a preamble and padding).
+MAX_PREAMBLE_BYTES = 16 * 1024
 
 NOT_MULTIPART = "Send the image as multipart/form-data in a field named 'file'."
 MISSING_FILE = "No file received: send the image in a multipart/form-data field named 'file'."
@@ -152,16 +156,14 @@ class _MultipartReceiver:
         self._header_value.clear()
 
     def on_headers_finished(self) -> None:
-        _, params = parse_options_header(self._headers.get("content-disposition"))
-        name = params.get(b"name", b"").decode("utf-8", errors="replace")
-        has_filename = b"filename" in params or b"filename*" in params
+        name, filename = parse_disposition(self._headers.get("content-disposition", b""))
         if name == FILE_FIELD:
             self.files_seen += 1
             if self.files_seen > 1:
                 raise UploadRefused(422, TWO_FILES)
             self._writing_file = True
-            self.raw_filename = params.get(b"filename", b"").decode("utf-8", errors="replace")
-        elif has_filename:
+            self.raw_filename = filename
+        elif filename is not None:
             raise UploadRefused(422, WRONG_FIELD.format(name=name[:100]))
         else:
             self._text_name = name
@@ -211,6 +213,33 @@ async def _discard_some(chunks: AsyncIterator[bytes]) -> None:
                 return
 
 
+def _from_first_delimiter(head: bytes | bytearray, boundary: bytes) -> bytes | None:
+    """The body from its first delimiter line on, in the form python-multipart accepts; None if more
+    of the body is needed to tell.
+
+    RFC 2046 §5.1.1 allows a preamble before the first delimiter line (which then begins after a
+    CRLF) and transport padding (spaces, tabs) between a delimiter and its CRLF. python-multipart
+    0.0.x refuses both at the start of the body (it skips only leading CRs and LFs, and accepts
+    padding only after later delimiters), so both are removed here, once per upload; the chunks
+    after the first go to the parser untouched.
+    """
+    delimiter = b"--" + boundary
+    if head.startswith(delimiter):
+        at = 0
+    else:
+        found = head.find(b"\r\n" + delimiter)
+        if found == -1:
+            return None
+        at = found + 2
+    after = at + len(delimiter)
+    rest = head[after:].lstrip(b" \t")
+    if rest.startswith(b"\r\n"):
+        return delimiter + rest
+    if rest in (b"", b"\r"):
+        return None
+    return bytes(head[at:])  # `--` (an empty form), or not a delimiter line: the parser judges it
+
+
 async def _stream_to(
     chunks: AsyncIterator[bytes], boundary: bytes, target: BinaryIO, max_file_bytes: int
 ) -> _MultipartReceiver:
@@ -218,10 +247,24 @@ async def _stream_to(
     receiver = _MultipartReceiver(target=target, max_file_bytes=max_file_bytes)
     parser = MultipartParser(boundary, receiver.callbacks())
     received = 0
+    # The body's start, until its first delimiter line is found (see _from_first_delimiter).
+    head: bytearray | None = bytearray()
+    first_line = b"--" + boundary + b"\r\n"
     async for chunk in chunks:
         received += len(chunk)
         if received > raw_limit:
             raise UploadRefused(413, TOO_LARGE.format(limit=max_file_bytes))
+        if head is not None:
+            if not head and chunk.startswith(first_line):  # what nearly every client sends
+                head = None
+            else:
+                head += chunk
+                start = _from_first_delimiter(head, boundary)
+                if start is None:
+                    if len(head) > MAX_PREAMBLE_BYTES:
+                        raise UploadRefused(422, MALFORMED)
+                    continue
+                chunk, head = start, None
         try:
             parser.write(chunk)
         # A failed write of the file part (ENOSPC, EDQUOT) is the server's, not a malformed body:

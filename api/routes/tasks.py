@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 
 from api.callback_urls import CallbackRefused, vet_callback_url
 from api.deps import MAX_TASK_ID, CallerDep, ServicesDep, SessionDep, TaskDep
+from api.form_fields import FieldMisspelt, ignored_fields
 from api.schemas import (
     ErrorResponse,
     TaskPage,
@@ -45,9 +46,8 @@ UPLOAD_ACCEPTED = "Upload accepted; the image is queued for processing."
 UPLOAD_REPLAYED = "This Idempotency-Key was already used for this file; here is the task it created."
 BAD_IDEMPOTENCY_KEY = "Idempotency-Key must be 1 to 200 printable ASCII characters without spaces."
 IDEMPOTENCY_KEY_REUSED = "This Idempotency-Key was already used for a different file or processing."
-UNKNOWN_FIELD = "Unknown form field {name!r}; the fields are: {fields}."
 # Besides `file`: how to process it (core.processing), and where to report the end (callbacks).
-# Anything else is refused, so a misspelt field is not silently ignored.
+# Others are ignored and named in the answer, unless one looks like a misspelling (api.form_fields).
 PROCESSING_FIELDS = ("preset", "ops", "outputs", "focus")
 FORM_FIELDS = ("file", *PROCESSING_FIELDS, "callback_url")
 CALLBACKS_OFF = "This server sends no callbacks (its WEBHOOK_SECRET setting is empty)."
@@ -140,13 +140,17 @@ async def _task_for_key(
     return existing
 
 
+def _ignored_fields(upload: ReceivedUpload) -> list[str]:
+    """The form's fields that are not ours (a submit button, a CSRF token); 422 for a misspelt one."""
+    try:
+        return ignored_fields(upload.text_fields, FORM_FIELDS)
+    except FieldMisspelt as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from None
+
+
 def _requested_processing(services: ServicesDep, upload: ReceivedUpload) -> Processing:
     """The form's processing fields, validated and resolved; 422 naming the field otherwise."""
     fields = upload.text_fields
-    for name in fields:
-        if name not in FORM_FIELDS:
-            allowed = ", ".join(FORM_FIELDS)
-            raise HTTPException(status_code=422, detail=UNKNOWN_FIELD.format(name=name[:40], fields=allowed))
     settings = services.settings
     try:
         processing = resolve(
@@ -205,7 +209,9 @@ async def _create_task(
     return await tasks.insert_task(services.driver_pool, storage, new_task)
 
 
-def _answer(request: Request, task_id: int, filename: str, message: str, *, replayed: bool) -> Response:
+def _answer(
+    request: Request, task_id: int, filename: str, message: str, *, replayed: bool, ignored: list[str]
+) -> Response:
     if wants_html(request):
         return RedirectResponse(result_url(task_id), status_code=303)
     body = UploadResponse(
@@ -214,6 +220,7 @@ def _answer(request: Request, task_id: int, filename: str, message: str, *, repl
         message=message,
         status_url=status_url(task_id),
         result_url=result_url(task_id),
+        ignored_fields=ignored,
     )
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     return JSONResponse(body.model_dump(), headers=headers)
@@ -254,6 +261,9 @@ async def upload(
 
     With an `Idempotency-Key` header, a retried upload of the same file returns the task the first
     one created instead of a new one.
+
+    Other text fields (a submit button, a CSRF token) are ignored and named in `ignored_fields`;
+    one that looks like a misspelt field of ours (`presets`, `op`) is refused with 422.
     """
     key = _stored_key(idempotency_key, caller)
     settings = services.settings
@@ -265,6 +275,7 @@ async def upload(
         max_frames=settings.max_frames,
     )
     try:
+        ignored = _ignored_fields(received)
         processing = _requested_processing(services, received)
         callback_url = await _requested_callback(services, received)
         # A session only for a keyed upload: the rest runs on the driver pool (see _create_task).
@@ -282,9 +293,11 @@ async def upload(
     finally:
         remove_quietly(received.temp_path)
     if existing is not None:
-        return _answer(request, existing.id, existing.filename, UPLOAD_REPLAYED, replayed=True)
+        return _answer(
+            request, existing.id, existing.filename, UPLOAD_REPLAYED, replayed=True, ignored=ignored
+        )
     await services.publisher.publish_committed(task_id)
-    return _answer(request, task_id, received.display_name, UPLOAD_ACCEPTED, replayed=False)
+    return _answer(request, task_id, received.display_name, UPLOAD_ACCEPTED, replayed=False, ignored=ignored)
 
 
 @router.get(

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from api.routes.tasks import IDEMPOTENCY_KEY_REUSED
+from api.routes.tasks import FORM_FIELDS, IDEMPOTENCY_KEY_REUSED
 from core.processing.presets import BUILTIN_PRESETS
 from tests import images
 from tests.waiting import final_status
@@ -180,7 +180,9 @@ async def test_deleting_a_task_removes_every_output(
         ),
         (
             {"presets": "web"},
-            "Unknown form field 'presets'; the fields are: file, preset, ops, outputs, focus, callback_url.",
+            # The list of fields is FORM_FIELDS' (a new field joins it there).
+            "Unknown form field 'presets' (did you mean 'preset'?); "
+            f"the fields are: {', '.join(FORM_FIELDS)}.",
         ),
         (
             {"ops": '[{"op": "resize", "width": 10000, "height": 10000, "mode": "exact"}]'},

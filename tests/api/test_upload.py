@@ -40,7 +40,8 @@ async def test_upload_answers_the_documented_fields_and_records_the_task(
 
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"task_id", "filename", "message", "status_url", "result_url"}
+    assert set(body) == {"task_id", "filename", "message", "status_url", "result_url", "ignored_fields"}
+    assert body["ignored_fields"] == []
     assert body["filename"] == "holiday.jpg"
     assert body["message"] == tasks.UPLOAD_ACCEPTED
     assert body["status_url"] == f"/status/{body['task_id']}"
