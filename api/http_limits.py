@@ -17,6 +17,9 @@ What a client sees (the README's "Security limits" table):
   bytes a second after that grace (a trickle that is never quite idle): 408 if no answer was
   started, connection closed; the application sees a disconnect, so the upload's temp file is
   removed. Time the application keeps the client waiting (not reading yet) is not counted;
+- a request answered before its body was read (a 401, 404, 413 refusal): the answer, then the end of
+  the connection (FIN); what the client still sends is dropped for up to LINGER_SECONDS and
+  LINGER_BYTES, then the connection is closed, so the client can read the answer;
 - a new connection beyond `max_connections`: the longest-idle connection that is between requests
   or still sending its head is closed to make room; if every one is inside a request, the new one
   gets 503 and is closed. So /health stays answerable under a flood of idle connections.
@@ -49,6 +52,13 @@ HEAD_TOO_LARGE = "Request header fields too large."
 HEAD_TIMEOUT = "The request headers were not received in time."
 BODY_TIMEOUT = "The request body stalled."
 TOO_MANY_CONNECTIONS = "Too many connections; try again shortly."
+# After answering a request whose body was left unread (a 401, 404 or 413 before the upload), what
+# still arrives is read and dropped for up to this long and this much before the socket is closed:
+# closing with unread bytes makes the kernel send a reset, which can destroy the answer before the
+# client reads it (a client that sends its whole body before reading sees a connection error instead
+# of the 413). The same bounded "lingering close" as nginx's.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # module docstring), or its head is being replayed into a fresh parser.
         self._declining_upgrade = False
         self._replaying_head = False
+        # Answered with the body unread: the bytes still allowed in before the close (see LINGER_*).
+        self._linger_bytes_left: int | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     # --- connections ---------------------------------------------------------------------------
 
@@ -136,6 +149,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
         self._cancel_body_timer()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         super().connection_lost(exc)
 
     # --- the head ------------------------------------------------------------------------------
@@ -251,7 +266,19 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             # Answered before its body was read in full (a 404, a refusal): the rest of it would
             # keep the connection busy for ever, and nothing is going to read it.
             self._cancel_body_timer()
-            self.transport.close()
+            self._linger()
+
+    def _linger(self) -> None:
+        """Close a connection whose answer is sent but whose request body is not all read: say so
+        (FIN), drop what the client still sends for a bounded while, then close (see LINGER_*)."""
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
+        self._linger_bytes_left = LINGER_BYTES
+        self.flow.resume_reading()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._linger_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     # --- bytes in --------------------------------------------------------------------------------
 
@@ -259,6 +286,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         """uvicorn's, plus the limits: bytes outside a body are a head, counted as they arrive
         (httptools keeps a header until its end, so the parser's own callbacks come too late to
         bound memory), and bytes inside one restart its idle timer."""
+        if self._linger_bytes_left is not None:
+            self._linger_bytes_left -= len(data)
+            if self._linger_bytes_left < 0:
+                self.transport.close()
+            return
         self._unset_keepalive_if_required()
         if self._in_body:
             self._body_last_byte = self.loop.time()

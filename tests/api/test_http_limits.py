@@ -300,6 +300,21 @@ async def test_a_body_left_unread_by_its_answer_does_not_hold_the_connection(api
     assert _status(answer) == 404
 
 
+async def test_a_client_that_sends_its_whole_body_before_reading_gets_the_early_answer(api: Api) -> None:
+    """Most clients (httpx, requests) send the whole body before reading: answered early (here a 404)
+    the server must not reset the connection under them, or the answer is lost to a ReadError."""
+    body = b"x" * (2 * 1024 * 1024)
+    for _ in range(3):
+        reader, writer = await _connect(api)
+        writer.write(b"POST /no-such-page HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+        writer.write(body)
+        await writer.drain()
+        answer = await _answer(reader, timeout=10)
+        writer.close()
+
+        assert _status(answer) == 404
+
+
 async def test_a_body_trickling_a_byte_a_second_is_closed_after_the_grace(
     api: Api, uploads_dir: Path
 ) -> None:
