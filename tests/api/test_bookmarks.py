@@ -10,7 +10,6 @@ import httpx
 import pytest
 
 from api.deps import TASK_NOT_FOUND
-from api.routes.tasks import PROCESSED_NOT_FOUND
 from tests import images
 from tests.api.test_api_keys import ALICE, BOB, keyed, keyed_api
 from tests.waiting import final_status
@@ -60,17 +59,6 @@ async def test_result_by_file_name_leads_to_the_newest_task_of_that_name(
     assert image.headers["location"] == done["processed_url"]
     followed = await client.get(f"/processed/{name}", follow_redirects=True)
     assert followed.status_code == 200 and followed.headers["content-type"] == "image/jpeg"
-
-
-async def test_processed_by_file_name_is_404_until_done(client: httpx.AsyncClient) -> None:
-    # No worker in this test: the task stays pending.
-    name = f"waiting-{uuid.uuid4().hex[:8]}.jpg"
-    await _upload(client, name)
-
-    response = await client.get(f"/processed/{name}")
-
-    assert response.status_code == 404
-    assert response.json() == {"detail": PROCESSED_NOT_FOUND}
 
 
 async def test_an_unknown_name_is_a_404_page_for_browsers_and_json_for_clients(
