@@ -4,6 +4,8 @@ to httpx and to `curl -I` alike."""
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import subprocess
 
 import httpx
@@ -87,3 +89,34 @@ async def test_head_where_get_is_not_allowed_is_405_as_for_get(client: httpx.Asy
 
     assert head.status_code == 405
     assert "POST" in head.headers["allow"]
+
+
+# Node 20's fetch: a HEAD that gets a body, or no Content-Length, is a client-visible bug.
+_NODE_HEAD = """
+const response = await fetch(process.argv[1], { method: "HEAD" });
+const body = await response.arrayBuffer();
+console.log(JSON.stringify({
+  status: response.status,
+  length: response.headers.get("content-length"),
+  etag: response.headers.get("etag"),
+  body: body.byteLength,
+}));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_node_fetch_head_sees_the_files_size_and_no_body(api_process: str, done_task: dict) -> None:
+    url = api_process + done_task["processed_url"]
+    got = httpx.get(url)
+
+    result = subprocess.run(
+        ["node", "--input-type=module", "-e", _NODE_HEAD, url], capture_output=True, text=True, timeout=30
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "status": 200,
+        "length": str(len(got.content)),
+        "etag": got.headers["etag"],
+        "body": 0,
+    }
