@@ -62,12 +62,26 @@ async def get_session(services: ServicesDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
-async def get_task(
-    task_id: Annotated[int, Path(ge=1, le=MAX_TASK_ID)], session: SessionDep, caller: CallerDep
-) -> ImageTask:
+async def visible_task(session: AsyncSession, task_id: int, caller: str | None) -> ImageTask | None:
+    """The task, if it exists and the caller may see it. An id that no task can have (0, negative,
+    beyond the column's integer) is simply not found, without asking the database."""
+    if not 1 <= task_id <= MAX_TASK_ID:
+        return None
     task = await tasks.get(session, task_id)
     # Another key's task is answered exactly like a missing one: ids reveal nothing.
     if task is None or (caller is not None and task.owner != caller):
+        return None
+    return task
+
+
+# Any whole number is a well-formed id (404 when no task has it, as the original design answered);
+# only a path segment that is not a number is a malformed request (422).
+_TASK_ID = Path(description="The task's id (`task_id` in the upload's answer).")
+
+
+async def get_task(task_id: Annotated[int, _TASK_ID], session: SessionDep, caller: CallerDep) -> ImageTask:
+    task = await visible_task(session, task_id, caller)
+    if task is None:
         raise HTTPException(status_code=404, detail=TASK_NOT_FOUND)
     return task
 

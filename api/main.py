@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.requests import ClientDisconnect
 
 from api.callbacks import CallbackPolicy, CallbackSender
+from api.head_requests import HeadAsGet
 from api.metrics import ApiMetrics, UploadCounter
 from api.metrics import router as metrics_router
 from api.publisher import TaskPublisher
@@ -174,6 +175,8 @@ def create_app() -> FastAPI:
     app.state.metrics = ApiMetrics()
     app.add_middleware(UploadCounter, metrics=app.state.metrics)
     app.add_middleware(ResponseHeaders)
+    # Outermost: every layer inside sees the GET it answers.
+    app.add_middleware(HeadAsGet)
     return app
 
 

@@ -6,10 +6,10 @@ handed down; nothing here connects at import time.
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import asyncpg
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, event
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as AsyncpgDialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -33,9 +33,20 @@ _COMMAND_TIMEOUT_SECONDS = 30
 # How long a caller waits for a pooled connection before treating the database as unavailable.
 POOL_TIMEOUT_SECONDS = 10
 
+
+class CouldNotConnect(Exception):
+    """Opening a connection failed, whatever the server or the network said: refused, no such
+    database (3D000), a password not (or no longer) accepted (28P01), connections not allowed
+    (55000), too many clients. Every pool opens its connections through `_engine_connect` or
+    `_driver_connect` (below), so this is decided by where the error happened, not by a list of
+    SQLSTATEs: no query ran, nothing was written, and until someone fixes the server or its settings
+    the database is unavailable."""
+
+
 # What a database that is down, restarting or unreachable raises: a passing fault, answered with
 # 503 by the API and with a delayed redelivery by the worker, never with a 500 or a failed task.
 DATABASE_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    CouldNotConnect,
     OperationalError,
     InterfaceError,
     PoolTimeoutError,
@@ -87,7 +98,7 @@ def make_engine(database_url: str, *, pool_size: int = 20, pre_ping: bool = True
     `pre_ping` costs a round trip per checkout; a caller that already treats a connection error as
     "retry later" (the worker: nak, pause fetching) may go without it.
     """
-    return create_async_engine(
+    engine = create_async_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=max(2, pool_size // 2),
@@ -95,6 +106,29 @@ def make_engine(database_url: str, *, pool_size: int = 20, pre_ping: bool = True
         pool_timeout=POOL_TIMEOUT_SECONDS,
         connect_args={"timeout": _CONNECT_TIMEOUT_SECONDS, "command_timeout": _COMMAND_TIMEOUT_SECONDS},
     )
+    event.listen(engine.sync_engine, "do_connect", _engine_connect)
+    return engine
+
+
+def _engine_connect(dialect: Any, record: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
+    """Every new connection of an engine's pool (after a pre-ping found one dead, too)."""
+    try:
+        return dialect.connect(*cargs, **cparams)
+    except Exception as exc:
+        raise CouldNotConnect(_connect_failure(exc)) from exc
+
+
+async def _driver_connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    """Every new connection of a driver pool."""
+    try:
+        return await asyncpg.connect(*args, **kwargs)
+    except Exception as exc:
+        raise CouldNotConnect(_connect_failure(exc)) from exc
+
+
+def _connect_failure(exc: Exception) -> str:
+    sqlstate = getattr(exc, "sqlstate", None)
+    return f"could not connect: {type(exc).__name__}{f' ({sqlstate})' if sqlstate else ''}: {exc}"
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -127,6 +161,7 @@ async def make_driver_pool(database_url: str, *, max_size: int) -> DriverPool:
         min_size=0,
         max_size=max_size,
         reset=_keep_session,
+        connect=_driver_connect,
         timeout=_CONNECT_TIMEOUT_SECONDS,
         command_timeout=_COMMAND_TIMEOUT_SECONDS,
     )

@@ -79,8 +79,9 @@ class ImageTask(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    # The client's file name, for display only; never used to build a path.
-    filename: Mapped[str] = mapped_column(String(255))
+    # The client's file name, for display and the original design's bookmarks (`/result/<name>`);
+    # never used to build a path.
+    filename: Mapped[str] = mapped_column(String(255), index=True)
     status: Mapped[str] = mapped_column(
         String(16), default=TaskStatus.PENDING, server_default=TaskStatus.PENDING.value, index=True
     )

@@ -323,6 +323,16 @@ async def find_by_idempotency_key(session: AsyncSession, key: str) -> ImageTask 
 
 
 @_mapping_errors
+async def newest_named(session: AsyncSession, filename: str, *, owner: str | None) -> ImageTask | None:
+    """The most recent task uploaded as `filename` (the client's name), only `owner`'s when one is
+    given: what the original design's bookmarks (`/result/<name>`, `/processed/<name>`) meant."""
+    query = select(ImageTask).where(ImageTask.filename == filename).order_by(ImageTask.id.desc()).limit(1)
+    if owner is not None:
+        query = query.where(ImageTask.owner == owner)
+    return await session.scalar(query)
+
+
+@_mapping_errors
 async def owns_output(session: AsyncSession, owner: str, name: str) -> bool:
     """Whether one of `owner`'s tasks made the processed file `name`."""
     found = await session.scalar(

@@ -1,7 +1,7 @@
 """create image_tasks
 
 Revision ID: b6686bcfaf70
-Revises:
+Revises: 0a7c4e2f9b13
 Create Date: 2026-11-28 08:43:04.902620
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "b6686bcfaf70"
-down_revision: str | None = None
+down_revision: str | None = "0a7c4e2f9b13"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

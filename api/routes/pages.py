@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from api.deps import MAX_TASK_ID, CallerDep, ServicesDep, SessionDep, TaskDep
+from api.deps import MAX_TASK_ID, TASK_NOT_FOUND, CallerDep, ServicesDep, SessionDep, visible_task
 from api.routes.originals import original_url
-from api.schemas import status_url, task_status
-from api.templating import templates
+from api.schemas import result_url, status_url, task_status
+from api.templating import templates, wants_html
 from core import tasks
 from core.formats import ALLOWED_FORMATS
-from core.models import FINAL_STATUSES
+from core.models import FINAL_STATUSES, ImageTask
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
@@ -37,8 +37,11 @@ def byte_size(size: int) -> str:
 
 
 def image_facts(width: Any, height: Any, size: Any) -> str | None:
-    """ "640×480 px · 51.2 KiB", or None unless all three are whole numbers."""
+    """ "640×480 px · 51.2 KiB", or None unless all three are whole numbers above 0 (a task taken
+    over from the original design without its upload knows none of them: 0)."""
     if not all(isinstance(value, int) and not isinstance(value, bool) for value in (width, height, size)):
+        return None
+    if min(width, height, size) <= 0:
         return None
     return f"{width}×{height} px · {byte_size(size)}"
 
@@ -70,8 +73,34 @@ async def upload_form(request: Request, services: ServicesDep) -> HTMLResponse:
     )
 
 
-@router.get("/result/{task_id}", response_class=HTMLResponse)
-async def result_page(request: Request, task: TaskDep) -> HTMLResponse:
+def _is_task_id(ref: str) -> bool:
+    return ref.isascii() and ref.isdigit()
+
+
+@router.get("/result/{ref}", response_class=HTMLResponse)
+async def result_page(
+    request: Request, ref: Annotated[str, Path(max_length=255)], session: SessionDep, caller: CallerDep
+) -> Response:
+    """A task's page by its id; or, by a file name (the original design's bookmarks, such as
+    `/result/test_image.JPG`), a 303 to the page of the newest task uploaded under that name.
+
+    A ref of digits only is an id first: a file named `42` (no extension) is found by name only
+    when no task 42 is visible to the caller."""
+    task = await visible_task(session, int(ref), caller) if _is_task_id(ref) else None
+    if task is None:
+        named = await tasks.newest_named(session, ref, owner=caller)
+        if named is not None:
+            return RedirectResponse(result_url(named.id), status_code=303)
+        # A browser gets a page it can show; an API client the body `/status` answers.
+        if wants_html(request):
+            return templates.TemplateResponse(
+                request, "not_found.html", {"message": TASK_NOT_FOUND}, status_code=404
+            )
+        return JSONResponse({"detail": TASK_NOT_FOUND}, status_code=404)
+    return _result(request, task)
+
+
+def _result(request: Request, task: ImageTask) -> HTMLResponse:
     # Rendered from the very body /status answers, so the page and its script read the same fields.
     status = task_status(task).model_dump(mode="json")
     final = task.status in FINAL_STATUSES

@@ -17,6 +17,7 @@ from api.schemas import (
     TaskPage,
     TaskStatusResponse,
     UploadResponse,
+    processed_url,
     result_url,
     status_url,
     task_status,
@@ -349,17 +350,28 @@ async def list_tasks(
     response_class=FileResponse,
     responses={
         200: {"content": {mt: {} for mt in _MEDIA_TYPES.values()}, "description": "The processed image."},
+        303: {
+            "description": "`name` is an uploaded file's name (the original design's URLs): the newest "
+            "such task's processed image, at its generated name.",
+            "headers": {"Location": {"description": "The processed image.", "schema": {"type": "string"}}},
+        },
         503: {"model": ErrorResponse, "description": "The file store (NATS backend) is unavailable."},
         401: {"model": ErrorResponse, "description": "API keys are on and X-API-Key is missing or unknown."},
         404: {"model": ErrorResponse, "description": "No such processed image (or another key's)."},
     },
 )
 async def get_processed(
-    name: Annotated[str, Path(max_length=64)], services: ServicesDep, session: SessionDep, caller: CallerDep
+    name: Annotated[str, Path(max_length=255)], services: ServicesDep, session: SessionDep, caller: CallerDep
 ) -> Response:
-    """A processed image, by the generated name given in `processed_url`."""
+    """A processed image, by the generated name given in `processed_url`; or, by the name a file was
+    uploaded under (the original design served `/processed/<that name>`), a 303 to the processed
+    image of the newest task of that name (404 until it is done)."""
     if not is_stored_name(name):
-        raise HTTPException(status_code=404, detail=PROCESSED_NOT_FOUND)
+        named = await tasks.newest_named(session, name, owner=caller)
+        location = None if named is None else processed_url(named)
+        if location is None:
+            raise HTTPException(status_code=404, detail=PROCESSED_NOT_FOUND)
+        return RedirectResponse(location, status_code=303)
     if caller is not None and not await tasks.owns_output(session, caller, name):
         raise HTTPException(status_code=404, detail=PROCESSED_NOT_FOUND)
     found = await services.storage.find(Area.PROCESSED, name)

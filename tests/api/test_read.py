@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import uuid
 from datetime import datetime
 
 import httpx
@@ -48,11 +49,15 @@ async def test_an_unknown_task_is_404_with_the_documented_body(client: httpx.Asy
     assert response.json() == {"detail": TASK_NOT_FOUND}
 
 
-@pytest.mark.parametrize("task_id", ["abc", "0", "-1", "99999999999999999999"])
-async def test_an_impossible_task_id_is_422_not_500(client: httpx.AsyncClient, task_id: str) -> None:
+@pytest.mark.parametrize(
+    ("task_id", "code"), [("abc", 422), ("0", 404), ("-1", 404), ("99999999999999999999", 404)]
+)
+async def test_an_impossible_task_id_is_404_or_422_not_500(
+    client: httpx.AsyncClient, task_id: str, code: int
+) -> None:
     response = await client.get(f"/status/{task_id}")
 
-    assert response.status_code == 422
+    assert response.status_code == code
 
 
 @pytest.mark.parametrize(
@@ -122,3 +127,16 @@ async def test_every_answer_carries_a_request_id_and_keeps_a_sane_one(client: ht
     assert len(made_up.headers["x-request-id"]) == 16
     assert kept.headers["x-request-id"] == "proxy-7f3a.1"
     assert replaced.headers["x-request-id"] != "bad id <script>"
+
+
+# A bookmark of the original design (tests/api/test_bookmarks.py has the rest, with a worker).
+async def test_processed_by_file_name_is_404_until_done(client: httpx.AsyncClient) -> None:
+    # No worker in this module: the task stays pending.
+    name = f"waiting-{uuid.uuid4().hex[:8]}.jpg"
+    created = await client.post("/upload", files={"file": (name, images.jpeg(), "image/jpeg")})
+    assert created.status_code == 200
+
+    response = await client.get(f"/processed/{name}")
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": PROCESSED_NOT_FOUND}

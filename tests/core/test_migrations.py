@@ -114,10 +114,14 @@ def legacy_watermark_text(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 
 async def _insert_old_rows(url: str) -> None:
+    await _insert_rows(url, _ROWS)
+
+
+async def _insert_rows(url: str, rows: list[tuple]) -> None:
     engine = create_async_engine(url)
     try:
         async with engine.begin() as connection:
-            for task_id, status, input_name, output_name, processing, outputs in _ROWS:
+            for task_id, status, input_name, output_name, processing, outputs in rows:
                 await connection.execute(
                     text(_ROW),
                     {
@@ -198,3 +202,30 @@ def test_rows_from_before_processing_and_outputs_get_what_the_code_now_expects(
     assert columns[2][1] is None and columns[3][1] is None
     assert columns[5] == (_NEW_PROCESSING, _NEW_OUTPUTS)
     assert columns[1][0] == expected.to_json()
+
+
+# Our head before the original design's takeover (33d3e37439e0 at the base, 9e4b1d7c2a58 after this).
+BEFORE_TAKEOVER = "6b2d8e4f1a37"
+
+
+async def _rows(url: str) -> list[tuple]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(text("SELECT * FROM image_tasks ORDER BY id"))
+            return [tuple(row) for row in rows]
+    finally:
+        await engine.dispose()
+
+
+def test_a_database_of_ours_is_not_touched_by_the_original_designs_takeover(empty_database: str) -> None:
+    config = alembic_config(empty_database)
+    command.upgrade(config, BEFORE_TAKEOVER)
+    asyncio.run(_insert_rows(empty_database, [row for row in _ROWS if row[4] is not None]))
+    before = asyncio.run(_rows(empty_database))
+
+    command.upgrade(config, "head")
+
+    assert asyncio.run(_rows(empty_database)) == before
+    differences, tables = asyncio.run(_schema_report(empty_database))
+    assert differences == [] and "image_tasks_original" not in tables
