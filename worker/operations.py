@@ -210,7 +210,13 @@ def _extended(
     if mode == "CMYK":
         fill = (255 - red, 255 - green, 255 - blue, 0)  # the naive complement, as _ink
     else:
-        fill = {"L": red, "LA": (red, alpha), "RGB": (red, green, blue), "RGBA": colour}[mode]
+        fills: dict[str, tuple[int, ...] | int] = {
+            "L": red,
+            "LA": (red, alpha),
+            "RGB": (red, green, blue),
+            "RGBA": colour,
+        }
+        fill = fills[mode]
     canvas = Image.new(mode, size, fill)
     canvas.paste(frame, at)
     return canvas

@@ -14,6 +14,8 @@ decides from a 128-pixel copy instead; see BENCHMARKS.md, "Smart gravity".
 
 from __future__ import annotations
 
+from typing import cast
+
 from PIL import Image, ImageChops, ImageFilter
 
 # Long side of the copy the decision is made on: a crop is placed to within 1/ANALYSIS_SIDE of the
@@ -98,7 +100,7 @@ def _best(scores: Image.Image, *, horizontal: bool, window: float) -> float:
     profile_image = scores.convert("F").resize(
         (length, 1) if horizontal else (1, length), Image.Resampling.BOX
     )
-    profile = list(profile_image.get_flattened_data())
+    profile = cast(list[float], list(profile_image.get_flattened_data()))  # mode F: one float each
     size = min(length, max(1, round(window * length)))
     positions = length - size
     if positions <= 0:
