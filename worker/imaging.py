@@ -34,12 +34,13 @@ from typing import Any, cast
 
 from PIL import ExifTags, Image, ImageCms
 
-from core.formats import DAMAGED_MESSAGE, ImageRejected, check_animation, open_image
+from core.formats import DAMAGED_MESSAGE, ImageRejected, check_animation, default_output_format, open_image
 from core.processing.cost import ANIMATED_OUTPUT_FORMATS, cost_refusal, output_frames
 from core.processing.operations import Blur, Crop, Flip, Format, Grayscale, Resize, Rotate, Sharpen, Watermark
 from core.processing.outputs import Output
 from core.processing.sizes import crop_box, output_size, resized_size
 from worker import operations
+from worker.heif import enable_heif
 
 OUTSIDE_MESSAGE = "A frame of the animation lies far outside the picture and cannot be decoded."
 ENCODING_FAILED = "The result could not be written as {format} ({reason})."
@@ -75,6 +76,9 @@ class EncoderSettings:
     webp_method: int = 0
     avif_speed: int = 8
     keep_metadata: bool = False
+    # Off (the default): every output is sRGB, converted through the input's ICC profile (see
+    # _colour_plan). On: profiles are carried over as they are, and CMYK stays CMYK where it can.
+    keep_icc_profiles: bool = False
 
 
 # ICC header bytes 16-20 name the profile's colour space; a profile is only kept when it describes
@@ -86,6 +90,13 @@ _ICC_SPACE = {"RGB": b"RGB ", "RGBA": b"RGB ", "CMYK": b"CMYK", "L": b"GRAY", "L
 # A larger profile is applied instead (the pixels converted to sRGB, which viewers assume) and
 # dropped; one LittleCMS cannot use is dropped as it is.
 MAX_ICC_PROFILE_BYTES = 1024 * 1024
+
+# Modes whose pixels a non-sRGB profile is converted from (LittleCMS has no grey with alpha, and a
+# grey profile's pixels are grey in sRGB too, so grey keeps its profile).
+_CONVERTED_MODES = ("RGB", "RGBA", "CMYK")
+# Inputs decoded as one picture whatever their container holds: an MPO's first image, a TIFF's first
+# page (its pages were counted at upload), a HEIF's primary image.
+_SINGLE_PICTURE = ("MPO", "TIFF", "HEIF")
 
 # ImageOps.exif_transpose decides per image from that image's own metadata; an animation needs one
 # decision applied to every frame, so the orientation is read once and mapped here.
@@ -143,11 +154,12 @@ def render(
     If writing fails, partly written files may remain; the caller owns them.
     """
     encoder = encoder or EncoderSettings()
+    enable_heif()
     results = []
     # Rendered while the file is open: a still image's frame is the decoded image itself, which
     # closing it would free.
     with open_image(src, limits.max_pixels) as image:
-        source = _decode(image, [output for output, _ in outputs], limits)
+        source = _decode(image, [output for output, _ in outputs], limits, keep_icc=encoder.keep_icc_profiles)
         for index, (output, dst) in enumerate(outputs):
             # Checked again here (the API did, before queueing): only now is the orientation known.
             frames = output_frames(output, source.format, len(source.frames))
@@ -181,11 +193,10 @@ class _Source:
     full_size: tuple[int, int] = (0, 0)
 
 
-def _decode(image: Image.Image, outputs: list[Output], limits: RenderLimits) -> _Source:
-    is_mpo = image.format == "MPO"
-    input_format = "JPEG" if is_mpo else str(image.format)
+def _decode(image: Image.Image, outputs: list[Output], limits: RenderLimits, *, keep_icc: bool) -> _Source:
+    input_format = "JPEG" if image.format == "MPO" else str(image.format)
     with _decoding():
-        frame_count = 1 if is_mpo else getattr(image, "n_frames", 1)
+        frame_count = 1 if image.format in _SINGLE_PICTURE else getattr(image, "n_frames", 1)
     screen = image.size
     check_animation(frame_count, *screen, max_frames=limits.max_frames, max_pixels=limits.max_pixels)
 
@@ -205,6 +216,7 @@ def _decode(image: Image.Image, outputs: list[Output], limits: RenderLimits) -> 
 
     source = _Source(format=input_format, frames=[], durations=[], animation={}, icc_profile=None, exif=None)
     to_srgb: ImageCms.ImageCmsTransform | None = None
+    cmyk_to_rgb = False
     for index in range(frame_count):
         with _decoding():
             if frame_count > 1:
@@ -215,10 +227,9 @@ def _decode(image: Image.Image, outputs: list[Output], limits: RenderLimits) -> 
                 # Read after the first load: a PNG's eXIf chunk may follow the pixel data.
                 transpose = _orientation(image)
             source.animation = _animation_options(image)
-            source.icc_profile = image.info.get("icc_profile")
-            if source.icc_profile and len(source.icc_profile) > MAX_ICC_PROFILE_BYTES:
-                to_srgb = _to_srgb(source.icc_profile, _normalised_mode(image))
-                source.icc_profile = None
+            source.icc_profile, to_srgb, cmyk_to_rgb = _colour_plan(
+                image.info.get("icc_profile"), _normalised_mode(image), keep_icc=keep_icc
+            )
             source.exif = _exif(image)
         source.durations.append(image.info.get("duration", 0))
         # An animation's frames must be copies (the next seek reuses the image); a still image
@@ -232,6 +243,8 @@ def _decode(image: Image.Image, outputs: list[Output], limits: RenderLimits) -> 
             frame = frame.transpose(_ORIENTATION_TRANSPOSE[transpose])
         if to_srgb is not None:
             frame = ImageCms.applyTransform(frame, to_srgb) or frame
+        elif cmyk_to_rgb:
+            frame = frame.convert("RGB")
         # Some encoders fall back on `info`: the input's comment, or an APNG's disposal and
         # blend, which describe its partial frames, not the full frames written here.
         frame.info = {}
@@ -271,7 +284,11 @@ def _render_output(
     source: _Source, output: Output, dst: Path, encoder: EncoderSettings, *, owns_frames: bool
 ) -> ProcessedImage:
     chosen = output.format()
-    output_format = _FORMAT_NAMES[chosen.format] if chosen else source.format
+    if chosen:
+        output_format = _FORMAT_NAMES[chosen.format]
+    else:
+        has_alpha = source.frames[0].mode in ("RGBA", "LA")
+        output_format = default_output_format(source.format, has_alpha=has_alpha)
     animated = len(source.frames) > 1 and output_format in ANIMATED_OUTPUT_FORMATS
     frames_in = source.frames if animated else source.frames[:1]
     smallest_text: int | None = None
@@ -503,6 +520,45 @@ def _normalised_mode(image: Image.Image) -> str:
     if image.mode.startswith("I") or image.mode in ("L", "LA", "1"):
         return "LA" if image.has_transparency_data else "L"
     return "RGBA" if image.has_transparency_data else "RGB"
+
+
+def _colour_plan(
+    profile: bytes | None, mode: str, *, keep_icc: bool
+) -> tuple[bytes | None, ImageCms.ImageCmsTransform | None, bool]:
+    """What becomes of a picture's colours: the profile its outputs carry, the transform to sRGB
+    its frames go through (None: none), and whether CMYK frames take Pillow's own conversion.
+
+    Web outputs are sRGB: a picture in another space (Display P3 from a phone, Adobe RGB, a press
+    CMYK) is converted through its profile, and carries none afterwards (browsers take untagged
+    pictures as sRGB). An sRGB profile describes the pixels as they are: kept, as before. CMYK
+    without a usable profile takes Pillow's conversion. With `keep_icc` profiles are kept as given,
+    except one over MAX_ICC_PROFILE_BYTES, which every output would repeat: that one is applied.
+    """
+    if keep_icc:
+        if profile and len(profile) > MAX_ICC_PROFILE_BYTES:
+            return None, _to_srgb(profile, mode), False
+        return profile, None, False
+    small = profile is not None and len(profile) <= MAX_ICC_PROFILE_BYTES
+    srgb = profile is not None and small and profile[16:20] == b"RGB " and _is_srgb(profile)
+    if mode not in _CONVERTED_MODES or srgb:
+        return profile, None, False
+    transform = _to_srgb(profile, mode) if profile else None
+    if transform is not None:
+        return None, transform, False
+    if mode == "CMYK":
+        return None, None, True
+    # An RGB profile LittleCMS cannot read: kept if small (a viewer may read it), as before.
+    return (profile if small else None), None, False
+
+
+def _is_srgb(profile: bytes) -> bool:
+    """Whether `profile` is an sRGB profile (by its description: "sRGB IEC61966-2.1", LittleCMS's
+    "sRGB built-in", ...), so converting through it would change nothing."""
+    try:
+        description = ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(profile)))
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return False
+    return "srgb" in description.lower()
 
 
 def _to_srgb(profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
