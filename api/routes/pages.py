@@ -17,7 +17,7 @@ from api.routes.originals import original_url
 from api.schemas import status_url, task_status
 from api.templating import templates
 from core import tasks
-from core.formats import ALLOWED_FORMATS
+from core.formats import ALLOWED_FORMATS, CONTENT_TYPES
 from core.models import FINAL_STATUSES
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
@@ -53,6 +53,14 @@ def output_facts(status: dict[str, Any]) -> str | None:
     return image_facts(first.get("width"), first.get("height"), first.get("size_bytes"))
 
 
+# As people know the formats; a phone's HEIF photo is a ".heic".
+_FORMAT_LABELS = {"WEBP": "WebP", "HEIF": "HEIC"}
+# Browsers often give a HEIC file no media type (or image/heif): its extensions are listed too.
+_ACCEPT = ",".join(
+    [*(CONTENT_TYPES[fmt] for fmt in ALLOWED_FORMATS), "image/heif", ".heic", ".heif", ".tif", ".tiff"]
+)
+
+
 @router.get("/", response_class=HTMLResponse)
 async def upload_form(request: Request, services: ServicesDep) -> HTMLResponse:
     return templates.TemplateResponse(
@@ -61,8 +69,8 @@ async def upload_form(request: Request, services: ServicesDep) -> HTMLResponse:
         {
             "page": "upload",
             "max_upload_mb": services.settings.max_upload_bytes / (1024 * 1024),
-            "formats": ", ".join(fmt if fmt != "WEBP" else "WebP" for fmt in ALLOWED_FORMATS),
-            "accept": "image/jpeg,image/png,image/gif,image/webp,image/bmp",
+            "formats": ", ".join(_FORMAT_LABELS.get(fmt, fmt) for fmt in ALLOWED_FORMATS),
+            "accept": _ACCEPT,
             "presets": [
                 {"name": name, "description": preset.description} for name, preset in services.presets.items()
             ],
