@@ -191,6 +191,10 @@ class _Source:
     exif: Image.Exif | None
     # The oriented size before any draft() reduction: what the requested sizes refer to.
     full_size: tuple[int, int] = (0, 0)
+    # How frames become sRGB (_colour_plan), applied by each output after its leading geometry
+    # steps: a thumbnail converts 50 thousand pixels, not the 12 million decoded.
+    to_srgb: ImageCms.ImageCmsTransform | None = None
+    cmyk_to_rgb: bool = False
 
 
 def _decode(image: Image.Image, outputs: list[Output], limits: RenderLimits, *, keep_icc: bool) -> _Source:
@@ -215,8 +219,6 @@ def _decode(image: Image.Image, outputs: list[Output], limits: RenderLimits, *, 
             image.draft("L" if grey else None, wanted)
 
     source = _Source(format=input_format, frames=[], durations=[], animation={}, icc_profile=None, exif=None)
-    to_srgb: ImageCms.ImageCmsTransform | None = None
-    cmyk_to_rgb = False
     for index in range(frame_count):
         with _decoding():
             if frame_count > 1:
@@ -227,7 +229,7 @@ def _decode(image: Image.Image, outputs: list[Output], limits: RenderLimits, *, 
                 # Read after the first load: a PNG's eXIf chunk may follow the pixel data.
                 transpose = _orientation(image)
             source.animation = _animation_options(image)
-            source.icc_profile, to_srgb, cmyk_to_rgb = _colour_plan(
+            source.icc_profile, source.to_srgb, source.cmyk_to_rgb = _colour_plan(
                 image.info.get("icc_profile"), _normalised_mode(image), keep_icc=keep_icc
             )
             source.exif = _exif(image)
@@ -241,10 +243,6 @@ def _decode(image: Image.Image, outputs: list[Output], limits: RenderLimits, *, 
             frame = frame.crop((0, 0, *screen))
         if transpose:
             frame = frame.transpose(_ORIENTATION_TRANSPOSE[transpose])
-        if to_srgb is not None:
-            frame = ImageCms.applyTransform(frame, to_srgb) or frame
-        elif cmyk_to_rgb:
-            frame = frame.convert("RGB")
         # Some encoders fall back on `info`: the input's comment, or an APNG's disposal and
         # blend, which describe its partial frames, not the full frames written here.
         frame.info = {}
@@ -298,7 +296,12 @@ def _render_output(
         # The size the frame stands for. A draft-decoded frame is smaller, and its rounded-up size
         # has a slightly different aspect: a resize must aim at the size output_size promised.
         size = source.full_size
+        srgb = False
         for index, op in enumerate(output.ops):
+            if not srgb and not isinstance(op, (*_GEOMETRY, Format)):
+                # Colour matters from here on (a stamp's red, a grey conversion): sRGB first.
+                converted, srgb = _in_srgb(source, frame), True
+                owned, frame = owned or converted is not frame, converted
             with _applying(output.name, index, op):
                 if isinstance(op, Watermark):
                     frame, stamp = operations.watermark(frame, op, owned=owned or owns_frames)
@@ -309,6 +312,8 @@ def _render_output(
                     frame = _FRAME_OPERATIONS[type(op)](frame, op)
             size = output_size((op,), *size)
             owned = True
+        if not srgb:
+            frame = _in_srgb(source, frame)
         frames.append(_encodable(frame, output_format))
 
     options: dict[str, Any] = {"format": output_format, **_encoder_options(output_format, chosen, encoder)}
@@ -344,6 +349,19 @@ def _render_output(
         frames=len(frames),
         size_bytes=dst.stat().st_size,
     )
+
+
+def _in_srgb(source: _Source, frame: Image.Image) -> Image.Image:
+    """`frame` converted as source's _colour_plan says (a new image), or itself."""
+    if source.to_srgb is not None:
+        converted = ImageCms.applyTransform(frame, source.to_srgb) or frame
+        # ImageCms labels its result with the sRGB profile, which encoders would write: the output
+        # is untagged, as before (viewers assume sRGB).
+        converted.info = {}
+        return converted
+    if source.cmyk_to_rgb:
+        return frame.convert("RGB")
+    return frame
 
 
 # The operations that only map a frame to a frame (resize and watermark need more, see above).

@@ -214,3 +214,27 @@ def test_the_web_preset_on_a_heic_is_srgb_jpeg(tmp_path: Path) -> None:
     assert (result.format, result.width, result.height) == ("JPEG", 640, 480)
     with Image.open(dst) as out:
         assert near(out.getpixel((320, 240)), RED, 6)
+
+
+def test_a_red_stamp_on_a_cmyk_picture_is_red_after_conversion(tmp_path: Path) -> None:
+    # The stamp is drawn once the picture is sRGB (colour steps come after the conversion), so its
+    # red is not sent through the press profile.
+    data = input_formats.encode(
+        Image.new("CMYK", (400, 300), (0, 0, 0, 0)), "JPEG", icc_profile=input_formats.cmyk_press_profile()
+    )
+    _, out = rendered(
+        tmp_path, data, [{"op": "resize", "width": 200}, {"op": "watermark", "text": "MMMM", "size": 40}]
+    )
+    assert out.mode == "RGB"
+    reds = [pixel for pixel in out.crop((0, 0, 100, 60)).get_flattened_data() if near(pixel, RED, 40)]
+    assert len(reds) > 200, "the stamp is red"
+    assert near(out.getpixel((190, 140)), (255, 255, 255), 6)
+
+
+def test_a_thumbnail_of_a_p3_picture_is_converted_after_shrinking_and_still_right(tmp_path: Path) -> None:
+    picture = Image.new("RGB", (1200, 900), input_formats.P3_OF_SRGB_RED)
+    picture.paste((255, 255, 255), (600, 0, 1200, 900))
+    data = input_formats.heic(picture, icc_profile=input_formats.display_p3_profile())
+    _, out = rendered(tmp_path, data, [{"op": "resize", "width": 256, "height": 256, "mode": "fit"}])
+    assert out.size == (256, 192)
+    assert near(out.getpixel((40, 96)), RED, 8) and near(out.getpixel((220, 96)), (255, 255, 255), 6)
