@@ -17,7 +17,7 @@ from api.routes.originals import original_url
 from api.schemas import status_url, task_status
 from api.templating import templates
 from core import tasks
-from core.formats import ALLOWED_FORMATS, CONTENT_TYPES
+from core.formats import ALLOWED_FORMATS, CONTENT_TYPES, READ_ONLY_FORMATS
 from core.models import FINAL_STATUSES
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
@@ -52,6 +52,11 @@ def output_facts(status: dict[str, Any]) -> str | None:
     first = outputs[0]
     return image_facts(first.get("width"), first.get("height"), first.get("size_bytes"))
 
+
+# Formats most browsers cannot show (only Safari shows HEIC, and TIFF): the result page says so
+# instead of a broken image; the outputs are JPEG or PNG.
+_NOT_SHOWN_BY_BROWSERS = frozenset(CONTENT_TYPES[fmt] for fmt in READ_ONLY_FORMATS)
+ORIGINAL_NOT_SHOWN = "Most browsers cannot show this format; the processed image is JPEG or PNG."
 
 # As people know the formats; a phone's HEIF photo is a ".heic".
 _FORMAT_LABELS = {"WEBP": "WebP", "HEIF": "HEIC"}
@@ -89,7 +94,9 @@ async def result_page(request: Request, task: TaskDep) -> HTMLResponse:
         {
             "status": status,
             "original_url": original_url(task.id),
+            "original_shown": task.content_type not in _NOT_SHOWN_BY_BROWSERS,
             "original_facts": image_facts(task.width, task.height, task.size_bytes),
+            "original_not_shown": ORIGINAL_NOT_SHOWN,
             "output_facts": output_facts(status),
             "requested": [
                 {
