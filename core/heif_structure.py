@@ -9,7 +9,8 @@ these boxes: the picture's size, how many tiles it is cut into, how many frames 
 
 This walk reads them without decoding anything, so the API can refuse a bomb at upload with no HEIF
 library at all: it seeks over pixel data, reads only the small boxes it needs, and stops at
-HEIF_MAX_BOXES boxes, HEIF_MAX_ITEMS items or HEIF_MAX_META_BYTES of `meta`, whatever the bytes say.
+HEIF_MAX_BOXES parts (boxes, items, property links), HEIF_MAX_ITEMS items or HEIF_MAX_META_BYTES of
+`meta`, whatever the bytes say.
 """
 
 from __future__ import annotations
@@ -25,12 +26,16 @@ from core.image_structure import StructureTooCostly
 # decoder a setup; a crafted file can list hundreds of thousands in a few megabytes.
 HEIF_MAX_ITEMS = 4_096
 HEIF_MAX_TILES = 1_024
-HEIF_MAX_BOXES = 10_000
+# Boxes, item entries and property associations walked in all: each costs this walk a Python step;
+# an iPhone's HEIC has about 2,000, a grid of HEIF_MAX_TILES tiles about 6,000.
+HEIF_MAX_BOXES = 50_000
 # The `meta` box (item lists, locations, properties) is read whole: an iPhone's is under 10 KB.
 HEIF_MAX_META_BYTES = 4 * 1024 * 1024
 
 HEIF_TOO_MANY_ITEMS = f"HEIF has more than {HEIF_MAX_ITEMS:,} items; the limit is {HEIF_MAX_ITEMS:,}."
-HEIF_TOO_MANY_BOXES = f"HEIF has more than {HEIF_MAX_BOXES:,} boxes; the limit is {HEIF_MAX_BOXES:,}."
+HEIF_TOO_MANY_BOXES = (
+    f"HEIF has more than {HEIF_MAX_BOXES:,} boxes, items and properties; the limit is {HEIF_MAX_BOXES:,}."
+)
 HEIF_META_TOO_LARGE = f"HEIF metadata (its meta box) is larger than {HEIF_MAX_META_BYTES:,} bytes."
 
 
@@ -95,7 +100,7 @@ def read_heif(file: BinaryIO) -> HeifStructure:
         position = end
     if not brands & HEIF_BRANDS:
         raise Damaged("not a HEIF brand")
-    still = _read_meta(meta) if meta is not None else None
+    still = _read_meta(meta, boxes) if meta is not None else None
     if still is None and not tracks:
         raise Damaged("no picture")
     if brands & AVIF_BRANDS:
@@ -190,7 +195,7 @@ class _Still:
     tiles: int
 
 
-def _read_meta(meta: bytes) -> _Still | None:
+def _read_meta(meta: bytes, boxes: _Counter) -> _Still | None:
     """The primary item of a `meta` box's content: its codec, displayed size and decoding cost."""
     position = 4  # version and flags
     primary: int | None = None
@@ -199,6 +204,7 @@ def _read_meta(meta: bytes) -> _Still | None:
     properties: list[tuple[bytes, bytes]] = []
     associations: dict[int, list[int]] = {}
     while position + 8 <= len(meta):
+        boxes.count()
         length, kind = struct.unpack_from(">I4s", meta, position)
         if length < 8 or position + length > len(meta):
             raise Damaged("meta box malformed")
@@ -206,11 +212,11 @@ def _read_meta(meta: bytes) -> _Still | None:
         if kind == b"pitm":
             primary = struct.unpack_from(">H" if body[0] == 0 else ">I", body, 4)[0]
         elif kind == b"iinf":
-            item_types = _item_types(body)
+            item_types = _item_types(body, boxes)
         elif kind == b"iref":
-            tiles_of = _tile_references(body)
+            tiles_of = _tile_references(body, boxes)
         elif kind == b"iprp":
-            properties, associations = _item_properties(body)
+            properties, associations = _item_properties(body, boxes)
         position += length
     if primary is None or primary not in item_types:
         return None
@@ -242,7 +248,7 @@ def _read_meta(meta: bytes) -> _Still | None:
     return _Still(codec, width, height, decoded, tiles)
 
 
-def _item_types(body: bytes) -> dict[int, bytes]:
+def _item_types(body: bytes, boxes: _Counter) -> dict[int, bytes]:
     version = body[0]
     count = struct.unpack_from(">H" if version == 0 else ">I", body, 4)[0]
     if count > HEIF_MAX_ITEMS:
@@ -250,6 +256,7 @@ def _item_types(body: bytes) -> dict[int, bytes]:
     position = 6 if version == 0 else 8
     types: dict[int, bytes] = {}
     for _ in range(count):
+        boxes.count()
         if position + 8 > len(body):
             raise Damaged("iinf cut short")
         length, kind = struct.unpack_from(">I4s", body, position)
@@ -266,7 +273,7 @@ def _item_types(body: bytes) -> dict[int, bytes]:
     return types
 
 
-def _tile_references(body: bytes) -> dict[int, list[int]]:
+def _tile_references(body: bytes, boxes: _Counter) -> dict[int, list[int]]:
     """The `dimg` references of an `iref` box: a grid item's tiles, in order."""
     wide = body[0] != 0
     id_format = ">I" if wide else ">H"
@@ -275,6 +282,7 @@ def _tile_references(body: bytes) -> dict[int, list[int]]:
     references: dict[int, list[int]] = {}
     count = 0
     while position + 8 <= len(body):
+        boxes.count()
         length, kind = struct.unpack_from(">I4s", body, position)
         if length < 8 or position + length > len(body):
             raise Damaged("iref malformed")
@@ -294,12 +302,14 @@ def _tile_references(body: bytes) -> dict[int, list[int]]:
     return references
 
 
-def _item_properties(body: bytes) -> tuple[list[tuple[bytes, bytes]], dict[int, list[int]]]:
-    """The `ipco` properties (in order: associations index them from 1) and `ipma` associations."""
+def _item_properties(body: bytes, boxes: _Counter) -> tuple[list[tuple[bytes, bytes]], dict[int, list[int]]]:
+    """The `ipco` properties (in order: associations index them from 1) and `ipma` associations
+    (each counted as a box: an item may list up to 255)."""
     properties: list[tuple[bytes, bytes]] = []
     associations: dict[int, list[int]] = {}
     position = 0
     while position + 8 <= len(body):
+        boxes.count()
         length, kind = struct.unpack_from(">I4s", body, position)
         if length < 8 or position + length > len(body):
             raise Damaged("iprp malformed")
@@ -307,12 +317,11 @@ def _item_properties(body: bytes) -> tuple[list[tuple[bytes, bytes]], dict[int, 
         if kind == b"ipco":
             inner = 0
             while inner + 8 <= len(content):
+                boxes.count()
                 size, prop = struct.unpack_from(">I4s", content, inner)
                 if size < 8 or inner + size > len(content):
                     raise Damaged("ipco malformed")
                 properties.append((prop, content[inner + 8 : inner + size]))
-                if len(properties) > HEIF_MAX_ITEMS * 4:
-                    raise StructureTooCostly(HEIF_TOO_MANY_ITEMS)
                 inner += size
         elif kind == b"ipma" and len(content) >= 8:
             version, flags = content[0], int.from_bytes(content[1:4])
@@ -326,6 +335,8 @@ def _item_properties(body: bytes) -> tuple[list[tuple[bytes, bytes]], dict[int, 
                     raise Damaged("ipma cut short")
                 (item,) = struct.unpack_from(item_format, content, at)
                 count = content[at + item_size]
+                for _ in range(count):
+                    boxes.count()
                 at += item_size + 1
                 wide = flags & 1
                 indices = []

@@ -4,6 +4,7 @@ every bomb or damaged file gets its answer before any decoder runs."""
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import sys
 import time
@@ -26,7 +27,12 @@ from core.formats import (
     too_many_pages_message,
     too_many_pixels_message,
 )
-from core.heif_structure import HEIF_MAX_ITEMS, HEIF_TOO_MANY_ITEMS, too_many_tiles_message
+from core.heif_structure import (
+    HEIF_MAX_ITEMS,
+    HEIF_TOO_MANY_BOXES,
+    HEIF_TOO_MANY_ITEMS,
+    too_many_tiles_message,
+)
 from tests import images, input_formats
 
 MAX_PIXELS = 50_000_000
@@ -207,3 +213,15 @@ def test_formats_the_service_does_not_write_become_jpeg_or_png() -> None:
 def test_the_old_formats_are_identified_as_before(tmp_path: Path) -> None:
     assert probe(tmp_path, images.jpeg(30, 20)) == ImageInfo("JPEG", 30, 20, 1)
     assert probe(tmp_path, images.png(30, 20)) == ImageInfo("PNG", 30, 20, 1)
+
+
+def test_a_meta_box_of_tiny_boxes_is_refused_quickly(tmp_path: Path) -> None:
+    # 3 MB of empty 8-byte boxes inside `meta`: each one a step of the walk.
+    filler = struct.pack(">I4s", 8, b"free") * 400_000
+    meta = struct.pack(">I4s", 12 + len(filler), b"meta") + bytes(4) + filler
+    data = struct.pack(">I4s", 20, b"ftyp") + b"heic\0\0\0\0mif1heic"[:12] + meta
+    started = time.perf_counter()
+    with pytest.raises(TooCostlyToIdentify) as refused:
+        probe(tmp_path, data)
+    assert time.perf_counter() - started < 1.0
+    assert str(refused.value) == HEIF_TOO_MANY_BOXES
