@@ -155,6 +155,8 @@ def open_image(path: Path | BinaryIO, max_pixels: int) -> Image.Image:
         raise UnsupportedImage(UNSUPPORTED_MESSAGE) from None
     except (SyntaxError, ValueError):
         raise UnsupportedImage(UNSUPPORTED_MESSAGE) from None
+    except RuntimeError:  # libavif (Pillow's AVIF plugin) refusing the file it parsed
+        raise UnsupportedImage(DAMAGED_MESSAGE) from None
     width, height = image.size
     if width < 1 or height < 1:
         image.close()
@@ -253,7 +255,7 @@ def _probe(file: BinaryIO, *, max_pixels: int, max_frames: int) -> ImageInfo:
         else:
             try:  # declared in the header for PNG (APNG) and WebP: no walk
                 frames = getattr(image, "n_frames", 1)
-            except (OSError, SyntaxError, ValueError, EOFError):
+            except (OSError, SyntaxError, ValueError, EOFError, RuntimeError):
                 raise UnsupportedImage(DAMAGED_MESSAGE) from None
         if frames > max_frames:
             raise AnimationTooLarge(more_frames_than_message(max_frames))

@@ -466,9 +466,19 @@ def _decoding() -> Iterator[None]:
         # Pillow's own size guard (made an error by configure_pillow) firing after open_image's
         # check passed: only a GIF frame far beyond the logical screen, growing the canvas, does that.
         raise ImageRejected(OUTSIDE_MESSAGE) from exc
-    except (SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError) as exc:
-        # SyntaxError: broken PNG chunks; ValueError: oversized compressed text chunks; the rest
-        # escape from plugins parsing malformed headers.
+    except (
+        SyntaxError,
+        ValueError,
+        EOFError,
+        struct.error,
+        zlib.error,
+        IndexError,
+        RuntimeError,
+        ZeroDivisionError,
+    ) as exc:
+        # SyntaxError: broken PNG chunks; ValueError: oversized compressed text chunks; RuntimeError:
+        # libavif failing a frame ("Decoding of color planes failed"); the rest escape from plugins
+        # parsing malformed headers (ZeroDivisionError: an AVIF track whose timescale is 0).
         raise ImageRejected(DAMAGED_MESSAGE) from exc
 
 

@@ -238,3 +238,23 @@ def test_a_thumbnail_of_a_p3_picture_is_converted_after_shrinking_and_still_righ
     _, out = rendered(tmp_path, data, [{"op": "resize", "width": 256, "height": 256, "mode": "fit"}])
     assert out.size == (256, 192)
     assert near(out.getpixel((40, 96)), RED, 8) and near(out.getpixel((220, 96)), (255, 255, 255), 6)
+
+
+def test_an_avif_whose_picture_data_is_garbage_fails_as_damaged(tmp_path: Path) -> None:
+    # libavif's own error (a RuntimeError from Pillow's plugin) is the picture's fault, not a retry's.
+    data = input_formats.avif(layout(128, 128))
+    start = data.index(b"mdat") + 4
+    with pytest.raises(ImageRejected) as refused:
+        rendered(tmp_path, data[:start] + bytes(len(data) - start), UPRIGHT)
+    assert str(refused.value) == DAMAGED_MESSAGE
+
+
+def test_an_animated_avif_whose_timescale_is_zero_fails_as_damaged(tmp_path: Path) -> None:
+    # Pillow divides by the track's timescale (mdhd) for each frame's timestamp.
+    data = bytearray(input_formats.animated_avif([layout(), layout()]))
+    at = data.index(b"mdhd") + 4
+    timescale = at + 4 + (8 if data[at] == 0 else 16)
+    data[timescale : timescale + 4] = bytes(4)
+    with pytest.raises(ImageRejected) as refused:
+        rendered(tmp_path, bytes(data), UPRIGHT)
+    assert str(refused.value) == DAMAGED_MESSAGE
