@@ -161,6 +161,8 @@ class Settings:
     )
     max_output_pixels: int = field(metadata=setting(50_000_000, gt=0))
     keep_metadata: bool = field(metadata=setting(False))
+    # Off: outputs are sRGB, converted through the input's ICC profile (worker.imaging._colour_plan).
+    keep_icc_profiles: bool = field(metadata=setting(False))
     # WebP encoder effort 0-6. Measured on a 12 MP photo at quality 80 (README, "Speed"): 0 encodes
     # 4.4× faster than Pillow's default 4, for a file 3% larger.
     webp_method: int = field(metadata=setting(0, ge=0, le=6))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import BinaryIO, cast
 
 from PIL import Image
 
+from core.heif_structure import Damaged as HeifDamaged
+from core.heif_structure import is_heif, read_heif
 from core.image_structure import (
     GIF_SIGNATURES,
     JPEG_SIGNATURE,
@@ -28,12 +31,21 @@ from core.image_structure import (
     check_png_chunks,
     count_gif_frames,
 )
+from core.tiff_structure import BIGTIFF_SIGNATURES, TIFF_SIGNATURES, count_tiff_pages
+from core.tiff_structure import Damaged as TiffDamaged
 
-# Raster formats whose Pillow decoders are mature and commonly uploaded. Anything else (SVG, PDF,
-# EPS, TIFF, PSD, ICO, ...) is refused: fewer decoders exposed to untrusted bytes.
-ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP")
+# Raster formats whose decoders are mature and commonly uploaded. Anything else (SVG, PDF, EPS,
+# PSD, ICO, ...) is refused: fewer decoders exposed to untrusted bytes. HEIF is decoded by pi-heif
+# (libheif), which only the worker has: the API identifies HEIF from its boxes alone (_probe).
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "AVIF", "TIFF", "HEIF")
 
-# Inputs are ALLOWED_FORMATS; outputs may also be AVIF (written, never decoded from a client).
+# Inputs the service does not write: an output with no `format` op becomes JPEG, or PNG when the
+# picture has transparency (default_output_format).
+READ_ONLY_FORMATS: tuple[str, ...] = ("TIFF", "HEIF")
+
+# The colour models of a TIFF page worker.imaging can turn into one it works in (Pillow's modes).
+TIFF_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "I", "I;16", "I;16B", "I;16L")
+
 CONTENT_TYPES: dict[str, str] = {
     "JPEG": "image/jpeg",
     "PNG": "image/png",
@@ -41,6 +53,8 @@ CONTENT_TYPES: dict[str, str] = {
     "WEBP": "image/webp",
     "BMP": "image/bmp",
     "AVIF": "image/avif",
+    "TIFF": "image/tiff",
+    "HEIF": "image/heic",
 }
 
 EXTENSIONS: dict[str, str] = {
@@ -50,6 +64,8 @@ EXTENSIONS: dict[str, str] = {
     "WEBP": ".webp",
     "BMP": ".bmp",
     "AVIF": ".avif",
+    "TIFF": ".tif",
+    "HEIF": ".heic",
 }
 
 
@@ -89,8 +105,17 @@ class ImageInfo:
         return EXTENSIONS[self.format]
 
 
-UNSUPPORTED_MESSAGE = "Unsupported file type: upload a JPEG, PNG, GIF, WebP or BMP image."
+UNSUPPORTED_MESSAGE = "Unsupported file type: upload a JPEG, PNG, GIF, WebP, BMP, AVIF, HEIC or TIFF image."
+TIFF_MODE_UNSUPPORTED = "This TIFF's colour model ({mode}) is not supported: use RGB, greyscale or CMYK."
 DAMAGED_MESSAGE = "The image data is damaged or incomplete and cannot be decoded."
+
+
+def default_output_format(input_format: str, *, has_alpha: bool) -> str:
+    """The format an output is written in when no `format` op says: the input's own, unless the
+    service does not write it (READ_ONLY_FORMATS)."""
+    if input_format in READ_ONLY_FORMATS:
+        return "PNG" if has_alpha else "JPEG"
+    return input_format
 
 
 def too_many_pixels_message(pixels: int, limit: int) -> str:
@@ -116,8 +141,10 @@ def open_image(path: Path | BinaryIO, max_pixels: int) -> Image.Image:
     The pixel check happens here, on the header's declared size, before any pixel is decoded: a
     tiny file that claims 30000×30000 pixels never reaches a decoder.
     """
+    # HEIF only where its decoder was registered (the worker: worker.heif); the API never opens it.
+    formats = [name for name in ALLOWED_FORMATS if name != "HEIF" or name in Image.OPEN]
     try:
-        image = Image.open(path, formats=ALLOWED_FORMATS)
+        image = Image.open(path, formats=formats)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         found = _PILLOW_PIXELS.search(str(exc))
         pixels = int(found.group(1)) if found else max_pixels + 1
@@ -128,6 +155,8 @@ def open_image(path: Path | BinaryIO, max_pixels: int) -> Image.Image:
         raise UnsupportedImage(UNSUPPORTED_MESSAGE) from None
     except (SyntaxError, ValueError):
         raise UnsupportedImage(UNSUPPORTED_MESSAGE) from None
+    except RuntimeError:  # libavif (Pillow's AVIF plugin) refusing the file it parsed
+        raise UnsupportedImage(DAMAGED_MESSAGE) from None
     width, height = image.size
     if width < 1 or height < 1:
         image.close()
@@ -136,6 +165,10 @@ def open_image(path: Path | BinaryIO, max_pixels: int) -> Image.Image:
         image.close()
         raise TooManyPixels(too_many_pixels_message(width * height, max_pixels))
     return image
+
+
+def too_many_pages_message(limit: int) -> str:
+    return f"TIFF has more than {limit:,} pages; the limit is {limit:,} (MAX_FRAMES)."
 
 
 def too_many_frames_message(frames: int, limit: int) -> str:
@@ -181,9 +214,24 @@ def probe_image(path: Path, *, max_pixels: int, max_frames: int) -> ImageInfo:
 
 
 def _probe(file: BinaryIO, *, max_pixels: int, max_frames: int) -> ImageInfo:
-    signature = file.read(len(PNG_SIGNATURE))
+    signature = file.read(12)
     gif_frames = None
-    if signature == PNG_SIGNATURE:
+    if is_heif(signature):
+        heif = _probe_heif(file, max_pixels=max_pixels, max_frames=max_frames)
+        if heif.format == "HEIF":
+            return heif  # the API has no HEIF decoder: the boxes are all it checks
+        # An AVIF's boxes passed: libavif (through Pillow) parses it too, below.
+    elif signature[:4] in BIGTIFF_SIGNATURES:
+        raise UnsupportedImage(UNSUPPORTED_MESSAGE)
+    elif signature[:4] in TIFF_SIGNATURES:
+        # Pillow's n_frames would parse every page's directory; this stops one past the limit.
+        try:
+            pages = count_tiff_pages(file, stop_after=max_frames + 1)
+        except (TiffDamaged, struct.error):
+            raise UnsupportedImage(DAMAGED_MESSAGE) from None
+        if pages > max_frames:
+            raise AnimationTooLarge(too_many_pages_message(max_frames))
+    elif signature[:8] == PNG_SIGNATURE:
         check_png_chunks(file)
     elif signature[:6] in GIF_SIGNATURES:
         # Pillow's n_frames would walk every frame; this stops one past the limit.
@@ -197,14 +245,40 @@ def _probe(file: BinaryIO, *, max_pixels: int, max_frames: int) -> ImageInfo:
         # Phones and cameras write multi-picture JPEGs (MPO); they are JPEGs, processed as one picture.
         if image.format == "MPO":
             return ImageInfo(format="JPEG", width=image.width, height=image.height, frames=1)
+        if image.format == "TIFF":
+            # Only the first page is decoded: the others were counted against MAX_FRAMES above.
+            if image.mode not in TIFF_MODES:
+                raise UnsupportedImage(TIFF_MODE_UNSUPPORTED.format(mode=image.mode))
+            return ImageInfo(format="TIFF", width=image.width, height=image.height, frames=1)
         if image.format == "GIF" and gif_frames is not None:
             frames = gif_frames
         else:
             try:  # declared in the header for PNG (APNG) and WebP: no walk
                 frames = getattr(image, "n_frames", 1)
-            except (OSError, SyntaxError, ValueError, EOFError):
+            except (OSError, SyntaxError, ValueError, EOFError, RuntimeError):
                 raise UnsupportedImage(DAMAGED_MESSAGE) from None
         if frames > max_frames:
             raise AnimationTooLarge(more_frames_than_message(max_frames))
         check_animation(frames, image.width, image.height, max_frames=max_frames, max_pixels=max_pixels)
         return ImageInfo(format=image.format or "", width=image.width, height=image.height, frames=frames)
+
+
+def _probe_heif(file: BinaryIO, *, max_pixels: int, max_frames: int) -> ImageInfo:
+    """Check a HEIF or AVIF file's limits from its boxes (core.heif_structure): the displayed size,
+    the pixels its tiles decode to (tiles overhang the picture's edges: up to twice the limit), its
+    frames."""
+    try:
+        structure = read_heif(file)
+    except (HeifDamaged, struct.error, IndexError):
+        raise UnsupportedImage(DAMAGED_MESSAGE) from None
+    width, height = structure.width, structure.height
+    if width < 1 or height < 1:
+        raise UnsupportedImage("The image has no pixels.")
+    if width * height > max_pixels:
+        raise TooManyPixels(too_many_pixels_message(width * height, max_pixels))
+    if structure.decoded_pixels > 2 * max_pixels:
+        raise TooManyPixels(too_many_pixels_message(structure.decoded_pixels, max_pixels))
+    if structure.frames > max_frames:
+        raise AnimationTooLarge(too_many_frames_message(structure.frames, max_frames))
+    check_animation(structure.frames, width, height, max_frames=max_frames, max_pixels=max_pixels)
+    return ImageInfo(format=structure.format, width=width, height=height, frames=structure.frames)

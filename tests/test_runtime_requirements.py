@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from devstack.stack import LocalServers, migrate, running_api, start_worker, stop_process
-from tests import images
+from tests import images, input_formats
 from tests.image_runtime import image_code, image_environment, image_venv
 from tests.waiting import final_status
 
@@ -92,6 +92,13 @@ def test_neither_image_sees_dev_packages_or_repository_files(
         assert "ModuleNotFoundError" in result.stderr, (image.python, module, result.stderr)
 
 
+def test_the_api_image_has_no_heif_library(api_image: ShippedImage) -> None:
+    # HEIF is identified from its boxes at upload (core.heif_structure); only the worker decodes it.
+    for module in ("pi_heif", "pillow_heif"):
+        result = api_image.run("-c", f"import {module}")
+        assert "ModuleNotFoundError" in result.stderr, (module, result.stderr)
+
+
 def test_the_worker_image_does_not_carry_the_api(worker_image: ShippedImage) -> None:
     for module in ("api", "fastapi", "alembic"):
         result = worker_image.run("-c", f"import {module}")
@@ -117,12 +124,17 @@ async def test_an_upload_runs_to_done_through_the_images_own_api_and_worker(
             python=api_image.python,
         ) as base_url:
             async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-                posted = await client.post("/upload", files={"file": ("a.jpg", images.jpeg(), "image/jpeg")})
-                assert posted.status_code == 200, posted.text
-                task_id = posted.json()["task_id"]
-                status = await final_status(client, task_id)
-        assert status["status"] == "done", status["error"]
-        assert f"task {task_id} done" in worker_log.read_text(), "processed by the image's worker"
+                # A HEIC too: the API image identifies it without pi-heif, the worker's decodes it.
+                heic = input_formats.heic(images.photo())
+                statuses = {}
+                for name, data in (("a.jpg", images.jpeg()), ("b.heic", heic)):
+                    posted = await client.post("/upload", files={"file": (name, data, "image/jpeg")})
+                    assert posted.status_code == 200, posted.text
+                    task_id = posted.json()["task_id"]
+                    statuses[task_id] = await final_status(client, task_id)
+        for task_id, status in statuses.items():
+            assert status["status"] == "done", status["error"]
+            assert f"task {task_id} done" in worker_log.read_text(), "processed by the image's worker"
     finally:
         code = stop_process(worker)
     assert code == 0, worker_log.read_text()[-3000:]

@@ -34,7 +34,7 @@ from typing import Any, cast
 
 from PIL import ExifTags, Image, ImageCms
 
-from core.formats import DAMAGED_MESSAGE, ImageRejected, check_animation, open_image
+from core.formats import DAMAGED_MESSAGE, ImageRejected, check_animation, default_output_format, open_image
 from core.processing.cost import ANIMATED_OUTPUT_FORMATS, cost_refusal, output_frames
 from core.processing.operations import (
     MAX_BYTES_ENCODES,
@@ -56,6 +56,7 @@ from core.processing.outputs import Output
 from core.processing.sizes import crop_box, fitted_size, output_size, resized_size
 from worker import gravity, operations
 from worker.gravity import Focus
+from worker.heif import enable_heif
 from worker.overlays import load_watermark
 
 OUTSIDE_MESSAGE = "A frame of the animation lies far outside the picture and cannot be decoded."
@@ -100,6 +101,9 @@ class EncoderSettings:
     webp_method: int = 0
     avif_speed: int = 8
     keep_metadata: bool = False
+    # Off (the default): every output is sRGB, converted through the input's ICC profile (see
+    # _colour_plan). On: profiles are carried over as they are, and CMYK stays CMYK where it can.
+    keep_icc_profiles: bool = False
 
 
 # ICC header bytes 16-20 name the profile's colour space; a profile is only kept when it describes
@@ -111,6 +115,13 @@ _ICC_SPACE = {"RGB": b"RGB ", "RGBA": b"RGB ", "CMYK": b"CMYK", "L": b"GRAY", "L
 # A larger profile is applied instead (the pixels converted to sRGB, which viewers assume) and
 # dropped; one LittleCMS cannot use is dropped as it is.
 MAX_ICC_PROFILE_BYTES = 1024 * 1024
+
+# Modes whose pixels a non-sRGB profile is converted from (LittleCMS has no grey with alpha, and a
+# grey profile's pixels are grey in sRGB too, so grey keeps its profile).
+_CONVERTED_MODES = ("RGB", "RGBA", "CMYK")
+# Inputs decoded as one picture whatever their container holds: an MPO's first image, a TIFF's first
+# page (its pages were counted at upload), a HEIF's primary image.
+_SINGLE_PICTURE = ("MPO", "TIFF", "HEIF")
 
 # ImageOps.exif_transpose decides per image from that image's own metadata; an animation needs one
 # decision applied to every frame, so the orientation is read once and mapped here.
@@ -175,11 +186,12 @@ def render(
     """
     encoder = encoder or EncoderSettings()
     context = _Context(focus=Focus(*focus) if focus else None, watermark_images=watermark_images or {})
+    enable_heif()
     results = []
     # Rendered while the file is open: a still image's frame is the decoded image itself, which
     # closing it would free.
     with open_image(src, limits.max_pixels) as image:
-        source = _decode(image, [output for output, _ in outputs], limits)
+        source = _decode(image, [output for output, _ in outputs], limits, keep_icc=encoder.keep_icc_profiles)
         for index, (output, dst) in enumerate(outputs):
             # Checked again here (the API did, before queueing): only now is the orientation known.
             frames = output_frames(output, source.format, len(source.frames))
@@ -219,13 +231,16 @@ class _Source:
     exif: Image.Exif | None
     # The oriented size before any draft() reduction: what the requested sizes refer to.
     full_size: tuple[int, int] = (0, 0)
+    # How frames become sRGB (_colour_plan), applied by each output after its leading geometry
+    # steps: a thumbnail converts 50 thousand pixels, not the 12 million decoded.
+    to_srgb: ImageCms.ImageCmsTransform | None = None
+    cmyk_to_rgb: bool = False
 
 
-def _decode(image: Image.Image, outputs: list[Output], limits: RenderLimits) -> _Source:
-    is_mpo = image.format == "MPO"
-    input_format = "JPEG" if is_mpo else str(image.format)
+def _decode(image: Image.Image, outputs: list[Output], limits: RenderLimits, *, keep_icc: bool) -> _Source:
+    input_format = "JPEG" if image.format == "MPO" else str(image.format)
     with _decoding():
-        frame_count = 1 if is_mpo else getattr(image, "n_frames", 1)
+        frame_count = 1 if image.format in _SINGLE_PICTURE else getattr(image, "n_frames", 1)
     screen = image.size
     check_animation(frame_count, *screen, max_frames=limits.max_frames, max_pixels=limits.max_pixels)
 
@@ -244,7 +259,6 @@ def _decode(image: Image.Image, outputs: list[Output], limits: RenderLimits) -> 
             image.draft("L" if grey else None, wanted)
 
     source = _Source(format=input_format, frames=[], durations=[], animation={}, icc_profile=None, exif=None)
-    to_srgb: ImageCms.ImageCmsTransform | None = None
     for index in range(frame_count):
         with _decoding():
             if frame_count > 1:
@@ -255,10 +269,9 @@ def _decode(image: Image.Image, outputs: list[Output], limits: RenderLimits) -> 
                 # Read after the first load: a PNG's eXIf chunk may follow the pixel data.
                 transpose = _orientation(image)
             source.animation = _animation_options(image)
-            source.icc_profile = image.info.get("icc_profile")
-            if source.icc_profile and len(source.icc_profile) > MAX_ICC_PROFILE_BYTES:
-                to_srgb = _to_srgb(source.icc_profile, _normalised_mode(image))
-                source.icc_profile = None
+            source.icc_profile, source.to_srgb, source.cmyk_to_rgb = _colour_plan(
+                image.info.get("icc_profile"), _normalised_mode(image), keep_icc=keep_icc
+            )
             source.exif = _exif(image)
         source.durations.append(image.info.get("duration", 0))
         # An animation's frames must be copies (the next seek reuses the image); a still image
@@ -270,8 +283,6 @@ def _decode(image: Image.Image, outputs: list[Output], limits: RenderLimits) -> 
             frame = frame.crop((0, 0, *screen))
         if transpose:
             frame = frame.transpose(_ORIENTATION_TRANSPOSE[transpose])
-        if to_srgb is not None:
-            frame = ImageCms.applyTransform(frame, to_srgb) or frame
         # Some encoders fall back on `info`: the input's comment, or an APNG's disposal and
         # blend, which describe its partial frames, not the full frames written here.
         frame.info = {}
@@ -319,7 +330,11 @@ def _render_output(
     owns_frames: bool,
 ) -> ProcessedImage:
     chosen = output.format()
-    output_format = _FORMAT_NAMES[chosen.format] if chosen else source.format
+    if chosen:
+        output_format = _FORMAT_NAMES[chosen.format]
+    else:
+        has_alpha = source.frames[0].mode in ("RGBA", "LA")
+        output_format = default_output_format(source.format, has_alpha=has_alpha)
     animated = len(source.frames) > 1 and output_format in ANIMATED_OUTPUT_FORMATS
     frames_in = source.frames if animated else source.frames[:1]
     steps = _Steps(context, transparent=output_format in _ALPHA_FORMATS, name=output.name)
@@ -330,13 +345,21 @@ def _render_output(
         # has a slightly different aspect: a resize must aim at the size output_size promised.
         size = source.full_size
         steps.focus = context.focus
+        srgb = False
         for index, op in enumerate(output.ops):
+            if not srgb and not _keeps_colours(op):
+                # Colour matters from here on (a stamp's red, a pad's background, a grey
+                # conversion): sRGB first.
+                converted, srgb = _in_srgb(source, frame), True
+                owned, frame = owned or converted is not frame, converted
             before = frame
             with _applying(output.name, index, op):
                 frame = steps.apply(frame, index, op, size, owned=owned or owns_frames)
             # A trim's size depends on the pixels (and no draft decode comes before one).
             size = frame.size if isinstance(op, Trim) else output_size((op,), *size)
             owned = owned or frame is not before
+        if not srgb:
+            frame = _in_srgb(source, frame)
         frames.append(_encodable(frame, output_format))
     smallest_text = steps.smallest_text
 
@@ -376,6 +399,27 @@ def _render_output(
         frames=len(frames),
         size_bytes=dst.stat().st_size,
     )
+
+
+def _keeps_colours(op: Any) -> bool:
+    """Whether `op` only moves or drops pixels (so it may run before the conversion to sRGB, on
+    fewer pixels): not one that paints a colour given in sRGB, or changes colours."""
+    if isinstance(op, Resize):
+        return op.mode != "pad"
+    return isinstance(op, (Crop, Rotate, Flip, Trim, Format))
+
+
+def _in_srgb(source: _Source, frame: Image.Image) -> Image.Image:
+    """`frame` converted as source's _colour_plan says (a new image), or itself."""
+    if source.to_srgb is not None:
+        converted = ImageCms.applyTransform(frame, source.to_srgb) or frame
+        # ImageCms labels its result with the sRGB profile, which encoders would write: the output
+        # is untagged, as before (viewers assume sRGB).
+        converted.info = {}
+        return converted
+    if source.cmyk_to_rgb:
+        return frame.convert("RGB")
+    return frame
 
 
 # The operations that only map a frame to a frame (the others need more: see _Steps).
@@ -607,9 +651,19 @@ def _decoding() -> Iterator[None]:
         # Pillow's own size guard (made an error by configure_pillow) firing after open_image's
         # check passed: only a GIF frame far beyond the logical screen, growing the canvas, does that.
         raise ImageRejected(OUTSIDE_MESSAGE) from exc
-    except (SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError) as exc:
-        # SyntaxError: broken PNG chunks; ValueError: oversized compressed text chunks; the rest
-        # escape from plugins parsing malformed headers.
+    except (
+        SyntaxError,
+        ValueError,
+        EOFError,
+        struct.error,
+        zlib.error,
+        IndexError,
+        RuntimeError,
+        ZeroDivisionError,
+    ) as exc:
+        # SyntaxError: broken PNG chunks; ValueError: oversized compressed text chunks; RuntimeError:
+        # libavif failing a frame ("Decoding of color planes failed"); the rest escape from plugins
+        # parsing malformed headers (ZeroDivisionError: an AVIF track whose timescale is 0).
         raise ImageRejected(DAMAGED_MESSAGE) from exc
 
 
@@ -679,6 +733,45 @@ def _normalised_mode(image: Image.Image) -> str:
     if image.mode.startswith("I") or image.mode in ("L", "LA", "1"):
         return "LA" if image.has_transparency_data else "L"
     return "RGBA" if image.has_transparency_data else "RGB"
+
+
+def _colour_plan(
+    profile: bytes | None, mode: str, *, keep_icc: bool
+) -> tuple[bytes | None, ImageCms.ImageCmsTransform | None, bool]:
+    """What becomes of a picture's colours: the profile its outputs carry, the transform to sRGB
+    its frames go through (None: none), and whether CMYK frames take Pillow's own conversion.
+
+    Web outputs are sRGB: a picture in another space (Display P3 from a phone, Adobe RGB, a press
+    CMYK) is converted through its profile, and carries none afterwards (browsers take untagged
+    pictures as sRGB). An sRGB profile describes the pixels as they are: kept, as before. CMYK
+    without a usable profile takes Pillow's conversion. With `keep_icc` profiles are kept as given,
+    except one over MAX_ICC_PROFILE_BYTES, which every output would repeat: that one is applied.
+    """
+    if keep_icc:
+        if profile and len(profile) > MAX_ICC_PROFILE_BYTES:
+            return None, _to_srgb(profile, mode), False
+        return profile, None, False
+    small = profile is not None and len(profile) <= MAX_ICC_PROFILE_BYTES
+    srgb = profile is not None and small and profile[16:20] == b"RGB " and _is_srgb(profile)
+    if mode not in _CONVERTED_MODES or srgb:
+        return profile, None, False
+    transform = _to_srgb(profile, mode) if profile else None
+    if transform is not None:
+        return None, transform, False
+    if mode == "CMYK":
+        return None, None, True
+    # An RGB profile LittleCMS cannot read: kept if small (a viewer may read it), as before.
+    return (profile if small else None), None, False
+
+
+def _is_srgb(profile: bytes) -> bool:
+    """Whether `profile` is an sRGB profile (by its description: "sRGB IEC61966-2.1", LittleCMS's
+    "sRGB built-in", ...), so converting through it would change nothing."""
+    try:
+        description = ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(profile)))
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return False
+    return "srgb" in description.lower()
 
 
 def _to_srgb(profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:

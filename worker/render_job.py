@@ -43,7 +43,11 @@ def render_settings(settings: Settings) -> RenderSettings:
             max_frames=settings.max_frames,
             max_output_pixels=settings.max_output_pixels,
         ),
-        encoder=EncoderSettings(webp_method=settings.webp_method, keep_metadata=settings.keep_metadata),
+        encoder=EncoderSettings(
+            webp_method=settings.webp_method,
+            keep_metadata=settings.keep_metadata,
+            keep_icc_profiles=settings.keep_icc_profiles,
+        ),
         watermark_images=dict(settings.watermark_images),
     )
 

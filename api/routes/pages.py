@@ -17,7 +17,7 @@ from api.routes.originals import original_url
 from api.schemas import result_url, status_url, task_status
 from api.templating import templates, wants_html
 from core import tasks
-from core.formats import ALLOWED_FORMATS
+from core.formats import ALLOWED_FORMATS, CONTENT_TYPES, READ_ONLY_FORMATS
 from core.models import FINAL_STATUSES, ImageTask
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
@@ -56,6 +56,19 @@ def output_facts(status: dict[str, Any]) -> str | None:
     return image_facts(first.get("width"), first.get("height"), first.get("size_bytes"))
 
 
+# Formats most browsers cannot show (only Safari shows HEIC, and TIFF): the result page says so
+# instead of a broken image; the outputs are JPEG or PNG.
+_NOT_SHOWN_BY_BROWSERS = frozenset(CONTENT_TYPES[fmt] for fmt in READ_ONLY_FORMATS)
+ORIGINAL_NOT_SHOWN = "Most browsers cannot show this format; the processed image is JPEG or PNG."
+
+# As people know the formats; a phone's HEIF photo is a ".heic".
+_FORMAT_LABELS = {"WEBP": "WebP", "HEIF": "HEIC"}
+# Browsers often give a HEIC file no media type (or image/heif): its extensions are listed too.
+_ACCEPT = ",".join(
+    [*(CONTENT_TYPES[fmt] for fmt in ALLOWED_FORMATS), "image/heif", ".heic", ".heif", ".tif", ".tiff"]
+)
+
+
 @router.get("/", response_class=HTMLResponse)
 async def upload_form(request: Request, services: ServicesDep) -> HTMLResponse:
     return templates.TemplateResponse(
@@ -64,8 +77,8 @@ async def upload_form(request: Request, services: ServicesDep) -> HTMLResponse:
         {
             "page": "upload",
             "max_upload_mb": services.settings.max_upload_bytes / (1024 * 1024),
-            "formats": ", ".join(fmt if fmt != "WEBP" else "WebP" for fmt in ALLOWED_FORMATS),
-            "accept": "image/jpeg,image/png,image/gif,image/webp,image/bmp",
+            "formats": ", ".join(_FORMAT_LABELS.get(fmt, fmt) for fmt in ALLOWED_FORMATS),
+            "accept": _ACCEPT,
             "presets": [
                 {"name": name, "description": preset.description} for name, preset in services.presets.items()
             ],
@@ -110,7 +123,9 @@ def _result(request: Request, task: ImageTask) -> HTMLResponse:
         {
             "status": status,
             "original_url": original_url(task.id),
+            "original_shown": task.content_type not in _NOT_SHOWN_BY_BROWSERS,
             "original_facts": image_facts(task.width, task.height, task.size_bytes),
+            "original_not_shown": ORIGINAL_NOT_SHOWN,
             "output_facts": output_facts(status),
             "requested": [
                 {

@@ -236,7 +236,10 @@ def _answer(
         400: {"model": ErrorResponse, "description": "Empty file or malformed Idempotency-Key."},
         401: {"model": ErrorResponse, "description": "API keys are on and X-API-Key is missing or unknown."},
         413: {"model": ErrorResponse, "description": "The upload is over MAX_UPLOAD_BYTES."},
-        415: {"model": ErrorResponse, "description": "Not a JPEG, PNG, GIF, WebP or BMP image."},
+        415: {
+            "model": ErrorResponse,
+            "description": "Not a JPEG, PNG, GIF, WebP, BMP, AVIF, HEIC or TIFF image.",
+        },
         422: {
             "model": ErrorResponse,
             "description": "Bad form or processing (named in the message), too many pixels, or a reused key.",

@@ -14,10 +14,10 @@ import pytest
 from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.routes.pages import GALLERY_PAGE_SIZE, byte_size
+from api.routes.pages import GALLERY_PAGE_SIZE, ORIGINAL_NOT_SHOWN, byte_size
 from core.models import ImageTask
 from core.processing.presets import BUILTIN_PRESETS
-from tests import images
+from tests import images, input_formats
 
 HOSTILE = "<img src=x onerror=alert(1)>.png"
 
@@ -86,6 +86,28 @@ async def test_the_result_page_shows_the_original_and_follows_the_task_live(
     assert {"type": "module", "src": "/static/result.js"} in tags.all("script")
     # Without JavaScript the page still refreshes itself while the task is not finished.
     assert re.search(r'<noscript><meta http-equiv="refresh" content="2"></noscript>', page)
+
+
+async def test_a_heic_or_tiff_original_is_linked_not_shown_as_a_broken_image(
+    client: httpx.AsyncClient,
+) -> None:
+    data = input_formats.tiff(images.photo(40, 30), compression="tiff_lzw")
+    response = await client.post("/upload", files={"file": ("scan.tif", data, "image/tiff")})
+    task_id = response.json()["task_id"]
+
+    page = (await client.get(f"/result/{task_id}")).text
+
+    tags = Tags(page)
+    assert f"/tasks/{task_id}/original" not in [img.get("src") for img in tags.all("img")]
+    assert {"href": f"/tasks/{task_id}/original"} in tags.all("a")
+    assert html.escape(ORIGINAL_NOT_SHOWN) in page
+
+
+async def test_the_upload_form_accepts_the_new_formats(client: httpx.AsyncClient) -> None:
+    page = (await client.get("/")).text
+    (field,) = [tag for tag in Tags(page).all("input") if tag.get("type") == "file"]
+    accepted = (field["accept"] or "").split(",")
+    assert {"image/avif", "image/heic", "image/tiff", ".heic"} <= set(accepted)
 
 
 async def test_a_failed_task_page_says_why_and_a_done_one_offers_the_download(

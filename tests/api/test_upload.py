@@ -106,7 +106,7 @@ async def test_the_format_comes_from_the_bytes_not_the_name(
             UNSUPPORTED_MESSAGE,
         ),
         ("doc.pdf", b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n", 415, UNSUPPORTED_MESSAGE),
-        ("scan.tif", images.encode(images.photo(30, 20), "TIFF"), 415, UNSUPPORTED_MESSAGE),
+        ("icon.ico", images.encode(images.photo(30, 20), "ICO"), 415, UNSUPPORTED_MESSAGE),
         ("print.eps", images.encode(images.photo(30, 20), "EPS"), 415, UNSUPPORTED_MESSAGE),
         (
             "bomb.png",

@@ -23,8 +23,10 @@ from core.formats import (
     too_many_frames_message,
     too_many_pixels_message,
 )
+from core.processing.operations import Watermark
+from core.processing.outputs import Output
 from tests import images
-from worker.imaging import OUTSIDE_MESSAGE, ProcessedImage, watermark
+from worker.imaging import OUTSIDE_MESSAGE, EncoderSettings, ProcessedImage, RenderLimits, render, watermark
 
 TEXT = "AI magic added!"
 MAX_PIXELS = 50_000_000
@@ -231,13 +233,16 @@ def test_personal_metadata_is_stripped_and_icc_kept(tmp_path: Path, fmt: str) ->
 # Modes
 
 
-def test_cmyk_jpeg_stays_cmyk_with_red_text_and_its_profile(tmp_path: Path) -> None:
+def test_cmyk_jpeg_stays_cmyk_with_red_text_and_its_profile_when_profiles_are_kept(tmp_path: Path) -> None:
     # Pillow ships no CMYK profile; the header's colour-space field is what imaging.py checks.
     cmyk_icc = SRGB_ICC[:16] + b"CMYK" + SRGB_ICC[20:]
     # Big enough for big text, where RGB output would be subsampled 4:2:0.
     src = save(Image.new("CMYK", (640, 480), (0, 0, 0, 0)), tmp_path / "in.jpg", icc_profile=cmyk_icc)
+    output = Output(name="image", ops=(Watermark(op="watermark", text=TEXT),), preset="default")
+    dst = tmp_path / "result.tmp"
+    limits = RenderLimits(max_pixels=MAX_PIXELS, max_frames=MAX_FRAMES, max_output_pixels=MAX_PIXELS)
 
-    _, dst = run(src, tmp_path)
+    render(src, [(output, dst)], limits=limits, encoder=EncoderSettings(keep_icc_profiles=True))
 
     with opened(dst) as out:
         assert out.mode == "CMYK"

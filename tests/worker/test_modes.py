@@ -8,6 +8,7 @@ import pytest
 from PIL import Image, ImageStat
 
 from tests.worker.rendering import BLUE, RED, WHITE, close, colour_bbox, luminance, pixel, run, save
+from worker.imaging import EncoderSettings
 
 
 def cmyk_jpeg(path: Path) -> Path:
@@ -16,8 +17,19 @@ def cmyk_jpeg(path: Path) -> Path:
     return save(image, path, quality=95)
 
 
-def test_cmyk_jpeg_resize(tmp_path: Path) -> None:
+def test_cmyk_jpeg_resize_becomes_rgb(tmp_path: Path) -> None:
+    # Web outputs are sRGB: CMYK without a profile takes Pillow's conversion.
     result, out = run(cmyk_jpeg(tmp_path / "in.jpg"), tmp_path, {"op": "resize", "width": 40})
+    assert (result.format, out.mode, out.size) == ("JPEG", "RGB", (40, 30))
+    assert close(pixel(out, (5, 15)), RED, 16)
+    assert close(pixel(out, (35, 15)), WHITE, 8)
+
+
+def test_cmyk_jpeg_resize_stays_cmyk_when_profiles_are_kept(tmp_path: Path) -> None:
+    encoder = EncoderSettings(keep_icc_profiles=True)
+    result, out = run(
+        cmyk_jpeg(tmp_path / "in.jpg"), tmp_path, {"op": "resize", "width": 40}, encoder=encoder
+    )
     assert (result.format, out.mode, out.size) == ("JPEG", "CMYK", (40, 30))
     assert close(pixel(out.convert("RGB"), (5, 15)), RED, 16)
     assert close(pixel(out.convert("RGB"), (35, 15)), WHITE, 8)

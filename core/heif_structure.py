@@ -1,0 +1,371 @@
+"""Reading a HEIF or AVIF file's structure (ISO base media file format boxes) within limits.
+
+HEIC (what phones shoot) and AVIF share one container: boxes of a size and a type, a `meta` box that
+lists the file's items (the picture, its tiles, thumbnails, EXIF) with their properties (`ispe`: the
+size; `irot`: a quarter turn; `clap`: a crop) and references (`dimg`: the tiles of a grid), and for an
+animated AVIF a `moov` box whose tracks count their frames. A decoder (libheif, libavif) reads all of
+that and then decodes every tile of the picture, so everything that makes a decode expensive is in
+these boxes: the picture's size, how many tiles it is cut into, how many frames it has.
+
+This walk reads them without decoding anything, so the API can refuse a bomb at upload with no HEIF
+library at all: it seeks over pixel data, reads only the small boxes it needs, and stops at
+HEIF_MAX_BOXES parts (boxes, items, property links), HEIF_MAX_ITEMS items or HEIF_MAX_META_BYTES of
+`meta`, whatever the bytes say.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from core.image_structure import StructureTooCostly
+
+# An iPhone's HEIC has about 100 items (48 or 192 tiles, a thumbnail, EXIF, depth and gain maps); a
+# 16,384 x 16,384 picture in libheif's 512-pixel tiles has 1,024 tiles. Each item and tile costs the
+# decoder a setup; a crafted file can list hundreds of thousands in a few megabytes.
+HEIF_MAX_ITEMS = 4_096
+HEIF_MAX_TILES = 1_024
+# Boxes, item entries and property associations walked in all: each costs this walk a Python step;
+# an iPhone's HEIC has about 2,000, a grid of HEIF_MAX_TILES tiles about 6,000.
+HEIF_MAX_BOXES = 50_000
+# The `meta` box (item lists, locations, properties) is read whole: an iPhone's is under 10 KB.
+HEIF_MAX_META_BYTES = 4 * 1024 * 1024
+
+HEIF_TOO_MANY_ITEMS = f"HEIF has more than {HEIF_MAX_ITEMS:,} items; the limit is {HEIF_MAX_ITEMS:,}."
+HEIF_TOO_MANY_BOXES = (
+    f"HEIF has more than {HEIF_MAX_BOXES:,} boxes, items and properties; the limit is {HEIF_MAX_BOXES:,}."
+)
+HEIF_META_TOO_LARGE = f"HEIF metadata (its meta box) is larger than {HEIF_MAX_META_BYTES:,} bytes."
+
+
+def too_many_tiles_message(tiles: int) -> str:
+    return f"HEIF picture is cut into {tiles:,} tiles; the limit is {HEIF_MAX_TILES:,}."
+
+
+# Brands (ftyp) that say which codec the file holds. `mif1`/`msf1` alone say only "HEIF": then the
+# primary item's type decides (av01 or hvc1).
+AVIF_BRANDS = frozenset({b"avif", b"avis"})
+HEIC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx"})
+HEIF_BRANDS = frozenset({b"mif1", b"msf1", b"miaf"}) | AVIF_BRANDS | HEIC_BRANDS
+_CONTAINERS = frozenset({b"moov", b"trak", b"mdia", b"minf", b"stbl"})
+
+
+class Damaged(ValueError):
+    """The structure is malformed or cut short: no decoder could use it."""
+
+
+@dataclass(frozen=True)
+class HeifStructure:
+    format: str  # "HEIF" or "AVIF"
+    width: int  # as displayed: after the primary item's clean aperture and quarter turn
+    height: int
+    frames: int  # 1 for a still picture; an image sequence's sample count
+    # Pixels decoded in all: the coded size (before any crop), or every tile of a grid, or the
+    # largest track's frame size.
+    decoded_pixels: int
+    tiles: int
+
+
+def is_heif(head: bytes) -> bool:
+    """Whether `head` (the file's first 12 bytes or more) starts an ISOBMFF file of a HEIF brand."""
+    if len(head) < 12 or head[4:8] != b"ftyp":
+        return False
+    return head[8:12] in HEIF_BRANDS
+
+
+def read_heif(file: BinaryIO) -> HeifStructure:
+    """Walk the top-level boxes of `file`, the `meta` box whole and `moov` down to its sample tables.
+
+    Raises Damaged for a malformed or truncated structure, StructureTooCostly past a limit.
+    """
+    size = file.seek(0, 2)
+    file.seek(0)
+    boxes = _Counter()
+    brands: set[bytes] = set()
+    meta: bytes | None = None
+    tracks: list[tuple[int, int, int]] = []  # (width, height, samples)
+    position = 0
+    while position < size:
+        kind, start, end = _box_at(file, position, size, boxes)
+        if kind == b"ftyp" and position == 0:
+            data = _read(file, start, min(end, start + 1024))
+            brands = {data[i : i + 4] for i in range(0, len(data) - 3, 4) if i != 4}
+        elif kind == b"meta" and meta is None:
+            if end - start > HEIF_MAX_META_BYTES:
+                raise StructureTooCostly(HEIF_META_TOO_LARGE)
+            meta = _read(file, start, end)
+        elif kind == b"moov":
+            _walk_tracks(file, start, end, boxes, tracks)
+        position = end
+    if not brands & HEIF_BRANDS:
+        raise Damaged("not a HEIF brand")
+    still = _read_meta(meta, boxes) if meta is not None else None
+    if still is None and not tracks:
+        raise Damaged("no picture")
+    if brands & AVIF_BRANDS:
+        name = "AVIF"
+    elif brands & HEIC_BRANDS:
+        name = "HEIF"
+    else:
+        name = "AVIF" if still is not None and still.codec == b"av01" else "HEIF"
+    if tracks:
+        width, height, samples = max(tracks, key=lambda track: track[0] * track[1])
+        if still is not None:
+            # The still picture (shown by readers without animation) is decoded too.
+            width, height = max((width, height), (still.width, still.height), key=lambda wh: wh[0] * wh[1])
+        return HeifStructure(
+            name, width, height, max(1, samples), max(width * height, still.decoded if still else 0), 1
+        )
+    assert still is not None
+    return HeifStructure(name, still.width, still.height, 1, still.decoded, still.tiles)
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.boxes = 0
+
+    def count(self) -> None:
+        self.boxes += 1
+        if self.boxes > HEIF_MAX_BOXES:
+            raise StructureTooCostly(HEIF_TOO_MANY_BOXES)
+
+
+def _box_at(file: BinaryIO, position: int, limit: int, boxes: _Counter) -> tuple[bytes, int, int]:
+    """The box at `position` (within a parent ending at `limit`): its type, where its content starts
+    and where it ends."""
+    boxes.count()
+    head = _read(file, position, position + 8, limit)
+    length, kind = struct.unpack(">I4s", head)
+    start = position + 8
+    if length == 1:
+        (length,) = struct.unpack(">Q", _read(file, start, start + 8, limit))
+        start += 8
+    elif length == 0:  # to the end of the parent
+        length = limit - position
+    if length < start - position or position + length > limit:
+        raise Damaged("box runs past its parent or the file")
+    return kind, start, position + length
+
+
+def _read(file: BinaryIO, start: int, end: int, limit: int | None = None) -> bytes:
+    if limit is not None and end > limit:
+        raise Damaged("cut short")
+    file.seek(start)
+    data = file.read(end - start)
+    if len(data) != end - start:
+        raise Damaged("cut short")
+    return data
+
+
+def _walk_tracks(
+    file: BinaryIO, start: int, end: int, boxes: _Counter, tracks: list[tuple[int, int, int]]
+) -> None:
+    """Each track's coded frame size (its first visual sample entry) and sample count, from
+    moov/trak/mdia/minf/stbl: stsd and stsz are read, nothing else."""
+    found = {"width": 0, "height": 0, "samples": 0}
+
+    def walk(position: int, limit: int, depth: int) -> None:
+        while position < limit:
+            kind, content, box_end = _box_at(file, position, limit, boxes)
+            if kind in _CONTAINERS and depth < 5:
+                walk(content, box_end, depth + 1)
+                if kind == b"trak":
+                    tracks.append((found["width"], found["height"], found["samples"]))
+                    found.update(width=0, height=0, samples=0)
+            elif kind == b"stsd":
+                # version+flags, entry count, then the first sample entry's box header; a visual
+                # entry's width and height follow 24 bytes of reserved and reference fields.
+                entry = _read(file, content, min(box_end, content + 8 + 8 + 28), box_end)
+                found["width"], found["height"] = struct.unpack_from(">HH", entry, 8 + 8 + 24)
+            elif kind == b"stsz":
+                _, _, count = struct.unpack(">III", _read(file, content, content + 12, box_end))
+                found["samples"] = count
+            position = box_end
+
+    walk(start, end, 0)
+
+
+@dataclass(frozen=True)
+class _Still:
+    codec: bytes
+    width: int
+    height: int
+    decoded: int
+    tiles: int
+
+
+def _read_meta(meta: bytes, boxes: _Counter) -> _Still | None:
+    """The primary item of a `meta` box's content: its codec, displayed size and decoding cost."""
+    position = 4  # version and flags
+    primary: int | None = None
+    item_types: dict[int, bytes] = {}
+    tiles_of: dict[int, list[int]] = {}
+    properties: list[tuple[bytes, bytes]] = []
+    associations: dict[int, list[int]] = {}
+    while position + 8 <= len(meta):
+        boxes.count()
+        length, kind = struct.unpack_from(">I4s", meta, position)
+        if length < 8 or position + length > len(meta):
+            raise Damaged("meta box malformed")
+        body = meta[position + 8 : position + length]
+        if kind == b"pitm":
+            primary = struct.unpack_from(">H" if body[0] == 0 else ">I", body, 4)[0]
+        elif kind == b"iinf":
+            item_types = _item_types(body, boxes)
+        elif kind == b"iref":
+            tiles_of = _tile_references(body, boxes)
+        elif kind == b"iprp":
+            properties, associations = _item_properties(body, boxes)
+        position += length
+    if primary is None or primary not in item_types:
+        return None
+    codec = item_types[primary]
+    own = _properties_of(primary, properties, associations)
+    if "ispe" not in own:
+        raise Damaged("primary item has no size")
+    width, height = struct.unpack_from(">II", own["ispe"], 4)
+    decoded = width * height
+    tiles = 1
+    if codec == b"grid":
+        parts = tiles_of.get(primary, [])
+        tiles = len(parts)
+        if tiles > HEIF_MAX_TILES:
+            raise StructureTooCostly(too_many_tiles_message(tiles))
+        decoded = 0
+        for part in parts:
+            tile = _properties_of(part, properties, associations).get("ispe")
+            if tile is not None:
+                decoded += int.from_bytes(tile[4:8]) * int.from_bytes(tile[8:12])
+            codec = item_types.get(part, codec)
+        decoded = max(decoded, width * height)
+    if "clap" in own:
+        clean = struct.unpack_from(">8I", own["clap"])
+        if clean[1] and clean[3]:
+            width, height = min(width, clean[0] // clean[1]), min(height, clean[2] // clean[3])
+    if "irot" in own and own["irot"][0] & 1:
+        width, height = height, width
+    return _Still(codec, width, height, decoded, tiles)
+
+
+def _item_types(body: bytes, boxes: _Counter) -> dict[int, bytes]:
+    version = body[0]
+    count = struct.unpack_from(">H" if version == 0 else ">I", body, 4)[0]
+    if count > HEIF_MAX_ITEMS:
+        raise StructureTooCostly(HEIF_TOO_MANY_ITEMS)
+    position = 6 if version == 0 else 8
+    types: dict[int, bytes] = {}
+    for _ in range(count):
+        boxes.count()
+        if position + 8 > len(body):
+            raise Damaged("iinf cut short")
+        length, kind = struct.unpack_from(">I4s", body, position)
+        if length < 8 or kind != b"infe":
+            raise Damaged("iinf malformed")
+        entry = body[position + 8 : position + length]
+        if len(entry) >= 12 and entry[0] >= 2:  # versions 2 and 3 carry the item type
+            if entry[0] == 2:
+                item, item_type = struct.unpack_from(">H2x4s", entry, 4)
+            else:
+                item, item_type = struct.unpack_from(">I2x4s", entry, 4)
+            types[item] = item_type
+        position += length
+    return types
+
+
+def _tile_references(body: bytes, boxes: _Counter) -> dict[int, list[int]]:
+    """The `dimg` references of an `iref` box: a grid item's tiles, in order."""
+    wide = body[0] != 0
+    id_format = ">I" if wide else ">H"
+    id_size = 4 if wide else 2
+    position = 4
+    references: dict[int, list[int]] = {}
+    count = 0
+    while position + 8 <= len(body):
+        boxes.count()
+        length, kind = struct.unpack_from(">I4s", body, position)
+        if length < 8 or position + length > len(body):
+            raise Damaged("iref malformed")
+        if kind == b"dimg":
+            (source,) = struct.unpack_from(id_format, body, position + 8)
+            (refs,) = struct.unpack_from(">H", body, position + 8 + id_size)
+            count += refs
+            if count > HEIF_MAX_ITEMS:
+                raise StructureTooCostly(too_many_tiles_message(count))
+            first = position + 8 + id_size + 2
+            if first + refs * id_size > position + length:
+                raise Damaged("iref malformed")
+            references[source] = [
+                struct.unpack_from(id_format, body, first + index * id_size)[0] for index in range(refs)
+            ]
+        position += length
+    return references
+
+
+def _item_properties(body: bytes, boxes: _Counter) -> tuple[list[tuple[bytes, bytes]], dict[int, list[int]]]:
+    """The `ipco` properties (in order: associations index them from 1) and `ipma` associations
+    (each counted as a box: an item may list up to 255)."""
+    properties: list[tuple[bytes, bytes]] = []
+    associations: dict[int, list[int]] = {}
+    position = 0
+    while position + 8 <= len(body):
+        boxes.count()
+        length, kind = struct.unpack_from(">I4s", body, position)
+        if length < 8 or position + length > len(body):
+            raise Damaged("iprp malformed")
+        content = body[position + 8 : position + length]
+        if kind == b"ipco":
+            inner = 0
+            while inner + 8 <= len(content):
+                boxes.count()
+                size, prop = struct.unpack_from(">I4s", content, inner)
+                if size < 8 or inner + size > len(content):
+                    raise Damaged("ipco malformed")
+                properties.append((prop, content[inner + 8 : inner + size]))
+                inner += size
+        elif kind == b"ipma" and len(content) >= 8:
+            version, flags = content[0], int.from_bytes(content[1:4])
+            (entries,) = struct.unpack_from(">I", content, 4)
+            if entries > HEIF_MAX_ITEMS:
+                raise StructureTooCostly(HEIF_TOO_MANY_ITEMS)
+            at = 8
+            for _ in range(entries):
+                item_format, item_size = (">H", 2) if version < 1 else (">I", 4)
+                if at + item_size + 1 > len(content):
+                    raise Damaged("ipma cut short")
+                (item,) = struct.unpack_from(item_format, content, at)
+                count = content[at + item_size]
+                for _ in range(count):
+                    boxes.count()
+                at += item_size + 1
+                wide = flags & 1
+                indices = []
+                for _ in range(count):
+                    if at + (2 if wide else 1) > len(content):
+                        raise Damaged("ipma cut short")
+                    if wide:
+                        indices.append(struct.unpack_from(">H", content, at)[0] & 0x7FFF)
+                        at += 2
+                    else:
+                        indices.append(content[at] & 0x7F)
+                        at += 1
+                associations[item] = indices
+        position += length
+    return properties, associations
+
+
+def _properties_of(
+    item: int, properties: list[tuple[bytes, bytes]], associations: dict[int, list[int]]
+) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    for index in associations.get(item, []):
+        if 1 <= index <= len(properties):
+            kind, content = properties[index - 1]
+            found.setdefault(kind.decode("latin-1"), content)
+    if "ispe" in found and len(found["ispe"]) < 12:
+        raise Damaged("ispe malformed")
+    if "clap" in found and len(found["clap"]) < 32:
+        del found["clap"]
+    if "irot" in found and not found["irot"]:
+        del found["irot"]
+    return found

@@ -1,0 +1,227 @@
+"""Identifying AVIF, HEIC and TIFF uploads (core.formats.probe_image with core.heif_structure and
+core.tiff_structure): real files from real encoders are identified with their displayed size, and
+every bomb or damaged file gets its answer before any decoder runs."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from core.formats import (
+    DAMAGED_MESSAGE,
+    UNSUPPORTED_MESSAGE,
+    AnimationTooLarge,
+    ImageInfo,
+    TooCostlyToIdentify,
+    TooManyPixels,
+    UnsupportedImage,
+    default_output_format,
+    probe_image,
+    too_many_frames_message,
+    too_many_pages_message,
+    too_many_pixels_message,
+)
+from core.heif_structure import (
+    HEIF_MAX_ITEMS,
+    HEIF_TOO_MANY_BOXES,
+    HEIF_TOO_MANY_ITEMS,
+    too_many_tiles_message,
+)
+from tests import images, input_formats
+
+MAX_PIXELS = 50_000_000
+MAX_FRAMES = 500
+
+
+def probe(tmp_path: Path, data: bytes, *, max_frames: int = MAX_FRAMES) -> ImageInfo:
+    path = tmp_path / "upload"
+    path.write_bytes(data)
+    return probe_image(path, max_pixels=MAX_PIXELS, max_frames=max_frames)
+
+
+def two_colours(width: int = 64, height: int = 32) -> Image.Image:
+    image = Image.new("RGB", (width, height), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, width // 4, height // 2))
+    return image
+
+
+def quarter_turn_exif() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (input_formats.heic(two_colours()), ImageInfo("HEIF", 64, 32, 1)),
+        # pillow-heif writes an EXIF orientation as the HEIF `irot` property: the size as displayed.
+        (input_formats.heic(two_colours(), exif=quarter_turn_exif()), ImageInfo("HEIF", 32, 64, 1)),
+        (input_formats.avif(two_colours()), ImageInfo("AVIF", 64, 32, 1)),
+        (input_formats.animated_avif([two_colours()] * 3), ImageInfo("AVIF", 64, 32, 3)),
+        (input_formats.tiff(two_colours(), compression="tiff_lzw"), ImageInfo("TIFF", 64, 32, 1)),
+        (input_formats.tiff(two_colours(), compression="jpeg"), ImageInfo("TIFF", 64, 32, 1)),
+        (input_formats.tiff(Image.new("CMYK", (40, 30))), ImageInfo("TIFF", 40, 30, 1)),
+        (input_formats.tiff(Image.new("I;16", (40, 30))), ImageInfo("TIFF", 40, 30, 1)),
+        (input_formats.tiff_16_bit_rgb(40, 30, (1, 2, 3)), ImageInfo("TIFF", 40, 30, 1)),
+        # The first page is what is rendered: one frame, the pages having been counted.
+        (input_formats.tiff_pages(12), ImageInfo("TIFF", 1, 1, 1)),
+    ],
+    ids=[
+        "heic",
+        "heic-irot",
+        "avif",
+        "avif-animated",
+        "tiff-lzw",
+        "tiff-jpeg",
+        "tiff-cmyk",
+        "tiff-16",
+        "tiff-16-rgb",
+        "tiff-pages",
+    ],
+)
+def test_each_new_format_is_identified_from_its_bytes(
+    tmp_path: Path, data: bytes, expected: ImageInfo
+) -> None:
+    assert probe(tmp_path, data) == expected
+
+
+def test_the_api_identifies_heic_without_any_heif_library(tmp_path: Path) -> None:
+    # The API image has no pi-heif: the probe must answer from the boxes alone, in a process where
+    # importing either HEIF library fails.
+    path = tmp_path / "photo.heic"
+    path.write_bytes(input_formats.heic(two_colours()))
+    code = (
+        "import sys; sys.modules['pi_heif'] = sys.modules['pillow_heif'] = None\n"
+        "from core.formats import probe_image\n"
+        f"print(probe_image({str(path)!r}, max_pixels=10**6, max_frames=5))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "ImageInfo(format='HEIF', width=64, height=32, frames=1)"
+
+
+def test_a_heic_of_thousands_of_tiles_is_refused_before_decoding(tmp_path: Path) -> None:
+    with pytest.raises(TooCostlyToIdentify) as refused:
+        probe(tmp_path, input_formats.heic_grid_of_tiles(3000, tile_size=64))
+    assert str(refused.value) == too_many_tiles_message(3000)
+
+
+def test_a_heic_of_too_many_items_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(TooCostlyToIdentify) as refused:
+        probe(tmp_path, input_formats.heic_grid_of_tiles(HEIF_MAX_ITEMS + 10, tile_size=16))
+    assert str(refused.value) == HEIF_TOO_MANY_ITEMS
+
+
+def test_a_heic_grid_of_tiles_within_limits_is_sized_by_its_grid(tmp_path: Path) -> None:
+    # No HEVC data: identification never looks at it (the worker would fail it as damaged).
+    info = probe(tmp_path, input_formats.heic_grid_of_tiles(48, tile_size=512))
+    assert info == ImageInfo("HEIF", 6 * 512, 8 * 512, 1)
+
+
+@pytest.mark.parametrize("make", [input_formats.avif, input_formats.heic], ids=["avif", "heic"])
+def test_a_tiny_file_claiming_60000_by_60000_pixels_is_refused(tmp_path: Path, make) -> None:  # type: ignore[no-untyped-def]
+    data = input_formats.with_ispe(make(two_colours()), 60_000, 60_000)
+    assert len(data) < 2_000
+    with pytest.raises(TooManyPixels) as refused:
+        probe(tmp_path, data)
+    assert str(refused.value) == too_many_pixels_message(60_000 * 60_000, MAX_PIXELS)
+
+
+def test_an_animated_avif_over_max_frames_is_refused(tmp_path: Path) -> None:
+    frames = [two_colours(16, 16)] * 6
+    with pytest.raises(AnimationTooLarge) as refused:
+        probe(tmp_path, input_formats.animated_avif(frames), max_frames=5)
+    assert str(refused.value) == too_many_frames_message(6, 5)
+
+
+def test_a_tiff_of_thousands_of_pages_is_refused_quickly(tmp_path: Path) -> None:
+    data = input_formats.tiff_pages(3000)
+    started = time.perf_counter()
+    with pytest.raises(AnimationTooLarge) as refused:
+        probe(tmp_path, data)
+    assert time.perf_counter() - started < 1.0
+    assert str(refused.value) == too_many_pages_message(MAX_FRAMES)
+
+
+def test_a_tiff_whose_pages_loop_is_damaged(tmp_path: Path) -> None:
+    data = bytearray(input_formats.tiff(two_colours()))
+    # Point the first page's next-page offset back at itself.
+    first = int.from_bytes(data[4:8], "little")
+    tags = int.from_bytes(data[first : first + 2], "little")
+    data[first + 2 + 12 * tags : first + 6 + 12 * tags] = first.to_bytes(4, "little")
+    with pytest.raises(UnsupportedImage) as refused:
+        probe(tmp_path, bytes(data))
+    assert str(refused.value) == DAMAGED_MESSAGE
+
+
+def test_a_tiff_claiming_too_many_pixels_is_refused(tmp_path: Path) -> None:
+    data = bytearray(input_formats.tiff_16_bit_rgb(4, 4, (0, 0, 0)))
+    data[18:22] = (60_000).to_bytes(4, "little")  # ImageWidth, the first tag's value
+    data[30:34] = (60_000).to_bytes(4, "little")  # ImageLength
+    with pytest.raises(TooManyPixels):
+        probe(tmp_path, bytes(data))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        input_formats.heic(two_colours())[:-20],
+        input_formats.avif(two_colours())[:-20],
+        input_formats.heic(two_colours())[:200],
+        b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + b"garbage" * 20,
+        b"\0\0\0\x18ftypavif\0\0\0\0mif1avif" + b"\0" * 64,
+        b"II*\0" + b"\xff" * 60,
+        b"MM\0*\0\0\0\x08\0\0",
+    ],
+    ids=[
+        "heic-cut",
+        "avif-cut",
+        "heic-cut-in-meta",
+        "heic-garbage",
+        "avif-empty",
+        "tiff-garbage",
+        "tiff-no-tags",
+    ],
+)
+def test_a_damaged_file_of_the_new_formats_is_refused_as_damaged(tmp_path: Path, data: bytes) -> None:
+    with pytest.raises(UnsupportedImage) as refused:
+        probe(tmp_path, data)
+    assert str(refused.value) in (DAMAGED_MESSAGE, UNSUPPORTED_MESSAGE)
+
+
+def test_bigtiff_is_not_accepted(tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedImage) as refused:
+        probe(tmp_path, b"II+\0\x08\0\0\0" + b"\0" * 64)
+    assert str(refused.value) == UNSUPPORTED_MESSAGE
+
+
+def test_formats_the_service_does_not_write_become_jpeg_or_png() -> None:
+    assert default_output_format("HEIF", has_alpha=False) == "JPEG"
+    assert default_output_format("TIFF", has_alpha=True) == "PNG"
+    assert default_output_format("AVIF", has_alpha=True) == "AVIF"
+    assert default_output_format("JPEG", has_alpha=False) == "JPEG"
+
+
+def test_the_old_formats_are_identified_as_before(tmp_path: Path) -> None:
+    assert probe(tmp_path, images.jpeg(30, 20)) == ImageInfo("JPEG", 30, 20, 1)
+    assert probe(tmp_path, images.png(30, 20)) == ImageInfo("PNG", 30, 20, 1)
+
+
+def test_a_meta_box_of_tiny_boxes_is_refused_quickly(tmp_path: Path) -> None:
+    # 3 MB of empty 8-byte boxes inside `meta`: each one a step of the walk.
+    filler = struct.pack(">I4s", 8, b"free") * 400_000
+    meta = struct.pack(">I4s", 12 + len(filler), b"meta") + bytes(4) + filler
+    data = struct.pack(">I4s", 20, b"ftyp") + b"heic\0\0\0\0mif1heic"[:12] + meta
+    started = time.perf_counter()
+    with pytest.raises(TooCostlyToIdentify) as refused:
+        probe(tmp_path, data)
+    assert time.perf_counter() - started < 1.0
+    assert str(refused.value) == HEIF_TOO_MANY_BOXES
