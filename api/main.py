@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
 from starlette.requests import ClientDisconnect
 
+from api.allowed_methods import method_not_allowed
 from api.callbacks import CallbackPolicy, CallbackSender
 from api.metrics import ApiMetrics, UploadCounter
 from api.metrics import router as metrics_router
@@ -160,6 +161,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics_router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
+    app.add_exception_handler(405, method_not_allowed)
     app.add_exception_handler(UploadRefused, _upload_refused)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(StorageUnavailable, _storage_unavailable)
