@@ -63,7 +63,7 @@ SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
 async def get_task(
-    task_id: Annotated[int, Path(ge=1, le=MAX_TASK_ID)], session: SessionDep, caller: CallerDep
+    task_id: Annotated[int, Path(ge=1, le=MAX_TASK_ID, examples=[42])], session: SessionDep, caller: CallerDep
 ) -> ImageTask:
     task = await tasks.get(session, task_id)
     # Another key's task is answered exactly like a missing one: ids reveal nothing.

@@ -22,10 +22,12 @@ from api.allowed_methods import method_not_allowed
 from api.callbacks import CallbackPolicy, CallbackSender
 from api.metrics import ApiMetrics, UploadCounter
 from api.metrics import router as metrics_router
+from api.openapi import openapi_document
 from api.publisher import TaskPublisher
 from api.relay import OutboxRelay
 from api.response_headers import ResponseHeaders
 from api.routes import events, health, originals, pages, presets, tasks
+from api.schemas import DATABASE_UNAVAILABLE
 from api.state import Services
 from api.sweeps import Sweeps
 from api.templating import templates, wants_html
@@ -52,8 +54,6 @@ log = logging.getLogger(__name__)
 # on the engine's.
 UPLOAD_CONNECTIONS = 16
 SESSION_CONNECTIONS = 10
-
-DATABASE_UNAVAILABLE = "The database is unavailable; nothing was stored. Please try again shortly."
 
 
 @asynccontextmanager
@@ -153,6 +153,7 @@ def create_app() -> FastAPI:
         version="1.0.0",
         lifespan=lifespan,
     )
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     app.include_router(tasks.router)
     app.include_router(presets.router)
     app.include_router(originals.router)

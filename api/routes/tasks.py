@@ -11,8 +11,8 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 
 from api.callback_urls import CallbackRefused, vet_callback_url
 from api.deps import MAX_TASK_ID, CallerDep, ServicesDep, SessionDep, TaskDep
+from api.openapi import IDEMPOTENCY_KEY_PATTERN, UPLOAD_BODY, error, errors, task_links
 from api.schemas import (
-    ErrorResponse,
     TaskPage,
     TaskStatusResponse,
     UploadResponse,
@@ -22,9 +22,9 @@ from api.schemas import (
 )
 from api.stored_files import image_cache_control, stored_file_response
 from api.templating import wants_html
-from api.uploads import STORAGE_FAILED, ReceivedUpload, UploadRefused, receive_upload
+from api.uploads import STORAGE_FAILED, TOO_LARGE, ReceivedUpload, UploadRefused, receive_upload
 from core import tasks
-from core.formats import CONTENT_TYPES, EXTENSIONS
+from core.formats import CONTENT_TYPES, EXTENSIONS, UNSUPPORTED_MESSAGE
 from core.models import ImageTask, TaskStatus
 from core.processing.cost import cost_refusal, output_frames
 from core.processing.forms import resolve
@@ -56,46 +56,11 @@ PROCESSED_NOT_FOUND = "Processed image not found"
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
-_READ_ERRORS: dict[int | str, dict] = {
-    401: {"model": ErrorResponse, "description": "API keys are on and X-API-Key is missing or unknown."},
-    404: {"model": ErrorResponse, "description": "No such task (or another key's)."},
-}
-_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+_READ_ERRORS = errors(401, 404, 503)
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 _MEDIA_TYPES = {EXTENSIONS[fmt]: CONTENT_TYPES[fmt] for fmt in EXTENSIONS}
-
-# The body is read by hand (see api/uploads.py), so describe it for /docs ourselves.
-_UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "preset": {
-                            "type": "string",
-                            "description": "A preset name (see GET /presets); default `default`.",
-                        },
-                        "ops": {
-                            "type": "string",
-                            "description": 'JSON list of operations, e.g. [{"op": "resize", "width": 800}].',
-                        },
-                        "callback_url": {
-                            "type": "string",
-                            "description": "http(s) URL to POST the final status to, signed (see README).",
-                        },
-                        "outputs": {
-                            "type": "string",
-                            "description": 'Output name -> preset or ops, e.g. {"thumb": "thumbnail"}.',
-                        },
-                    },
-                }
-            }
-        },
-    }
-}
+_BINARY = {"type": "string", "format": "binary"}
+_PROCESSED_NAME = Path(max_length=64, examples=["0f8e1c2a9b7d4e6f8a1b2c3d4e5f6a7b.jpg"])
 
 
 def _stored_key(raw: str | None, caller: str | None) -> str | None:
@@ -215,20 +180,47 @@ def _answer(request: Request, task_id: int, filename: str, message: str, *, repl
 @router.post(
     "/upload",
     response_model=UploadResponse,
-    openapi_extra=_UPLOAD_BODY,
+    openapi_extra=UPLOAD_BODY,
     responses={
-        303: {"description": "Browser form posts (Accept: text/html) are sent to the result page."},
-        400: {"model": ErrorResponse, "description": "Empty file or malformed Idempotency-Key."},
-        401: {"model": ErrorResponse, "description": "API keys are on and X-API-Key is missing or unknown."},
-        413: {"model": ErrorResponse, "description": "The upload is over MAX_UPLOAD_BYTES."},
-        415: {"model": ErrorResponse, "description": "Not a JPEG, PNG, GIF, WebP or BMP image."},
-        422: {
-            "model": ErrorResponse,
-            "description": "Bad form or processing (named in the message), too many pixels, or a reused key.",
+        200: {
+            "description": "The task, new or (with a reused Idempotency-Key) the one the first upload made.",
+            "headers": {
+                "Idempotent-Replayed": {
+                    "description": "Present, `true`, when the answer is the task an earlier upload with "
+                    "this Idempotency-Key created.",
+                    "schema": {"type": "string", "enum": ["true"]},
+                }
+            },
+            "links": task_links("$response.body#/task_id"),
         },
+        303: {
+            "description": "Browser form posts (Accept: text/html) are sent to the task's result page.",
+            "headers": {
+                "Location": {
+                    "description": "The result page, `/result/{task_id}`.",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^/result/[1-9][0-9]*$"},
+                }
+            },
+        },
+        400: error("The file is empty, or Idempotency-Key is malformed.", BAD_IDEMPOTENCY_KEY, html=True),
+        401: errors(401)[401],
+        413: error(
+            "The upload, or one of its text fields, is over its limit.",
+            TOO_LARGE.format(limit=10_000_000),
+            html=True,
+        ),
+        415: error("The file is not a JPEG, PNG, GIF, WebP or BMP image.", UNSUPPORTED_MESSAGE, html=True),
+        422: error(
+            "A bad form or processing field (named in the message), too many pixels or frames, or an "
+            "Idempotency-Key reused for a different upload.",
+            IDEMPOTENCY_KEY_REUSED,
+            html=True,
+        ),
         503: {
-            "model": ErrorResponse,
-            "description": "The database or the file store is unavailable; nothing was stored.",
+            **errors(503)[503],
+            "description": "PostgreSQL or the file store cannot be reached; nothing was stored. The same "
+            "request may succeed after `Retry-After` seconds.",
         },
     },
 )
@@ -236,7 +228,17 @@ async def upload(
     request: Request,
     services: ServicesDep,
     caller: CallerDep,
-    idempotency_key: Annotated[str | None, Header()] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="Makes a retried upload safe: the same key with the same file and processing "
+            "answers the task the first upload created. 1 to 200 printable ASCII characters, no spaces.",
+            # Checked by _stored_key (400 with a message that says the rule), not by FastAPI (422).
+            json_schema_extra={"pattern": IDEMPOTENCY_KEY_PATTERN, "minLength": 1, "maxLength": 200},
+            examples=["3f1c6a52-5f1e-4c1b-9d8e-1b2a7c4e9f00"],
+        ),
+    ] = None,
 ) -> Response:
     """Upload an image (multipart field `file`) and queue it for processing.
 
@@ -295,7 +297,11 @@ async def get_task(task: TaskDep) -> TaskStatusResponse:
     return task_status(task)
 
 
-@router.delete("/tasks/{task_id}", status_code=204, responses=_READ_ERRORS)
+@router.delete(
+    "/tasks/{task_id}",
+    status_code=204,
+    responses={204: {"description": "The task and its files are gone."}, **_READ_ERRORS},
+)
 async def delete_task(task: TaskDep, session: SessionDep, services: ServicesDep) -> Response:
     """Remove a task and its files. A worker processing it at that moment drops its result when it
     next looks (its message is then terminated, its output removed)."""
@@ -306,7 +312,7 @@ async def delete_task(task: TaskDep, session: SessionDep, services: ServicesDep)
 @router.get(
     "/tasks",
     response_model=TaskPage,
-    responses={401: _READ_ERRORS[401]},
+    responses=errors(401, 503),
 )
 async def list_tasks(
     session: SessionDep,
@@ -327,14 +333,16 @@ async def list_tasks(
     "/processed/{name}",
     response_class=FileResponse,
     responses={
-        200: {"content": {mt: {} for mt in _MEDIA_TYPES.values()}, "description": "The processed image."},
-        503: {"model": ErrorResponse, "description": "The file store (NATS backend) is unavailable."},
-        401: {"model": ErrorResponse, "description": "API keys are on and X-API-Key is missing or unknown."},
-        404: {"model": ErrorResponse, "description": "No such processed image (or another key's)."},
+        200: {
+            "content": {mt: {"schema": _BINARY} for mt in _MEDIA_TYPES.values()},
+            "description": "The processed image.",
+        },
+        **errors(401, 503),
+        404: error("No such processed image (or another API key's).", PROCESSED_NOT_FOUND),
     },
 )
 async def get_processed(
-    name: Annotated[str, Path(max_length=64)], services: ServicesDep, session: SessionDep, caller: CallerDep
+    name: Annotated[str, _PROCESSED_NAME], services: ServicesDep, session: SessionDep, caller: CallerDep
 ) -> Response:
     """A processed image, by the generated name given in `processed_url`."""
     if not is_stored_name(name):
