@@ -16,10 +16,12 @@ changed. tests/api/test_openapi.py keeps that, and the rest of this document, tr
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
 
 from api.callback_urls import MAX_URL_CHARS
 from api.schemas import DATABASE_UNAVAILABLE, ErrorResponse
@@ -217,6 +219,24 @@ Before any route runs, the HTTP layer may answer any request (plain text, connec
 `Retry-After`) when every connection slot is busy. See the README's "Security limits"."""
 
 
+def _models(base: type[BaseModel] = BaseModel) -> Iterator[type[BaseModel]]:
+    for model in base.__subclasses__():
+        yield model
+        yield from _models(model)
+
+
+def _restore_examples(components: dict[str, Any]) -> None:
+    """FastAPI writes the document without nulls (`exclude_none`), the models' examples' nulls
+    included, which would leave a task's example without its required `error: null`: the models'
+    own examples go back in as written."""
+    models = {model.__name__: model for model in _models()}
+    for name, schema in components.items():
+        model = models.get(name)
+        extra = model.model_config.get("json_schema_extra") if model is not None else None
+        if isinstance(extra, dict) and "examples" in extra:
+            schema["examples"] = extra["examples"]
+
+
 def openapi_document(app: FastAPI) -> dict[str, Any]:
     """The document `/openapi.json` serves (built once, then cached on the app)."""
     if app.openapi_schema is None:
@@ -228,6 +248,7 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
             routes=app.routes,
         )
         components = document.setdefault("components", {}).setdefault("schemas", {})
+        _restore_examples(components)
         ops = OPS.json_schema(ref_template="#/components/schemas/{model}")
         components.update(ops.pop("$defs", {}))
         components["Ops"] = {**ops, "maxItems": MAX_OPS, "minItems": 1}

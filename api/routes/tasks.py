@@ -22,7 +22,14 @@ from api.schemas import (
 )
 from api.stored_files import image_cache_control, stored_file_response
 from api.templating import wants_html
-from api.uploads import STORAGE_FAILED, TOO_LARGE, ReceivedUpload, UploadRefused, receive_upload
+from api.uploads import (
+    STORAGE_FAILED,
+    TOO_LARGE,
+    ReceivedUpload,
+    UploadRefused,
+    receive_upload,
+    refuse_unread,
+)
 from core import tasks
 from core.formats import CONTENT_TYPES, EXTENSIONS, UNSUPPORTED_MESSAGE
 from core.models import ImageTask, TaskStatus
@@ -63,12 +70,14 @@ _BINARY = {"type": "string", "format": "binary"}
 _PROCESSED_NAME = Path(max_length=64, examples=["0f8e1c2a9b7d4e6f8a1b2c3d4e5f6a7b.jpg"])
 
 
-def _stored_key(raw: str | None, caller: str | None) -> str | None:
+async def _stored_key(request: Request, raw: str | None, caller: str | None) -> str | None:
     """The Idempotency-Key as stored: scoped to the caller's API key, so keys cannot collide."""
     if raw is None:
         return None
     if not _IDEMPOTENCY_KEY.fullmatch(raw):
-        raise HTTPException(status_code=400, detail=BAD_IDEMPOTENCY_KEY)
+        # As an upload refusal, after reading some of the body: refused with the body unread, the
+        # connection's close could reset the client's still-sending socket and lose the 400.
+        await refuse_unread(request, 400, BAD_IDEMPOTENCY_KEY)
     return raw if caller is None else f"{caller}:{raw}"
 
 
@@ -249,7 +258,7 @@ async def upload(
     With an `Idempotency-Key` header, a retried upload of the same file returns the task the first
     one created instead of a new one.
     """
-    key = _stored_key(idempotency_key, caller)
+    key = await _stored_key(request, idempotency_key, caller)
     settings = services.settings
     received = await receive_upload(
         request,
