@@ -327,9 +327,10 @@ async def list_tasks(
     session: SessionDep,
     caller: CallerDep,
     status: TaskStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, examples=[DEFAULT_PAGE_SIZE])] = DEFAULT_PAGE_SIZE,
     cursor: Annotated[
-        int | None, Query(ge=1, le=MAX_TASK_ID, description="`next_cursor` of the page before.")
+        int | None,
+        Query(ge=1, le=MAX_TASK_ID, description="`next_cursor` of the page before.", examples=[41]),
     ] = None,
 ) -> TaskPage:
     """Tasks, newest first, optionally of one status; pages of at most 100 (keyset pagination,
