@@ -69,7 +69,10 @@ def schemathesis(base_url: str, report_dir: Path, *extra: str) -> subprocess.Com
         "--no-color",
         *extra,
     ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS, check=False)
+    # From the report directory, so nothing it might write lands in the repository.
+    return subprocess.run(
+        command, cwd=report_dir, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS, check=False
+    )
 
 
 def test_every_published_operation_is_checked(api_process: str) -> None:
