@@ -7,7 +7,8 @@ it cannot see, kept here so every route declares it the same way.
   takes, that `ops` and `outputs` are JSON (with their schema), and that at most one processing
   field may be given.
 - `openapi_document(app)`: FastAPI's document, with the operation models `ops` refers to added to
-  its components, and a note on the answers the HTTP layer gives before any route runs.
+  its components, the models' examples kept whole (nulls included), and a note on the answers the
+  HTTP layer gives before any route runs.
 
 Every route that reads or writes PostgreSQL, or the file store, declares 503 with `Retry-After`:
 an outage (a stopped server, or one refusing connections) is answered that way, with nothing
@@ -24,6 +25,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from api.callback_urls import MAX_URL_CHARS
+from api.deps import API_KEY_REQUIRED, TASK_NOT_FOUND
 from api.schemas import DATABASE_UNAVAILABLE, ErrorResponse
 from core.formats import ALLOWED_FORMATS, CONTENT_TYPES
 from core.processing.operations import MAX_OPS, OPS
@@ -59,7 +61,7 @@ def error(
 _SHARED: dict[int, dict[str, Any]] = {
     401: error(
         "API keys are on (API_KEYS) and X-API-Key is missing or unknown.",
-        "A valid X-API-Key header is required.",
+        API_KEY_REQUIRED,
         headers={
             "WWW-Authenticate": {
                 "description": "The scheme to authenticate with.",
@@ -68,7 +70,7 @@ _SHARED: dict[int, dict[str, Any]] = {
             }
         },
     ),
-    404: error("No such task, or another API key's (the two are answered alike).", "Task not found"),
+    404: error("No such task, or another API key's (the two are answered alike).", TASK_NOT_FOUND),
     503: error(
         "PostgreSQL or the file store cannot be reached (stopped, or refusing connections); nothing "
         "was changed. The same request may succeed after `Retry-After` seconds.",
