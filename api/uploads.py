@@ -244,10 +244,14 @@ def _finish_file(target: BinaryIO, temp_path: Path, max_pixels: int, max_frames:
     return probe_image(temp_path, max_pixels=max_pixels, max_frames=max_frames)
 
 
-async def refuse_unread(request: Request, status_code: int, message: str) -> NoReturn:
-    """Refuse an upload for something its head says (a bad header), its body still unread: read a
-    bounded part of the body first (see _discard_some), so the client sees the answer."""
+async def discard_unread(request: Request) -> None:
+    """Before refusing a request for something its head says (a bad header), its body still unread:
+    read a bounded part of the body (see _discard_some), so the client sees the answer."""
     await _discard_some(request.stream())
+
+
+async def refuse_unread(request: Request, status_code: int, message: str) -> NoReturn:
+    await discard_unread(request)
     raise UploadRefused(status_code, message)
 
 
