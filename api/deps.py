@@ -11,6 +11,7 @@ from fastapi import Depends, Header, HTTPException, Path, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.state import Services
+from api.uploads import discard_unread
 from core import tasks
 from core.models import MAX_TASK_ID, ImageTask
 
@@ -37,7 +38,9 @@ def key_fingerprint(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def get_caller(services: ServicesDep, presented: Annotated[str | None, _API_KEY_HEADER] = None) -> str | None:
+async def get_caller(
+    request: Request, services: ServicesDep, presented: Annotated[str | None, _API_KEY_HEADER] = None
+) -> str | None:
     """The caller's key fingerprint, None when API keys are off; 401 for a missing or unknown key."""
     keys = services.settings.api_keys
     if not keys:
@@ -45,6 +48,9 @@ def get_caller(services: ServicesDep, presented: Annotated[str | None, _API_KEY_
     # Compare against every key, in constant time, so timing reveals neither a key nor its position.
     matches = [hmac.compare_digest(presented.encode(), key.encode()) for key in keys] if presented else []
     if not any(matches):
+        # An upload's body is still unread here: refused as it is, the close could reset the socket
+        # the client is still sending on, and lose the 401 with it.
+        await discard_unread(request)
         raise HTTPException(status_code=401, detail=API_KEY_REQUIRED, headers={"WWW-Authenticate": "ApiKey"})
     assert presented is not None
     return key_fingerprint(presented)
@@ -76,7 +82,7 @@ async def visible_task(session: AsyncSession, task_id: int, caller: str | None) 
 
 # Any whole number is a well-formed id (404 when no task has it, as the original design answered);
 # only a path segment that is not a number is a malformed request (422).
-_TASK_ID = Path(description="The task's id (`task_id` in the upload's answer).")
+_TASK_ID = Path(description="The task's id (`task_id` in the upload's answer).", examples=[42])
 
 
 async def get_task(task_id: Annotated[int, _TASK_ID], session: SessionDep, caller: CallerDep) -> ImageTask:

@@ -18,14 +18,17 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
 from starlette.requests import ClientDisconnect
 
+from api.allowed_methods import method_not_allowed
 from api.callbacks import CallbackPolicy, CallbackSender
 from api.head_requests import HeadAsGet
 from api.metrics import ApiMetrics, UploadCounter
 from api.metrics import router as metrics_router
+from api.openapi import openapi_document
 from api.publisher import TaskPublisher
 from api.relay import OutboxRelay
 from api.response_headers import ResponseHeaders
 from api.routes import events, health, originals, pages, presets, tasks
+from api.schemas import DATABASE_UNAVAILABLE
 from api.state import Services
 from api.sweeps import Sweeps
 from api.templating import templates, wants_html
@@ -52,8 +55,6 @@ log = logging.getLogger(__name__)
 # on the engine's.
 UPLOAD_CONNECTIONS = 16
 SESSION_CONNECTIONS = 10
-
-DATABASE_UNAVAILABLE = "The database is unavailable; nothing was stored. Please try again shortly."
 
 
 @asynccontextmanager
@@ -153,6 +154,7 @@ def create_app() -> FastAPI:
         version="1.0.0",
         lifespan=lifespan,
     )
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     app.include_router(tasks.router)
     app.include_router(presets.router)
     app.include_router(originals.router)
@@ -161,6 +163,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics_router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
+    app.add_exception_handler(405, method_not_allowed)
     app.add_exception_handler(UploadRefused, _upload_refused)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(StorageUnavailable, _storage_unavailable)

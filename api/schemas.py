@@ -5,14 +5,62 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from core.formats import CONTENT_TYPES
 from core.models import ImageTask, TaskStatus
 from core.processing.outputs import OutputRecord
 
+DATABASE_UNAVAILABLE = "The database is unavailable; nothing was stored. Please try again shortly."
+
+_EXAMPLE_PROCESSING = [
+    {
+        "name": "main",
+        "preset": "thumbnail",
+        "ops": [{"op": "resize", "width": 256, "height": 256, "mode": "fit", "enlarge": False}],
+    }
+]
+_EXAMPLE_TASK: dict[str, Any] = {
+    "task_id": 42,
+    "filename": "holiday.jpg",
+    "status": "done",
+    "upload_time": "2026-12-04T10:00:00.000000Z",
+    "error": None,
+    "attempts": 1,
+    "started_at": "2026-12-04T10:00:00.200000Z",
+    "finished_at": "2026-12-04T10:00:00.900000Z",
+    "processed_url": "/processed/0f8e1c2a9b7d4e6f8a1b2c3d4e5f6a7b.jpg",
+    "processing": _EXAMPLE_PROCESSING,
+    "outputs": [
+        {
+            "name": "main",
+            "url": "/processed/0f8e1c2a9b7d4e6f8a1b2c3d4e5f6a7b.jpg",
+            "content_type": "image/jpeg",
+            "width": 256,
+            "height": 171,
+            "frames": 1,
+            "size_bytes": 10342,
+        }
+    ],
+    "callback": None,
+}
+
 
 class UploadResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "task_id": 42,
+                    "filename": "holiday.jpg",
+                    "message": "Upload accepted; the image is queued for processing.",
+                    "status_url": "/status/42",
+                    "result_url": "/result/42",
+                }
+            ]
+        }
+    )
+
     task_id: int
     filename: str = Field(description="The client's file name, kept for display only.")
     message: str
@@ -54,6 +102,8 @@ class CallbackStatus(BaseModel):
 
 
 class TaskStatusResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE_TASK]})
+
     task_id: int
     filename: str
     status: TaskStatus
@@ -73,19 +123,34 @@ class TaskStatusResponse(BaseModel):
 
 
 class TaskPage(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [_EXAMPLE_TASK], "next_cursor": 41}]})
+
     items: list[TaskStatusResponse] = Field(description="Newest first.")
     next_cursor: int | None = Field(description="Pass as `cursor` for the next page; null on the last one.")
 
 
 class ErrorResponse(BaseModel):
-    detail: str
+    model_config = ConfigDict(json_schema_extra={"examples": [{"detail": "Task not found"}]})
+
+    detail: str = Field(description="What went wrong, in words meant for people.")
 
 
 class HealthResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
     status: str = "ok"
 
 
 class ReadinessResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"status": "ready", "database": "ok", "nats": "ok"},
+                {"status": "unavailable", "database": "unreachable", "nats": "ok"},
+            ]
+        }
+    )
+
     status: str = Field(description="`ready`, or `unavailable` when a dependency is down.")
     database: str
     nats: str

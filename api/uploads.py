@@ -18,7 +18,7 @@ import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 import anyio.to_thread
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -285,6 +285,17 @@ def _finish_file(target: BinaryIO, temp_path: Path, max_pixels: int, max_frames:
     target.flush()
     os.fsync(target.fileno())
     return probe_image(temp_path, max_pixels=max_pixels, max_frames=max_frames)
+
+
+async def discard_unread(request: Request) -> None:
+    """Before refusing a request for something its head says (a bad header), its body still unread:
+    read a bounded part of the body (see _discard_some), so the client sees the answer."""
+    await _discard_some(request.stream())
+
+
+async def refuse_unread(request: Request, status_code: int, message: str) -> NoReturn:
+    await discard_unread(request)
+    raise UploadRefused(status_code, message)
 
 
 async def receive_upload(

@@ -29,6 +29,7 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from api.deps import CallerDep, ServicesDep, SessionDep, TaskDep
+from api.openapi import RETRY_AFTER, error, errors
 from api.schemas import task_status
 from api.state import Services
 from core import tasks
@@ -184,7 +185,64 @@ async def _status_events(
             last_write = time.monotonic()
 
 
-@router.get("/tasks/{task_id}/events", include_in_schema=False)
+def _event_data(event: str, schema: dict[str, object]) -> dict[str, object]:
+    return {
+        "if": {"properties": {"event": {"const": event}}},
+        "then": {"properties": {"data": {"contentSchema": schema}}},
+    }
+
+
+# One event of the stream (OpenAPI 3.2's `itemSchema`, which schemathesis checks each event against).
+_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"enum": ["status", "deleted"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+    "allOf": [
+        _event_data("status", {"$ref": "#/components/schemas/TaskStatusResponse"}),
+        _event_data(
+            "deleted",
+            {
+                "type": "object",
+                "required": ["task_id", "detail"],
+                "properties": {"task_id": {"type": "integer"}, "detail": {"const": TASK_DELETED}},
+            },
+        ),
+    ],
+}
+_EXAMPLE_STREAM = (
+    'retry: 2000\nid: 1\nevent: status\ndata: {"task_id": 42, "status": "pending", ...}\n\n'
+    'id: 2\nevent: status\ndata: {"task_id": 42, "status": "done", ...}\n\n'
+)
+
+
+@router.get(
+    "/tasks/{task_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "`event: status` with the `GET /status/{task_id}` body as `data`, at once and on "
+            "every change, until the task is `done` or `failed`; `event: deleted` if it is deleted; "
+            "`: keep-alive` comments meanwhile. A reconnecting client's `Last-Event-ID` is honoured.",
+            "content": {"text/event-stream": {"itemSchema": _EVENT, "example": _EXAMPLE_STREAM}},
+        },
+        **errors(401, 404),
+        429: error(
+            "This API key holds the most live streams one key may.",
+            TOO_MANY_STREAMS_FOR_KEY,
+            headers=RETRY_AFTER,
+        ),
+        503: {
+            **errors(503)[503],
+            "description": "PostgreSQL cannot be reached, or this server has its most live streams open "
+            "(poll `GET /status/{task_id}` instead). Try again after `Retry-After` seconds.",
+        },
+    },
+)
 async def task_events(
     request: Request, task: TaskDep, session: SessionDep, services: ServicesDep, caller: CallerDep
 ) -> StreamingResponse:

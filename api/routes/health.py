@@ -9,11 +9,13 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.deps import ServicesDep
+from api.openapi import RETRY_AFTER
 from api.schemas import HealthResponse, ReadinessResponse
 
 router = APIRouter(tags=["health"])
 
 DATABASE_CHECK_TIMEOUT_SECONDS = 2.0
+RETRY_AFTER_SECONDS = 5
 
 
 @router.get("/health", response_model=HealthResponse)
@@ -35,7 +37,14 @@ async def _database_ok(services: ServicesDep) -> bool:
 @router.get(
     "/ready",
     response_model=ReadinessResponse,
-    responses={503: {"model": ReadinessResponse, "description": "A dependency is unreachable."}},
+    responses={
+        503: {
+            "model": ReadinessResponse,
+            "description": "PostgreSQL or NATS (or the file store) cannot be reached; `database` and "
+            "`nats` say which.",
+            "headers": RETRY_AFTER,
+        }
+    },
 )
 async def ready(services: ServicesDep) -> JSONResponse:
     """Whether this API can take uploads now: PostgreSQL and NATS JetStream both reachable."""
@@ -48,4 +57,7 @@ async def ready(services: ServicesDep) -> JSONResponse:
         database="ok" if database_ok else "unreachable",
         nats="ok" if nats_ok else problem or "unreachable",
     )
-    return JSONResponse(body.model_dump(), status_code=200 if body.status == "ready" else 503)
+    if body.status == "ready":
+        return JSONResponse(body.model_dump())
+    # As every other 503: when to look again.
+    return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})

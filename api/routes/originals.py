@@ -11,6 +11,7 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse, Response
 
 from api.deps import ServicesDep, TaskDep
+from api.openapi import IMAGE_CONTENT_TYPES, error, errors
 from api.stored_files import stored_file_response
 from core.storage import Area
 
@@ -23,8 +24,21 @@ def original_url(task_id: int) -> str:
     return f"/tasks/{task_id}/original"
 
 
-# Not (yet) in the OpenAPI schema: tests/test_fuzz.py fuzzes every published operation from its list.
-@router.get("/tasks/{task_id}/original", response_class=FileResponse, include_in_schema=False)
+@router.get(
+    "/tasks/{task_id}/original",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "content": {mt: {"schema": {"type": "string", "format": "binary"}} for mt in IMAGE_CONTENT_TYPES},
+            "description": "The uploaded image, as it was uploaded.",
+        },
+        **errors(401, 503),
+        404: error(
+            "No such task (or another API key's), or its files were removed (deleted, or by retention).",
+            ORIGINAL_NOT_FOUND,
+        ),
+    },
+)
 async def get_original(task: TaskDep, services: ServicesDep) -> Response:
     """The uploaded image, with the content type recorded for it."""
     found = await services.storage.find(Area.UPLOADS, task.input_name)

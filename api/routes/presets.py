@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import ServicesDep
 
@@ -13,6 +13,18 @@ router = APIRouter(tags=["presets"])
 
 
 class PresetResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "thumbnail",
+                    "description": "Fits in 256 × 256 (never enlarged); same format.",
+                    "ops": [{"op": "resize", "width": 256, "height": 256, "mode": "fit", "enlarge": False}],
+                }
+            ]
+        }
+    )
+
     name: str
     description: str
     ops: list[dict[str, Any]] = Field(description="What it does, in the form of the upload's `ops` field.")

@@ -12,8 +12,8 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from api.callback_urls import CallbackRefused, vet_callback_url
 from api.deps import MAX_TASK_ID, CallerDep, ServicesDep, SessionDep, TaskDep
 from api.form_fields import FieldMisspelt, ignored_fields
+from api.openapi import IDEMPOTENCY_KEY_PATTERN, UPLOAD_BODY, error, errors, task_links
 from api.schemas import (
-    ErrorResponse,
     TaskPage,
     TaskStatusResponse,
     UploadResponse,
@@ -24,9 +24,16 @@ from api.schemas import (
 )
 from api.stored_files import image_cache_control, stored_file_response
 from api.templating import wants_html
-from api.uploads import STORAGE_FAILED, ReceivedUpload, UploadRefused, receive_upload
+from api.uploads import (
+    STORAGE_FAILED,
+    TOO_LARGE,
+    ReceivedUpload,
+    UploadRefused,
+    receive_upload,
+    refuse_unread,
+)
 from core import tasks
-from core.formats import CONTENT_TYPES, EXTENSIONS
+from core.formats import CONTENT_TYPES, EXTENSIONS, UNSUPPORTED_MESSAGE
 from core.models import ImageTask, TaskStatus
 from core.processing.cost import cost_refusal, output_frames
 from core.processing.forms import resolve
@@ -57,59 +64,21 @@ PROCESSED_NOT_FOUND = "Processed image not found"
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
-_READ_ERRORS: dict[int | str, dict] = {
-    401: {"model": ErrorResponse, "description": "API keys are on and X-API-Key is missing or unknown."},
-    404: {"model": ErrorResponse, "description": "No such task (or another key's)."},
-}
-_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+_READ_ERRORS = errors(401, 404, 503)
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 _MEDIA_TYPES = {EXTENSIONS[fmt]: CONTENT_TYPES[fmt] for fmt in EXTENSIONS}
-
-# The body is read by hand (see api/uploads.py), so describe it for /docs ourselves.
-_UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "preset": {
-                            "type": "string",
-                            "description": "A preset name (see GET /presets); default `default`.",
-                        },
-                        "ops": {
-                            "type": "string",
-                            "description": 'JSON list of operations, e.g. [{"op": "resize", "width": 800}].',
-                        },
-                        "callback_url": {
-                            "type": "string",
-                            "description": "http(s) URL to POST the final status to, signed (see README).",
-                        },
-                        "outputs": {
-                            "type": "string",
-                            "description": 'Output name -> preset or ops, e.g. {"thumb": "thumbnail"}.',
-                        },
-                        "focus": {
-                            "type": "string",
-                            "description": 'The point `gravity: "focus"` keeps: x,y fractions from the top '
-                            "left of the picture as displayed, e.g. 0.3,0.6.",
-                        },
-                    },
-                }
-            }
-        },
-    }
-}
+_BINARY = {"type": "string", "format": "binary"}
+_PROCESSED_NAME = Path(max_length=255, examples=["0f8e1c2a9b7d4e6f8a1b2c3d4e5f6a7b.jpg"])
 
 
-def _stored_key(raw: str | None, caller: str | None) -> str | None:
+async def _stored_key(request: Request, raw: str | None, caller: str | None) -> str | None:
     """The Idempotency-Key as stored: scoped to the caller's API key, so keys cannot collide."""
     if raw is None:
         return None
     if not _IDEMPOTENCY_KEY.fullmatch(raw):
-        raise HTTPException(status_code=400, detail=BAD_IDEMPOTENCY_KEY)
+        # As an upload refusal, after reading some of the body: refused with the body unread, the
+        # connection's close could reset the client's still-sending socket and lose the 400.
+        await refuse_unread(request, 400, BAD_IDEMPOTENCY_KEY)
     return raw if caller is None else f"{caller}:{raw}"
 
 
@@ -230,23 +199,51 @@ def _answer(
 @router.post(
     "/upload",
     response_model=UploadResponse,
-    openapi_extra=_UPLOAD_BODY,
+    openapi_extra=UPLOAD_BODY,
     responses={
-        303: {"description": "Browser form posts (Accept: text/html) are sent to the result page."},
-        400: {"model": ErrorResponse, "description": "Empty file or malformed Idempotency-Key."},
-        401: {"model": ErrorResponse, "description": "API keys are on and X-API-Key is missing or unknown."},
-        413: {"model": ErrorResponse, "description": "The upload is over MAX_UPLOAD_BYTES."},
-        415: {
-            "model": ErrorResponse,
-            "description": "Not a JPEG, PNG, GIF, WebP, BMP, AVIF, HEIC or TIFF image.",
+        200: {
+            "description": "The task, new or (with a reused Idempotency-Key) the one the first upload made.",
+            "headers": {
+                "Idempotent-Replayed": {
+                    "description": "Present, `true`, when the answer is the task an earlier upload with "
+                    "this Idempotency-Key created.",
+                    "schema": {"type": "string", "enum": ["true"]},
+                }
+            },
+            "links": task_links("$response.body#/task_id"),
         },
-        422: {
-            "model": ErrorResponse,
-            "description": "Bad form or processing (named in the message), too many pixels, or a reused key.",
+        303: {
+            "description": "Browser form posts (Accept: text/html) are sent to the task's result page.",
+            "headers": {
+                "Location": {
+                    "description": "The result page, `/result/{task_id}`.",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^/result/[1-9][0-9]*$"},
+                }
+            },
         },
+        400: error("The file is empty, or Idempotency-Key is malformed.", BAD_IDEMPOTENCY_KEY, html=True),
+        401: errors(401)[401],
+        413: error(
+            "The upload, or one of its text fields, is over its limit.",
+            TOO_LARGE.format(limit=10_000_000),
+            html=True,
+        ),
+        415: error(
+            "The file is not a JPEG, PNG, GIF, WebP, BMP, AVIF, HEIC or TIFF image.",
+            UNSUPPORTED_MESSAGE,
+            html=True,
+        ),
+        422: error(
+            "A bad form or processing field (named in the message), too many pixels or frames, or an "
+            "Idempotency-Key reused for a different upload.",
+            IDEMPOTENCY_KEY_REUSED,
+            html=True,
+        ),
         503: {
-            "model": ErrorResponse,
-            "description": "The database or the file store is unavailable; nothing was stored.",
+            **errors(503)[503],
+            "description": "PostgreSQL or the file store cannot be reached; nothing was stored. The same "
+            "request may succeed after `Retry-After` seconds.",
         },
     },
 )
@@ -254,7 +251,17 @@ async def upload(
     request: Request,
     services: ServicesDep,
     caller: CallerDep,
-    idempotency_key: Annotated[str | None, Header()] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="Makes a retried upload safe: the same key with the same file and processing "
+            "answers the task the first upload created. 1 to 200 printable ASCII characters, no spaces.",
+            # Checked by _stored_key (400 with a message that says the rule), not by FastAPI (422).
+            json_schema_extra={"pattern": IDEMPOTENCY_KEY_PATTERN, "minLength": 1, "maxLength": 200},
+            examples=["3f1c6a52-5f1e-4c1b-9d8e-1b2a7c4e9f00"],
+        ),
+    ] = None,
 ) -> Response:
     """Upload an image (multipart field `file`) and queue it for processing.
 
@@ -269,7 +276,7 @@ async def upload(
     Other text fields (a submit button, a CSRF token) are ignored and named in `ignored_fields`;
     one that looks like a misspelt field of ours (`presets`, `op`) is refused with 422.
     """
-    key = _stored_key(idempotency_key, caller)
+    key = await _stored_key(request, idempotency_key, caller)
     settings = services.settings
     received = await receive_upload(
         request,
@@ -320,7 +327,11 @@ async def get_task(task: TaskDep) -> TaskStatusResponse:
     return task_status(task)
 
 
-@router.delete("/tasks/{task_id}", status_code=204, responses=_READ_ERRORS)
+@router.delete(
+    "/tasks/{task_id}",
+    status_code=204,
+    responses={204: {"description": "The task and its files are gone."}, **_READ_ERRORS},
+)
 async def delete_task(task: TaskDep, session: SessionDep, services: ServicesDep) -> Response:
     """Remove a task and its files. A worker processing it at that moment drops its result when it
     next looks (its message is then terminated, its output removed)."""
@@ -331,15 +342,16 @@ async def delete_task(task: TaskDep, session: SessionDep, services: ServicesDep)
 @router.get(
     "/tasks",
     response_model=TaskPage,
-    responses={401: _READ_ERRORS[401]},
+    responses=errors(401, 503),
 )
 async def list_tasks(
     session: SessionDep,
     caller: CallerDep,
     status: TaskStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, examples=[DEFAULT_PAGE_SIZE])] = DEFAULT_PAGE_SIZE,
     cursor: Annotated[
-        int | None, Query(ge=1, le=MAX_TASK_ID, description="`next_cursor` of the page before.")
+        int | None,
+        Query(ge=1, le=MAX_TASK_ID, description="`next_cursor` of the page before.", examples=[41]),
     ] = None,
 ) -> TaskPage:
     """Tasks, newest first, optionally of one status; pages of at most 100 (keyset pagination,
@@ -352,19 +364,27 @@ async def list_tasks(
     "/processed/{name}",
     response_class=FileResponse,
     responses={
-        200: {"content": {mt: {} for mt in _MEDIA_TYPES.values()}, "description": "The processed image."},
+        200: {
+            "content": {mt: {"schema": _BINARY} for mt in _MEDIA_TYPES.values()},
+            "description": "The processed image.",
+        },
         303: {
             "description": "`name` is an uploaded file's name (the original design's URLs): the newest "
             "such task's processed image, at its generated name.",
-            "headers": {"Location": {"description": "The processed image.", "schema": {"type": "string"}}},
+            "headers": {
+                "Location": {
+                    "description": "The processed image.",
+                    "required": True,
+                    "schema": {"type": "string"},
+                }
+            },
         },
-        503: {"model": ErrorResponse, "description": "The file store (NATS backend) is unavailable."},
-        401: {"model": ErrorResponse, "description": "API keys are on and X-API-Key is missing or unknown."},
-        404: {"model": ErrorResponse, "description": "No such processed image (or another key's)."},
+        **errors(401, 503),
+        404: error("No such processed image (or another API key's).", PROCESSED_NOT_FOUND),
     },
 )
 async def get_processed(
-    name: Annotated[str, Path(max_length=255)], services: ServicesDep, session: SessionDep, caller: CallerDep
+    name: Annotated[str, _PROCESSED_NAME], services: ServicesDep, session: SessionDep, caller: CallerDep
 ) -> Response:
     """A processed image, by the generated name given in `processed_url`; or, by the name a file was
     uploaded under (the original design served `/processed/<that name>`), a 303 to the processed
