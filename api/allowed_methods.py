@@ -43,6 +43,8 @@ def allowed_methods(routes: list[BaseRoute], scope: Scope) -> list[str]:
                 methods.add(method)
     if not methods:
         return []
+    if "GET" in methods:
+        methods.add("HEAD")  # answered as GET without the body (api.head_requests)
     return [method for method in _METHODS if method in methods] + ["OPTIONS"]
 
 
