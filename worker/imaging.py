@@ -40,6 +40,7 @@ from core.processing.operations import Blur, Crop, Flip, Format, Grayscale, Resi
 from core.processing.outputs import Output
 from core.processing.sizes import crop_box, output_size, resized_size
 from worker import operations
+from worker.placeholder import Placeholder, make_placeholder
 
 OUTSIDE_MESSAGE = "A frame of the animation lies far outside the picture and cannot be decoded."
 ENCODING_FAILED = "The result could not be written as {format} ({reason})."
@@ -137,9 +138,12 @@ def render(
     *,
     limits: RenderLimits,
     encoder: EncoderSettings | None = None,
+    report: Callable[[Placeholder], None] | None = None,
 ) -> list[ProcessedImage]:
     """Write each output's rendering of `src` to exactly its path (which needs no extension).
 
+    `report`, when given, receives the picture's placeholder (worker.placeholder) once it is
+    decoded and before any output is made, taken from that same decode (a JPEG's draft included).
     If writing fails, partly written files may remain; the caller owns them.
     """
     encoder = encoder or EncoderSettings()
@@ -148,6 +152,8 @@ def render(
     # closing it would free.
     with open_image(src, limits.max_pixels) as image:
         source = _decode(image, [output for output, _ in outputs], limits)
+        if report is not None:
+            report(make_placeholder(source.frames[0], *source.full_size))
         for index, (output, dst) in enumerate(outputs):
             # Checked again here (the API did, before queueing): only now is the orientation known.
             frames = output_frames(output, source.format, len(source.frames))
