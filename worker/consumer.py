@@ -70,6 +70,11 @@ FORMATS_BY_CONTENT_TYPE = {content_type: name for name, content_type in CONTENT_
 
 # How often recording a finished output is retried in place before the message is given back.
 FINISH_RETRIES = 10
+# A render still going this long after it reported the placeholder gets it written at once (one
+# UPDATE); a quicker one leaves it to the statement that marks the task done. Pages follow a task
+# every 0.3 s (api/routes/events.py), so a shorter wait would rarely show it sooner, and most
+# renders (a 12 MP thumbnail takes 25 ms) then cost no extra round trip.
+PLACEHOLDER_WRITE_DELAY_SECONDS = 0.1
 # Longest a worker holds a task it is rendering; far beyond any image within MAX_IMAGE_PIXELS.
 RENDER_DEADLINE_SECONDS = 600
 
@@ -118,19 +123,28 @@ class _PlaceholderWrite:
     """Records the placeholder a render reports (on its first decode) while the render goes on,
     so that pages show it before the outputs are ready; the task's finish waits for it.
 
-    A failed write costs nothing but the early look: the finish records the placeholder then."""
+    Not at once: a render that ends within PLACEHOLDER_WRITE_DELAY_SECONDS leaves it to the finish,
+    which records it in the statement that marks the task done (no round trip of its own, on the
+    drain's hot path). A failed write costs nothing but the early look: the finish records it then.
+    """
 
     def __init__(self, driver_pool: DriverPool, task_id: int, claim: _Claim) -> None:
         self._driver_pool = driver_pool
         self._task_id = task_id
         self._started_at = claim.started_at
         self._wanted = not claim.has_placeholder
+        self._due: asyncio.TimerHandle | None = None
         self._writing: asyncio.Task[bool] | None = None
 
     def report(self, placeholder: Placeholder) -> None:
         """Called on the event loop (worker.pool) as soon as the render has it."""
-        if self._wanted and self._writing is None:
-            self._writing = asyncio.create_task(self._write(placeholder))
+        if self._wanted and self._due is None:
+            self._due = asyncio.get_running_loop().call_later(
+                PLACEHOLDER_WRITE_DELAY_SECONDS, self._start, placeholder
+            )
+
+    def _start(self, placeholder: Placeholder) -> None:
+        self._writing = asyncio.create_task(self._write(placeholder))
 
     async def _write(self, placeholder: Placeholder) -> bool:
         try:
@@ -142,15 +156,20 @@ class _PlaceholderWrite:
 
     async def left_over(self, placeholder: Placeholder | None) -> Placeholder | None:
         """Once the render has ended: the placeholder the finish should record, if it was not
-        recorded already (a pool of processes cannot report while rendering, or the write failed)."""
+        recorded already (a quick render, a pool of processes, which cannot report while
+        rendering, or a failed write)."""
         if not self._wanted:
             return None
+        if self._due is not None:
+            self._due.cancel()
         if self._writing is not None and await self._writing:
             return None
         return placeholder
 
     async def settle(self) -> None:
-        """Let a write still in flight end (the attempt ended early): nothing outlives the attempt."""
+        """Nothing outlives the attempt: a write not started is dropped, one in flight ends."""
+        if self._due is not None:
+            self._due.cancel()
         if self._writing is not None:
             await asyncio.wait({self._writing})
 
