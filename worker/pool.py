@@ -75,13 +75,17 @@ class RenderPool:
         thread only; a child process of the pool cannot call back, so the function gets no `report`
         there and must return what it would have reported."""
         executor = self._executor
+        loop = asyncio.get_running_loop()
         kwargs: dict[str, Any] = {}
         if report is not None and self.kind == "threads":
-            kwargs["report"] = partial(asyncio.get_running_loop().call_soon_threadsafe, report)
+            reported = report  # narrowed, for the closure
+
+            def to_loop(value: Any) -> None:
+                loop.call_soon_threadsafe(reported, value)
+
+            kwargs["report"] = to_loop
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                executor, partial(function, *args, **kwargs)
-            )
+            return await loop.run_in_executor(executor, partial(function, *args, **kwargs))
         except BrokenProcessPool as exc:
             if self._executor is executor:  # the first of its casualties replaces it
                 log.error("a render process died (killed or out of memory); starting a new pool")
