@@ -101,6 +101,21 @@ class CallbackStatus(BaseModel):
     error: str | None = Field(description="Why the last try failed.")
 
 
+class PlaceholderResponse(BaseModel):
+    """What to show while the outputs are made: recorded by the worker on its first decode of the
+    input, before any output is rendered."""
+
+    thumbhash: str = Field(
+        description="ThumbHash (https://evanw.github.io/thumbhash/) of the picture, standard base64; "
+        "decodes to a blurred preview of about 32 px with the picture's aspect ratio and alpha."
+    )
+    dominant_color: str = Field(
+        description="The picture's commonest colour, `#rrggbb`.", pattern="^#[0-9a-f]{6}$"
+    )
+    width: int = Field(description="The input's width as displayed (after its EXIF orientation).")
+    height: int = Field(description="The input's height as displayed (after its EXIF orientation).")
+
+
 class TaskStatusResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE_TASK]})
 
@@ -120,6 +135,9 @@ class TaskStatusResponse(BaseModel):
         default=None, description="Every output once `done`, in the order asked for."
     )
     callback: CallbackStatus | None = Field(default=None, description="The `callback_url` delivery, if any.")
+    placeholder: PlaceholderResponse | None = Field(
+        default=None, description="null until a worker has decoded the input (and on tasks from before it)."
+    )
 
 
 class TaskPage(BaseModel):
@@ -209,4 +227,5 @@ def task_status(task: ImageTask) -> TaskStatusResponse:
         )
         if task.callback_url
         else None,
+        placeholder=PlaceholderResponse.model_validate(task.placeholder) if task.placeholder else None,
     )

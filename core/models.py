@@ -109,6 +109,9 @@ class ImageTask(Base):
     # What was made, once `done` (core.processing.outputs.OutputRecord list, as JSON); `output_name`
     # is the first output's file.
     outputs: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+    # Recorded by the worker as soon as it has decoded the input, before any output is made:
+    # {"thumbhash", "dominant_color", "width", "height"} (worker/placeholder.py); None until then.
+    placeholder: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     # Where to POST the final status (api/callbacks.py), and how that delivery is going.
     callback_url: Mapped[str | None] = mapped_column(Text)
     callback_state: Mapped[str | None] = mapped_column(String(16))

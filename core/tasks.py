@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, ParamSpec, TypeVar
@@ -126,7 +126,8 @@ UPDATE image_tasks
 SET status = 'processing', attempts = attempts + 1, started_at = now(),
     leased_until = now() + $2::interval, error = NULL
 WHERE id = $1 AND {_CLAIMABLE}
-RETURNING input_name, attempts, processing, width, height, content_type, started_at"""
+RETURNING input_name, attempts, processing, width, height, content_type, started_at,
+          placeholder IS NOT NULL AS has_placeholder"""
 STATUS = "SELECT status FROM image_tasks WHERE id = $1"
 # A claim's `started_at` is its mark: a row claimed again since (its lease ran out, another worker
 # took it) is no longer the first claimant's to renew or to finish.
@@ -134,6 +135,11 @@ RENEW_LEASE = """\
 UPDATE image_tasks SET leased_until = now() + $2::interval
 WHERE id = $1 AND status = 'processing' AND started_at = $3
 RETURNING id"""
+# The placeholder, while the claim made at $3 still holds the task; one recorded by an earlier
+# attempt is kept (it came from the same file).
+RECORD_PLACEHOLDER = """\
+UPDATE image_tasks SET placeholder = $2::jsonb
+WHERE id = $1 AND status = 'processing' AND started_at = $3 AND placeholder IS NULL"""
 # After a failed attempt: back to `pending` until the message comes round again.
 RELEASE = """\
 UPDATE image_tasks SET status = 'pending', leased_until = NULL
@@ -143,7 +149,8 @@ GIVE_BACK = """\
 UPDATE image_tasks SET status = 'pending', leased_until = NULL, attempts = attempts - 1
 WHERE id = $1 AND status = 'processing'"""
 FINISH_DONE = f"""\
-UPDATE image_tasks SET status = 'done', output_name = $2, outputs = $3::jsonb, error = NULL, {_FINISHED}
+UPDATE image_tasks SET status = 'done', output_name = $2, outputs = $3::jsonb, error = NULL,
+    placeholder = COALESCE(placeholder, $5::jsonb), {_FINISHED}
 WHERE id = $1 AND status IN ('pending', 'processing') AND started_at = $4
 RETURNING id"""
 FINISH_FAILED = f"""\
@@ -246,6 +253,8 @@ class Claim:
     content_type: str
     # When this claim was made: the mark by which it renews and finishes the task (see RENEW_LEASE).
     started_at: datetime
+    # Whether an earlier attempt recorded the placeholder already.
+    has_placeholder: bool = False
 
 
 @_mapping_errors
@@ -263,6 +272,7 @@ async def claim(pool: asyncpg.Pool, task_id: int, lease: timedelta) -> Claim | N
         height=row["height"],
         content_type=row["content_type"],
         started_at=row["started_at"],
+        has_placeholder=row["has_placeholder"],
     )
 
 
@@ -281,6 +291,16 @@ async def renew_lease(pool: asyncpg.Pool, task_id: int, lease: timedelta, starte
 
 
 @_mapping_errors
+async def record_placeholder(
+    pool: asyncpg.Pool, task_id: int, placeholder: Mapping[str, Any], started_at: datetime
+) -> None:
+    """Record the task's placeholder (worker/placeholder.py) for the claim made at `started_at`;
+    nothing when the task is no longer that claim's, or already has one."""
+    async with pool.acquire(timeout=POOL_TIMEOUT_SECONDS) as connection:
+        await connection.execute(RECORD_PLACEHOLDER, task_id, json.dumps(placeholder), started_at)
+
+
+@_mapping_errors
 async def release(pool: asyncpg.Pool, task_id: int) -> None:
     """End a failed attempt: back to `pending`, the attempt counted."""
     await _fetchrow(pool, RELEASE, task_id)
@@ -294,12 +314,25 @@ async def give_back(pool: asyncpg.Pool, task_id: int) -> None:
 
 @_mapping_errors
 async def finish_done(
-    pool: asyncpg.Pool, task_id: int, outputs: list[dict[str, Any]], started_at: datetime
+    pool: asyncpg.Pool,
+    task_id: int,
+    outputs: list[dict[str, Any]],
+    started_at: datetime,
+    placeholder: Mapping[str, Any] | None = None,
 ) -> bool:
     """Record the outputs made (core.processing.OutputRecord JSON) by the claim made at
-    `started_at`; False when the task was not that claim's any more (deleted, finished or claimed
-    again elsewhere)."""
-    row = await _fetchrow(pool, FINISH_DONE, task_id, outputs[0]["file"], json.dumps(outputs), started_at)
+    `started_at`, and `placeholder` if the row has none yet (one the worker could not record on
+    its own, earlier); False when the task was not that claim's any more (deleted, finished or
+    claimed again elsewhere)."""
+    row = await _fetchrow(
+        pool,
+        FINISH_DONE,
+        task_id,
+        outputs[0]["file"],
+        json.dumps(outputs),
+        started_at,
+        None if placeholder is None else json.dumps(placeholder),
+    )
     return row is not None
 
 

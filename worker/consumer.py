@@ -51,8 +51,9 @@ from core.processing.outputs import Processing
 from core.queue import parse_task_id
 from core.storage import Area, Storage, StorageUnavailable, StoredFileMissing, remove_quietly
 from worker.metrics import WorkerMetrics
+from worker.placeholder import Placeholder
 from worker.pool import RenderInterrupted, RenderPool, RenderTimedOut
-from worker.render_job import RenderedOutput, RenderSettings, render_task, temp_paths
+from worker.render_job import RenderedOutput, RenderedTask, RenderSettings, render_task, temp_paths
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,11 @@ FORMATS_BY_CONTENT_TYPE = {content_type: name for name, content_type in CONTENT_
 
 # How often recording a finished output is retried in place before the message is given back.
 FINISH_RETRIES = 10
+# A render still going this long after it reported the placeholder gets it written at once (one
+# UPDATE); a quicker one leaves it to the statement that marks the task done. Pages follow a task
+# every 0.3 s (api/routes/events.py), so a shorter wait would rarely show it sooner, and most
+# renders (a 12 MP thumbnail takes 25 ms) then cost no extra round trip.
+PLACEHOLDER_WRITE_DELAY_SECONDS = 0.1
 # Longest a worker holds a task it is rendering; far beyond any image within MAX_IMAGE_PIXELS.
 RENDER_DEADLINE_SECONDS = 600
 
@@ -94,6 +100,8 @@ class _Claim:
     input_format: str
     # The claim's mark in the row, by which it renews and finishes the task.
     started_at: datetime
+    # Whether an earlier attempt recorded the task's placeholder.
+    has_placeholder: bool = False
     claimed_at: float = field(default_factory=time.monotonic)
 
 
@@ -109,6 +117,61 @@ class _Lease:
     def lose(self, *, taken: bool) -> None:
         self.taken = taken
         self.lost.set()
+
+
+class _PlaceholderWrite:
+    """Records the placeholder a render reports (on its first decode) while the render goes on,
+    so that pages show it before the outputs are ready; the task's finish waits for it.
+
+    Not at once: a render that ends within PLACEHOLDER_WRITE_DELAY_SECONDS leaves it to the finish,
+    which records it in the statement that marks the task done (no round trip of its own, on the
+    drain's hot path). A failed write costs nothing but the early look: the finish records it then.
+    """
+
+    def __init__(self, driver_pool: DriverPool, task_id: int, claim: _Claim) -> None:
+        self._driver_pool = driver_pool
+        self._task_id = task_id
+        self._started_at = claim.started_at
+        self._wanted = not claim.has_placeholder
+        self._due: asyncio.TimerHandle | None = None
+        self._writing: asyncio.Task[bool] | None = None
+
+    def report(self, placeholder: Placeholder) -> None:
+        """Called on the event loop (worker.pool) as soon as the render has it."""
+        if self._wanted and self._due is None:
+            self._due = asyncio.get_running_loop().call_later(
+                PLACEHOLDER_WRITE_DELAY_SECONDS, self._start, placeholder
+            )
+
+    def _start(self, placeholder: Placeholder) -> None:
+        self._writing = asyncio.create_task(self._write(placeholder))
+
+    async def _write(self, placeholder: Placeholder) -> bool:
+        try:
+            await tasks.record_placeholder(self._driver_pool, self._task_id, placeholder, self._started_at)
+        except Exception as exc:
+            log.warning("task %s: placeholder not recorded yet (%s)", self._task_id, exc)
+            return False
+        return True
+
+    async def left_over(self, placeholder: Placeholder | None) -> Placeholder | None:
+        """Once the render has ended: the placeholder the finish should record, if it was not
+        recorded already (a quick render, a pool of processes, which cannot report while
+        rendering, or a failed write)."""
+        if not self._wanted:
+            return None
+        if self._due is not None:
+            self._due.cancel()
+        if self._writing is not None and await self._writing:
+            return None
+        return placeholder
+
+    async def settle(self) -> None:
+        """Nothing outlives the attempt: a write not started is dropped, one in flight ends."""
+        if self._due is not None:
+            self._due.cancel()
+        if self._writing is not None:
+            await asyncio.wait({self._writing})
 
 
 class _LeaseLost(Exception):
@@ -215,19 +278,24 @@ class TaskProcessor:
                 await heartbeat
 
     async def _render_and_finish(self, msg: Msg, task_id: int, claim: _Claim, lease: _Lease) -> None:
+        placeholder = _PlaceholderWrite(self._driver_pool, task_id, claim)
         try:
-            async with self._storage.local_upload_path(claim.input_name) as source:
-                rendered = await self._render(msg, task_id, claim, source, lease)
-        except StoredFileMissing:
-            await self._finish_failed(task_id, INPUT_MISSING, claim)
-            await msg.term()
-            return
-        if rendered is None:  # the attempt ended (failed, or given back)
-            return
-        outputs = await self._keep_outputs(rendered)
-        await self._finish_done_patiently(task_id, outputs, claim)
-        self._record(claim, TaskStatus.DONE)
-        await msg.ack()
+            try:
+                async with self._storage.local_upload_path(claim.input_name) as source:
+                    rendered = await self._render(msg, task_id, claim, source, lease, placeholder)
+            except StoredFileMissing:
+                await self._finish_failed(task_id, INPUT_MISSING, claim)
+                await msg.term()
+                return
+            if rendered is None:  # the attempt ended (failed, or given back)
+                return
+            outputs = await self._keep_outputs(rendered.outputs)
+            left_over = await placeholder.left_over(rendered.placeholder)
+            await self._finish_done_patiently(task_id, outputs, claim, left_over)
+            self._record(claim, TaskStatus.DONE)
+            await msg.ack()
+        finally:
+            await placeholder.settle()
 
     async def _keep_outputs(self, rendered: list[RenderedOutput]) -> list[dict[str, Any]]:
         """Store each output the render job did not store itself; on failure leave no temporary
@@ -244,13 +312,19 @@ class TaskProcessor:
         return [output.record for output in rendered]
 
     async def _render(
-        self, msg: Msg, task_id: int, claim: _Claim, source: Path, lease: _Lease
-    ) -> list[RenderedOutput] | None:
+        self,
+        msg: Msg,
+        task_id: int,
+        claim: _Claim,
+        source: Path,
+        lease: _Lease,
+        placeholder: _PlaceholderWrite,
+    ) -> RenderedTask | None:
         """Render every output to a temporary file; None when the attempt ended here (the task is
         failed, released for another attempt, or no longer ours) and the message is settled."""
         max_attempts = self._policy.max_attempts
         try:
-            return await self._render_in_lane(task_id, claim, source, lease)
+            return await self._render_in_lane(task_id, claim, source, lease, placeholder)
         except _HeavyLaneBusy:
             # Waiting here would hold a message (a fetch slot) that a light task could use, and
             # keep the task from an idle worker: back to the queue, at no attempt's cost.
@@ -301,14 +375,16 @@ class TaskProcessor:
             return None
 
     async def _render_in_lane(
-        self, task_id: int, claim: _Claim, source: Path, lease: _Lease
-    ) -> list[RenderedOutput]:
+        self, task_id: int, claim: _Claim, source: Path, lease: _Lease, placeholder: _PlaceholderWrite
+    ) -> RenderedTask:
         """A light render in the pool; a heavy one in its own process, abandoned (killed) if the
         lease is lost meanwhile. A light render cannot be stopped and is short: it ends, and
         finishing it records nothing once the task is no longer this claim's (_finish_done)."""
         if not await self._is_heavy(claim, source):
-            return await self._pool.run(render_task, *self._render_args(claim, source))
-        return await _unless_lost(lease, self._render_heavy(task_id, claim, source))
+            return await self._pool.run(
+                render_task, *self._render_args(claim, source), report=placeholder.report
+            )
+        return await _unless_lost(lease, self._render_heavy(task_id, claim, source, placeholder))
 
     def _render_args(self, claim: _Claim, source: Path) -> tuple[Any, ...]:
         """render_task's arguments for this claim, in a thread or a child process alike."""
@@ -342,7 +418,9 @@ class TaskProcessor:
         )
         return estimate(frames=info.frames) > threshold
 
-    async def _render_heavy(self, task_id: int, claim: _Claim, source: Path) -> list[RenderedOutput]:
+    async def _render_heavy(
+        self, task_id: int, claim: _Claim, source: Path, placeholder: _PlaceholderWrite
+    ) -> RenderedTask:
         """Render in a child process of its own, one heavy render at a time (_HeavyLaneBusy while
         another runs), killed at its deadline (or when this coroutine is cancelled); its temporary
         files are removed here, since a killed child cannot."""
@@ -357,6 +435,7 @@ class TaskProcessor:
                     render_task,
                     *self._render_args(claim, source),
                     temps,
+                    report=placeholder.report,
                 )
             except BaseException:
                 for temp in temps:
@@ -369,13 +448,13 @@ class TaskProcessor:
         )
 
     async def _finish_done_patiently(
-        self, task_id: int, outputs: list[dict[str, Any]], claim: _Claim
+        self, task_id: int, outputs: list[dict[str, Any]], claim: _Claim, placeholder: Placeholder | None
     ) -> None:
         """Record the finished output, riding out a short database outage: the work is done and
         the heartbeats still hold the message, so giving up now would only cost a re-render."""
         for remaining in range(FINISH_RETRIES, -1, -1):
             try:
-                await self._finish_done(task_id, outputs, claim)
+                await self._finish_done(task_id, outputs, claim, placeholder)
                 return
             except tasks.DatabaseUnavailable as exc:
                 if remaining == 0:
@@ -397,6 +476,7 @@ class TaskProcessor:
             height=claim.height,
             input_format=FORMATS_BY_CONTENT_TYPE.get(claim.content_type, ""),
             started_at=claim.started_at,
+            has_placeholder=claim.has_placeholder,
         )
 
     async def _status(self, task_id: int) -> str | None:
@@ -447,9 +527,11 @@ class TaskProcessor:
     async def _give_back(self, task_id: int) -> None:
         await tasks.give_back(self._driver_pool, task_id)
 
-    async def _finish_done(self, task_id: int, outputs: list[dict[str, Any]], claim: _Claim) -> None:
+    async def _finish_done(
+        self, task_id: int, outputs: list[dict[str, Any]], claim: _Claim, placeholder: Placeholder | None
+    ) -> None:
         files = [output["file"] for output in outputs]
-        if await tasks.finish_done(self._driver_pool, task_id, outputs, claim.started_at):
+        if await tasks.finish_done(self._driver_pool, task_id, outputs, claim.started_at, placeholder):
             log.info("task %s done: %s", task_id, ", ".join(files))
         elif await self._status(task_id) is None:
             # Deleted (DELETE /tasks/{id}) while it was being processed: leave nothing behind.

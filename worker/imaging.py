@@ -58,6 +58,7 @@ from worker import gravity, operations
 from worker.gravity import Focus
 from worker.heif import enable_heif
 from worker.overlays import load_watermark
+from worker.placeholder import Placeholder, make_placeholder
 
 OUTSIDE_MESSAGE = "A frame of the animation lies far outside the picture and cannot be decoded."
 ENCODING_FAILED = "The result could not be written as {format} ({reason})."
@@ -177,11 +178,14 @@ def render(
     encoder: EncoderSettings | None = None,
     focus: tuple[float, float] | None = None,
     watermark_images: Mapping[str, Path] | None = None,
+    report: Callable[[Placeholder], None] | None = None,
 ) -> list[ProcessedImage]:
     """Write each output's rendering of `src` to exactly its path (which needs no extension).
 
     `focus`: the upload's focus point (fractions of the picture as displayed); `watermark_images`:
-    the files `overlay` ops name (WATERMARK_IMAGES). If writing fails, partly written files may
+    the files `overlay` ops name (WATERMARK_IMAGES). `report`, when given, receives the picture's
+    placeholder (worker.placeholder) once it is decoded and before any output is made, taken from
+    that same decode (a JPEG's draft included), in sRGB. If writing fails, partly written files may
     remain; the caller owns them.
     """
     encoder = encoder or EncoderSettings()
@@ -192,6 +196,12 @@ def render(
     # closing it would free.
     with open_image(src, limits.max_pixels) as image:
         source = _decode(image, [output for output, _ in outputs], limits, keep_icc=encoder.keep_icc_profiles)
+        if report is not None:
+            report(
+                make_placeholder(
+                    source.frames[0], *source.full_size, colour=lambda small: _in_srgb(source, small)
+                )
+            )
         for index, (output, dst) in enumerate(outputs):
             # Checked again here (the API did, before queueing): only now is the orientation known.
             frames = output_frames(output, source.format, len(source.frames))

@@ -33,6 +33,10 @@ T = TypeVar("T")
 # Niceness added to a heavy render's child process (0 normal, 19 lowest).
 HEAVY_NICENESS = 10
 PoolKind = Literal["threads", "processes"]
+# What a render reports while it runs (its placeholder), called on the event loop.
+Report = Callable[[Any], None]
+# The kinds of message a killable child sends through its pipe: reports, then one answer.
+_REPORTED, _DONE, _FAILED = "reported", "done", "failed"
 
 
 class RenderInterrupted(Exception):
@@ -65,10 +69,23 @@ class RenderPool:
             max_workers=self.size, mp_context=context, initializer=_start_child, initargs=(self._max_pixels,)
         )
 
-    async def run(self, function: Callable[..., T], *args: Any) -> T:
+    async def run(self, function: Callable[..., T], *args: Any, report: Report | None = None) -> T:
+        """`function(*args)` in the pool. With `report`, the function is also given a `report`
+        keyword argument, and what it reports reaches `report` on this event loop while it runs: in a
+        thread only; a child process of the pool cannot call back, so the function gets no `report`
+        there and must return what it would have reported."""
         executor = self._executor
+        loop = asyncio.get_running_loop()
+        kwargs: dict[str, Any] = {}
+        if report is not None and self.kind == "threads":
+            reported = report  # narrowed, for the closure
+
+            def to_loop(value: Any) -> None:
+                loop.call_soon_threadsafe(reported, value)
+
+            kwargs["report"] = to_loop
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, partial(function, *args))
+            return await loop.run_in_executor(executor, partial(function, *args, **kwargs))
         except BrokenProcessPool as exc:
             if self._executor is executor:  # the first of its casualties replaces it
                 log.error("a render process died (killed or out of memory); starting a new pool")
@@ -76,34 +93,38 @@ class RenderPool:
                 executor.shutdown(wait=False, cancel_futures=True)
             raise RenderInterrupted(str(exc) or "render process died") from exc
 
-    async def run_killable(self, deadline_seconds: float, function: Callable[..., T], *args: Any) -> T:
+    async def run_killable(
+        self, deadline_seconds: float, function: Callable[..., T], *args: Any, report: Report | None = None
+    ) -> T:
         """`function(*args)` in a child process of its own, killed if it runs past `deadline_seconds`
-        seconds (RenderTimedOut) or if the caller is cancelled; RenderInterrupted if it dies."""
+        seconds (RenderTimedOut) or if the caller is cancelled; RenderInterrupted if it dies. With
+        `report`, the function also gets a `report` keyword argument whose calls reach `report`
+        here while it runs (through the child's pipe, ahead of its answer)."""
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["worker.render_job"])
         receiver, sender = context.Pipe(duplex=False)
         child = context.Process(
-            target=_run_child, args=(sender, self._max_pixels, function, args), name="render", daemon=True
+            target=_run_child,
+            args=(sender, self._max_pixels, function, args, report is not None),
+            name="render",
+            daemon=True,
         )
         loop = asyncio.get_running_loop()
-        answered = asyncio.Event()
+        readable = asyncio.Event()
         try:
             # Starting asks the fork server over a socket: quick, but not for the event loop.
             await loop.run_in_executor(None, child.start)
             sender.close()
-            loop.add_reader(receiver.fileno(), answered.set)
+            loop.add_reader(receiver.fileno(), readable.set)
             try:
                 async with asyncio.timeout(deadline_seconds):
-                    await answered.wait()
+                    kind, value = await _answer(receiver, readable, report)
             except TimeoutError:
                 raise RenderTimedOut(deadline_seconds) from None
-            finally:
-                loop.remove_reader(receiver.fileno())
-            try:
-                # The answer (a few output records, or an exception) is written whole once ready.
-                succeeded, value = receiver.recv()
             except EOFError:
                 raise RenderInterrupted(f"render process ended with status {child.exitcode}") from None
+            finally:
+                loop.remove_reader(receiver.fileno())
         finally:
             receiver.close()
             sender.close()
@@ -111,7 +132,7 @@ class RenderPool:
                 child.kill()  # nothing if it has ended; otherwise the render stops here
                 await loop.run_in_executor(None, child.join)
                 child.close()
-        if not succeeded:
+        if kind == _FAILED:
             raise value
         return value
 
@@ -119,20 +140,46 @@ class RenderPool:
         self._executor.shutdown(wait=True)
 
 
+async def _answer(
+    receiver: multiprocessing.connection.Connection, readable: asyncio.Event, report: Report | None
+) -> tuple[str, Any]:
+    """The child's answer (_DONE or _FAILED, and its value), passing its reports on meanwhile;
+    EOFError if it ended without one. Each message is written whole once ready, so a readable pipe
+    never blocks `recv` for long."""
+    while True:
+        await readable.wait()
+        readable.clear()
+        while receiver.poll():
+            kind, value = receiver.recv()
+            if kind != _REPORTED:
+                return kind, value
+            if report is not None:
+                report(value)
+
+
 def _run_child(
-    answer: multiprocessing.connection.Connection, max_pixels: int, function: Callable[..., Any], args: tuple
+    answer: multiprocessing.connection.Connection,
+    max_pixels: int,
+    function: Callable[..., Any],
+    args: tuple,
+    reports: bool,
 ) -> None:
     _die_with_parent()
     _start_child(max_pixels)
     # Below the light renders and the event loop in CPU priority: a heavy render takes what the
     # cores have left, so it slows the light ones beside it as little as it can.
     os.nice(HEAVY_NICENESS)
+    kwargs = {"report": partial(_send_report, answer)} if reports else {}
     try:
-        result: tuple[bool, Any] = (True, function(*args))
+        result: tuple[str, Any] = (_DONE, function(*args, **kwargs))
     except Exception as exc:
-        result = (False, exc)
+        result = (_FAILED, exc)
     answer.send(result)
     answer.close()
+
+
+def _send_report(answer: multiprocessing.connection.Connection, value: Any) -> None:
+    answer.send((_REPORTED, value))
 
 
 def _die_with_parent() -> None:

@@ -20,6 +20,7 @@ from core.processing.presets import configured_presets
 from core.storage import Folders, output_name_for, remove_quietly
 from worker.imaging import EncoderSettings, RenderLimits, render
 from worker.overlays import check_watermark_images
+from worker.placeholder import Placeholder
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,14 @@ class RenderedOutput:
     temp: Path | None
 
 
+@dataclass(frozen=True)
+class RenderedTask:
+    outputs: list[RenderedOutput]
+    # Also handed to `report` as soon as it was known; returned too for the callers that could
+    # not pass a `report` (a pool of child processes), and for one that missed it.
+    placeholder: Placeholder | None
+
+
 def render_task(
     folders: Folders,
     settings: RenderSettings,
@@ -69,17 +78,27 @@ def render_task(
     processing: Processing,
     place: Callable[[Path, str], None] | None = None,
     temps: list[Path] | None = None,
-) -> list[RenderedOutput]:
+    *,
+    report: Callable[[Placeholder], None] | None = None,
+) -> RenderedTask:
     """Decode `source` once and render every output to a temporary file in PROCESSED_DIR, then
     store each with `place` when given.
 
     Output names derive from the input's, so a second run replaces the first one's files rather
     than adding to them. On failure no temporary file is left behind. `temps` names the temporary
     files (one per output) where the caller must be able to remove them: a killed child cannot.
+    `report` receives the placeholder as soon as the input is decoded (worker.imaging.render).
     """
     if temps is None:
         temps = temp_paths(folders, processing)
     planned = list(zip(processing.outputs, temps, strict=True))
+    placeholders: list[Placeholder] = []
+
+    def keep(placeholder: Placeholder) -> None:
+        placeholders.append(placeholder)
+        if report is not None:
+            report(placeholder)
+
     try:
         results = render(
             source,
@@ -88,6 +107,7 @@ def render_task(
             encoder=settings.encoder,
             focus=processing.focus,
             watermark_images=settings.watermark_images,
+            report=keep,
         )
         rendered = []
         for index, ((output, temp), result) in enumerate(zip(planned, results, strict=True)):
@@ -108,7 +128,7 @@ def render_task(
         for temp in temps:
             remove_quietly(temp)
         raise
-    return rendered
+    return RenderedTask(outputs=rendered, placeholder=placeholders[0] if placeholders else None)
 
 
 def temp_paths(folders: Folders, processing: Processing) -> list[Path]:

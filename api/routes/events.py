@@ -2,7 +2,9 @@
 
 Each event is `event: status` with the same JSON body as `GET /status/{task_id}`: one at once, then
 one whenever that body changes, and the stream ends once the task is `done` or `failed` (a deleted
-task ends it with `event: deleted`). The row is the truth and workers write it directly, so the
+task ends it with `event: deleted`). Once the worker has recorded the task's placeholder, one
+`event: placeholder` (its JSON, as in /status) comes before the status event that first shows it,
+so it always arrives before the final status. The row is the truth and workers write it directly, so the
 stream polls it, each time with a fresh short session: a stream never holds a database connection
 or transaction between polls, however long it lasts.
 
@@ -149,8 +151,13 @@ async def _status_events(
 ) -> AsyncIterator[str]:
     task_id = first.id
     event_id = first_id
-    body = task_status(first).model_dump_json()
-    yield sse_event("status", body, event_id, retry_ms=RETRY_MILLISECONDS)
+    status = task_status(first)
+    body = status.model_dump_json()
+    placeholder = status.placeholder
+    if placeholder is not None:
+        yield sse_event("placeholder", placeholder.model_dump_json(), event_id, retry_ms=RETRY_MILLISECONDS)
+        event_id += 1
+    yield sse_event("status", body, event_id, retry_ms=None if placeholder else RETRY_MILLISECONDS)
     final = first.status in FINAL_STATUSES
     started = last_write = time.monotonic()
     outage = False
@@ -173,8 +180,12 @@ async def _status_events(
                 gone = json.dumps({"task_id": task_id, "detail": TASK_DELETED})
                 yield sse_event("deleted", gone, event_id + 1)
                 return
-            latest = task_status(task).model_dump_json()
+            status = task_status(task)
+            latest = status.model_dump_json()
             if latest != body:
+                if placeholder is None and status.placeholder is not None:
+                    placeholder, event_id = status.placeholder, event_id + 1
+                    yield sse_event("placeholder", placeholder.model_dump_json(), event_id)
                 body, event_id = latest, event_id + 1
                 final = task.status in FINAL_STATUSES
                 yield sse_event("status", body, event_id)

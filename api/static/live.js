@@ -10,8 +10,10 @@ const MAX_STREAMS = 3;
 let openStreams = 0;
 
 // Calls onStatus(body) with each /status body until the task is final, and onGone(detail) if it
-// is deleted or was never there. Returns a function that stops watching.
-export function watchTask(taskId, { onStatus, onGone }) {
+// is deleted or was never there; onPlaceholder(placeholder), if given, as soon as the stream says
+// the worker recorded the task's placeholder (a polled body carries it as `placeholder`).
+// Returns a function that stops watching.
+export function watchTask(taskId, { onStatus, onGone, onPlaceholder }) {
   const id = encodeURIComponent(String(taskId));
   let stopped = false;
   let timer = null;
@@ -66,6 +68,9 @@ export function watchTask(taskId, { onStatus, onGone }) {
   source = new EventSource(`/tasks/${id}/events`);
   openStreams += 1;
   source.addEventListener("status", (event) => handle(JSON.parse(event.data)));
+  source.addEventListener("placeholder", (event) => {
+    if (!stopped && onPlaceholder) onPlaceholder(JSON.parse(event.data));
+  });
   source.addEventListener("deleted", (event) => {
     stop();
     onGone(JSON.parse(event.data).detail);

@@ -1,11 +1,29 @@
 // The result page, kept current without a reload: status, the processed image once done, the
 // reason once failed. The server-rendered page is already right; this only follows changes.
 import { FINAL, STATUS_HINTS, outputFacts, watchTask } from "./live.js";
+import { drawThumbHash } from "./thumbhash.js";
 
 const root = document.getElementById("task");
 
 function show(element, visible) {
   element.hidden = !visible;
+}
+
+const COLOUR = /^#[0-9a-f]{6}$/;
+
+// The task's placeholder (from /status, its events, or the served page) in the waiting box: the
+// dominant colour as background, the ThumbHash drawn over it, the box in the picture's proportions.
+function showPlaceholder(placeholder) {
+  const box = document.getElementById("processed-placeholder");
+  if (!box || !placeholder || typeof placeholder !== "object" || box.dataset.shown === "yes") return;
+  const { thumbhash, dominant_color: colour, width, height } = placeholder;
+  if (typeof colour === "string" && COLOUR.test(colour)) box.style.backgroundColor = colour;
+  if (Number.isInteger(width) && Number.isInteger(height) && width > 0 && height > 0) {
+    box.style.aspectRatio = `${width} / ${height}`;
+  }
+  const canvas = document.getElementById("placeholder-preview");
+  if (typeof thumbhash === "string" && drawThumbHash(canvas, thumbhash)) canvas.hidden = false;
+  box.dataset.shown = "yes";
 }
 
 function render(body) {
@@ -35,16 +53,29 @@ function render(body) {
     download.href = body.processed_url;
     show(download, true);
   } else if (placeholder) {
-    placeholder.textContent = failed ? "No processed image." : "Not processed yet.";
+    document.getElementById("placeholder-text").textContent = failed ? "No processed image." : "Not processed yet.";
+    if (!failed) showPlaceholder(body.placeholder);
   }
   const facts = outputFacts(body);
   if (facts) document.getElementById("output-facts").textContent = ` · ${facts}`;
+}
+
+// A placeholder known when the page was served.
+const served = document.getElementById("processed-placeholder");
+if (served && served.dataset.thumbhash) {
+  showPlaceholder({
+    thumbhash: served.dataset.thumbhash,
+    dominant_color: served.dataset.dominantColor,
+    width: Number(served.dataset.width),
+    height: Number(served.dataset.height),
+  });
 }
 
 // A finished task's page is already complete as served.
 if (root && !FINAL.includes(root.dataset.status)) {
   watchTask(root.dataset.taskId, {
     onStatus: render,
+    onPlaceholder: showPlaceholder,
     onGone: (detail) => {
       const badge = document.getElementById("status");
       badge.textContent = "deleted";

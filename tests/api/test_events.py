@@ -138,3 +138,50 @@ async def test_an_unknown_task_is_404_like_status(client: httpx.AsyncClient, tas
 @pytest.mark.parametrize("task_id", ["abc", "1.5"])
 async def test_a_task_id_that_is_not_a_number_is_422(client: httpx.AsyncClient, task_id: str) -> None:
     assert (await client.get(f"/tasks/{task_id}/events")).status_code == 422
+
+
+PLACEHOLDER = {
+    "thumbhash": "FvoBA7iPdYmIiHiHj4j3iIg=",
+    "dominant_color": "#c81e28",
+    "width": 400,
+    "height": 200,
+}
+
+
+async def test_a_recorded_placeholder_gets_its_own_event_before_the_status_that_shows_it(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    task_id = await new_task(client)
+
+    async with events_of(client, task_id) as reader:
+        await next_status(reader)
+        await set_row(db, task_id, status="processing", started_at=func.now(), attempts=1)
+        await next_status(reader)
+        await set_row(db, task_id, placeholder=PLACEHOLDER)
+        placeholder = await reader.next()
+        showing = await next_status(reader)
+        await set_row(db, task_id, status="done", finished_at=func.now())
+        done = await next_status(reader)
+        after = await reader.next()
+
+    assert placeholder is not None and placeholder.event == "placeholder"
+    assert placeholder.json() == PLACEHOLDER == showing.json()["placeholder"] == done.json()["placeholder"]
+    assert [placeholder.id, showing.id, done.id] == ["3", "4", "5"]
+    assert after is None, "one placeholder event only"
+
+
+async def test_a_final_task_with_a_placeholder_sends_it_first(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    task_id = await new_task(client)
+    await set_row(db, task_id, status="done", finished_at=func.now(), placeholder=PLACEHOLDER)
+
+    async with events_of(client, task_id) as reader:
+        placeholder = await reader.next()
+        only = await next_status(reader)
+        after = await reader.next()
+
+    assert placeholder is not None and (placeholder.event, placeholder.id) == ("placeholder", "1")
+    assert placeholder.retry == str(RETRY_MILLISECONDS), "the first event tells when to reconnect"
+    assert (only.json()["status"], only.id) == ("done", "2")
+    assert after is None

@@ -9,16 +9,19 @@ else to the session's scratch folder, so a test run leaves the work tree as it w
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from core.formats import DAMAGED_MESSAGE
 from devstack.stack import PROJECT_ROOT, start_worker, stop_process
@@ -345,3 +348,92 @@ def test_a_hostile_file_name_stays_text_in_every_page(page: Page, traffic: Traff
     expect(page.get_by_alt_text(f"Processed: {hostile}").first).to_be_visible()
     assert dialogs == [], "no script from the name ever ran"
     assert page.locator("img[src='x']").count() == 0
+
+
+# Seconds of blurring after the decode (about 0.35 s each on a 3000 × 2000 picture here), so the
+# page is caught between the placeholder and the result; light enough for the worker's pool.
+SLOW_BLURS = json.dumps([{"op": "blur", "radius": 100}] * 8)
+GREEN_PICTURE = (30, 140, 70)
+
+# One look at the waiting box, taken in the page at one instant.
+PLACEHOLDER_STATE = """() => {
+    const box = document.getElementById("processed-placeholder");
+    const canvas = document.getElementById("placeholder-preview");
+    const centre = canvas && !canvas.hidden && canvas.width
+        ? Array.from(canvas.getContext("2d").getImageData(canvas.width >> 1, canvas.height >> 1, 1, 1).data)
+        : null;
+    return {
+        status: document.getElementById("status").textContent,
+        processed: document.getElementById("processed-image") !== null,
+        background: box ? getComputedStyle(box).backgroundColor : null,
+        ratio: box ? box.clientWidth / box.clientHeight : null,
+        served: box ? box.dataset.thumbhash || null : null,
+        centre,
+    };
+}"""
+
+
+def wait_until(check: Callable[[], bool], *, what: str, timeout: float = 60) -> None:
+    """Poll `check` until it holds; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.05)
+
+
+def slow_green_task(api_process: str) -> int:
+    picture = images.encode(Image.new("RGB", (3000, 2000), GREEN_PICTURE), "JPEG")
+    created = httpx.post(
+        f"{api_process}/upload",
+        files={"file": ("meadow.jpg", picture, "image/jpeg")},
+        data={"ops": SLOW_BLURS},
+        timeout=30,
+    )
+    assert created.status_code == 200, created.text
+    return created.json()["task_id"]
+
+
+def assert_placeholder_shown(state: dict) -> None:
+    assert state["status"] in ("pending", "processing") and not state["processed"], state
+    shown = [int(value) for value in re.findall(r"\d+", state["background"])]
+    assert all(abs(a - b) <= 4 for a, b in zip(shown, GREEN_PICTURE, strict=True)), (
+        f"the dominant colour: {state}"
+    )
+    assert state["ratio"] == pytest.approx(1.5, rel=0.05), "the box has the picture's proportions"
+    red, green, blue, alpha = state["centre"]
+    assert alpha == 255 and green > red + 40 and green > blue + 40, f"the preview is green: {state}"
+
+
+def test_the_placeholder_shows_while_the_result_is_made(
+    page: Page, traffic: Traffic, api_process: str, worker: Worker, screenshots: Path
+) -> None:
+    worker.ensure_running()
+    task_id = slow_green_task(api_process)
+    page.goto(f"/result/{task_id}")
+
+    # Drawn when the stream brings it (the page was served before the worker decoded the picture).
+    expect(page.locator("#placeholder-preview")).to_be_visible(timeout=PROCESSED_WITHIN_MS)
+    assert_placeholder_shown(page.evaluate(PLACEHOLDER_STATE))
+    page.screenshot(path=screenshots / "result-placeholder.png", full_page=True)
+
+    expect(page.locator("#status")).to_have_text("done", timeout=PROCESSED_WITHIN_MS)
+    expect(page.locator("#processed-image")).to_be_visible()
+    expect(page.locator("#processed-placeholder")).to_have_count(0)
+
+
+def test_a_page_served_after_the_placeholder_shows_it_at_once(
+    page: Page, traffic: Traffic, api_process: str, worker: Worker
+) -> None:
+    worker.ensure_running()
+    task_id = slow_green_task(api_process)
+
+    def recorded() -> bool:
+        return httpx.get(f"{api_process}/status/{task_id}", timeout=10).json()["placeholder"] is not None
+
+    wait_until(recorded, what="the worker records the placeholder")
+    page.goto(f"/result/{task_id}")
+
+    state = page.evaluate(PLACEHOLDER_STATE)
+    assert state["served"], "the page came with the placeholder"
+    assert_placeholder_shown(state)
+    expect(page.locator("#status")).to_have_text("done", timeout=PROCESSED_WITHIN_MS)

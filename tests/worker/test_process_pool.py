@@ -70,6 +70,9 @@ async def test_images_are_rendered_in_child_processes(
     assert status["status"] == "done", status["error"]
     assert (status["outputs"][0]["width"], status["outputs"][0]["height"]) == (256, 192)
     assert len(descendants(pool_worker.pid)) >= 2, "a forkserver and its render processes"
+    # A pooled child cannot report while it renders: its placeholder is recorded with the outputs.
+    placeholder = status["placeholder"]
+    assert placeholder is not None and (placeholder["width"], placeholder["height"]) == (640, 480)
 
 
 async def test_a_render_process_killed_mid_image_costs_one_attempt(
