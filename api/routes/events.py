@@ -208,13 +208,14 @@ _EVENT = {
     "type": "object",
     "required": ["event", "data"],
     "properties": {
-        "event": {"enum": ["status", "deleted"]},
+        "event": {"enum": ["status", "placeholder", "deleted"]},
         "data": {"type": "string", "contentMediaType": "application/json"},
         "id": {"type": "string", "pattern": "^[0-9]+$"},
         "retry": {"type": "integer", "minimum": 0},
     },
     "allOf": [
         _event_data("status", {"$ref": "#/components/schemas/TaskStatusResponse"}),
+        _event_data("placeholder", {"$ref": "#/components/schemas/PlaceholderResponse"}),
         _event_data(
             "deleted",
             {
@@ -237,7 +238,9 @@ _EXAMPLE_STREAM = (
     responses={
         200: {
             "description": "`event: status` with the `GET /status/{task_id}` body as `data`, at once and on "
-            "every change, until the task is `done` or `failed`; `event: deleted` if it is deleted; "
+            "every change, until the task is `done` or `failed`; `event: placeholder` with the task's "
+            "`placeholder` once the worker has decoded the input, before the status that first shows it; "
+            "`event: deleted` if it is deleted; "
             "`: keep-alive` comments meanwhile. A reconnecting client's `Last-Event-ID` is honoured.",
             "content": {"text/event-stream": {"itemSchema": _EVENT, "example": _EXAMPLE_STREAM}},
         },
