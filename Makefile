@@ -6,7 +6,7 @@ PORT ?= 8000
 WORKERS ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-compose lint format clean bench bench-quick bench-hostile
+.PHONY: install run test test-compose lint format clean bench bench-quick bench-hostile bench-sidebyside
 
 # The venv is rebuilt only when a requirements file changes.
 $(VENV)/.installed: requirements.txt requirements-core.txt requirements-api.txt requirements-worker.txt \
@@ -57,6 +57,11 @@ bench-quick: $(VENV)/.bench-installed
 ## bench-hostile: `make bench`'s hostile-traffic scenario alone (about 2.5 min; bench/results/<date>-hostile.*)
 bench-hostile: $(VENV)/.bench-installed
 	$(PY) -m bench.hostile
+
+## bench-sidebyside: ours beside the original design (../shared/original) with httpx, requests, aiohttp and
+## the raw generator, 3 interleaved runs, medians (about 20 min; bench/results/<date>-sidebyside.*)
+bench-sidebyside: $(VENV)/.bench-installed
+	$(PY) -m bench.sidebyside
 
 ## clean: remove the local servers' data (.devdata) and runtime files; keeps the venv
 clean:
