@@ -46,7 +46,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed requirements-bench.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
 	touch $@
 
-## bench: every scenario, several times, on throwaway servers (< 15 min); results in bench/results
+## bench: every scenario, several times, on throwaway servers (about 20 min); results in bench/results
 bench: $(VENV)/.bench-installed
 	$(PY) -m bench.suite
 
