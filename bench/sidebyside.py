@@ -12,7 +12,8 @@ connection: its env.py wants psycopg2, which neither venv has). Its stream (`ima
 Scenarios, each run for ours and the original in turn (ours, original, ours, ...), `--reps` times,
 reporting the median: ingest (API alone, no worker) of a 600×450 JPEG at c16 and c64 with each client
 (bench.load's raw generator, httpx, requests, aiohttp when installed); end to end (API and one worker)
-of 400 small uploads at c16; end to end of 4000×3000 photos. CPU per upload or image is counted for every
+of 400 small uploads at c16; ingest of 4000×3000 photos (3 MB) at c4 with each client, and their end to
+end with httpx. CPU per upload or image is counted for every
 process: API, worker (and its children), PostgreSQL (postmaster and its backends), NATS and the client.
 The client's figures are its own (getrusage); a client that opens more connections than its
 concurrency had connections closed under it.
@@ -267,6 +268,8 @@ class SideBySide:
             for client in plan.clients
             for n in plan.concurrencies
         ]
+        # The API's CPU per 3 MB upload from each client (a client's framing could cost the API more).
+        steps += [(f"ingest 12 MP {c} c4", False, c, "large", plan.large_uploads, 4) for c in plan.clients]
         steps += [(f"end to end {c} c16", True, c, "small", plan.e2e_uploads, 16) for c in plan.e2e_clients]
         steps.append(("12 MP end to end httpx c4", True, "httpx", "large", plan.large_uploads, 4))
         for rep in range(plan.reps):
@@ -346,6 +349,8 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(not run: the original's code was not found)"
     lines = [
         "| scenario | design | per s | p50 ms | p99 ms | conns | API | worker | PG | NATS | client | all "
         "(CPU ms per upload/image) | ours/original rate |",
@@ -366,6 +371,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 async def on_stack(stack: BenchStack, quick: bool, reps: int) -> dict[str, Any]:
     """`make bench`'s scenario: on the suite's own servers (and its folder for the two images)."""
+    if not (ORIGINAL_ROOT / "api" / "main.py").exists():
+        print(f"  skipped: the original's code is not at {ORIGINAL_ROOT}", flush=True)
+        return {"skipped": f"the original's code is not at {ORIGINAL_ROOT}", "summary": []}
     plan = Plan.quick(reps) if quick else Plan.full(reps)
     files = await _images(stack.workdir)
     bench = SideBySide(stack, plan, files)
