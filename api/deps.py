@@ -11,6 +11,7 @@ from fastapi import Depends, Header, HTTPException, Path, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.state import Services
+from api.uploads import discard_some
 from core import tasks
 from core.models import MAX_TASK_ID, ImageTask
 
@@ -41,7 +42,7 @@ def key_fingerprint(key: str) -> str:
 
 
 async def get_caller(
-    services: ServicesDep, presented: Annotated[str | None, _API_KEY_HEADER] = None
+    request: Request, services: ServicesDep, presented: Annotated[str | None, _API_KEY_HEADER] = None
 ) -> str | None:
     """The caller's key fingerprint, None when API keys are off; 401 for a missing or unknown key."""
     keys = services.settings.api_keys
@@ -50,6 +51,10 @@ async def get_caller(
     # Compare against every key, in constant time, so timing reveals neither a key nor its position.
     matches = [hmac.compare_digest(presented.encode(), key.encode()) for key in keys] if presented else []
     if not any(matches):
+        # Refused before the body is read: read a bounded part of it first, as a refused upload does,
+        # or the close that follows an answer to an unread body resets the connection under a client
+        # still sending, and it never sees the 401.
+        await discard_some(request.stream())
         raise HTTPException(status_code=401, detail=API_KEY_REQUIRED, headers={"WWW-Authenticate": "ApiKey"})
     assert presented is not None
     return key_fingerprint(presented)
