@@ -6,7 +6,8 @@ PORT ?= 8000
 WORKERS ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-compose lint format clean bench bench-quick bench-hostile bench-formats
+.PHONY: install run test test-compose lint format clean bench bench-quick bench-hostile bench-formats \
+	bench-sidebyside
 
 # The venv is rebuilt only when a requirements file changes.
 $(VENV)/.installed: requirements.txt requirements-core.txt requirements-api.txt requirements-worker.txt \
@@ -46,7 +47,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed requirements-bench.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
 	touch $@
 
-## bench: every scenario, several times, on throwaway servers (< 15 min); results in bench/results
+## bench: every scenario, several times, on throwaway servers (about 20 min); results in bench/results
 bench: $(VENV)/.bench-installed
 	$(PY) -m bench.suite
 
@@ -62,6 +63,11 @@ bench-hostile: $(VENV)/.bench-installed
 ## with peak RSS, and a 24 MP HEIC thumbnail (about 5 min; prints a table for BENCHMARKS.md)
 bench-formats: $(VENV)/.bench-installed
 	$(PY) -m bench.input_formats
+
+## bench-sidebyside: ours beside the original design (../shared/original) with httpx, requests, aiohttp and
+## the raw generator, 3 interleaved runs, medians (about 20 min; bench/results/<date>-sidebyside.*)
+bench-sidebyside: $(VENV)/.bench-installed
+	$(PY) -m bench.sidebyside
 
 ## clean: remove the local servers' data (.devdata) and runtime files; keeps the venv
 clean:

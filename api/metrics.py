@@ -201,7 +201,7 @@ class _Scrape:
         yield from self._extra
 
 
-def get_metrics(request: Request) -> ApiMetrics:
+async def get_metrics(request: Request) -> ApiMetrics:  # async: no thread hop (see api.deps)
     return request.app.state.metrics
 
 

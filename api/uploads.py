@@ -37,7 +37,7 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 MAX_TEXT_FIELD_BYTES = 8 * 1024
 MAX_PARTS = 16
 MAX_PART_HEADER_BYTES = 8 * 1024
-# After refusing, read at most this much more of the body, for at most this long (see _discard_some).
+# After refusing, read at most this much more of the body, for at most this long (see discard_some).
 DISCARD_BYTES = 4 * 1024 * 1024
 DISCARD_SECONDS = 2.0
 DISPLAY_NAME_MAX_CHARS = 255
@@ -198,7 +198,7 @@ def _check_declared_length(request: Request, limit: int, max_file_bytes: int) ->
         raise UploadRefused(413, TOO_LARGE.format(limit=max_file_bytes))
 
 
-async def _discard_some(chunks: AsyncIterator[bytes]) -> None:
+async def discard_some(chunks: AsyncIterator[bytes]) -> None:
     """Read (and drop) a bounded part of what the client is still sending before we answer.
 
     Closing a socket with unread data makes the kernel send a reset, and a client that is still
@@ -289,8 +289,8 @@ def _finish_file(target: BinaryIO, temp_path: Path, max_pixels: int, max_frames:
 
 async def discard_unread(request: Request) -> None:
     """Before refusing a request for something its head says (a bad header), its body still unread:
-    read a bounded part of the body (see _discard_some), so the client sees the answer."""
-    await _discard_some(request.stream())
+    read a bounded part of the body (see discard_some), so the client sees the answer."""
+    await discard_some(request.stream())
 
 
 async def refuse_unread(request: Request, status_code: int, message: str) -> NoReturn:
@@ -312,7 +312,7 @@ async def receive_upload(
     try:
         return await _receive(chunks, boundary, folders, max_file_bytes, max_pixels, max_frames)
     except UploadRefused:
-        await _discard_some(chunks)
+        await discard_some(chunks)
         raise
 
 

@@ -434,6 +434,15 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             hostile.section(scenarios["hostile"]),
         ]
+    if "side_by_side" in scenarios:
+        from bench import sidebyside
+
+        out += [
+            "",
+            "### 7. Beside the original design, with real clients (bench/sidebyside.py; medians)",
+            "",
+            sidebyside.table(scenarios["side_by_side"]["summary"]),
+        ]
     out += ["", "### Machine and other load", "", _machine(results)]
     return "\n".join(out) + "\n"
 

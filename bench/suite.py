@@ -43,7 +43,7 @@ from typing import Any
 
 import httpx
 
-from bench import hostile, machine, report
+from bench import hostile, machine, report, sidebyside
 from bench.images import photo_jpeg
 from bench.load import HOST
 from bench.pillow_baseline import bare_loop, render_function
@@ -590,6 +590,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         if plan.hostile_seconds:
             scenarios["hostile"] = suite.hostile
+        scenarios["side_by_side"] = lambda: sidebyside.on_stack(stack, args.quick, plan.reps)
         for name, scenario in scenarios.items():
             if args.only and name not in args.only:
                 continue
