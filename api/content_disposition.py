@@ -43,10 +43,13 @@ def _params(header: str) -> dict[str, str]:
 
 
 def _charset(name: str) -> str | None:
+    """The codec of a text charset; None for an unknown name and for Python's non-text codecs
+    (`rot13`, `base64`, `hex`, `zlib`: codecs.lookup finds them, but str.decode refuses them)."""
     try:
-        return codecs.lookup(name).name
+        info = codecs.lookup(name)
     except LookupError:
         return None
+    return info.name if getattr(info, "_is_text_encoding", True) else None
 
 
 def _extended(value: str) -> str | None:
