@@ -534,9 +534,15 @@ def _save_within(first: Image.Image, dst: Path, options: dict[str, Any], max_byt
     ceiling = int(options["quality"])
     floor = min(MAX_BYTES_FLOOR_QUALITY, ceiling)
 
+    # One options dict for the whole search: a WebP method _save had to fall back to is kept for
+    # the next encodes, not found again each time (which would be up to 4 encodes an encode, past
+    # the MAX_BYTES_ENCODES the cost estimate counts).
+    options = dict(options)
+
     def encoded(quality: int) -> bytes:
         buffer = io.BytesIO()
-        _save(first, buffer, {**options, "quality": quality})
+        options["quality"] = quality
+        _save(first, buffer, options)
         return buffer.getvalue()
 
     data = encoded(ceiling)
