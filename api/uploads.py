@@ -289,7 +289,11 @@ def _finish_file(target: BinaryIO, temp_path: Path, max_pixels: int, max_frames:
 
 async def discard_unread(request: Request) -> None:
     """Before refusing a request for something its head says (a bad header), its body still unread:
-    read a bounded part of the body (see discard_some), so the client sees the answer."""
+    read a bounded part of the body (see discard_some), so the client sees the answer. Not when the
+    client waits for `100 Continue` before sending it: reading would invite the body (the server
+    sends 100 at the first read), while answering at once spares the upload (RFC 9110 §10.1.1)."""
+    if request.headers.get("expect", "").lower() == "100-continue":
+        return
     await discard_some(request.stream())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -186,3 +187,24 @@ async def test_one_key_cannot_take_every_live_stream_slot(keyed: httpx.AsyncClie
             return again.status_code == 200
 
     await eventually(alice_served_again, timeout=10, what="Alice's slots given back")
+
+
+async def test_a_refused_upload_waiting_for_100_continue_is_answered_without_inviting_its_body(
+    keyed_api: str,
+) -> None:
+    """curl and .NET ask `Expect: 100-continue` before a large body: a request refused on its head
+    gets the 401 at once, not a `100 Continue` that makes the client send the body for nothing."""
+    url = httpx.URL(keyed_api)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 5000000\r\n\r\n"
+        )
+        await writer.drain()
+        async with asyncio.timeout(10):
+            status_line = await reader.readline()
+    finally:
+        writer.close()
+
+    assert status_line.startswith(b"HTTP/1.1 401"), status_line
