@@ -52,9 +52,9 @@ IMAGE = images.jpeg(48, 32)
         ),
         (b'form-data; name="file"; filename="a;b \\"c\\".jpg"', ("file", 'a;b "c".jpg')),
         # Python's non-text codecs are not charsets: the names are kept as sent.
-        (b"form-data; name=\"file\"; filename*=rot13''abc.jpg; filename=\"a.jpg\"", ("file", "a.jpg")),
+        (b'form-data; name="file"; filename*=rot13\'\'abc.jpg; filename="a.jpg"', ("file", "a.jpg")),
         (b'form-data; name="file"; filename="=?base64?B?YWJj?="', ("file", "=?base64?B?YWJj?=")),
-        (b"form-data; name=\"file\"; filename*0*=hex''616263; filename=\"b.jpg\"", ("file", "b.jpg")),
+        (b'form-data; name="file"; filename*0*=hex\'\'616263; filename="b.jpg"', ("file", "b.jpg")),
         (b'form-data; name="note"', ("note", None)),
         (b"form-data; name=\"extra\"; filename*=UTF-8''x.jpg", ("extra", "x.jpg")),
     ],
