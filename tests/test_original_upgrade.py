@@ -8,6 +8,7 @@ test's messages reach this worker.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
+from PIL import Image
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from devstack.servers import LocalNats, free_port
@@ -50,6 +52,7 @@ ROWS = [
     ("busy.png", "processing", True, False),
     ("gone.gif", "pending", False, False),
     ("lost result.jpg", "done", True, False),
+    ("scan.tif", "pending", True, False),  # a format the original's Pillow took, and ours does now
 ]
 
 
@@ -102,6 +105,10 @@ def original_deployment(servers: LocalServers, workdir: Path) -> Iterator[dict]:
         # Its files under the clients' names, as its API and worker wrote them.
         for filename, _, has_upload, has_result in ROWS:
             data = jpeg(64, 48) if filename.endswith(("jpg", "JPG")) else png(64, 48)
+            if filename.endswith(".tif"):
+                buffer = io.BytesIO()
+                Image.new("RGB", (64, 48), (10, 200, 30)).save(buffer, "TIFF", compression="tiff_lzw")
+                data = buffer.getvalue()
             if has_upload:
                 (uploads / filename).write_bytes(data)
             if has_result:
@@ -154,6 +161,7 @@ async def test_the_original_designs_database_upgrades_in_place_and_its_tasks_are
         "busy.png": "pending",  # its worker is gone: processed anew
         "gone.gif": "failed",  # no file to process
         "lost result.jpg": "pending",  # its upload is there, its result is not: made again
+        "scan.tif": "pending",
     }
     # The original files stay where they were.
     assert (original_deployment["uploads"] / "test_image.JPG").is_file()
@@ -169,7 +177,7 @@ async def test_the_original_designs_database_upgrades_in_place_and_its_tasks_are
                 served = await client.get(old["processed_url"])
                 assert served.status_code == 200 and served.headers["content-type"] == "image/jpeg"
 
-                for name in ("test_image.JPG", "busy.png", "lost result.jpg"):
+                for name in ("test_image.JPG", "busy.png", "lost result.jpg", "scan.tif"):
                     final = await final_status(client, ids[name], timeout=90)
                     assert final["status"] == "done", final
                     assert datetime.fromisoformat(final["upload_time"]) == OLD_TIME

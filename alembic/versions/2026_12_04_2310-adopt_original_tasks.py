@@ -58,7 +58,10 @@ _FORMATS = {
     "GIF": (".gif", "image/gif"),
     "WEBP": (".webp", "image/webp"),
     "BMP": (".bmp", "image/bmp"),
+    "AVIF": (".avif", "image/avif"),
+    "TIFF": (".tif", "image/tiff"),
 }
+# (HEIC is left out: the original's Pillow could not open it, so no task of it ever got further.)
 # Pillow names a JPEG with several pictures (phone cameras) MPO; it is stored and served as JPEG.
 _SAME_AS = {"MPO": "JPEG"}
 # What the original's worker stamped on every image, and what ours does for an upload without a
