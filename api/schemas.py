@@ -31,6 +31,7 @@ _EXAMPLE_TASK: dict[str, Any] = {
     "finished_at": "2026-12-04T10:00:00.900000Z",
     "processed_url": "/processed/0f8e1c2a9b7d4e6f8a1b2c3d4e5f6a7b.jpg",
     "processing": _EXAMPLE_PROCESSING,
+    "focus": None,
     "outputs": [
         {
             "name": "main",
@@ -131,6 +132,12 @@ class TaskStatusResponse(BaseModel):
         description="Where the processed image is (the first output), once `done`."
     )
     processing: list[RequestedOutput] = Field(description="What the upload asked for, one entry per output.")
+    focus: tuple[float, float] | None = Field(
+        default=None,
+        description="The upload's `focus` field, [x, y] fractions (0-1) of the picture as displayed, from "
+        'its top left: the point `gravity: "focus"` keeps. null when none was given.',
+        examples=[[0.3, 0.6]],
+    )
     outputs: list[OutputResponse] | None = Field(
         default=None, description="Every output once `done`, in the order asked for."
     )
@@ -206,6 +213,12 @@ def _outputs(task: ImageTask) -> list[OutputResponse] | None:
     ]
 
 
+def _focus(task: ImageTask) -> tuple[float, float] | None:
+    # Stored only when given (rows from before it, and uploads without one, have no key).
+    point = task.processing.get("focus")
+    return (float(point[0]), float(point[1])) if point else None
+
+
 def task_status(task: ImageTask) -> TaskStatusResponse:
     return TaskStatusResponse(
         task_id=task.id,
@@ -218,6 +231,7 @@ def task_status(task: ImageTask) -> TaskStatusResponse:
         finished_at=task.finished_at,
         processed_url=processed_url(task),
         processing=[RequestedOutput.model_validate(item) for item in task.processing["outputs"]],
+        focus=_focus(task),
         outputs=_outputs(task),
         callback=CallbackStatus(
             url=task.callback_url,

@@ -56,6 +56,20 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _focus_point(text: str) -> str:
+    # Only the shape is checked here (a typo is a usage error before anything is sent); the server
+    # judges the range, as it does for --ops, and its words come back as they are.
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        for part in parts:
+            float(part)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be two numbers x,y such as 0.3,0.6, got {text!r}") from None
+    return text.strip()
+
+
 def _base_url(text: str) -> str:
     if not text.startswith(("http://", "https://")):
         raise argparse.ArgumentTypeError(f"must start with http:// or https://, got {text!r}")
@@ -89,6 +103,13 @@ def _parser() -> argparse.ArgumentParser:
     upload.add_argument("--preset", help="processing preset name (sent as the form field `preset`)")
     upload.add_argument("--ops", help="processing operations as JSON (form field `ops`)")
     upload.add_argument("--outputs", help="outputs wanted as JSON (form field `outputs`)")
+    upload.add_argument(
+        "--focus",
+        type=_focus_point,
+        metavar="X,Y",
+        help='the point `gravity: "focus"` keeps: fractions 0-1 of the picture as displayed, from the '
+        "top left, such as 0.3,0.6 (form field `focus`)",
+    )
     upload.add_argument("--wait", action="store_true", help="follow each task until done or failed")
     upload.add_argument(
         "--concurrency", type=_positive_int, default=DEFAULT_CONCURRENCY, help="requests at once (default 4)"
@@ -116,6 +137,8 @@ def _form_fields(args: argparse.Namespace) -> dict[str, str]:
     fields: dict[str, str] = {}
     if args.preset is not None:
         fields["preset"] = args.preset
+    if args.focus is not None:
+        fields["focus"] = args.focus
     for name in ("ops", "outputs"):
         text = getattr(args, name)
         if text is None:

@@ -35,6 +35,10 @@ def upload_results(out: TextIO, results: Sequence[UploadResult], *, as_json: boo
     )
 
 
+def _point(point: Sequence[float] | None) -> str | None:
+    return None if point is None else f"{point[0]:g},{point[1]:g}"
+
+
 def task(out: TextIO, body: dict[str, Any], base_url: str, *, as_json: bool) -> None:
     if as_json:
         write_json(out, body)
@@ -44,6 +48,7 @@ def task(out: TextIO, body: dict[str, Any], base_url: str, *, as_json: bool) -> 
         ("file", body.get("filename")),
         ("uploaded", body.get("upload_time")),
         ("attempts", body.get("attempts")),
+        ("focus", _point(body.get("focus"))),
         ("started", body.get("started_at")),
         ("finished", body.get("finished_at")),
         ("processed", _absolute(base_url, body.get("processed_url"))),

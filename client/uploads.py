@@ -52,7 +52,7 @@ class UploadResult:
 
 @dataclass(frozen=True)
 class UploadOptions:
-    fields: dict[str, str]  # preset, ops, outputs: passed through as form text fields
+    fields: dict[str, str]  # preset, ops, outputs, focus: passed through as form text fields
     wait: bool
     wait_seconds: float
     concurrency: int

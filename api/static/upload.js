@@ -1,6 +1,7 @@
 // The upload form, enhanced: several files at once (chosen or dropped), one request per file with
 // a progress bar, and each file's live status and result link. Without this script the form posts
 // one file the plain way and the server answers with its result page.
+import { focusPicker } from "./focus.js";
 import { STATUS_HINTS, watchTask } from "./live.js";
 
 const form = document.getElementById("upload-form");
@@ -55,11 +56,12 @@ function errorDetail(request) {
   return `the server answered ${request.status} ${request.statusText}`.trim();
 }
 
-function send(file, view) {
+function send(file, view, fields) {
   sending += 1;
-  // Every field of the form goes along (whatever it holds), with this one file in `file`.
-  const data = new FormData(form);
-  data.delete("file");
+  // Every field of the form goes along (whatever it held when the file was given), with this one
+  // file in `file`.
+  const data = new FormData();
+  for (const [name, value] of fields) data.append(name, value);
   data.append("file", file, file.name);
   const request = new XMLHttpRequest();
   request.open("POST", form.action);
@@ -102,13 +104,17 @@ function send(file, view) {
 
 function next() {
   while (sending < PARALLEL_UPLOADS && waiting.length) {
-    const { file, view } = waiting.shift();
-    send(file, view);
+    const { file, view, fields } = waiting.shift();
+    send(file, view, fields);
   }
 }
 
 function uploadAll(files) {
-  for (const file of files) waiting.push({ file, view: addLine(file) });
+  // Taken now: a file waiting its turn is sent with the fields it was given with, even if the form
+  // has been changed (or its focus point cleared) since.
+  const fields = new FormData(form);
+  fields.delete("file");
+  for (const file of files) waiting.push({ file, view: addLine(file), fields });
   next();
 }
 
@@ -116,6 +122,16 @@ if (form && input && list && typeof FormData === "function" && typeof XMLHttpReq
   input.multiple = true;
   input.required = false; // dropping files is the other way in
   document.getElementById("drop-hint").hidden = false;
+  const focusField = document.getElementById("focus");
+  const picker =
+    focusField && typeof createImageBitmap === "function"
+      ? focusPicker(
+          input,
+          focusField,
+          document.getElementById("focus-picker"),
+          document.getElementById("focus-preview"),
+        )
+      : null;
 
   form.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -125,6 +141,7 @@ if (form && input && list && typeof FormData === "function" && typeof XMLHttpReq
     }
     uploadAll(Array.from(input.files));
     input.value = "";
+    picker?.reset();
   });
   input.addEventListener("change", () => form.classList.toggle("has-files", input.files.length > 0));
 

@@ -103,6 +103,7 @@ async def test_focus_on_an_exif_rotated_photo(ops: httpx.AsyncClient) -> None:
     status, out = await rendered(ops, content, ops_list, focus="0.25,0.83")
 
     assert status["status"] == "done", status["error"]
+    assert status["focus"] == [0.25, 0.83], "the status shows the point the task was given"
     assert out.size == (300, 300)
     found = colour_bbox(out, MARK, 60)
     # The 600 × 600 cut starts at y 600 (as low as it goes): the wanted mark, 130-170 × 980-1020

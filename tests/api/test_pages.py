@@ -146,8 +146,12 @@ async def test_the_upload_form_posts_one_file_without_script_and_loads_its_scrip
     tags = Tags(page)
     (form,) = tags.all("form")
     assert (form["action"], form["method"], form["enctype"]) == ("/upload", "post", "multipart/form-data")
-    (file_input,) = tags.all("input")
+    file_input, focus_input = tags.all("input")
     assert file_input["name"] == "file" and "multiple" not in file_input, "the plain post sends one file"
+    # The focus point: optional, labelled, its hint tied to it, posted as the form field `focus`.
+    assert focus_input["name"] == "focus" and "required" not in focus_input
+    assert 'for="focus"' in page and focus_input["aria-describedby"] == "focus-hint"
+    assert 'id="focus-hint"' in page
     assert {"type": "module", "src": "/static/upload.js"} in tags.all("script")
     assert_only_our_scripts(page)
 
@@ -163,7 +167,9 @@ async def test_the_upload_form_offers_every_preset_and_says_what_it_does(client:
     assert 'name="preset"' in page and 'for="preset"' in page
 
 
-@pytest.mark.parametrize("path", ["/static/live.js", "/static/upload.js", "/static/result.js"])
+@pytest.mark.parametrize(
+    "path", ["/static/live.js", "/static/upload.js", "/static/result.js", "/static/focus.js"]
+)
 async def test_scripts_are_served_as_javascript(client: httpx.AsyncClient, path: str) -> None:
     response = await client.get(path)
 

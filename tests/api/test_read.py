@@ -23,7 +23,7 @@ async def test_status_of_a_new_task_has_every_documented_field(client: httpx.Asy
     body = response.json()
     assert set(body) == {
         "task_id", "filename", "status", "upload_time", "error", "attempts", "started_at", "finished_at",
-        "processed_url", "processing", "outputs", "callback", "placeholder",
+        "processed_url", "processing", "focus", "outputs", "callback", "placeholder",
     }  # fmt: skip
     watermark = {
         "op": "watermark",
@@ -33,6 +33,7 @@ async def test_status_of_a_new_task_has_every_documented_field(client: httpx.Asy
         "opacity": 1.0,
     }
     assert body["processing"] == [{"name": "image", "preset": "default", "ops": [watermark]}]
+    assert body["focus"] is None, "no focus field was sent"
     assert body["task_id"] == created["task_id"]
     assert body["filename"] == "new.jpg"
     assert body["status"] in ("pending", "processing", "done")

@@ -437,3 +437,45 @@ def test_a_page_served_after_the_placeholder_shows_it_at_once(
     assert state["served"], "the page came with the placeholder"
     assert_placeholder_shown(state)
     expect(page.locator("#status")).to_have_text("done", timeout=PROCESSED_WITHIN_MS)
+
+
+def test_a_click_on_the_preview_sets_the_focus_point_that_is_sent(
+    page: Page, traffic: Traffic, api_process: str, worker: Worker
+) -> None:
+    worker.ensure_running()
+    page.goto("/")
+    picker = page.locator("#focus-picker")
+    expect(picker).to_be_hidden()
+    field = page.get_by_label("Focus point (optional)")
+    expect(field).to_have_attribute("aria-describedby", "focus-hint")
+
+    # A format this browser cannot draw: no preview, the field is still there to type in.
+    tiff = images.encode(Image.new("RGB", (400, 200), (200, 200, 200)), "TIFF")
+    page.set_input_files("#file", files=[{"name": "scan.tif", "mimeType": "image/tiff", "buffer": tiff}])
+    expect(field).to_be_editable()
+    page.set_input_files(
+        "#file", files=[{"name": "wide.png", "mimeType": "image/png", "buffer": images.png(640, 320)}]
+    )
+    expect(picker).to_be_visible()
+    preview = page.locator("#focus-preview")
+    expect(preview).to_have_attribute("aria-label", "Preview of wide.png")
+    # Drawn at 320 × 160: a click a quarter across and three quarters down.
+    size = page.evaluate(
+        "() => { const c = document.getElementById('focus-preview'); return [c.width, c.height]; }"
+    )
+    assert size == [320, 160]
+    preview.click(position={"x": 80, "y": 120})
+    expect(field).to_have_value("0.25,0.75")
+    marked = page.evaluate(
+        "() => Array.from(document.getElementById('focus-preview').getContext('2d')"
+        ".getImageData(80, 120, 1, 1).data)"
+    )
+    assert marked[:3] == [11, 87, 208], f"the mark is drawn at the point: {marked}"
+
+    page.get_by_role("button", name="Upload").click()
+    line = page.locator("#upload-list li")
+    expect(line.get_by_role("link", name="Result page")).to_be_visible(timeout=PROCESSED_WITHIN_MS)
+    task_id = line.get_attribute("data-task-id")
+    assert httpx.get(f"{api_process}/status/{task_id}", timeout=10).json()["focus"] == [0.25, 0.75]
+    expect(field).to_have_value("")  # the point belonged to that picture
+    expect(picker).to_be_hidden()

@@ -14,6 +14,7 @@ import pytest
 from api.deps import API_KEY_REQUIRED
 from api.uploads import FIELD_TOO_LARGE, TOO_LARGE
 from core.formats import UNSUPPORTED_MESSAGE
+from core.processing.forms import FOCUS_INVALID
 from devstack.stack import PROJECT_ROOT, running_api, start_worker, stop_process
 from tests import images
 
@@ -87,6 +88,28 @@ def test_form_fields_are_sent_for_the_server_to_judge(api_process: str, photos: 
     assert fine.returncode == 0, fine.stderr
     assert bad_op.returncode == 1 and "`ops`: [0].degrees: Field required" in bad_op.stderr, bad_op.stderr
     assert too_big.returncode == 1 and FIELD_TOO_LARGE in too_big.stderr, too_big.stderr
+
+
+def test_focus_is_sent_as_the_form_field_and_shown_in_the_status(
+    api_process: str, photos: list[Path]
+) -> None:
+    crop = '[{"op": "crop", "aspect": "1:1", "gravity": "focus"}]'
+    uploaded = run_client(
+        "upload", str(photos[0]), "--ops", crop, "--focus", "0.3,0.6", "--json", url=api_process
+    )
+    assert uploaded.returncode == 0, uploaded.stderr
+    task_id = json.loads(uploaded.stdout)[0]["task_id"]
+
+    status = run_client("status", str(task_id), "--json", url=api_process)
+    assert json.loads(status.stdout)["focus"] == [0.3, 0.6]
+    readable = run_client("status", str(task_id), url=api_process)
+    assert "  focus:     0.3,0.6\n" in readable.stdout, readable.stdout
+
+    out_of_range = run_client("upload", str(photos[0]), "--focus", "2,0.5", url=api_process)
+    assert out_of_range.returncode == 1 and FOCUS_INVALID in out_of_range.stderr, out_of_range.stderr
+    # A shape that is not x,y never reaches the server: a usage error, as for --ops that is not JSON.
+    typo = run_client("upload", str(photos[0]), "--focus", "0.3;0.6", url=api_process)
+    assert typo.returncode == 2 and "--focus: must be two numbers x,y" in typo.stderr, typo.stderr
 
 
 def test_status_list_and_delete(api_process: str, photos: list[Path]) -> None:
