@@ -725,6 +725,9 @@ def _normalised(image: Image.Image, *, copy: bool) -> Image.Image:
     """`image` in a mode every operation accepts: RGB, RGBA, L, LA (keeping any transparency)
     or CMYK."""
     if image.mode.startswith("I"):
+        if image.mode not in ("I", "I;16"):
+            # A big- or little-endian-labelled 16-bit TIFF (I;16B, I;16L): point() has no table for it.
+            image = image.convert("I")
         # 16-bit greyscale: Pillow's own conversion clips 0-65535 to 0-255 (mid-grey turns white),
         # so scale to 8 bits first.
         image = image.point(lambda value: value / 256).convert("L")
