@@ -169,7 +169,9 @@ def _scaled_mark(mark: Image.Image, scale: float | None, width: int, room: tuple
 def _tiled(mark: Image.Image, size: tuple[int, int], *, gap: int) -> Image.Image:
     """A transparent layer of `size` with `mark` repeated `gap` pixels apart from its top left. The
     strip and then the layer double at each paste: a handful of pastes even for a 1-pixel mark."""
-    cell = Image.new("RGBA", (mark.width + gap, mark.height + gap))
+    # No bigger than the layer: a gap wider than the picture (margin up to 16,384) leaves one tile on
+    # it, and an unclipped cell would be gigabytes that no cost check counts.
+    cell = Image.new("RGBA", (min(mark.width + gap, size[0]), min(mark.height + gap, size[1])))
     cell.paste(mark, (0, 0))
     strip = Image.new("RGBA", (size[0], cell.height))
     filled = 0

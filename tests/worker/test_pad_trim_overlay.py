@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -188,6 +190,35 @@ def test_overlay_tiles_over_the_whole_picture(tmp_path: Path, marks: dict[str, P
             assert pixel(out, (x + 1, y + 1)) == MARK, (x, y)
             assert pixel(out, (x + 45, y + 1)) == WHITE, "the gap between tiles"
     assert colour_bbox(out, MARK, 0) == (0, 0, 190, 100)
+
+
+_TILE_IN_A_CHILD = """
+import sys
+from pathlib import Path
+from tests.worker.rendering import processing, render_all
+ops = [{"op": "overlay", "image": "logo", "tile": True, "margin": 16384}]
+chosen = processing(ops=ops, watermark_images=["logo"])
+render_all(Path(sys.argv[1]), chosen, Path(sys.argv[2]), watermark_images={"logo": Path(sys.argv[3])})
+# VmHWM: this process's own peak (ru_maxrss would include the parent's, from before the exec).
+print(int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) // 1024)
+"""
+
+
+def test_overlay_tiles_a_huge_margin_without_a_huge_cell(tmp_path: Path, marks: dict[str, Path]) -> None:
+    # The margin is the gap between tiles: a 16,384-pixel gap made a 1 GB cell for a 200 × 100
+    # picture, which no cost check sees. Only the first tile lands on the picture.
+    done = subprocess.run(
+        [sys.executable, "-c", _TILE_IN_A_CHILD, str(white(tmp_path)), str(tmp_path), str(marks["logo"])],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parents[2],
+        timeout=120,
+    )
+
+    assert int(done.stdout) < 200, "peak MiB"
+    out = Image.open(tmp_path / "out-image")
+    assert colour_bbox(out, MARK, 0) == (0, 0, 40, 20)
 
 
 def test_overlay_on_a_transparent_picture_composites(tmp_path: Path, marks: dict[str, Path]) -> None:
