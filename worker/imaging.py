@@ -62,6 +62,9 @@ from worker.placeholder import Placeholder, make_placeholder
 
 OUTSIDE_MESSAGE = "A frame of the animation lies far outside the picture and cannot be decoded."
 ENCODING_FAILED = "The result could not be written as {format} ({reason})."
+TOO_LARGE_FOR_FORMAT = (
+    "The result is {width:,}×{height:,} pixels; {format} holds at most {limit:,} pixels a side."
+)
 OUTPUT_TOO_COSTLY = "Output {name!r}: {reason}"
 STEP_TOO_LARGE = (
     "Output {name!r}: [{index}] {op} would make an image of {pixels:,} pixels; the limit is {limit:,} pixels."
@@ -147,6 +150,9 @@ _ENCODER_MODES = {
     "GIF": ("RGB", "RGBA", "L"),
     "BMP": ("RGB", "RGBA", "L"),
 }
+# The longest side each encoder writes (libjpeg's JPEG_MAX_DIMENSION, WebP's 14-bit and AV1's 16-bit
+# sizes, GIF's 16-bit fields). Past it they fail without saying why ("broken data stream").
+_MAX_SIDE = {"JPEG": 65_500, "WEBP": 16_383, "AVIF": 65_536, "GIF": 65_535}
 # WebP 80 (Pillow's own default): on a 24 MP photo, 90 made a file 2.3× larger.
 _DEFAULT_QUALITY = {"JPEG": 90, "WEBP": 80, "AVIF": 75}
 # libwebp's "partition 0 overflow": the fast methods (0, 1) cannot fit the headers of a large, busy
@@ -574,6 +580,12 @@ def _save(first: Image.Image, dst: Path | io.BytesIO, options: dict[str, Any]) -
     """Encode, with the slower WebP methods as a fallback for partition overflows. An encoder that
     refuses the picture does so every time: that is `ImageRejected`, not a fault worth retrying
     (an OSError with an errno, the disk failing, still is)."""
+    limit = _MAX_SIDE.get(options["format"])
+    if limit is not None and max(first.size) > limit:
+        width, height = first.size
+        raise ImageRejected(
+            TOO_LARGE_FOR_FORMAT.format(width=width, height=height, format=options["format"], limit=limit)
+        )
     methods = [options.get("method")]
     if options["format"] == "WEBP":
         methods += [method for method in _WEBP_FALLBACK_METHODS if method > (options.get("method") or 0)]
@@ -586,6 +598,8 @@ def _save(first: Image.Image, dst: Path | io.BytesIO, options: dict[str, Any]) -
         except ValueError as exc:
             if _WEBP_PARTITION_OVERFLOW in str(exc) and method != methods[-1]:
                 continue
+            raise ImageRejected(ENCODING_FAILED.format(format=options["format"], reason=exc)) from exc
+        except RuntimeError as exc:  # libavif's refusals ("Failed to encode image: ...")
             raise ImageRejected(ENCODING_FAILED.format(format=options["format"], reason=exc)) from exc
         except OSError as exc:
             if exc.errno is not None:
