@@ -15,6 +15,7 @@ from PIL import Image
 from config import ConfigError
 from core.formats import ImageRejected
 from core.processing.operations import MAX_BYTES_FLOOR_QUALITY
+from tests import input_formats
 from tests.subjects import MARK, framed, logo
 from tests.worker.rendering import (
     BLUE,
@@ -219,6 +220,27 @@ def test_overlay_tiles_a_huge_margin_without_a_huge_cell(tmp_path: Path, marks: 
     assert int(done.stdout) < 200, "peak MiB"
     out = Image.open(tmp_path / "out-image")
     assert colour_bbox(out, MARK, 0) == (0, 0, 40, 20)
+
+
+def test_a_heic_watermark_image_passes_the_start_up_check(tmp_path: Path) -> None:
+    # In a fresh process, as a worker starts: HEIF was registered by the first render only, so the
+    # check refused a HEIC as "Unsupported file type" (a type the same message says to upload).
+    path = tmp_path / "seal.heic"
+    path.write_bytes(input_formats.heic(logo((40, 20))))
+    check = (
+        "import sys, pathlib, worker.overlays as o; "
+        "o.check_watermark_images({'seal': pathlib.Path(sys.argv[1])})"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", check, str(path)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+        timeout=120,
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_overlay_on_a_transparent_picture_composites(tmp_path: Path, marks: dict[str, Path]) -> None:
