@@ -137,8 +137,10 @@ def overlay(frame: Image.Image, op: Overlay, mark: Image.Image, *, owned: bool) 
         layer, at = _tiled(scaled, frame.size, gap=margin), (0, 0)
     else:
         x, y = _place(op.position, frame.size, scaled.size, margin)
-        # A mark wider than the frame less its margins (a margin past half the frame) starts at its edge.
-        layer, at = scaled, (max(0, x), max(0, y))
+        # A margin past half the frame cannot be kept on both sides (the mark shrinks to a pixel):
+        # the mark stays on the frame, as near to where it was asked as the edges allow.
+        at = (min(max(0, x), frame.width - scaled.width), min(max(0, y), frame.height - scaled.height))
+        layer = scaled
     if frame.mode in _COLOUR:
         frame, owned = frame.convert(_COLOUR[frame.mode]), True  # a coloured mark needs colour pixels
     if not owned:

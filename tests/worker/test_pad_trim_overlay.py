@@ -162,6 +162,22 @@ def test_overlay_lands_at_its_position(
     assert colour_bbox(out, MARK, 0) == box
 
 
+@pytest.mark.parametrize("position", ["top-left", "top", "bottom-left", "bottom-right"])
+@pytest.mark.parametrize("margin", [100, 150, 16_384])
+def test_overlay_with_a_margin_past_half_the_picture_stays_on_it(
+    tmp_path: Path, marks: dict[str, Path], position: str, margin: int
+) -> None:
+    # A preset's margin meets pictures of every size (a thumbnail of 200 x 100 here): the mark was
+    # put past the far edge and the task failed with Pillow's "Coordinate 'lower' is less than
+    # 'upper'", or drawn nowhere.
+    op = {"op": "overlay", "image": "logo", "position": position, "margin": margin}
+
+    result, out = run(white(tmp_path), tmp_path, op, watermark_images=marks)
+
+    assert (result.width, result.height) == (200, 100)
+    assert colour_bbox(out, MARK, 0) is not None, "the mark is on the picture"
+
+
 def test_overlay_opacity_blends_with_the_picture(tmp_path: Path, marks: dict[str, Path]) -> None:
     op = {"op": "overlay", "image": "logo", "position": "center", "opacity": 0.5}
 
