@@ -114,6 +114,10 @@ def pad(frame: Image.Image, op: Pad, *, transparent: bool) -> Image.Image:
 def trim_box(frame: Image.Image, op: Trim) -> tuple[int, int, int, int] | None:
     """The box inside the border the top-left pixel's colour makes (within `op.threshold` in every
     channel, transparency included); None when the whole frame is that colour."""
+    if frame.mode in ("RGBA", "LA"):
+        # Compared premultiplied: the colour channels of transparent pixels, which do not show and
+        # which editors and lossy encoders fill with anything, make no difference then.
+        frame = frame.convert(frame.mode[:-1] + "a")
     corner = frame.getpixel((0, 0))
     corner_values = corner if isinstance(corner, tuple) else (corner,)
     differs: Image.Image | None = None

@@ -113,6 +113,20 @@ def test_trim_threshold_decides_what_counts_as_border(tmp_path: Path) -> None:
     assert strict.size == (200, 60), "with threshold 5 the strip is content"
 
 
+def test_trim_cuts_a_transparent_border_whatever_colour_it_hides(tmp_path: Path) -> None:
+    # Fully transparent pixels look alike whatever their colour channels hold (an editor's erased
+    # pixels, a lossy encoder's guesses): compared as they were, this border was all "content".
+    image = Image.effect_noise((200, 100), 100).convert("RGBA")
+    image.putalpha(0)
+    image.paste((*BLUE, 255), (50, 30, 150, 70))
+    src = save(image, tmp_path / "in.png")
+
+    result, out = run(src, tmp_path, {"op": "trim"})
+
+    assert (result.width, result.height) == (100, 40)
+    assert_all(out, (*BLUE, 255), 0)
+
+
 def test_trim_of_a_plain_picture_leaves_it_as_it_is(tmp_path: Path) -> None:
     src = save(Image.new("RGB", (64, 32), BLUE), tmp_path / "in.png")
 
