@@ -203,9 +203,12 @@ def render(
     with open_image(src, limits.max_pixels) as image:
         source = _decode(image, [output for output, _ in outputs], limits, keep_icc=encoder.keep_icc_profiles)
         if report is not None:
+            colour = _placeholder_colour(source) if encoder.keep_icc_profiles else None
             report(
                 make_placeholder(
-                    source.frames[0], *source.full_size, colour=lambda small: _in_srgb(source, small)
+                    source.frames[0],
+                    *source.full_size,
+                    colour=colour or (lambda small: _in_srgb(source, small)),
                 )
             )
         for index, (output, dst) in enumerate(outputs):
@@ -789,6 +792,18 @@ def _colour_plan(
         return None, None, True
     # An RGB profile LittleCMS cannot read: kept if small (a viewer may read it), as before.
     return (profile if small else None), None, False
+
+
+def _placeholder_colour(source: _Source) -> Callable[[Image.Image], Image.Image] | None:
+    """With profiles kept (KEEP_ICC_PROFILES), how the placeholder still becomes sRGB: it is a CSS
+    colour and a canvas, which no profile travels with. None: as the outputs are."""
+    profile = source.icc_profile
+    if profile is None or _is_srgb(profile):
+        return None
+    transform = _to_srgb(profile, source.frames[0].mode)
+    if transform is None:
+        return None
+    return lambda small: ImageCms.applyTransform(small, transform) or small
 
 
 def _is_srgb(profile: bytes) -> bool:
