@@ -62,7 +62,7 @@ class HeifStructure:
     height: int
     frames: int  # 1 for a still picture; an image sequence's sample count
     # Pixels decoded in all: the coded size (before any crop), or every tile of a grid, or the
-    # largest track's frame size.
+    # largest track's frame size; for AV1 items, at least what their sequence headers say.
     decoded_pixels: int
     tiles: int
 
@@ -100,7 +100,7 @@ def read_heif(file: BinaryIO) -> HeifStructure:
         position = end
     if not brands & HEIF_BRANDS:
         raise Damaged("not a HEIF brand")
-    still = _read_meta(meta, boxes) if meta is not None else None
+    still = _read_meta(meta, boxes, file) if meta is not None else None
     if still is None and not tracks:
         raise Damaged("no picture")
     if brands & AVIF_BRANDS:
@@ -195,7 +195,7 @@ class _Still:
     tiles: int
 
 
-def _read_meta(meta: bytes, boxes: _Counter) -> _Still | None:
+def _read_meta(meta: bytes, boxes: _Counter, file: BinaryIO) -> _Still | None:
     """The primary item of a `meta` box's content: its codec, displayed size and decoding cost."""
     position = 4  # version and flags
     primary: int | None = None
@@ -203,6 +203,7 @@ def _read_meta(meta: bytes, boxes: _Counter) -> _Still | None:
     tiles_of: dict[int, list[int]] = {}
     properties: list[tuple[bytes, bytes]] = []
     associations: dict[int, list[int]] = {}
+    locations, idat = b"", b""
     while position + 8 <= len(meta):
         boxes.count()
         length, kind = struct.unpack_from(">I4s", meta, position)
@@ -217,15 +218,23 @@ def _read_meta(meta: bytes, boxes: _Counter) -> _Still | None:
             tiles_of = _tile_references(body, boxes)
         elif kind == b"iprp":
             properties, associations = _item_properties(body, boxes)
+        elif kind == b"iloc":
+            locations = body
+        elif kind == b"idat":
+            idat = body
         position += length
     if primary is None or primary not in item_types:
         return None
+    # What an AV1 decoder makes of each AV1 item (the picture, its tiles, its alpha): the frame size
+    # of its sequence header, which libavif decodes and then scales to the `ispe` claim.
+    av1_items = {item for item, kind in item_types.items() if kind == b"av01"}
+    coded = _av1_coded_pixels(file, _first_extents(locations, av1_items, boxes), idat) if av1_items else {}
     codec = item_types[primary]
     own = _properties_of(primary, properties, associations)
     if "ispe" not in own:
         raise Damaged("primary item has no size")
     width, height = struct.unpack_from(">II", own["ispe"], 4)
-    decoded = width * height
+    decoded = max([width * height, *coded.values()])
     tiles = 1
     if codec == b"grid":
         parts = tiles_of.get(primary, [])
@@ -235,10 +244,10 @@ def _read_meta(meta: bytes, boxes: _Counter) -> _Still | None:
         decoded = 0
         for part in parts:
             tile = _properties_of(part, properties, associations).get("ispe")
-            if tile is not None:
-                decoded += int.from_bytes(tile[4:8]) * int.from_bytes(tile[8:12])
+            claimed = int.from_bytes(tile[4:8]) * int.from_bytes(tile[8:12]) if tile is not None else 0
+            decoded += max(claimed, coded.get(part, 0))
             codec = item_types.get(part, codec)
-        decoded = max(decoded, width * height)
+        decoded = max([decoded, width * height, *coded.values()])
     if "clap" in own:
         clean = struct.unpack_from(">8I", own["clap"])
         if clean[1] and clean[3]:
@@ -369,3 +378,150 @@ def _properties_of(
     if "irot" in found and not found["irot"]:
         del found["irot"]
     return found
+
+
+# How much of an AV1 item is read to find its sequence header (which comes first, after at most a
+# temporal delimiter): a sequence header is at most a few dozen bytes.
+_AV1_HEAD_BYTES = 1024
+_OBU_SEQUENCE_HEADER = 1
+
+
+def _first_extents(locations: bytes, items: set[int], boxes: _Counter) -> dict[int, tuple[int, int, int]]:
+    """Where each of `items` starts, from an `iloc` box's content: (construction method: 0 in the
+    file, 1 in `idat`; offset; length). Items with no extent, or another method, are left out."""
+    if len(locations) < 8:
+        return {}
+    version = locations[0]
+    offset_size, length_size = locations[4] >> 4, locations[4] & 15
+    base_size, index_size = locations[5] >> 4, (locations[5] & 15) if version in (1, 2) else 0
+    reader = _Fields(locations, 6)
+    count = reader.uint(2 if version < 2 else 4)
+    if count > HEIF_MAX_ITEMS:
+        raise StructureTooCostly(HEIF_TOO_MANY_ITEMS)
+    found: dict[int, tuple[int, int, int]] = {}
+    for _ in range(count):
+        boxes.count()
+        item = reader.uint(2 if version < 2 else 4)
+        method = reader.uint(2) & 15 if version in (1, 2) else 0
+        reader.uint(2)  # data reference index
+        base = reader.uint(base_size)
+        extents = reader.uint(2)
+        for index in range(extents):
+            boxes.count()
+            reader.uint(index_size)
+            offset, length = reader.uint(offset_size), reader.uint(length_size)
+            if index == 0 and item in items and method in (0, 1):
+                found[item] = (method, base + offset, length)
+    return found
+
+
+def _av1_coded_pixels(
+    file: BinaryIO, extents: dict[int, tuple[int, int, int]], idat: bytes
+) -> dict[int, int]:
+    """The pixels of each AV1 item's frame, as its sequence header gives them (its largest frame)."""
+    size = file.seek(0, 2)
+    pixels: dict[int, int] = {}
+    for item, (method, offset, length) in extents.items():
+        wanted = min(length or _AV1_HEAD_BYTES, _AV1_HEAD_BYTES)
+        if method == 1:
+            head = idat[offset : offset + wanted]
+        else:
+            head = _read(file, offset, min(offset + wanted, size)) if offset < size else b""
+        frame = _av1_frame_size(head)
+        if frame is not None:
+            pixels[item] = frame[0] * frame[1]
+    return pixels
+
+
+def _av1_frame_size(data: bytes) -> tuple[int, int] | None:
+    """The largest frame size of the first sequence header among the OBUs at the start of `data`;
+    None when none is found there (the decoder then has none either, and fails)."""
+    fields = _Fields(data, 0)
+    while fields.position < len(data):
+        header = fields.uint(1)
+        if header & 4:  # an extension byte
+            fields.uint(1)
+        length = fields.leb128() if header & 2 else len(data) - fields.position
+        if (header >> 3) & 15 == _OBU_SEQUENCE_HEADER:
+            return _sequence_header_frame_size(data[fields.position : fields.position + length])
+        fields.position += length
+    return None
+
+
+def _sequence_header_frame_size(data: bytes) -> tuple[int, int]:
+    """max_frame_width and max_frame_height of an AV1 sequence header OBU's payload (AV1 spec
+    5.5.1: every field before them is read only to be skipped)."""
+    bits = _Bits(data)
+    bits.read(4)  # seq_profile, still_picture
+    if bits.read(1):  # reduced_still_picture_header
+        bits.read(5)  # seq_level_idx
+    else:
+        model, delay_bits = False, 0
+        if bits.read(1):  # timing_info_present_flag
+            bits.read(64)  # num_units_in_display_tick, time_scale
+            if bits.read(1):  # equal_picture_interval
+                bits.uvlc()
+            model = bool(bits.read(1))  # decoder_model_info_present_flag
+            if model:
+                delay_bits = bits.read(5) + 1
+                bits.read(42)  # num_units_in_decoding_tick, two 5-bit lengths
+        display_delay = bits.read(1)
+        for _ in range(bits.read(5) + 1):  # operating points
+            bits.read(12)  # operating_point_idc
+            if bits.read(5) > 7:  # seq_level_idx, then seq_tier
+                bits.read(1)
+            if model and bits.read(1):
+                bits.read(2 * delay_bits + 1)
+            if display_delay and bits.read(1):
+                bits.read(4)
+    width_bits, height_bits = bits.read(4) + 1, bits.read(4) + 1
+    return bits.read(width_bits) + 1, bits.read(height_bits) + 1
+
+
+class _Fields:
+    """Big-endian unsigned fields of 0 to 8 bytes, and LEB128 numbers, read in turn."""
+
+    def __init__(self, data: bytes, position: int) -> None:
+        self.data, self.position = data, position
+
+    def uint(self, size: int) -> int:
+        end = self.position + size
+        if end > len(self.data):
+            raise Damaged("cut short")
+        value = int.from_bytes(self.data[self.position : end])
+        self.position = end
+        return value
+
+    def leb128(self) -> int:
+        value = 0
+        for index in range(8):
+            byte = self.uint(1)
+            value |= (byte & 0x7F) << (7 * index)
+            if not byte & 0x80:
+                break
+        return value
+
+
+class _Bits:
+    """Most-significant-first bits, as the AV1 spec reads them (f(n), uvlc())."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.position = data, 0
+
+    def read(self, count: int) -> int:
+        value = 0
+        for _ in range(count):
+            byte = self.position >> 3
+            if byte >= len(self.data):
+                raise Damaged("AV1 sequence header cut short")
+            value = value << 1 | (self.data[byte] >> (7 - (self.position & 7))) & 1
+            self.position += 1
+        return value
+
+    def uvlc(self) -> int:
+        zeros = 0
+        while not self.read(1):
+            zeros += 1
+            if zeros >= 32:
+                return (1 << 32) - 1
+        return self.read(zeros) + (1 << zeros) - 1

@@ -81,6 +81,7 @@ class StructureTooCostly(Exception):
 def check_png_chunks(file: BinaryIO) -> None:
     """Walk the chunks of the PNG in `file` (positioned anywhere) up to PNG_MAX_CHUNKS, and check
     its text and ICC chunks against the limits Pillow applies, so a refusal can say why."""
+    size = file.seek(0, 2)
     file.seek(len(PNG_SIGNATURE))
     chunks = 0
     text_bytes = 0
@@ -95,11 +96,12 @@ def check_png_chunks(file: BinaryIO) -> None:
         if kind == b"IEND":
             return
         if kind in _TEXT_CHUNKS or kind == b"iCCP":
-            size = _metadata_size(kind, file.read(length))
-            if size is None:
+            # No more than the file holds: read(n) allocates n bytes first, and a chunk may claim 2 GB.
+            content = _metadata_size(kind, file.read(min(length, size - file.tell())))
+            if content is None:
                 raise StructureTooCostly(png_metadata_too_large_message(kind.decode("latin-1")))
             if kind in _TEXT_CHUNKS:
-                text_bytes += size
+                text_bytes += content
                 if text_bytes > PNG_MAX_TEXT_BYTES:
                     raise StructureTooCostly(PNG_TEXT_TOO_LARGE)
             file.seek(4, 1)

@@ -135,9 +135,11 @@ class _PlaceholderWrite:
         self._wanted = not claim.has_placeholder
         self._due: asyncio.TimerHandle | None = None
         self._writing: asyncio.Task[bool] | None = None
+        self._reported: Placeholder | None = None
 
     def report(self, placeholder: Placeholder) -> None:
         """Called on the event loop (worker.pool) as soon as the render has it."""
+        self._reported = placeholder
         if self._wanted and self._due is None:
             self._due = asyncio.get_running_loop().call_later(
                 PLACEHOLDER_WRITE_DELAY_SECONDS, self._start, placeholder
@@ -165,6 +167,17 @@ class _PlaceholderWrite:
         if self._writing is not None and await self._writing:
             return None
         return placeholder
+
+    async def before_failing(self) -> None:
+        """The render failed after the input decoded: record the placeholder it reported now, if
+        it is not recorded yet, so that a failed task has one however quickly it failed."""
+        if not self._wanted or self._reported is None:
+            return
+        if self._due is not None:
+            self._due.cancel()
+        if self._writing is None:
+            self._writing = asyncio.create_task(self._write(self._reported))
+        await asyncio.wait({self._writing})
 
     async def settle(self) -> None:
         """Nothing outlives the attempt: a write not started is dropped, one in flight ends."""
@@ -346,11 +359,13 @@ class TaskProcessor:
             # As slow at every attempt: fail now, saying so, rather than burn MAX_ATTEMPTS.
             reason = TOO_SLOW.format(seconds=exc.seconds)
             log.warning("task %s failed: %s", task_id, reason)
+            await placeholder.before_failing()
             await self._finish_failed(task_id, reason, claim)
             await msg.term()
             return None
         except ImageRejected as exc:
             log.info("task %s failed: %s", task_id, exc)
+            await placeholder.before_failing()
             await self._finish_failed(task_id, str(exc), claim)
             await msg.term()
             return None
@@ -370,6 +385,7 @@ class TaskProcessor:
                 if isinstance(exc, RenderInterrupted)
                 else GAVE_UP.format(attempts=claim.attempts, error=_describe(exc))
             )
+            await placeholder.before_failing()
             await self._finish_failed(task_id, reason, claim)
             await msg.term()
             return None

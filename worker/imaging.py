@@ -62,6 +62,9 @@ from worker.placeholder import Placeholder, make_placeholder
 
 OUTSIDE_MESSAGE = "A frame of the animation lies far outside the picture and cannot be decoded."
 ENCODING_FAILED = "The result could not be written as {format} ({reason})."
+TOO_LARGE_FOR_FORMAT = (
+    "The result is {width:,}×{height:,} pixels; {format} holds at most {limit:,} pixels a side."
+)
 OUTPUT_TOO_COSTLY = "Output {name!r}: {reason}"
 STEP_TOO_LARGE = (
     "Output {name!r}: [{index}] {op} would make an image of {pixels:,} pixels; the limit is {limit:,} pixels."
@@ -147,6 +150,9 @@ _ENCODER_MODES = {
     "GIF": ("RGB", "RGBA", "L"),
     "BMP": ("RGB", "RGBA", "L"),
 }
+# The longest side each encoder writes (libjpeg's JPEG_MAX_DIMENSION, WebP's 14-bit and AV1's 16-bit
+# sizes, GIF's 16-bit fields). Past it they fail without saying why ("broken data stream").
+_MAX_SIDE = {"JPEG": 65_500, "WEBP": 16_383, "AVIF": 65_536, "GIF": 65_535}
 # WebP 80 (Pillow's own default): on a 24 MP photo, 90 made a file 2.3× larger.
 _DEFAULT_QUALITY = {"JPEG": 90, "WEBP": 80, "AVIF": 75}
 # libwebp's "partition 0 overflow": the fast methods (0, 1) cannot fit the headers of a large, busy
@@ -197,9 +203,12 @@ def render(
     with open_image(src, limits.max_pixels) as image:
         source = _decode(image, [output for output, _ in outputs], limits, keep_icc=encoder.keep_icc_profiles)
         if report is not None:
+            colour = _placeholder_colour(source) if encoder.keep_icc_profiles else None
             report(
                 make_placeholder(
-                    source.frames[0], *source.full_size, colour=lambda small: _in_srgb(source, small)
+                    source.frames[0],
+                    *source.full_size,
+                    colour=colour or (lambda small: _in_srgb(source, small)),
                 )
             )
         for index, (output, dst) in enumerate(outputs):
@@ -580,6 +589,12 @@ def _save(first: Image.Image, dst: Path | io.BytesIO, options: dict[str, Any]) -
     """Encode, with the slower WebP methods as a fallback for partition overflows. An encoder that
     refuses the picture does so every time: that is `ImageRejected`, not a fault worth retrying
     (an OSError with an errno, the disk failing, still is)."""
+    limit = _MAX_SIDE.get(options["format"])
+    if limit is not None and max(first.size) > limit:
+        width, height = first.size
+        raise ImageRejected(
+            TOO_LARGE_FOR_FORMAT.format(width=width, height=height, format=options["format"], limit=limit)
+        )
     methods = [options.get("method")]
     if options["format"] == "WEBP":
         methods += [method for method in _WEBP_FALLBACK_METHODS if method > (options.get("method") or 0)]
@@ -592,6 +607,8 @@ def _save(first: Image.Image, dst: Path | io.BytesIO, options: dict[str, Any]) -
         except ValueError as exc:
             if _WEBP_PARTITION_OVERFLOW in str(exc) and method != methods[-1]:
                 continue
+            raise ImageRejected(ENCODING_FAILED.format(format=options["format"], reason=exc)) from exc
+        except RuntimeError as exc:  # libavif's refusals ("Failed to encode image: ...")
             raise ImageRejected(ENCODING_FAILED.format(format=options["format"], reason=exc)) from exc
         except OSError as exc:
             if exc.errno is not None:
@@ -731,6 +748,9 @@ def _normalised(image: Image.Image, *, copy: bool) -> Image.Image:
     """`image` in a mode every operation accepts: RGB, RGBA, L, LA (keeping any transparency)
     or CMYK."""
     if image.mode.startswith("I"):
+        if image.mode not in ("I", "I;16"):
+            # A big- or little-endian-labelled 16-bit TIFF (I;16B, I;16L): point() has no table for it.
+            image = image.convert("I")
         # 16-bit greyscale: Pillow's own conversion clips 0-65535 to 0-255 (mid-grey turns white),
         # so scale to 8 bits first.
         image = image.point(lambda value: value / 256).convert("L")
@@ -778,6 +798,18 @@ def _colour_plan(
         return None, None, True
     # An RGB profile LittleCMS cannot read: kept if small (a viewer may read it), as before.
     return (profile if small else None), None, False
+
+
+def _placeholder_colour(source: _Source) -> Callable[[Image.Image], Image.Image] | None:
+    """With profiles kept (KEEP_ICC_PROFILES), how the placeholder still becomes sRGB: it is a CSS
+    colour and a canvas, which no profile travels with. None: as the outputs are."""
+    profile = source.icc_profile
+    if profile is None or _is_srgb(profile):
+        return None
+    transform = _to_srgb(profile, source.frames[0].mode)
+    if transform is None:
+        return None
+    return lambda small: ImageCms.applyTransform(small, transform) or small
 
 
 def _is_srgb(profile: bytes) -> bool:

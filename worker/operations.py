@@ -114,6 +114,10 @@ def pad(frame: Image.Image, op: Pad, *, transparent: bool) -> Image.Image:
 def trim_box(frame: Image.Image, op: Trim) -> tuple[int, int, int, int] | None:
     """The box inside the border the top-left pixel's colour makes (within `op.threshold` in every
     channel, transparency included); None when the whole frame is that colour."""
+    if frame.mode in ("RGBA", "LA"):
+        # Compared premultiplied: the colour channels of transparent pixels, which do not show and
+        # which editors and lossy encoders fill with anything, make no difference then.
+        frame = frame.convert(frame.mode[:-1] + "a")
     corner = frame.getpixel((0, 0))
     corner_values = corner if isinstance(corner, tuple) else (corner,)
     differs: Image.Image | None = None
@@ -137,8 +141,10 @@ def overlay(frame: Image.Image, op: Overlay, mark: Image.Image, *, owned: bool) 
         layer, at = _tiled(scaled, frame.size, gap=margin), (0, 0)
     else:
         x, y = _place(op.position, frame.size, scaled.size, margin)
-        # A mark wider than the frame less its margins (a margin past half the frame) starts at its edge.
-        layer, at = scaled, (max(0, x), max(0, y))
+        # A margin past half the frame cannot be kept on both sides (the mark shrinks to a pixel):
+        # the mark stays on the frame, as near to where it was asked as the edges allow.
+        at = (min(max(0, x), frame.width - scaled.width), min(max(0, y), frame.height - scaled.height))
+        layer = scaled
     if frame.mode in _COLOUR:
         frame, owned = frame.convert(_COLOUR[frame.mode]), True  # a coloured mark needs colour pixels
     if not owned:
@@ -169,7 +175,9 @@ def _scaled_mark(mark: Image.Image, scale: float | None, width: int, room: tuple
 def _tiled(mark: Image.Image, size: tuple[int, int], *, gap: int) -> Image.Image:
     """A transparent layer of `size` with `mark` repeated `gap` pixels apart from its top left. The
     strip and then the layer double at each paste: a handful of pastes even for a 1-pixel mark."""
-    cell = Image.new("RGBA", (mark.width + gap, mark.height + gap))
+    # No bigger than the layer: a gap wider than the picture (margin up to 16,384) leaves one tile on
+    # it, and an unclipped cell would be gigabytes that no cost check counts.
+    cell = Image.new("RGBA", (min(mark.width + gap, size[0]), min(mark.height + gap, size[1])))
     cell.paste(mark, (0, 0))
     strip = Image.new("RGBA", (size[0], cell.height))
     filled = 0

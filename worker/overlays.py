@@ -12,6 +12,7 @@ from PIL import Image, ImageOps
 
 from config import ConfigError
 from core.formats import ImageRejected, open_image
+from worker.heif import enable_heif
 
 # A watermark is a logo or a seal: 2000 × 2000 is plenty, and each process keeps every one it has
 # used decoded (RGBA: 16 MB at this bound).
@@ -34,6 +35,7 @@ def check_watermark_images(images: Mapping[str, Path]) -> None:
 def load_watermark(path: Path) -> Image.Image:
     """The image at `path`, upright, as RGBA; refused past MAX_WATERMARK_PIXELS before decoding. The
     returned image is shared: only ever read from it."""
+    enable_heif()  # a HEIC logo is read at start-up, before any render has registered HEIF
     with open_image(path, MAX_WATERMARK_PIXELS) as image:
         try:
             image.load()

@@ -6,6 +6,8 @@ deadline, each with its reason in words; ordinary files are identified as before
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -232,3 +234,36 @@ def test_ordinary_files_are_identified_as_before(tmp_path: Path, fmt: str, param
     info = probe(tmp_path, data)
 
     assert (info.format, (info.width, info.height), info.frames) == expected
+
+
+_PROBE_UNDER_A_MEMORY_LIMIT = """
+import resource, sys
+from pathlib import Path
+from core.formats import ImageRejected, probe_image
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+try:
+    probe_image(Path(sys.argv[1]), max_pixels=50_000_000, max_frames=500)
+except ImageRejected as exc:
+    print("rejected:", exc)
+"""
+
+
+def test_a_png_chunk_claiming_two_gigabytes_is_not_read_into_memory(tmp_path: Path) -> None:
+    # The walk read a text or ICC chunk whole, by the length it declares: file.read(2 GB) of a
+    # 100-byte upload allocates 2 GB first, a MemoryError (a 500) where memory is not overcommitted
+    # (here: an address-space limit of 1 GiB, in a child process).
+    valid = images.png_with_chunks((b"iCCP", b"profile\0\0" + zlib.compress(b"a")))
+    at = valid.index(b"iCCP") - 4
+    path = tmp_path / "upload"
+    path.write_bytes(valid[:at] + (0x7FFF_FFF0).to_bytes(4) + valid[at + 4 :])
+
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE_UNDER_A_MEMORY_LIMIT, str(path)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+        timeout=60,
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("rejected:"), done.stdout

@@ -135,6 +135,20 @@ def test_a_tiny_file_claiming_60000_by_60000_pixels_is_refused(tmp_path: Path, m
     assert str(refused.value) == too_many_pixels_message(60_000 * 60_000, MAX_PIXELS)
 
 
+def test_an_avif_whose_coded_picture_is_larger_than_its_claim_is_refused(tmp_path: Path) -> None:
+    # libavif decodes the AV1 frame at the size its sequence header gives, then scales it to the
+    # `ispe` claim: a 1 KB file claiming 16 × 16 made the worker decode whatever the stream holds.
+    data = input_formats.with_ispe(input_formats.avif(two_colours(1200, 1000), speed=10), 16, 16)
+    path = tmp_path / "upload"
+    path.write_bytes(data)
+    with pytest.raises(TooManyPixels) as refused:
+        probe_image(path, max_pixels=500_000, max_frames=MAX_FRAMES)
+    assert str(refused.value) == too_many_pixels_message(1200 * 1000, 500_000)
+    # A true one, with its alpha picture (an AV1 item of its own), stays within the same limit.
+    path.write_bytes(input_formats.avif(two_colours(600, 400).convert("RGBA"), speed=10))
+    assert probe_image(path, max_pixels=500_000, max_frames=MAX_FRAMES) == ImageInfo("AVIF", 600, 400, 1)
+
+
 def test_an_animated_avif_over_max_frames_is_refused(tmp_path: Path) -> None:
     frames = [two_colours(16, 16)] * 6
     with pytest.raises(AnimationTooLarge) as refused:

@@ -93,6 +93,25 @@ async def test_an_undecodable_image_fails_once_with_a_reason(
     assert (await task_row(db, task_id)).attempts == 1, "a bad image is terminated, not redelivered"
 
 
+async def test_a_task_that_fails_after_its_input_decoded_keeps_its_placeholder(
+    client: httpx.AsyncClient, db: AsyncSession, worker: None
+) -> None:
+    # Refused at the encode (no quality fits 100 bytes), well within the placeholder's write delay:
+    # the placeholder reported at the decode was dropped with the attempt, so a failed task had one
+    # or not by how long it took to fail.
+    ops = '[{"op": "format", "format": "jpeg", "max_bytes": 100}]'
+    response = await client.post(
+        "/upload", files={"file": ("noise.png", images.png(64, 48), "image/png")}, data={"ops": ops}
+    )
+    assert response.status_code == 200, response.text
+
+    task = await final_row(db, response.json()["task_id"])
+
+    assert task.status == "failed" and task.error and "max_bytes" in task.error
+    assert task.placeholder is not None
+    assert (task.placeholder["width"], task.placeholder["height"]) == (64, 48)
+
+
 async def test_a_redelivered_message_for_a_done_task_changes_nothing(
     client: httpx.AsyncClient,
     db: AsyncSession,

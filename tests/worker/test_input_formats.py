@@ -107,6 +107,12 @@ def test_a_16_bit_tiff_is_scaled_to_8_bits(tmp_path: Path) -> None:
     assert abs(grey.getpixel((20, 15)) - 30_000 // 256) <= 2  # type: ignore[operator]
 
 
+def test_a_big_endian_16_bit_grey_tiff_is_scaled_to_8_bits(tmp_path: Path) -> None:
+    # Pillow opens a Motorola-order 16-bit grey TIFF as I;16B, which point() has no table for.
+    _, grey = rendered(tmp_path, input_formats.tiff(Image.new("I;16B", (40, 30), 30_000)), UPRIGHT)
+    assert abs(grey.getpixel((20, 15)) - 30_000 // 256) <= 2  # type: ignore[operator]
+
+
 def test_a_greyscale_tiff_stays_grey(tmp_path: Path) -> None:
     _, out = rendered(
         tmp_path, input_formats.tiff(Image.new("L", (40, 30), 100), compression="tiff_lzw"), UPRIGHT

@@ -153,8 +153,9 @@ def test_a_webp_partition_overflow_falls_back_to_a_slower_method(tmp_path: Path)
 
 
 def test_an_encoder_that_refuses_the_picture_is_a_rejection_not_a_retry(tmp_path: Path) -> None:
-    # JPEG cannot hold a side over 65,535 pixels: the encoder refuses every time.
+    # JPEG cannot hold a side over 65,500 pixels: the encoder refuses every time (checked before
+    # encoding, to say why: tests/worker/test_output_formats.py).
     src = save(Image.new("RGB", (70_000, 2), "white"), tmp_path / "wide.png")
 
-    with pytest.raises(ImageRejected, match=r"^The result could not be written as JPEG \("):
+    with pytest.raises(ImageRejected, match=r"^The result is 70,000×2 pixels; JPEG holds at most "):
         run(src, tmp_path, {"op": "format", "format": "jpeg"})

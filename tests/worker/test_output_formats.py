@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from core.formats import ImageRejected
 from core.processing.operations import OUTPUT_FORMATS
 from tests.worker.rendering import BLUE, GREEN, PILLOW_FORMAT, RED, WHITE, bands, close, pixel, run, save
+from worker.imaging import TOO_LARGE_FOR_FORMAT
 
 
 def _quality_sizes(src: Path, tmp_path: Path, fmt: str) -> list[int]:
@@ -74,3 +76,17 @@ def test_without_format_the_input_format_is_kept(tmp_path: Path) -> None:
     src = save(Image.new("RGB", (64, 48), BLUE), tmp_path / "in", format="WEBP")
     result, out = run(src, tmp_path, {"op": "resize", "width": 32})
     assert (result.format, out.format, out.size) == ("WEBP", "WEBP", (32, 24))
+
+
+@pytest.mark.parametrize(("fmt", "limit"), [("jpeg", 65_500), ("webp", 16_383), ("avif", 65_536)])
+def test_a_picture_too_wide_for_its_format_fails_saying_so(tmp_path: Path, fmt: str, limit: int) -> None:
+    # A long scan (TIFF inputs become JPEG by default): libjpeg said "broken data stream", and
+    # libavif raised a RuntimeError, which the worker retried as a passing fault.
+    src = save(Image.new("L", (70_000, 2), 100), tmp_path / "in.png")
+
+    with pytest.raises(ImageRejected) as raised:
+        run(src, tmp_path, {"op": "format", "format": fmt})
+
+    assert str(raised.value) == TOO_LARGE_FOR_FORMAT.format(
+        width=70_000, height=2, format=PILLOW_FORMAT[fmt], limit=limit
+    )

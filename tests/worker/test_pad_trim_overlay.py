@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from PIL import Image
 from config import ConfigError
 from core.formats import ImageRejected
 from core.processing.operations import MAX_BYTES_FLOOR_QUALITY
+from tests import input_formats
 from tests.subjects import MARK, framed, logo
 from tests.worker.rendering import (
     BLUE,
@@ -110,6 +113,20 @@ def test_trim_threshold_decides_what_counts_as_border(tmp_path: Path) -> None:
     assert strict.size == (200, 60), "with threshold 5 the strip is content"
 
 
+def test_trim_cuts_a_transparent_border_whatever_colour_it_hides(tmp_path: Path) -> None:
+    # Fully transparent pixels look alike whatever their colour channels hold (an editor's erased
+    # pixels, a lossy encoder's guesses): compared as they were, this border was all "content".
+    image = Image.effect_noise((200, 100), 100).convert("RGBA")
+    image.putalpha(0)
+    image.paste((*BLUE, 255), (50, 30, 150, 70))
+    src = save(image, tmp_path / "in.png")
+
+    result, out = run(src, tmp_path, {"op": "trim"})
+
+    assert (result.width, result.height) == (100, 40)
+    assert_all(out, (*BLUE, 255), 0)
+
+
 def test_trim_of_a_plain_picture_leaves_it_as_it_is(tmp_path: Path) -> None:
     src = save(Image.new("RGB", (64, 32), BLUE), tmp_path / "in.png")
 
@@ -159,6 +176,22 @@ def test_overlay_lands_at_its_position(
     assert colour_bbox(out, MARK, 0) == box
 
 
+@pytest.mark.parametrize("position", ["top-left", "top", "bottom-left", "bottom-right"])
+@pytest.mark.parametrize("margin", [100, 150, 16_384])
+def test_overlay_with_a_margin_past_half_the_picture_stays_on_it(
+    tmp_path: Path, marks: dict[str, Path], position: str, margin: int
+) -> None:
+    # A preset's margin meets pictures of every size (a thumbnail of 200 x 100 here): the mark was
+    # put past the far edge and the task failed with Pillow's "Coordinate 'lower' is less than
+    # 'upper'", or drawn nowhere.
+    op = {"op": "overlay", "image": "logo", "position": position, "margin": margin}
+
+    result, out = run(white(tmp_path), tmp_path, op, watermark_images=marks)
+
+    assert (result.width, result.height) == (200, 100)
+    assert colour_bbox(out, MARK, 0) is not None, "the mark is on the picture"
+
+
 def test_overlay_opacity_blends_with_the_picture(tmp_path: Path, marks: dict[str, Path]) -> None:
     op = {"op": "overlay", "image": "logo", "position": "center", "opacity": 0.5}
 
@@ -188,6 +221,56 @@ def test_overlay_tiles_over_the_whole_picture(tmp_path: Path, marks: dict[str, P
             assert pixel(out, (x + 1, y + 1)) == MARK, (x, y)
             assert pixel(out, (x + 45, y + 1)) == WHITE, "the gap between tiles"
     assert colour_bbox(out, MARK, 0) == (0, 0, 190, 100)
+
+
+_TILE_IN_A_CHILD = """
+import sys
+from pathlib import Path
+from tests.worker.rendering import processing, render_all
+ops = [{"op": "overlay", "image": "logo", "tile": True, "margin": 16384}]
+chosen = processing(ops=ops, watermark_images=["logo"])
+render_all(Path(sys.argv[1]), chosen, Path(sys.argv[2]), watermark_images={"logo": Path(sys.argv[3])})
+# VmHWM: this process's own peak (ru_maxrss would include the parent's, from before the exec).
+print(int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) // 1024)
+"""
+
+
+def test_overlay_tiles_a_huge_margin_without_a_huge_cell(tmp_path: Path, marks: dict[str, Path]) -> None:
+    # The margin is the gap between tiles: a 16,384-pixel gap made a 1 GB cell for a 200 × 100
+    # picture, which no cost check sees. Only the first tile lands on the picture.
+    done = subprocess.run(
+        [sys.executable, "-c", _TILE_IN_A_CHILD, str(white(tmp_path)), str(tmp_path), str(marks["logo"])],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parents[2],
+        timeout=120,
+    )
+
+    assert int(done.stdout) < 200, "peak MiB"
+    out = Image.open(tmp_path / "out-image")
+    assert colour_bbox(out, MARK, 0) == (0, 0, 40, 20)
+
+
+def test_a_heic_watermark_image_passes_the_start_up_check(tmp_path: Path) -> None:
+    # In a fresh process, as a worker starts: HEIF was registered by the first render only, so the
+    # check refused a HEIC as "Unsupported file type" (a type the same message says to upload).
+    path = tmp_path / "seal.heic"
+    path.write_bytes(input_formats.heic(logo((40, 20))))
+    check = (
+        "import sys, pathlib, worker.overlays as o; "
+        "o.check_watermark_images({'seal': pathlib.Path(sys.argv[1])})"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", check, str(path)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+        timeout=120,
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_overlay_on_a_transparent_picture_composites(tmp_path: Path, marks: dict[str, Path]) -> None:

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
+from tests import input_formats
 from tests.thumbhash_decoding import aspect_ratio, decode
 from tests.worker.rendering import BLUE, GREEN, LIMITS, processing, save, sideways_jpeg
-from worker.imaging import render
+from worker.imaging import EncoderSettings, render
 from worker.placeholder import Placeholder, dominant_color, make_placeholder, thumbhash
 
 
@@ -122,6 +123,39 @@ def test_an_animation_gives_its_first_frame(tmp_path: Path) -> None:
 
     assert _near(placeholder["dominant_color"], [(250, 0, 0)])
     assert (placeholder["width"], placeholder["height"]) == (60, 40)
+
+
+P3_RED = Image.new("RGB", (40, 30), input_formats.P3_OF_SRGB_RED)
+CMYK_CYAN = Image.new("CMYK", (40, 30), (255, 0, 0, 0))
+
+
+@pytest.mark.parametrize(
+    ("picture", "profile", "srgb"),
+    [
+        (P3_RED, input_formats.display_p3_profile(), (255, 0, 0)),
+        (CMYK_CYAN, input_formats.cmyk_press_profile(), input_formats.PRESS_CYAN),
+    ],
+    ids=["display-p3", "press-cmyk"],
+)
+def test_the_placeholder_is_srgb_when_profiles_are_kept(
+    tmp_path: Path, picture: Image.Image, profile: bytes, srgb: tuple[int, int, int]
+) -> None:
+    # KEEP_ICC_PROFILES keeps the outputs' profiles, which viewers apply; the placeholder is a CSS
+    # colour and a canvas, which have none: it showed a P3 red dull, a press cyan as (0, 255, 255).
+    src = save(picture, tmp_path / "in.tif", icc_profile=profile)
+    (output,) = processing(ops=[{"op": "flip", "direction": "vertical"}]).outputs
+    reports: list[Placeholder] = []
+
+    render(
+        src,
+        [(output, tmp_path / "out")],
+        limits=LIMITS,
+        encoder=EncoderSettings(keep_icc_profiles=True),
+        report=reports.append,
+    )
+
+    (placeholder,) = reports
+    assert _near(placeholder["dominant_color"], [srgb], tolerance=10), placeholder["dominant_color"]
 
 
 def _near(colour: str, candidates: list[tuple[int, int, int]], tolerance: int = 24) -> bool:
