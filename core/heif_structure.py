@@ -7,6 +7,13 @@ animated AVIF a `moov` box whose tracks count their frames. A decoder (libheif, 
 that and then decodes every tile of the picture, so everything that makes a decode expensive is in
 these boxes: the picture's size, how many tiles it is cut into, how many frames it has.
 
+Except one thing: the size an AV1 picture is coded at is in its own bitstream (the sequence header),
+not in the boxes, and libavif decodes whatever that says before it compares it with `ispe`; a
+3-KB file declaring 64×64 can be coded at 16,384×16,384. So for every AV1 item (the picture, its
+tiles, its alpha) and the first sample of every AV1 track, the sequence header is read from the
+first AV1_HEADER_BUDGET bytes of its data (what the decoder reads) and its maximum frame size must
+fit the declared one.
+
 This walk reads them without decoding anything, so the API can refuse a bomb at upload with no HEIF
 library at all: it seeks over pixel data, reads only the small boxes it needs, and stops at
 HEIF_MAX_BOXES parts (boxes, items, property links), HEIF_MAX_ITEMS items or HEIF_MAX_META_BYTES of
@@ -41,6 +48,23 @@ HEIF_META_TOO_LARGE = f"HEIF metadata (its meta box) is larger than {HEIF_MAX_ME
 
 def too_many_tiles_message(tiles: int) -> str:
     return f"HEIF picture is cut into {tiles:,} tiles; the limit is {HEIF_MAX_TILES:,}."
+
+
+# An AV1 item's or sample's data starts with its sequence header (after at most a temporal delimiter
+# or a metadata OBU): libavif writes it in the first 20 bytes. Not found within this many bytes, the
+# file is treated as damaged.
+AV1_HEADER_BUDGET = 1024
+# A frame is coded at its declared size; allow up to AV1's largest superblock (128 pixels) over it,
+# so a liar decodes no more than an honest file of its declared size would, give or take an edge.
+AV1_SIZE_SLACK = 128
+_OBU_SEQUENCE_HEADER = 1
+
+
+def coded_size_message(declared: tuple[int, int], coded: tuple[int, int]) -> str:
+    return (
+        f"AVIF picture declares {declared[0]:,}×{declared[1]:,} pixels but is coded at "
+        f"{coded[0]:,}×{coded[1]:,}."
+    )
 
 
 # Brands (ftyp) that say which codec the file holds. `mif1`/`msf1` alone say only "HEIF": then the
@@ -100,7 +124,7 @@ def read_heif(file: BinaryIO) -> HeifStructure:
         position = end
     if not brands & HEIF_BRANDS:
         raise Damaged("not a HEIF brand")
-    still = _read_meta(meta, boxes) if meta is not None else None
+    still = _read_meta(meta, boxes, file) if meta is not None else None
     if still is None and not tracks:
         raise Damaged("no picture")
     if brands & AVIF_BRANDS:
@@ -158,32 +182,64 @@ def _read(file: BinaryIO, start: int, end: int, limit: int | None = None) -> byt
     return data
 
 
+@dataclass
+class _Track:
+    entry: bytes = b""  # the first sample entry's type: av01 for AV1
+    width: int = 0
+    height: int = 0
+    samples: int = 0
+    first_size: int = 0
+    first_chunk: int | None = None
+
+
 def _walk_tracks(
     file: BinaryIO, start: int, end: int, boxes: _Counter, tracks: list[tuple[int, int, int]]
 ) -> None:
     """Each track's coded frame size (its first visual sample entry) and sample count, from
-    moov/trak/mdia/minf/stbl: stsd and stsz are read, nothing else."""
-    found = {"width": 0, "height": 0, "samples": 0}
+    moov/trak/mdia/minf/stbl: stsd, stsz and stco/co64 are read, nothing else. An AV1 track's
+    first sample (at its first chunk's offset) has its sequence header checked against that size."""
+    track = _Track()
 
     def walk(position: int, limit: int, depth: int) -> None:
+        nonlocal track
         while position < limit:
             kind, content, box_end = _box_at(file, position, limit, boxes)
             if kind in _CONTAINERS and depth < 5:
+                if kind == b"trak":
+                    track = _Track()
                 walk(content, box_end, depth + 1)
                 if kind == b"trak":
-                    tracks.append((found["width"], found["height"], found["samples"]))
-                    found.update(width=0, height=0, samples=0)
+                    tracks.append((track.width, track.height, track.samples))
+                    _check_first_sample(file, track)
             elif kind == b"stsd":
                 # version+flags, entry count, then the first sample entry's box header; a visual
                 # entry's width and height follow 24 bytes of reserved and reference fields.
                 entry = _read(file, content, min(box_end, content + 8 + 8 + 28), box_end)
-                found["width"], found["height"] = struct.unpack_from(">HH", entry, 8 + 8 + 24)
+                track.entry = entry[12:16]
+                track.width, track.height = struct.unpack_from(">HH", entry, 8 + 8 + 24)
             elif kind == b"stsz":
-                _, _, count = struct.unpack(">III", _read(file, content, content + 12, box_end))
-                found["samples"] = count
+                _, size, count = struct.unpack(">III", _read(file, content, content + 12, box_end))
+                if size == 0 and count:  # sizes differ: the first of the table
+                    (size,) = struct.unpack(">I", _read(file, content + 12, content + 16, box_end))
+                track.samples, track.first_size = count, size
+            elif kind in (b"stco", b"co64"):
+                wide = kind == b"co64"
+                _, count = struct.unpack(">II", _read(file, content, content + 8, box_end))
+                if count:
+                    first = _read(file, content + 8, content + (16 if wide else 12), box_end)
+                    (track.first_chunk,) = struct.unpack(">Q" if wide else ">I", first)
             position = box_end
 
     walk(start, end, 0)
+
+
+def _check_first_sample(file: BinaryIO, track: _Track) -> None:
+    if track.entry != b"av01" or not track.samples:
+        return
+    if track.first_chunk is None:
+        raise Damaged("AV1 track has no data")
+    data = _read_up_to(file, track.first_chunk, track.first_size or 1)
+    _check_coded_size((track.width, track.height), data)
 
 
 @dataclass(frozen=True)
@@ -195,14 +251,18 @@ class _Still:
     tiles: int
 
 
-def _read_meta(meta: bytes, boxes: _Counter) -> _Still | None:
-    """The primary item of a `meta` box's content: its codec, displayed size and decoding cost."""
+def _read_meta(meta: bytes, boxes: _Counter, file: BinaryIO) -> _Still | None:
+    """The primary item of a `meta` box's content: its codec, displayed size and decoding cost.
+
+    Every AV1 item's coded size is checked against its `ispe` on the way (_check_av1_items)."""
     position = 4  # version and flags
     primary: int | None = None
     item_types: dict[int, bytes] = {}
     tiles_of: dict[int, list[int]] = {}
     properties: list[tuple[bytes, bytes]] = []
     associations: dict[int, list[int]] = {}
+    locations: dict[int, tuple[int, int, int]] = {}
+    idat = b""
     while position + 8 <= len(meta):
         boxes.count()
         length, kind = struct.unpack_from(">I4s", meta, position)
@@ -217,9 +277,29 @@ def _read_meta(meta: bytes, boxes: _Counter) -> _Still | None:
             tiles_of = _tile_references(body, boxes)
         elif kind == b"iprp":
             properties, associations = _item_properties(body, boxes)
+        elif kind == b"iloc":
+            locations = _item_locations(body, boxes)
+        elif kind == b"idat":
+            idat = body
         position += length
     if primary is None or primary not in item_types:
         return None
+    for item, item_type in item_types.items():
+        if item_type != b"av01":
+            continue
+        ispe = _properties_of(item, properties, associations).get("ispe")
+        if ispe is None:
+            continue  # libavif refuses an AV1 item without a size (the primary's is required below)
+        if item not in locations:
+            raise Damaged("AV1 item has no data")
+        method, offset, length = locations[item]
+        if method == 0:
+            data = _read_up_to(file, offset, length)
+        elif method == 1:
+            data = idat[offset : offset + min(length or AV1_HEADER_BUDGET, AV1_HEADER_BUDGET)]
+        else:
+            raise Damaged("AV1 item data by reference")  # libavif does not support it either
+        _check_coded_size(struct.unpack_from(">II", ispe, 4), data)
     codec = item_types[primary]
     own = _properties_of(primary, properties, associations)
     if "ispe" not in own:
@@ -246,6 +326,146 @@ def _read_meta(meta: bytes, boxes: _Counter) -> _Still | None:
     if "irot" in own and own["irot"][0] & 1:
         width, height = height, width
     return _Still(codec, width, height, decoded, tiles)
+
+
+def _item_locations(body: bytes, boxes: _Counter) -> dict[int, tuple[int, int, int]]:
+    """An `iloc` box: each item's construction method (0: in the file, 1: in `idat`), the offset of
+    its first extent and that extent's length (0: to the end)."""
+    version = body[0]
+    at = 4
+
+    def number(size: int) -> int:
+        nonlocal at
+        if at + size > len(body):
+            raise Damaged("iloc cut short")
+        value = int.from_bytes(body[at : at + size])
+        at += size
+        return value
+
+    sizes = number(2)
+    offset_size, length_size, base_size = sizes >> 12, sizes >> 8 & 15, sizes >> 4 & 15
+    index_size = sizes & 15 if version in (1, 2) else 0
+    if any(size not in (0, 4, 8) for size in (offset_size, length_size, base_size, index_size)):
+        raise Damaged("iloc malformed")
+    id_size = 4 if version == 2 else 2
+    count = number(id_size)
+    if count > HEIF_MAX_ITEMS:
+        raise StructureTooCostly(HEIF_TOO_MANY_ITEMS)
+    locations: dict[int, tuple[int, int, int]] = {}
+    for _ in range(count):
+        boxes.count()
+        item = number(id_size)
+        method = number(2) & 15 if version in (1, 2) else 0
+        number(2)  # data reference index
+        base = number(base_size)
+        extents = number(2)
+        for extent in range(extents):
+            boxes.count()
+            number(index_size)
+            offset, length = number(offset_size), number(length_size)
+            if extent == 0:
+                locations[item] = (method, base + offset, length)
+    return locations
+
+
+def _read_up_to(file: BinaryIO, offset: int, length: int) -> bytes:
+    """The first AV1_HEADER_BUDGET bytes (at most) of data at `offset` in the file."""
+    file.seek(offset)
+    return file.read(min(length or AV1_HEADER_BUDGET, AV1_HEADER_BUDGET))
+
+
+def _check_coded_size(declared: tuple[int, int], data: bytes) -> None:
+    """Refuse AV1 `data` whose sequence header allows frames larger than `declared` (plus
+    AV1_SIZE_SLACK): libavif would decode them at that size."""
+    coded = _av1_max_frame_size(data)
+    width, height = declared
+    if coded[0] > width + AV1_SIZE_SLACK or coded[1] > height + AV1_SIZE_SLACK:
+        raise StructureTooCostly(coded_size_message(declared, coded))
+
+
+def _av1_max_frame_size(data: bytes) -> tuple[int, int]:
+    """The maximum frame width and height of the first sequence header among the OBUs that start
+    `data` (AV1 specification 5.3: a header byte, an optional extension byte, a LEB128 size)."""
+    at = 0
+    while at < len(data):
+        header = data[at]
+        at += 1 + (header >> 2 & 1)
+        if header >> 1 & 1:
+            size = 0
+            for index in range(8):
+                if at >= len(data):
+                    raise Damaged("AV1 OBU cut short")
+                size |= (data[at] & 0x7F) << (7 * index)
+                at += 1
+                if not data[at - 1] & 0x80:
+                    break
+        else:
+            size = len(data) - at
+        if header >> 3 & 15 == _OBU_SEQUENCE_HEADER:
+            return _sequence_header_size(_Bits(data[at : at + size]))
+        at += size
+    raise Damaged("no AV1 sequence header")
+
+
+class _Bits:
+    """A most-significant-bit-first reader of a few bytes that refuses to run past them."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.position = 0
+
+    def read(self, count: int) -> int:
+        value = 0
+        for _ in range(count):
+            byte = self.position >> 3
+            if byte >= len(self.data):
+                raise Damaged("AV1 sequence header cut short")
+            value = value << 1 | (self.data[byte] >> (7 - (self.position & 7)) & 1)
+            self.position += 1
+        return value
+
+    def uvlc(self) -> int:
+        zeros = 0
+        while not self.read(1):
+            zeros += 1
+            if zeros >= 32:
+                raise Damaged("AV1 sequence header malformed")
+        return self.read(zeros) + (1 << zeros) - 1
+
+
+def _sequence_header_size(bits: _Bits) -> tuple[int, int]:
+    """max_frame_width_minus_1 + 1 and max_frame_height_minus_1 + 1 of a sequence header OBU's
+    payload (AV1 specification 5.5.1), skipping what comes before them."""
+    bits.read(3)  # seq_profile
+    bits.read(1)  # still_picture
+    if bits.read(1):  # reduced_still_picture_header
+        bits.read(5)  # seq_level_idx[0]
+    else:
+        decoder_model = False
+        delay_length = 0
+        if bits.read(1):  # timing_info_present_flag
+            bits.read(32)  # num_units_in_display_tick
+            bits.read(32)  # time_scale
+            if bits.read(1):  # equal_picture_interval
+                bits.uvlc()  # num_ticks_per_picture_minus_1
+            decoder_model = bool(bits.read(1))
+            if decoder_model:
+                delay_length = bits.read(5) + 1  # buffer_delay_length_minus_1
+                bits.read(32)  # num_units_in_decoding_tick
+                bits.read(5)  # buffer_removal_time_length_minus_1
+                bits.read(5)  # frame_presentation_time_length_minus_1
+        display_delay = bool(bits.read(1))  # initial_display_delay_present_flag
+        for _ in range(bits.read(5) + 1):  # operating_points_cnt_minus_1
+            bits.read(12)  # operating_point_idc
+            if bits.read(5) > 7:  # seq_level_idx
+                bits.read(1)  # seq_tier
+            if decoder_model and bits.read(1):  # decoder_model_present_for_this_op
+                bits.read(2 * delay_length + 1)  # decoder and encoder buffer delays, low delay
+            if display_delay and bits.read(1):  # initial_display_delay_present_for_this_op
+                bits.read(4)  # initial_display_delay_minus_1
+    width_bits = bits.read(4) + 1
+    height_bits = bits.read(4) + 1
+    return bits.read(width_bits) + 1, bits.read(height_bits) + 1
 
 
 def _item_types(body: bytes, boxes: _Counter) -> dict[int, bytes]:

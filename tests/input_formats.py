@@ -137,6 +137,24 @@ def with_ispe(data: bytes, width: int, height: int) -> bytes:
     return bytes(out)
 
 
+def with_track_size(data: bytes, width: int, height: int) -> bytes:
+    """An animated AVIF `data` whose tracks' sample entries (`stsd`) claim frames of `width`×`height`
+    (their `ispe`, the still picture's, left as encoded)."""
+    out = bytearray(data)
+    position = out.find(b"stsd")
+    while position != -1:
+        # version+flags and entry count, the entry's box header, 24 bytes of reserved fields.
+        struct.pack_into(">HH", out, position + 4 + 8 + 8 + 24, width, height)
+        position = out.find(b"stsd", position + 4)
+    return bytes(out)
+
+
+def with_zeroed_picture_data(data: bytes) -> bytes:
+    """`data` (a HEIF or AVIF) with everything in its `mdat` box zeroed: boxes intact, no bitstream."""
+    start = data.index(b"mdat") + 4
+    return data[:start] + bytes(len(data) - start)
+
+
 # ICC profiles, written tag by tag (Pillow ships only sRGB): a matrix/curves display profile, and a
 # CMYK printer profile with a lookup table.
 

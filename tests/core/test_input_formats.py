@@ -31,6 +31,7 @@ from core.heif_structure import (
     HEIF_MAX_ITEMS,
     HEIF_TOO_MANY_BOXES,
     HEIF_TOO_MANY_ITEMS,
+    coded_size_message,
     too_many_tiles_message,
 )
 from tests import images, input_formats
@@ -65,6 +66,13 @@ def quarter_turn_exif() -> bytes:
         (input_formats.heic(two_colours(), exif=quarter_turn_exif()), ImageInfo("HEIF", 32, 64, 1)),
         (input_formats.avif(two_colours()), ImageInfo("AVIF", 64, 32, 1)),
         (input_formats.animated_avif([two_colours()] * 3), ImageInfo("AVIF", 64, 32, 3)),
+        # Alpha is a second AV1 picture (an auxiliary item, or track): its coded size is checked too.
+        (input_formats.avif(Image.new("RGBA", (63, 31), (9, 9, 9, 90))), ImageInfo("AVIF", 63, 31, 1)),
+        (
+            input_formats.animated_avif([Image.new("RGBA", (40, 30), (9, 9, 9, 90))] * 2),
+            ImageInfo("AVIF", 40, 30, 2),
+        ),
+        (input_formats.avif(two_colours(33, 17), lossless=True), ImageInfo("AVIF", 33, 17, 1)),
         (input_formats.tiff(two_colours(), compression="tiff_lzw"), ImageInfo("TIFF", 64, 32, 1)),
         (input_formats.tiff(two_colours(), compression="jpeg"), ImageInfo("TIFF", 64, 32, 1)),
         (input_formats.tiff(Image.new("CMYK", (40, 30))), ImageInfo("TIFF", 40, 30, 1)),
@@ -78,6 +86,9 @@ def quarter_turn_exif() -> bytes:
         "heic-irot",
         "avif",
         "avif-animated",
+        "avif-alpha",
+        "avif-animated-alpha",
+        "avif-odd-lossless",
         "tiff-lzw",
         "tiff-jpeg",
         "tiff-cmyk",
@@ -133,6 +144,39 @@ def test_a_tiny_file_claiming_60000_by_60000_pixels_is_refused(tmp_path: Path, m
     with pytest.raises(TooManyPixels) as refused:
         probe(tmp_path, data)
     assert str(refused.value) == too_many_pixels_message(60_000 * 60_000, MAX_PIXELS)
+
+
+def test_an_avif_coded_larger_than_it_declares_is_refused(tmp_path: Path) -> None:
+    # libavif decodes the AV1 frame at the size its sequence header says, whatever `ispe` declares:
+    # a few KB declaring 64×64 coded at 16,384×16,384 took a gigabyte.
+    data = input_formats.with_ispe(input_formats.avif(two_colours(1024, 1024), speed=10), 64, 64)
+    with pytest.raises(TooCostlyToIdentify) as refused:
+        probe(tmp_path, data)
+    assert str(refused.value) == coded_size_message((64, 64), (1024, 1024))
+
+
+def test_an_animated_avif_whose_frames_are_coded_larger_than_declared_is_refused(tmp_path: Path) -> None:
+    frames = [two_colours(512, 512), two_colours(512, 512).rotate(180)]
+    data = input_formats.with_track_size(input_formats.animated_avif(frames), 64, 64)
+    with pytest.raises(TooCostlyToIdentify) as refused:
+        probe(tmp_path, data)
+    assert str(refused.value) == coded_size_message((64, 64), (512, 512))
+
+
+def test_an_avif_coded_within_a_superblock_of_its_declared_size_is_accepted(tmp_path: Path) -> None:
+    # AV1 codes in superblocks of up to 128 pixels: a frame that much larger costs nothing more.
+    data = input_formats.with_ispe(input_formats.avif(two_colours(150, 140)), 100, 100)
+    assert probe(tmp_path, data) == ImageInfo("AVIF", 100, 100, 1)
+
+
+def test_an_avif_whose_sequence_header_cannot_be_found_is_damaged(tmp_path: Path) -> None:
+    for data in (
+        input_formats.with_zeroed_picture_data(input_formats.avif(two_colours())),
+        input_formats.with_zeroed_picture_data(input_formats.animated_avif([two_colours()] * 2)),
+    ):
+        with pytest.raises(UnsupportedImage) as refused:
+            probe(tmp_path, data)
+        assert str(refused.value) == DAMAGED_MESSAGE
 
 
 def test_an_animated_avif_over_max_frames_is_refused(tmp_path: Path) -> None:
