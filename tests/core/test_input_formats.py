@@ -34,6 +34,11 @@ from core.heif_structure import (
     coded_size_message,
     too_many_tiles_message,
 )
+from core.tiff_structure import (
+    TIFF_COMPRESSION_UNSUPPORTED,
+    tile_too_large_message,
+    too_many_tile_pixels_message,
+)
 from tests import images, input_formats
 
 MAX_PIXELS = 50_000_000
@@ -75,6 +80,13 @@ def quarter_turn_exif() -> bytes:
         (input_formats.avif(two_colours(33, 17), lossless=True), ImageInfo("AVIF", 33, 17, 1)),
         (input_formats.tiff(two_colours(), compression="tiff_lzw"), ImageInfo("TIFF", 64, 32, 1)),
         (input_formats.tiff(two_colours(), compression="jpeg"), ImageInfo("TIFF", 64, 32, 1)),
+        (input_formats.tiff(two_colours(), compression="tiff_deflate"), ImageInfo("TIFF", 64, 32, 1)),
+        (input_formats.tiff(two_colours(), compression="tiff_adobe_deflate"), ImageInfo("TIFF", 64, 32, 1)),
+        (input_formats.tiff(two_colours(), compression="packbits"), ImageInfo("TIFF", 64, 32, 1)),
+        (input_formats.tiff(two_colours(), compression="raw"), ImageInfo("TIFF", 64, 32, 1)),
+        # Tiled as GDAL and libtiff's tools write them: 256-pixel tiles overhanging a smaller picture.
+        (input_formats.tiled_tiff(300, 200, 256), ImageInfo("TIFF", 300, 200, 1)),
+        (input_formats.tiled_tiff(5000, 4000, 512), ImageInfo("TIFF", 5000, 4000, 1)),
         (input_formats.tiff(Image.new("CMYK", (40, 30))), ImageInfo("TIFF", 40, 30, 1)),
         (input_formats.tiff(Image.new("I;16", (40, 30))), ImageInfo("TIFF", 40, 30, 1)),
         (input_formats.tiff_16_bit_rgb(40, 30, (1, 2, 3)), ImageInfo("TIFF", 40, 30, 1)),
@@ -91,6 +103,12 @@ def quarter_turn_exif() -> bytes:
         "avif-odd-lossless",
         "tiff-lzw",
         "tiff-jpeg",
+        "tiff-deflate",
+        "tiff-adobe-deflate",
+        "tiff-packbits",
+        "tiff-none",
+        "tiff-tiles-overhanging",
+        "tiff-tiles",
         "tiff-cmyk",
         "tiff-16",
         "tiff-16-rgb",
@@ -204,6 +222,55 @@ def test_a_tiff_whose_pages_loop_is_damaged(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedImage) as refused:
         probe(tmp_path, bytes(data))
     assert str(refused.value) == DAMAGED_MESSAGE
+
+
+def test_a_tiff_tile_larger_than_its_picture_is_refused(tmp_path: Path) -> None:
+    # One 16,384×16,384 tile in a 16×16 picture, 783 KB, took 818 MB to decode.
+    data = input_formats.tiled_tiff(16, 16, 16_384)
+    with pytest.raises(TooCostlyToIdentify) as refused:
+        probe(tmp_path, data)
+    assert str(refused.value) == tile_too_large_message((16_384, 16_384), (16, 16))
+
+
+def test_a_tiff_whose_tiles_add_up_to_too_many_pixels_is_refused(tmp_path: Path) -> None:
+    # A 1-pixel-high picture 524,288 wide in 1,024-pixel tiles: 512 tiles of a megapixel each, all
+    # pointing at the same 1 KB of compressed zeros.
+    data = input_formats.tiled_tiff(524_288, 1, 1_024)
+    assert len(data) < 10_000
+    with pytest.raises(TooCostlyToIdentify) as refused:
+        probe(tmp_path, data)
+    assert str(refused.value) == too_many_tile_pixels_message(512, 512 * 1024 * 1024, 2 * MAX_PIXELS)
+
+
+def test_a_tiff_listing_more_tiles_than_its_picture_needs_is_refused(tmp_path: Path) -> None:
+    data = input_formats.tiled_tiff(256, 256, 256, tiles=2_000)
+    with pytest.raises(TooCostlyToIdentify) as refused:
+        probe(tmp_path, data)
+    assert str(refused.value) == too_many_tile_pixels_message(2_000, 2_000 * 256 * 256, 2 * MAX_PIXELS)
+
+
+@pytest.mark.parametrize(
+    ("compression", "name"),
+    [
+        (2, "tiff_ccitt, 2"),
+        (3, "group3, 3"),
+        (4, "group4, 4"),
+        (6, "tiff_jpeg, 6"),
+        (32809, "tiff_thunderscan, 32809"),
+        (34676, "tiff_sgilog, 34676"),
+        (34925, "lzma, 34925"),
+        (50000, "zstd, 50000"),
+        (50001, "webp, 50001"),
+        (34712, "unknown, 34712"),
+    ],
+)
+def test_a_tiff_compressed_with_a_codec_outside_the_list_is_refused(
+    tmp_path: Path, compression: int, name: str
+) -> None:
+    data = input_formats.with_tiff_compression(input_formats.tiff(Image.new("L", (64, 64), 128)), compression)
+    with pytest.raises(UnsupportedImage) as refused:
+        probe(tmp_path, data)
+    assert str(refused.value) == TIFF_COMPRESSION_UNSUPPORTED.format(compression=name)
 
 
 def test_a_tiff_claiming_too_many_pixels_is_refused(tmp_path: Path) -> None:
