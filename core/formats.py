@@ -279,7 +279,7 @@ def _probe_heif(file: BinaryIO, *, max_pixels: int, max_frames: int) -> ImageInf
     the pixels its tiles decode to (tiles overhang the picture's edges: up to twice the limit), its
     frames."""
     try:
-        structure = read_heif(file)
+        structure = read_heif(file, max_frames=max_frames)
     except (HeifDamaged, struct.error, IndexError):
         raise UnsupportedImage(DAMAGED_MESSAGE) from None
     width, height = structure.width, structure.height

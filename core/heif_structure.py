@@ -10,9 +10,10 @@ these boxes: the picture's size, how many tiles it is cut into, how many frames 
 Except one thing: the size an AV1 picture is coded at is in its own bitstream (the sequence header),
 not in the boxes, and libavif decodes whatever that says before it compares it with `ispe`; a
 3-KB file declaring 64×64 can be coded at 16,384×16,384. So for every AV1 item (the picture, its
-tiles, its alpha) and the first sample of every AV1 track, the sequence header is read from the
-first AV1_HEADER_BUDGET bytes of its data (what the decoder reads) and its maximum frame size must
-fit the declared one.
+tiles, its alpha) and every sample of every AV1 track (a sequence header may come again in any
+frame, and a new one may change the size), the sequence headers are read from the first
+AV1_HEADER_BUDGET bytes of its data (what the decoder reads: they come before the frame) and their
+maximum frame size must fit the declared one.
 
 This walk reads them without decoding anything, so the API can refuse a bomb at upload with no HEIF
 library at all: it seeks over pixel data, reads only the small boxes it needs, and stops at
@@ -23,6 +24,7 @@ HEIF_MAX_BOXES parts (boxes, items, property links), HEIF_MAX_ITEMS items or HEI
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -50,14 +52,16 @@ def too_many_tiles_message(tiles: int) -> str:
     return f"HEIF picture is cut into {tiles:,} tiles; the limit is {HEIF_MAX_TILES:,}."
 
 
-# An AV1 item's or sample's data starts with its sequence header (after at most a temporal delimiter
-# or a metadata OBU): libavif writes it in the first 20 bytes. Not found within this many bytes, the
-# file is treated as damaged.
+# An AV1 item's or sample's data starts with its sequence header, if any (after a temporal delimiter,
+# perhaps metadata), then its frame: libavif writes the frame within 20 bytes. No frame reached
+# within this many bytes, the file is treated as damaged.
 AV1_HEADER_BUDGET = 1024
 # A frame is coded at its declared size; allow up to AV1's largest superblock (128 pixels) over it,
 # so a liar decodes no more than an honest file of its declared size would, give or take an edge.
 AV1_SIZE_SLACK = 128
 _OBU_SEQUENCE_HEADER = 1
+# Frame header, tile group, frame, redundant frame header, tile list: past the sequence headers.
+_OBU_FRAME_TYPES = frozenset({3, 4, 6, 7, 8})
 
 
 def coded_size_message(declared: tuple[int, int], coded: tuple[int, int]) -> str:
@@ -98,8 +102,11 @@ def is_heif(head: bytes) -> bool:
     return head[8:12] in HEIF_BRANDS
 
 
-def read_heif(file: BinaryIO) -> HeifStructure:
+def read_heif(file: BinaryIO, *, max_frames: int) -> HeifStructure:
     """Walk the top-level boxes of `file`, the `meta` box whole and `moov` down to its sample tables.
+
+    An AV1 track of more than `max_frames` samples (refused by the caller) has its samples' sequence
+    headers left unread.
 
     Raises Damaged for a malformed or truncated structure, StructureTooCostly past a limit.
     """
@@ -120,7 +127,7 @@ def read_heif(file: BinaryIO) -> HeifStructure:
                 raise StructureTooCostly(HEIF_META_TOO_LARGE)
             meta = _read(file, start, end)
         elif kind == b"moov":
-            _walk_tracks(file, start, end, boxes, tracks)
+            _walk_tracks(file, start, end, boxes, tracks, max_frames)
         position = end
     if not brands & HEIF_BRANDS:
         raise Damaged("not a HEIF brand")
@@ -188,17 +195,27 @@ class _Track:
     width: int = 0
     height: int = 0
     samples: int = 0
-    first_size: int = 0
-    first_chunk: int | None = None
+    size: int = 0  # every sample's size, or 0: `sizes` lists them
+    sizes: bytes = b""
+    chunks: tuple[int, ...] = ()  # each chunk's offset in the file
+    runs: tuple[tuple[int, int], ...] = ()  # (first chunk, from 1; samples in each chunk from there)
 
 
 def _walk_tracks(
-    file: BinaryIO, start: int, end: int, boxes: _Counter, tracks: list[tuple[int, int, int]]
+    file: BinaryIO,
+    start: int,
+    end: int,
+    boxes: _Counter,
+    tracks: list[tuple[int, int, int]],
+    max_frames: int,
 ) -> None:
     """Each track's coded frame size (its first visual sample entry) and sample count, from
-    moov/trak/mdia/minf/stbl: stsd, stsz and stco/co64 are read, nothing else. An AV1 track's
-    first sample (at its first chunk's offset) has its sequence header checked against that size."""
+    moov/trak/mdia/minf/stbl: stsd and stsz are read and, for an AV1 track of at most `max_frames`
+    samples, stsz's sizes, stsc and stco/co64, to find every sample and check its sequence headers."""
     track = _Track()
+
+    def table(content: int, box_end: int, entry: int, count: int) -> bytes:
+        return _read(file, content, content + entry * count, box_end)
 
     def walk(position: int, limit: int, depth: int) -> None:
         nonlocal track
@@ -210,7 +227,8 @@ def _walk_tracks(
                 walk(content, box_end, depth + 1)
                 if kind == b"trak":
                     tracks.append((track.width, track.height, track.samples))
-                    _check_first_sample(file, track)
+                    if track.entry == b"av01" and track.samples <= max_frames:
+                        _check_samples(file, track, boxes)
             elif kind == b"stsd":
                 # version+flags, entry count, then the first sample entry's box header; a visual
                 # entry's width and height follow 24 bytes of reserved and reference fields.
@@ -218,28 +236,52 @@ def _walk_tracks(
                 track.entry = entry[12:16]
                 track.width, track.height = struct.unpack_from(">HH", entry, 8 + 8 + 24)
             elif kind == b"stsz":
-                _, size, count = struct.unpack(">III", _read(file, content, content + 12, box_end))
-                if size == 0 and count:  # sizes differ: the first of the table
-                    (size,) = struct.unpack(">I", _read(file, content + 12, content + 16, box_end))
-                track.samples, track.first_size = count, size
+                _, track.size, track.samples = struct.unpack(
+                    ">III", _read(file, content, content + 12, box_end)
+                )
+                if track.size == 0 and track.samples <= max_frames:
+                    track.sizes = table(content + 12, box_end, 4, track.samples)
             elif kind in (b"stco", b"co64"):
+                # A chunk holds one sample or more: never more chunks than samples worth reading.
                 wide = kind == b"co64"
                 _, count = struct.unpack(">II", _read(file, content, content + 8, box_end))
-                if count:
-                    first = _read(file, content + 8, content + (16 if wide else 12), box_end)
-                    (track.first_chunk,) = struct.unpack(">Q" if wide else ">I", first)
+                offsets = table(content + 8, box_end, 8 if wide else 4, min(count, max_frames))
+                track.chunks = struct.unpack(
+                    f">{len(offsets) // (8 if wide else 4)}{'Q' if wide else 'I'}", offsets
+                )
+            elif kind == b"stsc":
+                _, count = struct.unpack(">II", _read(file, content, content + 8, box_end))
+                runs = table(content + 8, box_end, 12, min(count, max_frames))
+                track.runs = tuple(struct.unpack_from(">II", runs, at) for at in range(0, len(runs), 12))
             position = box_end
 
     walk(start, end, 0)
 
 
-def _check_first_sample(file: BinaryIO, track: _Track) -> None:
-    if track.entry != b"av01" or not track.samples:
-        return
-    if track.first_chunk is None:
-        raise Damaged("AV1 track has no data")
-    data = _read_up_to(file, track.first_chunk, track.first_size or 1)
-    _check_coded_size((track.width, track.height), data)
+def _check_samples(file: BinaryIO, track: _Track, boxes: _Counter) -> None:
+    """Check the sequence headers of each sample of an AV1 track against its declared frame size:
+    samples follow one another within a chunk, chunks hold as many as their run of stsc says."""
+    checked = 0
+    for index, (first, per_chunk) in enumerate(track.runs):
+        last = track.runs[index + 1][0] - 1 if index + 1 < len(track.runs) else len(track.chunks)
+        for chunk in range(first, min(last, len(track.chunks)) + 1):
+            if chunk < 1:
+                raise Damaged("stsc malformed")
+            offset = track.chunks[chunk - 1]
+            for _ in range(min(per_chunk, track.samples - checked)):
+                boxes.count()
+                if track.size:
+                    size = track.size
+                else:
+                    (size,) = struct.unpack_from(">I", track.sizes, 4 * checked)
+                data, whole = _read_up_to(file, offset, size or 1)
+                _check_coded_size((track.width, track.height), data, whole=whole, first=checked == 0)
+                offset += size
+                checked += 1
+            if checked == track.samples:
+                return
+    if checked < track.samples:
+        raise Damaged("AV1 track's samples lie outside its chunks")
 
 
 @dataclass(frozen=True)
@@ -294,12 +336,14 @@ def _read_meta(meta: bytes, boxes: _Counter, file: BinaryIO) -> _Still | None:
             raise Damaged("AV1 item has no data")
         method, offset, length = locations[item]
         if method == 0:
-            data = _read_up_to(file, offset, length)
+            data, whole = _read_up_to(file, offset, length)
         elif method == 1:
-            data = idat[offset : offset + min(length or AV1_HEADER_BUDGET, AV1_HEADER_BUDGET)]
+            wanted = min(length or AV1_HEADER_BUDGET, AV1_HEADER_BUDGET)
+            data = idat[offset : offset + wanted]
+            whole = len(data) < wanted or len(data) == length
         else:
             raise Damaged("AV1 item data by reference")  # libavif does not support it either
-        _check_coded_size(struct.unpack_from(">II", ispe, 4), data)
+        _check_coded_size(struct.unpack_from(">II", ispe, 4), data, whole=whole, first=True)
     codec = item_types[primary]
     own = _properties_of(primary, properties, associations)
     if "ispe" not in own:
@@ -368,27 +412,38 @@ def _item_locations(body: bytes, boxes: _Counter) -> dict[int, tuple[int, int, i
     return locations
 
 
-def _read_up_to(file: BinaryIO, offset: int, length: int) -> bytes:
-    """The first AV1_HEADER_BUDGET bytes (at most) of data at `offset` in the file."""
+def _read_up_to(file: BinaryIO, offset: int, length: int) -> tuple[bytes, bool]:
+    """The first AV1_HEADER_BUDGET bytes (at most) of the `length` bytes (0: to the end) at `offset`
+    in the file, and whether that is all of them."""
+    wanted = min(length or AV1_HEADER_BUDGET, AV1_HEADER_BUDGET)
     file.seek(offset)
-    return file.read(min(length or AV1_HEADER_BUDGET, AV1_HEADER_BUDGET))
+    data = file.read(wanted)
+    return data, len(data) < wanted or len(data) == length
 
 
-def _check_coded_size(declared: tuple[int, int], data: bytes) -> None:
-    """Refuse AV1 `data` whose sequence header allows frames larger than `declared` (plus
-    AV1_SIZE_SLACK): libavif would decode them at that size."""
-    coded = _av1_max_frame_size(data)
-    width, height = declared
-    if coded[0] > width + AV1_SIZE_SLACK or coded[1] > height + AV1_SIZE_SLACK:
-        raise StructureTooCostly(coded_size_message(declared, coded))
+def _check_coded_size(declared: tuple[int, int], data: bytes, *, whole: bool, first: bool) -> None:
+    """Refuse AV1 `data` (an item's or a sample's, all of it or its first AV1_HEADER_BUDGET bytes)
+    with a sequence header that allows frames larger than `declared` (plus AV1_SIZE_SLACK): libavif
+    would decode them at that size. The first (or only) picture must have one."""
+    found = False
+    for coded in _sequence_header_sizes(data, whole=whole):
+        found = True
+        width, height = declared
+        if coded[0] > width + AV1_SIZE_SLACK or coded[1] > height + AV1_SIZE_SLACK:
+            raise StructureTooCostly(coded_size_message(declared, coded))
+    if first and not found:
+        raise Damaged("no AV1 sequence header")
 
 
-def _av1_max_frame_size(data: bytes) -> tuple[int, int]:
-    """The maximum frame width and height of the first sequence header among the OBUs that start
-    `data` (AV1 specification 5.3: a header byte, an optional extension byte, a LEB128 size)."""
+def _sequence_header_sizes(data: bytes, *, whole: bool) -> Iterator[tuple[int, int]]:
+    """The maximum frame width and height of each sequence header among the OBUs that precede the
+    first frame in `data` (AV1 specification 5.3: a header byte, an optional extension byte, a
+    LEB128 size). Not reaching a frame or the end of the data is damage: whatever follows is unread."""
     at = 0
     while at < len(data):
         header = data[at]
+        if header >> 3 & 15 in _OBU_FRAME_TYPES:
+            return
         at += 1 + (header >> 2 & 1)
         if header >> 1 & 1:
             size = 0
@@ -399,12 +454,13 @@ def _av1_max_frame_size(data: bytes) -> tuple[int, int]:
                 at += 1
                 if not data[at - 1] & 0x80:
                     break
-        else:
+        else:  # only the last OBU of a sample may leave its size out: it runs to the end
             size = len(data) - at
         if header >> 3 & 15 == _OBU_SEQUENCE_HEADER:
-            return _sequence_header_size(_Bits(data[at : at + size]))
+            yield _sequence_header_size(_Bits(data[at : at + size]))
         at += size
-    raise Damaged("no AV1 sequence header")
+    if not whole or at > len(data):
+        raise Damaged("no AV1 frame within the bytes read")
 
 
 class _Bits:

@@ -181,6 +181,21 @@ def test_an_animated_avif_whose_frames_are_coded_larger_than_declared_is_refused
     assert str(refused.value) == coded_size_message((64, 64), (512, 512))
 
 
+def test_an_animated_avif_with_a_later_frame_coded_larger_is_refused(tmp_path: Path) -> None:
+    # A sequence header may come again in any frame and change the size: the third frame of an
+    # honest animation is given the sequence header of a 1,024 × 1,024 picture (its own frame
+    # overwritten: the probe stops at the lie).
+    still = input_formats.avif(two_colours(1024, 1024), speed=10)
+    at = still.index(b"\x12\x00\x0a") + 2  # a temporal delimiter, then the sequence header OBU
+    header = still[at : at + 2 + still[at + 1]]
+    data = bytearray(input_formats.animated_avif([two_colours(64, 64)] * 3))
+    third = data.rindex(b"\x12\x00\x32") + 2  # the last frame OBU, after its temporal delimiter
+    data[third : third + len(header)] = header
+    with pytest.raises(TooCostlyToIdentify) as refused:
+        probe(tmp_path, bytes(data))
+    assert str(refused.value) == coded_size_message((64, 64), (1024, 1024))
+
+
 def test_an_avif_coded_within_a_superblock_of_its_declared_size_is_accepted(tmp_path: Path) -> None:
     # AV1 codes in superblocks of up to 128 pixels: a frame that much larger costs nothing more.
     data = input_formats.with_ispe(input_formats.avif(two_colours(150, 140)), 100, 100)
