@@ -243,12 +243,10 @@ def _walk_tracks(
                     track.sizes = table(content + 12, box_end, 4, track.samples)
             elif kind in (b"stco", b"co64"):
                 # A chunk holds one sample or more: never more chunks than samples worth reading.
-                wide = kind == b"co64"
+                width, code = (8, "Q") if kind == b"co64" else (4, "I")
                 _, count = struct.unpack(">II", _read(file, content, content + 8, box_end))
-                offsets = table(content + 8, box_end, 8 if wide else 4, min(count, max_frames))
-                track.chunks = struct.unpack(
-                    f">{len(offsets) // (8 if wide else 4)}{'Q' if wide else 'I'}", offsets
-                )
+                count = min(count, max_frames)
+                track.chunks = struct.unpack(f">{count}{code}", table(content + 8, box_end, width, count))
             elif kind == b"stsc":
                 _, count = struct.unpack(">II", _read(file, content, content + 8, box_end))
                 runs = table(content + 8, box_end, 12, min(count, max_frames))
@@ -265,6 +263,7 @@ def _check_samples(file: BinaryIO, track: _Track, boxes: _Counter) -> None:
     for index, (first, per_chunk) in enumerate(track.runs):
         last = track.runs[index + 1][0] - 1 if index + 1 < len(track.runs) else len(track.chunks)
         for chunk in range(first, min(last, len(track.chunks)) + 1):
+            boxes.count()  # runs may overlap: chunks walked are counted, not only samples read
             if chunk < 1:
                 raise Damaged("stsc malformed")
             offset = track.chunks[chunk - 1]
@@ -296,7 +295,7 @@ class _Still:
 def _read_meta(meta: bytes, boxes: _Counter, file: BinaryIO) -> _Still | None:
     """The primary item of a `meta` box's content: its codec, displayed size and decoding cost.
 
-    Every AV1 item's coded size is checked against its `ispe` on the way (_check_av1_items)."""
+    Every AV1 item's coded size is checked against its `ispe` on the way (_check_coded_size)."""
     position = 4  # version and flags
     primary: int | None = None
     item_types: dict[int, bytes] = {}

@@ -41,6 +41,19 @@ _TILE_WIDTH, _TILE_LENGTH, _TILE_OFFSETS = 322, 323, 324
 # A tile may overhang a small picture: writers use their usual tile size whatever the picture's
 # (libtiff's tools and GDAL 256, libvips 128). A side up to this costs a decoder nothing worth bounding.
 TIFF_FREE_TILE_SIDE = 1024
+_SINGLE_VALUED = frozenset(
+    {
+        _IMAGE_WIDTH,
+        _IMAGE_LENGTH,
+        _COMPRESSION,
+        _SAMPLES_PER_PIXEL,
+        _ROWS_PER_STRIP,
+        _PLANAR_CONFIGURATION,
+        _TILE_WIDTH,
+        _TILE_LENGTH,
+    }
+)
+_READ = _SINGLE_VALUED | {_STRIP_OFFSETS, _TILE_OFFSETS}
 # Tag value types that hold one integer in the entry itself: BYTE, SHORT, LONG.
 _INTEGER_FORMATS = {1: "B", 3: "H", 4: "I"}
 
@@ -128,9 +141,16 @@ def check_first_page(file: BinaryIO, max_pixels: int) -> None:
     counts: dict[int, int] = {}
     for at in range(0, len(entries), 12):
         tag, kind, count = struct.unpack_from(order + "HHI", entries, at)
+        if tag in counts and tag in _READ:
+            # Pillow keeps the last of a repeated tag and libtiff the first: which one decodes?
+            raise Damaged("tag repeated")
         counts.setdefault(tag, count)
-        if kind in _INTEGER_FORMATS and count >= 1:
-            values.setdefault(tag, struct.unpack_from(order + _INTEGER_FORMATS[kind], entries, at + 8)[0])
+        if tag in _SINGLE_VALUED:
+            # One integer, in the entry itself; anything else is read differently by Pillow and
+            # libtiff (and never written).
+            if kind not in _INTEGER_FORMATS or count != 1:
+                raise Damaged("tag of an unexpected type or count")
+            (values[tag],) = struct.unpack_from(order + _INTEGER_FORMATS[kind], entries, at + 8)
     compression = values.get(_COMPRESSION, 1)
     if compression not in TIFF_COMPRESSIONS:
         name = f"{COMPRESSION_INFO.get(compression, 'unknown')}, {compression}"
@@ -145,6 +165,8 @@ def check_first_page(file: BinaryIO, max_pixels: int) -> None:
         # RowsPerStrip defaults to "all of them": libtiff stops at the picture's last row.
         part = width, min(values.get(_ROWS_PER_STRIP, height), height)
         parts = counts.get(_STRIP_OFFSETS, 0)
+    if width and height and (part[0] < 1 or part[1] < 1):
+        raise Damaged("tiles or strips of no pixels")
     # Separate planes (PlanarConfiguration 2) list each sample's tiles in turn: one sample each.
     planes = min(values.get(_SAMPLES_PER_PIXEL, 1), 4) if values.get(_PLANAR_CONFIGURATION) == 2 else 1
     pixels = parts * part[0] * part[1] // max(1, planes)

@@ -288,6 +288,21 @@ def test_a_tiff_compressed_with_a_codec_outside_the_list_is_refused(
     assert str(refused.value) == TIFF_COMPRESSION_UNSUPPORTED.format(compression=name)
 
 
+def test_a_tiff_whose_compression_pillow_and_libtiff_could_read_differently_is_damaged(
+    tmp_path: Path,
+) -> None:
+    # Three Compression values (at an offset): Pillow takes the first, libtiff may refuse or ignore.
+    data = bytearray(input_formats.tiff(Image.new("L", (64, 64), 128), compression="tiff_lzw"))
+    (first,) = struct.unpack_from("<I", data, 4)
+    (tags,) = struct.unpack_from("<H", data, first)
+    for entry in range(first + 2, first + 2 + 12 * tags, 12):
+        if struct.unpack_from("<H", data, entry)[0] == 259:
+            struct.pack_into("<I", data, entry + 4, 3)
+    with pytest.raises(UnsupportedImage) as refused:
+        probe(tmp_path, bytes(data))
+    assert str(refused.value) == DAMAGED_MESSAGE
+
+
 def test_a_tiff_claiming_too_many_pixels_is_refused(tmp_path: Path) -> None:
     data = bytearray(input_formats.tiff_16_bit_rgb(4, 4, (0, 0, 0)))
     data[18:22] = (60_000).to_bytes(4, "little")  # ImageWidth, the first tag's value
