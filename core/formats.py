@@ -31,7 +31,13 @@ from core.image_structure import (
     check_png_chunks,
     count_gif_frames,
 )
-from core.tiff_structure import BIGTIFF_SIGNATURES, TIFF_SIGNATURES, count_tiff_pages
+from core.tiff_structure import (
+    BIGTIFF_SIGNATURES,
+    TIFF_SIGNATURES,
+    UnsupportedCompression,
+    check_first_page,
+    count_tiff_pages,
+)
 from core.tiff_structure import Damaged as TiffDamaged
 
 # Raster formats whose decoders are mature and commonly uploaded. Anything else (SVG, PDF, EPS,
@@ -225,10 +231,15 @@ def _probe(file: BinaryIO, *, max_pixels: int, max_frames: int) -> ImageInfo:
         raise UnsupportedImage(UNSUPPORTED_MESSAGE)
     elif signature[:4] in TIFF_SIGNATURES:
         # Pillow's n_frames would parse every page's directory; this stops one past the limit.
+        # Its first page's codec and tiles are checked too: every libtiff codec and any tile size
+        # would otherwise reach the decoder (core.tiff_structure).
         try:
             pages = count_tiff_pages(file, stop_after=max_frames + 1)
+            check_first_page(file, max_pixels)
         except (TiffDamaged, struct.error):
             raise UnsupportedImage(DAMAGED_MESSAGE) from None
+        except UnsupportedCompression as exc:
+            raise UnsupportedImage(str(exc)) from None
         if pages > max_frames:
             raise AnimationTooLarge(too_many_pages_message(max_frames))
     elif signature[:8] == PNG_SIGNATURE:
@@ -268,7 +279,7 @@ def _probe_heif(file: BinaryIO, *, max_pixels: int, max_frames: int) -> ImageInf
     the pixels its tiles decode to (tiles overhang the picture's edges: up to twice the limit), its
     frames."""
     try:
-        structure = read_heif(file)
+        structure = read_heif(file, max_frames=max_frames)
     except (HeifDamaged, struct.error, IndexError):
         raise UnsupportedImage(DAMAGED_MESSAGE) from None
     width, height = structure.width, structure.height

@@ -7,6 +7,14 @@ animated AVIF a `moov` box whose tracks count their frames. A decoder (libheif, 
 that and then decodes every tile of the picture, so everything that makes a decode expensive is in
 these boxes: the picture's size, how many tiles it is cut into, how many frames it has.
 
+Except one thing: the size an AV1 picture is coded at is in its own bitstream (the sequence header),
+not in the boxes, and libavif decodes whatever that says before it compares it with `ispe`; a
+3-KB file declaring 64×64 can be coded at 16,384×16,384. So for every AV1 item (the picture, its
+tiles, its alpha) and every sample of every AV1 track (a sequence header may come again in any
+frame, and a new one may change the size), the sequence headers are read from the first
+AV1_HEADER_BUDGET bytes of its data (what the decoder reads: they come before the frame) and their
+maximum frame size must fit the declared one.
+
 This walk reads them without decoding anything, so the API can refuse a bomb at upload with no HEIF
 library at all: it seeks over pixel data, reads only the small boxes it needs, and stops at
 HEIF_MAX_BOXES parts (boxes, items, property links), HEIF_MAX_ITEMS items or HEIF_MAX_META_BYTES of
@@ -16,6 +24,7 @@ HEIF_MAX_BOXES parts (boxes, items, property links), HEIF_MAX_ITEMS items or HEI
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -43,6 +52,25 @@ def too_many_tiles_message(tiles: int) -> str:
     return f"HEIF picture is cut into {tiles:,} tiles; the limit is {HEIF_MAX_TILES:,}."
 
 
+# An AV1 item's or sample's data starts with its sequence header, if any (after a temporal delimiter,
+# perhaps metadata), then its frame: libavif writes the frame within 20 bytes. No frame reached
+# within this many bytes, the file is treated as damaged.
+AV1_HEADER_BUDGET = 1024
+# A frame is coded at its declared size; allow up to AV1's largest superblock (128 pixels) over it,
+# so a liar decodes no more than an honest file of its declared size would, give or take an edge.
+AV1_SIZE_SLACK = 128
+_OBU_SEQUENCE_HEADER = 1
+# Frame header, tile group, frame, redundant frame header, tile list: past the sequence headers.
+_OBU_FRAME_TYPES = frozenset({3, 4, 6, 7, 8})
+
+
+def coded_size_message(declared: tuple[int, int], coded: tuple[int, int]) -> str:
+    return (
+        f"AVIF picture declares {declared[0]:,}×{declared[1]:,} pixels but is coded at "
+        f"{coded[0]:,}×{coded[1]:,}."
+    )
+
+
 # Brands (ftyp) that say which codec the file holds. `mif1`/`msf1` alone say only "HEIF": then the
 # primary item's type decides (av01 or hvc1).
 AVIF_BRANDS = frozenset({b"avif", b"avis"})
@@ -62,7 +90,7 @@ class HeifStructure:
     height: int
     frames: int  # 1 for a still picture; an image sequence's sample count
     # Pixels decoded in all: the coded size (before any crop), or every tile of a grid, or the
-    # largest track's frame size; for AV1 items, at least what their sequence headers say.
+    # largest track's frame size.
     decoded_pixels: int
     tiles: int
 
@@ -74,8 +102,11 @@ def is_heif(head: bytes) -> bool:
     return head[8:12] in HEIF_BRANDS
 
 
-def read_heif(file: BinaryIO) -> HeifStructure:
+def read_heif(file: BinaryIO, *, max_frames: int) -> HeifStructure:
     """Walk the top-level boxes of `file`, the `meta` box whole and `moov` down to its sample tables.
+
+    An AV1 track of more than `max_frames` samples (refused by the caller) has its samples' sequence
+    headers left unread.
 
     Raises Damaged for a malformed or truncated structure, StructureTooCostly past a limit.
     """
@@ -96,7 +127,7 @@ def read_heif(file: BinaryIO) -> HeifStructure:
                 raise StructureTooCostly(HEIF_META_TOO_LARGE)
             meta = _read(file, start, end)
         elif kind == b"moov":
-            _walk_tracks(file, start, end, boxes, tracks)
+            _walk_tracks(file, start, end, boxes, tracks, max_frames)
         position = end
     if not brands & HEIF_BRANDS:
         raise Damaged("not a HEIF brand")
@@ -158,32 +189,98 @@ def _read(file: BinaryIO, start: int, end: int, limit: int | None = None) -> byt
     return data
 
 
+@dataclass
+class _Track:
+    entry: bytes = b""  # the first sample entry's type: av01 for AV1
+    width: int = 0
+    height: int = 0
+    samples: int = 0
+    size: int = 0  # every sample's size, or 0: `sizes` lists them
+    sizes: bytes = b""
+    chunks: tuple[int, ...] = ()  # each chunk's offset in the file
+    runs: tuple[tuple[int, int], ...] = ()  # (first chunk, from 1; samples in each chunk from there)
+
+
 def _walk_tracks(
-    file: BinaryIO, start: int, end: int, boxes: _Counter, tracks: list[tuple[int, int, int]]
+    file: BinaryIO,
+    start: int,
+    end: int,
+    boxes: _Counter,
+    tracks: list[tuple[int, int, int]],
+    max_frames: int,
 ) -> None:
     """Each track's coded frame size (its first visual sample entry) and sample count, from
-    moov/trak/mdia/minf/stbl: stsd and stsz are read, nothing else."""
-    found = {"width": 0, "height": 0, "samples": 0}
+    moov/trak/mdia/minf/stbl: stsd and stsz are read and, for an AV1 track of at most `max_frames`
+    samples, stsz's sizes, stsc and stco/co64, to find every sample and check its sequence headers."""
+    track = _Track()
+
+    def table(content: int, box_end: int, entry: int, count: int) -> bytes:
+        return _read(file, content, content + entry * count, box_end)
 
     def walk(position: int, limit: int, depth: int) -> None:
+        nonlocal track
         while position < limit:
             kind, content, box_end = _box_at(file, position, limit, boxes)
             if kind in _CONTAINERS and depth < 5:
+                if kind == b"trak":
+                    track = _Track()
                 walk(content, box_end, depth + 1)
                 if kind == b"trak":
-                    tracks.append((found["width"], found["height"], found["samples"]))
-                    found.update(width=0, height=0, samples=0)
+                    tracks.append((track.width, track.height, track.samples))
+                    if track.entry == b"av01" and track.samples <= max_frames:
+                        _check_samples(file, track, boxes)
             elif kind == b"stsd":
                 # version+flags, entry count, then the first sample entry's box header; a visual
                 # entry's width and height follow 24 bytes of reserved and reference fields.
                 entry = _read(file, content, min(box_end, content + 8 + 8 + 28), box_end)
-                found["width"], found["height"] = struct.unpack_from(">HH", entry, 8 + 8 + 24)
+                track.entry = entry[12:16]
+                track.width, track.height = struct.unpack_from(">HH", entry, 8 + 8 + 24)
             elif kind == b"stsz":
-                _, _, count = struct.unpack(">III", _read(file, content, content + 12, box_end))
-                found["samples"] = count
+                _, track.size, track.samples = struct.unpack(
+                    ">III", _read(file, content, content + 12, box_end)
+                )
+                if track.size == 0 and track.samples <= max_frames:
+                    track.sizes = table(content + 12, box_end, 4, track.samples)
+            elif kind in (b"stco", b"co64"):
+                # A chunk holds one sample or more: never more chunks than samples worth reading.
+                width, code = (8, "Q") if kind == b"co64" else (4, "I")
+                _, count = struct.unpack(">II", _read(file, content, content + 8, box_end))
+                count = min(count, max_frames)
+                track.chunks = struct.unpack(f">{count}{code}", table(content + 8, box_end, width, count))
+            elif kind == b"stsc":
+                _, count = struct.unpack(">II", _read(file, content, content + 8, box_end))
+                runs = table(content + 8, box_end, 12, min(count, max_frames))
+                track.runs = tuple(struct.unpack_from(">II", runs, at) for at in range(0, len(runs), 12))
             position = box_end
 
     walk(start, end, 0)
+
+
+def _check_samples(file: BinaryIO, track: _Track, boxes: _Counter) -> None:
+    """Check the sequence headers of each sample of an AV1 track against its declared frame size:
+    samples follow one another within a chunk, chunks hold as many as their run of stsc says."""
+    checked = 0
+    for index, (first, per_chunk) in enumerate(track.runs):
+        last = track.runs[index + 1][0] - 1 if index + 1 < len(track.runs) else len(track.chunks)
+        for chunk in range(first, min(last, len(track.chunks)) + 1):
+            boxes.count()  # runs may overlap: chunks walked are counted, not only samples read
+            if chunk < 1:
+                raise Damaged("stsc malformed")
+            offset = track.chunks[chunk - 1]
+            for _ in range(min(per_chunk, track.samples - checked)):
+                boxes.count()
+                if track.size:
+                    size = track.size
+                else:
+                    (size,) = struct.unpack_from(">I", track.sizes, 4 * checked)
+                data, whole = _read_up_to(file, offset, size or 1)
+                _check_coded_size((track.width, track.height), data, whole=whole, first=checked == 0)
+                offset += size
+                checked += 1
+            if checked == track.samples:
+                return
+    if checked < track.samples:
+        raise Damaged("AV1 track's samples lie outside its chunks")
 
 
 @dataclass(frozen=True)
@@ -196,14 +293,17 @@ class _Still:
 
 
 def _read_meta(meta: bytes, boxes: _Counter, file: BinaryIO) -> _Still | None:
-    """The primary item of a `meta` box's content: its codec, displayed size and decoding cost."""
+    """The primary item of a `meta` box's content: its codec, displayed size and decoding cost.
+
+    Every AV1 item's coded size is checked against its `ispe` on the way (_check_coded_size)."""
     position = 4  # version and flags
     primary: int | None = None
     item_types: dict[int, bytes] = {}
     tiles_of: dict[int, list[int]] = {}
     properties: list[tuple[bytes, bytes]] = []
     associations: dict[int, list[int]] = {}
-    locations, idat = b"", b""
+    locations: dict[int, tuple[int, int, int]] = {}
+    idat = b""
     while position + 8 <= len(meta):
         boxes.count()
         length, kind = struct.unpack_from(">I4s", meta, position)
@@ -219,22 +319,36 @@ def _read_meta(meta: bytes, boxes: _Counter, file: BinaryIO) -> _Still | None:
         elif kind == b"iprp":
             properties, associations = _item_properties(body, boxes)
         elif kind == b"iloc":
-            locations = body
+            locations = _item_locations(body, boxes)
         elif kind == b"idat":
             idat = body
         position += length
     if primary is None or primary not in item_types:
         return None
-    # What an AV1 decoder makes of each AV1 item (the picture, its tiles, its alpha): the frame size
-    # of its sequence header, which libavif decodes and then scales to the `ispe` claim.
-    av1_items = {item for item, kind in item_types.items() if kind == b"av01"}
-    coded = _av1_coded_pixels(file, _first_extents(locations, av1_items, boxes), idat) if av1_items else {}
+    for item, item_type in item_types.items():
+        if item_type != b"av01":
+            continue
+        ispe = _properties_of(item, properties, associations).get("ispe")
+        if ispe is None:
+            continue  # libavif refuses an AV1 item without a size (the primary's is required below)
+        if item not in locations:
+            raise Damaged("AV1 item has no data")
+        method, offset, length = locations[item]
+        if method == 0:
+            data, whole = _read_up_to(file, offset, length)
+        elif method == 1:
+            wanted = min(length or AV1_HEADER_BUDGET, AV1_HEADER_BUDGET)
+            data = idat[offset : offset + wanted]
+            whole = len(data) < wanted or len(data) == length
+        else:
+            raise Damaged("AV1 item data by reference")  # libavif does not support it either
+        _check_coded_size(struct.unpack_from(">II", ispe, 4), data, whole=whole, first=True)
     codec = item_types[primary]
     own = _properties_of(primary, properties, associations)
     if "ispe" not in own:
         raise Damaged("primary item has no size")
     width, height = struct.unpack_from(">II", own["ispe"], 4)
-    decoded = max([width * height, *coded.values()])
+    decoded = width * height
     tiles = 1
     if codec == b"grid":
         parts = tiles_of.get(primary, [])
@@ -244,10 +358,10 @@ def _read_meta(meta: bytes, boxes: _Counter, file: BinaryIO) -> _Still | None:
         decoded = 0
         for part in parts:
             tile = _properties_of(part, properties, associations).get("ispe")
-            claimed = int.from_bytes(tile[4:8]) * int.from_bytes(tile[8:12]) if tile is not None else 0
-            decoded += max(claimed, coded.get(part, 0))
+            if tile is not None:
+                decoded += int.from_bytes(tile[4:8]) * int.from_bytes(tile[8:12])
             codec = item_types.get(part, codec)
-        decoded = max([decoded, width * height, *coded.values()])
+        decoded = max(decoded, width * height)
     if "clap" in own:
         clean = struct.unpack_from(">8I", own["clap"])
         if clean[1] and clean[3]:
@@ -255,6 +369,158 @@ def _read_meta(meta: bytes, boxes: _Counter, file: BinaryIO) -> _Still | None:
     if "irot" in own and own["irot"][0] & 1:
         width, height = height, width
     return _Still(codec, width, height, decoded, tiles)
+
+
+def _item_locations(body: bytes, boxes: _Counter) -> dict[int, tuple[int, int, int]]:
+    """An `iloc` box: each item's construction method (0: in the file, 1: in `idat`), the offset of
+    its first extent and that extent's length (0: to the end)."""
+    version = body[0]
+    at = 4
+
+    def number(size: int) -> int:
+        nonlocal at
+        if at + size > len(body):
+            raise Damaged("iloc cut short")
+        value = int.from_bytes(body[at : at + size])
+        at += size
+        return value
+
+    sizes = number(2)
+    offset_size, length_size, base_size = sizes >> 12, sizes >> 8 & 15, sizes >> 4 & 15
+    index_size = sizes & 15 if version in (1, 2) else 0
+    if any(size not in (0, 4, 8) for size in (offset_size, length_size, base_size, index_size)):
+        raise Damaged("iloc malformed")
+    id_size = 4 if version == 2 else 2
+    count = number(id_size)
+    if count > HEIF_MAX_ITEMS:
+        raise StructureTooCostly(HEIF_TOO_MANY_ITEMS)
+    locations: dict[int, tuple[int, int, int]] = {}
+    for _ in range(count):
+        boxes.count()
+        item = number(id_size)
+        method = number(2) & 15 if version in (1, 2) else 0
+        number(2)  # data reference index
+        base = number(base_size)
+        extents = number(2)
+        for extent in range(extents):
+            boxes.count()
+            number(index_size)
+            offset, length = number(offset_size), number(length_size)
+            if extent == 0:
+                locations[item] = (method, base + offset, length)
+    return locations
+
+
+def _read_up_to(file: BinaryIO, offset: int, length: int) -> tuple[bytes, bool]:
+    """The first AV1_HEADER_BUDGET bytes (at most) of the `length` bytes (0: to the end) at `offset`
+    in the file, and whether that is all of them."""
+    wanted = min(length or AV1_HEADER_BUDGET, AV1_HEADER_BUDGET)
+    file.seek(offset)
+    data = file.read(wanted)
+    return data, len(data) < wanted or len(data) == length
+
+
+def _check_coded_size(declared: tuple[int, int], data: bytes, *, whole: bool, first: bool) -> None:
+    """Refuse AV1 `data` (an item's or a sample's, all of it or its first AV1_HEADER_BUDGET bytes)
+    with a sequence header that allows frames larger than `declared` (plus AV1_SIZE_SLACK): libavif
+    would decode them at that size. The first (or only) picture must have one."""
+    found = False
+    for coded in _sequence_header_sizes(data, whole=whole):
+        found = True
+        width, height = declared
+        if coded[0] > width + AV1_SIZE_SLACK or coded[1] > height + AV1_SIZE_SLACK:
+            raise StructureTooCostly(coded_size_message(declared, coded))
+    if first and not found:
+        raise Damaged("no AV1 sequence header")
+
+
+def _sequence_header_sizes(data: bytes, *, whole: bool) -> Iterator[tuple[int, int]]:
+    """The maximum frame width and height of each sequence header among the OBUs that precede the
+    first frame in `data` (AV1 specification 5.3: a header byte, an optional extension byte, a
+    LEB128 size). Not reaching a frame or the end of the data is damage: whatever follows is unread."""
+    at = 0
+    while at < len(data):
+        header = data[at]
+        if header >> 3 & 15 in _OBU_FRAME_TYPES:
+            return
+        at += 1 + (header >> 2 & 1)
+        if header >> 1 & 1:
+            size = 0
+            for index in range(8):
+                if at >= len(data):
+                    raise Damaged("AV1 OBU cut short")
+                size |= (data[at] & 0x7F) << (7 * index)
+                at += 1
+                if not data[at - 1] & 0x80:
+                    break
+        else:  # only the last OBU of a sample may leave its size out: it runs to the end
+            size = len(data) - at
+        if header >> 3 & 15 == _OBU_SEQUENCE_HEADER:
+            yield _sequence_header_size(_Bits(data[at : at + size]))
+        at += size
+    if not whole or at > len(data):
+        raise Damaged("no AV1 frame within the bytes read")
+
+
+class _Bits:
+    """A most-significant-bit-first reader of a few bytes that refuses to run past them."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.position = 0
+
+    def read(self, count: int) -> int:
+        value = 0
+        for _ in range(count):
+            byte = self.position >> 3
+            if byte >= len(self.data):
+                raise Damaged("AV1 sequence header cut short")
+            value = value << 1 | (self.data[byte] >> (7 - (self.position & 7)) & 1)
+            self.position += 1
+        return value
+
+    def uvlc(self) -> int:
+        zeros = 0
+        while not self.read(1):
+            zeros += 1
+            if zeros >= 32:
+                raise Damaged("AV1 sequence header malformed")
+        return self.read(zeros) + (1 << zeros) - 1
+
+
+def _sequence_header_size(bits: _Bits) -> tuple[int, int]:
+    """max_frame_width_minus_1 + 1 and max_frame_height_minus_1 + 1 of a sequence header OBU's
+    payload (AV1 specification 5.5.1), skipping what comes before them."""
+    bits.read(3)  # seq_profile
+    bits.read(1)  # still_picture
+    if bits.read(1):  # reduced_still_picture_header
+        bits.read(5)  # seq_level_idx[0]
+    else:
+        decoder_model = False
+        delay_length = 0
+        if bits.read(1):  # timing_info_present_flag
+            bits.read(32)  # num_units_in_display_tick
+            bits.read(32)  # time_scale
+            if bits.read(1):  # equal_picture_interval
+                bits.uvlc()  # num_ticks_per_picture_minus_1
+            decoder_model = bool(bits.read(1))
+            if decoder_model:
+                delay_length = bits.read(5) + 1  # buffer_delay_length_minus_1
+                bits.read(32)  # num_units_in_decoding_tick
+                bits.read(5)  # buffer_removal_time_length_minus_1
+                bits.read(5)  # frame_presentation_time_length_minus_1
+        display_delay = bool(bits.read(1))  # initial_display_delay_present_flag
+        for _ in range(bits.read(5) + 1):  # operating_points_cnt_minus_1
+            bits.read(12)  # operating_point_idc
+            if bits.read(5) > 7:  # seq_level_idx
+                bits.read(1)  # seq_tier
+            if decoder_model and bits.read(1):  # decoder_model_present_for_this_op
+                bits.read(2 * delay_length + 1)  # decoder and encoder buffer delays, low delay
+            if display_delay and bits.read(1):  # initial_display_delay_present_for_this_op
+                bits.read(4)  # initial_display_delay_minus_1
+    width_bits = bits.read(4) + 1
+    height_bits = bits.read(4) + 1
+    return bits.read(width_bits) + 1, bits.read(height_bits) + 1
 
 
 def _item_types(body: bytes, boxes: _Counter) -> dict[int, bytes]:
@@ -378,150 +644,3 @@ def _properties_of(
     if "irot" in found and not found["irot"]:
         del found["irot"]
     return found
-
-
-# How much of an AV1 item is read to find its sequence header (which comes first, after at most a
-# temporal delimiter): a sequence header is at most a few dozen bytes.
-_AV1_HEAD_BYTES = 1024
-_OBU_SEQUENCE_HEADER = 1
-
-
-def _first_extents(locations: bytes, items: set[int], boxes: _Counter) -> dict[int, tuple[int, int, int]]:
-    """Where each of `items` starts, from an `iloc` box's content: (construction method: 0 in the
-    file, 1 in `idat`; offset; length). Items with no extent, or another method, are left out."""
-    if len(locations) < 8:
-        return {}
-    version = locations[0]
-    offset_size, length_size = locations[4] >> 4, locations[4] & 15
-    base_size, index_size = locations[5] >> 4, (locations[5] & 15) if version in (1, 2) else 0
-    reader = _Fields(locations, 6)
-    count = reader.uint(2 if version < 2 else 4)
-    if count > HEIF_MAX_ITEMS:
-        raise StructureTooCostly(HEIF_TOO_MANY_ITEMS)
-    found: dict[int, tuple[int, int, int]] = {}
-    for _ in range(count):
-        boxes.count()
-        item = reader.uint(2 if version < 2 else 4)
-        method = reader.uint(2) & 15 if version in (1, 2) else 0
-        reader.uint(2)  # data reference index
-        base = reader.uint(base_size)
-        extents = reader.uint(2)
-        for index in range(extents):
-            boxes.count()
-            reader.uint(index_size)
-            offset, length = reader.uint(offset_size), reader.uint(length_size)
-            if index == 0 and item in items and method in (0, 1):
-                found[item] = (method, base + offset, length)
-    return found
-
-
-def _av1_coded_pixels(
-    file: BinaryIO, extents: dict[int, tuple[int, int, int]], idat: bytes
-) -> dict[int, int]:
-    """The pixels of each AV1 item's frame, as its sequence header gives them (its largest frame)."""
-    size = file.seek(0, 2)
-    pixels: dict[int, int] = {}
-    for item, (method, offset, length) in extents.items():
-        wanted = min(length or _AV1_HEAD_BYTES, _AV1_HEAD_BYTES)
-        if method == 1:
-            head = idat[offset : offset + wanted]
-        else:
-            head = _read(file, offset, min(offset + wanted, size)) if offset < size else b""
-        frame = _av1_frame_size(head)
-        if frame is not None:
-            pixels[item] = frame[0] * frame[1]
-    return pixels
-
-
-def _av1_frame_size(data: bytes) -> tuple[int, int] | None:
-    """The largest frame size of the first sequence header among the OBUs at the start of `data`;
-    None when none is found there (the decoder then has none either, and fails)."""
-    fields = _Fields(data, 0)
-    while fields.position < len(data):
-        header = fields.uint(1)
-        if header & 4:  # an extension byte
-            fields.uint(1)
-        length = fields.leb128() if header & 2 else len(data) - fields.position
-        if (header >> 3) & 15 == _OBU_SEQUENCE_HEADER:
-            return _sequence_header_frame_size(data[fields.position : fields.position + length])
-        fields.position += length
-    return None
-
-
-def _sequence_header_frame_size(data: bytes) -> tuple[int, int]:
-    """max_frame_width and max_frame_height of an AV1 sequence header OBU's payload (AV1 spec
-    5.5.1: every field before them is read only to be skipped)."""
-    bits = _Bits(data)
-    bits.read(4)  # seq_profile, still_picture
-    if bits.read(1):  # reduced_still_picture_header
-        bits.read(5)  # seq_level_idx
-    else:
-        model, delay_bits = False, 0
-        if bits.read(1):  # timing_info_present_flag
-            bits.read(64)  # num_units_in_display_tick, time_scale
-            if bits.read(1):  # equal_picture_interval
-                bits.uvlc()
-            model = bool(bits.read(1))  # decoder_model_info_present_flag
-            if model:
-                delay_bits = bits.read(5) + 1
-                bits.read(42)  # num_units_in_decoding_tick, two 5-bit lengths
-        display_delay = bits.read(1)
-        for _ in range(bits.read(5) + 1):  # operating points
-            bits.read(12)  # operating_point_idc
-            if bits.read(5) > 7:  # seq_level_idx, then seq_tier
-                bits.read(1)
-            if model and bits.read(1):
-                bits.read(2 * delay_bits + 1)
-            if display_delay and bits.read(1):
-                bits.read(4)
-    width_bits, height_bits = bits.read(4) + 1, bits.read(4) + 1
-    return bits.read(width_bits) + 1, bits.read(height_bits) + 1
-
-
-class _Fields:
-    """Big-endian unsigned fields of 0 to 8 bytes, and LEB128 numbers, read in turn."""
-
-    def __init__(self, data: bytes, position: int) -> None:
-        self.data, self.position = data, position
-
-    def uint(self, size: int) -> int:
-        end = self.position + size
-        if end > len(self.data):
-            raise Damaged("cut short")
-        value = int.from_bytes(self.data[self.position : end])
-        self.position = end
-        return value
-
-    def leb128(self) -> int:
-        value = 0
-        for index in range(8):
-            byte = self.uint(1)
-            value |= (byte & 0x7F) << (7 * index)
-            if not byte & 0x80:
-                break
-        return value
-
-
-class _Bits:
-    """Most-significant-first bits, as the AV1 spec reads them (f(n), uvlc())."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data, self.position = data, 0
-
-    def read(self, count: int) -> int:
-        value = 0
-        for _ in range(count):
-            byte = self.position >> 3
-            if byte >= len(self.data):
-                raise Damaged("AV1 sequence header cut short")
-            value = value << 1 | (self.data[byte] >> (7 - (self.position & 7))) & 1
-            self.position += 1
-        return value
-
-    def uvlc(self) -> int:
-        zeros = 0
-        while not self.read(1):
-            zeros += 1
-            if zeros >= 32:
-                return (1 << 32) - 1
-        return self.read(zeros) + (1 << zeros) - 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import struct
+import zlib
 
 from PIL import Image, ImageCms
 
@@ -69,6 +70,52 @@ def tiff_16_bit_rgb(width: int, height: int, rgb: tuple[int, int, int]) -> bytes
         packed = struct.pack("<H", value) + b"\0\0" if kind == 3 and count == 1 else struct.pack("<I", value)
         out += struct.pack("<HHI", tag, kind, count) + packed
     out += struct.pack("<I", 0) + struct.pack("<3H", 16, 16, 16) + data
+    return bytes(out)
+
+
+def tiled_tiff(width: int, height: int, tile: int, tiles: int | None = None) -> bytes:
+    """A Deflate greyscale TIFF of `width`×`height` in `tile`×`tile` tiles, written field by field
+    (Pillow writes no tiles): as many tiles as the picture needs, or `tiles` of them, all pointing
+    at the same compressed data (one black tile)."""
+    if tiles is None:
+        tiles = -(-width // tile) * -(-height // tile)
+    data = zlib.compress(bytes(tile * tile), 9)
+    entries = [
+        (256, 4, 1, width),  # ImageWidth
+        (257, 4, 1, height),  # ImageLength
+        (258, 3, 1, 8),  # BitsPerSample
+        (259, 3, 1, 8),  # Compression: Deflate
+        (262, 3, 1, 1),  # Photometric: black is zero
+        (277, 3, 1, 1),  # SamplesPerPixel
+        (284, 3, 1, 1),  # PlanarConfiguration: chunky
+        (322, 4, 1, tile),  # TileWidth
+        (323, 4, 1, tile),  # TileLength
+        (324, 4, tiles, 0),  # TileOffsets: at `offsets` (or the data itself, for one)
+        (325, 4, tiles, 0),  # TileByteCounts: at `counts` (or the count itself)
+    ]
+    offsets_at = 8 + 2 + 12 * len(entries) + 4
+    counts_at = offsets_at + 4 * tiles
+    data_at = counts_at + 4 * tiles
+    arrays = {324: (offsets_at, data_at), 325: (counts_at, len(data))}
+    out = bytearray(b"II*\0" + struct.pack("<I", 8) + struct.pack("<H", len(entries)))
+    for tag, kind, count, value in entries:
+        if tag in arrays:
+            value = arrays[tag][0] if tiles > 1 else arrays[tag][1]
+        packed = struct.pack("<H", value) + b"\0\0" if kind == 3 else struct.pack("<I", value)
+        out += struct.pack("<HHI", tag, kind, count) + packed
+    out += struct.pack("<I", 0)
+    out += struct.pack(f"<{tiles}I", *[data_at] * tiles) + struct.pack(f"<{tiles}I", *[len(data)] * tiles)
+    return bytes(out + data)
+
+
+def with_tiff_compression(data: bytes, compression: int) -> bytes:
+    """A little-endian TIFF `data` whose first page's Compression tag says `compression`."""
+    out = bytearray(data)
+    (first,) = struct.unpack_from("<I", out, 4)
+    (tags,) = struct.unpack_from("<H", out, first)
+    for entry in range(first + 2, first + 2 + 12 * tags, 12):
+        if struct.unpack_from("<H", out, entry)[0] == 259:
+            struct.pack_into("<H", out, entry + 8, compression)
     return bytes(out)
 
 
@@ -135,6 +182,24 @@ def with_ispe(data: bytes, width: int, height: int) -> bytes:
         struct.pack_into(">II", out, position + 8, width, height)
         position = out.find(b"ispe", position + 4)
     return bytes(out)
+
+
+def with_track_size(data: bytes, width: int, height: int) -> bytes:
+    """An animated AVIF `data` whose tracks' sample entries (`stsd`) claim frames of `width`×`height`
+    (their `ispe`, the still picture's, left as encoded)."""
+    out = bytearray(data)
+    position = out.find(b"stsd")
+    while position != -1:
+        # version+flags and entry count, the entry's box header, 24 bytes of reserved fields.
+        struct.pack_into(">HH", out, position + 4 + 8 + 8 + 24, width, height)
+        position = out.find(b"stsd", position + 4)
+    return bytes(out)
+
+
+def with_zeroed_picture_data(data: bytes) -> bytes:
+    """`data` (a HEIF or AVIF) with everything in its `mdat` box zeroed: boxes intact, no bitstream."""
+    start = data.index(b"mdat") + 4
+    return data[:start] + bytes(len(data) - start)
 
 
 # ICC profiles, written tag by tag (Pillow ships only sRGB): a matrix/curves display profile, and a

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from core.formats import DAMAGED_MESSAGE, too_many_pages_message, too_many_pixels_message
-from core.heif_structure import too_many_tiles_message
+from core.heif_structure import coded_size_message, too_many_tiles_message
 from tests import input_formats
 from tests.conftest import TEST_SETTINGS
 from tests.waiting import final_status
@@ -124,11 +124,17 @@ async def test_a_16_bit_greyscale_tiff_with_pages_gives_its_first_page(
             422,
             too_many_pixels_message(60_000 * 60_000, MAX_PIXELS),
         ),
+        (
+            "liar.avif",
+            input_formats.with_ispe(input_formats.avif(layout(1024, 1024), speed=10), 64, 64),
+            422,
+            coded_size_message((64, 64), (1024, 1024)),
+        ),
         ("pages.tif", input_formats.tiff_pages(600), 422, too_many_pages_message(MAX_FRAMES)),
         ("cut.heic", input_formats.heic(layout(64, 32))[:-30], 415, DAMAGED_MESSAGE),
         ("cut.avif", input_formats.avif(layout(64, 32))[:-30], 415, DAMAGED_MESSAGE),
     ],
-    ids=["heic-tiles", "avif-60000", "tiff-pages", "heic-cut", "avif-cut"],
+    ids=["heic-tiles", "avif-60000", "avif-coded-larger", "tiff-pages", "heic-cut", "avif-cut"],
 )
 async def test_bombs_and_damaged_files_of_the_new_formats_are_refused_at_upload(
     client: httpx.AsyncClient, name: str, data: bytes, status: int, detail: str

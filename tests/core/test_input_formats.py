@@ -31,7 +31,13 @@ from core.heif_structure import (
     HEIF_MAX_ITEMS,
     HEIF_TOO_MANY_BOXES,
     HEIF_TOO_MANY_ITEMS,
+    coded_size_message,
     too_many_tiles_message,
+)
+from core.tiff_structure import (
+    TIFF_COMPRESSION_UNSUPPORTED,
+    tile_too_large_message,
+    too_many_tile_pixels_message,
 )
 from tests import images, input_formats
 
@@ -65,8 +71,22 @@ def quarter_turn_exif() -> bytes:
         (input_formats.heic(two_colours(), exif=quarter_turn_exif()), ImageInfo("HEIF", 32, 64, 1)),
         (input_formats.avif(two_colours()), ImageInfo("AVIF", 64, 32, 1)),
         (input_formats.animated_avif([two_colours()] * 3), ImageInfo("AVIF", 64, 32, 3)),
+        # Alpha is a second AV1 picture (an auxiliary item, or track): its coded size is checked too.
+        (input_formats.avif(Image.new("RGBA", (63, 31), (9, 9, 9, 90))), ImageInfo("AVIF", 63, 31, 1)),
+        (
+            input_formats.animated_avif([Image.new("RGBA", (40, 30), (9, 9, 9, 90))] * 2),
+            ImageInfo("AVIF", 40, 30, 2),
+        ),
+        (input_formats.avif(two_colours(33, 17), lossless=True), ImageInfo("AVIF", 33, 17, 1)),
         (input_formats.tiff(two_colours(), compression="tiff_lzw"), ImageInfo("TIFF", 64, 32, 1)),
         (input_formats.tiff(two_colours(), compression="jpeg"), ImageInfo("TIFF", 64, 32, 1)),
+        (input_formats.tiff(two_colours(), compression="tiff_deflate"), ImageInfo("TIFF", 64, 32, 1)),
+        (input_formats.tiff(two_colours(), compression="tiff_adobe_deflate"), ImageInfo("TIFF", 64, 32, 1)),
+        (input_formats.tiff(two_colours(), compression="packbits"), ImageInfo("TIFF", 64, 32, 1)),
+        (input_formats.tiff(two_colours(), compression="raw"), ImageInfo("TIFF", 64, 32, 1)),
+        # Tiled as GDAL and libtiff's tools write them: 256-pixel tiles overhanging a smaller picture.
+        (input_formats.tiled_tiff(300, 200, 256), ImageInfo("TIFF", 300, 200, 1)),
+        (input_formats.tiled_tiff(5000, 4000, 512), ImageInfo("TIFF", 5000, 4000, 1)),
         (input_formats.tiff(Image.new("CMYK", (40, 30))), ImageInfo("TIFF", 40, 30, 1)),
         (input_formats.tiff(Image.new("I;16", (40, 30))), ImageInfo("TIFF", 40, 30, 1)),
         (input_formats.tiff_16_bit_rgb(40, 30, (1, 2, 3)), ImageInfo("TIFF", 40, 30, 1)),
@@ -78,8 +98,17 @@ def quarter_turn_exif() -> bytes:
         "heic-irot",
         "avif",
         "avif-animated",
+        "avif-alpha",
+        "avif-animated-alpha",
+        "avif-odd-lossless",
         "tiff-lzw",
         "tiff-jpeg",
+        "tiff-deflate",
+        "tiff-adobe-deflate",
+        "tiff-packbits",
+        "tiff-none",
+        "tiff-tiles-overhanging",
+        "tiff-tiles",
         "tiff-cmyk",
         "tiff-16",
         "tiff-16-rgb",
@@ -135,18 +164,52 @@ def test_a_tiny_file_claiming_60000_by_60000_pixels_is_refused(tmp_path: Path, m
     assert str(refused.value) == too_many_pixels_message(60_000 * 60_000, MAX_PIXELS)
 
 
-def test_an_avif_whose_coded_picture_is_larger_than_its_claim_is_refused(tmp_path: Path) -> None:
-    # libavif decodes the AV1 frame at the size its sequence header gives, then scales it to the
-    # `ispe` claim: a 1 KB file claiming 16 × 16 made the worker decode whatever the stream holds.
-    data = input_formats.with_ispe(input_formats.avif(two_colours(1200, 1000), speed=10), 16, 16)
-    path = tmp_path / "upload"
-    path.write_bytes(data)
-    with pytest.raises(TooManyPixels) as refused:
-        probe_image(path, max_pixels=500_000, max_frames=MAX_FRAMES)
-    assert str(refused.value) == too_many_pixels_message(1200 * 1000, 500_000)
-    # A true one, with its alpha picture (an AV1 item of its own), stays within the same limit.
-    path.write_bytes(input_formats.avif(two_colours(600, 400).convert("RGBA"), speed=10))
-    assert probe_image(path, max_pixels=500_000, max_frames=MAX_FRAMES) == ImageInfo("AVIF", 600, 400, 1)
+def test_an_avif_coded_larger_than_it_declares_is_refused(tmp_path: Path) -> None:
+    # libavif decodes the AV1 frame at the size its sequence header says, whatever `ispe` declares:
+    # a few KB declaring 64×64 coded at 16,384×16,384 took a gigabyte.
+    data = input_formats.with_ispe(input_formats.avif(two_colours(1024, 1024), speed=10), 64, 64)
+    with pytest.raises(TooCostlyToIdentify) as refused:
+        probe(tmp_path, data)
+    assert str(refused.value) == coded_size_message((64, 64), (1024, 1024))
+
+
+def test_an_animated_avif_whose_frames_are_coded_larger_than_declared_is_refused(tmp_path: Path) -> None:
+    frames = [two_colours(512, 512), two_colours(512, 512).rotate(180)]
+    data = input_formats.with_track_size(input_formats.animated_avif(frames), 64, 64)
+    with pytest.raises(TooCostlyToIdentify) as refused:
+        probe(tmp_path, data)
+    assert str(refused.value) == coded_size_message((64, 64), (512, 512))
+
+
+def test_an_animated_avif_with_a_later_frame_coded_larger_is_refused(tmp_path: Path) -> None:
+    # A sequence header may come again in any frame and change the size: the third frame of an
+    # honest animation is given the sequence header of a 1,024 × 1,024 picture (its own frame
+    # overwritten: the probe stops at the lie).
+    still = input_formats.avif(two_colours(1024, 1024), speed=10)
+    at = still.index(b"\x12\x00\x0a") + 2  # a temporal delimiter, then the sequence header OBU
+    header = still[at : at + 2 + still[at + 1]]
+    data = bytearray(input_formats.animated_avif([two_colours(64, 64)] * 3))
+    third = data.rindex(b"\x12\x00\x32") + 2  # the last frame OBU, after its temporal delimiter
+    data[third : third + len(header)] = header
+    with pytest.raises(TooCostlyToIdentify) as refused:
+        probe(tmp_path, bytes(data))
+    assert str(refused.value) == coded_size_message((64, 64), (1024, 1024))
+
+
+def test_an_avif_coded_within_a_superblock_of_its_declared_size_is_accepted(tmp_path: Path) -> None:
+    # AV1 codes in superblocks of up to 128 pixels: a frame that much larger costs nothing more.
+    data = input_formats.with_ispe(input_formats.avif(two_colours(150, 140)), 100, 100)
+    assert probe(tmp_path, data) == ImageInfo("AVIF", 100, 100, 1)
+
+
+def test_an_avif_whose_sequence_header_cannot_be_found_is_damaged(tmp_path: Path) -> None:
+    for data in (
+        input_formats.with_zeroed_picture_data(input_formats.avif(two_colours())),
+        input_formats.with_zeroed_picture_data(input_formats.animated_avif([two_colours()] * 2)),
+    ):
+        with pytest.raises(UnsupportedImage) as refused:
+            probe(tmp_path, data)
+        assert str(refused.value) == DAMAGED_MESSAGE
 
 
 def test_an_animated_avif_over_max_frames_is_refused(tmp_path: Path) -> None:
@@ -171,6 +234,70 @@ def test_a_tiff_whose_pages_loop_is_damaged(tmp_path: Path) -> None:
     first = int.from_bytes(data[4:8], "little")
     tags = int.from_bytes(data[first : first + 2], "little")
     data[first + 2 + 12 * tags : first + 6 + 12 * tags] = first.to_bytes(4, "little")
+    with pytest.raises(UnsupportedImage) as refused:
+        probe(tmp_path, bytes(data))
+    assert str(refused.value) == DAMAGED_MESSAGE
+
+
+def test_a_tiff_tile_larger_than_its_picture_is_refused(tmp_path: Path) -> None:
+    # One 16,384×16,384 tile in a 16×16 picture, 783 KB, took 818 MB to decode.
+    data = input_formats.tiled_tiff(16, 16, 16_384)
+    with pytest.raises(TooCostlyToIdentify) as refused:
+        probe(tmp_path, data)
+    assert str(refused.value) == tile_too_large_message((16_384, 16_384), (16, 16))
+
+
+def test_a_tiff_whose_tiles_add_up_to_too_many_pixels_is_refused(tmp_path: Path) -> None:
+    # A 1-pixel-high picture 524,288 wide in 1,024-pixel tiles: 512 tiles of a megapixel each, all
+    # pointing at the same 1 KB of compressed zeros.
+    data = input_formats.tiled_tiff(524_288, 1, 1_024)
+    assert len(data) < 10_000
+    with pytest.raises(TooCostlyToIdentify) as refused:
+        probe(tmp_path, data)
+    assert str(refused.value) == too_many_tile_pixels_message(512, 512 * 1024 * 1024, 2 * MAX_PIXELS)
+
+
+def test_a_tiff_listing_more_tiles_than_its_picture_needs_is_refused(tmp_path: Path) -> None:
+    data = input_formats.tiled_tiff(256, 256, 256, tiles=2_000)
+    with pytest.raises(TooCostlyToIdentify) as refused:
+        probe(tmp_path, data)
+    assert str(refused.value) == too_many_tile_pixels_message(2_000, 2_000 * 256 * 256, 2 * MAX_PIXELS)
+
+
+@pytest.mark.parametrize(
+    ("compression", "name"),
+    [
+        (2, "tiff_ccitt, 2"),
+        (3, "group3, 3"),
+        (4, "group4, 4"),
+        (6, "tiff_jpeg, 6"),
+        (32809, "tiff_thunderscan, 32809"),
+        (34676, "tiff_sgilog, 34676"),
+        (34925, "lzma, 34925"),
+        (50000, "zstd, 50000"),
+        (50001, "webp, 50001"),
+        (34712, "unknown, 34712"),
+    ],
+)
+def test_a_tiff_compressed_with_a_codec_outside_the_list_is_refused(
+    tmp_path: Path, compression: int, name: str
+) -> None:
+    data = input_formats.with_tiff_compression(input_formats.tiff(Image.new("L", (64, 64), 128)), compression)
+    with pytest.raises(UnsupportedImage) as refused:
+        probe(tmp_path, data)
+    assert str(refused.value) == TIFF_COMPRESSION_UNSUPPORTED.format(compression=name)
+
+
+def test_a_tiff_whose_compression_pillow_and_libtiff_could_read_differently_is_damaged(
+    tmp_path: Path,
+) -> None:
+    # Three Compression values (at an offset): Pillow takes the first, libtiff may refuse or ignore.
+    data = bytearray(input_formats.tiff(Image.new("L", (64, 64), 128), compression="tiff_lzw"))
+    (first,) = struct.unpack_from("<I", data, 4)
+    (tags,) = struct.unpack_from("<H", data, first)
+    for entry in range(first + 2, first + 2 + 12 * tags, 12):
+        if struct.unpack_from("<H", data, entry)[0] == 259:
+            struct.pack_into("<I", data, entry + 4, 3)
     with pytest.raises(UnsupportedImage) as refused:
         probe(tmp_path, bytes(data))
     assert str(refused.value) == DAMAGED_MESSAGE
