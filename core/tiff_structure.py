@@ -80,8 +80,8 @@ class UnsupportedCompression(ValueError):
     """The first page is compressed with a codec outside TIFF_COMPRESSIONS; the message says which."""
 
 
-def count_tiff_pages(file: BinaryIO, stop_after: int) -> int:
-    """The number of pages of the classic TIFF in `file`, counting no further than `stop_after`."""
+def _header(file: BinaryIO) -> tuple[int, str, int]:
+    """The file's size, its byte order (a struct prefix) and the offset of its first directory."""
     size = file.seek(0, 2)
     file.seek(0)
     head = file.read(8)
@@ -89,6 +89,12 @@ def count_tiff_pages(file: BinaryIO, stop_after: int) -> int:
         raise Damaged("not a classic TIFF")
     order = "<" if head[:2] == b"II" else ">"
     (offset,) = struct.unpack(order + "I", head[4:])
+    return size, order, offset
+
+
+def count_tiff_pages(file: BinaryIO, stop_after: int) -> int:
+    """The number of pages of the classic TIFF in `file`, counting no further than `stop_after`."""
+    size, order, offset = _header(file)
     pages = 0
     seen: set[int] = set()
     while offset:
@@ -121,13 +127,7 @@ def check_first_page(file: BinaryIO, max_pixels: int) -> None:
 
     Reads the first directory's entries (at most TIFF_MAX_TAGS, as counted) and nothing they point at.
     """
-    size = file.seek(0, 2)
-    file.seek(0)
-    head = file.read(8)
-    if len(head) < 8 or head[:4] not in TIFF_SIGNATURES:
-        raise Damaged("not a classic TIFF")
-    order = "<" if head[:2] == b"II" else ">"
-    (offset,) = struct.unpack(order + "I", head[4:])
+    size, order, offset = _header(file)
     if offset + 2 > size:
         raise Damaged("directory lies past the end")
     file.seek(offset)
