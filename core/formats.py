@@ -114,6 +114,7 @@ class ImageInfo:
 UNSUPPORTED_MESSAGE = "Unsupported file type: upload a JPEG, PNG, GIF, WebP, BMP, AVIF, HEIC or TIFF image."
 TIFF_MODE_UNSUPPORTED = "This TIFF's colour model ({mode}) is not supported: use RGB, greyscale or CMYK."
 DAMAGED_MESSAGE = "The image data is damaged or incomplete and cannot be decoded."
+BIGTIFF_UNSUPPORTED = "BigTIFF (a TIFF over 4 GB's format) is not supported: save it as a classic TIFF."
 
 
 def default_output_format(input_format: str, *, has_alpha: bool) -> str:
@@ -228,7 +229,7 @@ def _probe(file: BinaryIO, *, max_pixels: int, max_frames: int) -> ImageInfo:
             return heif  # the API has no HEIF decoder: the boxes are all it checks
         # An AVIF's boxes passed: libavif (through Pillow) parses it too, below.
     elif signature[:4] in BIGTIFF_SIGNATURES:
-        raise UnsupportedImage(UNSUPPORTED_MESSAGE)
+        raise UnsupportedImage(BIGTIFF_UNSUPPORTED)
     elif signature[:4] in TIFF_SIGNATURES:
         # Pillow's n_frames would parse every page's directory; this stops one past the limit.
         # Its first page's codec and tiles are checked too: every libtiff codec and any tile size

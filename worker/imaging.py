@@ -75,8 +75,8 @@ WATERMARK_IMAGE_GONE = (
     "(WATERMARK_IMAGES)."
 )
 MAX_BYTES_UNREACHABLE = (
-    "Output {name!r}: the {format} is over max_bytes ({max_bytes:,} bytes) at every quality from "
-    "{ceiling} down to {floor}; the smallest it reached was {size:,} bytes, at quality {quality}."
+    "Output {name!r}: the {format} is over max_bytes ({max_bytes:,} bytes) at every quality tried "
+    "between {ceiling} and {floor}; the smallest it reached was {size:,} bytes, at quality {quality}."
 )
 # Pillow's DecompressionBombError/Warning: "Image size (N pixels) exceeds limit of M pixels".
 _PILLOW_SIZES = re.compile(r"\((\d+) pixels\) exceeds limit of (\d+) pixels")

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from core.formats import (
+    BIGTIFF_UNSUPPORTED,
     DAMAGED_MESSAGE,
     UNSUPPORTED_MESSAGE,
     AnimationTooLarge,
@@ -341,7 +342,7 @@ def test_a_damaged_file_of_the_new_formats_is_refused_as_damaged(tmp_path: Path,
 def test_bigtiff_is_not_accepted(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedImage) as refused:
         probe(tmp_path, b"II+\0\x08\0\0\0" + b"\0" * 64)
-    assert str(refused.value) == UNSUPPORTED_MESSAGE
+    assert str(refused.value) == BIGTIFF_UNSUPPORTED
 
 
 def test_formats_the_service_does_not_write_become_jpeg_or_png() -> None:
