@@ -122,6 +122,18 @@ def start_worker(
     return _start([python, "-m", "worker"], env, log_file, root)
 
 
+@contextlib.contextmanager
+def worker_process(env: Mapping[str, str], *, log_file: Path) -> Iterator[subprocess.Popen]:
+    """A worker process for the block; it must stop cleanly (exit 0) at the end, or its log's tail
+    is raised."""
+    process = start_worker(env, log_file=log_file)
+    try:
+        yield process
+    finally:
+        if (code := stop_process(process)) != 0:
+            raise RuntimeError(f"worker exited {code}: {log_file.read_text(errors='replace')[-3000:]}")
+
+
 def _start(
     command: list[str], env: Mapping[str, str], log_file: Path | None, root: Path = PROJECT_ROOT
 ) -> subprocess.Popen:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from core.processing.forms import FOCUS_INVALID
 from core.processing.operations import FOCUS_MISSING, LOSSY_FORMATS, MAX_BYTES_FLOOR_QUALITY
-from devstack.stack import running_api, start_worker, stop_process
+from devstack.stack import running_api, worker_process
 from tests import images
 from tests.subjects import MARK, SKIN, SUBJECT_BOX, framed, logo, off_centre_subject, sideways_with_marks
 from tests.waiting import final_status
@@ -46,10 +46,8 @@ def ops_api(ops_env: dict[str, str], workdir: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def ops_worker(ops_env: dict[str, str], workdir: Path) -> Iterator[subprocess.Popen]:
-    log_file = workdir / "ops-worker.log"
-    process = start_worker(ops_env, log_file=log_file)
-    yield process
-    assert stop_process(process) == 0, log_file.read_text()[-3000:]
+    with worker_process(ops_env, log_file=workdir / "ops-worker.log") as process:
+        yield process
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ import httpx
 import pytest
 from PIL import Image, ImageDraw
 
-from devstack.stack import PROJECT_ROOT, running_api, start_worker, stop_process
+from devstack.stack import PROJECT_ROOT, running_api, worker_process
 from tests import input_formats
 from tests.browser.test_web_ui import CHROMIUM, CHROMIUM_ARGS, PROCESSED_WITHIN_MS, on_console
 from tests.images import encode
@@ -84,10 +84,8 @@ def recipe_api(recipe_env: dict[str, str], workdir: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def recipe_worker(recipe_env: dict[str, str], workdir: Path) -> Iterator[subprocess.Popen]:
-    log_file = workdir / "recipe-worker.log"
-    process = start_worker(recipe_env, log_file=log_file)
-    yield process
-    assert stop_process(process) == 0, log_file.read_text()[-3000:]
+    with worker_process(recipe_env, log_file=workdir / "recipe-worker.log") as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
