@@ -296,7 +296,6 @@ def _read_meta(meta: bytes, boxes: _Counter, file: BinaryIO) -> _Still | None:
     """The primary item of a `meta` box's content: its codec, displayed size and decoding cost.
 
     Every AV1 item's coded size is checked against its `ispe` on the way (_check_coded_size)."""
-    position = 4  # version and flags
     primary: int | None = None
     item_types: dict[int, bytes] = {}
     tiles_of: dict[int, list[int]] = {}
@@ -304,12 +303,7 @@ def _read_meta(meta: bytes, boxes: _Counter, file: BinaryIO) -> _Still | None:
     associations: dict[int, list[int]] = {}
     locations: dict[int, tuple[int, int, int]] = {}
     idat = b""
-    while position + 8 <= len(meta):
-        boxes.count()
-        length, kind = struct.unpack_from(">I4s", meta, position)
-        if length < 8 or position + length > len(meta):
-            raise Damaged("meta box malformed")
-        body = meta[position + 8 : position + length]
+    for kind, body in _children(meta, 4, boxes, "meta box"):  # after its version and flags
         if kind == b"pitm":
             primary = struct.unpack_from(">H" if body[0] == 0 else ">I", body, 4)[0]
         elif kind == b"iinf":
@@ -322,7 +316,6 @@ def _read_meta(meta: bytes, boxes: _Counter, file: BinaryIO) -> _Still | None:
             locations = _item_locations(body, boxes)
         elif kind == b"idat":
             idat = body
-        position += length
     if primary is None or primary not in item_types:
         return None
     for item, item_type in item_types.items():
@@ -523,6 +516,19 @@ def _sequence_header_size(bits: _Bits) -> tuple[int, int]:
     return bits.read(width_bits) + 1, bits.read(height_bits) + 1
 
 
+def _children(data: bytes, start: int, boxes: _Counter, what: str) -> Iterator[tuple[bytes, bytes]]:
+    """The boxes inside `data` from `start` on, as (type, content), each counted; Damaged (naming
+    `what`) if one is shorter than its header or runs past the end."""
+    position = start
+    while position + 8 <= len(data):
+        boxes.count()
+        length, kind = struct.unpack_from(">I4s", data, position)
+        if length < 8 or position + length > len(data):
+            raise Damaged(f"{what} malformed")
+        yield kind, data[position + 8 : position + length]
+        position += length
+
+
 def _item_types(body: bytes, boxes: _Counter) -> dict[int, bytes]:
     version = body[0]
     count = struct.unpack_from(">H" if version == 0 else ">I", body, 4)[0]
@@ -553,27 +559,23 @@ def _tile_references(body: bytes, boxes: _Counter) -> dict[int, list[int]]:
     wide = body[0] != 0
     id_format = ">I" if wide else ">H"
     id_size = 4 if wide else 2
-    position = 4
     references: dict[int, list[int]] = {}
     count = 0
-    while position + 8 <= len(body):
-        boxes.count()
-        length, kind = struct.unpack_from(">I4s", body, position)
-        if length < 8 or position + length > len(body):
-            raise Damaged("iref malformed")
+    for kind, content in _children(body, 4, boxes, "iref"):
         if kind == b"dimg":
-            (source,) = struct.unpack_from(id_format, body, position + 8)
-            (refs,) = struct.unpack_from(">H", body, position + 8 + id_size)
+            first = id_size + 2
+            if len(content) < first:
+                raise Damaged("iref malformed")
+            (source,) = struct.unpack_from(id_format, content, 0)
+            (refs,) = struct.unpack_from(">H", content, id_size)
             count += refs
             if count > HEIF_MAX_ITEMS:
                 raise StructureTooCostly(too_many_tiles_message(count))
-            first = position + 8 + id_size + 2
-            if first + refs * id_size > position + length:
+            if first + refs * id_size > len(content):
                 raise Damaged("iref malformed")
             references[source] = [
-                struct.unpack_from(id_format, body, first + index * id_size)[0] for index in range(refs)
+                struct.unpack_from(id_format, content, first + index * id_size)[0] for index in range(refs)
             ]
-        position += length
     return references
 
 
@@ -582,22 +584,9 @@ def _item_properties(body: bytes, boxes: _Counter) -> tuple[list[tuple[bytes, by
     (each counted as a box: an item may list up to 255)."""
     properties: list[tuple[bytes, bytes]] = []
     associations: dict[int, list[int]] = {}
-    position = 0
-    while position + 8 <= len(body):
-        boxes.count()
-        length, kind = struct.unpack_from(">I4s", body, position)
-        if length < 8 or position + length > len(body):
-            raise Damaged("iprp malformed")
-        content = body[position + 8 : position + length]
+    for kind, content in _children(body, 0, boxes, "iprp"):
         if kind == b"ipco":
-            inner = 0
-            while inner + 8 <= len(content):
-                boxes.count()
-                size, prop = struct.unpack_from(">I4s", content, inner)
-                if size < 8 or inner + size > len(content):
-                    raise Damaged("ipco malformed")
-                properties.append((prop, content[inner + 8 : inner + size]))
-                inner += size
+            properties.extend(_children(content, 0, boxes, "ipco"))
         elif kind == b"ipma" and len(content) >= 8:
             version, flags = content[0], int.from_bytes(content[1:4])
             (entries,) = struct.unpack_from(">I", content, 4)
@@ -625,7 +614,6 @@ def _item_properties(body: bytes, boxes: _Counter) -> tuple[list[tuple[bytes, by
                         indices.append(content[at] & 0x7F)
                         at += 1
                 associations[item] = indices
-        position += length
     return properties, associations
 
 
