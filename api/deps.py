@@ -11,7 +11,6 @@ from fastapi import Depends, Header, HTTPException, Path, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.state import Services
-from api.uploads import discard_unread
 from core import tasks
 from core.models import MAX_TASK_ID, ImageTask
 
@@ -42,7 +41,7 @@ def key_fingerprint(key: str) -> str:
 
 
 async def get_caller(
-    request: Request, services: ServicesDep, presented: Annotated[str | None, _API_KEY_HEADER] = None
+    services: ServicesDep, presented: Annotated[str | None, _API_KEY_HEADER] = None
 ) -> str | None:
     """The caller's key fingerprint, None when API keys are off; 401 for a missing or unknown key."""
     keys = services.settings.api_keys
@@ -51,9 +50,8 @@ async def get_caller(
     # Compare against every key, in constant time, so timing reveals neither a key nor its position.
     matches = [hmac.compare_digest(presented.encode(), key.encode()) for key in keys] if presented else []
     if not any(matches):
-        # An upload's body is still unread here: refused as it is, the close could reset the socket
-        # the client is still sending on, and lose the 401 with it.
-        await discard_unread(request)
+        # An upload's body may still be unread: the HTTP layer's lingering close (api.http_limits)
+        # lets the client read this answer before the connection goes.
         raise HTTPException(status_code=401, detail=API_KEY_REQUIRED, headers={"WWW-Authenticate": "ApiKey"})
     assert presented is not None
     return key_fingerprint(presented)
