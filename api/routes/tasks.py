@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from api.callback_urls import CallbackRefused, vet_callback_url
 from api.deps import MAX_TASK_ID, CallerDep, ServicesDep, SessionDep, TaskDep
 from api.form_fields import FieldMisspelt, ignored_fields
+from api.key_limits import AdmissionDep, limit_headers
 from api.openapi import IDEMPOTENCY_KEY_PATTERN, UPLOAD_BODY, error, errors, task_links
 from api.schemas import (
     TaskPage,
@@ -180,9 +181,18 @@ async def _create_task(
 
 
 def _answer(
-    request: Request, task_id: int, filename: str, message: str, *, replayed: bool, ignored: list[str]
+    request: Request,
+    task_id: int,
+    filename: str,
+    message: str,
+    *,
+    replayed: bool,
+    ignored: list[str],
+    limits: dict[str, str],
 ) -> Response:
     if wants_html(request):
+        # Without the key's limits: the draft warns that a client may hold back a redirect it is
+        # told it has no quota left for, and the result page is not an upload.
         return RedirectResponse(result_url(task_id), status_code=303)
     body = UploadResponse(
         task_id=task_id,
@@ -192,7 +202,7 @@ def _answer(
         result_url=result_url(task_id),
         ignored_fields=ignored,
     )
-    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    headers = {**limits, "Idempotent-Replayed": "true"} if replayed else limits
     return JSONResponse(body.model_dump(), headers=headers)
 
 
@@ -251,6 +261,7 @@ async def upload(
     request: Request,
     services: ServicesDep,
     caller: CallerDep,
+    admission: AdmissionDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -303,12 +314,27 @@ async def upload(
                     raise
     finally:
         remove_quietly(received.temp_path)
+    limits = limit_headers(admission)
     if existing is not None:
         return _answer(
-            request, existing.id, existing.filename, UPLOAD_REPLAYED, replayed=True, ignored=ignored
+            request,
+            existing.id,
+            existing.filename,
+            UPLOAD_REPLAYED,
+            replayed=True,
+            ignored=ignored,
+            limits=limits,
         )
     await services.publisher.publish_committed(task_id)
-    return _answer(request, task_id, received.display_name, UPLOAD_ACCEPTED, replayed=False, ignored=ignored)
+    return _answer(
+        request,
+        task_id,
+        received.display_name,
+        UPLOAD_ACCEPTED,
+        replayed=False,
+        ignored=ignored,
+        limits=limits,
+    )
 
 
 @router.get(

@@ -1,0 +1,71 @@
+"""Per-key upload limits at the door: every ingest path asks `admit_upload` before it reads a byte
+of the body, so a key over its limit costs one statement, not an upload. The decision is
+core.key_limits' (in PostgreSQL, shared by every API replica); this module turns it into the
+answer: 429 with Retry-After, 403 for a key whose limit is 0, and the IETF draft's RateLimit-Policy
+and RateLimit fields on refusals and admitted uploads alike."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+from fastapi import Depends
+
+from api.deps import KeyDep, ServicesDep
+from api.state import Services
+from api.uploads import UploadRefused
+from core import key_limits
+from core.api_keys import KeyPolicy
+from core.key_limits import Refusal, Verdict
+
+UPLOADS_PER_MINUTE_REACHED = (
+    "This API key has used its {limit} uploads a minute; the next is accepted in {seconds} s."
+)
+MAX_PENDING_REACHED = (
+    "This API key already has {limit} images waiting or in processing, its most (max_pending); "
+    "upload more once some are done."
+)
+UPLOADS_FORBIDDEN = "This API key may not upload images (its {setting} is 0)."
+# When a pending task finishes cannot be known at the door: a hint, not a promise.
+PENDING_RETRY_SECONDS = 5
+
+
+def limit_headers(verdict: Verdict | None) -> dict[str, str]:
+    """The RateLimit-Policy and RateLimit fields for a verdict (none for a key without limits)."""
+    if verdict is None:
+        return {}
+    return {"RateLimit-Policy": verdict.quota_policies(), "RateLimit": verdict.service_limits()}
+
+
+def _refusal(verdict: Verdict) -> UploadRefused:
+    policy = verdict.policy
+    headers = limit_headers(verdict)
+    if verdict.refusal is Refusal.FORBIDDEN:
+        setting = "uploads_per_minute" if policy.uploads_per_minute == 0 else "max_pending"
+        return UploadRefused(403, UPLOADS_FORBIDDEN.format(setting=setting), headers)
+    if verdict.refusal is Refusal.RATE:
+        assert verdict.rate_wait is not None
+        # Rounded up: a client that waits Retry-After seconds finds the next upload admitted.
+        seconds = max(math.ceil(verdict.rate_wait), 1)
+        message = UPLOADS_PER_MINUTE_REACHED.format(limit=policy.uploads_per_minute, seconds=seconds)
+        return UploadRefused(429, message, {**headers, "Retry-After": str(seconds)})
+    message = MAX_PENDING_REACHED.format(limit=policy.max_pending)
+    return UploadRefused(429, message, {**headers, "Retry-After": str(PENDING_RETRY_SECONDS)})
+
+
+async def admit_upload(services: Services, key: KeyPolicy | None) -> Verdict | None:
+    """Count one upload against the caller's key, or refuse it (UploadRefused: 429 or 403, with the
+    headers). None when the key has no limits, or keys are off. Call it before reading the body."""
+    verdict = None if key is None else await key_limits.admit(services.driver_pool, key)
+    if verdict is not None and not verdict.admitted:
+        raise _refusal(verdict)
+    return verdict
+
+
+async def get_admission(services: ServicesDep, key: KeyDep) -> Verdict | None:
+    return await admit_upload(services, key)
+
+
+# For a route that takes uploads: the admission, made before the route runs (and so before it
+# reads the body).
+AdmissionDep = Annotated[Verdict | None, Depends(get_admission)]
