@@ -9,11 +9,10 @@ from __future__ import annotations
 import math
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, HTTPException
 
 from api.deps import KeyDep, ServicesDep
 from api.state import Services
-from api.uploads import UploadRefused
 from core import key_limits
 from core.api_keys import KeyPolicy
 from core.key_limits import Refusal, Verdict
@@ -37,24 +36,28 @@ def limit_headers(verdict: Verdict | None) -> dict[str, str]:
     return {"RateLimit-Policy": verdict.quota_policies(), "RateLimit": verdict.service_limits()}
 
 
-def _refusal(verdict: Verdict) -> UploadRefused:
+def _refusal(verdict: Verdict) -> HTTPException:
+    # An HTTPException, not an UploadRefused: that one's `Connection: close` would have uvicorn
+    # close the socket at once, its unread body making the kernel reset it, which can lose the
+    # answer; without it, the HTTP layer's lingering close (api.http_limits) ends the connection
+    # after the client has read it, dropping what the client still sends.
     policy = verdict.policy
     headers = limit_headers(verdict)
     if verdict.refusal is Refusal.FORBIDDEN:
         setting = "uploads_per_minute" if policy.uploads_per_minute == 0 else "max_pending"
-        return UploadRefused(403, UPLOADS_FORBIDDEN.format(setting=setting), headers)
+        return HTTPException(403, UPLOADS_FORBIDDEN.format(setting=setting), headers)
     if verdict.refusal is Refusal.RATE:
         assert verdict.rate_wait is not None
         # Rounded up: a client that waits Retry-After seconds finds the next upload admitted.
         seconds = max(math.ceil(verdict.rate_wait), 1)
         message = UPLOADS_PER_MINUTE_REACHED.format(limit=policy.uploads_per_minute, seconds=seconds)
-        return UploadRefused(429, message, {**headers, "Retry-After": str(seconds)})
+        return HTTPException(429, message, {**headers, "Retry-After": str(seconds)})
     message = MAX_PENDING_REACHED.format(limit=policy.max_pending)
-    return UploadRefused(429, message, {**headers, "Retry-After": str(PENDING_RETRY_SECONDS)})
+    return HTTPException(429, message, {**headers, "Retry-After": str(PENDING_RETRY_SECONDS)})
 
 
 async def admit_upload(services: Services, key: KeyPolicy | None) -> Verdict | None:
-    """Count one upload against the caller's key, or refuse it (UploadRefused: 429 or 403, with the
+    """Count one upload against the caller's key, or refuse it (HTTPException: 429 or 403, with the
     headers). None when the key has no limits, or keys are off. Call it before reading the body."""
     verdict = None if key is None else await key_limits.admit(services.driver_pool, key)
     if verdict is not None and not verdict.admitted:

@@ -117,7 +117,7 @@ async def _upload_refused(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, UploadRefused)  # registered for it alone; Starlette types handlers loosely
     # The browser form gets a page it can show; API clients get JSON. Either way the rest of the
     # body is not read: the connection is closed after this answer.
-    headers = {**exc.headers, "Connection": "close"}
+    headers = {"Connection": "close"}
     if exc.status_code == 503:  # nothing was stored; the same request will do once storage is back
         headers["Retry-After"] = "5"
     if wants_html(request):

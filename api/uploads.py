@@ -58,14 +58,12 @@ STORAGE_FAILED = "The server could not store the upload; nothing was kept. Pleas
 
 
 class UploadRefused(Exception):
-    """The request cannot become a task; `status_code`, `message` and any `headers` are what the
-    client sees."""
+    """The request cannot become a task; `status_code` and `message` are what the client sees."""
 
-    def __init__(self, status_code: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status_code: int, message: str) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.message = message
-        self.headers = headers or {}
 
 
 @dataclass
