@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException
 
 from api.deps import KeyDep, ServicesDep
+from api.openapi import RETRY_AFTER, error
 from api.state import Services
 from core import key_limits
 from core.api_keys import KeyPolicy
@@ -27,6 +28,35 @@ MAX_PENDING_REACHED = (
 UPLOADS_FORBIDDEN = "This API key may not upload images (its {setting} is 0)."
 # When a pending task finishes cannot be known at the door: a hint, not a promise.
 PENDING_RETRY_SECONDS = 5
+
+
+# How /docs describes the fields (api/routes/tasks.py declares them on the upload's answers).
+LIMIT_FIELDS = {
+    "RateLimit-Policy": {
+        "description": "With a key that has limits: its quota policies (IETF httpapi-ratelimit-headers), "
+        '`"minute";q=<uploads_per_minute>;w=60` and `"pending";q=<max_pending>;qu="concurrent-requests"`.',
+        "schema": {"type": "string"},
+        "example": '"minute";q=60;w=60',
+    },
+    "RateLimit": {
+        "description": "With a key that has limits: what is left under each policy, `r` uploads, and for "
+        "`minute` `t`, the seconds within which no more than `r` can be made.",
+        "schema": {"type": "string"},
+        "example": '"minute";r=59;t=1',
+    },
+}
+UPLOAD_ANSWERS = {
+    403: error(
+        "The API key's uploads_per_minute or max_pending is 0: it may not upload.",
+        UPLOADS_FORBIDDEN.format(setting="uploads_per_minute"),
+        headers=LIMIT_FIELDS,
+    ),
+    429: error(
+        "The API key is over its uploads_per_minute or max_pending; nothing was read or stored.",
+        UPLOADS_PER_MINUTE_REACHED.format(limit=60, seconds=12),
+        headers={**RETRY_AFTER, **LIMIT_FIELDS},
+    ),
+}
 
 
 def limit_headers(verdict: Verdict | None) -> dict[str, str]:

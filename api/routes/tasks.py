@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from api.callback_urls import CallbackRefused, vet_callback_url
 from api.deps import MAX_TASK_ID, CallerDep, ServicesDep, SessionDep, TaskDep
 from api.form_fields import FieldMisspelt, ignored_fields
-from api.key_limits import AdmissionDep, limit_headers
+from api.key_limits import LIMIT_FIELDS, UPLOAD_ANSWERS, AdmissionDep, limit_headers
 from api.openapi import IDEMPOTENCY_KEY_PATTERN, UPLOAD_BODY, error, errors, task_links
 from api.schemas import (
     TaskPage,
@@ -218,7 +218,8 @@ def _answer(
                     "description": "Present, `true`, when the answer is the task an earlier upload with "
                     "this Idempotency-Key created.",
                     "schema": {"type": "string", "enum": ["true"]},
-                }
+                },
+                **LIMIT_FIELDS,
             },
             "links": task_links("$response.body#/task_id"),
         },
@@ -234,6 +235,7 @@ def _answer(
         },
         400: error("The file is empty, or Idempotency-Key is malformed.", BAD_IDEMPOTENCY_KEY, html=True),
         401: errors(401)[401],
+        **UPLOAD_ANSWERS,
         413: error(
             "The upload, or one of its text fields, is over its limit.",
             TOO_LARGE.format(limit=10_000_000),
