@@ -24,6 +24,8 @@ def upgrade() -> None:
         sa.Column("tat", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_admitted", sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint("owner", name=op.f("pk_api_key_rates")),
+        # No WAL (see core.models.KeyRate): a crash forgets where each key's minute stood, nothing more.
+        prefixes=["UNLOGGED"],
     )
     op.create_index(
         op.f("ix_image_tasks_owner_unfinished"),
