@@ -9,7 +9,8 @@
 2. End to end: uploads of a 600 × 450 JPEG to one API process (no worker), 8 at once, with a key
    without limits and with one with both limits set high enough never to refuse (max_pending 500;
    each upload counts up to all the key's unfinished tasks, 0 to `--uploads` in a round, which are
-   then marked done). Rounds alternate between the keys, so that a machine's drift hits both.
+   then marked done). Rounds alternate between the keys, so that a machine's drift hits both; the
+   API process's CPU per upload is the figure that load on the machine moves least.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.machine import tree_cpu
 from bench.stack import bench_environment
 from core import key_limits
 from core.api_keys import KeyPolicy, fingerprint
@@ -150,15 +152,19 @@ def main() -> None:
             )
             asyncio.run(ingest(base_url, PLAIN_KEY, 100))  # warm-up
             keys = {"key without limits": PLAIN_KEY, "key with both limits": str(LIMITED_KEY["key"])}
-            results: dict[str, list[tuple[float, float]]] = {label: [] for label in keys}
+            results: dict[str, list[tuple[float, float, float]]] = {label: [] for label in keys}
             for _ in range(ROUNDS):
                 for label, key in keys.items():
-                    results[label].append(asyncio.run(ingest(base_url, key, args.uploads)))
+                    cpu_before = tree_cpu(api.pid)
+                    rate, median = asyncio.run(ingest(base_url, key, args.uploads))
+                    cpu = (tree_cpu(api.pid) - cpu_before) / args.uploads
+                    results[label].append((rate, median, cpu))
                     asyncio.run(finish_all(servers.postgres.url()))
             for label, rounds in results.items():
-                rates = ", ".join(f"{rate:.0f}" for rate, _ in rounds)
-                medians = ", ".join(f"{median * 1000:.1f}" for _, median in rounds)
-                print(f"{label:28} uploads/s {rates}; median ms {medians}")
+                rates = ", ".join(f"{rate:.0f}" for rate, _, _ in rounds)
+                medians = ", ".join(f"{median * 1000:.1f}" for _, median, _ in rounds)
+                cpus = ", ".join(f"{cpu * 1000:.2f}" for _, _, cpu in rounds)
+                print(f"{label:22} uploads/s {rates}; median ms {medians}; API CPU ms/upload {cpus}")
         finally:
             stop_process(api)
     finally:
