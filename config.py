@@ -158,8 +158,8 @@ def _key_policy(entry: int, item: object) -> KeyPolicy | None:
             f"invalid setting: API_KEYS entry {entry}: unknown field `{unknown[0]}` "
             f"(the fields are {', '.join(_KEY_FIELDS)})"
         )
-    key = item.get("key")
-    if not isinstance(key, str) or not _real_key(key.strip()):
+    given = item.get("key")
+    if not isinstance(given, str) or not _real_key(given.strip()):
         raise ConfigError(
             f"invalid setting: API_KEYS entry {entry}: `key` must be text of at least 16 characters, "
             "not a placeholder"
@@ -171,7 +171,7 @@ def _key_policy(entry: int, item: object) -> KeyPolicy | None:
             f"got {priority!r}"
         )
     return KeyPolicy(
-        key=key.strip(),
+        key=given.strip(),
         uploads_per_minute=_limit(
             entry, "uploads_per_minute", item.get("uploads_per_minute"), MAX_UPLOADS_PER_MINUTE
         ),

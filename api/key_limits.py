@@ -7,7 +7,7 @@ and RateLimit fields on refusals and admitted uploads alike."""
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException
 
@@ -45,7 +45,7 @@ LIMIT_FIELDS = {
         "example": '"minute";r=59;t=1',
     },
 }
-UPLOAD_ANSWERS = {
+UPLOAD_ANSWERS: dict[int | str, dict[str, Any]] = {
     403: error(
         "The API key's uploads_per_minute or max_pending is 0: it may not upload.",
         UPLOADS_FORBIDDEN.format(setting="uploads_per_minute"),

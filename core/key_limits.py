@@ -176,12 +176,12 @@ async def admit(pool: asyncpg.Pool, policy: KeyPolicy) -> Verdict | None:
                 row = None
             else:
                 cell = _Cell(rate)
-                interval, window = timedelta(microseconds=cell.interval), timedelta(microseconds=cell.window)
+                step, span = timedelta(microseconds=cell.interval), timedelta(microseconds=cell.window)
                 if most is None:
-                    row = await connection.fetchrow(_ADMIT_RATE, owner, interval, window)
+                    row = await connection.fetchrow(_ADMIT_RATE, owner, step, span)
                     pending = None
                 else:
-                    row = await connection.fetchrow(_ADMIT_BOTH, owner, interval, window, most)
+                    row = await connection.fetchrow(_ADMIT_BOTH, owner, step, span, most)
                     pending = row["pending"]
     except Exception as exc:
         if is_database_unavailable(exc):
@@ -190,8 +190,8 @@ async def admit(pool: asyncpg.Pool, policy: KeyPolicy) -> Verdict | None:
     pending_refused = pending is not None and most is not None and pending >= most
     pending_left = None if most is None or pending is None else max(most - pending - 1, 0)
     if row is None:
-        refusal = Refusal.PENDING if pending_refused else None
-        return Verdict(policy, refusal, pending_remaining=0 if pending_refused else pending_left)
+        only = Refusal.PENDING if pending_refused else None
+        return Verdict(policy, only, pending_remaining=0 if pending_refused else pending_left)
     assert rate is not None
     admitted = row["last_admitted"]
     ahead = row["tat"] - row["now"]
@@ -204,6 +204,8 @@ async def admit(pool: asyncpg.Pool, policy: KeyPolicy) -> Verdict | None:
     else:
         remaining, window, wait = _Cell(rate).state(admitted, ahead)
         refusal = None if admitted else Refusal.RATE
+        if not admitted and pending_left is not None:
+            pending_left += 1  # this upload, refused, will not be one of them
     return Verdict(
         policy,
         refusal,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, CheckConstraint, DateTime, Index, Integer, String, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
@@ -134,7 +134,7 @@ class KeyRate(Base):
     # Unlogged: no WAL, so no WAL flush an upload (measured at ~0.25 ms of each admission:
     # bench/key_limits.py). A crash of PostgreSQL empties the table, and a standby does not have it:
     # every key then starts a fresh minute, which a limit on uploads a minute can afford.
-    __table_args__: ClassVar[dict[str, Any]] = {"prefixes": ["UNLOGGED"]}
+    __table_args__ = ({"prefixes": ["UNLOGGED"]},)
 
     # The key's fingerprint (core.api_keys.fingerprint), as in `image_tasks.owner`.
     owner: Mapped[str] = mapped_column(String(64), primary_key=True)

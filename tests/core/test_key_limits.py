@@ -121,3 +121,15 @@ async def test_keys_without_limits_ask_nothing_and_a_limit_of_zero_refuses_at_on
         assert verdict is not None and verdict.refusal is Refusal.FORBIDDEN
     count = await pool.fetchval("SELECT count(*) FROM api_key_rates WHERE owner = $1", fingerprint(key.key))
     assert count == 0
+
+
+async def test_a_rate_refusal_leaves_the_pending_quota_whole(pool: DriverPool) -> None:
+    key = new_key(uploads_per_minute=1, max_pending=5)
+
+    admitted = await key_limits.admit(pool, key)
+    refused = await key_limits.admit(pool, key)
+
+    # admit() only counts: no task was made, so both see none unfinished.
+    assert admitted is not None and admitted.admitted and admitted.pending_remaining == 4
+    assert refused is not None and refused.refusal is Refusal.RATE and refused.pending_remaining == 5
+    assert refused.service_limits() == f'"minute";r=0;t={refused.rate_window}, "pending";r=5'
