@@ -14,6 +14,8 @@ from core import key_limits
 from core.api_keys import KeyPolicy, fingerprint
 from core.db import DriverPool, make_driver_pool
 from core.key_limits import Refusal, _Cell
+from core.tasks import DatabaseUnavailable
+from devstack.servers import free_port
 
 
 @pytest.fixture
@@ -133,3 +135,12 @@ async def test_a_rate_refusal_leaves_the_pending_quota_whole(pool: DriverPool) -
     assert admitted is not None and admitted.admitted and admitted.pending_remaining == 4
     assert refused is not None and refused.refusal is Refusal.RATE and refused.pending_remaining == 5
     assert refused.service_limits() == f'"minute";r=0;t={refused.rate_window}, "pending";r=5'
+
+
+async def test_a_database_that_cannot_be_reached_is_database_unavailable() -> None:
+    pool = await make_driver_pool(f"postgresql+asyncpg://nobody@127.0.0.1:{free_port()}/none", max_size=1)
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            await key_limits.admit(pool, new_key(uploads_per_minute=5))
+    finally:
+        await pool.close()
