@@ -73,8 +73,9 @@ async def send_part_and_drop(base_url: str, location: str, data: bytes, sent: in
     url = httpx.URL(base_url)
     reader, writer = await asyncio.open_connection(url.host, url.port)
     head = (
-        f"PATCH {location} HTTP/1.1\r\nHost: {url.host}\r\nTus-Resumable: 1.0.0\r\nX-API-Key: {API_KEY}\r\n"
-        f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\nContent-Length: {len(data)}\r\n\r\n"
+        f"PATCH {location} HTTP/1.1\r\nHost: {url.host}\r\nTus-Resumable: 1.0.0\r\n"
+        f"X-API-Key: {API_KEY}\r\nContent-Type: application/offset+octet-stream\r\n"
+        f"Upload-Offset: 0\r\nContent-Length: {len(data)}\r\n\r\n"
     )
     writer.write(head.encode() + data[:sent])
     await writer.drain()
@@ -135,14 +136,12 @@ async def test_a_client_process_killed_mid_upload_is_resumed_by_another_on_the_o
     data = noisy_png(1000, 800)
     source = tmp_path / "photo.png"
     source.write_bytes(data)
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, f"{first}/files/", str(source), API_KEY],
-        stdout=subprocess.PIPE,
-        text=True,
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CHILD, f"{first}/files/", str(source), API_KEY, stdout=subprocess.PIPE
     )
     try:
         assert child.stdout is not None
-        url = await asyncio.to_thread(child.stdout.readline)
+        url = (await child.stdout.readline()).decode()
         location = httpx.URL(url.strip()).path
         async with httpx.AsyncClient(base_url=second, headers=KEYED, timeout=30) as client:
 
@@ -151,7 +150,7 @@ async def test_a_client_process_killed_mid_upload_is_resumed_by_another_on_the_o
 
             await eventually(under_way, timeout=30, what="the child's upload under way")
             child.kill()
-            child.wait(timeout=10)
+            await child.wait()
             offset = await offset_of(client, location)
             assert 0 < offset < len(data), "killed before the end"
 
@@ -168,10 +167,9 @@ async def test_a_client_process_killed_mid_upload_is_resumed_by_another_on_the_o
         task = await db.get(ImageTask, int(head.headers["imagequeue-task-id"]))
         assert task is not None and task.sha256 == hashlib.sha256(data).hexdigest()
     finally:
-        child.kill()
-        child.wait(timeout=10)
-        if child.stdout is not None:
-            child.stdout.close()
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
 
 
 async def test_each_api_key_sees_only_its_uploads_and_holds_a_bounded_number(
