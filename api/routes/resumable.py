@@ -23,6 +23,7 @@ These routes are not in the OpenAPI document: tus is their contract, and tus cli
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import logging
@@ -87,6 +88,11 @@ METADATA_FIELDS = ("filename", *PROCESSING_FIELDS, "callback_url")
 # Stored objects per upload: a PATCH each, a dropped connection costing one more. A client past it
 # may still finish the upload in one PATCH.
 MAX_PIECES = 1000
+# Uploads being completed at once by one API process: each holds two pooled connections (its row's
+# lock, and the Idempotency-Key lookup) and joins up to MAX_UPLOAD_BYTES on disk, so they queue here
+# rather than for the pool, whose 15 connections would then time out into 503s.
+MAX_FINISHING = 4
+_finishing = asyncio.Semaphore(MAX_FINISHING)  # binds to the running loop on first use
 
 UPLOAD_NOT_FOUND = "No such upload (never created, finished long ago, deleted, or another API key's)."
 UPLOAD_EXPIRED = "This upload expired before it was finished; start a new one."
@@ -324,7 +330,9 @@ async def _append(upload_id: str, request: Request, services: Services, caller: 
     except StorageUnavailable as exc:
         remove_quietly(temp)
         raise UploadRefused(503, STORAGE_UNAVAILABLE) from exc
-    answer = await _add_piece(services, upload_id, offset, count, piece)
+    answer = await _add_piece(
+        services, upload_id, offset, count, piece, completes=offset + count == upload.length
+    )
     if disconnected:  # kept what came; nobody is left to read an answer
         raise ClientDisconnect
     return answer
@@ -381,7 +389,18 @@ def _sync(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-async def _add_piece(services: Services, upload_id: str, offset: int, count: int, piece: str) -> Response:
+async def _add_piece(
+    services: Services, upload_id: str, offset: int, count: int, piece: str, *, completes: bool
+) -> Response:
+    if not completes:
+        return await _add_piece_locked(services, upload_id, offset, count, piece)
+    async with _finishing:
+        return await _add_piece_locked(services, upload_id, offset, count, piece)
+
+
+async def _add_piece_locked(
+    services: Services, upload_id: str, offset: int, count: int, piece: str
+) -> Response:
     """Add a stored piece to its upload under the row's lock; the PATCH that completes the upload
     makes the task before the lock is released."""
     storage = services.storage
