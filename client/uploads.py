@@ -6,6 +6,8 @@
   so following a thousand tasks never opens a thousand connections.
 - Every upload carries a fresh `Idempotency-Key`, so one retried after a 503 (database down) or a
   dropped connection returns the task the first try created instead of a second one.
+- Files from `resumable_from` bytes up go through the server's tus endpoint in pieces instead
+  (client/resumable.py): a dropped connection costs one piece, and the upload resumes.
 - Following a task polls `/status/{id}` with a growing interval (0.2 s up to 2 s); a passing
   failure while polling (503, a dropped connection) is retried until the wait's deadline.
 """
@@ -26,6 +28,7 @@ import httpx
 
 from client.connection import describe, unreachable
 from client.progress import Progress, human_bytes
+from client.resumable import RESUMABLE_FROM_BYTES, ResumableRefused, upload_resumable
 
 UPLOAD_ATTEMPTS = 3
 RETRY_SECONDS = 1.0
@@ -56,6 +59,8 @@ class UploadOptions:
     wait: bool
     wait_seconds: float
     concurrency: int
+    # Files from this size go through /files/ (tus) in pieces, resuming after failures; 0: never.
+    resumable_from: int = RESUMABLE_FROM_BYTES
 
 
 @dataclass
@@ -116,6 +121,15 @@ class Uploader:
 
     async def _upload(self, key: int, path: Path) -> UploadResult:
         idempotency_key = uuid.uuid4().hex
+        resumable_from = self._options.resumable_from
+        try:
+            size = os.stat(path).st_size
+            if resumable_from and size >= resumable_from:
+                return await self._upload_resumable(key, path, size, idempotency_key)
+        except OSError as exc:
+            reason = f"cannot read {path}: {exc.strerror or exc}"
+            self._progress.refused(key, path.name, reason)
+            return UploadResult(str(path), None, REFUSED, error=reason)
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         for attempt in range(1, UPLOAD_ATTEMPTS + 1):
             retry_after = RETRY_SECONDS * attempt
@@ -153,6 +167,23 @@ class Uploader:
                 await asyncio.sleep(retry_after)
         self._progress.refused(key, path.name, reason)
         return UploadResult(str(path), None, REFUSED, error=reason)
+
+    async def _upload_resumable(self, key: int, path: Path, size: int, idempotency_key: str) -> UploadResult:
+        async with self._slots:
+            self._progress.start(key, path.name, size)
+            try:
+                task_id = await upload_resumable(
+                    self._http,
+                    path,
+                    self._options.fields,
+                    idempotency_key,
+                    lambda count: self._progress.advance(key, count),
+                )
+            except ResumableRefused as exc:
+                self._progress.refused(key, path.name, exc.message)
+                return UploadResult(str(path), None, REFUSED, error=exc.message)
+        self._progress.uploaded(key, task_id)
+        return UploadResult(str(path), task_id, ACCEPTED)
 
     async def _send(
         self, key: int, path: Path, content_type: str, idempotency_key: str, meter: _Meter
