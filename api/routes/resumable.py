@@ -54,6 +54,7 @@ from api.state import Services
 from api.tus_protocol import (
     OFFSET_CONTENT_TYPE,
     TASK_ID_HEADER,
+    TUS_VERSION,
     TusRefused,
     byte_count,
     capabilities,
@@ -111,17 +112,17 @@ BAD_OVERRIDE = "X-HTTP-Method-Override must be PATCH, DELETE or HEAD here."
 _TusVersion = Annotated[str | None, Header(alias="Tus-Resumable")]
 
 
-def _refusal(exc: TusRefused | UploadRefused | HTTPException, **headers: str) -> JSONResponse:
+def _refusal(exc: TusRefused | UploadRefused | HTTPException) -> JSONResponse:
     if isinstance(exc, HTTPException):
         status, message = exc.status_code, str(exc.detail)
     else:
         status, message = exc.status_code, exc.message
-    all_headers = tus_headers(**headers)
+    headers = tus_headers()
     if status == 412:
-        all_headers["Tus-Version"] = "1.0.0"
-    if status == 503:
-        all_headers["Retry-After"] = "5"
-    return JSONResponse({"detail": message}, status_code=status, headers=all_headers)
+        headers["Tus-Version"] = TUS_VERSION
+    if status == 503:  # nothing was stored; the same request will do once storage is back
+        headers["Retry-After"] = "5"
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)
 
 
 def _answers_tus(
