@@ -229,6 +229,10 @@ class Settings:
     max_upload_bytes: int = field(metadata=setting(25 * 1024 * 1024, gt=0))
     max_image_pixels: int = field(metadata=setting(50_000_000, gt=0))
     max_frames: int = field(metadata=setting(500, gt=0))
+    # Resumable (tus) uploads at /files/ (api/routes/resumable.py): how long one may take from its
+    # creation, and how many unfinished ones each API key (or all callers without one) may hold.
+    tus_expiry_seconds: float = field(metadata=setting(24 * 3600, ge=60))
+    tus_max_open_uploads: int = field(metadata=setting(20, gt=0))
     # The API's HTTP limits (api/http_limits.py), per API process.
     http_max_header_bytes: int = field(metadata=setting(32 * 1024, ge=1024))
     http_max_headers: int = field(metadata=setting(100, ge=10))

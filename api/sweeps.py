@@ -10,6 +10,8 @@
 - Temporary files (`.partial-*`) older than LOST_AFTER_SECONDS are deleted: what a process killed
   mid-write left behind (in the local folders, which every storage backend uses for its temporary
   files); the nats backend also purges the chunks of puts cut short (Storage.remove_stale).
+- Resumable uploads past TUS_EXPIRY_SECONDS (finished or not) are deleted with their stored pieces
+  (core.resumable).
 
 Every API process sweeps, a tenth of LOST_AFTER_SECONDS apart; the statements are idempotent.
 """
@@ -23,7 +25,7 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.publisher import TaskPublisher
-from core import loops, queue, tasks
+from core import loops, queue, resumable, tasks
 from core.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class Sweeps:
             lost = await self._requeue_lost_messages()
         finally:  # a NATS hiccup above must not keep the temporary files forever
             await self._storage.remove_stale(self._lost_after.total_seconds())
+            await self._expire_resumable_uploads()
         counts = (requeued, failed, lost)
         if any(counts):
             log.warning(
@@ -73,6 +76,14 @@ class Sweeps:
         Returns how many were (re-queued, failed)."""
         async with self._sessions() as session, session.begin():
             return await tasks.take_back_expired(session, self._max_attempts)
+
+    async def _expire_resumable_uploads(self) -> None:
+        if not self._storage.is_ready:  # rows deleted now would leave their pieces for good
+            return
+        async with self._sessions() as session:
+            expired = await resumable.delete_expired(session, self._storage)
+        if expired:
+            log.info("resumable uploads: %d expired, deleted with their pieces", expired)
 
     async def _requeue_lost_messages(self) -> int:
         js = self._publisher.jetstream

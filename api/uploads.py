@@ -287,6 +287,28 @@ def _finish_file(target: BinaryIO, temp_path: Path, max_pixels: int, max_frames:
     return probe_image(temp_path, max_pixels=max_pixels, max_frames=max_frames)
 
 
+def _sync_and_probe(temp_path: Path, max_pixels: int, max_frames: int) -> ImageInfo:
+    with open(temp_path, "rb+") as handle:
+        os.fsync(handle.fileno())
+    return probe_image(temp_path, max_pixels=max_pixels, max_frames=max_frames)
+
+
+async def identify_file(temp_path: Path, *, max_pixels: int, max_frames: int) -> ImageInfo:
+    """Make a complete temporary file (joined from elsewhere: a resumable upload's pieces) durable
+    and identify it, with the answers `_receive` gives; the file is removed when it is refused."""
+    try:
+        return await anyio.to_thread.run_sync(_sync_and_probe, temp_path, max_pixels, max_frames)
+    except UnsupportedImage as exc:
+        remove_quietly(temp_path)
+        raise UploadRefused(415, str(exc)) from None
+    except ImageRejected as exc:
+        remove_quietly(temp_path)
+        raise UploadRefused(422, str(exc)) from None
+    except OSError as exc:
+        remove_quietly(temp_path)
+        raise UploadRefused(503, STORAGE_FAILED) from exc
+
+
 async def discard_unread(request: Request) -> None:
     """Before refusing a request for something its head says (a bad header), its body still unread:
     read a bounded part of the body (see discard_some), so the client sees the answer. Not when the

@@ -22,6 +22,7 @@ import httpx
 from client import report
 from client.connection import ApiError, checked, make_client, unreachable
 from client.progress import Progress
+from client.resumable import RESUMABLE_FROM_BYTES
 from client.uploads import UploadOptions, upload_files
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -43,6 +44,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _byte_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of bytes: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
@@ -110,6 +121,14 @@ def _parser() -> argparse.ArgumentParser:
         help='the point `gravity: "focus"` keeps: fractions 0-1 of the picture as displayed, from the '
         "top left, such as 0.3,0.6 (form field `focus`)",
     )
+    upload.add_argument(
+        "--resumable-from",
+        type=_byte_count,
+        default=RESUMABLE_FROM_BYTES,
+        metavar="BYTES",
+        help="files of this size and more go in pieces through /files/ (tus) and resume after a "
+        "dropped connection; 0 for never (default 8 MiB)",
+    )
     upload.add_argument("--wait", action="store_true", help="follow each task until done or failed")
     upload.add_argument(
         "--concurrency", type=_positive_int, default=DEFAULT_CONCURRENCY, help="requests at once (default 4)"
@@ -164,6 +183,7 @@ async def _upload(args: argparse.Namespace) -> int:
         wait=args.wait,
         wait_seconds=args.timeout,
         concurrency=args.concurrency,
+        resumable_from=args.resumable_from,
     )
     paths = _files(args.files)
     progress = Progress(sys.stderr, len(paths))

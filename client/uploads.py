@@ -8,6 +8,8 @@
   dropped connection returns the task the first try created instead of a second one.
 - A 429 (the API key's uploads_per_minute or max_pending) is waited out as its Retry-After says,
   for up to RATE_LIMITED_SECONDS a file: the server refused it before reading the file.
+- Files from `resumable_from` bytes up go through the server's tus endpoint in pieces instead
+  (client/resumable.py): a dropped connection costs one piece, and the upload resumes.
 - Following a task polls `/status/{id}` with a growing interval (0.2 s up to 2 s); a passing
   failure while polling (503, a dropped connection) is retried until the wait's deadline.
 """
@@ -28,6 +30,7 @@ import httpx
 
 from client.connection import describe, unreachable
 from client.progress import Progress, human_bytes
+from client.resumable import RESUMABLE_FROM_BYTES, ResumableRefused, upload_resumable
 
 UPLOAD_ATTEMPTS = 3
 RETRY_SECONDS = 1.0
@@ -60,6 +63,8 @@ class UploadOptions:
     wait: bool
     wait_seconds: float
     concurrency: int
+    # Files from this size go through /files/ (tus) in pieces, resuming after failures; 0: never.
+    resumable_from: int = RESUMABLE_FROM_BYTES
 
 
 @dataclass
@@ -120,6 +125,15 @@ class Uploader:
 
     async def _upload(self, key: int, path: Path) -> UploadResult:
         idempotency_key = uuid.uuid4().hex
+        resumable_from = self._options.resumable_from
+        try:
+            size = os.stat(path).st_size
+            if resumable_from and size >= resumable_from:
+                return await self._upload_resumable(key, path, size, idempotency_key)
+        except OSError as exc:
+            reason = f"cannot read {path}: {exc.strerror or exc}"
+            self._progress.refused(key, path.name, reason)
+            return UploadResult(str(path), None, REFUSED, error=reason)
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         attempt = 0
         # Over the key's limits (429) the server read nothing of the file: waiting as it says is not
@@ -167,6 +181,23 @@ class Uploader:
             await asyncio.sleep(retry_after)
         self._progress.refused(key, path.name, reason)
         return UploadResult(str(path), None, REFUSED, error=reason)
+
+    async def _upload_resumable(self, key: int, path: Path, size: int, idempotency_key: str) -> UploadResult:
+        async with self._slots:
+            self._progress.start(key, path.name, size)
+            try:
+                task_id = await upload_resumable(
+                    self._http,
+                    path,
+                    self._options.fields,
+                    idempotency_key,
+                    lambda count: self._progress.advance(key, count),
+                )
+            except ResumableRefused as exc:
+                self._progress.refused(key, path.name, exc.message)
+                return UploadResult(str(path), None, REFUSED, error=exc.message)
+        self._progress.uploaded(key, task_id)
+        return UploadResult(str(path), task_id, ACCEPTED)
 
     async def _send(
         self, key: int, path: Path, content_type: str, idempotency_key: str, meter: _Meter

@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, CheckConstraint, DateTime, Index, Integer, String, Text, func
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.db import Base
@@ -144,3 +144,32 @@ class KeyRate(Base):
     # Whether the statement that last touched the row admitted its upload (RETURNING cannot show
     # the row as it was before the update, which a refusal needs to tell itself from an admission).
     last_admitted: Mapped[bool] = mapped_column(Boolean)
+
+
+class ResumableUpload(Base):
+    """A tus upload (api/routes/resumable.py) still coming in, or finished and become a task.
+
+    Its bytes are stored objects in Area.RESUMABLE, one per PATCH (`pieces`, in order), so any API
+    replica can take the next PATCH; the row is locked while one is added. Once `received` reaches
+    `length` the pieces are joined into one upload, checked and made a task like `POST /upload`
+    (then `task_id` is set and the pieces removed). Past `expires_at` the sweep deletes the row
+    and its pieces.
+    """
+
+    __tablename__ = "resumable_uploads"
+    __table_args__ = (CheckConstraint("received >= 0 AND received <= length", name="received_within_length"),)
+
+    # A random 32-hex id: the `/files/{id}` URL is the only handle, so it must not be guessable.
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # Fingerprint of the API key that created it (None when API keys are off), as tasks record it.
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)
+    length: Mapped[int] = mapped_column(BigInteger)
+    received: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Upload-Metadata as the client sent it (echoed on HEAD), and decoded (filename, preset, ...).
+    metadata_header: Mapped[str] = mapped_column(Text, default="", server_default="")
+    fields: Mapped[dict[str, str]] = mapped_column(JSONB)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    pieces: Mapped[list[str]] = mapped_column(ARRAY(String(64)), default=list, server_default="{}")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    task_id: Mapped[int | None] = mapped_column(Integer)

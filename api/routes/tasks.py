@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import PurePath
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
-from api.callback_urls import CallbackRefused, vet_callback_url
 from api.deps import MAX_TASK_ID, CallerDep, ServicesDep, SessionDep, TaskDep
-from api.form_fields import FieldMisspelt, ignored_fields
+from api.intake import (
+    BAD_IDEMPOTENCY_KEY,
+    CALLBACKS_OFF,
+    IDEMPOTENCY_KEY_REUSED,
+    PROCESSING_FIELDS,
+    make_task,
+    scoped_key,
+    well_formed_key,
+)
 from api.key_limits import LIMIT_FIELDS, UPLOAD_ANSWERS, AdmissionDep, limit_headers
 from api.openapi import IDEMPOTENCY_KEY_PATTERN, UPLOAD_BODY, error, errors, task_links
 from api.schemas import (
@@ -25,48 +31,28 @@ from api.schemas import (
 )
 from api.stored_files import image_cache_control, stored_file_response
 from api.templating import wants_html
-from api.uploads import (
-    STORAGE_FAILED,
-    TOO_LARGE,
-    ReceivedUpload,
-    UploadRefused,
-    receive_upload,
-    refuse_unread,
-)
+from api.uploads import TOO_LARGE, receive_upload, refuse_unread
 from core import tasks
 from core.formats import CONTENT_TYPES, EXTENSIONS, UNSUPPORTED_MESSAGE
-from core.models import ImageTask, TaskStatus
-from core.processing.cost import cost_refusal, output_frames
-from core.processing.forms import resolve
-from core.processing.operations import ProcessingInvalid
-from core.processing.outputs import Processing
-from core.storage import (
-    STORAGE_UNAVAILABLE,
-    Area,
-    StorageUnavailable,
-    is_stored_name,
-    new_stored_name,
-    remove_quietly,
-)
+from core.models import TaskStatus
+from core.storage import Area, is_stored_name
+
+# Re-exported: the tests and the documentation name them from here, where `/upload` answers them.
+__all__ = ["BAD_IDEMPOTENCY_KEY", "CALLBACKS_OFF", "IDEMPOTENCY_KEY_REUSED", "router"]
 
 router = APIRouter(tags=["tasks"])
 
 UPLOAD_ACCEPTED = "Upload accepted; the image is queued for processing."
 UPLOAD_REPLAYED = "This Idempotency-Key was already used for this file; here is the task it created."
-BAD_IDEMPOTENCY_KEY = "Idempotency-Key must be 1 to 200 printable ASCII characters without spaces."
-IDEMPOTENCY_KEY_REUSED = "This Idempotency-Key was already used for a different file or processing."
-# Besides `file`: how to process it (core.processing), and where to report the end (callbacks).
-# Others are ignored and named in the answer, unless one looks like a misspelling (api.form_fields).
-PROCESSING_FIELDS = ("preset", "ops", "outputs", "focus")
+# Besides `file`: the processing fields and the callback URL (api.intake). Others are ignored and
+# named in the answer, unless one looks like a misspelling (api.form_fields).
 FORM_FIELDS = ("file", *PROCESSING_FIELDS, "callback_url")
-CALLBACKS_OFF = "This server sends no callbacks (its WEBHOOK_SECRET setting is empty)."
 
 PROCESSED_NOT_FOUND = "Processed image not found"
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 _READ_ERRORS = errors(401, 404, 503)
-_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 _MEDIA_TYPES = {EXTENSIONS[fmt]: CONTENT_TYPES[fmt] for fmt in EXTENSIONS}
 _BINARY = {"type": "string", "format": "binary"}
 _PROCESSED_NAME = Path(max_length=255, examples=["0f8e1c2a9b7d4e6f8a1b2c3d4e5f6a7b.jpg"])
@@ -76,108 +62,11 @@ async def _stored_key(request: Request, raw: str | None, caller: str | None) -> 
     """The Idempotency-Key as stored: scoped to the caller's API key, so keys cannot collide."""
     if raw is None:
         return None
-    if not _IDEMPOTENCY_KEY.fullmatch(raw):
+    if not well_formed_key(raw):
         # As an upload refusal, after reading some of the body: refused with the body unread, the
         # connection's close could reset the client's still-sending socket and lose the 400.
         await refuse_unread(request, 400, BAD_IDEMPOTENCY_KEY)
-    return raw if caller is None else f"{caller}:{raw}"
-
-
-async def _requested_callback(services: ServicesDep, upload: ReceivedUpload) -> str | None:
-    url = upload.text_fields.get("callback_url")
-    if not url:
-        return None
-    settings = services.settings
-    if not settings.webhook_secret:
-        raise HTTPException(status_code=422, detail=CALLBACKS_OFF)
-    try:
-        await vet_callback_url(url, allow_private=settings.webhook_allow_private)
-    except CallbackRefused as exc:
-        raise HTTPException(status_code=422, detail=str(exc)) from None
-    return url
-
-
-async def _task_for_key(
-    services: ServicesDep, key: str, upload: ReceivedUpload, processing: Processing, callback_url: str | None
-) -> ImageTask | None:
-    async with services.sessions() as session:
-        existing = await tasks.find_by_idempotency_key(session, key)
-    if existing is not None and (
-        existing.sha256 != upload.sha256
-        or existing.processing != processing.to_json()
-        or existing.callback_url != callback_url
-    ):
-        raise HTTPException(status_code=422, detail=IDEMPOTENCY_KEY_REUSED)
-    return existing
-
-
-def _ignored_fields(upload: ReceivedUpload) -> list[str]:
-    """The form's fields that are not ours (a submit button, a CSRF token); 422 for a misspelt one."""
-    try:
-        return ignored_fields(upload.text_fields, FORM_FIELDS)
-    except FieldMisspelt as exc:
-        raise HTTPException(status_code=422, detail=str(exc)) from None
-
-
-def _requested_processing(services: ServicesDep, upload: ReceivedUpload) -> Processing:
-    """The form's processing fields, validated and resolved; 422 naming the field otherwise."""
-    fields = upload.text_fields
-    settings = services.settings
-    try:
-        processing = resolve(
-            preset=fields.get("preset"),
-            ops=fields.get("ops"),
-            outputs=fields.get("outputs"),
-            presets=services.presets,
-            watermark_text=settings.watermark_text,
-            focus=fields.get("focus"),
-            watermark_images=settings.watermark_images,
-        )
-    except ProcessingInvalid as exc:
-        raise HTTPException(status_code=422, detail=str(exc)) from None
-    for output in processing.outputs:
-        info = upload.info
-        frames = output_frames(output, info.format, info.frames)
-        refused = cost_refusal(output, info.width, info.height, frames, limit=settings.max_output_pixels)
-        if refused:
-            field = f"outputs.{output.name}" if "outputs" in fields else "preset" if output.preset else "ops"
-            raise HTTPException(status_code=422, detail=f"`{field}`: {refused}")
-    return processing
-
-
-async def _create_task(
-    services: ServicesDep,
-    upload: ReceivedUpload,
-    processing: Processing,
-    callback_url: str | None,
-    key: str | None,
-    owner: str | None,
-) -> int:
-    """Keep the upload's file, then insert its row; the new task's id."""
-    input_name = new_stored_name(upload.info.extension)
-    storage = services.storage
-    try:
-        await storage.keep_upload(upload.temp_path, input_name)
-    except OSError as exc:
-        raise UploadRefused(503, STORAGE_FAILED) from exc
-    except StorageUnavailable as exc:
-        raise UploadRefused(503, STORAGE_UNAVAILABLE) from exc
-    # The row in one autocommit round trip on the driver pool (core.tasks): the ORM's flush and
-    # commit cost about 1.2 ms of the API's CPU per upload, a quarter of all it spends on one.
-    new_task = tasks.NewTask(
-        filename=upload.display_name,
-        content_type=upload.info.content_type,
-        size_bytes=upload.size_bytes,
-        width=upload.info.width,
-        height=upload.info.height,
-        sha256=upload.sha256,
-        input_name=input_name,
-        idempotency_key=key,
-        owner=owner,
-        callback_url=callback_url,
-        processing=processing.to_json(),
-    )
-    return await tasks.insert_task(services.driver_pool, storage, new_task)
+    return scoped_key(raw, caller)
 
 
 def _answer(
@@ -298,44 +187,16 @@ async def upload(
         max_pixels=settings.max_image_pixels,
         max_frames=settings.max_frames,
     )
-    try:
-        ignored = _ignored_fields(received)
-        processing = _requested_processing(services, received)
-        callback_url = await _requested_callback(services, received)
-        # A session only for a keyed upload: the rest runs on the driver pool (see _create_task).
-        existing = await _task_for_key(services, key, received, processing, callback_url) if key else None
-        if existing is None:
-            try:
-                task_id = await _create_task(services, received, processing, callback_url, key, caller)
-            except tasks.TaskConflict:
-                # A concurrent request with the same key committed first.
-                existing = (
-                    await _task_for_key(services, key, received, processing, callback_url) if key else None
-                )
-                if existing is None:
-                    raise
-    finally:
-        remove_quietly(received.temp_path)
-    limits = limit_headers(admission)
-    if existing is not None:
-        return _answer(
-            request,
-            existing.id,
-            existing.filename,
-            UPLOAD_REPLAYED,
-            replayed=True,
-            ignored=ignored,
-            limits=limits,
-        )
-    await services.publisher.publish_committed(task_id)
+    made = await make_task(services, received, known=FORM_FIELDS, key=key, owner=caller)
+    message = UPLOAD_REPLAYED if made.replayed else UPLOAD_ACCEPTED
     return _answer(
         request,
-        task_id,
-        received.display_name,
-        UPLOAD_ACCEPTED,
-        replayed=False,
-        ignored=ignored,
-        limits=limits,
+        made.task_id,
+        made.filename,
+        message,
+        replayed=made.replayed,
+        ignored=made.ignored,
+        limits=limit_headers(admission),
     )
 
 

@@ -1,8 +1,10 @@
 // The upload form, enhanced: several files at once (chosen or dropped), one request per file with
 // a progress bar, and each file's live status and result link. Without this script the form posts
-// one file the plain way and the server answers with its result page.
+// one file the plain way and the server answers with its result page. Big files go resumable
+// (resumable.js: tus, in pieces, resuming after a dropped connection).
 import { focusPicker } from "./focus.js";
 import { STATUS_HINTS, watchTask } from "./live.js";
+import { sendResumable, useResumable } from "./resumable.js";
 
 const form = document.getElementById("upload-form");
 const input = document.getElementById("file");
@@ -56,8 +58,43 @@ function errorDetail(request) {
   return `the server answered ${request.status} ${request.statusText}`.trim();
 }
 
+function accepted(view, taskId) {
+  view.progress.value = 100;
+  view.link.href = `/result/${taskId}`;
+  view.link.hidden = false;
+  view.line.dataset.taskId = String(taskId);
+  showStatus(view, { status: "pending" });
+  watchTask(taskId, {
+    onStatus: (body) => showStatus(view, body),
+    onGone: (detail) => { view.state.textContent = detail; },
+  });
+}
+
+function refused(view, message) {
+  view.line.dataset.status = "refused";
+  view.state.textContent = "";
+  view.state.append(element("span", "error", message));
+}
+
+function sendInPieces(file, view, fields) {
+  view.state.textContent = "Uploading (resumable)…";
+  sendResumable(form, file, fields, {
+    onProgress: (fraction) => { view.progress.value = Math.round(100 * fraction); },
+    onRetry: (tries) => { view.state.textContent = `Connection lost; resuming (try ${tries})…`; },
+  })
+    .then((result) => (result.taskId ? accepted(view, result.taskId) : refused(view, `Refused: ${result.refused}`)))
+    .finally(() => {
+      sending -= 1;
+      next();
+    });
+}
+
 function send(file, view, fields) {
   sending += 1;
+  if (useResumable(form, file)) {
+    sendInPieces(file, view, fields);
+    return;
+  }
   // Every field of the form goes along (whatever it held when the file was given), with this one
   // file in `file`.
   const data = new FormData();
@@ -73,28 +110,12 @@ function send(file, view, fields) {
   });
   request.addEventListener("load", () => {
     if (request.status === 200) {
-      view.progress.value = 100;
-      const answer = JSON.parse(request.responseText);
-      const taskId = Number(answer.task_id);
-      view.link.href = `/result/${taskId}`;
-      view.link.hidden = false;
-      view.line.dataset.taskId = String(taskId);
-      showStatus(view, { status: "pending" });
-      watchTask(taskId, {
-        onStatus: (body) => showStatus(view, body),
-        onGone: (detail) => { view.state.textContent = detail; },
-      });
+      accepted(view, Number(JSON.parse(request.responseText).task_id));
     } else {
-      view.line.dataset.status = "refused";
-      view.state.textContent = "";
-      view.state.append(element("span", "error", `Refused: ${errorDetail(request)}`));
+      refused(view, `Refused: ${errorDetail(request)}`);
     }
   });
-  request.addEventListener("error", () => {
-    view.line.dataset.status = "refused";
-    view.state.textContent = "";
-    view.state.append(element("span", "error", "Upload failed: the server could not be reached."));
-  });
+  request.addEventListener("error", () => refused(view, "Upload failed: the server could not be reached."));
   request.addEventListener("loadend", () => {
     sending -= 1;
     next();

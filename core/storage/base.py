@@ -39,10 +39,12 @@ NOT_READY = "the file store is not connected"
 
 
 class Area(enum.Enum):
-    """What a stored file is: an upload as received, or a worker's output."""
+    """What a stored file is: an upload as received, a worker's output, or a piece of a resumable
+    upload still coming in (api/routes/resumable.py: one stored object per PATCH)."""
 
     UPLOADS = "uploads"
     PROCESSED = "processed"
+    RESUMABLE = "resumable"
 
 
 class StorageUnavailable(Exception):
@@ -74,7 +76,15 @@ class Folders:
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
         self.processed_dir.mkdir(parents=True, exist_ok=True)
 
+    @property
+    def resumable_dir(self) -> Path:
+        # Inside UPLOADS_DIR: the same filesystem as the temporary files renamed into it. Made by
+        # the local backend when it first keeps a piece; other backends use the folders as scratch.
+        return self.uploads_dir / "resumable"
+
     def folder(self, area: Area) -> Path:
+        if area is Area.RESUMABLE:
+            return self.resumable_dir
         return self.uploads_dir if area is Area.UPLOADS else self.processed_dir
 
     def upload_path(self, name: str) -> Path:
@@ -139,6 +149,11 @@ class Storage(abc.ABC):
     async def keep_upload(self, synced_temp: Path, name: str) -> None:
         """Store an upload's temporary file (already synced to disk) under `name`; the temporary
         file is gone afterwards."""
+
+    @abc.abstractmethod
+    async def keep(self, area: Area, synced_temp: Path, name: str) -> None:
+        """Store a temporary file (already synced to disk) under `name` in any area, replacing any
+        earlier one; the temporary file is gone afterwards."""
 
     @abc.abstractmethod
     async def keep_output(self, temp: Path, name: str) -> None:

@@ -22,6 +22,9 @@ class LocalStorage(Storage):
         # Off the event loop: the folder sync waits for the disk.
         await anyio.to_thread.run_sync(rename_durably, synced_temp, self.folders.upload_path(name))
 
+    async def keep(self, area: Area, synced_temp: Path, name: str) -> None:
+        await anyio.to_thread.run_sync(_keep_in, synced_temp, self.folders.path(area, name))
+
     async def keep_output(self, temp: Path, name: str) -> None:
         await anyio.to_thread.run_sync(place_output, self.folders, temp, name)
 
@@ -46,6 +49,11 @@ class LocalStorage(Storage):
 
     async def remove_stale(self, older_than_seconds: float) -> int:
         return await anyio.to_thread.run_sync(self.folders.remove_stale_partials, older_than_seconds)
+
+
+def _keep_in(synced_temp: Path, final: Path) -> None:
+    final.parent.mkdir(exist_ok=True)  # RESUMABLE's folder is made on first use (Folders.resumable_dir)
+    rename_durably(synced_temp, final)
 
 
 def place_output(folders: Folders, temp: Path, name: str) -> None:

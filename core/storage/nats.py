@@ -18,7 +18,8 @@ Faults: every call needs the connection up; while it is down, or JetStream does 
 leader during an election), calls raise StorageUnavailable. Puts are retried for a while when
 NATS is connected but slow to answer, so a leader election does not fail an upload.
 
-The buckets are file-backed streams (`OBJ_imagequeue-uploads`, `OBJ_imagequeue-processed`) with
+The buckets are file-backed streams (`OBJ_imagequeue-uploads`, `OBJ_imagequeue-processed`, and
+`OBJ_imagequeue-resumable` for the pieces of resumable uploads still coming in) with
 STREAM_REPLICAS replicas, created by whichever process starts first, and scaled up (never down) like
 the task stream (core.queue).
 """
@@ -60,7 +61,11 @@ from core.storage.base import (
 
 log = logging.getLogger(__name__)
 
-BUCKETS = {Area.UPLOADS: "imagequeue-uploads", Area.PROCESSED: "imagequeue-processed"}
+BUCKETS = {
+    Area.UPLOADS: "imagequeue-uploads",
+    Area.PROCESSED: "imagequeue-processed",
+    Area.RESUMABLE: "imagequeue-resumable",
+}
 # How long a put keeps trying while NATS is connected but does not answer (a leader election takes
 # 5-10 s on a three-node cluster); an upload's client waits that long at most before a 503.
 PUT_PATIENCE_SECONDS = 15.0
@@ -151,6 +156,9 @@ class NatsStorage(Storage):
 
     async def keep_output(self, temp: Path, name: str) -> None:
         await self._put(Area.PROCESSED, temp, name)
+
+    async def keep(self, area: Area, synced_temp: Path, name: str) -> None:
+        await self._put(area, synced_temp, name)
 
     async def _put(self, area: Area, temp: Path, name: str) -> None:
         """Store the file's bytes under `name`, then delete the file. A failed put leaves no object

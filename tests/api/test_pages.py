@@ -168,7 +168,8 @@ async def test_the_upload_form_offers_every_preset_and_says_what_it_does(client:
 
 
 @pytest.mark.parametrize(
-    "path", ["/static/live.js", "/static/upload.js", "/static/result.js", "/static/focus.js"]
+    "path",
+    ["/static/live.js", "/static/upload.js", "/static/result.js", "/static/focus.js", "/static/resumable.js"],
 )
 async def test_scripts_are_served_as_javascript(client: httpx.AsyncClient, path: str) -> None:
     response = await client.get(path)

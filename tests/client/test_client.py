@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from api.deps import API_KEY_REQUIRED
 from api.uploads import FIELD_TOO_LARGE, TOO_LARGE
@@ -219,3 +222,82 @@ def test_an_unreachable_server_is_said_in_words(photos: list[Path]) -> None:
 
     assert ran.returncode == 1
     assert "cannot reach the server at http://127.0.0.1:9" in ran.stderr
+
+
+async def _cut_proxy(target: httpx.URL, cut_after: int) -> tuple[asyncio.Server, list[int]]:
+    """A TCP proxy to `target` that resets the first connection once it has carried `cut_after`
+    bytes towards the server (a network that drops mid-upload); later connections pass whole."""
+    cuts: list[int] = []
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int | None) -> None:
+        carried = 0
+        try:
+            while chunk := await reader.read(65536):
+                carried += len(chunk)
+                if limit is not None and carried > limit:
+                    cuts.append(carried)
+                    writer.transport.abort()
+                    return
+                writer.write(chunk)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def serve(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection(target.host, target.port)
+        limit = cut_after if not cuts else None
+        upstream = asyncio.create_task(pipe(client_reader, server_writer, limit))
+        await pipe(server_reader, client_writer, None)
+        if cuts and not client_writer.is_closing():
+            client_writer.transport.abort()
+        await upstream
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, cuts
+
+
+async def test_a_big_file_goes_resumable_and_survives_a_dropped_connection(
+    api_process: str, tmp_path: Path
+) -> None:
+    big = tmp_path / "big.png"
+    pixels = Image.frombytes("RGB", (500, 400), os.urandom(500 * 400 * 3))
+    pixels.save(big, "PNG")
+    size = big.stat().st_size
+    server, cuts = await _cut_proxy(httpx.URL(api_process), cut_after=size // 2)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "client",
+            "upload",
+            str(big),
+            "--json",
+            "--resumable-from",
+            "100000",
+            cwd=PROJECT_ROOT,
+            env={"PATH": "/usr/bin:/bin", "IMAGEQUEUE_URL": f"http://127.0.0.1:{port}"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(child.communicate(), timeout=120)
+    assert child.returncode == 0, stderr.decode()
+    assert cuts, "the proxy cut a connection mid-upload"
+    task_id = json.loads(stdout)[0]["task_id"]
+    async with httpx.AsyncClient(base_url=api_process) as http:
+        original = await http.get(f"/tasks/{task_id}/original")
+    assert original.content == big.read_bytes()
+
+
+def test_a_big_file_that_is_not_an_image_is_refused_in_the_servers_words(
+    api_process: str, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.png"
+    notes.write_bytes(b"not an image" * 20_000)
+
+    ran = run_client("upload", str(notes), "--resumable-from", "1000", url=api_process)
+
+    assert ran.returncode == 1
+    assert f"refused notes.png: {UNSUPPORTED_MESSAGE}" in ran.stderr

@@ -1,0 +1,109 @@
+"""The resumable upload row: every statement on `resumable_uploads`, and delete-with-pieces.
+
+The row is the state of a tus upload (core.models.ResumableUpload); its bytes are stored objects in
+Area.RESUMABLE, one per PATCH. A PATCH streams its piece into storage first, without holding
+anything, then locks the row to add it: two PATCHes racing at one offset both store a piece, one
+adds it, the other finds the offset moved (409) and removes its own. So the database connection is
+held only for the short update, except by the PATCH that completes the upload (it joins the pieces
+under the lock, so no second PATCH can finish it twice).
+
+As in core.tasks, rows go first, committed, then their pieces: a crash between the two leaves
+pieces without rows (space, swept with the temporary files where the backend can tell), never rows
+pointing at nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.models import ResumableUpload
+from core.storage import Area, Storage, StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+# How many expired uploads one sweep deletes (each a few stored objects to remove).
+SWEEP_BATCH = 200
+
+
+def new_upload_id() -> str:
+    return uuid.uuid4().hex
+
+
+def new_piece_name() -> str:
+    # A generated name like every stored file's (core.storage.is_stored_name), with its own extension.
+    return f"{uuid.uuid4().hex}.part"
+
+
+async def count_open(session: AsyncSession, owner: str | None) -> int:
+    """Uploads of this owner (None: every caller without a key) not finished and not expired."""
+    which = ResumableUpload.owner.is_(None) if owner is None else ResumableUpload.owner == owner
+    query = select(func.count()).where(
+        which, ResumableUpload.task_id.is_(None), ResumableUpload.expires_at > func.now()
+    )
+    return (await session.execute(query)).scalar_one()
+
+
+async def get(session: AsyncSession, upload_id: str) -> ResumableUpload | None:
+    return await session.get(ResumableUpload, upload_id)
+
+
+async def lock(session: AsyncSession, upload_id: str) -> ResumableUpload | None:
+    """The row, locked until the session's transaction ends (one PATCH at a time adds a piece)."""
+    query = select(ResumableUpload).where(ResumableUpload.id == upload_id).with_for_update()
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def expired(session: AsyncSession, upload: ResumableUpload) -> bool:
+    """Past its expiry by the database's clock (the one the sweep uses)."""
+    now: datetime = (await session.execute(select(func.now()))).scalar_one()
+    return upload.expires_at <= now
+
+
+async def expires_at(session: AsyncSession, after: timedelta) -> datetime:
+    return (await session.execute(select(func.now() + after))).scalar_one()
+
+
+async def delete_upload(session: AsyncSession, storage: Storage, upload_id: str) -> bool:
+    """Delete an upload and its pieces (termination); False if there was no such row."""
+    result = await session.execute(
+        delete(ResumableUpload).where(ResumableUpload.id == upload_id).returning(ResumableUpload.pieces)
+    )
+    pieces = result.scalars().all()
+    await session.commit()
+    await remove_pieces(storage, [piece for row in pieces for piece in row])
+    return bool(pieces)
+
+
+async def delete_expired(session: AsyncSession, storage: Storage) -> int:
+    """Delete up to SWEEP_BATCH expired uploads (finished or not) and their pieces; how many.
+    Rows another process is handling (locked) are skipped."""
+    which = (
+        select(ResumableUpload.id)
+        .where(ResumableUpload.expires_at <= func.now())
+        .limit(SWEEP_BATCH)
+        .with_for_update(skip_locked=True)
+    )
+    result = await session.execute(
+        delete(ResumableUpload).where(ResumableUpload.id.in_(which)).returning(ResumableUpload.pieces)
+    )
+    rows = result.scalars().all()
+    await session.commit()
+    await remove_pieces(storage, [piece for row in rows for piece in row])
+    return len(rows)
+
+
+async def remove_pieces(storage: Storage, names: Sequence[str]) -> None:
+    """Remove stored pieces; a store that cannot be reached leaves them (logged), never fails the
+    caller, whose row is already gone or updated."""
+    if not names:
+        return
+    try:
+        await storage.remove(Area.RESUMABLE, list(names))
+    except StorageUnavailable as exc:
+        log.warning("%d piece(s) of resumable uploads could not be removed: %s", len(names), exc)
