@@ -39,6 +39,7 @@ KEYS = {
     "zero": {"key": "zero-a-minute-0123456789", "uploads_per_minute": 0},
     "zero-pending": {"key": "zero-pending-0123456789", "max_pending": 0},
     "shared": {"key": "shared-by-two-apis-0123456789", "uploads_per_minute": 4},
+    "resumable": {"key": "one-resumable-a-minute-0123456789", "uploads_per_minute": 1},
 }
 # As an operator would set it in the environment: a JSON list.
 API_KEYS = json.dumps(list(KEYS.values()))
@@ -271,3 +272,16 @@ async def test_a_bad_key_entry_stops_the_api_saying_why_without_the_key(
     assert exit_code != 0
     assert message in logged
     assert "a-secret-key" not in logged and "fine-key" not in logged
+
+
+async def test_a_resumable_upload_counts_against_the_key_once_at_creation(limited: httpx.AsyncClient) -> None:
+    tus = {"Tus-Resumable": "1.0.0", "Upload-Length": "100"}
+    created = await limited.post("/files/", headers={**key("resumable"), **tus})
+    assert created.status_code == 201
+    assert created.headers["ratelimit-policy"] == '"minute";q=1;w=60'
+
+    # The minute's one upload is used: neither a second tus upload nor a form post gets in.
+    second = await limited.post("/files/", headers={**key("resumable"), **tus})
+    assert second.status_code == 429
+    assert int(second.headers["retry-after"]) >= 1
+    assert (await upload(limited, key("resumable"))).status_code == 429
