@@ -32,7 +32,7 @@ from api.uploads import (
     receive_upload,
     refuse_unread,
 )
-from core import tasks
+from core import tasks, tracing
 from core.formats import CONTENT_TYPES, EXTENSIONS, UNSUPPORTED_MESSAGE
 from core.models import ImageTask, TaskStatus
 from core.processing.cost import cost_refusal, output_frames
@@ -175,6 +175,8 @@ async def _create_task(
         owner=owner,
         callback_url=callback_url,
         processing=processing.to_json(),
+        # The upload's span, kept so that later spans (a relay's publish, the callback) join its trace.
+        traceparent=tracing.current_traceparent(),
     )
     return await tasks.insert_task(services.driver_pool, storage, new_task)
 
@@ -307,6 +309,7 @@ async def upload(
         return _answer(
             request, existing.id, existing.filename, UPLOAD_REPLAYED, replayed=True, ignored=ignored
         )
+    tracing.annotate(**{tracing.TASK_ID: task_id})
     await services.publisher.publish_committed(task_id)
     return _answer(request, task_id, received.display_name, UPLOAD_ACCEPTED, replayed=False, ignored=ignored)
 
