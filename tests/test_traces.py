@@ -296,3 +296,23 @@ async def test_status_has_no_trace_id_for_an_untraced_upload(api_process: str) -
         assert answer.status_code == 200, answer.text
         status = (await plain.get(f"/status/{answer.json()['task_id']}")).json()
     assert status["trace_id"] is None
+
+
+async def test_a_task_that_fails_marks_the_span_it_failed_in(
+    traced: Stack, client: httpx.AsyncClient
+) -> None:
+    answer = await client.post("/upload", files={"file": ("cut.jpg", images.truncated_jpeg(), "image/jpeg")})
+    assert answer.status_code == 200, answer.text
+    task_id = answer.json()["task_id"]
+    status: dict = {}
+
+    async def failed() -> bool:
+        nonlocal status
+        status = (await client.get(f"/status/{task_id}")).json()
+        return status["status"] == "failed"
+
+    await eventually(failed, what=f"task {task_id} failed")
+    spans = await _spans_arrive(traced.receiver, status["trace_id"], PROCESS, "render")
+    render = _one(spans, "render")
+    assert render.error and render.parent_id == _one(spans, PROCESS).span_id
+    assert not [span for span in spans if span.parent_id == render.span_id]  # no steps: it raised

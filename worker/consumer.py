@@ -566,6 +566,7 @@ class TaskProcessor:
             log.warning("task %s was finished elsewhere meanwhile; its outputs are the same files", task_id)
 
     async def _finish_failed(self, task_id: int, reason: str, claim: _Claim) -> None:
+        tracing.fail(reason)  # the span it failed in (`render`, or the message's `process`)
         await tasks.finish_failed(self._driver_pool, task_id, reason)
         self._record(claim, TaskStatus.FAILED)
 
