@@ -90,8 +90,12 @@ async def run(args: argparse.Namespace) -> None:
                 "on": (PROJECT_ROOT, {"OTEL_EXPORTER_OTLP_ENDPOINT": sink}),
             }
             runs: list[dict[str, Any]] = []
+            names = list(variants)
             for rep in range(args.reps):
-                for name, (root, env) in variants.items():
+                # Each repetition starts with another variant: whatever the previous run leaves behind
+                # (a busy autovacuum, a warm cache) falls on each in turn.
+                for name in names[rep % len(names) :] + names[: rep % len(names)]:
+                    root, env = variants[name]
                     runs.append({"variant": name, **await once(suite, root, env, args.uploads)})
                 print(f"repetition {rep + 1} of {args.reps} done", flush=True)
         print(f"\nbefore: {args.before}; off, on: working tree; {args.uploads} uploads of {SMALL}\n")
