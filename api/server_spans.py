@@ -11,8 +11,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core import tracing
 
-# The attribute's value is free text from the client: bounded, so a span stays small.
+# Attribute values are free text from the client: bounded, so a span stays small.
 _MAX_HEADER_VALUE = 256
+_MAX_PATH = 1024
 
 
 class ServerSpans:
@@ -27,7 +28,7 @@ class ServerSpans:
         method = scope["method"]
         attributes: dict[str, tracing.AttributeValue] = {
             "http.request.method": method,
-            "url.path": scope["path"],
+            "url.path": scope["path"][:_MAX_PATH],
             "url.scheme": scope.get("scheme", "http"),
             "network.protocol.version": scope.get("http_version", "1.1"),
         }
