@@ -76,6 +76,7 @@ def setting(
 
 _POSTGRES_URL = re.compile(r"(postgresql|postgresql\+asyncpg|postgres)://\S+")
 _NATS_URL = re.compile(r"(nats|tls)://[^,\s]+")
+_HTTP_URL = re.compile(r"https?://[^/\s]+(/\S*)?")
 _PLACEHOLDER_KEYS = ("change-me-change-me", "changeme-changeme", "xxxxxxxxxxxxxxxx")
 # A watermark image's name appears in ops and error messages: the same rule as output and preset names.
 _IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
@@ -268,6 +269,15 @@ class Settings:
     worker_heartbeat_file: Path | None = field(metadata=setting(""))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = field(metadata=setting("INFO"))
     log_format: Literal["text", "json"] = field(metadata=setting("text"))
+    # OpenTelemetry's own variable (core/tracing.py): traces are exported by OTLP/HTTP to
+    # <endpoint>/v1/traces when it is set, and nothing is traced (nor the SDK loaded) when empty.
+    otel_exporter_otlp_endpoint: str = field(
+        metadata=setting(
+            "",
+            check=lambda url: url == "" or bool(_HTTP_URL.fullmatch(url)),
+            rule="be empty (no traces) or an http:// or https:// URL",
+        )
+    )
     retention_days: int = field(
         metadata=setting(0, ge=0, rule="be a whole number of days, 0 to keep everything")
     )

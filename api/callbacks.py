@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.callback_urls import CallbackRefused, vet_callback_url
 from api.schemas import task_status
-from core import loops, tasks
+from core import loops, tasks, tracing
 from core.models import ImageTask
 
 log = logging.getLogger(__name__)
@@ -102,12 +102,29 @@ class CallbackSender:
         return len(claimed)
 
     async def _deliver(self, task: ImageTask) -> str | None:
-        """POST the task's status; None on a 2xx answer, else why it failed (for the row)."""
+        """POST the task's status; None on a 2xx answer, else why it failed (for the row). Traced in
+        the task's trace (a CLIENT span under its upload span), whichever API process sends it."""
         assert task.callback_url is not None
+        attributes: dict[str, tracing.AttributeValue] = {
+            "http.request.method": "POST",
+            tracing.TASK_ID: task.id,
+            "imagequeue.callback.attempt": task.callback_attempts,
+        }
+        with tracing.span(
+            "POST", kind=tracing.SpanKind.CLIENT, attributes=attributes, parent=task.traceparent
+        ):
+            error = await self._post(task, task.callback_url)
+            if error is not None:
+                tracing.fail(error)
+            return error
+
+    async def _post(self, task: ImageTask, callback_url: str) -> str | None:
         try:
-            target = await vet_callback_url(task.callback_url, allow_private=self._policy.allow_private)
+            target = await vet_callback_url(callback_url, allow_private=self._policy.allow_private)
         except CallbackRefused as exc:
             return str(exc)
+        # The host, not the full URL: its path or query may hold the receiver's token.
+        tracing.annotate(**{"server.address": target.host})
         body = task_status(task).model_dump_json().encode()
         headers = {
             "Content-Type": "application/json",
@@ -116,6 +133,9 @@ class CallbackSender:
             "X-Imagequeue-Delivery": f"{task.id}-{task.callback_attempts}",
             SIGNATURE_HEADER: sign(self._policy.secret, int(time.time()), body),
         }
+        traceparent = tracing.current_traceparent()
+        if traceparent is not None:  # the receiver may carry the trace on
+            headers[tracing.TRACEPARENT] = traceparent
         try:
             async with self._http.stream(
                 "POST",
@@ -125,6 +145,7 @@ class CallbackSender:
                 extensions={"sni_hostname": target.host},
             ) as response:
                 status = response.status_code
+            tracing.annotate(**{"http.response.status_code": status})
         except httpx.HTTPError as exc:
             return f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
         if 200 <= status < 300:

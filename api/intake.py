@@ -20,7 +20,7 @@ from api.form_fields import FieldMisspelt, ignored_fields
 from api.openapi import IDEMPOTENCY_KEY_PATTERN
 from api.state import Services
 from api.uploads import STORAGE_FAILED, ReceivedUpload, UploadRefused
-from core import tasks
+from core import tasks, tracing
 from core.models import ImageTask
 from core.processing.cost import cost_refusal, output_frames
 from core.processing.forms import resolve
@@ -153,6 +153,8 @@ async def _create_task(
         owner=owner,
         callback_url=callback_url,
         processing=processing.to_json(),
+        # The upload's span, kept so that later spans (a relay's publish, the callback) join its trace.
+        traceparent=tracing.current_traceparent(),
     )
     return await tasks.insert_task(services.driver_pool, storage, new_task)
 
@@ -184,5 +186,6 @@ async def make_task(
         remove_quietly(received.temp_path)
     if existing is not None:
         return Intake(existing.id, existing.filename, replayed=True, ignored=ignored)
+    tracing.annotate(**{tracing.TASK_ID: task_id})
     await services.publisher.publish_committed(task_id)
     return Intake(task_id, received.display_name, replayed=False, ignored=ignored)

@@ -7,6 +7,7 @@ lifespan starts.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,12 +30,13 @@ from api.relay import OutboxRelay
 from api.response_headers import ResponseHeaders
 from api.routes import events, health, originals, pages, presets, resumable, tasks
 from api.schemas import DATABASE_UNAVAILABLE
+from api.server_spans import ServerSpans
 from api.state import Services
 from api.sweeps import Sweeps
 from api.templating import templates, wants_html
 from api.uploads import UploadRefused
 from config import get_settings
-from core import loops
+from core import loops, tracing
 from core.db import (
     DATABASE_UNAVAILABLE_ERRORS,
     is_database_unavailable,
@@ -62,6 +64,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     presets = configured_presets(settings)
     configure_logging(settings.log_level, json_lines=settings.log_json)
+    traced = tracing.configure_tracing(settings.otel_exporter_otlp_endpoint, tracing.API_SERVICE)
     configure_pillow(settings.max_image_pixels)
     storage = make_storage(settings, client_name="imagequeue-api-storage")
     storage.folders.ensure_dirs()
@@ -111,6 +114,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await storage.close()
         await driver_pool.close()
         await engine.dispose()
+        if traced:  # last: the spans of everything above are exported before the process ends
+            await asyncio.to_thread(tracing.shutdown_tracing)
 
 
 async def _upload_refused(request: Request, exc: Exception) -> Response:
@@ -179,8 +184,10 @@ def create_app() -> FastAPI:
     app.state.metrics = ApiMetrics()
     app.add_middleware(UploadCounter, metrics=app.state.metrics)
     app.add_middleware(ResponseHeaders)
-    # Outermost: every layer inside sees the GET it answers.
+    # Every layer inside sees the GET it answers.
     app.add_middleware(HeadAsGet)
+    # Outermost: the request's span covers all of it, and names the method the client sent.
+    app.add_middleware(ServerSpans)
     return app
 
 

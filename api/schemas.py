@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.formats import CONTENT_TYPES
 from core.models import ImageTask, TaskStatus
 from core.processing.outputs import OutputRecord
+from core.tracing import trace_id_of
 
 DATABASE_UNAVAILABLE = "The database is unavailable; nothing was stored. Please try again shortly."
 
@@ -44,6 +45,7 @@ _EXAMPLE_TASK: dict[str, Any] = {
         }
     ],
     "callback": None,
+    "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
 }
 
 
@@ -145,6 +147,12 @@ class TaskStatusResponse(BaseModel):
     placeholder: PlaceholderResponse | None = Field(
         default=None, description="null until a worker has decoded the input (and on tasks from before it)."
     )
+    trace_id: str | None = Field(
+        default=None,
+        description="The OpenTelemetry trace of this task (32 hex digits), to look up in a trace viewer; "
+        "null when the upload was not traced (OTEL_EXPORTER_OTLP_ENDPOINT unset on the API).",
+        examples=["4bf92f3577b34da6a3ce929d0e0e4736"],
+    )
 
 
 class TaskPage(BaseModel):
@@ -242,4 +250,5 @@ def task_status(task: ImageTask) -> TaskStatusResponse:
         if task.callback_url
         else None,
         placeholder=PlaceholderResponse.model_validate(task.placeholder) if task.placeholder else None,
+        trace_id=trace_id_of(task.traceparent),
     )

@@ -1,5 +1,6 @@
 """Log set-up shared by the API and the worker: readable text by default, JSON lines on request,
-and the id of the task (worker) or request (API) being handled on every line logged while it is.
+and the id of the task (worker) or request (API) being handled on every line logged while it is,
+with the trace id (core/tracing.py) when the line is logged inside a span.
 
 The ids travel in context variables, so code deep in a call chain logs them without passing them
 along; `asyncio` copies the context into each task, so concurrent tasks never mix them up.
@@ -14,6 +15,8 @@ from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
+
+from core.tracing import current_trace_id
 
 _task_id: ContextVar[int | None] = ContextVar("task_id", default=None)
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -43,14 +46,20 @@ class _ContextFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         task_id, request_id = _task_id.get(), _request_id.get()
+        trace_id = current_trace_id()
         parts = []
         if task_id is not None:
             parts.append(f"task={task_id}")
         if request_id is not None:
             parts.append(f"request={request_id}")
+        if trace_id is not None:
+            parts.append(f"trace={trace_id}")
         # Extra attributes, as `logging`'s own `extra=` sets them (LogRecord declares none).
         record.__dict__.update(
-            task_id=task_id, request_id=request_id, context=f" [{' '.join(parts)}]" if parts else ""
+            task_id=task_id,
+            request_id=request_id,
+            trace_id=trace_id,
+            context=f" [{' '.join(parts)}]" if parts else "",
         )
         return True
 
@@ -63,7 +72,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("task_id", "request_id"):
+        for key in ("task_id", "request_id", "trace_id"):
             if getattr(record, key, None) is not None:
                 entry[key] = getattr(record, key)
         if record.exc_info:

@@ -123,6 +123,9 @@ class ImageTask(Base):
     callback_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     callback_next_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     callback_error: Mapped[str | None] = mapped_column(Text)
+    # The upload span's W3C `traceparent` (core/tracing.py), so the relay's publish and the callback
+    # join the task's trace; None when the upload was not traced.
+    traceparent: Mapped[str | None] = mapped_column(String(55))
 
 
 class KeyRate(Base):

@@ -33,7 +33,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, BadRequestError, ServiceUnavailableError
 
-from core import loops
+from core import loops, tracing
 from core.models import MAX_TASK_ID
 
 log = logging.getLogger(__name__)
@@ -275,15 +275,20 @@ def message_id(task_id: int, attempts: int = 0) -> str:
     return f"task-{task_id}-{attempts}"
 
 
-async def publish_task(js: JetStreamContext, task_id: int, attempts: int = 0) -> None:
-    """Put a task id in the stream; returns once JetStream has stored it (or raises)."""
-    await js.publish(
-        SUBJECT,
-        str(task_id).encode(),
-        stream=STREAM,
-        timeout=PUBLISH_TIMEOUT_SECONDS,
-        headers={"Nats-Msg-Id": message_id(task_id, attempts)},
-    )
+async def publish_task(
+    js: JetStreamContext, task_id: int, attempts: int = 0, *, traceparent: str | None = None
+) -> None:
+    """Put a task id in the stream; returns once JetStream has stored it (or raises). Traced under
+    the current span, or under `traceparent` (the task's stored one) when given."""
+    msg_id = message_id(task_id, attempts)
+    with tracing.publishing(SUBJECT, msg_id, task_id, parent=traceparent) as trace_headers:
+        await js.publish(
+            SUBJECT,
+            str(task_id).encode(),
+            stream=STREAM,
+            timeout=PUBLISH_TIMEOUT_SECONDS,
+            headers={"Nats-Msg-Id": msg_id, **trace_headers},
+        )
 
 
 def parse_task_id(payload: bytes) -> int | None:

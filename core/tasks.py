@@ -114,9 +114,9 @@ _FINISHED = (
 # Every value cast, as SQLAlchemy wrote them, so the statement's types never depend on inference.
 INSERT_TASK = """\
 INSERT INTO image_tasks (filename, content_type, size_bytes, width, height, sha256, input_name,
-                         idempotency_key, owner, callback_url, processing)
+                         idempotency_key, owner, callback_url, processing, traceparent)
 VALUES ($1::varchar, $2::varchar, $3::bigint, $4::integer, $5::integer, $6::varchar, $7::varchar,
-        $8::varchar, $9::varchar, $10::text, $11::jsonb)
+        $8::varchar, $9::varchar, $10::text, $11::jsonb, $12::varchar)
 RETURNING id"""
 MARK_QUEUED = "UPDATE image_tasks SET queued_at = now() WHERE id = ANY($1::integer[])"
 # Mark a task `processing`, count the attempt and lease it; no row if it is missing, final, or
@@ -178,6 +178,8 @@ class NewTask:
     owner: str | None
     callback_url: str | None
     processing: dict[str, Any]
+    # The upload span's W3C trace context (core.tracing), None when not traced.
+    traceparent: str | None = None
 
 
 async def insert_task(pool: asyncpg.Pool, storage: Storage, task: NewTask) -> int:
@@ -195,6 +197,7 @@ async def insert_task(pool: asyncpg.Pool, storage: Storage, task: NewTask) -> in
         task.owner,
         task.callback_url,
         json.dumps(task.processing),
+        task.traceparent,
     )
     sent = False
     try:
@@ -424,6 +427,7 @@ async def newest(
 class Unqueued(NamedTuple):
     id: int
     attempts: int
+    traceparent: str | None
 
 
 @_mapping_errors
@@ -431,7 +435,7 @@ async def lock_unqueued(session: AsyncSession, *, limit: int, grace: timedelta) 
     """Up to `limit` pending rows committed more than `grace` ago and never confirmed queued, as
     (id, attempts), locked until the transaction ends; rows another relay holds are skipped."""
     result = await session.execute(
-        select(ImageTask.id, ImageTask.attempts)
+        select(ImageTask.id, ImageTask.attempts, ImageTask.traceparent)
         .where(
             ImageTask.queued_at.is_(None),
             ImageTask.status == TaskStatus.PENDING,
@@ -441,7 +445,7 @@ async def lock_unqueued(session: AsyncSession, *, limit: int, grace: timedelta) 
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    return [Unqueued(row.id, row.attempts) for row in result]
+    return [Unqueued(row.id, row.attempts, row.traceparent) for row in result]
 
 
 @_mapping_errors

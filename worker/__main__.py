@@ -28,7 +28,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from config import ConfigError, Settings, get_settings
-from core import loops, queue
+from core import loops, queue, tracing
 from core.db import make_driver_pool, make_engine, make_sessionmaker
 from core.formats import configure_pillow
 from core.logs import configure_logging
@@ -100,6 +100,8 @@ class _Subscription:
 async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | None = None) -> None:
     metrics = metrics or WorkerMetrics()
     configure_pillow(settings.max_image_pixels)
+    # Before render_settings: whether the render jobs record their steps for the trace.
+    traced = tracing.configure_tracing(settings.otel_exporter_otlp_endpoint, tracing.WORKER_SERVICE)
     # First: a bad PRESETS or an unusable WATERMARK_IMAGES file stops start-up before any connection.
     rendering = render_settings(settings)
     storage = make_storage(settings, client_name="imagequeue-worker-storage")
@@ -168,6 +170,8 @@ async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | 
         await storage.close()
         await database.close()
         await engine.dispose()
+        if traced:  # last: the spans of the images finished above are exported before exit
+            await asyncio.to_thread(tracing.shutdown_tracing)
 
 
 async def _fetch_loop(

@@ -41,14 +41,14 @@ from typing import Any, TypeVar
 
 from nats.aio.msg import Msg
 
-from core import tasks
+from core import tasks, tracing
 from core.db import DriverPool
 from core.formats import CONTENT_TYPES, ImageRejected, probe_image
 from core.logs import task_context
 from core.models import INTERRUPTED_REASON, TaskStatus
 from core.processing.cost import ANIMATED_OUTPUT_FORMATS, render_pixels
 from core.processing.outputs import Processing
-from core.queue import parse_task_id
+from core.queue import DURABLE, parse_task_id
 from core.storage import Area, Storage, StorageUnavailable, StoredFileMissing, remove_quietly
 from worker.metrics import WorkerMetrics
 from worker.placeholder import Placeholder
@@ -230,7 +230,7 @@ class TaskProcessor:
             log.error("terminating a message that is not a task id: %r", msg.data[:64])
             await _settle(msg.term())
             return
-        with task_context(task_id):
+        with task_context(task_id), tracing.processing(msg, task_id, consumer_group=DURABLE):
             await self._handle_with_policy(msg, task_id)
 
     async def _handle_with_policy(self, msg: Msg, task_id: int) -> None:
@@ -246,7 +246,10 @@ class TaskProcessor:
             await _settle(msg.nak(delay=self._policy.retry_delay_seconds))
 
     async def _handle_task(self, msg: Msg, task_id: int) -> None:
-        claim = await self._claim(task_id)
+        with tracing.span("claim"):
+            claim = await self._claim(task_id)
+        if claim is not None:
+            tracing.annotate(imagequeue__attempt=claim.attempts)
         if claim is None:
             status = await self._status(task_id)
             if status is None:
@@ -294,8 +297,12 @@ class TaskProcessor:
         placeholder = _PlaceholderWrite(self._driver_pool, task_id, claim)
         try:
             try:
-                async with self._storage.local_upload_path(claim.input_name) as source:
-                    rendered = await self._render(msg, task_id, claim, source, lease, placeholder)
+                fetching = self._storage.local_upload_path(claim.input_name)
+                async with tracing.entering("fetch input", fetching) as source:
+                    with tracing.span("render"):
+                        rendered = await self._render(msg, task_id, claim, source, lease, placeholder)
+                        if rendered is not None:  # its decode, ops, encodes, as the job recorded them
+                            tracing.replay(rendered.steps)
             except StoredFileMissing:
                 await self._finish_failed(task_id, INPUT_MISSING, claim)
                 await msg.term()
@@ -304,7 +311,8 @@ class TaskProcessor:
                 return
             outputs = await self._keep_outputs(rendered.outputs)
             left_over = await placeholder.left_over(rendered.placeholder)
-            await self._finish_done_patiently(task_id, outputs, claim, left_over)
+            with tracing.span("finish"):
+                await self._finish_done_patiently(task_id, outputs, claim, left_over)
             self._record(claim, TaskStatus.DONE)
             await msg.ack()
         finally:
@@ -313,11 +321,12 @@ class TaskProcessor:
     async def _keep_outputs(self, rendered: list[RenderedOutput]) -> list[dict[str, Any]]:
         """Store each output the render job did not store itself; on failure leave no temporary
         file."""
-        waiting = [(output.temp, output.record["file"]) for output in rendered if output.temp is not None]
+        waiting = [(output.temp, output.record) for output in rendered if output.temp is not None]
         kept = 0  # a kept output's temporary file is gone (moved, or stored and deleted)
         try:
-            for temp, name in waiting:
-                await self._storage.keep_output(temp, name)
+            for temp, record in waiting:
+                with tracing.span("store output", attributes={tracing.OUTPUT: record["name"]}):
+                    await self._storage.keep_output(temp, record["file"])
                 kept += 1
         finally:
             for temp, _ in waiting[kept:]:
@@ -557,6 +566,7 @@ class TaskProcessor:
             log.warning("task %s was finished elsewhere meanwhile; its outputs are the same files", task_id)
 
     async def _finish_failed(self, task_id: int, reason: str, claim: _Claim) -> None:
+        tracing.fail(reason)  # the span it failed in (`render`, or the message's `process`)
         await tasks.finish_failed(self._driver_pool, task_id, reason)
         self._record(claim, TaskStatus.FAILED)
 

@@ -27,7 +27,7 @@ import re
 import struct
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -54,6 +54,7 @@ from core.processing.operations import (
 )
 from core.processing.outputs import Output
 from core.processing.sizes import crop_box, fitted_size, output_size, resized_size
+from core.tracing import step
 from worker import gravity, operations
 from worker.gravity import Focus
 from worker.heif import enable_heif
@@ -201,7 +202,10 @@ def render(
     # Rendered while the file is open: a still image's frame is the decoded image itself, which
     # closing it would free.
     with open_image(src, limits.max_pixels) as image:
-        source = _decode(image, [output for output, _ in outputs], limits, keep_icc=encoder.keep_icc_profiles)
+        with step("decode"):
+            source = _decode(
+                image, [output for output, _ in outputs], limits, keep_icc=encoder.keep_icc_profiles
+            )
         if report is not None:
             colour = _placeholder_colour(source) if encoder.keep_icc_profiles else None
             report(
@@ -358,28 +362,33 @@ def _render_output(
     frames_in = source.frames if animated else source.frames[:1]
     steps = _Steps(context, transparent=output_format in _ALPHA_FORMATS, name=output.name)
     frames: list[Image.Image] = []
-    for frame in frames_in:
-        owned = False
-        # The size the frame stands for. A draft-decoded frame is smaller, and its rounded-up size
-        # has a slightly different aspect: a resize must aim at the size output_size promised.
-        size = source.full_size
-        steps.focus = context.focus
-        srgb = False
-        for index, op in enumerate(output.ops):
-            if not srgb and not _keeps_colours(op):
-                # Colour matters from here on (a stamp's red, a pad's background, a grey
-                # conversion): sRGB first.
-                converted, srgb = _in_srgb(source, frame), True
-                owned, frame = owned or converted is not frame, converted
-            before = frame
-            with _applying(output.name, index, op):
-                frame = steps.apply(frame, index, op, size, owned=owned or owns_frames)
-            # A trim's size depends on the pixels (and no draft decode comes before one).
-            size = frame.size if isinstance(op, Trim) else output_size((op,), *size)
-            owned = owned or frame is not before
-        if not srgb:
-            frame = _in_srgb(source, frame)
-        frames.append(_encodable(frame, output_format))
+    # Traced (core.tracing): every op of the first frame; an animation's ops over all its frames.
+    with step("ops", imagequeue__output=output.name, imagequeue__frames=len(frames_in)):
+        for frame_index, frame in enumerate(frames_in):
+            owned = False
+            # The size the frame stands for. A draft-decoded frame is smaller, and its rounded-up size
+            # has a slightly different aspect: a resize must aim at the size output_size promised.
+            size = source.full_size
+            steps.focus = context.focus
+            srgb = False
+            for index, op in enumerate(output.ops):
+                if not srgb and not _keeps_colours(op):
+                    # Colour matters from here on (a stamp's red, a pad's background, a grey
+                    # conversion): sRGB first.
+                    converted, srgb = _in_srgb(source, frame), True
+                    owned, frame = owned or converted is not frame, converted
+                before = frame
+                with (
+                    _applying(output.name, index, op),
+                    _op_step(output.name, index, op, first=frame_index == 0),
+                ):
+                    frame = steps.apply(frame, index, op, size, owned=owned or owns_frames)
+                # A trim's size depends on the pixels (and no draft decode comes before one).
+                size = frame.size if isinstance(op, Trim) else output_size((op,), *size)
+                owned = owned or frame is not before
+            if not srgb:
+                frame = _in_srgb(source, frame)
+            frames.append(_encodable(frame, output_format))
     smallest_text = steps.smallest_text
 
     options: dict[str, Any] = {"format": output_format, **_encoder_options(output_format, chosen, encoder)}
@@ -407,10 +416,11 @@ def _render_output(
             # Restore-to-background before each frame: otherwise a pixel that turns transparent
             # keeps showing the previous frame through it.
             options["disposal"] = 2
-    if chosen is not None and chosen.max_bytes is not None:
-        _save_within(frames[0], dst, options, chosen.max_bytes, output.name)
-    else:
-        _save(frames[0], dst, options)
+    with step("encode", imagequeue__output=output.name, imagequeue__format=output_format):
+        if chosen is not None and chosen.max_bytes is not None:
+            _save_within(frames[0], dst, options, chosen.max_bytes, output.name)
+        else:
+            _save(frames[0], dst, options)
     return ProcessedImage(
         format=output_format,
         width=frames[0].width,
@@ -665,6 +675,16 @@ def _applying(name: str, index: int, op: Any) -> Iterator[None]:
         if isinstance(exc, OSError) and exc.errno is not None:
             raise
         raise ImageRejected(STEP_FAILED.format(name=name, index=index, op=op.op, reason=exc)) from exc
+
+
+_NOT_TRACED: AbstractContextManager[None] = nullcontext()
+
+
+def _op_step(name: str, index: int, op: Any, *, first: bool) -> AbstractContextManager[None]:
+    """A traced step for one op of the first frame (an animation's others are in its `ops` step)."""
+    if not first:
+        return _NOT_TRACED
+    return step(f"op {op.op}", imagequeue__output=name, imagequeue__op_index=index)
 
 
 @contextmanager

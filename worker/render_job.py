@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from config import Settings
+from core import tracing
 from core.formats import EXTENSIONS
-from core.processing.outputs import OutputRecord, Processing
+from core.processing.outputs import Output, OutputRecord, Processing
 from core.processing.presets import configured_presets
 from core.storage import Folders, output_name_for, remove_quietly
+from core.tracing import Step, recording_steps, step
 from worker.imaging import EncoderSettings, RenderLimits, render
 from worker.overlays import check_watermark_images
 from worker.placeholder import Placeholder
@@ -29,6 +31,9 @@ class RenderSettings:
     encoder: EncoderSettings
     # WATERMARK_IMAGES: the paths travel to a child process, each process loads what it uses once.
     watermark_images: dict[str, Path] = field(default_factory=dict)
+    # Tracing is on in the worker: the job records its steps' times for the worker to replay as
+    # spans (core.tracing), in a child process too.
+    record_steps: bool = False
 
 
 def render_settings(settings: Settings) -> RenderSettings:
@@ -50,6 +55,7 @@ def render_settings(settings: Settings) -> RenderSettings:
             keep_icc_profiles=settings.keep_icc_profiles,
         ),
         watermark_images=dict(settings.watermark_images),
+        record_steps=tracing.enabled(),
     )
 
 
@@ -68,6 +74,8 @@ class RenderedTask:
     # Also handed to `report` as soon as it was known; returned too for the callers that could
     # not pass a `report` (a pool of child processes), and for one that missed it.
     placeholder: Placeholder | None
+    # Decode, each op, each encode and store, with their times, when RenderSettings.record_steps.
+    steps: list[Step] = field(default_factory=list)
 
 
 def render_task(
@@ -100,35 +108,57 @@ def render_task(
             report(placeholder)
 
     try:
-        results = render(
-            source,
-            planned,
-            limits=settings.limits,
-            encoder=settings.encoder,
-            focus=processing.focus,
-            watermark_images=settings.watermark_images,
-            report=keep,
-        )
-        rendered = []
-        for index, ((output, temp), result) in enumerate(zip(planned, results, strict=True)):
-            file = output_name_for(input_name, EXTENSIONS[result.format], index)
-            record = OutputRecord(
-                name=output.name,
-                file=file,
-                format=result.format,
-                width=result.width,
-                height=result.height,
-                frames=result.frames,
-                size_bytes=result.size_bytes,
-            ).model_dump()
-            if place is not None:
-                place(temp, file)
-            rendered.append(RenderedOutput(record=record, temp=None if place is not None else temp))
+        with recording_steps(settings.record_steps) as recorder:
+            rendered = _render_and_place(
+                settings, source, input_name, processing, planned, place, report=keep
+            )
     except BaseException:
         for temp in temps:
             remove_quietly(temp)
         raise
-    return RenderedTask(outputs=rendered, placeholder=placeholders[0] if placeholders else None)
+    return RenderedTask(
+        outputs=rendered,
+        placeholder=placeholders[0] if placeholders else None,
+        steps=recorder.recorded() if recorder is not None else [],
+    )
+
+
+def _render_and_place(
+    settings: RenderSettings,
+    source: Path,
+    input_name: str,
+    processing: Processing,
+    planned: list[tuple[Output, Path]],
+    place: Callable[[Path, str], None] | None,
+    *,
+    report: Callable[[Placeholder], None],
+) -> list[RenderedOutput]:
+    results = render(
+        source,
+        planned,
+        limits=settings.limits,
+        encoder=settings.encoder,
+        focus=processing.focus,
+        watermark_images=settings.watermark_images,
+        report=report,
+    )
+    rendered = []
+    for index, ((output, temp), result) in enumerate(zip(planned, results, strict=True)):
+        file = output_name_for(input_name, EXTENSIONS[result.format], index)
+        record = OutputRecord(
+            name=output.name,
+            file=file,
+            format=result.format,
+            width=result.width,
+            height=result.height,
+            frames=result.frames,
+            size_bytes=result.size_bytes,
+        ).model_dump()
+        if place is not None:
+            with step("store output", imagequeue__output=output.name):
+                place(temp, file)
+        rendered.append(RenderedOutput(record=record, temp=None if place is not None else temp))
+    return rendered
 
 
 def temp_paths(folders: Folders, processing: Processing) -> list[Path]:

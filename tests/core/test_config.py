@@ -85,6 +85,8 @@ def test_a_plain_postgresql_url_gets_the_async_driver(monkeypatch: pytest.Monkey
         ("WATERMARK_IMAGES", '@json {"no spaces": "logo.png"}'),
         ("WATERMARK_IMAGES", '@json {"logo": ""}'),
         ("WATERMARK_IMAGES", '@json {"logo": 5}'),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "grpc://collector:4317"),
     ],
 )
 def test_a_bad_value_fails_with_the_setting_named(
