@@ -163,12 +163,10 @@ class S3Storage(Storage):
 
     def _mark(self, *, reachable: bool, problem: str | None = None) -> None:
         if reachable != self._reachable:
-            log.log(
-                logging.INFO if reachable else logging.WARNING,
-                "S3 bucket %s: %s",
-                self.bucket,
-                "reachable" if reachable else f"unreachable ({problem})",
-            )
+            if reachable:
+                log.info("S3 bucket %s reachable", self.bucket)
+            else:
+                log.warning("%s", problem)
         self._reachable = reachable
         self._problem = None if reachable else problem
 
