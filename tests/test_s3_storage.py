@@ -111,6 +111,12 @@ def big_task(s3_stack: S3Stack, s3_worker: None) -> dict[str, Any]:
 async def test_uploads_and_outputs_live_in_the_bucket_and_are_served_from_it(
     s3_stack: S3Stack, big_task: dict[str, Any], api: httpx.AsyncClient, db: AsyncSession, s3: Any
 ) -> None:
+    assert (await api.get("/ready")).json() == {
+        "status": "ready",
+        "database": "ok",
+        "nats": "ok",
+        "storage": "ok",
+    }
     status, data = big_task["status"], big_task["data"]
     assert len(data) > PART_SIZE
     assert status["status"] == "done", status

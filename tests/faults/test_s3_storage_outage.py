@@ -71,6 +71,9 @@ async def test_an_upload_while_s3_is_down_is_503_and_stores_nothing(
             return (await api.get("/ready")).status_code == 503
 
         await eventually(unready, what="the API noticing S3 is down")
+        readiness = (await api.get("/ready")).json()
+        assert (readiness["database"], readiness["nats"]) == ("ok", "ok"), readiness
+        assert readiness["storage"] != "ok" and s3_stack.bucket in readiness["storage"], readiness
         response = await api.post("/upload", files={"file": (name, images.jpeg(), "image/jpeg")})
     finally:
         await asyncio.to_thread(s3_stack.seaweed.start)
