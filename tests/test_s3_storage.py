@@ -322,3 +322,37 @@ async def test_the_sweep_aborts_multipart_uploads_cut_short_and_keeps_the_rest(
     listing = await s3.list_multipart_uploads(Bucket=s3_stack.bucket, Prefix=PREFIX)
     assert begun["UploadId"] not in {upload["UploadId"] for upload in listing.get("Uploads") or ()}
     assert await stored(s3, s3_stack, Area.UPLOADS, input_name) == data
+
+
+async def test_presigned_post_object_size_and_read_range_for_direct_uploads(
+    s3_stack: S3Stack, s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What direct-to-storage uploads build on: a browser-style POST form capped in size and type,
+    then the object's size and first bytes read back without fetching it whole."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, s3_stack.env[name])
+    storage = _storage(s3_stack, Folders(tmp_path / "u", tmp_path / "p"))
+    data = images.png()
+    name, too_big = "d" * 32 + ".png", "e" * 32 + ".png"
+    try:
+        await storage.connect(asyncio.Event())
+        url, fields = await storage.presigned_post(
+            Area.UPLOADS, name, max_bytes=len(data), content_type="image/png", expires_seconds=60
+        )
+        big_url, big_fields = await storage.presigned_post(
+            Area.UPLOADS, too_big, max_bytes=len(data) - 1, content_type="image/png", expires_seconds=60
+        )
+        async with httpx.AsyncClient(timeout=30) as http:
+            posted = await http.post(url, data=fields, files={"file": ("x.png", data, "image/png")})
+            refused = await http.post(big_url, data=big_fields, files={"file": ("x.png", data, "image/png")})
+
+        assert posted.status_code in (200, 201, 204), posted.text
+        assert 400 <= refused.status_code < 500, refused.text
+        assert await storage.object_size(Area.UPLOADS, name) == len(data)
+        assert await storage.object_size(Area.UPLOADS, too_big) is None
+        assert await storage.read_range(Area.UPLOADS, name, 0, 8) == data[:8]
+        assert await storage.read_range(Area.UPLOADS, name, len(data) - 4, 100) == data[-4:]
+        await storage.remove(Area.UPLOADS, [name, too_big])
+        assert await storage.object_size(Area.UPLOADS, name) is None
+    finally:
+        await storage.close()
