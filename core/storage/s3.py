@@ -171,11 +171,7 @@ class S3Storage(Storage):
         self._problem = None if reachable else problem
 
     async def connect(self, stop: asyncio.Event) -> None:
-        def pause(exc: Exception) -> float:
-            self._mark(reachable=False, problem=f"S3 bucket {self.bucket}: {_describe(exc)}")
-            return CONNECT_RETRY_SECONDS
-
-        await loops.retry(self._ensure_bucket, stop=stop, pause=pause)
+        await self._find_bucket(stop)
         if self._bucket_ready and self._background is None:
             self._background = loops.Background("S3 probe")
             self._background.start(self._probe(self._background.stop), name="s3-probe")
@@ -184,14 +180,20 @@ class S3Storage(Storage):
         self._background = loops.Background("S3 storage")
 
         async def connect_then_probe(stop: asyncio.Event) -> None:
-            def pause(exc: Exception) -> float:
-                self._mark(reachable=False, problem=f"S3 bucket {self.bucket}: {_describe(exc)}")
-                return CONNECT_RETRY_SECONDS
-
-            await loops.retry(self._ensure_bucket, stop=stop, pause=pause)
+            await self._find_bucket(stop)
             await self._probe(stop)
 
         self._background.start(connect_then_probe(self._background.stop), name="s3-connect")
+
+    async def _find_bucket(self, stop: asyncio.Event) -> None:
+        """Until the bucket is found or made (or `stop`): a store that is down, or refuses our
+        credentials, is said once in the log and in /ready, and tried again every second."""
+
+        def pause(exc: Exception) -> float:
+            self._mark(reachable=False, problem=f"S3 bucket {self.bucket}: {_describe(exc)}")
+            return CONNECT_RETRY_SECONDS
+
+        await loops.retry(self._ensure_bucket, stop=stop, pause=pause)
 
     async def _probe(self, stop: asyncio.Event) -> None:
         while not await loops.wait_or_stop(stop, PROBE_SECONDS):
