@@ -85,6 +85,15 @@ def test_a_plain_postgresql_url_gets_the_async_driver(monkeypatch: pytest.Monkey
         ("WATERMARK_IMAGES", '@json {"no spaces": "logo.png"}'),
         ("WATERMARK_IMAGES", '@json {"logo": ""}'),
         ("WATERMARK_IMAGES", '@json {"logo": 5}'),
+        ("STORAGE_BACKEND", "s4"),
+        ("S3_BUCKET", "ab"),
+        ("S3_BUCKET", "Upper-Case"),
+        ("S3_BUCKET", "x" * 64),
+        ("S3_PREFIX", "/leading-slash/"),
+        ("S3_PREFIX", "no-trailing-slash"),
+        ("S3_ENDPOINT_URL", "ftp://store.example"),
+        ("S3_PART_SIZE_BYTES", "1048576"),
+        ("S3_PRESIGNED_EXPIRES_SECONDS", "0"),
     ],
 )
 def test_a_bad_value_fails_with_the_setting_named(
