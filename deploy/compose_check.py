@@ -1,4 +1,4 @@
-"""Run both Compose deployments for real and check what a user of them relies on (`make test-compose`,
+"""Run the Compose deployments for real and check what a user of them relies on (`make test-compose`,
 or `python -m deploy.compose_check` from the repository root).
 
 With our unchanged Dockerfiles and Compose files, for docker-compose.example.yml: build, `up -d`, every

@@ -1,6 +1,6 @@
 """What a run of the Compose files cannot see, read from the files themselves.
 
-`make test-compose` (deploy/compose_check.py) builds the images and runs both Compose files for real:
+`make test-compose` (deploy/compose_check.py) builds the images and runs the Compose files for real:
 health checks, migrations, uploads to `done`, restarts, volumes, the non-root user, a NATS node killed.
 What is left here are properties a run passes either way or sees only by luck: grace periods longer
 than the work they wait for, probes that must not pass too early, start-up conditions, routes for every
