@@ -26,7 +26,7 @@ run: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## test-compose: both Compose files run for real under Docker (installed and started if absent, as root),
+## test-compose: the Compose files run for real under Docker (installed and started if absent, as root),
 ## base images built locally when they cannot be pulled; 3-5 min, ends with `down -v`
 test-compose: install
 	PYTHON=$(PY) bash deploy/docker-host.sh

@@ -1,4 +1,4 @@
-"""Run both Compose deployments for real and check what a user of them relies on (`make test-compose`,
+"""Run the Compose deployments for real and check what a user of them relies on (`make test-compose`,
 or `python -m deploy.compose_check` from the repository root).
 
 With our unchanged Dockerfiles and Compose files, for docker-compose.example.yml: build, `up -d`, every
@@ -8,8 +8,11 @@ reaches `done` and its processed image is served; the worker stopped in the midd
 accepted upload; the app containers run as the image's non-root user with a
 read-only root and no capabilities; the named volumes keep tasks across `down` / `up`. For
 docker-compose.cluster.yml (three NATS nodes, two APIs, three workers, images in NATS): a batch with one
-NATS container killed in the middle ends with every accepted upload `done`, once. Each run ends with
-`down -v`, and nothing of it is left.
+NATS container killed in the middle ends with every accepted upload `done`, once. For
+docker-compose.s3.yml (images in a SeaweedFS S3 gateway, no shared volume): a batch with the gateway
+stopped while the worker holds tasks (an upload meanwhile is 503) and started again: every accepted
+upload ends `done`, its image served from the bucket.
+Each run ends with `down -v`, and nothing of it is left.
 
 Traffic stays on this machine: the only file added to ours is a network option that binds the published
 ports to 127.0.0.1, and the host talks to the API through them. Runs on the Docker host itself (it reads
@@ -510,22 +513,51 @@ def check_cluster(compose: list[str], override: Path, image: bytes, keep: bool) 
         say(f"{file}: all {len(batch)} accepted uploads done, once each (attempts seen: {attempts})")
 
 
+def check_s3(compose: list[str], override: Path, image: bytes, keep: bool) -> None:
+    file = "docker-compose.s3.yml"
+    replicas = {"postgres": 1, "nats": 1, "s3": 1, "api": 1, "worker": 1}
+    with stack_of(compose, file, override, keep) as stack:
+        containers = wait_until_up(stack, replicas, {"migrate"})
+        say(f"{file}: every service healthy (SeaweedFS S3 gateway included), migrate exited 0")
+        check_hardening(containers)
+        uploads = Uploads(api_addresses(containers), image)
+        before = [task_id for index in range(10) if (task_id := uploads.one(index)) is not None]
+        expect(len(before) == 10, f"uploads refused before any fault: {uploads.refused}")
+        # Stopped while the worker holds those tasks: it hands them back; an upload meanwhile is 503.
+        stack.run("stop", "s3")
+        expect(
+            uploads.one(10) is None and " 503 " in uploads.refused[-1], f"with S3 stopped: {uploads.refused}"
+        )
+        say(f"{file}: S3 stopped with {uploads.not_done()} tasks not done; an upload got 503")
+        stack.run("start", "s3")
+        with uploads.client() as client:
+            poll("the API's /ready after S3 started", lambda: client.get("/ready").status_code == 200, 120)
+        after = [task_id for index in range(11, 21) if (task_id := uploads.one(index)) is not None]
+        expect(len(after) == 10, f"uploads refused once S3 was back: {uploads.refused[1:]}")
+        done = uploads.wait_all_done(before + after)
+        expect(set(done) == set(before + after), f"tasks {sorted(done)}, accepted {sorted(before + after)}")
+        with uploads.client() as client:
+            for task in done.values():
+                check_served(client, task)
+        say(f"{file}: all {len(done)} accepted uploads done across an S3 stop, each image served")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", choices=["example", "cluster"], help="run one of the two files")
+    parser.add_argument("--only", choices=["example", "cluster", "s3"], help="run one of the files")
     parser.add_argument("--keep", action="store_true", help="leave the stack running (no `down -v`)")
     args = parser.parse_args()
 
     implementations = compose_implementations()
     # Each file must be valid for every Compose here, not only for the one that runs it.
     for compose in implementations:
-        for file in ("docker-compose.example.yml", "docker-compose.cluster.yml"):
+        for file in ("docker-compose.example.yml", "docker-compose.cluster.yml", "docker-compose.s3.yml"):
             run([*compose, "-f", file, "config", "-q"])
     compose = implementations[0]
     valid_for = ", ".join(" ".join(c) for c in implementations)
-    say(f"running with `{' '.join(compose)}`; both files valid for: {valid_for}")
+    say(f"running with `{' '.join(compose)}`; every file valid for: {valid_for}")
     image = sample_image()
     with tempfile.TemporaryDirectory() as scratch:
         override = Path(scratch, "loopback.yml")
@@ -535,6 +567,8 @@ def main() -> int:
                 check_example(compose, override, image, args.keep)
             if args.only in (None, "cluster"):
                 check_cluster(compose, override, image, args.keep)
+            if args.only in (None, "s3"):
+                check_s3(compose, override, image, args.keep)
         except CheckFailed as exc:
             say(f"FAILED: {exc}")
             return 1

@@ -87,6 +87,15 @@ def test_a_plain_postgresql_url_gets_the_async_driver(monkeypatch: pytest.Monkey
         ("WATERMARK_IMAGES", '@json {"logo": 5}'),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "grpc://collector:4317"),
+        ("STORAGE_BACKEND", "s4"),
+        ("S3_BUCKET", "ab"),
+        ("S3_BUCKET", "Upper-Case"),
+        ("S3_BUCKET", "x" * 64),
+        ("S3_PREFIX", "/leading-slash/"),
+        ("S3_PREFIX", "no-trailing-slash"),
+        ("S3_ENDPOINT_URL", "ftp://store.example"),
+        ("S3_PART_SIZE_BYTES", "1048576"),
+        ("S3_PRESIGNED_EXPIRES_SECONDS", "0"),
     ],
 )
 def test_a_bad_value_fails_with_the_setting_named(
