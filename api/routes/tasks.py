@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import PurePath
 from typing import Annotated
@@ -29,9 +30,11 @@ from api.uploads import (
     TOO_LARGE,
     ReceivedUpload,
     UploadRefused,
+    UrlFetcher,
     receive_upload,
     refuse_unread,
 )
+from api.url_import import REMOTE_STATUS, REMOTE_TIMEOUT, UrlImportPolicy, fetch_image
 from core import tasks
 from core.formats import CONTENT_TYPES, EXTENSIONS, UNSUPPORTED_MESSAGE
 from core.models import ImageTask, TaskStatus
@@ -57,7 +60,7 @@ IDEMPOTENCY_KEY_REUSED = "This Idempotency-Key was already used for a different 
 # Besides `file`: how to process it (core.processing), and where to report the end (callbacks).
 # Others are ignored and named in the answer, unless one looks like a misspelling (api.form_fields).
 PROCESSING_FIELDS = ("preset", "ops", "outputs", "focus")
-FORM_FIELDS = ("file", *PROCESSING_FIELDS, "callback_url")
+FORM_FIELDS = ("file", "url", *PROCESSING_FIELDS, "callback_url")
 CALLBACKS_OFF = "This server sends no callbacks (its WEBHOOK_SECRET setting is empty)."
 
 PROCESSED_NOT_FOUND = "Processed image not found"
@@ -179,6 +182,19 @@ async def _create_task(
     return await tasks.insert_task(services.driver_pool, storage, new_task)
 
 
+def _url_fetcher(services: ServicesDep) -> UrlFetcher | None:
+    """How this server fetches an upload's `url` (api/url_import.py); None when URL_IMPORT is off."""
+    settings = services.settings
+    if not settings.url_import:
+        return None
+    policy = UrlImportPolicy(
+        allow_private=settings.url_import_allow_private,
+        max_bytes=settings.max_upload_bytes,
+        timeout_seconds=settings.url_import_timeout_seconds,
+    )
+    return functools.partial(fetch_image, policy=policy)
+
+
 def _answer(
     request: Request, task_id: int, filename: str, message: str, *, replayed: bool, ignored: list[str]
 ) -> Response:
@@ -240,11 +256,21 @@ def _answer(
             IDEMPOTENCY_KEY_REUSED,
             html=True,
         ),
+        502: error(
+            "Import by URL: the remote server failed or answered an error.",
+            REMOTE_STATUS.format(status=404),
+            html=True,
+        ),
         503: {
             **errors(503)[503],
             "description": "PostgreSQL or the file store cannot be reached; nothing was stored. The same "
             "request may succeed after `Retry-After` seconds.",
         },
+        504: error(
+            "Import by URL: the fetch took longer than URL_IMPORT_TIMEOUT_SECONDS.",
+            REMOTE_TIMEOUT.format(seconds=30),
+            html=True,
+        ),
     },
 )
 async def upload(
@@ -265,6 +291,11 @@ async def upload(
 ) -> Response:
     """Upload an image (multipart field `file`) and queue it for processing.
 
+    With URL_IMPORT on, a `url` field instead of `file` makes the server fetch the image from that
+    public http(s) URL (at most 5 redirects, MAX_UPLOAD_BYTES, URL_IMPORT_TIMEOUT_SECONDS) and treat
+    its bytes as an upload; a URL that cannot be fetched is refused at once (422 refused URL, 502
+    the remote server failed, 504 too slow). Off, a `url` field is refused with 422.
+
     Optional fields choose the processing (one of them): `preset` (a name from `GET /presets`),
     `ops` (a JSON list of operations) or `outputs` (a JSON object of output name -> preset name or
     ops list, for several derivatives of one upload). Without any, the `default` preset. `focus`
@@ -284,6 +315,7 @@ async def upload(
         max_file_bytes=settings.max_upload_bytes,
         max_pixels=settings.max_image_pixels,
         max_frames=settings.max_frames,
+        fetch_url=_url_fetcher(services),
     )
     try:
         ignored = _ignored_fields(received)
