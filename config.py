@@ -75,6 +75,9 @@ def setting(
 
 _POSTGRES_URL = re.compile(r"(postgresql|postgresql\+asyncpg|postgres)://\S+")
 _NATS_URL = re.compile(r"(nats|tls)://[^,\s]+")
+_HTTP_URL = re.compile(r"https?://[^\s/]+(/\S*)?")
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_KEY_PREFIX = re.compile(r"[A-Za-z0-9._-][A-Za-z0-9._/-]{0,199}/")
 _PLACEHOLDER_KEYS = ("change-me-change-me", "changeme-changeme", "xxxxxxxxxxxxxxxx")
 # A watermark image's name appears in ops and error messages: the same rule as output and preset names.
 _IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
@@ -202,7 +205,39 @@ class Settings:
     )
     # Where uploads and outputs are kept: `local` (UPLOADS_DIR and PROCESSED_DIR, shared by every
     # process) or `nats` (JetStream object store buckets; the folders are then scratch space only).
-    storage_backend: Literal["local", "nats"] = field(metadata=setting("local"))
+    storage_backend: Literal["local", "nats", "s3"] = field(metadata=setting("local"))
+    # The `s3` backend (core/storage/s3.py): one bucket of any S3-compatible store; credentials come
+    # from the standard AWS chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile, a role).
+    # Empty endpoint: AWS itself.
+    s3_endpoint_url: str = field(
+        metadata=setting(
+            "",
+            check=lambda url: url == "" or bool(_HTTP_URL.fullmatch(url)),
+            rule="be empty (AWS) or an http:// or https:// URL",
+        )
+    )
+    s3_region: str = field(metadata=setting("us-east-1"))
+    s3_bucket: str = field(
+        metadata=setting(
+            "imagequeue",
+            check=lambda name: bool(_BUCKET_NAME.fullmatch(name)),
+            rule="be a bucket name: 3 to 63 lower-case letters, digits, dots and hyphens",
+        )
+    )
+    s3_prefix: str = field(
+        metadata=setting(
+            "imagequeue/",
+            check=lambda prefix: prefix == "" or bool(_KEY_PREFIX.fullmatch(prefix)),
+            rule="be empty or a key prefix ending in / (letters, digits, and . _ - /)",
+        )
+    )
+    # Files above this go up as multipart uploads, one part in memory at a time (S3's floor: 5 MiB).
+    s3_part_size_bytes: int = field(
+        metadata=setting(8 * 1024 * 1024, ge=5 * 1024 * 1024, le=512 * 1024 * 1024)
+    )
+    # On: /processed/... and originals answer 302 to a presigned GET (bytes never pass the API).
+    s3_presigned_downloads: bool = field(metadata=setting(False))
+    s3_presigned_expires_seconds: int = field(metadata=setting(300, ge=1, le=7 * 24 * 3600))
     # Image watermarks for the `overlay` op, name -> file (relative paths from the project folder).
     # The API checks only the names; each worker loads every file at start-up and refuses to start
     # on one it cannot use (worker/overlays.py).

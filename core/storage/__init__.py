@@ -1,5 +1,5 @@
 """Where uploaded and processed files are kept: one interface (base.py), a module per backend
-(local.py, nats.py), and `make_storage` to pick the configured one. Callers import from here."""
+(local.py, nats.py, s3.py), and `make_storage` to pick the configured one. Callers import from here."""
 
 from __future__ import annotations
 
@@ -49,7 +49,18 @@ def make_storage(settings: Settings, *, client_name: str) -> Storage:
     if settings.storage_backend == "local":
         return LocalStorage(folders)
     # Imported here: render processes import this package (names, folders) and need neither the
-    # NATS client nor the queue's models.
+    # NATS or S3 client nor the queue's models.
+    if settings.storage_backend == "s3":
+        from core.storage.s3 import S3Storage
+
+        return S3Storage(
+            folders,
+            bucket=settings.s3_bucket,
+            prefix=settings.s3_prefix,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            part_size=settings.s3_part_size_bytes,
+        )
     from core.storage.nats import NatsStorage
 
     return NatsStorage(folders, settings.nats_url, replicas=settings.stream_replicas, client_name=client_name)
