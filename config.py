@@ -194,6 +194,8 @@ class Settings:
     url_import: bool = field(metadata=setting(False))
     url_import_allow_private: bool = field(metadata=setting(False))
     url_import_timeout_seconds: float = field(metadata=setting(30, gt=0, le=300))
+    # Direct uploads (`POST /uploads`, s3 backend only): how long the presigned POST is good for.
+    direct_upload_expires_seconds: int = field(metadata=setting(900, ge=60, le=12 * 3600))
     worker_metrics_port: int = field(
         metadata=setting(9101, ge=0, le=65535, rule="be a TCP port (1-65535), or 0 for off")
     )

@@ -356,6 +356,11 @@ async def find_by_idempotency_key(session: AsyncSession, key: str) -> ImageTask 
 
 
 @_mapping_errors
+async def find_by_input_name(session: AsyncSession, input_name: str) -> ImageTask | None:
+    return await session.scalar(select(ImageTask).where(ImageTask.input_name == input_name))
+
+
+@_mapping_errors
 async def newest_named(session: AsyncSession, filename: str, *, owner: str | None) -> ImageTask | None:
     """The most recent task uploaded as `filename` (the client's name), only `owner`'s when one is
     given: what the original design's bookmarks (`/result/<name>`, `/processed/<name>`) meant."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Annotated
 
@@ -85,8 +87,9 @@ async def _stored_key(request: Request, raw: str | None, caller: str | None) -> 
     return raw if caller is None else f"{caller}:{raw}"
 
 
-async def _requested_callback(services: ServicesDep, upload: ReceivedUpload) -> str | None:
-    url = upload.text_fields.get("callback_url")
+async def requested_callback(services: ServicesDep, fields: Mapping[str, str]) -> str | None:
+    """The form's `callback_url`, vetted; 422 saying why it cannot be used."""
+    url = fields.get("callback_url")
     if not url:
         return None
     settings = services.settings
@@ -121,9 +124,8 @@ def _ignored_fields(upload: ReceivedUpload) -> list[str]:
         raise HTTPException(status_code=422, detail=str(exc)) from None
 
 
-def _requested_processing(services: ServicesDep, upload: ReceivedUpload) -> Processing:
+def resolved_processing(services: ServicesDep, fields: Mapping[str, str]) -> Processing:
     """The form's processing fields, validated and resolved; 422 naming the field otherwise."""
-    fields = upload.text_fields
     settings = services.settings
     try:
         processing = resolve(
@@ -137,6 +139,14 @@ def _requested_processing(services: ServicesDep, upload: ReceivedUpload) -> Proc
         )
     except ProcessingInvalid as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
+    return processing
+
+
+def _requested_processing(services: ServicesDep, upload: ReceivedUpload) -> Processing:
+    """The upload's processing, resolved, and affordable for its picture; 422 naming the field."""
+    fields = upload.text_fields
+    settings = services.settings
+    processing = resolved_processing(services, fields)
     for output in processing.outputs:
         info = upload.info
         frames = output_frames(output, info.format, info.frames)
@@ -154,16 +164,21 @@ async def _create_task(
     callback_url: str | None,
     key: str | None,
     owner: str | None,
+    stored_name: str | None,
 ) -> int:
-    """Keep the upload's file, then insert its row; the new task's id."""
-    input_name = new_stored_name(upload.info.extension)
+    """Keep the upload's file (unless it is stored already, as `stored_name`), then insert its row;
+    the new task's id."""
     storage = services.storage
-    try:
-        await storage.keep_upload(upload.temp_path, input_name)
-    except OSError as exc:
-        raise UploadRefused(503, STORAGE_FAILED) from exc
-    except StorageUnavailable as exc:
-        raise UploadRefused(503, STORAGE_UNAVAILABLE) from exc
+    if stored_name is not None:
+        input_name = stored_name
+    else:
+        input_name = new_stored_name(upload.info.extension)
+        try:
+            await storage.keep_upload(upload.temp_path, input_name)
+        except OSError as exc:
+            raise UploadRefused(503, STORAGE_FAILED) from exc
+        except StorageUnavailable as exc:
+            raise UploadRefused(503, STORAGE_UNAVAILABLE) from exc
     # The row in one autocommit round trip on the driver pool (core.tasks): the ORM's flush and
     # commit cost about 1.2 ms of the API's CPU per upload, a quarter of all it spends on one.
     new_task = tasks.NewTask(
@@ -195,20 +210,20 @@ def _url_fetcher(services: ServicesDep) -> UrlFetcher | None:
     return functools.partial(fetch_image, policy=policy)
 
 
-def _answer(
-    request: Request, task_id: int, filename: str, message: str, *, replayed: bool, ignored: list[str]
-) -> Response:
+def answer(request: Request, queued: Queued) -> Response:
+    """`/upload`'s answer for its task: JSON, or for a browser form post a redirect to its page."""
+    task_id = queued.task_id
     if wants_html(request):
         return RedirectResponse(result_url(task_id), status_code=303)
     body = UploadResponse(
         task_id=task_id,
-        filename=filename,
-        message=message,
+        filename=queued.filename,
+        message=queued.message or (UPLOAD_REPLAYED if queued.replayed else UPLOAD_ACCEPTED),
         status_url=status_url(task_id),
         result_url=result_url(task_id),
-        ignored_fields=ignored,
+        ignored_fields=queued.ignored,
     )
-    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    headers = {"Idempotent-Replayed": "true"} if queued.replayed else None
     return JSONResponse(body.model_dump(), headers=headers)
 
 
@@ -318,29 +333,54 @@ async def upload(
         fetch_url=_url_fetcher(services),
     )
     try:
-        ignored = _ignored_fields(received)
-        processing = _requested_processing(services, received)
-        callback_url = await _requested_callback(services, received)
-        # A session only for a keyed upload: the rest runs on the driver pool (see _create_task).
-        existing = await _task_for_key(services, key, received, processing, callback_url) if key else None
-        if existing is None:
-            try:
-                task_id = await _create_task(services, received, processing, callback_url, key, caller)
-            except tasks.TaskConflict:
-                # A concurrent request with the same key committed first.
-                existing = (
-                    await _task_for_key(services, key, received, processing, callback_url) if key else None
-                )
-                if existing is None:
-                    raise
+        queued = await queue_received(services, caller, key, received)
     finally:
         remove_quietly(received.temp_path)
+    return answer(request, queued)
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A task made (and queued) for an upload, or the one its Idempotency-Key made before."""
+
+    task_id: int
+    filename: str
+    replayed: bool
+    ignored: list[str]
+    # For a replay that an Idempotency-Key did not cause (a direct upload completed twice).
+    message: str | None = None
+
+
+async def queue_received(
+    services: ServicesDep,
+    caller: str | None,
+    key: str | None,
+    received: ReceivedUpload,
+    *,
+    stored_name: str | None = None,
+) -> Queued:
+    """Make the task for an identified upload (its fields checked here) and queue it, or find the
+    task its Idempotency-Key made before. With `stored_name`, the file is in the store already
+    (a direct upload) and only the row is made."""
+    ignored = _ignored_fields(received)
+    processing = _requested_processing(services, received)
+    callback_url = await requested_callback(services, received.text_fields)
+    # A session only for a keyed upload: the rest runs on the driver pool (see _create_task).
+    existing = await _task_for_key(services, key, received, processing, callback_url) if key else None
+    if existing is None:
+        try:
+            task_id = await _create_task(
+                services, received, processing, callback_url, key, caller, stored_name
+            )
+        except tasks.TaskConflict:
+            # A concurrent request with the same key committed first.
+            existing = await _task_for_key(services, key, received, processing, callback_url) if key else None
+            if existing is None:
+                raise
     if existing is not None:
-        return _answer(
-            request, existing.id, existing.filename, UPLOAD_REPLAYED, replayed=True, ignored=ignored
-        )
+        return Queued(existing.id, existing.filename, replayed=True, ignored=ignored)
     await services.publisher.publish_committed(task_id)
-    return _answer(request, task_id, received.display_name, UPLOAD_ACCEPTED, replayed=False, ignored=ignored)
+    return Queued(task_id, received.display_name, replayed=False, ignored=ignored)
 
 
 @router.get(
