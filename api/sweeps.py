@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from api.publisher import TaskPublisher
 from core import direct_uploads, loops, queue, tasks
 from core.storage import Area, Storage
+from core.storage.s3 import S3Storage
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,10 @@ class Sweeps:
         try:
             lost = await self._requeue_lost_messages()
         finally:  # a NATS hiccup above must not keep the temporary files forever
-            await self._storage.remove_stale(self._lost_after.total_seconds())
-            await self.sweep_direct_uploads()
+            try:
+                await self._storage.remove_stale(self._lost_after.total_seconds())
+            finally:  # nor a storage hiccup there the abandoned direct uploads
+                await self.sweep_direct_uploads()
         counts = (requeued, failed, lost)
         if any(counts):
             log.warning(
@@ -76,7 +79,10 @@ class Sweeps:
         return counts
 
     async def sweep_direct_uploads(self) -> int:
-        """Forget direct uploads never completed (deleting their objects); how many."""
+        """Forget direct uploads never completed (deleting their objects); how many. Only where
+        they can exist: an API on another backend cannot delete their objects."""
+        if not isinstance(self._storage, S3Storage):
+            return 0
         swept = 0
         while True:
             async with self._sessions() as session, session.begin():
