@@ -274,3 +274,32 @@ async def test_an_upload_never_completed_is_swept_with_its_object(
     await eventually(gone, timeout=30, what=f"the sweep to delete {key}")
     completed = await api.post(declared["complete_url"])
     assert completed.status_code == 404
+
+
+KEYS = ("direct-key-one-0123456789", "direct-key-two-0123456789")
+
+
+@pytest.fixture(scope="module")
+def keyed_s3_api(s3_env: dict[str, str], workdir: Path) -> Iterator[str]:
+    with running_api(
+        {**s3_env, "API_KEYS": ",".join(KEYS)}, log_file=workdir / "direct-keyed-api.log"
+    ) as url:
+        yield url
+
+
+async def test_an_upload_is_completed_only_with_the_key_that_declared_it(keyed_s3_api: str) -> None:
+    data = images.jpeg()
+    async with httpx.AsyncClient(base_url=keyed_s3_api, timeout=30) as http:
+        anonymous = await http.post(
+            "/uploads", json={"filename": "a.jpg", "size": len(data), "content_type": "image/jpeg"}
+        )
+        http.headers["X-API-Key"] = KEYS[0]
+        declared = await declare(http, data)
+        await send(declared, data)
+        other = await http.post(declared["complete_url"], headers={"X-API-Key": KEYS[1]})
+        owner = await http.post(declared["complete_url"])
+
+    assert anonymous.status_code == 401
+    assert other.status_code == 404
+    assert other.json() == {"detail": UNKNOWN_UPLOAD}
+    assert owner.status_code == 200, owner.text
