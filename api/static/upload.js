@@ -1,6 +1,7 @@
 // The upload form, enhanced: several files at once (chosen or dropped), one request per file with
 // a progress bar, and each file's live status and result link. Without this script the form posts
 // one file the plain way and the server answers with its result page.
+import { directUpload, usesDirectUpload } from "./direct_upload.js";
 import { focusPicker } from "./focus.js";
 import { STATUS_HINTS, watchTask } from "./live.js";
 
@@ -56,7 +57,43 @@ function errorDetail(request) {
   return `the server answered ${request.status} ${request.statusText}`.trim();
 }
 
+function accepted(view, answer) {
+  view.progress.value = 100;
+  const taskId = Number(answer.task_id);
+  view.link.href = `/result/${taskId}`;
+  view.link.hidden = false;
+  view.line.dataset.taskId = String(taskId);
+  showStatus(view, { status: "pending" });
+  watchTask(taskId, {
+    onStatus: (body) => showStatus(view, body),
+    onGone: (detail) => { view.state.textContent = detail; },
+  });
+}
+
+function refused(view, message) {
+  view.line.dataset.status = "refused";
+  view.state.textContent = "";
+  view.state.append(element("span", "error", message));
+}
+
+// Big files on the s3 backend go straight to the bucket (direct_upload.js).
+function sendDirect(file, view, fields) {
+  sending += 1;
+  view.state.textContent = "Uploading…";
+  directUpload(file, fields, (share) => { view.progress.value = Math.round(100 * share); })
+    .then((answer) => accepted(view, answer))
+    .catch((error) => refused(view, `Refused: ${error.message}`))
+    .finally(() => {
+      sending -= 1;
+      next();
+    });
+}
+
 function send(file, view, fields) {
+  if (usesDirectUpload(form, file)) {
+    sendDirect(file, view, fields);
+    return;
+  }
   sending += 1;
   // Every field of the form goes along (whatever it held when the file was given), with this one
   // file in `file`.
@@ -73,28 +110,12 @@ function send(file, view, fields) {
   });
   request.addEventListener("load", () => {
     if (request.status === 200) {
-      view.progress.value = 100;
-      const answer = JSON.parse(request.responseText);
-      const taskId = Number(answer.task_id);
-      view.link.href = `/result/${taskId}`;
-      view.link.hidden = false;
-      view.line.dataset.taskId = String(taskId);
-      showStatus(view, { status: "pending" });
-      watchTask(taskId, {
-        onStatus: (body) => showStatus(view, body),
-        onGone: (detail) => { view.state.textContent = detail; },
-      });
+      accepted(view, JSON.parse(request.responseText));
     } else {
-      view.line.dataset.status = "refused";
-      view.state.textContent = "";
-      view.state.append(element("span", "error", `Refused: ${errorDetail(request)}`));
+      refused(view, `Refused: ${errorDetail(request)}`);
     }
   });
-  request.addEventListener("error", () => {
-    view.line.dataset.status = "refused";
-    view.state.textContent = "";
-    view.state.append(element("span", "error", "Upload failed: the server could not be reached."));
-  });
+  request.addEventListener("error", () => refused(view, "Upload failed: the server could not be reached."));
   request.addEventListener("loadend", () => {
     sending -= 1;
     next();
