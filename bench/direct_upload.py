@@ -82,19 +82,24 @@ def noise_png(path: Path, megabytes: int) -> None:
     image.save(path, "PNG", compress_level=0)
 
 
-def direct(base_url: str, path: Path, size: int) -> None:
+def direct(base_url: str, path: Path, size: int, steps: list[tuple[float, float, float]]) -> None:
+    """The three requests; appends each one's seconds (declare, POST to the bucket, complete)."""
     with httpx.Client(base_url=base_url, timeout=600) as api, httpx.Client(timeout=600) as store:
         body = {"filename": path.name, "size": size, "content_type": "image/png"}
+        started = time.perf_counter()
         declared = api.post("/uploads", json=body)
         declared.raise_for_status()
         plan = declared.json()
+        posting = time.perf_counter()
         with path.open("rb") as file:
             sent = store.post(
                 plan["url"], data=plan["fields"], files={"file": (path.name, file, "image/png")}
             )
         if sent.status_code >= 300:
             raise RuntimeError(f"the bucket answered {sent.status_code}: {sent.text[:300]}")
+        completing = time.perf_counter()
         api.post(plan["complete_url"]).raise_for_status()
+        steps.append((posting - started, completing - posting, time.perf_counter() - completing))
 
 
 def plain_put(url: str, path: Path, size: int) -> None:
@@ -118,6 +123,7 @@ def main() -> None:
     seaweed = LocalSeaweed(workdir / "seaweed", log_file=workdir / "seaweed.log")
     api = None
     results: list[Measured] = []
+    steps: list[tuple[float, float, float]] = []
     try:
         servers.start()
         seaweed.start()
@@ -148,7 +154,7 @@ def main() -> None:
             f"{os.cpu_count()} CPU(s); a {size / 1e6:.1f} MB PNG; {args.rounds} round(s); SeaweedFS, loopback"
         )
         paths: dict[str, Callable[[], object]] = {
-            "direct (declare + presigned POST + complete)": lambda: direct(base_url, image, size),
+            "direct (declare + presigned POST + complete)": lambda: direct(base_url, image, size, steps),
             "plain PUT to the same S3 server": lambda: plain_put(put_url, image, size),
             "POST /upload through the API": lambda: through_api(base_url, image, size),
         }
@@ -173,6 +179,12 @@ def main() -> None:
         print(
             f"| {measured.path} | {measured.seconds:.2f} | {size / 1e6 / measured.seconds:.0f} | "
             f"{measured.rss_growth_mib:.1f} MiB |"
+        )
+    print()
+    for declare, post, complete in steps:
+        print(
+            f"direct, each step: declare {declare:.3f} s, POST to the bucket {post:.2f} s, "
+            f"complete {complete:.2f} s"
         )
 
 
