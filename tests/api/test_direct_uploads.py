@@ -4,6 +4,7 @@ backend."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -133,6 +134,20 @@ async def test_completing_twice_answers_the_same_task(api: httpx.AsyncClient) ->
     assert again.json()["task_id"] == first.json()["task_id"]
     assert again.json()["message"] == COMPLETED_BEFORE
     assert again.headers["Idempotent-Replayed"] == "true"
+
+
+async def test_two_completions_at_once_make_one_task(api: httpx.AsyncClient, db: AsyncSession) -> None:
+    data = images.jpeg(200, 150)
+    declared = await declare(api, data, filename="racing.jpg")
+    await send(declared, data)
+
+    answers = await asyncio.gather(*(api.post(declared["complete_url"]) for _ in range(4)))
+
+    assert [answer.status_code for answer in answers] == [200] * 4
+    assert len({answer.json()["task_id"] for answer in answers}) == 1
+    key = declared["fields"]["key"].rsplit("/", 1)[1]
+    rows = await db.execute(text("SELECT count(*) FROM image_tasks WHERE input_name = :name"), {"name": key})
+    assert rows.scalar_one() == 1
 
 
 async def test_completing_before_the_file_is_sent_is_a_409_and_can_be_retried(api: httpx.AsyncClient) -> None:
