@@ -35,6 +35,7 @@ TOO_MANY_REDIRECTS = f"`url`: more than {MAX_REDIRECTS} redirects."
 REDIRECT_WITHOUT_LOCATION = "`url`: the server answered {status} without a Location to follow."
 REMOTE_STATUS = "`url`: the server answered {status}; no image was imported."
 REMOTE_FAILED = "`url`: the image could not be fetched ({reason})."
+INVALID_URL = "`url` (or a redirect's Location) is not a valid URL."
 REMOTE_TIMEOUT = "`url`: fetching the image took longer than {seconds:g} seconds."
 
 
@@ -52,6 +53,8 @@ async def fetch_image(url: str, target: BinaryIO, policy: UrlImportPolicy) -> Fe
             return await _fetch(url, target, policy)
     except (TimeoutError, httpx.TimeoutException):
         raise UploadRefused(504, REMOTE_TIMEOUT.format(seconds=policy.timeout_seconds)) from None
+    except httpx.InvalidURL:  # one the vetting let through but httpx cannot send (not an HTTPError)
+        raise UploadRefused(422, INVALID_URL) from None
     except httpx.HTTPError as exc:
         reason = f"{type(exc).__name__}: {exc}"[:300] if str(exc) else type(exc).__name__
         raise UploadRefused(502, REMOTE_FAILED.format(reason=reason)) from None
