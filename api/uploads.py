@@ -367,7 +367,7 @@ async def _receive(
             else:
                 if receiver.files_seen == 0:
                     raise UploadRefused(422, MISSING_FILE)
-                if url is not None:
+                if url is not None and fetch_url is not None:  # off, `url` is just another field
                     raise UploadRefused(422, FILE_AND_URL)
                 if receiver.file_bytes == 0:
                     raise UploadRefused(400, EMPTY_FILE)

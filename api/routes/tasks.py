@@ -62,7 +62,9 @@ IDEMPOTENCY_KEY_REUSED = "This Idempotency-Key was already used for a different 
 # Besides `file`: how to process it (core.processing), and where to report the end (callbacks).
 # Others are ignored and named in the answer, unless one looks like a misspelling (api.form_fields).
 PROCESSING_FIELDS = ("preset", "ops", "outputs", "focus")
-FORM_FIELDS = ("file", "url", *PROCESSING_FIELDS, "callback_url")
+FORM_FIELDS = ("file", *PROCESSING_FIELDS, "callback_url")
+# With URL_IMPORT on, `url` is ours too (instead of `file`); off, it is any other form field.
+IMPORT_FORM_FIELDS = (*FORM_FIELDS, "url")
 CALLBACKS_OFF = "This server sends no callbacks (its WEBHOOK_SECRET setting is empty)."
 
 PROCESSED_NOT_FOUND = "Processed image not found"
@@ -116,10 +118,11 @@ async def _task_for_key(
     return existing
 
 
-def _ignored_fields(upload: ReceivedUpload) -> list[str]:
+def _ignored_fields(services: ServicesDep, upload: ReceivedUpload) -> list[str]:
     """The form's fields that are not ours (a submit button, a CSRF token); 422 for a misspelt one."""
     try:
-        return ignored_fields(upload.text_fields, FORM_FIELDS)
+        ours = IMPORT_FORM_FIELDS if services.settings.url_import else FORM_FIELDS
+        return ignored_fields(upload.text_fields, ours)
     except FieldMisspelt as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
 
@@ -362,7 +365,7 @@ async def queue_received(
     """Make the task for an identified upload (its fields checked here) and queue it, or find the
     task its Idempotency-Key made before. With `stored_name`, the file is in the store already
     (a direct upload) and only the row is made."""
-    ignored = _ignored_fields(received)
+    ignored = _ignored_fields(services, received)
     processing = _requested_processing(services, received)
     callback_url = await requested_callback(services, received.text_fields)
     # A session only for a keyed upload: the rest runs on the driver pool (see _create_task).

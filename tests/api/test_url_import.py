@@ -293,6 +293,19 @@ async def test_import_by_url_is_off_by_default(client: httpx.AsyncClient, remote
     assert remote.requests == before
 
 
+async def test_off_a_url_beside_a_file_is_an_ignored_field_as_before(
+    client: httpx.AsyncClient, remote: ImageServer
+) -> None:
+    before = remote.requests
+    response = await client.post(
+        "/upload", files={"file": ("a.jpg", PHOTO, "image/jpeg")}, data={"url": f"{remote.base}/photos/b.jpg"}
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["ignored_fields"] == ["url"]
+    assert remote.requests == before
+
+
 @pytest.mark.parametrize(("url", "detail"), PRIVATE_AND_ODD_URLS)
 async def test_every_ssrf_target_of_the_callback_tests_is_refused(
     public_only_api: str, url: str, detail: str | None
