@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +26,7 @@ import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Request
 from fastapi import Path as PathParam
 from fastapi.responses import Response
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deps import CallerDep, ServicesDep
@@ -56,6 +58,12 @@ from core.storage.s3 import S3Storage
 
 router = APIRouter(tags=["direct uploads"])
 
+# A declaration is a few small fields; a bigger body is not one.
+MAX_DECLARATION_BYTES = 64 * 1024
+DECLARATION_TOO_LARGE = f"The declaration is over {MAX_DECLARATION_BYTES:,} bytes."
+NOT_A_DECLARATION = (
+    "Send a JSON object: {{filename, size, content_type}} and the processing fields. {problem}"
+)
 NEEDS_S3 = (
     "Direct uploads need the s3 storage backend (STORAGE_BACKEND=s3); send the file to POST /upload instead."
 )
@@ -66,14 +74,40 @@ COMPLETED_BEFORE = "This upload was completed before; here is the task it create
 # A type we do not know is stored as bytes; the server identifies the file from them anyway.
 _FALLBACK_TYPE = "application/octet-stream"
 _KNOWN_TYPES = {content_type: EXTENSIONS[fmt] for fmt, content_type in CONTENT_TYPES.items()}
-_UPLOAD_ID = PathParam(pattern="^[0-9a-f]{32}$", examples=["4c1d0e6f9a8b7c6d5e4f3a2b1c0d9e8f"])
+# Checked by complete_upload (404 for a malformed id, as for an unknown one), not by FastAPI: its
+# 422 would be a list, where every answer of these routes has a sentence as its detail.
+_UPLOAD_ID = PathParam(max_length=100, examples=["4c1d0e6f9a8b7c6d5e4f3a2b1c0d9e8f"])
+_UPLOAD_ID_FORMAT = re.compile("[0-9a-f]{32}")
+_DECLARATION_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": DirectUploadRequest.model_json_schema()}},
+    }
+}
 
 
 def _s3(services: ServicesDep) -> S3Storage:
     storage = services.storage
     if not isinstance(storage, S3Storage):
-        raise HTTPException(status_code=501, detail=NEEDS_S3)
+        # 403, not 501: the server works, this one is set up without the feature (as URL_IMPORT).
+        raise HTTPException(status_code=403, detail=NEEDS_S3)
     return storage
+
+
+async def _declaration(request: Request) -> DirectUploadRequest:
+    """The body, read within MAX_DECLARATION_BYTES and validated; a 413 or a 422 in words."""
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_DECLARATION_BYTES:
+            raise UploadRefused(413, DECLARATION_TOO_LARGE)
+    try:
+        return DirectUploadRequest.model_validate_json(bytes(raw))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        problem = f"`{where}`: {first['msg']}." if where else f"{first['msg']}."
+        raise HTTPException(status_code=422, detail=NOT_A_DECLARATION.format(problem=problem)) from None
 
 
 def _text_fields(body: DirectUploadRequest) -> dict[str, str]:
@@ -90,23 +124,23 @@ def _text_fields(body: DirectUploadRequest) -> dict[str, str]:
     "/uploads",
     response_model=DirectUploadResponse,
     status_code=201,
+    openapi_extra=_DECLARATION_BODY,
     responses={
         401: errors(401)[401],
         413: error("The declared size is over MAX_UPLOAD_BYTES.", TOO_LARGE.format(limit=10_000_000)),
         422: error("A bad field (named in the message).", "`ops`: …"),
-        501: error("The server does not store files in S3.", NEEDS_S3),
+        403: error("The server does not store files in S3.", NEEDS_S3),
         503: errors(503)[503],
     },
 )
-async def declare_upload(
-    body: DirectUploadRequest, services: ServicesDep, caller: CallerDep
-) -> DirectUploadResponse:
+async def declare_upload(request: Request, services: ServicesDep, caller: CallerDep) -> DirectUploadResponse:
     """Declare an upload to send straight to the bucket (s3 backend only).
 
     POST the file to `url` as multipart/form-data with every entry of `fields`, then the file as
     `file` (the bucket answers 204), before `expires_at`; then POST to `complete_url`. The
     processing fields are those of `/upload` (`ops` and `outputs` may also be JSON values)."""
     storage = _s3(services)
+    body = await _declaration(request)
     settings = services.settings
     if body.size > settings.max_upload_bytes:
         raise HTTPException(status_code=413, detail=TOO_LARGE.format(limit=settings.max_upload_bytes))
@@ -159,7 +193,7 @@ async def declare_upload(
         413: error("The object is larger than declared or than MAX_UPLOAD_BYTES.", TOO_LARGE.format(limit=1)),
         415: error("Not an accepted image (the object is deleted).", UNSUPPORTED_MESSAGE),
         422: error("Too many pixels or frames, or a processing field (the object is deleted).", "…"),
-        501: error("The server does not store files in S3.", NEEDS_S3),
+        403: error("The server does not store files in S3.", NEEDS_S3),
         503: errors(503)[503],
     },
 )
@@ -172,6 +206,8 @@ async def complete_upload(
     """Check the uploaded object and queue its task, exactly as `/upload` would; or refuse it with
     `/upload`'s answer for that file, and delete it."""
     storage = _s3(services)
+    if not _UPLOAD_ID_FORMAT.fullmatch(upload_id):
+        raise HTTPException(status_code=404, detail=UNKNOWN_UPLOAD)
     async with services.sessions() as session, session.begin():
         row = await direct_uploads.lock(session, upload_id, caller)
         if row is None:

@@ -264,7 +264,7 @@ async def test_other_backends_say_direct_uploads_need_s3(client: httpx.AsyncClie
         "/uploads", json={"filename": "a.jpg", "size": 10, "content_type": "image/jpeg"}
     )
 
-    assert response.status_code == 501
+    assert response.status_code == 403
     assert response.json() == {"detail": NEEDS_S3}
 
 
@@ -318,3 +318,29 @@ async def test_an_upload_is_completed_only_with_the_key_that_declared_it(keyed_s
     assert other.status_code == 404
     assert other.json() == {"detail": UNKNOWN_UPLOAD}
     assert owner.status_code == 200, owner.text
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b"not json", 422),
+        (b"[]", 422),
+        (b'{"filename": "a.jpg", "size": "big", "content_type": "image/jpeg"}', 422),
+        (b'{"filename": "a.jpg", "content_type": "image/jpeg"}', 422),
+        (b'{"filename": "' + b"a" * 70_000 + b'"}', 413),
+    ],
+)
+async def test_a_body_that_is_no_declaration_is_refused_in_words(
+    api: httpx.AsyncClient, body: bytes, status: int
+) -> None:
+    response = await api.post("/uploads", content=body, headers={"Content-Type": "application/json"})
+
+    assert response.status_code == status
+    assert isinstance(response.json()["detail"], str)
+
+
+async def test_a_malformed_upload_id_is_unknown(api: httpx.AsyncClient) -> None:
+    response = await api.post("/uploads/not-an-id/complete")
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": UNKNOWN_UPLOAD}
