@@ -76,7 +76,7 @@ _FALLBACK_TYPE = "application/octet-stream"
 _KNOWN_TYPES = {content_type: EXTENSIONS[fmt] for fmt, content_type in CONTENT_TYPES.items()}
 # Checked by complete_upload (404 for a malformed id, as for an unknown one), not by FastAPI: its
 # 422 would be a list, where every answer of these routes has a sentence as its detail.
-_UPLOAD_ID = PathParam(max_length=100, examples=["4c1d0e6f9a8b7c6d5e4f3a2b1c0d9e8f"])
+_UPLOAD_ID = PathParam(examples=["4c1d0e6f9a8b7c6d5e4f3a2b1c0d9e8f"])
 _UPLOAD_ID_FORMAT = re.compile("[0-9a-f]{32}")
 _DECLARATION_BODY: dict[str, Any] = {
     "requestBody": {
