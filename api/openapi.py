@@ -264,3 +264,18 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
         components["Ops"] = {**ops, "maxItems": MAX_OPS, "minItems": 1}
         app.openapi_schema = document
     return app.openapi_schema
+
+
+# Answers of the routes that serve a stored image beside its 200: a part of it, and (s3 backend with
+# S3_PRESIGNED_DOWNLOADS on) the redirect to the store.
+STORED_FILE_ANSWERS: dict[int | str, dict[str, Any]] = {
+    206: {"description": "The one byte range asked for with `Range` (`Content-Range` says which)."},
+    302: {
+        "description": "S3_PRESIGNED_DOWNLOADS is on: a short-lived presigned GET of the image in the "
+        "bucket, which serves it (with ranges) itself.",
+        "headers": {
+            "Location": {"description": "The presigned URL.", "required": True, "schema": {"type": "string"}}
+        },
+    },
+    416: {"description": "The `Range` asked for starts past the end of the image."},
+}

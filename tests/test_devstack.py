@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -63,14 +64,22 @@ class RunningDevstack:
 def devstack(busy_metrics_port: None, stack_env: dict[str, str], workdir: Path) -> Iterator[RunningDevstack]:
     """`python -m devstack` as `make run` starts it, on the suite's servers (DATABASE_URL, NATS_URL) and
     the default metrics port, until it says it is running."""
+    with _running_devstack(stack_env, workdir / "devstack.log") as running:
+        yield running
+
+
+@contextlib.contextmanager
+def _running_devstack(
+    stack_env: dict[str, str], log: Path, *args: str, **settings: str
+) -> Iterator[RunningDevstack]:
     env = {key: value for key, value in os.environ.items() if key != "WORKER_METRICS_PORT"}
     env.update(DATABASE_URL=stack_env["DATABASE_URL"], NATS_URL=stack_env["NATS_URL"], PYTHONUNBUFFERED="1")
+    env.update(settings)
     port = free_port()
-    log = workdir / "devstack.log"
     with open(log, "wb") as output:
         # Its own session, so a SIGINT to the group reaches every process, as Ctrl-C in a terminal does.
         process = subprocess.Popen(
-            [sys.executable, "-m", "devstack", "--port", str(port), "--workers", "1"],
+            [sys.executable, "-m", "devstack", "--port", str(port), "--workers", "1", *args],
             cwd=PROJECT_ROOT,
             env=env,
             stdout=output,
@@ -100,3 +109,29 @@ async def test_make_run_survives_a_busy_worker_metrics_port_and_stops_cleanly_on
     os.killpg(devstack.process.pid, signal.SIGINT)
     assert await asyncio.to_thread(devstack.process.wait, 60) == 0, devstack.output()[-3000:]
     assert "a process exited" not in devstack.output()
+
+
+async def test_make_run_with_s3_and_no_endpoint_starts_its_own_seaweedfs(
+    stack_env: dict[str, str], workdir: Path
+) -> None:
+    """STORAGE_BACKEND=s3 alone: `make run` starts SeaweedFS, creates the bucket and keeps images there."""
+    bucket = f"devstack-{os.getpid()}"
+    with _running_devstack(
+        stack_env,
+        workdir / "devstack-s3.log",
+        *("--data-dir", str(workdir / "devstack-data")),  # the developer's .devdata stays untouched
+        STORAGE_BACKEND="s3",
+        S3_ENDPOINT_URL="",
+        S3_BUCKET=bucket,
+    ) as devstack:
+        assert "S3 (SeaweedFS) at http://127.0.0.1:" in devstack.output()
+        async with httpx.AsyncClient(base_url=devstack.base_url, timeout=30) as client:
+            posted = await client.post("/upload", files={"file": ("a.jpg", images.jpeg(), "image/jpeg")})
+            assert posted.status_code == 200, posted.text
+            status = await final_status(client, posted.json()["task_id"])
+            assert status["status"] == "done", status["error"]
+            output = await client.get(status["processed_url"])
+            assert output.status_code == 200 and output.headers["etag"].startswith('"')
+
+        os.killpg(devstack.process.pid, signal.SIGINT)
+        assert await asyncio.to_thread(devstack.process.wait, 60) == 0, devstack.output()[-3000:]

@@ -378,3 +378,30 @@ def test_keda_reaches_each_nats_node_the_apps_connect_to(
         node, _, service = host.partition(".")
         assert service == endpoint.hostname and node, (host, endpoint.hostname)
     assert endpoint.port == 8222
+
+
+# --- deploy/k8s-s3: the same deployment with an external bucket -------------------------------------
+
+
+def test_the_s3_overlay_renders_with_images_in_a_bucket_and_credentials_for_every_app(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(ROOT / "deploy" / "k8s-s3")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    objects = {(obj["kind"], obj["metadata"]["name"]): obj for obj in yaml.safe_load_all(rendered) if obj}
+    settings = objects[("ConfigMap", "imagequeue-config")]["data"]
+    assert settings["STORAGE_BACKEND"] == "s3"
+    credentials = objects[("Secret", "imagequeue-s3-credentials")]
+    assert credentials["metadata"]["namespace"] == NAMESPACE
+    assert set(credentials["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    for key in (*WORKLOADS, MIGRATE):
+        sources = _container(objects[key])["envFrom"]
+        assert {"configMapRef": {"name": "imagequeue-config"}} in sources, key
+        assert {"secretRef": {"name": "imagequeue-s3-credentials", "optional": True}} in sources, key
+    loaded = _load_with(monkeypatch, tmp_path, settings)
+    assert (loaded.storage_backend, loaded.s3_endpoint_url, loaded.s3_bucket) == ("s3", "", "imagequeue")

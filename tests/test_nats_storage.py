@@ -40,6 +40,7 @@ from devstack.stack import LocalServers
 from tests import images
 from tests.database import session_on
 from tests.nats_stack import NatsStack, running_nats_stack, running_worker, scratch_files, upload
+from tests.ranges import assert_ranges_served
 from tests.waiting import final_status, task_row_when
 from worker.consumer import INPUT_MISSING, TaskPolicy, TaskProcessor
 from worker.metrics import WorkerMetrics
@@ -171,6 +172,7 @@ async def test_uploads_and_outputs_live_in_the_buckets_and_are_served_from_them(
     original = await api.get(f"/tasks/{task_id}/original")
     assert (original.status_code, original.headers["content-type"]) == (200, "image/png")
     assert original.content == data
+    await assert_ranges_served(api, f"/tasks/{task_id}/original", data)  # cut from the chunks
     assert scratch_files(nats_stack.folders) == [], "the folders are scratch space, left empty"
 
 

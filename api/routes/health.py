@@ -40,8 +40,8 @@ async def _database_ok(services: ServicesDep) -> bool:
     responses={
         503: {
             "model": ReadinessResponse,
-            "description": "PostgreSQL or NATS (or the file store) cannot be reached; `database` and "
-            "`nats` say which.",
+            "description": "PostgreSQL or NATS (or the file store) cannot be reached; `database`, "
+            "`nats` and (s3 backend) `storage` say which.",
             "headers": RETRY_AFTER,
         }
     },
@@ -49,15 +49,21 @@ async def _database_ok(services: ServicesDep) -> bool:
 async def ready(services: ServicesDep) -> JSONResponse:
     """Whether this API can take uploads now: PostgreSQL and NATS JetStream both reachable."""
     database_ok = await _database_ok(services)
-    # With the nats storage backend, the object store buckets are part of "NATS is usable".
-    nats_ok = services.publisher.is_ready and services.storage.is_ready
-    problem = services.publisher.nats_problem or services.storage.problem
+    storage = services.storage
+    # With the nats storage backend, the object store buckets are part of "NATS is usable"; an S3
+    # bucket is a dependency of its own, reported as `storage`.
+    own_store = services.settings.storage_backend == "s3"
+    nats_ok = services.publisher.is_ready and (own_store or storage.is_ready)
+    problem = services.publisher.nats_problem or (None if own_store else storage.problem)
+    storage_ok = storage.is_ready
     body = ReadinessResponse(
-        status="ready" if database_ok and nats_ok else "unavailable",
+        status="ready" if database_ok and nats_ok and storage_ok else "unavailable",
         database="ok" if database_ok else "unreachable",
         nats="ok" if nats_ok else problem or "unreachable",
+        storage=("ok" if storage_ok else storage.problem or "unreachable") if own_store else None,
     )
+    answer = body.model_dump(exclude_none=True)
     if body.status == "ready":
-        return JSONResponse(body.model_dump())
+        return JSONResponse(answer)
     # As every other 503: when to look again.
-    return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    return JSONResponse(answer, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})

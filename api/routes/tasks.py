@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from api.callback_urls import CallbackRefused, vet_callback_url
 from api.deps import MAX_TASK_ID, CallerDep, ServicesDep, SessionDep, TaskDep
 from api.form_fields import FieldMisspelt, ignored_fields
-from api.openapi import IDEMPOTENCY_KEY_PATTERN, UPLOAD_BODY, error, errors, task_links
+from api.openapi import IDEMPOTENCY_KEY_PATTERN, STORED_FILE_ANSWERS, UPLOAD_BODY, error, errors, task_links
 from api.schemas import (
     TaskPage,
     TaskStatusResponse,
@@ -25,7 +25,7 @@ from api.schemas import (
     status_url,
     task_status,
 )
-from api.stored_files import image_cache_control, stored_file_response
+from api.stored_files import image_cache_control, stored_file_answer
 from api.templating import wants_html
 from api.uploads import (
     STORAGE_FAILED,
@@ -454,12 +454,17 @@ async def list_tasks(
                 }
             },
         },
+        **STORED_FILE_ANSWERS,
         **errors(401, 503),
         404: error("No such processed image (or another API key's).", PROCESSED_NOT_FOUND),
     },
 )
 async def get_processed(
-    name: Annotated[str, _PROCESSED_NAME], services: ServicesDep, session: SessionDep, caller: CallerDep
+    name: Annotated[str, _PROCESSED_NAME],
+    services: ServicesDep,
+    session: SessionDep,
+    caller: CallerDep,
+    request: Request,
 ) -> Response:
     """A processed image, by the generated name given in `processed_url`; or, by the name a file was
     uploaded under (the original design served `/processed/<that name>`), a 303 to the processed
@@ -475,8 +480,13 @@ async def get_processed(
     found = await services.storage.find(Area.PROCESSED, name)
     if found is None:
         raise HTTPException(status_code=404, detail=PROCESSED_NOT_FOUND)
-    return stored_file_response(
+    return await stored_file_answer(
+        services.storage,
+        services.settings,
+        Area.PROCESSED,
+        name,
         found,
+        request=request,
         media_type=_MEDIA_TYPES.get(PurePath(name).suffix, "application/octet-stream"),
         # Not `immutable`: a re-run after a crash rewrites the file (with the same picture).
         cache_control=image_cache_control(caller, max_age=86400),

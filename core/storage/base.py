@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 # What a generated name looks like; anything else asked for by URL is refused before touching disk.
@@ -56,10 +57,15 @@ class StoredFileMissing(FileNotFoundError):
 
 @dataclass(frozen=True)
 class StoredObject:
-    """A stored file read as a stream, for a backend without local paths: `size` bytes in order."""
+    """A stored file read as a stream, for a backend without local paths: `size` bytes in order.
+    `read(start, length)`, where the backend can, streams just that range (else ranges are cut
+    from `chunks`); `etag` is quoted, as the header carries it."""
 
     size: int
     chunks: AsyncIterator[bytes]
+    etag: str | None = None
+    last_modified: datetime | None = None
+    read: Callable[[int, int], AsyncIterator[bytes]] | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,13 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def remove(self, area: Area, names: list[str]) -> None:
         """Delete stored files; a missing one is not an error."""
+
+    async def download_url(
+        self, area: Area, name: str, *, expires_seconds: int, content_type: str | None = None
+    ) -> str | None:
+        """A short-lived URL that fetches the stored file without passing through us, where the
+        backend can make one (s3); None: serve the bytes ourselves."""
+        return None
 
     @abc.abstractmethod
     async def remove_stale(self, older_than_seconds: float) -> int:

@@ -229,7 +229,9 @@ class NatsStorage(Storage):
         info = await self._info(area, name)
         if info is None:
             return None
-        return StoredObject(size=info.size or 0, chunks=self._chunks(area, info))
+        # The object's digest names its content: a strong validator for ETag and If-Range.
+        etag = f'"{info.digest}"' if info.digest else None
+        return StoredObject(size=info.size or 0, chunks=self._chunks(area, info), etag=etag)
 
     async def remove(self, area: Area, names: list[str]) -> None:
         for name in names:

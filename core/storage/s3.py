@@ -163,12 +163,10 @@ class S3Storage(Storage):
 
     def _mark(self, *, reachable: bool, problem: str | None = None) -> None:
         if reachable != self._reachable:
-            log.log(
-                logging.INFO if reachable else logging.WARNING,
-                "S3 bucket %s: %s",
-                self.bucket,
-                "reachable" if reachable else f"unreachable ({problem})",
-            )
+            if reachable:
+                log.info("S3 bucket %s reachable", self.bucket)
+            else:
+                log.warning("%s", problem)
         self._reachable = reachable
         self._problem = None if reachable else problem
 
@@ -332,7 +330,14 @@ class S3Storage(Storage):
         head = await self._head(area, name)
         if head is None:
             return None
-        return StoredObject(size=int(head["ContentLength"]), chunks=self._body(area, name))
+        return StoredObject(
+            size=int(head["ContentLength"]),
+            chunks=self._body(area, name),
+            etag=head.get("ETag"),
+            last_modified=head.get("LastModified"),
+            # Never started unless a Range is asked for: no request is made for nothing.
+            read=lambda start, length: self._body(area, name, f"bytes={start}-{start + length - 1}"),
+        )
 
     async def remove(self, area: Area, names: list[str]) -> None:
         client = self._ready_client()
@@ -349,6 +354,13 @@ class S3Storage(Storage):
         if content_type:
             params["ResponseContentType"] = content_type
         return await client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_seconds)
+
+    async def download_url(
+        self, area: Area, name: str, *, expires_seconds: int, content_type: str | None = None
+    ) -> str | None:
+        return await self.presigned_get(
+            area, name, expires_seconds=expires_seconds, content_type=content_type
+        )
 
     async def presigned_post(
         self, area: Area, name: str, *, max_bytes: int, content_type: str, expires_seconds: int

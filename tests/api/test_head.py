@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests import images
+from tests.ranges import assert_ranges_served
 from tests.waiting import final_status
 
 # What a HEAD must repeat from GET; Date and X-Request-ID differ by nature.
@@ -120,3 +121,11 @@ def test_node_fetch_head_sees_the_files_size_and_no_body(api_process: str, done_
         "etag": got.headers["etag"],
         "body": 0,
     }
+
+
+async def test_ranges_on_local_files_answer_as_on_objects(client: httpx.AsyncClient, done_task: dict) -> None:
+    """The local backend's files (FileResponse) and the object backends' streams keep one contract
+    (tests/ranges.py; the nats and s3 suites ask it of theirs)."""
+    path = f"/tasks/{done_task['task_id']}/original"
+    data = (await client.get(path)).content
+    await assert_ranges_served(client, path, data)
