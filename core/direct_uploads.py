@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import DirectUpload
@@ -25,6 +25,17 @@ KEEP_FINISHED = timedelta(days=1)
 async def declare(session: AsyncSession, upload: DirectUpload) -> None:
     session.add(upload)
     await session.flush()
+
+
+async def count_open(session: AsyncSession, owner: str | None) -> int:
+    """Uploads `owner` declared and has neither completed nor seen refused (expired ones included,
+    until the sweep takes them)."""
+    statement = select(func.count()).where(
+        DirectUpload.owner.is_not_distinct_from(owner),
+        DirectUpload.task_id.is_(None),
+        DirectUpload.refusal_status.is_(None),
+    )
+    return int(await session.scalar(statement) or 0)
 
 
 async def lock(session: AsyncSession, upload_id: str, owner: str | None) -> DirectUpload | None:

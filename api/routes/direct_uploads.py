@@ -64,6 +64,13 @@ DECLARATION_TOO_LARGE = f"The declaration is over {MAX_DECLARATION_BYTES:,} byte
 NOT_A_DECLARATION = (
     "Send a JSON object: {{filename, size, content_type}} and the processing fields. {problem}"
 )
+# Declared uploads not yet completed, per API key (or for everyone, with keys off): each is a row
+# until it is completed or swept, so a client cannot make them without end.
+MAX_OPEN_UPLOADS = 1000
+TOO_MANY_OPEN = (
+    f"{MAX_OPEN_UPLOADS:,} declared uploads are waiting to be completed; complete some (or let "
+    "them expire) before declaring more."
+)
 NEEDS_S3 = (
     "Direct uploads need the s3 storage backend (STORAGE_BACKEND=s3); send the file to POST /upload instead."
 )
@@ -78,6 +85,7 @@ _KNOWN_TYPES = {content_type: EXTENSIONS[fmt] for fmt, content_type in CONTENT_T
 # 422 would be a list, where every answer of these routes has a sentence as its detail.
 _UPLOAD_ID = PathParam(examples=["4c1d0e6f9a8b7c6d5e4f3a2b1c0d9e8f"])
 _UPLOAD_ID_FORMAT = re.compile("[0-9a-f]{32}")
+_RETRY_AFTER = {"description": "Seconds to wait.", "required": True, "schema": {"type": "string"}}
 _DECLARATION_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -128,6 +136,11 @@ def _text_fields(body: DirectUploadRequest) -> dict[str, str]:
     responses={
         401: errors(401)[401],
         413: error("The declared size is over MAX_UPLOAD_BYTES.", TOO_LARGE.format(limit=10_000_000)),
+        429: error(
+            f"{MAX_OPEN_UPLOADS} declared uploads of this caller wait to be completed.",
+            TOO_MANY_OPEN,
+            headers={"Retry-After": _RETRY_AFTER},
+        ),
         422: error("A bad field (named in the message).", "`ops`: …"),
         403: error("The server does not store files in S3.", NEEDS_S3),
         503: errors(503)[503],
@@ -171,6 +184,8 @@ async def declare_upload(request: Request, services: ServicesDep, caller: Caller
         expires_at=expires_at,
     )
     async with services.sessions() as session, session.begin():
+        if await direct_uploads.count_open(session, caller) >= MAX_OPEN_UPLOADS:
+            raise HTTPException(status_code=429, detail=TOO_MANY_OPEN, headers={"Retry-After": "60"})
         await direct_uploads.declare(session, row)
     return DirectUploadResponse(
         upload_id=upload_id,

@@ -17,7 +17,15 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.routes.direct_uploads import COMPLETED_BEFORE, NEEDS_S3, NOT_UPLOADED, UNKNOWN_UPLOAD
+from api.deps import key_fingerprint
+from api.routes.direct_uploads import (
+    COMPLETED_BEFORE,
+    MAX_OPEN_UPLOADS,
+    NEEDS_S3,
+    NOT_UPLOADED,
+    TOO_MANY_OPEN,
+    UNKNOWN_UPLOAD,
+)
 from api.uploads import TOO_LARGE
 from core.formats import UNSUPPORTED_MESSAGE
 from devstack.servers import SEAWEED_ACCESS_KEY, SEAWEED_REGION, SEAWEED_SECRET_KEY, LocalSeaweed
@@ -344,3 +352,32 @@ async def test_a_malformed_upload_id_is_unknown(api: httpx.AsyncClient) -> None:
 
     assert response.status_code == 404
     assert response.json() == {"detail": UNKNOWN_UPLOAD}
+
+
+async def test_declared_uploads_waiting_for_completion_are_bounded_per_key(
+    keyed_s3_api: str, db: AsyncSession
+) -> None:
+    owner = key_fingerprint(KEYS[1])
+    # As if this key had declared the limit's worth of uploads and sent none.
+    await db.execute(
+        text(
+            "INSERT INTO direct_uploads (id, owner, object_name, filename, size_bytes, content_type, fields,"
+            " expires_at) SELECT md5('bound' || n), :owner, md5('bound' || n) || '.jpg', 'a.jpg', 10,"
+            " 'image/jpeg', '{}', now() + interval '1 hour' FROM generate_series(1, :count) AS n"
+        ),
+        {"owner": owner, "count": MAX_OPEN_UPLOADS},
+    )
+    await db.commit()
+    try:
+        async with httpx.AsyncClient(base_url=keyed_s3_api, timeout=30) as http:
+            body = {"filename": "a.jpg", "size": 10, "content_type": "image/jpeg"}
+            refused = await http.post("/uploads", json=body, headers={"X-API-Key": KEYS[1]})
+            other_key = await http.post("/uploads", json=body, headers={"X-API-Key": KEYS[0]})
+    finally:
+        await db.execute(text("DELETE FROM direct_uploads WHERE owner = :owner"), {"owner": owner})
+        await db.commit()
+
+    assert refused.status_code == 429
+    assert refused.json() == {"detail": TOO_MANY_OPEN}
+    assert refused.headers["Retry-After"] == "60"
+    assert other_key.status_code == 201
