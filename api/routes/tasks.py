@@ -197,7 +197,7 @@ async def _create_task(
         callback_url=callback_url,
         processing=processing.to_json(),
     )
-    return await tasks.insert_task(services.driver_pool, storage, new_task)
+    return await tasks.insert_task(services.driver_pool, storage, new_task, keep_file=stored_name is not None)
 
 
 def _url_fetcher(services: ServicesDep) -> UrlFetcher | None:
