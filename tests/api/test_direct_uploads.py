@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import botocore.session
 import httpx
 import pytest
@@ -52,10 +53,29 @@ def s3_env(stack_env: dict[str, str], seaweed: LocalSeaweed) -> dict[str, str]:
     return {**stack_env, **seaweed.environment(), "S3_BUCKET": BUCKET, "S3_PREFIX": PREFIX}
 
 
+def forget_direct_tasks(database_url: str) -> None:
+    """Delete the tasks direct uploads made, and the declared uploads: their files are in this
+    module's bucket, which the other modules' APIs (local storage, same database) cannot serve
+    (the web UI's gallery would show them as broken images)."""
+
+    async def forget() -> None:
+        connection = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            await connection.execute(
+                "DELETE FROM image_tasks WHERE input_name IN (SELECT object_name FROM direct_uploads)"
+            )
+            await connection.execute("DELETE FROM direct_uploads")
+        finally:
+            await connection.close()
+
+    asyncio.run(forget())
+
+
 @pytest.fixture(scope="module")
 def s3_api(s3_env: dict[str, str], workdir: Path) -> Iterator[str]:
     with running_api(s3_env, log_file=workdir / "direct-api.log") as base_url:
         yield base_url
+    forget_direct_tasks(s3_env["DATABASE_URL"])
 
 
 @pytest.fixture(scope="module")

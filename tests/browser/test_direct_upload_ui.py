@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from devstack.stack import running_api, start_worker, stop_process
-from tests.api.test_direct_uploads import s3_env, seaweed  # noqa: F401 (fixtures)
+from tests.api.test_direct_uploads import forget_direct_tasks, s3_env, seaweed  # noqa: F401 (fixtures)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
@@ -48,6 +48,7 @@ def big_api(s3_env: dict[str, str], workdir: Path) -> Iterator[str]:  # noqa: F8
     env = {**s3_env, "MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES)}
     with running_api(env, log_file=workdir / "direct-ui-api.log") as base_url:
         yield base_url
+    forget_direct_tasks(s3_env["DATABASE_URL"])
 
 
 @pytest.fixture(scope="module")
