@@ -315,6 +315,12 @@ class Settings:
     webhook_max_attempts: int = field(metadata=setting(8, gt=0))
     webhook_retry_seconds: float = field(metadata=setting(5, gt=0))
     webhook_timeout_seconds: float = field(metadata=setting(10, gt=0))
+    # Import by URL (`POST /upload` with a `url` field; api/url_import.py): off unless asked for.
+    url_import: bool = field(metadata=setting(False))
+    url_import_allow_private: bool = field(metadata=setting(False))
+    url_import_timeout_seconds: float = field(metadata=setting(30, gt=0, le=300))
+    # Direct uploads (`POST /uploads`, s3 backend only): how long the presigned POST is good for.
+    direct_upload_expires_seconds: int = field(metadata=setting(900, ge=60, le=12 * 3600))
     worker_metrics_port: int = field(
         metadata=setting(9101, ge=0, le=65535, rule="be a TCP port (1-65535), or 0 for off")
     )

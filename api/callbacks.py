@@ -126,9 +126,10 @@ class CallbackSender:
         # The host, not the full URL: its path or query may hold the receiver's token.
         tracing.annotate(**{"server.address": target.host})
         body = task_status(task).model_dump_json().encode()
+        host_header, extensions = target.request_options()
         headers = {
+            **host_header,
             "Content-Type": "application/json",
-            "Host": httpx.URL(target.url).netloc.decode("ascii"),
             "X-Imagequeue-Event": f"task.{task.status}",
             "X-Imagequeue-Delivery": f"{task.id}-{task.callback_attempts}",
             SIGNATURE_HEADER: sign(self._policy.secret, int(time.time()), body),
@@ -142,7 +143,7 @@ class CallbackSender:
                 target.pinned_url(),
                 content=body,
                 headers=headers,
-                extensions={"sni_hostname": target.host},
+                extensions=extensions,
             ) as response:
                 status = response.status_code
             tracing.annotate(**{"http.response.status_code": status})

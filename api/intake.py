@@ -54,6 +54,8 @@ class Intake:
     filename: str
     replayed: bool
     ignored: list[str]
+    # For a replay that an Idempotency-Key did not cause (a direct upload completed twice).
+    message: str | None = None
 
 
 def checked_fields(fields: dict[str, str], known: Sequence[str]) -> list[str]:
@@ -129,16 +131,21 @@ async def _create_task(
     callback_url: str | None,
     key: str | None,
     owner: str | None,
+    stored_name: str | None,
 ) -> int:
-    """Keep the upload's file, then insert its row; the new task's id."""
-    input_name = new_stored_name(upload.info.extension)
+    """Keep the upload's file (unless it is stored already, as `stored_name`), then insert its row;
+    the new task's id."""
     storage = services.storage
-    try:
-        await storage.keep_upload(upload.temp_path, input_name)
-    except OSError as exc:
-        raise UploadRefused(503, STORAGE_FAILED) from exc
-    except StorageUnavailable as exc:
-        raise UploadRefused(503, STORAGE_UNAVAILABLE) from exc
+    if stored_name is not None:
+        input_name = stored_name
+    else:
+        input_name = new_stored_name(upload.info.extension)
+        try:
+            await storage.keep_upload(upload.temp_path, input_name)
+        except OSError as exc:
+            raise UploadRefused(503, STORAGE_FAILED) from exc
+        except StorageUnavailable as exc:
+            raise UploadRefused(503, STORAGE_UNAVAILABLE) from exc
     # The row in one autocommit round trip on the driver pool (core.tasks): the ORM's flush and
     # commit cost about 1.2 ms of the API's CPU per upload, a quarter of all it spends on one.
     new_task = tasks.NewTask(
@@ -156,14 +163,21 @@ async def _create_task(
         # The upload's span, kept so that later spans (a relay's publish, the callback) join its trace.
         traceparent=tracing.current_traceparent(),
     )
-    return await tasks.insert_task(services.driver_pool, storage, new_task)
+    return await tasks.insert_task(services.driver_pool, storage, new_task, keep_file=stored_name is not None)
 
 
 async def make_task(
-    services: Services, received: ReceivedUpload, *, known: Sequence[str], key: str | None, owner: str | None
+    services: Services,
+    received: ReceivedUpload,
+    *,
+    known: Sequence[str],
+    key: str | None,
+    owner: str | None,
+    stored_name: str | None = None,
 ) -> Intake:
     """Check the upload's fields against its image and make it a task (or find the one its key
-    made). The temporary file is gone afterwards, whatever happens. Raises HTTPException or
+    made). The temporary file is gone afterwards, whatever happens. With `stored_name`, the file is
+    in the store already (a direct upload) and only the row is made. Raises HTTPException or
     UploadRefused with the answer for the client."""
     try:
         ignored = checked_fields(received.text_fields, known)
@@ -174,7 +188,9 @@ async def make_task(
         existing = await _task_for_key(services, key, received, processing, callback_url) if key else None
         if existing is None:
             try:
-                task_id = await _create_task(services, received, processing, callback_url, key, owner)
+                task_id = await _create_task(
+                    services, received, processing, callback_url, key, owner, stored_name
+                )
             except tasks.TaskConflict:
                 # A concurrent request with the same key committed first.
                 existing = (

@@ -28,7 +28,7 @@ from api.openapi import openapi_document
 from api.publisher import TaskPublisher
 from api.relay import OutboxRelay
 from api.response_headers import ResponseHeaders
-from api.routes import events, health, originals, pages, presets, resumable, tasks
+from api.routes import direct_uploads, events, health, originals, pages, presets, resumable, tasks
 from api.schemas import DATABASE_UNAVAILABLE
 from api.server_spans import ServerSpans
 from api.state import Services
@@ -162,6 +162,7 @@ def create_app() -> FastAPI:
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     app.include_router(tasks.router)
     app.include_router(resumable.router)
+    app.include_router(direct_uploads.router)
     app.include_router(presets.router)
     app.include_router(originals.router)
     app.include_router(events.router)

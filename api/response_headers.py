@@ -22,6 +22,18 @@ PAGE_CSP = (
     "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
+
+
+def page_csp(*, connect_also: str = "") -> str:
+    """PAGE_CSP, letting scripts also reach `connect_also` (the S3 store a page uploads to
+    directly); a page that sends its own Content-Security-Policy keeps it."""
+    return (
+        PAGE_CSP.replace("connect-src 'self';", f"connect-src 'self' {connect_also};")
+        if connect_also
+        else PAGE_CSP
+    )
+
+
 # /docs and /redoc load their scripts from a CDN by FastAPI's design; they get no page CSP.
 _CSP_EXEMPT = ("/docs", "/redoc")
 _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
@@ -47,7 +59,8 @@ class ResponseHeaders:
                     headers.append((b"x-content-type-options", b"nosniff"))
                 content_type = dict(headers).get(b"content-type", b"")
                 if content_type.startswith(b"text/html") and not exempt:
-                    headers.append((b"content-security-policy", PAGE_CSP.encode()))
+                    if b"content-security-policy" not in names:
+                        headers.append((b"content-security-policy", PAGE_CSP.encode()))
                     headers.append((b"referrer-policy", b"no-referrer"))
                 headers.append((b"x-request-id", request_id.encode()))
                 message["headers"] = headers

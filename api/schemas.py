@@ -257,3 +257,54 @@ def task_status(task: ImageTask) -> TaskStatusResponse:
         placeholder=PlaceholderResponse.model_validate(task.placeholder) if task.placeholder else None,
         trace_id=trace_id_of(task.traceparent),
     )
+
+
+class DirectUploadRequest(BaseModel):
+    """`POST /uploads`: an upload to send straight to the bucket, and how to process it."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"filename": "holiday.jpg", "size": 48_000_000, "content_type": "image/jpeg"}]
+        },
+    )
+
+    filename: str = Field(
+        min_length=1, max_length=1000, description="The file's name, kept for display only."
+    )
+    size: int = Field(gt=0, description="The file's size in bytes: the bucket refuses a larger one.")
+    content_type: str = Field(
+        max_length=100,
+        description="The file's type as the client sees it; the server identifies it from its bytes.",
+    )
+    preset: str | None = Field(default=None, max_length=8192)
+    # As the form's text fields, or the JSON value itself.
+    ops: str | list[Any] | None = None
+    outputs: str | dict[str, Any] | None = None
+    focus: str | None = Field(default=None, max_length=100)
+    callback_url: str | None = Field(default=None, max_length=8192)
+
+
+class DirectUploadResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "upload_id": "4c1d0e6f9a8b7c6d5e4f3a2b1c0d9e8f",
+                    "url": "https://bucket.s3.example.com/",
+                    "fields": {
+                        "key": "imagequeue/uploads/0f8e1c2a9b7d4e6f8a1b2c3d4e5f6a7b.jpg",
+                        "policy": "…",
+                    },
+                    "complete_url": "/uploads/4c1d0e6f9a8b7c6d5e4f3a2b1c0d9e8f/complete",
+                    "expires_at": "2026-12-04T10:15:00Z",
+                }
+            ]
+        }
+    )
+
+    upload_id: str
+    url: str = Field(description="POST the file here as multipart/form-data: `fields` first, then `file`.")
+    fields: dict[str, str]
+    complete_url: str = Field(description="POST here once the bucket has answered 204.")
+    expires_at: datetime = Field(description="The POST must be sent before this.")

@@ -7,6 +7,9 @@
 - A row `pending` and queued more than LOST_AFTER_SECONDS ago, while the stream holds no message
   at all, lost its message (a NATS store lost in a crash, a stream purged by hand): it is queued
   again. The empty-stream condition keeps a long backlog from being re-published.
+- Direct uploads (api/routes/direct_uploads.py) never completed are forgotten, and their objects
+  deleted, LOST_AFTER_SECONDS after their presigned POST expired (by then no upload can still be
+  arriving); completed or refused ones a day later (core.direct_uploads).
 - Temporary files (`.partial-*`) older than LOST_AFTER_SECONDS are deleted: what a process killed
   mid-write left behind (in the local folders, which every storage backend uses for its temporary
   files); the nats backend also purges the chunks of puts cut short (Storage.remove_stale).
@@ -25,10 +28,14 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.publisher import TaskPublisher
-from core import loops, queue, resumable, tasks
-from core.storage import Storage
+from core import direct_uploads, loops, queue, resumable, tasks
+from core.storage import Area, Storage
+from core.storage.s3 import S3Storage
 
 log = logging.getLogger(__name__)
+
+# Direct uploads swept in one transaction.
+DIRECT_UPLOAD_BATCH = 100
 
 
 class Sweeps:
@@ -62,14 +69,39 @@ class Sweeps:
         try:
             lost = await self._requeue_lost_messages()
         finally:  # a NATS hiccup above must not keep the temporary files forever
-            await self._storage.remove_stale(self._lost_after.total_seconds())
-            await self._expire_resumable_uploads()
+            try:
+                await self._storage.remove_stale(self._lost_after.total_seconds())
+                await self._expire_resumable_uploads()
+            finally:  # nor a storage hiccup there the abandoned direct uploads
+                await self.sweep_direct_uploads()
         counts = (requeued, failed, lost)
         if any(counts):
             log.warning(
                 "lease sweep: %d re-queued (worker gone), %d failed, %d re-queued (message gone)", *counts
             )
         return counts
+
+    async def sweep_direct_uploads(self) -> int:
+        """Forget direct uploads never completed (deleting their objects); how many. Only where
+        they can exist: an API on another backend cannot delete their objects."""
+        if not isinstance(self._storage, S3Storage):
+            return 0
+        swept = 0
+        while True:
+            async with self._sessions() as session, session.begin():
+                abandoned = await direct_uploads.lock_abandoned(
+                    session, grace=self._lost_after, limit=DIRECT_UPLOAD_BATCH
+                )
+                if not abandoned:
+                    await direct_uploads.forget_finished(session)
+                    break
+                # The rows go only with their objects: a store that fails here keeps them for next time.
+                await self._storage.remove(Area.UPLOADS, [row.object_name for row in abandoned])
+                await direct_uploads.forget(session, [row.id for row in abandoned])
+            swept += len(abandoned)
+        if swept:
+            log.info("swept %d direct uploads never completed", swept)
+        return swept
 
     async def _expire_leases(self) -> tuple[int, int]:
         """Rows `processing` past their lease: failed if out of attempts, else back to `pending`.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import unicodedata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
 FILE_FIELD = "file"
+# Instead of `file`: a URL the API fetches the image from (api/url_import.py), when URL_IMPORT is on.
+URL_FIELD = "url"
 # Room for the multipart framing, part headers and a few small text fields around the file.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 MAX_TEXT_FIELD_BYTES = 8 * 1024
@@ -54,6 +56,8 @@ MALFORMED = "The multipart body is malformed."
 HEADERS_TOO_LARGE = f"A form part's headers are over {MAX_PART_HEADER_BYTES} bytes."
 EMPTY_FILE = "The uploaded file is empty."
 TOO_LARGE = "The upload is larger than the limit of {limit:,} bytes."
+URL_IMPORT_OFF = "This server does not import images by URL (its URL_IMPORT setting is off); send the file."
+FILE_AND_URL = "Send the image either as a file in 'file' or as a URL in 'url', not both."
 STORAGE_FAILED = "The server could not store the upload; nothing was kept. Please try again shortly."
 
 
@@ -77,6 +81,19 @@ class ReceivedUpload:
     info: ImageInfo
     # The form's other fields (preset, ops, outputs, ...), by name; not yet validated.
     text_fields: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FetchedFile:
+    """What a URL import wrote into the upload's temporary file."""
+
+    raw_filename: str | None
+    size_bytes: int
+    sha256: str
+
+
+# Writes the image at a URL into the open temporary file; raises UploadRefused when it cannot.
+UrlFetcher = Callable[[str, BinaryIO], Awaitable[FetchedFile]]
 
 
 def display_name(raw: str | None) -> str:
@@ -325,9 +342,16 @@ async def refuse_unread(request: Request, status_code: int, message: str) -> NoR
 
 
 async def receive_upload(
-    request: Request, *, folders: Folders, max_file_bytes: int, max_pixels: int, max_frames: int
+    request: Request,
+    *,
+    folders: Folders,
+    max_file_bytes: int,
+    max_pixels: int,
+    max_frames: int,
+    fetch_url: UrlFetcher | None = None,
 ) -> ReceivedUpload:
-    """Stream the request's `file` part into a temporary file and identify it.
+    """Stream the request's `file` part (or, with `fetch_url`, the image its `url` field names) into
+    a temporary file and identify it.
 
     Raises UploadRefused (nothing left on disk) for anything that cannot become a task.
     """
@@ -336,7 +360,7 @@ async def receive_upload(
     boundary = _boundary(request)
     chunks = request.stream()
     try:
-        return await _receive(chunks, boundary, folders, max_file_bytes, max_pixels, max_frames)
+        return await _receive(chunks, boundary, folders, max_file_bytes, max_pixels, max_frames, fetch_url)
     except UploadRefused:
         await discard_some(chunks)
         raise
@@ -349,6 +373,7 @@ async def _receive(
     max_file_bytes: int,
     max_pixels: int,
     max_frames: int,
+    fetch_url: UrlFetcher | None,
 ) -> ReceivedUpload:
     temp_path = folders.temp_upload_path()
     try:
@@ -356,10 +381,19 @@ async def _receive(
         # than handing each chunk to a thread would.
         with open(temp_path, "wb") as target:  # noqa: ASYNC230
             receiver = await _stream_to(chunks, boundary, target, max_file_bytes)
-            if receiver.files_seen == 0:
-                raise UploadRefused(422, MISSING_FILE)
-            if receiver.file_bytes == 0:
-                raise UploadRefused(400, EMPTY_FILE)
+            url = receiver.text_fields.get(URL_FIELD)
+            if receiver.files_seen == 0 and url is not None:
+                if fetch_url is None:
+                    raise UploadRefused(422, URL_IMPORT_OFF)
+                fetched = await fetch_url(url, target)
+            else:
+                if receiver.files_seen == 0:
+                    raise UploadRefused(422, MISSING_FILE)
+                if url is not None and fetch_url is not None:  # off, `url` is just another field
+                    raise UploadRefused(422, FILE_AND_URL)
+                if receiver.file_bytes == 0:
+                    raise UploadRefused(400, EMPTY_FILE)
+                fetched = FetchedFile(receiver.raw_filename, receiver.file_bytes, receiver.digest.hexdigest())
             info = await anyio.to_thread.run_sync(_finish_file, target, temp_path, max_pixels, max_frames)
     except UnsupportedImage as exc:
         remove_quietly(temp_path)
@@ -375,9 +409,9 @@ async def _receive(
         raise
     return ReceivedUpload(
         temp_path=temp_path,
-        display_name=display_name(receiver.raw_filename),
-        size_bytes=receiver.file_bytes,
-        sha256=receiver.digest.hexdigest(),
+        display_name=display_name(fetched.raw_filename),
+        size_bytes=fetched.size_bytes,
+        sha256=fetched.sha256,
         info=info,
         text_fields=receiver.text_fields,
     )

@@ -23,7 +23,7 @@ from client import report
 from client.connection import ApiError, checked, make_client, unreachable
 from client.progress import Progress
 from client.resumable import RESUMABLE_FROM_BYTES
-from client.uploads import UploadOptions, upload_files
+from client.uploads import Source, UploadOptions, upload_files
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_CONCURRENCY = 4
@@ -110,7 +110,12 @@ def _parser() -> argparse.ArgumentParser:
     upload = commands.add_parser(
         "upload", parents=[common], help="upload images (many at once)", description="Upload images."
     )
-    upload.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    upload.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="image files, or http(s):// URLs for the server to import (it needs URL_IMPORT on)",
+    )
     upload.add_argument("--preset", help="processing preset name (sent as the form field `preset`)")
     upload.add_argument("--ops", help="processing operations as JSON (form field `ops`)")
     upload.add_argument("--outputs", help="outputs wanted as JSON (form field `outputs`)")
@@ -170,11 +175,18 @@ def _form_fields(args: argparse.Namespace) -> dict[str, str]:
     return fields
 
 
-def _files(paths: list[Path]) -> list[Path]:
-    for path in paths:
+def _sources(texts: list[str]) -> list[Source]:
+    """Each argument as a file to send, or (http:// or https://) a URL for the server to fetch."""
+    sources: list[Source] = []
+    for text in texts:
+        if text.lower().startswith(("http://", "https://")):
+            sources.append(text)
+            continue
+        path = Path(text)
         if not path.is_file():
             raise UsageError(f"not a file: {path}")
-    return paths
+        sources.append(path)
+    return sources
 
 
 async def _upload(args: argparse.Namespace) -> int:
@@ -185,7 +197,7 @@ async def _upload(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         resumable_from=args.resumable_from,
     )
-    paths = _files(args.files)
+    paths = _sources(args.files)
     progress = Progress(sys.stderr, len(paths))
     async with make_client(args.url, args.api_key, connections=args.concurrency) as http:
         results = await upload_files(http, paths, options, progress)

@@ -54,7 +54,9 @@ class Progress:
     def uploaded(self, key: int, task_id: int) -> None:
         file = self._sending.pop(key)
         self._uploaded += 1
-        self._event(f"uploaded {file.name} ({human_bytes(file.size)}) as task {task_id}")
+        # A URL import sends no file of its own: no size to show.
+        size = f" ({human_bytes(file.size)})" if file.size else ""
+        self._event(f"uploaded {file.name}{size} as task {task_id}")
 
     def refused(self, key: int, name: str, reason: str) -> None:
         self._sending.pop(key, None)

@@ -10,6 +10,8 @@
   for up to RATE_LIMITED_SECONDS a file: the server refused it before reading the file.
 - Files from `resumable_from` bytes up go through the server's tus endpoint in pieces instead
   (client/resumable.py): a dropped connection costs one piece, and the upload resumes.
+- A URL instead of a file (`client upload https://...`) is sent as the form field `url`: the
+  server fetches it (its URL_IMPORT setting must be on).
 - Following a task polls `/status/{id}` with a growing interval (0.2 s up to 2 s); a passing
   failure while polling (503, a dropped connection) is retried until the wait's deadline.
 """
@@ -41,6 +43,8 @@ LONGEST_POLL_SECONDS = 2.0
 FINAL = ("done", "failed")
 # What a result's `status` may be besides the server's task statuses.
 ACCEPTED = "accepted"  # uploaded; not followed (no --wait)
+# A file to send, or (a string) an http(s) URL for the server to import.
+Source = Path | str
 REFUSED = "refused"  # the server said no (4xx), or could not be reached
 TIMED_OUT = "timed out"  # --wait gave up before the task finished
 
@@ -112,29 +116,31 @@ class Uploader:
         self._progress = progress
         self._slots = asyncio.Semaphore(options.concurrency)
 
-    async def run(self, paths: Sequence[Path]) -> list[UploadResult]:
+    async def run(self, paths: Sequence[Source]) -> list[UploadResult]:
         if self._options.wait:
             self._progress.waiting()
         return list(await asyncio.gather(*(self._one(key, path) for key, path in enumerate(paths))))
 
-    async def _one(self, key: int, path: Path) -> UploadResult:
+    async def _one(self, key: int, path: Source) -> UploadResult:
         result = await self._upload(key, path)
         if self._options.wait and result.task_id is not None:
             await self._follow(result)
         return result
 
-    async def _upload(self, key: int, path: Path) -> UploadResult:
+    async def _upload(self, key: int, path: Source) -> UploadResult:
         idempotency_key = uuid.uuid4().hex
-        resumable_from = self._options.resumable_from
-        try:
-            size = os.stat(path).st_size
-            if resumable_from and size >= resumable_from:
-                return await self._upload_resumable(key, path, size, idempotency_key)
-        except OSError as exc:
-            reason = f"cannot read {path}: {exc.strerror or exc}"
-            self._progress.refused(key, path.name, reason)
-            return UploadResult(str(path), None, REFUSED, error=reason)
-        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        name = path if isinstance(path, str) else path.name
+        if not isinstance(path, str):
+            resumable_from = self._options.resumable_from
+            try:
+                size = os.stat(path).st_size
+                if resumable_from and size >= resumable_from:
+                    return await self._upload_resumable(key, path, size, idempotency_key)
+            except OSError as exc:
+                reason = f"cannot read {path}: {exc.strerror or exc}"
+                self._progress.refused(key, name, reason)
+                return UploadResult(str(path), None, REFUSED, error=reason)
+        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         attempt = 0
         # Over the key's limits (429) the server read nothing of the file: waiting as it says is not
         # an attempt, up to a bound.
@@ -145,10 +151,13 @@ class Uploader:
             meter = _Meter()
             try:
                 async with self._slots:
-                    response = await self._send(key, path, content_type, idempotency_key, meter)
+                    if isinstance(path, str):
+                        response = await self._send_url(key, path, idempotency_key)
+                    else:
+                        response = await self._send(key, path, content_type, idempotency_key, meter)
             except OSError as exc:  # the file went away or cannot be read
                 reason = f"cannot read {path}: {exc.strerror or exc}"
-                self._progress.refused(key, path.name, reason)
+                self._progress.refused(key, name, reason)
                 return UploadResult(str(path), None, REFUSED, error=reason)
             except httpx.HTTPError as exc:
                 if meter.started and not meter.complete:
@@ -159,7 +168,7 @@ class Uploader:
                         f"the server closed the connection after {human_bytes(meter.sent)} of "
                         f"{human_bytes(meter.size)} (is the file over its upload size limit?)"
                     )
-                    self._progress.refused(key, path.name, reason)
+                    self._progress.refused(key, name, reason)
                     return UploadResult(str(path), None, REFUSED, error=reason)
                 reason = unreachable(str(self._http.base_url), exc).message
             else:
@@ -173,13 +182,13 @@ class Uploader:
                     await asyncio.sleep(_retry_after(response, RETRY_SECONDS))
                     continue
                 if response.status_code != 503:
-                    self._progress.refused(key, path.name, reason)
+                    self._progress.refused(key, name, reason)
                     return UploadResult(str(path), None, REFUSED, error=reason)
                 retry_after = _retry_after(response, retry_after)
             if attempt >= UPLOAD_ATTEMPTS:
                 break
             await asyncio.sleep(retry_after)
-        self._progress.refused(key, path.name, reason)
+        self._progress.refused(key, name, reason)
         return UploadResult(str(path), None, REFUSED, error=reason)
 
     async def _upload_resumable(self, key: int, path: Path, size: int, idempotency_key: str) -> UploadResult:
@@ -198,6 +207,17 @@ class Uploader:
                 return UploadResult(str(path), None, REFUSED, error=exc.message)
         self._progress.uploaded(key, task_id)
         return UploadResult(str(path), task_id, ACCEPTED)
+
+    async def _send_url(self, key: int, url: str, idempotency_key: str) -> httpx.Response:
+        self._progress.start(key, url, 0)
+        return await self._http.post(
+            "/upload",
+            # A (None, text) file entry is a plain multipart text field: the server reads `url` only
+            # from a multipart form, like `file`.
+            files=[("url", (None, url))],
+            data=self._options.fields,
+            headers={"Idempotency-Key": idempotency_key, "Accept": "application/json"},
+        )
 
     async def _send(
         self, key: int, path: Path, content_type: str, idempotency_key: str, meter: _Meter
@@ -262,7 +282,7 @@ def _retry_after(response: httpx.Response, default: float) -> float:
 
 
 async def upload_files(
-    http: httpx.AsyncClient, paths: Sequence[Path], options: UploadOptions, progress: Progress
+    http: httpx.AsyncClient, paths: Sequence[Source], options: UploadOptions, progress: Progress
 ) -> list[UploadResult]:
     """Upload `paths` (at most `options.concurrency` at a time); results in the order given."""
     try:

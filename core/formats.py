@@ -205,6 +205,26 @@ def check_animation(frames: int, width: int, height: int, *, max_frames: int, ma
         raise AnimationTooLarge(animation_too_large_message(frames, width, height, max_pixels))
 
 
+# Enough of a file's start for has_image_signature.
+SIGNATURE_BYTES = 16
+
+
+def has_image_signature(head: bytes) -> bool:
+    """Whether a file starting with `head` (its first SIGNATURE_BYTES) may be an image we accept:
+    a cheap first look before reading a whole file (a direct upload's object). True is no promise:
+    probe_image decides, and also names the BigTIFF it refuses."""
+    return (
+        is_heif(head)
+        or head[:4] in TIFF_SIGNATURES
+        or head[:4] in BIGTIFF_SIGNATURES
+        or head.startswith(PNG_SIGNATURE)
+        or head[:6] in GIF_SIGNATURES
+        or head.startswith(JPEG_SIGNATURE)
+        or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+        or head.startswith(b"BM")
+    )
+
+
 def probe_image(path: Path, *, max_pixels: int, max_frames: int) -> ImageInfo:
     """Identify the image at `path` from its bytes and check its limits; no pixel is decoded.
 

@@ -176,3 +176,30 @@ class ResumableUpload(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     task_id: Mapped[int | None] = mapped_column(Integer)
+
+
+class DirectUpload(Base):
+    """An upload declared by `POST /uploads` (api/routes/direct_uploads.py), which the client sends
+    straight to the S3 bucket under `object_name`. `POST /uploads/{id}/complete` checks the object
+    and either makes its task (`task_id`) or refuses it (`refusal_status`, `refusal`; the object is
+    deleted): completing again answers the same. Never completed, it is swept after `expires_at`
+    (core.direct_uploads)."""
+
+    __tablename__ = "direct_uploads"
+
+    # Random, unguessable: it is the client's handle on the upload.
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # The API key's fingerprint (None when API keys are off): only its holder may complete it.
+    owner: Mapped[str | None] = mapped_column(String(64))
+    object_name: Mapped[str] = mapped_column(String(64), unique=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    # As declared; the presigned POST refuses a larger object.
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    content_type: Mapped[str] = mapped_column(String(64))
+    # The processing fields and callback_url as sent (checked at declaration, resolved at completion).
+    fields: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    task_id: Mapped[int | None] = mapped_column(Integer)
+    refusal_status: Mapped[int | None] = mapped_column(Integer)
+    refusal: Mapped[str | None] = mapped_column(Text)

@@ -182,9 +182,10 @@ class NewTask:
     traceparent: str | None = None
 
 
-async def insert_task(pool: asyncpg.Pool, storage: Storage, task: NewTask) -> int:
+async def insert_task(pool: asyncpg.Pool, storage: Storage, task: NewTask, *, keep_file: bool = False) -> int:
     """Insert the upload's row; the new task's id. If the row surely was not made, its upload file
-    is removed; TaskConflict when another request committed the same Idempotency-Key first."""
+    is removed (unless `keep_file`: a direct upload's object outlives a failed try, to be completed
+    again); TaskConflict when another request committed the same Idempotency-Key first."""
     values = (
         task.filename,
         task.content_type,
@@ -209,7 +210,7 @@ async def insert_task(pool: asyncpg.Pool, storage: Storage, task: NewTask) -> in
         # connection), or the server answered it with an error. A connection lost mid-statement
         # may have committed it: keep the file its row would need (at worst a file with no row;
         # deleting it could leave a row with no file).
-        if not sent or _refused_by_server(exc):
+        if (not sent or _refused_by_server(exc)) and not keep_file:
             await _forget_upload(storage, task.input_name)
         mapped = _mapped(exc) if isinstance(exc, Exception) else exc
         if mapped is exc:
@@ -356,6 +357,11 @@ async def get(session: AsyncSession, task_id: int) -> ImageTask | None:
 @_mapping_errors
 async def find_by_idempotency_key(session: AsyncSession, key: str) -> ImageTask | None:
     return await session.scalar(select(ImageTask).where(ImageTask.idempotency_key == key))
+
+
+@_mapping_errors
+async def find_by_input_name(session: AsyncSession, input_name: str) -> ImageTask | None:
+    return await session.scalar(select(ImageTask).where(ImageTask.input_name == input_name))
 
 
 @_mapping_errors

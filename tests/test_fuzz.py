@@ -33,6 +33,8 @@ API_KEY = "schemathesis-key-0123456789"
 # a route cannot leave the checked contract unnoticed.
 OPERATIONS = {
     "POST /upload",
+    "POST /uploads",
+    "POST /uploads/{upload_id}/complete",
     "GET /status/{task_id}",
     "GET /tasks",
     "GET /tasks/{task_id}",

@@ -8,11 +8,13 @@ scripts in api/static/ only add to that: several files with progress, live statu
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from api.deps import MAX_TASK_ID, TASK_NOT_FOUND, CallerDep, ServicesDep, SessionDep, visible_task
+from api.response_headers import page_csp
 from api.routes.originals import original_url
 from api.schemas import result_url, status_url, task_status
 from api.templating import templates, wants_html
@@ -71,6 +73,10 @@ _ACCEPT = ",".join(
 
 @router.get("/", response_class=HTMLResponse)
 async def upload_form(request: Request, services: ServicesDep) -> HTMLResponse:
+    settings = services.settings
+    headers = None
+    if settings.storage_backend == "s3":  # the page's script POSTs big files to the store itself
+        headers = {"Content-Security-Policy": page_csp(connect_also=_s3_origin(settings.s3_endpoint_url))}
     return templates.TemplateResponse(
         request,
         "index.html",
@@ -79,11 +85,22 @@ async def upload_form(request: Request, services: ServicesDep) -> HTMLResponse:
             "max_upload_mb": services.settings.max_upload_bytes / (1024 * 1024),
             "formats": ", ".join(_FORMAT_LABELS.get(fmt, fmt) for fmt in ALLOWED_FORMATS),
             "accept": _ACCEPT,
+            # upload.js sends big files straight to the bucket on s3 (direct_upload.js).
+            "storage_backend": settings.storage_backend,
             "presets": [
                 {"name": name, "description": preset.description} for name, preset in services.presets.items()
             ],
         },
+        headers=headers,
     )
+
+
+def _s3_origin(endpoint_url: str) -> str:
+    """Where presigned POSTs go: the configured endpoint's origin, or AWS's S3 hosts."""
+    if not endpoint_url:
+        return "https://*.amazonaws.com"
+    parts = urlsplit(endpoint_url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _is_task_id(ref: str) -> bool:

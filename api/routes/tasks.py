@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Annotated
 
@@ -14,6 +16,7 @@ from api.intake import (
     CALLBACKS_OFF,
     IDEMPOTENCY_KEY_REUSED,
     PROCESSING_FIELDS,
+    Intake,
     make_task,
     scoped_key,
     well_formed_key,
@@ -31,7 +34,8 @@ from api.schemas import (
 )
 from api.stored_files import image_cache_control, stored_file_answer
 from api.templating import wants_html
-from api.uploads import TOO_LARGE, receive_upload, refuse_unread
+from api.uploads import TOO_LARGE, UrlFetcher, receive_upload, refuse_unread
+from api.url_import import REMOTE_STATUS, REMOTE_TIMEOUT, UrlImportPolicy, fetch_image
 from core import tasks
 from core.formats import CONTENT_TYPES, EXTENSIONS, UNSUPPORTED_MESSAGE
 from core.models import TaskStatus
@@ -47,6 +51,8 @@ UPLOAD_REPLAYED = "This Idempotency-Key was already used for this file; here is 
 # Besides `file`: the processing fields and the callback URL (api.intake). Others are ignored and
 # named in the answer, unless one looks like a misspelling (api.form_fields).
 FORM_FIELDS = ("file", *PROCESSING_FIELDS, "callback_url")
+# With URL_IMPORT on, `url` is ours too (instead of `file`); off, it is any other form field.
+IMPORT_FORM_FIELDS = (*FORM_FIELDS, "url")
 
 PROCESSED_NOT_FOUND = "Processed image not found"
 
@@ -69,29 +75,37 @@ async def _stored_key(request: Request, raw: str | None, caller: str | None) -> 
     return scoped_key(raw, caller)
 
 
-def _answer(
-    request: Request,
-    task_id: int,
-    filename: str,
-    message: str,
-    *,
-    replayed: bool,
-    ignored: list[str],
-    limits: dict[str, str],
-) -> Response:
+def _url_fetcher(services: ServicesDep) -> UrlFetcher | None:
+    """How this server fetches an upload's `url` (api/url_import.py); None when URL_IMPORT is off."""
+    settings = services.settings
+    if not settings.url_import:
+        return None
+    policy = UrlImportPolicy(
+        allow_private=settings.url_import_allow_private,
+        max_bytes=settings.max_upload_bytes,
+        timeout_seconds=settings.url_import_timeout_seconds,
+    )
+    return functools.partial(fetch_image, policy=policy)
+
+
+def answer(request: Request, made: Intake, limits: Mapping[str, str] | None = None) -> Response:
+    """`/upload`'s answer for its task (every ingest path that answers as `/upload` does): JSON with
+    the key's limit fields, or for a browser form post a redirect to its page."""
+    task_id = made.task_id
     if wants_html(request):
         # Without the key's limits: the draft warns that a client may hold back a redirect it is
         # told it has no quota left for, and the result page is not an upload.
         return RedirectResponse(result_url(task_id), status_code=303)
     body = UploadResponse(
         task_id=task_id,
-        filename=filename,
-        message=message,
+        filename=made.filename,
+        message=made.message or (UPLOAD_REPLAYED if made.replayed else UPLOAD_ACCEPTED),
         status_url=status_url(task_id),
         result_url=result_url(task_id),
-        ignored_fields=ignored,
+        ignored_fields=made.ignored,
     )
-    headers = {**limits, "Idempotent-Replayed": "true"} if replayed else limits
+    limits = dict(limits or {})
+    headers = {**limits, "Idempotent-Replayed": "true"} if made.replayed else limits
     return JSONResponse(body.model_dump(), headers=headers)
 
 
@@ -141,11 +155,21 @@ def _answer(
             IDEMPOTENCY_KEY_REUSED,
             html=True,
         ),
+        502: error(
+            "Import by URL: the remote server failed or answered an error.",
+            REMOTE_STATUS.format(status=404),
+            html=True,
+        ),
         503: {
             **errors(503)[503],
             "description": "PostgreSQL or the file store cannot be reached; nothing was stored. The same "
             "request may succeed after `Retry-After` seconds.",
         },
+        504: error(
+            "Import by URL: the fetch took longer than URL_IMPORT_TIMEOUT_SECONDS.",
+            REMOTE_TIMEOUT.format(seconds=30),
+            html=True,
+        ),
     },
 )
 async def upload(
@@ -167,6 +191,11 @@ async def upload(
 ) -> Response:
     """Upload an image (multipart field `file`) and queue it for processing.
 
+    With URL_IMPORT on, a `url` field instead of `file` makes the server fetch the image from that
+    public http(s) URL (at most 5 redirects, MAX_UPLOAD_BYTES, URL_IMPORT_TIMEOUT_SECONDS) and treat
+    its bytes as an upload; a URL that cannot be fetched is refused at once (422 refused URL, 502
+    the remote server failed, 504 too slow). Off, a `url` field is refused with 422.
+
     Optional fields choose the processing (one of them): `preset` (a name from `GET /presets`),
     `ops` (a JSON list of operations) or `outputs` (a JSON object of output name -> preset name or
     ops list, for several derivatives of one upload). Without any, the `default` preset. `focus`
@@ -186,18 +215,11 @@ async def upload(
         max_file_bytes=settings.max_upload_bytes,
         max_pixels=settings.max_image_pixels,
         max_frames=settings.max_frames,
+        fetch_url=_url_fetcher(services),
     )
-    made = await make_task(services, received, known=FORM_FIELDS, key=key, owner=caller)
-    message = UPLOAD_REPLAYED if made.replayed else UPLOAD_ACCEPTED
-    return _answer(
-        request,
-        made.task_id,
-        made.filename,
-        message,
-        replayed=made.replayed,
-        ignored=made.ignored,
-        limits=limit_headers(admission),
-    )
+    known = IMPORT_FORM_FIELDS if settings.url_import else FORM_FIELDS
+    made = await make_task(services, received, known=known, key=key, owner=caller)
+    return answer(request, made, limit_headers(admission))
 
 
 @router.get(

@@ -1,7 +1,9 @@
 // The upload form, enhanced: several files at once (chosen or dropped), one request per file with
 // a progress bar, and each file's live status and result link. Without this script the form posts
-// one file the plain way and the server answers with its result page. Big files go resumable
-// (resumable.js: tus, in pieces, resuming after a dropped connection).
+// one file the plain way and the server answers with its result page. Big files go straight to the
+// bucket on the s3 backend (direct_upload.js), else resumable (resumable.js: tus, in pieces, resuming
+// after a dropped connection).
+import { directUpload, usesDirectUpload } from "./direct_upload.js";
 import { focusPicker } from "./focus.js";
 import { STATUS_HINTS, watchTask } from "./live.js";
 import { sendResumable, useResumable } from "./resumable.js";
@@ -58,8 +60,9 @@ function errorDetail(request) {
   return `the server answered ${request.status} ${request.statusText}`.trim();
 }
 
-function accepted(view, taskId) {
+function accepted(view, answer) {
   view.progress.value = 100;
+  const taskId = Number(answer.task_id);
   view.link.href = `/result/${taskId}`;
   view.link.hidden = false;
   view.line.dataset.taskId = String(taskId);
@@ -82,7 +85,20 @@ function sendInPieces(file, view, fields) {
     onProgress: (fraction) => { view.progress.value = Math.round(100 * fraction); },
     onRetry: (tries) => { view.state.textContent = `Connection lost; resuming (try ${tries})…`; },
   })
-    .then((result) => (result.taskId ? accepted(view, result.taskId) : refused(view, `Refused: ${result.refused}`)))
+    .then((result) => (result.taskId ? accepted(view, { task_id: result.taskId }) : refused(view, `Refused: ${result.refused}`)))
+    .finally(() => {
+      sending -= 1;
+      next();
+    });
+}
+
+// Big files on the s3 backend go straight to the bucket (direct_upload.js).
+function sendDirect(file, view, fields) {
+  sending += 1;
+  view.state.textContent = "Uploading…";
+  directUpload(file, fields, (share) => { view.progress.value = Math.round(100 * share); })
+    .then((answer) => accepted(view, answer))
+    .catch((error) => refused(view, `Refused: ${error.message}`))
     .finally(() => {
       sending -= 1;
       next();
@@ -90,6 +106,10 @@ function sendInPieces(file, view, fields) {
 }
 
 function send(file, view, fields) {
+  if (usesDirectUpload(form, file)) {
+    sendDirect(file, view, fields);
+    return;
+  }
   sending += 1;
   if (useResumable(form, file)) {
     sendInPieces(file, view, fields);
@@ -110,7 +130,7 @@ function send(file, view, fields) {
   });
   request.addEventListener("load", () => {
     if (request.status === 200) {
-      accepted(view, Number(JSON.parse(request.responseText).task_id));
+      accepted(view, JSON.parse(request.responseText));
     } else {
       refused(view, `Refused: ${errorDetail(request)}`);
     }
