@@ -67,10 +67,8 @@ def limit_headers(verdict: Verdict | None) -> dict[str, str]:
 
 
 def _refusal(verdict: Verdict) -> HTTPException:
-    # An HTTPException, not an UploadRefused: that one's `Connection: close` would have uvicorn
-    # close the socket at once, its unread body making the kernel reset it, which can lose the
-    # answer; without it, the HTTP layer's lingering close (api.http_limits) ends the connection
-    # after the client has read it, dropping what the client still sends.
+    # Answered with the body unread: the HTTP layer's lingering close (api.http_limits) ends the
+    # connection after the client can read it, dropping what the client still sends.
     policy = verdict.policy
     headers = limit_headers(verdict)
     if verdict.refusal is Refusal.FORBIDDEN:

@@ -120,9 +120,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 async def _upload_refused(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, UploadRefused)  # registered for it alone; Starlette types handlers loosely
-    # The browser form gets a page it can show; API clients get JSON. Either way the rest of the
-    # body is not read: the connection is closed after this answer.
-    headers = {"Connection": "close"}
+    # The browser form gets a page it can show; API clients get JSON. No `Connection: close`: with
+    # it uvicorn closes the socket at once, and a body still arriving makes the kernel reset it
+    # under a client that sends all before reading, losing this answer. Answered with the body
+    # unread, the HTTP layer's lingering close ends the connection once the client can read it
+    # (api.http_limits); answered after the whole body, the connection stays open for the next.
+    headers: dict[str, str] = {}
     if exc.status_code == 503:  # nothing was stored; the same request will do once storage is back
         headers["Retry-After"] = "5"
     if wants_html(request):

@@ -18,7 +18,7 @@ import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import anyio.to_thread
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -39,9 +39,6 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 MAX_TEXT_FIELD_BYTES = 8 * 1024
 MAX_PARTS = 16
 MAX_PART_HEADER_BYTES = 8 * 1024
-# After refusing, read at most this much more of the body, for at most this long (see discard_some).
-DISCARD_BYTES = 4 * 1024 * 1024
-DISCARD_SECONDS = 2.0
 DISPLAY_NAME_MAX_CHARS = 255
 # How much of the body is read looking for its first boundary line (past a preamble and padding).
 MAX_PREAMBLE_BYTES = 16 * 1024
@@ -215,21 +212,6 @@ def _check_declared_length(request: Request, limit: int, max_file_bytes: int) ->
         raise UploadRefused(413, TOO_LARGE.format(limit=max_file_bytes))
 
 
-async def discard_some(chunks: AsyncIterator[bytes]) -> None:
-    """Read (and drop) a bounded part of what the client is still sending before we answer.
-
-    Closing a socket with unread data makes the kernel send a reset, and a client that is still
-    writing then loses our answer with it. Reading a little more lets the usual client (one
-    that sends its whole body before reading) see the 4xx; the bound keeps the refusal cheap.
-    """
-    discarded = 0
-    with anyio.move_on_after(DISCARD_SECONDS):
-        async for chunk in chunks:
-            discarded += len(chunk)
-            if discarded > DISCARD_BYTES:
-                return
-
-
 def _from_first_delimiter(head: bytes | bytearray, boundary: bytes) -> bytes | None:
     """The body from its first delimiter line on, in the form python-multipart accepts; None if more
     of the body is needed to tell.
@@ -326,21 +308,6 @@ async def identify_file(temp_path: Path, *, max_pixels: int, max_frames: int) ->
         raise UploadRefused(503, STORAGE_FAILED) from exc
 
 
-async def discard_unread(request: Request) -> None:
-    """Before refusing a request for something its head says (a bad header), its body still unread:
-    read a bounded part of the body (see discard_some), so the client sees the answer. Not when the
-    client waits for `100 Continue` before sending it: reading would invite the body (the server
-    sends 100 at the first read), while answering at once spares the upload (RFC 9110 §10.1.1)."""
-    if request.headers.get("expect", "").lower() == "100-continue":
-        return
-    await discard_some(request.stream())
-
-
-async def refuse_unread(request: Request, status_code: int, message: str) -> NoReturn:
-    await discard_unread(request)
-    raise UploadRefused(status_code, message)
-
-
 async def receive_upload(
     request: Request,
     *,
@@ -353,17 +320,17 @@ async def receive_upload(
     """Stream the request's `file` part (or, with `fetch_url`, the image its `url` field names) into
     a temporary file and identify it.
 
-    Raises UploadRefused (nothing left on disk) for anything that cannot become a task.
+    Raises UploadRefused (nothing left on disk) for anything that cannot become a task. A refusal
+    may come with the body partly or wholly unread: the answer goes out at once, and the HTTP
+    layer's lingering close (api.http_limits) lets the client read it while what it still sends
+    is dropped, within bounds.
     """
     # Refused before reading a byte: a client that sent `Expect: 100-continue` never sends the body.
     _check_declared_length(request, max_file_bytes + MULTIPART_OVERHEAD_BYTES, max_file_bytes)
     boundary = _boundary(request)
-    chunks = request.stream()
-    try:
-        return await _receive(chunks, boundary, folders, max_file_bytes, max_pixels, max_frames, fetch_url)
-    except UploadRefused:
-        await discard_some(chunks)
-        raise
+    return await _receive(
+        request.stream(), boundary, folders, max_file_bytes, max_pixels, max_frames, fetch_url
+    )
 
 
 async def _receive(

@@ -19,9 +19,9 @@ import base64
 import functools
 import math
 from collections import Counter
-from collections.abc import Callable
-from operator import mul
-from typing import TypedDict
+from collections.abc import Callable, Sequence
+from operator import add, mul, sub
+from typing import TypedDict, TypeVar
 
 from PIL import Image
 
@@ -35,6 +35,10 @@ HASH_SIDE = 16
 _DOMINANT_CANDIDATES = 6
 # Pixels at least this opaque vote for the dominant colour.
 _OPAQUE_ENOUGH = 128
+
+
+# A band's samples, as Pillow gives them or as mixed in Python.
+_Band = TypeVar("_Band", bytes, list[int])
 
 
 class Placeholder(TypedDict):
@@ -119,62 +123,48 @@ def thumbhash(image: Image.Image) -> bytes:
     if w > 100 or h > 100:
         raise ValueError(f"{w}x{h} does not fit in 100x100")
     count = w * h
-    has_alpha_band = image.mode == "RGBA"
-    alpha = _rows(image.getchannel("A").tobytes(), w) if has_alpha_band else None
-    alpha_sum = sum(map(sum, alpha)) / 255 if alpha is not None else float(count)
-    has_alpha = alpha_sum < count
+    alpha_band = image.getchannel("A").tobytes() if image.mode == "RGBA" else None
+    has_alpha = alpha_band is not None and sum(alpha_band) < 255 * count
     l_limit = 5 if has_alpha else 7
     lx = max(1, _round(l_limit * w / max(w, h)))
     ly = max(1, _round(l_limit * h / max(w, h)))
     nx, ny = max(3, lx), max(3, ly)
-    # Enough terms for every channel (L's triangle holds P's and Q's 3 × 3 one; A's is 5 × 5).
-    terms_x, terms_y = max(nx, 5 if has_alpha else 3), max(ny, 5 if has_alpha else 3)
-    cos_x = _cosines(w, terms_x)
-    cos_y = _cosines(h, terms_y)
+    # Only the terms the hash keeps are computed: L's triangle, P's and Q's 3 × 3 one (and A's
+    # 5 × 5 one), not every band's full rectangle.
+    l_terms, pq_terms, a_terms = _triangle(nx, ny), _triangle(3, 3), _triangle(5, 5)
+    cos_x = _cosines(w, max(nx, 5))
+    cos_y = _cosines(h, max(ny, 5))
+    norm = 255 * count
 
     # The reference composites each pixel atop the average colour, with alpha in 0..1:
     # c' = avg_c * (1 - a) + a * c. Premultiplied bands (RGBa) give a * c, and the DCT is linear,
-    # so c'-terms = avg_c * (one-terms - a-terms) + (a * c)-terms.
-    premultiplied = image.convert("RGBa") if has_alpha_band else image
-    pixels = premultiplied.tobytes()
-    step = len(premultiplied.getbands())
-    bands = [_rows(pixels[index::step], w) for index in range(3)]
-    band_terms = [_dct(rows, cos_x, cos_y, 255 * count) for rows in bands]
-    alpha_terms: list[list[float]] = []
-    if has_alpha and alpha is not None:
-        alpha_terms = _dct(alpha, cos_x, cos_y, 255 * count)
-        averages = [terms[0][0] / alpha_terms[0][0] if alpha_terms[0][0] else 0.0 for terms in band_terms]
-        band_terms = [
-            [
-                [
-                    avg * ((1.0 if cx == 0 and cy == 0 else 0.0) - alpha_terms[cy][cx]) + terms[cy][cx]
-                    for cx in range(terms_x)
-                ]
-                for cy in range(terms_y)
-            ]
-            for avg, terms in zip(averages, band_terms, strict=True)
-        ]
-    red, green, blue = band_terms
+    # so c'-terms = avg_c * (one-terms - a-terms) + (a * c)-terms, for any mix of the bands too.
+    pixels = (image.convert("RGBa") if has_alpha else image).tobytes()
+    step = len(image.getbands())
+    red, green, blue = (pixels[index::step] for index in range(3))
+    # ThumbHash's L, P and Q are fixed mixes of R, G and B: mixed once per pixel (in integers, so
+    # exactly), each is transformed alone: 3 bands and only their terms, not R, G and B's all.
+    sums = _rows(list(map(add, map(add, red, green), blue)), w)
+    p_rows = _rows(list(map(sub, map(add, red, green), map(add, blue, blue))), w)
+    q_rows = _rows(list(map(sub, red, green)), w)
+    l_dct = _dct(sums, cos_x, cos_y, 3 * norm, l_terms)
+    p_dct = _dct(p_rows, cos_x, cos_y, 2 * norm, pq_terms)
+    q_dct = _dct(q_rows, cos_x, cos_y, norm, pq_terms)
+    alpha_dct: list[float] = []
+    if has_alpha and alpha_band is not None:
+        alpha_rows = _rows(alpha_band, w)
+        alpha_dct = _dct(alpha_rows, cos_x, cos_y, norm, a_terms)
+        alpha_at = dict(zip(a_terms, alpha_dct, strict=True))
+        alpha_dc = alpha_dct[0]
+        # L's triangle lies within A's (l_limit is 5 with alpha); P's and Q's too.
+        l_dct, p_dct, q_dct = (
+            _composited(terms, positions, alpha_at, alpha_dc)
+            for terms, positions in ((l_dct, l_terms), (p_dct, pq_terms), (q_dct, pq_terms))
+        )
 
-    def channel(combine: tuple[float, float, float], sx: int, sy: int) -> tuple[float, list[float], float]:
-        dc, ac, scale = 0.0, [], 0.0
-        for cy in range(sy):
-            cx = 0
-            while cx * sy < sx * (sy - cy):
-                f = combine[0] * red[cy][cx] + combine[1] * green[cy][cx] + combine[2] * blue[cy][cx]
-                if cx or cy:
-                    ac.append(f)
-                    scale = max(scale, abs(f))
-                else:
-                    dc = f
-                cx += 1
-        if scale:
-            ac = [0.5 + 0.5 / scale * f for f in ac]
-        return dc, ac, scale
-
-    l_dc, l_ac, l_scale = channel((1 / 3, 1 / 3, 1 / 3), nx, ny)
-    p_dc, p_ac, p_scale = channel((0.5, 0.5, -1.0), 3, 3)
-    q_dc, q_ac, q_scale = channel((1.0, -1.0, 0.0), 3, 3)
+    l_dc, l_ac, l_scale = _channel(l_dct)
+    p_dc, p_ac, p_scale = _channel(p_dct)
+    q_dc, q_ac, q_scale = _channel(q_dct)
 
     landscape = w > h
     header24 = (
@@ -192,17 +182,9 @@ def thumbhash(image: Image.Image) -> bytes:
     )
     hash_bytes = [header24 & 255, (header24 >> 8) & 255, header24 >> 16, header16 & 255, header16 >> 8]
     factors = [l_ac, p_ac, q_ac]
-    if alpha_terms:
-        a_terms = alpha_terms
-        a_ac, a_scale = [], 0.0
-        for cy in range(5):
-            for cx in range(5 - cy):
-                if cx or cy:
-                    a_ac.append(a_terms[cy][cx])
-                    a_scale = max(a_scale, abs(a_terms[cy][cx]))
-        if a_scale:
-            a_ac = [0.5 + 0.5 / a_scale * f for f in a_ac]
-        hash_bytes.append(_round(15 * a_terms[0][0]) | (_round(15 * a_scale) << 4))
+    if alpha_dct:
+        a_dc, a_ac, a_scale = _channel(alpha_dct)
+        hash_bytes.append(_round(15 * a_dc) | (_round(15 * a_scale) << 4))
         factors.append(a_ac)
     start = len(hash_bytes)
     values = [_round(15 * f) for ac in factors for f in ac]
@@ -212,12 +194,41 @@ def thumbhash(image: Image.Image) -> bytes:
     return bytes(hash_bytes)
 
 
+@functools.cache
+def _triangle(sx: int, sy: int) -> tuple[tuple[int, int], ...]:
+    """The (cx, cy) terms a channel of sx × sy keeps, in the hash's order (rows of cy, DC first)."""
+    return tuple((cx, cy) for cy in range(sy) for cx in range(sx) if cx * sy < sx * (sy - cy))
+
+
+def _composited(
+    terms: list[float],
+    positions: tuple[tuple[int, int], ...],
+    alpha_at: dict[tuple[int, int], float],
+    alpha_dc: float,
+) -> list[float]:
+    """A premultiplied band's terms as if composited atop its average colour (see thumbhash)."""
+    average = terms[0] / alpha_dc if alpha_dc else 0.0
+    return [
+        average * ((1.0 if position == (0, 0) else 0.0) - alpha_at[position]) + term
+        for term, position in zip(terms, positions, strict=True)
+    ]
+
+
+def _channel(terms: list[float]) -> tuple[float, list[float], float]:
+    """A channel's DC, its AC terms scaled into 0..1 and the scale (the reference's encodeChannel)."""
+    dc, ac = terms[0], terms[1:]
+    scale = max(map(abs, ac), default=0.0)
+    if scale:
+        ac = [0.5 + 0.5 / scale * f for f in ac]
+    return dc, ac, scale
+
+
 def _round(value: float) -> int:
     """JavaScript's Math.round (halves up), as the reference encoder rounds."""
     return math.floor(value + 0.5)
 
 
-def _rows(data: bytes, width: int) -> list[bytes]:
+def _rows(data: _Band, width: int) -> list[_Band]:
     return [data[start : start + width] for start in range(0, len(data), width)]
 
 
@@ -229,9 +240,14 @@ def _cosines(size: int, terms: int) -> list[list[float]]:
 
 
 def _dct(
-    rows: list[bytes], cos_x: list[list[float]], cos_y: list[list[float]], norm: int
-) -> list[list[float]]:
-    """terms[cy][cx] = mean over pixels of value * cos_x[cx][x] * cos_y[cy][y] / 255 (so bytes
-    read as 0..1), rows first, then columns: each sum runs in C (`map`), not per pixel in Python."""
-    by_row = [[sum(map(mul, row, fx)) for row in rows] for fx in cos_x]
-    return [[sum(map(mul, column, fy)) / norm for column in by_row] for fy in cos_y]
+    rows: Sequence[Sequence[int]],
+    cos_x: list[list[float]],
+    cos_y: list[list[float]],
+    norm: int,
+    positions: tuple[tuple[int, int], ...],
+) -> list[float]:
+    """For each (cx, cy) of `positions`: the mean over pixels of value * cos_x[cx][x] *
+    cos_y[cy][y] / 255 (`norm` is 255 × the pixel count, times a mix's divisor), rows first, then
+    columns, each sum running in C (`map`), not per pixel in Python."""
+    by_row = [[sum(map(mul, row, fx)) for row in rows] for fx in cos_x[: 1 + max(cx for cx, _ in positions)]]
+    return [sum(map(mul, by_row[cx], cos_y[cy])) / norm for cx, cy in positions]

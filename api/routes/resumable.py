@@ -71,7 +71,6 @@ from api.uploads import (
     TOO_LARGE,
     ReceivedUpload,
     UploadRefused,
-    discard_unread,
     display_name,
     identify_file,
 )
@@ -298,7 +297,6 @@ async def overridden(
 async def _append(upload_id: str, request: Request, services: Services, caller: str | None) -> Response:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != OFFSET_CONTENT_TYPE:
-        await discard_unread(request)
         raise TusRefused(415, WRONG_CONTENT_TYPE)
     offset = byte_count("Upload-Offset", request.headers.get("upload-offset"))
     checksum = parse_checksum(request.headers.get("upload-checksum"))
@@ -306,16 +304,13 @@ async def _append(upload_id: str, request: Request, services: Services, caller: 
     if upload.task_id is not None:
         raise TusRefused(409, ALREADY_FINISHED)
     if offset != upload.received:
-        await discard_unread(request)
         raise TusRefused(409, OFFSET_MISMATCH.format(sent=offset, received=upload.received))
     remaining = upload.length - offset
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit():
         if int(declared) > remaining:
-            await discard_unread(request)
             raise TusRefused(413, BEYOND_LENGTH.format(length=upload.length))
         if len(upload.pieces) >= MAX_PIECES and int(declared) != remaining:
-            await discard_unread(request)
             raise TusRefused(400, TOO_MANY_PIECES)
 
     temp, count, disconnected = await _receive_piece(request, services, remaining, checksum, upload)
@@ -370,7 +365,6 @@ async def _receive_piece(
                 disconnected = True
     except TusRefused:
         remove_quietly(temp)
-        await discard_unread(request)
         raise
     except OSError as exc:
         remove_quietly(temp)

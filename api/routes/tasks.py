@@ -34,7 +34,7 @@ from api.schemas import (
 )
 from api.stored_files import image_cache_control, stored_file_answer
 from api.templating import wants_html
-from api.uploads import TOO_LARGE, UrlFetcher, receive_upload, refuse_unread
+from api.uploads import TOO_LARGE, UploadRefused, UrlFetcher, receive_upload
 from api.url_import import REMOTE_STATUS, REMOTE_TIMEOUT, UrlImportPolicy, fetch_image
 from core import tasks
 from core.formats import CONTENT_TYPES, EXTENSIONS, UNSUPPORTED_MESSAGE
@@ -69,9 +69,9 @@ async def _stored_key(request: Request, raw: str | None, caller: str | None) -> 
     if raw is None:
         return None
     if not well_formed_key(raw):
-        # As an upload refusal, after reading some of the body: refused with the body unread, the
-        # connection's close could reset the client's still-sending socket and lose the 400.
-        await refuse_unread(request, 400, BAD_IDEMPOTENCY_KEY)
+        # Answered with the body unread, as every upload refusal is: the HTTP layer's lingering
+        # close lets the client read it (api.http_limits).
+        raise UploadRefused(400, BAD_IDEMPOTENCY_KEY)
     return scoped_key(raw, caller)
 
 
