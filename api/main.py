@@ -27,7 +27,7 @@ from api.openapi import openapi_document
 from api.publisher import TaskPublisher
 from api.relay import OutboxRelay
 from api.response_headers import ResponseHeaders
-from api.routes import events, health, originals, pages, presets, tasks
+from api.routes import controls, events, health, originals, pages, presets, tasks
 from api.schemas import DATABASE_UNAVAILABLE
 from api.state import Services
 from api.sweeps import Sweeps
@@ -156,6 +156,7 @@ def create_app() -> FastAPI:
     )
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     app.include_router(tasks.router)
+    app.include_router(controls.router)
     app.include_router(presets.router)
     app.include_router(originals.router)
     app.include_router(events.router)

@@ -1,6 +1,7 @@
 """The `image_tasks` table: one row per upload, the record of truth for its processing.
 
-Status machine (the only transitions the code makes, all in core/tasks.py):
+Status machine (the only transitions the code makes: the worker's and sweeps' in core/tasks.py, the
+owner's controls in core/task_controls.py):
 
     pending ──claimed by a worker──▶ processing ──▶ done
        ▲                              │    │
@@ -14,7 +15,19 @@ Status machine (the only transitions the code makes, all in core/tasks.py):
 - A worker may also claim a `processing` row whose lease ran out, without waiting for the sweep.
 - A worker's result is recorded even if the sweep put its row back to `pending` meanwhile.
 
-`done` and `failed` are final: a redelivered message for such a row is acknowledged and ignored.
+    pending ─┐
+             ├──cancelled by its owner (POST /tasks/{id}/cancel)──▶ cancelled
+  processing ┘
+    failed ──retried by its owner (POST /tasks/{id}/retry)──▶ pending   (attempts start again)
+
+- A cancelled `processing` task is abandoned by its worker at the next heartbeat (its lease renewal
+  finds the row no longer `processing`); whatever it made is removed rather than recorded.
+- Controls (core/task_controls.py) are conditional UPDATEs: of a cancel racing the worker's finish,
+  or of two retries at once, PostgreSQL lets exactly one through.
+
+`done`, `failed` and `cancelled` are final (but for a retry of `failed`): a redelivered message for
+such a row is acknowledged and ignored.
+
 `queued_at` is set once the task id is safely in JetStream; rows still NULL there are published
 again by the API's outbox relay, so an upload accepted while NATS was down is not lost.
 """
@@ -37,9 +50,10 @@ class TaskStatus(enum.StrEnum):
     PROCESSING = "processing"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
-FINAL_STATUSES = (TaskStatus.DONE, TaskStatus.FAILED)
+FINAL_STATUSES = (TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELLED)
 
 # The id column is a PostgreSQL integer: larger ids cannot exist, and asking the database would fail.
 MAX_TASK_ID = 2**31 - 1
@@ -88,6 +102,9 @@ class ImageTask(Base):
     upload_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # How often its owner retried it (attempts start again at 0 each time): part of its message id,
+    # so a retry's message is never taken for a copy of an earlier one (core.queue.message_id).
+    retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -71,6 +71,10 @@ def _mapping_errors(statement: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awai
     return run
 
 
+# For core/task_controls.py, the other module of statements on this table.
+mapping_errors = _mapping_errors
+
+
 def _mapped(exc: Exception) -> Exception:
     if is_database_unavailable(exc):
         return DatabaseUnavailable(str(exc) or type(exc).__name__)
@@ -106,6 +110,10 @@ _FINISHED = (
     " callback_state = CASE WHEN callback_url IS NOT NULL THEN 'pending' END,"
     " callback_next_at = CASE WHEN callback_url IS NOT NULL THEN now() END"
 )
+
+
+# For core/task_controls.py: a cancel is a finish too (its callback becomes due).
+FINISHED_SET = _FINISHED
 
 
 # ---- The hot statements, on the driver pool -----------------------------------------------------
@@ -155,7 +163,7 @@ WHERE id = $1 AND status IN ('pending', 'processing') AND started_at = $4
 RETURNING id"""
 FINISH_FAILED = f"""\
 UPDATE image_tasks SET status = 'failed', error = $2, {_FINISHED}
-WHERE id = $1 AND status NOT IN ('done', 'failed')"""
+WHERE id = $1 AND status NOT IN ('done', 'failed', 'cancelled')"""
 
 
 async def _fetchrow(pool: asyncpg.Pool, sql: str, *args: Any) -> asyncpg.Record | None:
@@ -424,14 +432,15 @@ async def newest(
 class Unqueued(NamedTuple):
     id: int
     attempts: int
+    retries: int = 0
 
 
 @_mapping_errors
 async def lock_unqueued(session: AsyncSession, *, limit: int, grace: timedelta) -> list[Unqueued]:
     """Up to `limit` pending rows committed more than `grace` ago and never confirmed queued, as
-    (id, attempts), locked until the transaction ends; rows another relay holds are skipped."""
+    (id, attempts, retries), locked until the transaction ends; rows another relay holds are skipped."""
     result = await session.execute(
-        select(ImageTask.id, ImageTask.attempts)
+        select(ImageTask.id, ImageTask.attempts, ImageTask.retries)
         .where(
             ImageTask.queued_at.is_(None),
             ImageTask.status == TaskStatus.PENDING,
@@ -441,7 +450,7 @@ async def lock_unqueued(session: AsyncSession, *, limit: int, grace: timedelta) 
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    return [Unqueued(row.id, row.attempts) for row in result]
+    return [Unqueued(row.id, row.attempts, row.retries) for row in result]
 
 
 @_mapping_errors

@@ -3,7 +3,8 @@
 Ack policy (JetStream delivers at least once, so every step is safe to repeat):
 
 - ack:  the outcome is committed (`done`, or `failed` for good), or the row is already final
-        (a redelivery after a lost ack: nothing is rendered or written twice).
+        (a redelivery after a lost ack: nothing is rendered or written twice; a `cancelled` task
+        that was still pending is never rendered).
 - term: the message can never succeed (not a task id, no such row, an image that cannot be
         decoded, a task out of attempts); the row, where there is one, says `failed` and why.
 - nak(delay): a passing fault; JetStream offers the message again after RETRY_DELAY_SECONDS.
@@ -23,6 +24,11 @@ after ACK_WAIT_SECONDS, or, if it is gone, the sweep re-queues the row once the 
 output is rendered to a temporary file and then stored (renamed into place, or put in the object
 store, whole or not at all), and its name derives from the task's input, so a second run replaces
 rather than adds.
+
+Cancel (core/task_controls.py) reaches a running render through the lease: the next heartbeat's
+renewal finds the row no longer `processing`. A heavy render's process is then killed and the
+outputs it may have put in place removed; a light one (short, in a thread, not stoppable) ends, and
+its outputs are removed instead of recorded, as the finish finds the row `cancelled`.
 """
 
 from __future__ import annotations
@@ -43,13 +49,20 @@ from nats.aio.msg import Msg
 
 from core import tasks
 from core.db import DriverPool
-from core.formats import CONTENT_TYPES, ImageRejected, probe_image
+from core.formats import CONTENT_TYPES, EXTENSIONS, ImageRejected, probe_image
 from core.logs import task_context
 from core.models import INTERRUPTED_REASON, TaskStatus
 from core.processing.cost import ANIMATED_OUTPUT_FORMATS, render_pixels
 from core.processing.outputs import Processing
 from core.queue import parse_task_id
-from core.storage import Area, Storage, StorageUnavailable, StoredFileMissing, remove_quietly
+from core.storage import (
+    Area,
+    Storage,
+    StorageUnavailable,
+    StoredFileMissing,
+    output_name_for,
+    remove_quietly,
+)
 from worker.metrics import WorkerMetrics
 from worker.placeholder import Placeholder
 from worker.pool import RenderInterrupted, RenderPool, RenderTimedOut
@@ -304,8 +317,9 @@ class TaskProcessor:
                 return
             outputs = await self._keep_outputs(rendered.outputs)
             left_over = await placeholder.left_over(rendered.placeholder)
-            await self._finish_done_patiently(task_id, outputs, claim, left_over)
-            self._record(claim, TaskStatus.DONE)
+            recorded = await self._finish_done_patiently(task_id, outputs, claim, left_over)
+            if recorded is not None:
+                self._record(claim, recorded)
             await msg.ack()
         finally:
             await placeholder.settle()
@@ -347,9 +361,12 @@ class TaskProcessor:
             return None
         except _LeaseLost:
             if lease.taken:
-                # Another worker holds the task now (or it is finished or deleted): its outcome is
-                # that worker's to record, and nothing of this attempt is.
-                log.warning("task %s: lease lost to another claim; render abandoned", task_id)
+                # Another worker holds the task now (or it is finished, cancelled or deleted): its
+                # outcome is that worker's to record, and nothing of this attempt is.
+                if await self._status(task_id) == TaskStatus.CANCELLED:
+                    await self._remove_cancelled(task_id, claim)
+                else:
+                    log.warning("task %s: lease lost to another claim; render abandoned", task_id)
                 await msg.ack()
             else:
                 log.warning("task %s: lease ran out unrenewed; render abandoned, retrying later", task_id)
@@ -465,18 +482,19 @@ class TaskProcessor:
 
     async def _finish_done_patiently(
         self, task_id: int, outputs: list[dict[str, Any]], claim: _Claim, placeholder: Placeholder | None
-    ) -> None:
+    ) -> TaskStatus | None:
         """Record the finished output, riding out a short database outage: the work is done and
-        the heartbeats still hold the message, so giving up now would only cost a re-render."""
+        the heartbeats still hold the message, so giving up now would only cost a re-render.
+        The final status this attempt ended in (None: another worker's, or the task is gone)."""
         for remaining in range(FINISH_RETRIES, -1, -1):
             try:
-                await self._finish_done(task_id, outputs, claim, placeholder)
-                return
+                return await self._finish_done(task_id, outputs, claim, placeholder)
             except tasks.DatabaseUnavailable as exc:
                 if remaining == 0:
                     raise
                 log.warning("task %s: cannot record its output yet (%s); retrying", task_id, exc)
                 await asyncio.sleep(self._policy.retry_delay_seconds)
+        raise AssertionError("unreachable: the last try raises")
 
     async def _claim(self, task_id: int) -> _Claim | None:
         """The task, now ours; None if it is missing, final or leased elsewhere."""
@@ -545,16 +563,39 @@ class TaskProcessor:
 
     async def _finish_done(
         self, task_id: int, outputs: list[dict[str, Any]], claim: _Claim, placeholder: Placeholder | None
-    ) -> None:
+    ) -> TaskStatus | None:
         files = [output["file"] for output in outputs]
         if await tasks.finish_done(self._driver_pool, task_id, outputs, claim.started_at, placeholder):
             log.info("task %s done: %s", task_id, ", ".join(files))
-        elif await self._status(task_id) is None:
+            return TaskStatus.DONE
+        status = await self._status(task_id)
+        if status is None:
             # Deleted (DELETE /tasks/{id}) while it was being processed: leave nothing behind.
             await self._storage.remove(Area.PROCESSED, files)
             log.info("task %s was deleted meanwhile; its output is removed", task_id)
+        elif status == TaskStatus.CANCELLED:
+            # Cancelled by its owner while a light render (which cannot be stopped) ran: the cancel
+            # holds, and nothing it made stays.
+            await self._storage.remove(Area.PROCESSED, files)
+            log.info("task %s was cancelled meanwhile; its outputs are removed", task_id)
+            return TaskStatus.CANCELLED
         else:
             log.warning("task %s was finished elsewhere meanwhile; its outputs are the same files", task_id)
+        return None
+
+    async def _remove_cancelled(self, task_id: int, claim: _Claim) -> None:
+        """A heavy render stopped because its task was cancelled: remove whatever outputs its
+        process had put in place before it was killed. Their names derive from the input's, and the
+        format of one cut short is unknown, so every name an output could have goes."""
+        extensions = sorted(set(EXTENSIONS.values()))
+        names = [
+            output_name_for(claim.input_name, extension, index)
+            for index in range(len(claim.processing.outputs))
+            for extension in extensions
+        ]
+        await self._storage.remove(Area.PROCESSED, names)
+        log.info("task %s was cancelled; its render is abandoned and its outputs removed", task_id)
+        self._record(claim, TaskStatus.CANCELLED)
 
     async def _finish_failed(self, task_id: int, reason: str, claim: _Claim) -> None:
         await tasks.finish_failed(self._driver_pool, task_id, reason)
