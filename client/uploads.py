@@ -1,4 +1,4 @@
-"""Uploading many files at once, and following their tasks to `done` or `failed`.
+"""Uploading many files at once, and following their tasks to `done`, `failed` or `cancelled`.
 
 - Files are streamed from disk in httpx's 64 KiB chunks (never read whole into memory); each
   chunk read is reported to the progress display, which is how it shows bytes sent.
@@ -31,7 +31,7 @@ UPLOAD_ATTEMPTS = 3
 RETRY_SECONDS = 1.0
 FIRST_POLL_SECONDS = 0.2
 LONGEST_POLL_SECONDS = 2.0
-FINAL = ("done", "failed")
+FINAL = ("done", "failed", "cancelled")
 # What a result's `status` may be besides the server's task statuses.
 ACCEPTED = "accepted"  # uploaded; not followed (no --wait)
 REFUSED = "refused"  # the server said no (4xx), or could not be reached
