@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
         help='the point `gravity: "focus"` keeps: fractions 0-1 of the picture as displayed, from the '
         "top left, such as 0.3,0.6 (form field `focus`)",
     )
-    upload.add_argument("--wait", action="store_true", help="follow each task until done, failed or cancelled")
+    upload.add_argument("--wait", action="store_true", help="follow each task to its end")
     upload.add_argument(
         "--concurrency", type=_positive_int, default=DEFAULT_CONCURRENCY, help="requests at once (default 4)"
     )
