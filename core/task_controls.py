@@ -39,12 +39,14 @@ class Cancelled(enum.Enum):
 
 _STATUS = text("SELECT status FROM image_tasks WHERE id = :id")
 
-# Everything a run leaves in the row goes, as for a new upload; the placeholder stays (same file).
+# What the failed run left in the row goes, as for a new upload. The placeholder stays (same file),
+# and so do the outputs: a failed task has none, unless a reprocess of it failed, whose previous
+# outputs are still served until the retried run replaces them (core/reprocessing.py).
 _RETRY = text(
     """\
 UPDATE image_tasks
 SET status = 'pending', attempts = 0, retries = retries + 1, error = NULL, started_at = NULL,
-    finished_at = NULL, leased_until = NULL, queued_at = NULL, output_name = NULL, outputs = NULL,
+    finished_at = NULL, leased_until = NULL, queued_at = NULL,
     callback_state = NULL, callback_attempts = 0, callback_next_at = NULL, callback_error = NULL
 WHERE id = :id AND status = 'failed'
 RETURNING retries"""
