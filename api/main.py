@@ -26,8 +26,9 @@ from api.metrics import router as metrics_router
 from api.openapi import openapi_document
 from api.publisher import TaskPublisher
 from api.relay import OutboxRelay
+from api.reprocess_runner import ReprocessRunner
 from api.response_headers import ResponseHeaders
-from api.routes import controls, events, health, originals, pages, presets, tasks
+from api.routes import controls, events, health, originals, pages, presets, reprocess, tasks
 from api.schemas import DATABASE_UNAVAILABLE
 from api.state import Services
 from api.sweeps import Sweeps
@@ -84,6 +85,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     background = loops.Background("API loops")
     background.start(relay.run(settings.outbox_interval_seconds, background.stop), name="outbox-relay")
     background.start(sweeps.run(background.stop), name="lease-sweep")
+    reprocess_runner = ReprocessRunner(sessions, publisher, storage)
+    background.start(
+        reprocess_runner.run(settings.reprocess_interval_seconds, background.stop), name="reprocess"
+    )
     callbacks = None
     if settings.webhook_secret:
         callbacks = CallbackSender(
@@ -157,6 +162,7 @@ def create_app() -> FastAPI:
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     app.include_router(tasks.router)
     app.include_router(controls.router)
+    app.include_router(reprocess.router)
     app.include_router(presets.router)
     app.include_router(originals.router)
     app.include_router(events.router)

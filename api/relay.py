@@ -46,7 +46,7 @@ class OutboxRelay:
         async with self._sessions() as session, session.begin():
             rows = await tasks.lock_unqueued(session, limit=RELAY_BATCH, grace=RELAY_GRACE)
             for row in rows:
-                await queue.publish_task(js, row.id, row.attempts, row.retries)
+                await queue.publish_task(js, row.id, row.attempts, row.generation, row.retries)
             if rows:
                 await tasks.mark_queued_in(session, [row.id for row in rows])
         if rows:

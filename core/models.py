@@ -38,7 +38,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, DateTime, Index, Integer, String, Text, func
+from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Index, Integer, String, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -90,6 +90,8 @@ class ImageTask(Base):
         Index(
             "ix_image_tasks_callback_due", "callback_next_at", postgresql_where="callback_state = 'pending'"
         ),
+        # The reprocess sweep scans only rows whose old outputs await removal.
+        Index("ix_image_tasks_superseded", "id", postgresql_where="superseded_outputs IS NOT NULL"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -135,3 +137,65 @@ class ImageTask(Base):
     callback_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     callback_next_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     callback_error: Mapped[str | None] = mapped_column(Text)
+    # A reprocess's old outputs (OutputRecord JSON), kept served until the new ones are recorded;
+    # once the task is final, the files not among `outputs` are removed and this is cleared
+    # (core/reprocessing.py). NULL otherwise.
+    superseded_outputs: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+
+
+class JobState(enum.StrEnum):
+    """A bulk reprocess job (core/jobs.py): `running` ⇄ `paused`, then `done` or `cancelled` (final)."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+    DONE = "done"
+
+
+FINAL_JOB_STATES = (JobState.CANCELLED, JobState.DONE)
+_JOB_STATE_VALUES = ", ".join(f"'{state.value}'" for state in JobState)
+
+
+class ReprocessJob(Base):
+    """One bulk reprocess: a filter over the owner's tasks, walked by id (keyset) up to `upto_id`."""
+
+    __tablename__ = "reprocess_jobs"
+    __table_args__ = (
+        CheckConstraint(f"state IN ({_JOB_STATE_VALUES})", name="reprocess_job_state_valid"),
+        Index("ix_reprocess_jobs_active", "id", postgresql_where="state = 'running'"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    # The request's filter, as given (api/routes/jobs.py JobFilter), and the processing to apply.
+    filter: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    processing: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # The newest task id when the job was made: later uploads are not part of it.
+    upto_id: Mapped[int] = mapped_column(Integer)
+    # The last task id the job has looked at (keyset: the next step starts after it).
+    cursor: Mapped[int] = mapped_column(Integer, server_default="0")
+    matched: Mapped[int] = mapped_column(Integer)
+    queued: Mapped[int] = mapped_column(Integer, server_default="0")
+    done: Mapped[int] = mapped_column(Integer, server_default="0")
+    failed: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Matched, but no longer reprocessable when the job reached it (deleted, or not final then).
+    skipped: Mapped[int] = mapped_column(Integer, server_default="0")
+    max_in_flight: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ReprocessJobTask(Base):
+    """A task a job queued; `outcome` is NULL while it is in flight, then `done` or `failed`."""
+
+    __tablename__ = "reprocess_job_tasks"
+    __table_args__ = (
+        Index("ix_reprocess_job_tasks_in_flight", "job_id", postgresql_where="outcome IS NULL"),
+    )
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("reprocess_jobs.id", ondelete="CASCADE"), primary_key=True)
+    # No foreign key: a task deleted while its job runs is counted failed, not a broken job.
+    task_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    outcome: Mapped[str | None] = mapped_column(String(16))

@@ -269,22 +269,26 @@ def _not_ready_or_raise(exc: Exception) -> float:
     return CONNECT_RETRY_SECONDS
 
 
-def message_id(task_id: int, attempts: int = 0, retries: int = 0) -> str:
+def message_id(task_id: int, attempts: int = 0, generation: int = 0, retries: int = 0) -> str:
     """Same task, same attempt count: same id, so JetStream keeps one copy. A task put back in the
     queue after an expired lease has more attempts, so its new message is not mistaken for a copy;
-    a retried one starts its attempts again, so its count of retries tells it apart."""
+    a reprocessed one (attempts counted from 0 again) has a new generation (core/reprocessing.py),
+    and a retried one (the same) a new count of retries (core/task_controls.py)."""
+    made = f"task-{task_id}-g{generation}-{attempts}" if generation else f"task-{task_id}-{attempts}"
     # Without retries, the id every earlier release sent (a rolling upgrade deduplicates the same).
-    return f"task-{task_id}-{attempts}" + (f"-r{retries}" if retries else "")
+    return made + (f"-r{retries}" if retries else "")
 
 
-async def publish_task(js: JetStreamContext, task_id: int, attempts: int = 0, retries: int = 0) -> None:
+async def publish_task(
+    js: JetStreamContext, task_id: int, attempts: int = 0, generation: int = 0, retries: int = 0
+) -> None:
     """Put a task id in the stream; returns once JetStream has stored it (or raises)."""
     await js.publish(
         SUBJECT,
         str(task_id).encode(),
         stream=STREAM,
         timeout=PUBLISH_TIMEOUT_SECONDS,
-        headers={"Nats-Msg-Id": message_id(task_id, attempts, retries)},
+        headers={"Nats-Msg-Id": message_id(task_id, attempts, generation, retries)},
     )
 
 

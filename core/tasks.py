@@ -432,15 +432,20 @@ async def newest(
 class Unqueued(NamedTuple):
     id: int
     attempts: int
+    # Its reprocess generation (core/reprocessing.py) and count of retries (core/task_controls.py),
+    # parts of the message id.
+    generation: int = 0
     retries: int = 0
 
 
 @_mapping_errors
 async def lock_unqueued(session: AsyncSession, *, limit: int, grace: timedelta) -> list[Unqueued]:
     """Up to `limit` pending rows committed more than `grace` ago and never confirmed queued, as
-    (id, attempts, retries), locked until the transaction ends; rows another relay holds are skipped."""
+    (id, attempts, generation, retries), locked until the transaction ends; rows another relay
+    holds are skipped."""
+    generation = func.coalesce(ImageTask.processing["generation"].as_integer(), 0)
     result = await session.execute(
-        select(ImageTask.id, ImageTask.attempts, ImageTask.retries)
+        select(ImageTask.id, ImageTask.attempts, generation.label("generation"), ImageTask.retries)
         .where(
             ImageTask.queued_at.is_(None),
             ImageTask.status == TaskStatus.PENDING,
@@ -450,7 +455,7 @@ async def lock_unqueued(session: AsyncSession, *, limit: int, grace: timedelta) 
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    return [Unqueued(row.id, row.attempts, row.retries) for row in result]
+    return [Unqueued(row.id, row.attempts, row.generation, row.retries) for row in result]
 
 
 @_mapping_errors
@@ -584,13 +589,17 @@ async def delete_finished(
 
 async def _remove_files(storage: Storage, rows: Sequence[Row[Any]]) -> None:
     await storage.remove(Area.UPLOADS, [row.input_name for row in rows])
-    await storage.remove(Area.PROCESSED, [output["file"] for row in rows for output in row.outputs or ()])
+    # A reprocessed task's old files too, while they await removal (core/reprocessing.py).
+    outputs = [output for row in rows for output in (*(row.outputs or ()), *(row.superseded_outputs or ()))]
+    await storage.remove(Area.PROCESSED, sorted({output["file"] for output in outputs}))
 
 
 @_mapping_errors
 async def _delete_rows(session: AsyncSession, which: Any) -> Sequence[Row[Any]]:
     result = await session.execute(
-        delete(ImageTask).where(which).returning(ImageTask.input_name, ImageTask.outputs)
+        delete(ImageTask)
+        .where(which)
+        .returning(ImageTask.input_name, ImageTask.outputs, ImageTask.superseded_outputs)
     )
     rows = result.all()
     await session.commit()

@@ -588,8 +588,9 @@ class TaskProcessor:
         process had put in place before it was killed. Their names derive from the input's, and the
         format of one cut short is unknown, so every name an output could have goes."""
         extensions = sorted(set(EXTENSIONS.values()))
+        generation = claim.processing.generation  # a reprocess's: never the outputs still served
         names = [
-            output_name_for(claim.input_name, extension, index)
+            output_name_for(claim.input_name, extension, index, generation)
             for index in range(len(claim.processing.outputs))
             for extension in extensions
         ]

@@ -111,7 +111,7 @@ def render_task(
         )
         rendered = []
         for index, ((output, temp), result) in enumerate(zip(planned, results, strict=True)):
-            file = output_name_for(input_name, EXTENSIONS[result.format], index)
+            file = output_name_for(input_name, EXTENSIONS[result.format], index, processing.generation)
             record = OutputRecord(
                 name=output.name,
                 file=file,

@@ -224,6 +224,6 @@ async def test_a_retried_task_is_left_for_the_relay_with_a_message_id_of_its_own
         await session.rollback()
     found = [row for row in rows if row.id == task_id]
 
-    assert found == [tasks.Unqueued(task_id, 0, 1)]
-    assert queue.message_id(task_id, 0, 1) != queue.message_id(task_id, 0)
+    assert found == [tasks.Unqueued(task_id, 0, 0, 1)]
+    assert queue.message_id(task_id, 0, retries=1) != queue.message_id(task_id, 0)
     assert queue.message_id(task_id, 2) == f"task-{task_id}-2", "ids of tasks never retried are unchanged"

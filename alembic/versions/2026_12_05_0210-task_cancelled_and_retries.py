@@ -1,8 +1,8 @@
 """task controls: the final status `cancelled`, and a count of retries for the message id
 
 Revision ID: 5e2a8c4f7b13
-Revises: 9c4e1b7d2f58
-Create Date: 2026-12-05 02:00:00
+Revises: 5e2a9c71b4d3
+Create Date: 2026-12-05 02:10:00
 """
 
 from collections.abc import Sequence
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "5e2a8c4f7b13"
-down_revision: str | None = "9c4e1b7d2f58"
+down_revision: str | None = "5e2a9c71b4d3"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
