@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
@@ -28,7 +28,8 @@ from api.publisher import TaskPublisher
 from api.relay import OutboxRelay
 from api.reprocess_runner import ReprocessRunner
 from api.response_headers import ResponseHeaders
-from api.routes import controls, events, health, originals, pages, presets, reprocess, tasks
+from api.routes import controls, events, failed_page, health, originals, pages, presets, reprocess, tasks
+from api.same_origin import refuse_cross_site
 from api.schemas import DATABASE_UNAVAILABLE
 from api.state import Services
 from api.sweeps import Sweeps
@@ -162,11 +163,13 @@ def create_app() -> FastAPI:
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     app.include_router(tasks.router)
     app.include_router(controls.router)
-    app.include_router(reprocess.router)
+    # The result page's Reprocess form posts there: refused when another site's page sent it.
+    app.include_router(reprocess.router, dependencies=[Depends(refuse_cross_site)])
     app.include_router(presets.router)
     app.include_router(originals.router)
     app.include_router(events.router)
     app.include_router(pages.router)
+    app.include_router(failed_page.router)
     app.include_router(health.router)
     app.include_router(metrics_router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
