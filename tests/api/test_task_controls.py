@@ -4,7 +4,9 @@ puts them): the status rules, 409 reasons, races decided by the database, and th
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import timedelta
+from http.server import ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -18,7 +20,9 @@ from core.db import make_driver_pool
 from core.models import ImageTask
 from core.task_controls import NOT_CANCELLABLE, NOT_RETRYABLE
 from tests import images
+from tests.api.test_callbacks import Receiver, callback_state, upload_with_callback, verify
 from tests.database import recorded_outputs, session_on
+from tests.sse import EventReader
 from tests.waiting import task_row
 
 FAILED_REASON = "Processing failed 3 times; giving up. Last error: OSError"
@@ -238,3 +242,38 @@ async def test_a_retried_task_is_left_for_the_relay_with_a_message_id_of_its_own
     assert found == [tasks.Unqueued(task_id, 0, 0, 1)]
     assert queue.message_id(task_id, 0, retries=1) != queue.message_id(task_id, 0)
     assert queue.message_id(task_id, 2) == f"task-{task_id}-2", "ids of tasks never retried are unchanged"
+
+
+async def test_the_event_stream_ends_once_the_task_is_cancelled(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    task_id = await upload(client)
+
+    async with client.stream("GET", f"/tasks/{task_id}/events") as response:
+        reader = EventReader(response)
+        first = await reader.next()
+        assert first is not None and first.json()["status"] == "pending"
+        assert (await client.post(f"/tasks/{task_id}/cancel")).status_code == 200
+        statuses = []
+        while (event := await reader.next()) is not None:
+            statuses.append(event.json()["status"])
+
+    assert statuses[-1] == "cancelled", "the stream ends after the final status, as for done or failed"
+
+
+async def test_a_cancelled_task_is_posted_to_its_callback(client: httpx.AsyncClient) -> None:
+    receiver = Receiver()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), receiver.handler())
+    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        task_id = await upload_with_callback(client, receiver.url)
+        assert (await client.post(f"/tasks/{task_id}/cancel")).status_code == 200
+        status = await callback_state(client, task_id, "delivered")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    (delivery,) = receiver.received
+    assert verify(delivery)["status"] == status["status"] == "cancelled"
+    assert delivery.headers["X-Imagequeue-Event"] == "task.cancelled"
