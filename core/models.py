@@ -131,6 +131,10 @@ class ImageTask(Base):
     # Recorded by the worker as soon as it has decoded the input, before any output is made:
     # {"thumbhash", "dominant_color", "width", "height"} (worker/placeholder.py); None until then.
     placeholder: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # On a `failed` task whose run made some outputs but not all: {"generation", "made": [OutputRecord
+    # JSON], "failed": [{"name", "error"}]}, so that a retry of the failed outputs only
+    # (core/task_controls.py) keeps the made ones. NULL otherwise.
+    partial_outputs: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     # Where to POST the final status (api/callbacks.py), and how that delivery is going.
     callback_url: Mapped[str | None] = mapped_column(Text)
     callback_state: Mapped[str | None] = mapped_column(String(16))

@@ -6,6 +6,9 @@ finish, whichever commits first holds and the other matches no row (the worker's
 `pending` or `processing`, the cancel the same). A refusal reads the status afterwards only to
 say why.
 
+A failed run that made some of a task's outputs records them (`partial_outputs`, written by the
+worker's finish), so a retry may make only the failed ones again (`?outputs=failed`).
+
 A retried row is left unqueued (`queued_at` NULL), like a new upload: the API publishes it at once,
 and if NATS is away the outbox relay does later, so a retry is never lost. Its `retries` count goes
 into the message id (core.queue.message_id), as its attempts start again at 0.
@@ -42,15 +45,18 @@ _STATUS = text("SELECT status FROM image_tasks WHERE id = :id")
 # What the failed run left in the row goes, as for a new upload. The placeholder stays (same file),
 # and so do the outputs: a failed task has none, unless a reprocess of it failed, whose previous
 # outputs are still served until the retried run replaces them (core/reprocessing.py).
-_RETRY = text(
-    """\
+# `partial_outputs` (what the failed run made, and what it could not) stays only when just the
+# failed outputs are retried: the worker then renders those and keeps the rest (worker/consumer.py).
+# Retried whole, every output is made again, under the same names, so the made files are replaced.
+_RETRY = """\
 UPDATE image_tasks
 SET status = 'pending', attempts = 0, retries = retries + 1, error = NULL, started_at = NULL,
-    finished_at = NULL, leased_until = NULL, queued_at = NULL,
+    finished_at = NULL, leased_until = NULL, queued_at = NULL, {partial}
     callback_state = NULL, callback_attempts = 0, callback_next_at = NULL, callback_error = NULL
 WHERE id = :id AND status = 'failed'
 RETURNING retries"""
-)
+_RETRY_ALL = text(_RETRY.format(partial="partial_outputs = NULL,"))
+_RETRY_FAILED_OUTPUTS = text(_RETRY.format(partial=""))
 
 # A worker holding a `processing` row learns of it at its next lease renewal (which requires
 # `processing`); a `pending` row is no longer claimable, so its message is acknowledged unused.
@@ -61,10 +67,13 @@ _CANCEL = text(
 
 
 @mapping_errors
-async def retry(session: AsyncSession, task_id: int) -> int:
+async def retry(session: AsyncSession, task_id: int, *, failed_outputs_only: bool = False) -> int:
     """Put a `failed` task back to `pending` with its attempts reset, committed; its new count of
-    retries (for the message id). ControlRefused for any other status, TaskGone for no row."""
-    retries = await session.scalar(_RETRY, {"id": task_id})
+    retries (for the message id). With `failed_outputs_only`, the outputs its run made are kept
+    and only the others made again (all of them when it made none). ControlRefused for any other
+    status, TaskGone for no row."""
+    statement = _RETRY_FAILED_OUTPUTS if failed_outputs_only else _RETRY_ALL
+    retries = await session.scalar(statement, {"id": task_id})
     await session.commit()
     if retries is None:
         status = await _status(session, task_id)

@@ -135,7 +135,7 @@ SET status = 'processing', attempts = attempts + 1, started_at = now(),
     leased_until = now() + $2::interval, error = NULL
 WHERE id = $1 AND {_CLAIMABLE}
 RETURNING input_name, attempts, processing, width, height, content_type, started_at,
-          placeholder IS NOT NULL AS has_placeholder"""
+          placeholder IS NOT NULL AS has_placeholder, partial_outputs"""
 STATUS = "SELECT status FROM image_tasks WHERE id = $1"
 # A claim's `started_at` is its mark: a row claimed again since (its lease ran out, another worker
 # took it) is no longer the first claimant's to renew or to finish.
@@ -158,11 +158,14 @@ UPDATE image_tasks SET status = 'pending', leased_until = NULL, attempts = attem
 WHERE id = $1 AND status = 'processing'"""
 FINISH_DONE = f"""\
 UPDATE image_tasks SET status = 'done', output_name = $2, outputs = $3::jsonb, error = NULL,
-    placeholder = COALESCE(placeholder, $5::jsonb), {_FINISHED}
+    placeholder = COALESCE(placeholder, $5::jsonb), partial_outputs = NULL, {_FINISHED}
 WHERE id = $1 AND status IN ('pending', 'processing') AND started_at = $4
 RETURNING id"""
+# A failure that made some outputs records them ($3, see core.task_controls); one that made none
+# keeps what an earlier run recorded (a retry of the failed outputs that failed whole).
 FINISH_FAILED = f"""\
-UPDATE image_tasks SET status = 'failed', error = $2, {_FINISHED}
+UPDATE image_tasks SET status = 'failed', error = $2,
+    partial_outputs = COALESCE($3::jsonb, partial_outputs), {_FINISHED}
 WHERE id = $1 AND status NOT IN ('done', 'failed', 'cancelled')"""
 
 
@@ -263,6 +266,9 @@ class Claim:
     started_at: datetime
     # Whether an earlier attempt recorded the placeholder already.
     has_placeholder: bool = False
+    # What an earlier run made and failed to make, when only its failed outputs are retried
+    # (core.task_controls.PartialOutputs as JSON); None otherwise.
+    partial_outputs: dict[str, Any] | None = None
 
 
 @_mapping_errors
@@ -281,6 +287,7 @@ async def claim(pool: asyncpg.Pool, task_id: int, lease: timedelta) -> Claim | N
         content_type=row["content_type"],
         started_at=row["started_at"],
         has_placeholder=row["has_placeholder"],
+        partial_outputs=None if row["partial_outputs"] is None else json.loads(row["partial_outputs"]),
     )
 
 
@@ -345,9 +352,12 @@ async def finish_done(
 
 
 @_mapping_errors
-async def finish_failed(pool: asyncpg.Pool, task_id: int, reason: str) -> None:
-    """Mark the task `failed` for good, saying why; a final task is left as it is."""
-    await _fetchrow(pool, FINISH_FAILED, task_id, reason)
+async def finish_failed(
+    pool: asyncpg.Pool, task_id: int, reason: str, partial: Mapping[str, Any] | None = None
+) -> None:
+    """Mark the task `failed` for good, saying why, with the outputs it made and those it could
+    not (`partial`), if it made some; a final task is left as it is."""
+    await _fetchrow(pool, FINISH_FAILED, task_id, reason, None if partial is None else json.dumps(partial))
 
 
 # ---- Reads, on a session ------------------------------------------------------------------------
@@ -590,7 +600,16 @@ async def delete_finished(
 async def _remove_files(storage: Storage, rows: Sequence[Row[Any]]) -> None:
     await storage.remove(Area.UPLOADS, [row.input_name for row in rows])
     # A reprocessed task's old files too, while they await removal (core/reprocessing.py).
-    outputs = [output for row in rows for output in (*(row.outputs or ()), *(row.superseded_outputs or ()))]
+    # And the outputs a failed run made, kept for a retry of the failed ones (core/task_controls.py).
+    outputs = [
+        output
+        for row in rows
+        for output in (
+            *(row.outputs or ()),
+            *(row.superseded_outputs or ()),
+            *((row.partial_outputs or {}).get("made") or ()),
+        )
+    ]
     await storage.remove(Area.PROCESSED, sorted({output["file"] for output in outputs}))
 
 
@@ -599,7 +618,9 @@ async def _delete_rows(session: AsyncSession, which: Any) -> Sequence[Row[Any]]:
     result = await session.execute(
         delete(ImageTask)
         .where(which)
-        .returning(ImageTask.input_name, ImageTask.outputs, ImageTask.superseded_outputs)
+        .returning(
+            ImageTask.input_name, ImageTask.outputs, ImageTask.superseded_outputs, ImageTask.partial_outputs
+        )
     )
     rows = result.all()
     await session.commit()

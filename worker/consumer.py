@@ -74,6 +74,10 @@ T = TypeVar("T")
 
 INPUT_MISSING = "The uploaded file is no longer available, so it cannot be processed."
 GAVE_UP = "Processing failed {attempts} times; giving up. Last error: {error}"
+PARTLY_FAILED = (
+    "{count} of {total} outputs could not be made ({details}); the others were made and are kept, "
+    "so a retry of the failed outputs only (outputs=failed) makes just these."
+)
 TOO_SLOW = (
     "Processing took longer than {seconds:g} s (RENDER_TIMEOUT_SECONDS) and was stopped; it would be "
     "as slow again. Ask for fewer or cheaper operations, or a smaller image."
@@ -115,7 +119,13 @@ class _Claim:
     started_at: datetime
     # Whether an earlier attempt recorded the task's placeholder.
     has_placeholder: bool = False
+    # Outputs an earlier, failed run made and this one keeps (a retry of the failed outputs only).
+    kept: tuple[dict[str, Any], ...] = ()
     claimed_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def kept_names(self) -> frozenset[str]:
+        return frozenset(record["name"] for record in self.kept)
 
 
 class _Lease:
@@ -315,7 +325,10 @@ class TaskProcessor:
                 return
             if rendered is None:  # the attempt ended (failed, or given back)
                 return
-            outputs = await self._keep_outputs(rendered.outputs)
+            if rendered.failures:
+                await self._finish_partly(msg, task_id, claim, rendered, placeholder)
+                return
+            outputs = _in_order(claim.processing, [*claim.kept, *await self._keep_outputs(rendered.outputs)])
             left_over = await placeholder.left_over(rendered.placeholder)
             recorded = await self._finish_done_patiently(task_id, outputs, claim, left_over)
             if recorded is not None:
@@ -323,6 +336,50 @@ class TaskProcessor:
             await msg.ack()
         finally:
             await placeholder.settle()
+
+    async def _finish_partly(
+        self, msg: Msg, task_id: int, claim: _Claim, rendered: RenderedTask, placeholder: _PlaceholderWrite
+    ) -> None:
+        """Some outputs were made (or kept from before) and some failed. An error that might pass
+        (not the image's or the ops' fault) with attempts left: the attempt failed, nothing of it
+        stays. Otherwise the task fails, recording what was made, so a retry of the failed outputs
+        only keeps it."""
+        might_pass = any(not failure.final for failure in rendered.failures)
+        if might_pass and claim.attempts < self._policy.max_attempts:
+            errors = ", ".join(f"{failure.name}: {failure.error}" for failure in rendered.failures)
+            log.warning("task %s: attempt %d failed (%s); retrying later", task_id, claim.attempts, errors)
+            await self._discard(rendered.outputs)
+            await self._release(task_id)
+            await msg.nak(delay=self._policy.retry_delay_seconds)
+            return
+        made = _in_order(claim.processing, [*claim.kept, *await self._keep_outputs(rendered.outputs)])
+        failed = [
+            {
+                "name": failure.name,
+                "error": failure.error
+                if failure.final
+                else GAVE_UP.format(attempts=claim.attempts, error=failure.error),
+            }
+            for failure in rendered.failures
+        ]
+        reason = PARTLY_FAILED.format(
+            count=len(failed),
+            total=len(claim.processing.outputs),
+            details="; ".join(f"{item['name']}: {item['error']}" for item in failed),
+        )
+        log.info("task %s failed: %s", task_id, reason)
+        partial = {"generation": claim.processing.generation, "made": made, "failed": failed}
+        await placeholder.before_failing()
+        await self._finish_failed(task_id, reason, claim, partial)
+        await msg.term()
+
+    async def _discard(self, rendered: list[RenderedOutput]) -> None:
+        """Remove what a failed attempt made: its temporary files, or the files it put in place."""
+        for output in rendered:
+            if output.temp is not None:
+                remove_quietly(output.temp)
+        placed = [output.record["file"] for output in rendered if output.temp is None]
+        await self._storage.remove(Area.PROCESSED, placed)
 
     async def _keep_outputs(self, rendered: list[RenderedOutput]) -> list[dict[str, Any]]:
         """Store each output the render job did not store itself; on failure leave no temporary
@@ -415,7 +472,11 @@ class TaskProcessor:
         finishing it records nothing once the task is no longer this claim's (_finish_done)."""
         if not await self._is_heavy(claim, source):
             return await self._pool.run(
-                render_task, *self._render_args(claim, source), report=placeholder.report
+                render_task,
+                *self._render_args(claim, source),
+                None,
+                claim.kept_names,
+                report=placeholder.report,
             )
         return await _unless_lost(lease, self._render_heavy(task_id, claim, source, placeholder))
 
@@ -468,6 +529,7 @@ class TaskProcessor:
                     render_task,
                     *self._render_args(claim, source),
                     temps,
+                    claim.kept_names,
                     report=placeholder.report,
                 )
             except BaseException:
@@ -511,6 +573,7 @@ class TaskProcessor:
             input_format=FORMATS_BY_CONTENT_TYPE.get(claim.content_type, ""),
             started_at=claim.started_at,
             has_placeholder=claim.has_placeholder,
+            kept=_kept_outputs(claim.partial_outputs, processing),
         )
 
     async def _status(self, task_id: int) -> str | None:
@@ -565,18 +628,20 @@ class TaskProcessor:
         self, task_id: int, outputs: list[dict[str, Any]], claim: _Claim, placeholder: Placeholder | None
     ) -> TaskStatus | None:
         files = [output["file"] for output in outputs]
+        # Kept from an earlier run: not this attempt's to remove (a delete removes them itself).
+        made_here = sorted(set(files) - {record["file"] for record in claim.kept})
         if await tasks.finish_done(self._driver_pool, task_id, outputs, claim.started_at, placeholder):
             log.info("task %s done: %s", task_id, ", ".join(files))
             return TaskStatus.DONE
         status = await self._status(task_id)
         if status is None:
             # Deleted (DELETE /tasks/{id}) while it was being processed: leave nothing behind.
-            await self._storage.remove(Area.PROCESSED, files)
+            await self._storage.remove(Area.PROCESSED, made_here)
             log.info("task %s was deleted meanwhile; its output is removed", task_id)
         elif status == TaskStatus.CANCELLED:
             # Cancelled by its owner while a light render (which cannot be stopped) ran: the cancel
             # holds, and nothing it made stays.
-            await self._storage.remove(Area.PROCESSED, files)
+            await self._storage.remove(Area.PROCESSED, made_here)
             log.info("task %s was cancelled meanwhile; its outputs are removed", task_id)
             return TaskStatus.CANCELLED
         else:
@@ -591,16 +656,34 @@ class TaskProcessor:
         generation = claim.processing.generation  # a reprocess's: never the outputs still served
         names = [
             output_name_for(claim.input_name, extension, index, generation)
-            for index in range(len(claim.processing.outputs))
+            for index, output in enumerate(claim.processing.outputs)
+            if output.name not in claim.kept_names
             for extension in extensions
         ]
         await self._storage.remove(Area.PROCESSED, names)
         log.info("task %s was cancelled; its render is abandoned and its outputs removed", task_id)
         self._record(claim, TaskStatus.CANCELLED)
 
-    async def _finish_failed(self, task_id: int, reason: str, claim: _Claim) -> None:
-        await tasks.finish_failed(self._driver_pool, task_id, reason)
+    async def _finish_failed(
+        self, task_id: int, reason: str, claim: _Claim, partial: dict[str, Any] | None = None
+    ) -> None:
+        await tasks.finish_failed(self._driver_pool, task_id, reason, partial)
         self._record(claim, TaskStatus.FAILED)
+
+
+def _kept_outputs(partial: dict[str, Any] | None, processing: Processing) -> tuple[dict[str, Any], ...]:
+    """The outputs a failed run recorded as made, to keep (core/task_controls.py): only when they
+    were made for this very processing (a reprocess since then has a new generation)."""
+    if not partial or partial.get("generation", 0) != processing.generation:
+        return ()
+    wanted = {output.name for output in processing.outputs}
+    return tuple(record for record in partial.get("made") or () if record.get("name") in wanted)
+
+
+def _in_order(processing: Processing, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Output records in the order the processing asks for them (the first is the main output)."""
+    by_name = {record["name"]: record for record in records}
+    return [by_name[output.name] for output in processing.outputs if output.name in by_name]
 
 
 async def _unless_lost(lease: _Lease, work: Awaitable[T]) -> T:

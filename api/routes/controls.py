@@ -66,16 +66,20 @@ async def retry_task(
     session: SessionDep,
     services: ServicesDep,
     outputs: Annotated[
-        Literal["all"],
-        Query(description="`all`: every output is made again from the stored original."),
+        Literal["all", "failed"],
+        Query(
+            description="`all`: every output is made again. `failed`: only the outputs that failed; "
+            "those the failed run made are kept (all are made again when it made none)."
+        ),
     ] = "all",
 ) -> Response:
-    """Run a `failed` task again from its stored original, its attempts counted from 0.
+    """Run a `failed` task again from its stored original, its attempts counted from 0; with
+    `?outputs=failed`, only the outputs that failed.
 
     Published at once; if NATS is unavailable the task stays queued in PostgreSQL and the outbox
     relay publishes it when NATS is back, so a retry is never lost. 409 for any other status."""
     try:
-        retries = await task_controls.retry(session, task.id)
+        retries = await task_controls.retry(session, task.id, failed_outputs_only=outputs == "failed")
     except task_controls.ControlRefused as exc:
         return _refused(request, task.id, 409, str(exc))
     except task_controls.TaskGone:

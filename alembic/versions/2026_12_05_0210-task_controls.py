@@ -1,4 +1,5 @@
-"""task controls: the final status `cancelled`, and a count of retries for the message id
+"""task controls: the final status `cancelled`, a count of retries for the message id, and the
+outputs a failed run made (for a retry of its failed outputs only)
 
 Revision ID: 5e2a8c4f7b13
 Revises: 5e2a9c71b4d3
@@ -8,6 +9,7 @@ Create Date: 2026-12-05 02:10:00
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from alembic import op
 
@@ -26,9 +28,11 @@ def upgrade() -> None:
     op.create_check_constraint(op.f("ck_image_tasks_status_valid"), "image_tasks", _NEW)
     # A constant default: PostgreSQL stores it in the catalogue, rewriting no row.
     op.add_column("image_tasks", sa.Column("retries", sa.Integer(), server_default="0", nullable=False))
+    op.add_column("image_tasks", sa.Column("partial_outputs", postgresql.JSONB(), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column("image_tasks", "partial_outputs")
     op.drop_column("image_tasks", "retries")
     # A cancelled task reads as failed in the older schema (both final, neither has outputs).
     op.execute("UPDATE image_tasks SET status = 'failed' WHERE status = 'cancelled'")
