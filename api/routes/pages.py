@@ -154,6 +154,8 @@ def _result(request: Request, task: ImageTask, services: ServicesDep) -> HTMLRes
             "refresh_seconds": None if final else REFRESH_SECONDS,
             # The task controls' forms (api/routes/controls.py; Reprocess: api/routes/reprocess.py).
             "final": final,
+            # A failed run that made some outputs: they can be kept, and only the others made again.
+            "partly_made": bool(task.partial_outputs and task.partial_outputs.get("made")),
             "presets": [
                 {"name": name, "description": preset.description} for name, preset in services.presets.items()
             ],

@@ -39,6 +39,8 @@ function render(body) {
   // The controls the status allows (the server refuses the others with 409 anyway).
   show(document.getElementById("cancel-form"), body.status === "pending" || body.status === "processing");
   show(document.getElementById("retry-form"), failed);
+  const retryFailed = document.getElementById("retry-failed-form");
+  if (retryFailed) show(retryFailed, failed);
   show(document.getElementById("reprocess-form"), FINAL.includes(body.status));
 
   const processed = document.getElementById("processed");

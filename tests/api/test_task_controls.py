@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from datetime import timedelta
+from pathlib import Path
 from http.server import ThreadingHTTPServer
 
 import httpx
@@ -18,6 +19,7 @@ from api.same_origin import CROSS_SITE
 from core import queue, tasks
 from core.db import make_driver_pool
 from core.models import ImageTask
+from core.storage import new_stored_name
 from core.task_controls import NOT_CANCELLABLE, NOT_RETRYABLE
 from tests import images
 from tests.api.test_callbacks import Receiver, callback_state, upload_with_callback, verify
@@ -277,3 +279,45 @@ async def test_a_cancelled_task_is_posted_to_its_callback(client: httpx.AsyncCli
     (delivery,) = receiver.received
     assert verify(delivery)["status"] == status["status"] == "cancelled"
     assert delivery.headers["X-Imagequeue-Event"] == "task.cancelled"
+
+
+async def test_a_retry_of_the_failed_outputs_of_a_task_that_made_none_retries_it_whole(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    task_id = await failed_task(client, db)
+
+    response = await client.post(f"/tasks/{task_id}/retry", params={"outputs": "failed"})
+
+    assert (response.status_code, response.json()["status"]) == (202, "pending")
+    assert (await task_row(db, task_id)).partial_outputs is None
+
+
+async def test_the_result_page_offers_a_retry_of_the_failed_outputs_when_some_were_made(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    whole = await failed_task(client, db)
+    partly = await failed_task(client, db)
+    made = recorded_outputs(f"{partly}-made.jpg")
+    partial = {"generation": 0, "made": made, "failed": [{"name": "other", "error": "x"}]}
+    await set_row(db, partly, partial_outputs=partial)
+
+    whole_page = (await client.get(f"/result/{whole}", headers={"Accept": "text/html"})).text
+    partly_page = (await client.get(f"/result/{partly}", headers={"Accept": "text/html"})).text
+
+    assert "Retry only the failed outputs" not in whole_page
+    assert f'action="/tasks/{partly}/retry?outputs=failed"' in partly_page
+
+
+async def test_deleting_a_partly_failed_task_removes_the_outputs_it_made(
+    client: httpx.AsyncClient, db: AsyncSession, processed_dir: Path
+) -> None:
+    task_id = await failed_task(client, db)
+    name = new_stored_name(".jpg")
+    processed_dir.mkdir(parents=True, exist_ok=True)
+    (processed_dir / name).write_bytes(images.jpeg())
+    partial = {"generation": 0, "made": recorded_outputs(name), "failed": [{"name": "b", "error": "x"}]}
+    await set_row(db, task_id, partial_outputs=partial)
+
+    assert (await client.delete(f"/tasks/{task_id}")).status_code == 204
+
+    assert not (processed_dir / name).exists()

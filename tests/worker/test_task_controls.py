@@ -149,3 +149,56 @@ async def test_a_cancelled_light_render_ends_and_its_outputs_are_removed(
 
 async def _logged(caplog: pytest.LogCaptureFixture, message: str) -> bool:
     return message in caplog.text
+
+
+TWO_OUTPUTS = {
+    "small": [{"op": "resize", "width": 64, "height": 48}],
+    "large": [{"op": "resize", "width": 1600, "height": 1200}],
+}
+
+
+async def test_a_retry_of_the_failed_outputs_makes_only_those_and_keeps_the_others(
+    client: httpx.AsyncClient, db: AsyncSession, worker: Worker, processed_dir: Path
+) -> None:
+    # This worker refuses the large output (an operator's lower MAX_OUTPUT_PIXELS); the small one
+    # is made all the same, and kept.
+    async with worker(max_output_pixels=1_000_000):
+        task_id = await upload(client, images.jpeg(1600, 1200), outputs=json.dumps(TWO_OUTPUTS))
+        failed = await final_row(db, task_id)
+    assert failed.status == "failed"
+    assert failed.error is not None and "1 of 2 outputs could not be made (large: " in failed.error
+    assert failed.partial_outputs is not None
+    (small,) = failed.partial_outputs["made"]
+    assert [item["name"] for item in failed.partial_outputs["failed"]] == ["large"]
+    small_file = processed_dir / small["file"]
+    made_at = small_file.stat().st_mtime_ns
+
+    # The limit raised again: only the large one is made now.
+    async with worker():
+        response = await client.post(f"/tasks/{task_id}/retry", params={"outputs": "failed"})
+        assert response.status_code == 202, response.text
+        done = await final_row(db, task_id)
+
+    assert (done.status, done.attempts, done.partial_outputs) == ("done", 1, None)
+    assert done.outputs is not None
+    assert [output["name"] for output in done.outputs] == ["small", "large"]
+    assert done.outputs[0] == small, "the kept output is recorded as it was"
+    assert small_file.stat().st_mtime_ns == made_at, "the kept output was not made again"
+    status = (await client.get(f"/status/{task_id}")).json()
+    assert [(output["width"], output["height"]) for output in status["outputs"]] == [(64, 48), (1600, 1200)]
+    for output in status["outputs"]:
+        assert (await client.get(output["url"])).status_code == 200
+
+
+async def test_a_whole_retry_makes_every_output_again(
+    client: httpx.AsyncClient, db: AsyncSession, worker: Worker
+) -> None:
+    async with worker(max_output_pixels=1_000_000):
+        task_id = await upload(client, images.jpeg(1600, 1200), outputs=json.dumps(TWO_OUTPUTS))
+        assert (await final_row(db, task_id)).status == "failed"
+    async with worker():
+        assert (await client.post(f"/tasks/{task_id}/retry")).status_code == 202
+        done = await final_row(db, task_id)
+
+    assert (done.status, done.partial_outputs) == ("done", None)
+    assert [output["name"] for output in done.outputs or ()] == ["small", "large"]
