@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import threading
 from datetime import timedelta
-from pathlib import Path
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
