@@ -104,7 +104,8 @@ _CLAIMABLE = (
 )
 # What the API's sweep takes back: still `processing` after its lease.
 _LEASE_EXPIRED = "status = 'processing' AND leased_until < now()"
-# Set by every transition to `done` or `failed`: the callback, if the task has one, becomes due now.
+# Set by every transition to `done`, `failed` or `cancelled`: the callback, if the task has one,
+# becomes due now.
 _FINISHED = (
     "finished_at = now(), leased_until = NULL,"
     " callback_state = CASE WHEN callback_url IS NOT NULL THEN 'pending' END,"
