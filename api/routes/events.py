@@ -3,8 +3,8 @@
 Each event is `event: status` with the same JSON body as `GET /status/{task_id}`: one at once, then
 one whenever that body changes, and the stream ends once the task is `done`, `failed` or
 `cancelled` (a deleted task ends it with `event: deleted`). Once the worker has recorded the task's
-placeholder, one `event: placeholder` (its JSON, as in /status) comes before the status event that first shows it,
-so it always arrives before the final status. The row is the truth and workers write it directly, so the
+placeholder, one `event: placeholder` (its JSON, as in /status) comes before the status event that
+first shows it, so it always arrives before the final status. The row is the truth and workers write it directly, so the
 stream polls it, each time with a fresh short session: a stream never holds a database connection
 or transaction between polls, however long it lasts.
 
