@@ -2,6 +2,8 @@
 // reason once failed, the controls (Cancel, Retry, Reprocess) the status allows. The server-rendered page is already right; this only follows changes.
 import { FINAL, STATUS_HINTS, outputFacts, watchTask } from "./live.js";
 import { drawThumbHash } from "./thumbhash.js";
+// The Reprocess form's script: loaded with this one, so the page keeps a single script tag.
+import "./reprocess.js";
 
 const root = document.getElementById("task");
 
