@@ -255,6 +255,8 @@ class Settings:
     max_attempts: int = field(metadata=setting(5, gt=0, old_name="MAX_DELIVER"))
     retry_delay_seconds: float = field(metadata=setting(5, gt=0))
     outbox_interval_seconds: float = field(metadata=setting(5, gt=0))
+    # How often each API removes the outputs reprocessing replaced and steps its bulk jobs.
+    reprocess_interval_seconds: float = field(metadata=setting(1, gt=0))
     lost_after_seconds: float = field(
         metadata=setting(300, ge=60, rule="be at least 60 (longer than any upload)")
     )

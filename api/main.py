@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
@@ -27,8 +27,22 @@ from api.metrics import router as metrics_router
 from api.openapi import openapi_document
 from api.publisher import TaskPublisher
 from api.relay import OutboxRelay
+from api.reprocess_runner import ReprocessRunner
 from api.response_headers import ResponseHeaders
-from api.routes import direct_uploads, events, health, originals, pages, presets, resumable, tasks
+from api.routes import (
+    controls,
+    direct_uploads,
+    events,
+    failed_page,
+    health,
+    originals,
+    pages,
+    presets,
+    reprocess,
+    resumable,
+    tasks,
+)
+from api.same_origin import refuse_cross_site
 from api.schemas import DATABASE_UNAVAILABLE
 from api.server_spans import ServerSpans
 from api.state import Services
@@ -87,6 +101,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     background = loops.Background("API loops")
     background.start(relay.run(settings.outbox_interval_seconds, background.stop), name="outbox-relay")
     background.start(sweeps.run(background.stop), name="lease-sweep")
+    reprocess_runner = ReprocessRunner(sessions, publisher, storage)
+    background.start(
+        reprocess_runner.run(settings.reprocess_interval_seconds, background.stop), name="reprocess"
+    )
     callbacks = None
     if settings.webhook_secret:
         callbacks = CallbackSender(
@@ -166,10 +184,14 @@ def create_app() -> FastAPI:
     app.include_router(tasks.router)
     app.include_router(resumable.router)
     app.include_router(direct_uploads.router)
+    app.include_router(controls.router)
+    # The result page's Reprocess form posts there: refused when another site's page sent it.
+    app.include_router(reprocess.router, dependencies=[Depends(refuse_cross_site)])
     app.include_router(presets.router)
     app.include_router(originals.router)
     app.include_router(events.router)
     app.include_router(pages.router)
+    app.include_router(failed_page.router)
     app.include_router(health.router)
     app.include_router(metrics_router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")

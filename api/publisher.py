@@ -68,13 +68,14 @@ class TaskPublisher:
             await loops.bounded(self._marking, loops.STOP_GRACE_SECONDS, "queued marks")
         await self._connection.close()
 
-    async def publish_committed(self, task_id: int) -> bool:
-        """Publish a committed task now; False leaves it to the relay (never raises)."""
+    async def publish_committed(self, task_id: int, generation: int = 0, *, retries: int = 0) -> bool:
+        """Publish a committed task now (with 0 attempts, of its reprocess `generation` and its count
+        of `retries`); False leaves it to the relay (never raises)."""
         js = self.jetstream
         if js is None:
             return False
         try:
-            await queue.publish_task(js, task_id)
+            await queue.publish_task(js, task_id, generation=generation, retries=retries)
         except Exception as exc:  # any failure here is retried by the relay
             log.warning("publish of task %s failed, the outbox relay will retry: %s", task_id, exc)
             return False

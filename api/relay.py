@@ -47,7 +47,9 @@ class OutboxRelay:
             rows = await tasks.lock_unqueued(session, limit=RELAY_BATCH, grace=RELAY_GRACE)
             for row in rows:
                 # Into the task's trace, under its upload span, when it was traced.
-                await queue.publish_task(js, row.id, row.attempts, traceparent=row.traceparent)
+                await queue.publish_task(
+                    js, row.id, row.attempts, row.generation, row.retries, traceparent=row.traceparent
+                )
             if rows:
                 await tasks.mark_queued_in(session, [row.id for row in rows])
         if rows:

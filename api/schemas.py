@@ -131,7 +131,8 @@ class TaskStatusResponse(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     processed_url: str | None = Field(
-        description="Where the processed image is (the first output), once `done`."
+        description="Where the processed image is (the first output), once `done`; while a reprocess "
+        "runs (and after one that failed), the previous output's."
     )
     processing: list[RequestedOutput] = Field(description="What the upload asked for, one entry per output.")
     focus: tuple[float, float] | None = Field(
@@ -141,7 +142,9 @@ class TaskStatusResponse(BaseModel):
         examples=[[0.3, 0.6]],
     )
     outputs: list[OutputResponse] | None = Field(
-        default=None, description="Every output once `done`, in the order asked for."
+        default=None,
+        description="Every output once `done`, in the order asked for; while a reprocess runs (and "
+        "after one that failed), the previous outputs, still served until the new ones replace them.",
     )
     callback: CallbackStatus | None = Field(default=None, description="The `callback_url` delivery, if any.")
     placeholder: PlaceholderResponse | None = Field(
@@ -203,13 +206,14 @@ def result_url(task_id: int) -> str:
 
 
 def processed_url(task: ImageTask) -> str | None:
-    if task.status != TaskStatus.DONE or task.output_name is None:
+    # Not only once `done`: a task being reprocessed keeps its previous outputs, still served.
+    if task.output_name is None:
         return None
     return f"/processed/{task.output_name}"
 
 
 def _outputs(task: ImageTask) -> list[OutputResponse] | None:
-    if task.status != TaskStatus.DONE or not task.outputs:
+    if not task.outputs:
         return None
     records = [OutputRecord.model_validate(item) for item in task.outputs]
     return [

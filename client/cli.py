@@ -1,7 +1,8 @@
 """Arguments, commands and exit codes of `python -m client`.
 
 Exit codes: 0 when everything asked for succeeded (with `--wait`: every task `done`), 1 when the
-server refused something, a task failed or was not finished in time, or the server could not be
+server refused something (such as a retry of a task that did not fail: 409, with its reason), a
+task failed or was cancelled or was not finished in time, or the server could not be
 reached; 2 for a usage error (bad option, a file that does not exist, `--ops` that is not JSON),
 before anything is sent. The client is its own program, so this module (not the server's
 config.py) reads its two environment variables, IMAGEQUEUE_URL and IMAGEQUEUE_API_KEY.
@@ -134,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
         help="files of this size and more go in pieces through /files/ (tus) and resume after a "
         "dropped connection; 0 for never (default 8 MiB)",
     )
-    upload.add_argument("--wait", action="store_true", help="follow each task until done or failed")
+    upload.add_argument("--wait", action="store_true", help="follow each task to its end")
     upload.add_argument(
         "--concurrency", type=_positive_int, default=DEFAULT_CONCURRENCY, help="requests at once (default 4)"
     )
@@ -149,11 +150,22 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("task_id", type=_positive_int, metavar="ID")
 
     listing = commands.add_parser("list", parents=[common], help="list tasks, newest first")
-    listing.add_argument("--status", choices=("pending", "processing", "done", "failed"))
+    listing.add_argument("--status", choices=("pending", "processing", "done", "failed", "cancelled"))
     listing.add_argument("--limit", type=_positive_int, default=20, help="how many tasks (default 20)")
 
     delete = commands.add_parser("delete", parents=[common], help="delete a task and its files")
     delete.add_argument("task_id", type=_positive_int, metavar="ID")
+
+    retry = commands.add_parser("retry", parents=[common], help="run a failed task again")
+    retry.add_argument("task_id", type=_positive_int, metavar="ID")
+    retry.add_argument(
+        "--failed-outputs",
+        action="store_true",
+        help="make again only the outputs that failed, keeping those that were made",
+    )
+
+    cancel = commands.add_parser("cancel", parents=[common], help="cancel a pending or processing task")
+    cancel.add_argument("task_id", type=_positive_int, metavar="ID")
     return parser
 
 
@@ -242,7 +254,29 @@ async def _delete(args: argparse.Namespace) -> int:
     return OK
 
 
-COMMANDS = {"upload": _upload, "status": _status, "list": _list, "delete": _delete}
+async def _retry(args: argparse.Namespace) -> int:
+    params = {"outputs": "failed"} if args.failed_outputs else {}
+    async with make_client(args.url, args.api_key, connections=1) as http:
+        body = checked(await http.post(f"/tasks/{args.task_id}/retry", params=params)).json()
+    report.task(sys.stdout, body, args.url, as_json=args.json)
+    return OK
+
+
+async def _cancel(args: argparse.Namespace) -> int:
+    async with make_client(args.url, args.api_key, connections=1) as http:
+        body = checked(await http.post(f"/tasks/{args.task_id}/cancel")).json()
+    report.task(sys.stdout, body, args.url, as_json=args.json)
+    return OK
+
+
+COMMANDS = {
+    "upload": _upload,
+    "status": _status,
+    "list": _list,
+    "delete": _delete,
+    "retry": _retry,
+    "cancel": _cancel,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Uploading many files at once, and following their tasks to `done` or `failed`.
+"""Uploading many files at once, and following their tasks to `done`, `failed` or `cancelled`.
 
 - Files are streamed from disk in httpx's 64 KiB chunks (never read whole into memory); each
   chunk read is reported to the progress display, which is how it shows bytes sent.
@@ -40,7 +40,7 @@ RETRY_SECONDS = 1.0
 RATE_LIMITED_SECONDS = 600.0
 FIRST_POLL_SECONDS = 0.2
 LONGEST_POLL_SECONDS = 2.0
-FINAL = ("done", "failed")
+FINAL = ("done", "failed", "cancelled")
 # What a result's `status` may be besides the server's task statuses.
 ACCEPTED = "accepted"  # uploaded; not followed (no --wait)
 # A file to send, or (a string) an http(s) URL for the server to import.

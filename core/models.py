@@ -1,6 +1,7 @@
 """The `image_tasks` table: one row per upload, the record of truth for its processing.
 
-Status machine (the only transitions the code makes, all in core/tasks.py):
+Status machine (the only transitions the code makes: the worker's and sweeps' in core/tasks.py, the
+owner's controls in core/task_controls.py):
 
     pending ──claimed by a worker──▶ processing ──▶ done
        ▲                              │    │
@@ -14,7 +15,19 @@ Status machine (the only transitions the code makes, all in core/tasks.py):
 - A worker may also claim a `processing` row whose lease ran out, without waiting for the sweep.
 - A worker's result is recorded even if the sweep put its row back to `pending` meanwhile.
 
-`done` and `failed` are final: a redelivered message for such a row is acknowledged and ignored.
+    pending ─┐
+             ├──cancelled by its owner (POST /tasks/{id}/cancel)──▶ cancelled
+  processing ┘
+    failed ──retried by its owner (POST /tasks/{id}/retry)──▶ pending   (attempts start again)
+
+- A cancelled `processing` task is abandoned by its worker at the next heartbeat (its lease renewal
+  finds the row no longer `processing`); whatever it made is removed rather than recorded.
+- Controls (core/task_controls.py) are conditional UPDATEs: of a cancel racing the worker's finish,
+  or of two retries at once, PostgreSQL lets exactly one through.
+
+`done`, `failed` and `cancelled` are final (but for a retry of `failed`): a redelivered message for
+such a row is acknowledged and ignored.
+
 `queued_at` is set once the task id is safely in JetStream; rows still NULL there are published
 again by the API's outbox relay, so an upload accepted while NATS was down is not lost.
 """
@@ -25,7 +38,18 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, DateTime, Index, Integer, String, Text, func
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    func,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -37,9 +61,10 @@ class TaskStatus(enum.StrEnum):
     PROCESSING = "processing"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
-FINAL_STATUSES = (TaskStatus.DONE, TaskStatus.FAILED)
+FINAL_STATUSES = (TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELLED)
 # What a key's `max_pending` counts (core.key_limits): its tasks not yet final.
 UNFINISHED_STATUSES = (TaskStatus.PENDING, TaskStatus.PROCESSING)
 
@@ -81,6 +106,8 @@ class ImageTask(Base):
         ),
         # A key's unfinished tasks, counted before each of its uploads when it has a max_pending.
         Index("ix_image_tasks_owner_unfinished", "owner", postgresql_where=f"status IN ({UNFINISHED_SQL})"),
+        # The reprocess sweep scans only rows whose old outputs await removal.
+        Index("ix_image_tasks_superseded", "id", postgresql_where="superseded_outputs IS NOT NULL"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -93,6 +120,9 @@ class ImageTask(Base):
     upload_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # How often its owner retried it (attempts start again at 0 each time): part of its message id,
+    # so a retry's message is never taken for a copy of an earlier one (core.queue.message_id).
+    retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -117,12 +147,20 @@ class ImageTask(Base):
     # Recorded by the worker as soon as it has decoded the input, before any output is made:
     # {"thumbhash", "dominant_color", "width", "height"} (worker/placeholder.py); None until then.
     placeholder: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # On a `failed` task whose run made some outputs but not all: {"generation", "made": [OutputRecord
+    # JSON], "failed": [{"name", "error"}]}, so that a retry of the failed outputs only
+    # (core/task_controls.py) keeps the made ones. NULL otherwise.
+    partial_outputs: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     # Where to POST the final status (api/callbacks.py), and how that delivery is going.
     callback_url: Mapped[str | None] = mapped_column(Text)
     callback_state: Mapped[str | None] = mapped_column(String(16))
     callback_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     callback_next_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     callback_error: Mapped[str | None] = mapped_column(Text)
+    # A reprocess's old outputs (OutputRecord JSON), kept served until the new ones are recorded;
+    # once the task is final, the files not among `outputs` are removed and this is cleared
+    # (core/reprocessing.py). NULL otherwise.
+    superseded_outputs: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
     # The upload span's W3C `traceparent` (core/tracing.py), so the relay's publish and the callback
     # join the task's trace; None when the upload was not traced.
     traceparent: Mapped[str | None] = mapped_column(String(55))
@@ -203,3 +241,61 @@ class DirectUpload(Base):
     task_id: Mapped[int | None] = mapped_column(Integer)
     refusal_status: Mapped[int | None] = mapped_column(Integer)
     refusal: Mapped[str | None] = mapped_column(Text)
+
+
+class JobState(enum.StrEnum):
+    """A bulk reprocess job (core/jobs.py): `running` ⇄ `paused`, then `done` or `cancelled` (final)."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+    DONE = "done"
+
+
+FINAL_JOB_STATES = (JobState.CANCELLED, JobState.DONE)
+_JOB_STATE_VALUES = ", ".join(f"'{state.value}'" for state in JobState)
+
+
+class ReprocessJob(Base):
+    """One bulk reprocess: a filter over the owner's tasks, walked by id (keyset) up to `upto_id`."""
+
+    __tablename__ = "reprocess_jobs"
+    __table_args__ = (
+        CheckConstraint(f"state IN ({_JOB_STATE_VALUES})", name="reprocess_job_state_valid"),
+        Index("ix_reprocess_jobs_active", "id", postgresql_where="state = 'running'"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    # The request's filter, as given (api/routes/jobs.py JobFilter), and the processing to apply.
+    filter: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    processing: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # The newest task id when the job was made: later uploads are not part of it.
+    upto_id: Mapped[int] = mapped_column(Integer)
+    # The last task id the job has looked at (keyset: the next step starts after it).
+    cursor: Mapped[int] = mapped_column(Integer, server_default="0")
+    matched: Mapped[int] = mapped_column(Integer)
+    queued: Mapped[int] = mapped_column(Integer, server_default="0")
+    done: Mapped[int] = mapped_column(Integer, server_default="0")
+    failed: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Matched, but no longer reprocessable when the job reached it (deleted, or not final then).
+    skipped: Mapped[int] = mapped_column(Integer, server_default="0")
+    max_in_flight: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ReprocessJobTask(Base):
+    """A task a job queued; `outcome` is NULL while it is in flight, then `done` or `failed`."""
+
+    __tablename__ = "reprocess_job_tasks"
+    __table_args__ = (
+        Index("ix_reprocess_job_tasks_in_flight", "job_id", postgresql_where="outcome IS NULL"),
+    )
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("reprocess_jobs.id", ondelete="CASCADE"), primary_key=True)
+    # No foreign key: a task deleted while its job runs is counted failed, not a broken job.
+    task_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    outcome: Mapped[str | None] = mapped_column(String(16))

@@ -269,18 +269,28 @@ def _not_ready_or_raise(exc: Exception) -> float:
     return CONNECT_RETRY_SECONDS
 
 
-def message_id(task_id: int, attempts: int = 0) -> str:
+def message_id(task_id: int, attempts: int = 0, generation: int = 0, retries: int = 0) -> str:
     """Same task, same attempt count: same id, so JetStream keeps one copy. A task put back in the
-    queue after an expired lease has more attempts, so its new message is not mistaken for a copy."""
-    return f"task-{task_id}-{attempts}"
+    queue after an expired lease has more attempts, so its new message is not mistaken for a copy;
+    a reprocessed one (attempts counted from 0 again) has a new generation (core/reprocessing.py),
+    and a retried one (the same) a new count of retries (core/task_controls.py)."""
+    made = f"task-{task_id}-g{generation}-{attempts}" if generation else f"task-{task_id}-{attempts}"
+    # Without retries, the id every earlier release sent (a rolling upgrade deduplicates the same).
+    return made + (f"-r{retries}" if retries else "")
 
 
 async def publish_task(
-    js: JetStreamContext, task_id: int, attempts: int = 0, *, traceparent: str | None = None
+    js: JetStreamContext,
+    task_id: int,
+    attempts: int = 0,
+    generation: int = 0,
+    retries: int = 0,
+    *,
+    traceparent: str | None = None,
 ) -> None:
     """Put a task id in the stream; returns once JetStream has stored it (or raises). Traced under
     the current span, or under `traceparent` (the task's stored one) when given."""
-    msg_id = message_id(task_id, attempts)
+    msg_id = message_id(task_id, attempts, generation, retries)
     with tracing.publishing(SUBJECT, msg_id, task_id, parent=traceparent) as trace_headers:
         await js.publish(
             SUBJECT,

@@ -71,6 +71,10 @@ def _mapping_errors(statement: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awai
     return run
 
 
+# For core/task_controls.py, the other module of statements on this table.
+mapping_errors = _mapping_errors
+
+
 def _mapped(exc: Exception) -> Exception:
     if is_database_unavailable(exc):
         return DatabaseUnavailable(str(exc) or type(exc).__name__)
@@ -100,12 +104,17 @@ _CLAIMABLE = (
 )
 # What the API's sweep takes back: still `processing` after its lease.
 _LEASE_EXPIRED = "status = 'processing' AND leased_until < now()"
-# Set by every transition to `done` or `failed`: the callback, if the task has one, becomes due now.
+# Set by every transition to `done`, `failed` or `cancelled`: the callback, if the task has one,
+# becomes due now.
 _FINISHED = (
     "finished_at = now(), leased_until = NULL,"
     " callback_state = CASE WHEN callback_url IS NOT NULL THEN 'pending' END,"
     " callback_next_at = CASE WHEN callback_url IS NOT NULL THEN now() END"
 )
+
+
+# For core/task_controls.py: a cancel is a finish too (its callback becomes due).
+FINISHED_SET = _FINISHED
 
 
 # ---- The hot statements, on the driver pool -----------------------------------------------------
@@ -127,7 +136,7 @@ SET status = 'processing', attempts = attempts + 1, started_at = now(),
     leased_until = now() + $2::interval, error = NULL
 WHERE id = $1 AND {_CLAIMABLE}
 RETURNING input_name, attempts, processing, width, height, content_type, started_at,
-          placeholder IS NOT NULL AS has_placeholder"""
+          placeholder IS NOT NULL AS has_placeholder, partial_outputs"""
 STATUS = "SELECT status FROM image_tasks WHERE id = $1"
 # A claim's `started_at` is its mark: a row claimed again since (its lease ran out, another worker
 # took it) is no longer the first claimant's to renew or to finish.
@@ -150,12 +159,15 @@ UPDATE image_tasks SET status = 'pending', leased_until = NULL, attempts = attem
 WHERE id = $1 AND status = 'processing'"""
 FINISH_DONE = f"""\
 UPDATE image_tasks SET status = 'done', output_name = $2, outputs = $3::jsonb, error = NULL,
-    placeholder = COALESCE(placeholder, $5::jsonb), {_FINISHED}
+    placeholder = COALESCE(placeholder, $5::jsonb), partial_outputs = NULL, {_FINISHED}
 WHERE id = $1 AND status IN ('pending', 'processing') AND started_at = $4
 RETURNING id"""
+# A failure that made some outputs records them ($3, see core.task_controls); one that made none
+# keeps what an earlier run recorded (a retry of the failed outputs that failed whole).
 FINISH_FAILED = f"""\
-UPDATE image_tasks SET status = 'failed', error = $2, {_FINISHED}
-WHERE id = $1 AND status NOT IN ('done', 'failed')"""
+UPDATE image_tasks SET status = 'failed', error = $2,
+    partial_outputs = COALESCE($3::jsonb, partial_outputs), {_FINISHED}
+WHERE id = $1 AND status NOT IN ('done', 'failed', 'cancelled')"""
 
 
 async def _fetchrow(pool: asyncpg.Pool, sql: str, *args: Any) -> asyncpg.Record | None:
@@ -259,6 +271,9 @@ class Claim:
     started_at: datetime
     # Whether an earlier attempt recorded the placeholder already.
     has_placeholder: bool = False
+    # What an earlier run made and failed to make, when only its failed outputs are retried
+    # (core.task_controls.PartialOutputs as JSON); None otherwise.
+    partial_outputs: dict[str, Any] | None = None
 
 
 @_mapping_errors
@@ -277,6 +292,7 @@ async def claim(pool: asyncpg.Pool, task_id: int, lease: timedelta) -> Claim | N
         content_type=row["content_type"],
         started_at=row["started_at"],
         has_placeholder=row["has_placeholder"],
+        partial_outputs=None if row["partial_outputs"] is None else json.loads(row["partial_outputs"]),
     )
 
 
@@ -341,9 +357,12 @@ async def finish_done(
 
 
 @_mapping_errors
-async def finish_failed(pool: asyncpg.Pool, task_id: int, reason: str) -> None:
-    """Mark the task `failed` for good, saying why; a final task is left as it is."""
-    await _fetchrow(pool, FINISH_FAILED, task_id, reason)
+async def finish_failed(
+    pool: asyncpg.Pool, task_id: int, reason: str, partial: Mapping[str, Any] | None = None
+) -> None:
+    """Mark the task `failed` for good, saying why, with the outputs it made and those it could
+    not (`partial`), if it made some; a final task is left as it is."""
+    await _fetchrow(pool, FINISH_FAILED, task_id, reason, None if partial is None else json.dumps(partial))
 
 
 # ---- Reads, on a session ------------------------------------------------------------------------
@@ -433,15 +452,28 @@ async def newest(
 class Unqueued(NamedTuple):
     id: int
     attempts: int
-    traceparent: str | None
+    # Its reprocess generation (core/reprocessing.py) and count of retries (core/task_controls.py),
+    # parts of the message id.
+    generation: int = 0
+    retries: int = 0
+    # The upload span's W3C traceparent, so a relay's publish joins the task's trace.
+    traceparent: str | None = None
 
 
 @_mapping_errors
 async def lock_unqueued(session: AsyncSession, *, limit: int, grace: timedelta) -> list[Unqueued]:
     """Up to `limit` pending rows committed more than `grace` ago and never confirmed queued, as
-    (id, attempts), locked until the transaction ends; rows another relay holds are skipped."""
+    (id, attempts, generation, retries), locked until the transaction ends; rows another relay
+    holds are skipped."""
+    generation = func.coalesce(ImageTask.processing["generation"].as_integer(), 0)
     result = await session.execute(
-        select(ImageTask.id, ImageTask.attempts, ImageTask.traceparent)
+        select(
+            ImageTask.id,
+            ImageTask.attempts,
+            generation.label("generation"),
+            ImageTask.retries,
+            ImageTask.traceparent,
+        )
         .where(
             ImageTask.queued_at.is_(None),
             ImageTask.status == TaskStatus.PENDING,
@@ -451,7 +483,7 @@ async def lock_unqueued(session: AsyncSession, *, limit: int, grace: timedelta) 
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    return [Unqueued(row.id, row.attempts, row.traceparent) for row in result]
+    return [Unqueued(row.id, row.attempts, row.generation, row.retries, row.traceparent) for row in result]
 
 
 @_mapping_errors
@@ -585,13 +617,28 @@ async def delete_finished(
 
 async def _remove_files(storage: Storage, rows: Sequence[Row[Any]]) -> None:
     await storage.remove(Area.UPLOADS, [row.input_name for row in rows])
-    await storage.remove(Area.PROCESSED, [output["file"] for row in rows for output in row.outputs or ()])
+    # A reprocessed task's old files too, while they await removal (core/reprocessing.py).
+    # And the outputs a failed run made, kept for a retry of the failed ones (core/task_controls.py).
+    outputs = [
+        output
+        for row in rows
+        for output in (
+            *(row.outputs or ()),
+            *(row.superseded_outputs or ()),
+            *((row.partial_outputs or {}).get("made") or ()),
+        )
+    ]
+    await storage.remove(Area.PROCESSED, sorted({output["file"] for output in outputs}))
 
 
 @_mapping_errors
 async def _delete_rows(session: AsyncSession, which: Any) -> Sequence[Row[Any]]:
     result = await session.execute(
-        delete(ImageTask).where(which).returning(ImageTask.input_name, ImageTask.outputs)
+        delete(ImageTask)
+        .where(which)
+        .returning(
+            ImageTask.input_name, ImageTask.outputs, ImageTask.superseded_outputs, ImageTask.partial_outputs
+        )
     )
     rows = result.all()
     await session.commit()

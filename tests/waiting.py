@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core.models import ImageTask
 
 POLL_SECONDS = 0.05
-FINAL = ("done", "failed")
+FINAL = ("done", "failed", "cancelled")
 
 
 async def eventually(

@@ -3,7 +3,8 @@
 Ack policy (JetStream delivers at least once, so every step is safe to repeat):
 
 - ack:  the outcome is committed (`done`, or `failed` for good), or the row is already final
-        (a redelivery after a lost ack: nothing is rendered or written twice).
+        (a redelivery after a lost ack: nothing is rendered or written twice; a `cancelled` task
+        that was still pending is never rendered).
 - term: the message can never succeed (not a task id, no such row, an image that cannot be
         decoded, a task out of attempts); the row, where there is one, says `failed` and why.
 - nak(delay): a passing fault; JetStream offers the message again after RETRY_DELAY_SECONDS.
@@ -23,6 +24,11 @@ after ACK_WAIT_SECONDS, or, if it is gone, the sweep re-queues the row once the 
 output is rendered to a temporary file and then stored (renamed into place, or put in the object
 store, whole or not at all), and its name derives from the task's input, so a second run replaces
 rather than adds.
+
+Cancel (core/task_controls.py) reaches a running render through the lease: the next heartbeat's
+renewal finds the row no longer `processing`. A heavy render's process is then killed and the
+outputs it may have put in place removed; a light one (short, in a thread, not stoppable) ends, and
+its outputs are removed instead of recorded, as the finish finds the row `cancelled`.
 """
 
 from __future__ import annotations
@@ -43,13 +49,20 @@ from nats.aio.msg import Msg
 
 from core import tasks, tracing
 from core.db import DriverPool
-from core.formats import CONTENT_TYPES, ImageRejected, probe_image
+from core.formats import CONTENT_TYPES, EXTENSIONS, ImageRejected, probe_image
 from core.logs import task_context
 from core.models import INTERRUPTED_REASON, TaskStatus
 from core.processing.cost import ANIMATED_OUTPUT_FORMATS, render_pixels
 from core.processing.outputs import Processing
 from core.queue import DURABLE, parse_task_id
-from core.storage import Area, Storage, StorageUnavailable, StoredFileMissing, remove_quietly
+from core.storage import (
+    Area,
+    Storage,
+    StorageUnavailable,
+    StoredFileMissing,
+    output_name_for,
+    remove_quietly,
+)
 from worker.metrics import WorkerMetrics
 from worker.placeholder import Placeholder
 from worker.pool import RenderInterrupted, RenderPool, RenderTimedOut
@@ -61,6 +74,10 @@ T = TypeVar("T")
 
 INPUT_MISSING = "The uploaded file is no longer available, so it cannot be processed."
 GAVE_UP = "Processing failed {attempts} times; giving up. Last error: {error}"
+PARTLY_FAILED = (
+    "{count} of {total} outputs could not be made ({details}); the others were made and are kept, "
+    "so a retry of the failed outputs only (outputs=failed) makes just these."
+)
 TOO_SLOW = (
     "Processing took longer than {seconds:g} s (RENDER_TIMEOUT_SECONDS) and was stopped; it would be "
     "as slow again. Ask for fewer or cheaper operations, or a smaller image."
@@ -102,7 +119,13 @@ class _Claim:
     started_at: datetime
     # Whether an earlier attempt recorded the task's placeholder.
     has_placeholder: bool = False
+    # Outputs an earlier, failed run made and this one keeps (a retry of the failed outputs only).
+    kept: tuple[dict[str, Any], ...] = ()
     claimed_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def kept_names(self) -> frozenset[str]:
+        return frozenset(record["name"] for record in self.kept)
 
 
 class _Lease:
@@ -309,14 +332,62 @@ class TaskProcessor:
                 return
             if rendered is None:  # the attempt ended (failed, or given back)
                 return
-            outputs = await self._keep_outputs(rendered.outputs)
+            if rendered.failures:
+                await self._finish_partly(msg, task_id, claim, rendered, placeholder)
+                return
+            outputs = _in_order(claim.processing, [*claim.kept, *await self._keep_outputs(rendered.outputs)])
             left_over = await placeholder.left_over(rendered.placeholder)
             with tracing.span("finish"):
-                await self._finish_done_patiently(task_id, outputs, claim, left_over)
-            self._record(claim, TaskStatus.DONE)
+                recorded = await self._finish_done_patiently(task_id, outputs, claim, left_over)
+            if recorded is not None:
+                self._record(claim, recorded)
             await msg.ack()
         finally:
             await placeholder.settle()
+
+    async def _finish_partly(
+        self, msg: Msg, task_id: int, claim: _Claim, rendered: RenderedTask, placeholder: _PlaceholderWrite
+    ) -> None:
+        """Some outputs were made (or kept from before) and some failed. An error that might pass
+        (not the image's or the ops' fault) with attempts left: the attempt failed, nothing of it
+        stays. Otherwise the task fails, recording what was made, so a retry of the failed outputs
+        only keeps it."""
+        might_pass = any(not failure.final for failure in rendered.failures)
+        if might_pass and claim.attempts < self._policy.max_attempts:
+            errors = ", ".join(f"{failure.name}: {failure.error}" for failure in rendered.failures)
+            log.warning("task %s: attempt %d failed (%s); retrying later", task_id, claim.attempts, errors)
+            await self._discard(rendered.outputs)
+            await self._release(task_id)
+            await msg.nak(delay=self._policy.retry_delay_seconds)
+            return
+        made = _in_order(claim.processing, [*claim.kept, *await self._keep_outputs(rendered.outputs)])
+        failed = [
+            {
+                "name": failure.name,
+                "error": failure.error
+                if failure.final
+                else GAVE_UP.format(attempts=claim.attempts, error=failure.error),
+            }
+            for failure in rendered.failures
+        ]
+        reason = PARTLY_FAILED.format(
+            count=len(failed),
+            total=len(claim.processing.outputs),
+            details="; ".join(f"{item['name']}: {item['error']}" for item in failed),
+        )
+        log.info("task %s failed: %s", task_id, reason)
+        partial = {"generation": claim.processing.generation, "made": made, "failed": failed}
+        await placeholder.before_failing()
+        await self._finish_failed(task_id, reason, claim, partial)
+        await msg.term()
+
+    async def _discard(self, rendered: list[RenderedOutput]) -> None:
+        """Remove what a failed attempt made: its temporary files, or the files it put in place."""
+        for output in rendered:
+            if output.temp is not None:
+                remove_quietly(output.temp)
+        placed = [output.record["file"] for output in rendered if output.temp is None]
+        await self._storage.remove(Area.PROCESSED, placed)
 
     async def _keep_outputs(self, rendered: list[RenderedOutput]) -> list[dict[str, Any]]:
         """Store each output the render job did not store itself; on failure leave no temporary
@@ -356,9 +427,12 @@ class TaskProcessor:
             return None
         except _LeaseLost:
             if lease.taken:
-                # Another worker holds the task now (or it is finished or deleted): its outcome is
-                # that worker's to record, and nothing of this attempt is.
-                log.warning("task %s: lease lost to another claim; render abandoned", task_id)
+                # Another worker holds the task now (or it is finished, cancelled or deleted): its
+                # outcome is that worker's to record, and nothing of this attempt is.
+                if await self._status(task_id) == TaskStatus.CANCELLED:
+                    await self._remove_cancelled(task_id, claim)
+                else:
+                    log.warning("task %s: lease lost to another claim; render abandoned", task_id)
                 await msg.ack()
             else:
                 log.warning("task %s: lease ran out unrenewed; render abandoned, retrying later", task_id)
@@ -407,7 +481,11 @@ class TaskProcessor:
         finishing it records nothing once the task is no longer this claim's (_finish_done)."""
         if not await self._is_heavy(claim, source):
             return await self._pool.run(
-                render_task, *self._render_args(claim, source), report=placeholder.report
+                render_task,
+                *self._render_args(claim, source),
+                None,
+                claim.kept_names,
+                report=placeholder.report,
             )
         return await _unless_lost(lease, self._render_heavy(task_id, claim, source, placeholder))
 
@@ -460,6 +538,7 @@ class TaskProcessor:
                     render_task,
                     *self._render_args(claim, source),
                     temps,
+                    claim.kept_names,
                     report=placeholder.report,
                 )
             except BaseException:
@@ -474,18 +553,19 @@ class TaskProcessor:
 
     async def _finish_done_patiently(
         self, task_id: int, outputs: list[dict[str, Any]], claim: _Claim, placeholder: Placeholder | None
-    ) -> None:
+    ) -> TaskStatus | None:
         """Record the finished output, riding out a short database outage: the work is done and
-        the heartbeats still hold the message, so giving up now would only cost a re-render."""
+        the heartbeats still hold the message, so giving up now would only cost a re-render.
+        The final status this attempt ended in (None: another worker's, or the task is gone)."""
         for remaining in range(FINISH_RETRIES, -1, -1):
             try:
-                await self._finish_done(task_id, outputs, claim, placeholder)
-                return
+                return await self._finish_done(task_id, outputs, claim, placeholder)
             except tasks.DatabaseUnavailable as exc:
                 if remaining == 0:
                     raise
                 log.warning("task %s: cannot record its output yet (%s); retrying", task_id, exc)
                 await asyncio.sleep(self._policy.retry_delay_seconds)
+        raise AssertionError("unreachable: the last try raises")
 
     async def _claim(self, task_id: int) -> _Claim | None:
         """The task, now ours; None if it is missing, final or leased elsewhere."""
@@ -502,6 +582,7 @@ class TaskProcessor:
             input_format=FORMATS_BY_CONTENT_TYPE.get(claim.content_type, ""),
             started_at=claim.started_at,
             has_placeholder=claim.has_placeholder,
+            kept=_kept_outputs(claim.partial_outputs, processing),
         )
 
     async def _status(self, task_id: int) -> str | None:
@@ -554,21 +635,65 @@ class TaskProcessor:
 
     async def _finish_done(
         self, task_id: int, outputs: list[dict[str, Any]], claim: _Claim, placeholder: Placeholder | None
-    ) -> None:
+    ) -> TaskStatus | None:
         files = [output["file"] for output in outputs]
+        # Kept from an earlier run: not this attempt's to remove (a delete removes them itself).
+        made_here = sorted(set(files) - {record["file"] for record in claim.kept})
         if await tasks.finish_done(self._driver_pool, task_id, outputs, claim.started_at, placeholder):
             log.info("task %s done: %s", task_id, ", ".join(files))
-        elif await self._status(task_id) is None:
+            return TaskStatus.DONE
+        status = await self._status(task_id)
+        if status is None:
             # Deleted (DELETE /tasks/{id}) while it was being processed: leave nothing behind.
-            await self._storage.remove(Area.PROCESSED, files)
+            await self._storage.remove(Area.PROCESSED, made_here)
             log.info("task %s was deleted meanwhile; its output is removed", task_id)
+        elif status == TaskStatus.CANCELLED:
+            # Cancelled by its owner while a light render (which cannot be stopped) ran: the cancel
+            # holds, and nothing it made stays.
+            await self._storage.remove(Area.PROCESSED, made_here)
+            log.info("task %s was cancelled meanwhile; its outputs are removed", task_id)
+            return TaskStatus.CANCELLED
         else:
             log.warning("task %s was finished elsewhere meanwhile; its outputs are the same files", task_id)
+        return None
 
-    async def _finish_failed(self, task_id: int, reason: str, claim: _Claim) -> None:
+    async def _remove_cancelled(self, task_id: int, claim: _Claim) -> None:
+        """A heavy render stopped because its task was cancelled: remove whatever outputs its
+        process had put in place before it was killed. Their names derive from the input's, and the
+        format of one cut short is unknown, so every name an output could have goes."""
+        extensions = sorted(set(EXTENSIONS.values()))
+        generation = claim.processing.generation  # a reprocess's: never the outputs still served
+        names = [
+            output_name_for(claim.input_name, extension, index, generation)
+            for index, output in enumerate(claim.processing.outputs)
+            if output.name not in claim.kept_names
+            for extension in extensions
+        ]
+        await self._storage.remove(Area.PROCESSED, names)
+        log.info("task %s was cancelled; its render is abandoned and its outputs removed", task_id)
+        self._record(claim, TaskStatus.CANCELLED)
+
+    async def _finish_failed(
+        self, task_id: int, reason: str, claim: _Claim, partial: dict[str, Any] | None = None
+    ) -> None:
         tracing.fail(reason)  # the span it failed in (`render`, or the message's `process`)
-        await tasks.finish_failed(self._driver_pool, task_id, reason)
+        await tasks.finish_failed(self._driver_pool, task_id, reason, partial)
         self._record(claim, TaskStatus.FAILED)
+
+
+def _kept_outputs(partial: dict[str, Any] | None, processing: Processing) -> tuple[dict[str, Any], ...]:
+    """The outputs a failed run recorded as made, to keep (core/task_controls.py): only when they
+    were made for this very processing (a reprocess since then has a new generation)."""
+    if not partial or partial.get("generation", 0) != processing.generation:
+        return ()
+    wanted = {output.name for output in processing.outputs}
+    return tuple(record for record in partial.get("made") or () if record.get("name") in wanted)
+
+
+def _in_order(processing: Processing, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Output records in the order the processing asks for them (the first is the main output)."""
+    by_name = {record["name"]: record for record in records}
+    return [by_name[output.name] for output in processing.outputs if output.name in by_name]
 
 
 async def _unless_lost(lease: _Lease, work: Awaitable[T]) -> T:

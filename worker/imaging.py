@@ -93,6 +93,13 @@ class ProcessedImage:
 
 
 @dataclass(frozen=True)
+class OutputFailed:
+    """An output that could not be made, in place of its ProcessedImage (render's `keep_going`)."""
+
+    error: Exception
+
+
+@dataclass(frozen=True)
 class RenderLimits:
     max_pixels: int
     max_frames: int
@@ -186,8 +193,12 @@ def render(
     focus: tuple[float, float] | None = None,
     watermark_images: Mapping[str, Path] | None = None,
     report: Callable[[Placeholder], None] | None = None,
-) -> list[ProcessedImage]:
+    keep_going: Callable[[Exception], bool] | None = None,
+) -> list[ProcessedImage | OutputFailed]:
     """Write each output's rendering of `src` to exactly its path (which needs no extension).
+
+    An output that fails with an error `keep_going` accepts is given as OutputFailed, and the
+    next one is rendered; any other error (and every error without `keep_going`) ends the render.
 
     `focus`: the upload's focus point (fractions of the picture as displayed); `watermark_images`:
     the files `overlay` ops name (WATERMARK_IMAGES). `report`, when given, receives the picture's
@@ -198,7 +209,6 @@ def render(
     encoder = encoder or EncoderSettings()
     context = _Context(focus=Focus(*focus) if focus else None, watermark_images=watermark_images or {})
     enable_heif()
-    results = []
     # Rendered while the file is open: a still image's frame is the decoded image itself, which
     # closing it would free.
     with open_image(src, limits.max_pixels) as image:
@@ -215,15 +225,21 @@ def render(
                     colour=colour or (lambda small: _in_srgb(source, small)),
                 )
             )
+        results: list[ProcessedImage | OutputFailed] = []
         for index, (output, dst) in enumerate(outputs):
-            # Checked again here (the API did, before queueing): only now is the orientation known.
-            frames = output_frames(output, source.format, len(source.frames))
-            refused = cost_refusal(output, *source.full_size, frames, limit=limits.max_output_pixels)
-            if refused:
-                raise ImageRejected(OUTPUT_TOO_COSTLY.format(name=output.name, reason=refused))
-            # The last output may draw on the decoded frames themselves: nobody needs them afterwards.
-            last = index == len(outputs) - 1
-            results.append(_render_output(source, output, dst, encoder, context, owns_frames=last))
+            try:
+                # Checked again here (the API did, before queueing): only now is the orientation known.
+                frames = output_frames(output, source.format, len(source.frames))
+                refused = cost_refusal(output, *source.full_size, frames, limit=limits.max_output_pixels)
+                if refused:
+                    raise ImageRejected(OUTPUT_TOO_COSTLY.format(name=output.name, reason=refused))
+                # The last output may draw on the decoded frames themselves: nobody needs them afterwards.
+                last = index == len(outputs) - 1
+                results.append(_render_output(source, output, dst, encoder, context, owns_frames=last))
+            except Exception as exc:
+                if keep_going is None or not keep_going(exc):
+                    raise
+                results.append(OutputFailed(exc))
     return results
 
 
@@ -239,7 +255,9 @@ def watermark(src: Path, dst: Path, *, text: str, max_pixels: int, max_frames: i
     """The `default` preset on one file: `text` in red at the top left, same size and format."""
     output = Output(name="image", ops=(Watermark(op="watermark", text=text),), preset="default")
     limits = RenderLimits(max_pixels=max_pixels, max_frames=max_frames, max_output_pixels=max_pixels)
-    return render(src, [(output, dst)], limits=limits)[0]
+    result = render(src, [(output, dst)], limits=limits)[0]
+    assert isinstance(result, ProcessedImage)  # without keep_going, a failure raises
+    return result
 
 
 @dataclass

@@ -68,7 +68,8 @@ class WorkerMetrics:
         return self._in_flight.track_inprogress()
 
     def task_finished(self, *, status: str, preset: str, seconds: float) -> None:
-        """Record a task that reached a final status (`done` or `failed`) after `seconds` of work."""
+        """Record a task that reached a final status (`done`, `failed` or `cancelled`) after
+        `seconds` of work."""
         self._finished.labels(status=status, preset=preset).inc()
         self._seconds.labels(preset=preset).observe(seconds)
 

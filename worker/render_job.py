@@ -8,6 +8,7 @@ rendered them; otherwise it hands back temporary files for the caller to store.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +16,12 @@ from typing import Any
 
 from config import Settings
 from core import tracing
-from core.formats import EXTENSIONS
+from core.formats import EXTENSIONS, ImageRejected
 from core.processing.outputs import Output, OutputRecord, Processing
 from core.processing.presets import configured_presets
 from core.storage import Folders, output_name_for, remove_quietly
 from core.tracing import Step, recording_steps, step
-from worker.imaging import EncoderSettings, RenderLimits, render
+from worker.imaging import EncoderSettings, OutputFailed, RenderLimits, render
 from worker.overlays import check_watermark_images
 from worker.placeholder import Placeholder
 
@@ -69,6 +70,17 @@ class RenderedOutput:
 
 
 @dataclass(frozen=True)
+class OutputFailure:
+    """An output this render could not make, while others were made (or kept from before)."""
+
+    name: str
+    # For people: the ImageRejected's words, or what kind of error it was.
+    error: str
+    # True: it would fail the same way again (the image or the ops); False: it might not.
+    final: bool
+
+
+@dataclass(frozen=True)
 class RenderedTask:
     outputs: list[RenderedOutput]
     # Also handed to `report` as soon as it was known; returned too for the callers that could
@@ -76,6 +88,8 @@ class RenderedTask:
     placeholder: Placeholder | None
     # Decode, each op, each encode and store, with their times, when RenderSettings.record_steps.
     steps: list[Step] = field(default_factory=list)
+    # Outputs that failed while others were made; empty when every output was made.
+    failures: list[OutputFailure] = field(default_factory=list)
 
 
 def render_task(
@@ -86,6 +100,7 @@ def render_task(
     processing: Processing,
     place: Callable[[Path, str], None] | None = None,
     temps: list[Path] | None = None,
+    kept: frozenset[str] = frozenset(),
     *,
     report: Callable[[Placeholder], None] | None = None,
 ) -> RenderedTask:
@@ -96,10 +111,19 @@ def render_task(
     than adding to them. On failure no temporary file is left behind. `temps` names the temporary
     files (one per output) where the caller must be able to remove them: a killed child cannot.
     `report` receives the placeholder as soon as the input is decoded (worker.imaging.render).
+
+    `kept` names outputs made by an earlier run and kept (a retry of the failed outputs only):
+    they are not rendered. An output that fails while another is made (or kept) is returned as an
+    OutputFailure, so that what was made can be kept; when none is, the first error is raised.
     """
     if temps is None:
         temps = temp_paths(folders, processing)
-    planned = list(zip(processing.outputs, temps, strict=True))
+    # Each output keeps its position in `processing`: the file names derive from it.
+    planned = [
+        (index, output, temp)
+        for index, (output, temp) in enumerate(zip(processing.outputs, temps, strict=True))
+        if output.name not in kept
+    ]
     placeholders: list[Placeholder] = []
 
     def keep(placeholder: Placeholder) -> None:
@@ -109,8 +133,8 @@ def render_task(
 
     try:
         with recording_steps(settings.record_steps) as recorder:
-            rendered = _render_and_place(
-                settings, source, input_name, processing, planned, place, report=keep
+            rendered, failures = _render_and_place(
+                settings, source, input_name, processing, planned, place, kept, report=keep
             )
     except BaseException:
         for temp in temps:
@@ -120,6 +144,7 @@ def render_task(
         outputs=rendered,
         placeholder=placeholders[0] if placeholders else None,
         steps=recorder.recorded() if recorder is not None else [],
+        failures=failures,
     )
 
 
@@ -128,23 +153,34 @@ def _render_and_place(
     source: Path,
     input_name: str,
     processing: Processing,
-    planned: list[tuple[Output, Path]],
+    planned: list[tuple[int, Output, Path]],
     place: Callable[[Path, str], None] | None,
+    kept: frozenset[str],
     *,
     report: Callable[[Placeholder], None],
-) -> list[RenderedOutput]:
+) -> tuple[list[RenderedOutput], list[OutputFailure]]:
     results = render(
         source,
-        planned,
+        [(output, temp) for _, output, temp in planned],
         limits=settings.limits,
         encoder=settings.encoder,
         focus=processing.focus,
         watermark_images=settings.watermark_images,
         report=report,
+        keep_going=_may_fail_alone,
     )
+    made = [result for result in results if not isinstance(result, OutputFailed)]
+    errors = [result.error for result in results if isinstance(result, OutputFailed)]
+    if errors and not made and not kept:
+        raise errors[0]  # nothing to keep: the task fails (or is retried) as a whole
     rendered = []
-    for index, ((output, temp), result) in enumerate(zip(planned, results, strict=True)):
-        file = output_name_for(input_name, EXTENSIONS[result.format], index)
+    failures = []
+    for (index, output, temp), result in zip(planned, results, strict=True):
+        if isinstance(result, OutputFailed):
+            remove_quietly(temp)
+            failures.append(_failure(output.name, result.error))
+            continue
+        file = output_name_for(input_name, EXTENSIONS[result.format], index, processing.generation)
         record = OutputRecord(
             name=output.name,
             file=file,
@@ -158,7 +194,23 @@ def _render_and_place(
             with step("store output", imagequeue__output=output.name):
                 place(temp, file)
         rendered.append(RenderedOutput(record=record, temp=None if place is not None else temp))
-    return rendered
+    return rendered, failures
+
+
+def _may_fail_alone(exc: Exception) -> bool:
+    """Whether one output's error leaves the others worth making: not when the volume is full or
+    memory ran out, which every output would meet (the whole attempt is handed back or retried)."""
+    if isinstance(exc, MemoryError):
+        return False
+    return not (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
+
+
+def _failure(name: str, exc: Exception) -> OutputFailure:
+    if isinstance(exc, ImageRejected):
+        return OutputFailure(name, str(exc), final=True)
+    # Without server paths or stack details, as worker.consumer describes an error.
+    described = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+    return OutputFailure(name, described, final=False)
 
 
 def temp_paths(folders: Folders, processing: Processing) -> list[Path]:

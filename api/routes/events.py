@@ -1,12 +1,12 @@
 """`GET /tasks/{task_id}/events`: a task's status as Server-Sent Events, for pages that update live.
 
 Each event is `event: status` with the same JSON body as `GET /status/{task_id}`: one at once, then
-one whenever that body changes, and the stream ends once the task is `done` or `failed` (a deleted
-task ends it with `event: deleted`). Once the worker has recorded the task's placeholder, one
-`event: placeholder` (its JSON, as in /status) comes before the status event that first shows it,
-so it always arrives before the final status. The row is the truth and workers write it directly, so the
-stream polls it, each time with a fresh short session: a stream never holds a database connection
-or transaction between polls, however long it lasts.
+one whenever that body changes, and the stream ends once the task is `done`, `failed` or `cancelled`
+(a deleted task ends it with `event: deleted`). Once the worker has recorded the task's placeholder,
+one `event: placeholder` (its JSON, as in /status) comes before the status event that first shows
+it, so it always arrives before the final status. The row is the truth and workers write it
+directly, so the stream polls it, each time with a fresh short session: a stream never holds a
+database connection or transaction between polls, however long it lasts.
 
 A stream is cheap but not free (a poll every POLL_SECONDS), so a process serves at most MAX_STREAMS
 at once (503 beyond), and each ends after STREAM_LIFETIME_SECONDS: the browser's EventSource
@@ -238,7 +238,8 @@ _EXAMPLE_STREAM = (
     responses={
         200: {
             "description": "`event: status` with the `GET /status/{task_id}` body as `data`, at once and on "
-            "every change, until the task is `done` or `failed`; `event: placeholder` with the task's "
+            "every change, until the task is `done`, `failed` or `cancelled`; `event: placeholder` with "
+            "the task's "
             "`placeholder` once the worker has decoded the input, before the status that first shows it; "
             "`event: deleted` if it is deleted; "
             "`: keep-alive` comments meanwhile. A reconnecting client's `Last-Event-ID` is honoured.",

@@ -109,7 +109,11 @@ def _is_task_id(ref: str) -> bool:
 
 @router.get("/result/{ref}", response_class=HTMLResponse)
 async def result_page(
-    request: Request, ref: Annotated[str, Path(max_length=255)], session: SessionDep, caller: CallerDep
+    request: Request,
+    ref: Annotated[str, Path(max_length=255)],
+    session: SessionDep,
+    caller: CallerDep,
+    services: ServicesDep,
 ) -> Response:
     """A task's page by its id; or, by a file name (the original design's bookmarks, such as
     `/result/test_image.JPG`), a 303 to the page of the newest task uploaded under that name.
@@ -127,10 +131,10 @@ async def result_page(
                 request, "not_found.html", {"message": TASK_NOT_FOUND}, status_code=404
             )
         return JSONResponse({"detail": TASK_NOT_FOUND}, status_code=404)
-    return _result(request, task)
+    return _result(request, task, services)
 
 
-def _result(request: Request, task: ImageTask) -> HTMLResponse:
+def _result(request: Request, task: ImageTask, services: ServicesDep) -> HTMLResponse:
     # Rendered from the very body /status answers, so the page and its script read the same fields.
     status = task_status(task).model_dump(mode="json")
     final = task.status in FINAL_STATUSES
@@ -165,6 +169,13 @@ def _result(request: Request, task: ImageTask) -> HTMLResponse:
             "status_url": status_url(task.id),
             "events_url": f"/tasks/{task.id}/events",
             "refresh_seconds": None if final else REFRESH_SECONDS,
+            # The task controls' forms (api/routes/controls.py; Reprocess: api/routes/reprocess.py).
+            "final": final,
+            # A failed run that made some outputs: they can be kept, and only the others made again.
+            "partly_made": bool(task.partial_outputs and task.partial_outputs.get("made")),
+            "presets": [
+                {"name": name, "description": preset.description} for name, preset in services.presets.items()
+            ],
         },
     )
 

@@ -2,7 +2,7 @@
 // EventSource and the stream works, polling GET /status every 2 s otherwise. Shared by the upload
 // page (one watch per file) and the result page. Data is only ever put on a page as text.
 
-export const FINAL = ["done", "failed"];
+export const FINAL = ["done", "failed", "cancelled"];
 const POLL_MS = 2000;
 // A browser opens at most 6 connections to one server over HTTP/1.1, and every open stream keeps
 // one: past this many open streams, further watches poll, leaving room for uploads and images.
@@ -104,4 +104,5 @@ export const STATUS_HINTS = {
   processing: "Being processed…",
   done: "",
   failed: "",
+  cancelled: "Cancelled; it will not be processed.",
 };

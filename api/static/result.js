@@ -1,7 +1,9 @@
 // The result page, kept current without a reload: status, the processed image once done, the
-// reason once failed. The server-rendered page is already right; this only follows changes.
+// reason once failed, the controls (Cancel, Retry, Reprocess) the status allows. The server-rendered page is already right; this only follows changes.
 import { FINAL, STATUS_HINTS, outputFacts, watchTask } from "./live.js";
 import { drawThumbHash } from "./thumbhash.js";
+// The Reprocess form's script: loaded with this one, so the page keeps a single script tag.
+import "./reprocess.js";
 
 const root = document.getElementById("task");
 
@@ -36,6 +38,12 @@ function render(body) {
   const failed = body.status === "failed";
   document.getElementById("error-text").textContent = body.error || "no reason was recorded.";
   show(document.getElementById("error"), failed);
+  // The controls the status allows (the server refuses the others with 409 anyway).
+  show(document.getElementById("cancel-form"), body.status === "pending" || body.status === "processing");
+  show(document.getElementById("retry-form"), failed);
+  const retryFailed = document.getElementById("retry-failed-form");
+  if (retryFailed) show(retryFailed, failed);
+  show(document.getElementById("reprocess-form"), FINAL.includes(body.status));
 
   const processed = document.getElementById("processed");
   const placeholder = document.getElementById("processed-placeholder");
@@ -53,7 +61,11 @@ function render(body) {
     download.href = body.processed_url;
     show(download, true);
   } else if (placeholder) {
-    document.getElementById("placeholder-text").textContent = failed ? "No processed image." : "Not processed yet.";
+    document.getElementById("placeholder-text").textContent = failed
+      ? "No processed image."
+      : body.status === "cancelled"
+        ? "Cancelled: not processed."
+        : "Not processed yet.";
     if (!failed) showPlaceholder(body.placeholder);
   }
   const facts = outputFacts(body);

@@ -37,6 +37,8 @@ class Processing:
     # The upload's `focus` field: (x, y) as fractions of the picture as displayed (after its EXIF
     # orientation), from the top left; what `gravity: "focus"` keeps.
     focus: tuple[float, float] | None = None
+    # How many times the task was reprocessed (core/reprocessing.py): part of its output names.
+    generation: int = 0
 
     def label(self) -> str:
         """A short, bounded name for metrics: the preset, or `ops` / `outputs`."""
@@ -58,6 +60,8 @@ class Processing:
         # Only when given: a row without a focus reads (and compares, for Idempotency-Key) as before.
         if self.focus is not None:
             stored["focus"] = list(self.focus)
+        if self.generation:
+            stored["generation"] = self.generation
         return stored
 
     @classmethod
@@ -71,6 +75,7 @@ class Processing:
                 for item in stored["outputs"]
             ),
             focus=(float(focus[0]), float(focus[1])) if focus else None,
+            generation=int(stored.get("generation", 0)),
         )
 
 

@@ -32,8 +32,9 @@ from datetime import datetime
 from pathlib import Path
 
 # What a generated name looks like; anything else asked for by URL is refused before touching disk.
-# An output other than a task's first carries its position: `<input id>-<n>.<ext>`.
-STORED_NAME = re.compile(r"^[0-9a-f]{32}(-[1-9][0-9]?)?\.[a-z]{3,4}$")
+# An output other than a task's first carries its position: `<input id>-<n>.<ext>`; one made by
+# the g-th reprocess of a task carries its generation first: `<input id>-g<g>[-<n>].<ext>`.
+STORED_NAME = re.compile(r"^[0-9a-f]{32}(-g[1-9][0-9]{0,8})?(-[1-9][0-9]?)?\.[a-z]{3,4}$")
 TEMP_PREFIX = ".partial-"
 STORAGE_UNAVAILABLE = "The file store is unavailable; nothing was stored. Please try again shortly."
 NOT_READY = "the file store is not connected"
@@ -201,11 +202,14 @@ def new_stored_name(extension: str) -> str:
     return f"{uuid.uuid4().hex}{extension}"
 
 
-def output_name_for(input_name: str, extension: str, index: int = 0) -> str:
+def output_name_for(input_name: str, extension: str, index: int = 0, generation: int = 0) -> str:
     """The `index`-th output's file name: derived from the input's, so a re-run overwrites, never
-    adds. The first output has no suffix (the name it had before tasks had several outputs)."""
+    adds. The first output has no suffix (the name it had before tasks had several outputs).
+    A reprocess (`generation` 1, 2, ...) names its outputs apart, so the ones still served are
+    never overwritten before the switch (core/reprocessing.py)."""
+    made_by = f"-g{generation}" if generation else ""
     suffix = f"-{index}" if index else ""
-    return f"{Path(_checked(input_name)).stem}{suffix}{extension}"
+    return f"{Path(_checked(input_name)).stem}{made_by}{suffix}{extension}"
 
 
 def is_stored_name(name: str) -> bool:

@@ -107,6 +107,24 @@ async def test_a_key_lists_only_its_own_tasks(keyed: httpx.AsyncClient) -> None:
     assert (await keyed.get("/tasks")).status_code == 401
 
 
+async def test_a_key_cannot_retry_or_cancel_another_keys_task(
+    keyed: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    task_id = (await upload(keyed, ALICE)).json()["task_id"]
+    await db.execute(update(ImageTask).where(ImageTask.id == task_id).values(status="failed", error="x"))
+    await db.commit()
+
+    for control in ("retry", "cancel"):
+        for headers in (BOB, {}):
+            other = await keyed.post(f"/tasks/{task_id}/{control}", headers=headers)
+            assert other.status_code == (404 if headers else 401), (control, headers)
+    retried = await keyed.post(f"/tasks/{task_id}/retry", headers=ALICE)
+    cancelled = await keyed.post(f"/tasks/{task_id}/cancel", headers=ALICE)
+
+    assert (retried.status_code, cancelled.status_code) == (202, 200)
+    assert (await keyed.post(f"/tasks/{task_id}/cancel", headers=BOB)).json() == {"detail": TASK_NOT_FOUND}
+
+
 async def test_a_key_cannot_delete_another_keys_task(keyed: httpx.AsyncClient) -> None:
     task_id = (await upload(keyed, ALICE)).json()["task_id"]
 
