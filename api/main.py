@@ -20,12 +20,12 @@ from starlette.requests import ClientDisconnect
 
 from api.allowed_methods import method_not_allowed
 from api.callbacks import CallbackPolicy, CallbackSender
+from api.dispatcher import Dispatcher, DispatchPolicy
 from api.head_requests import HeadAsGet
 from api.metrics import ApiMetrics, UploadCounter
 from api.metrics import router as metrics_router
 from api.openapi import openapi_document
 from api.publisher import TaskPublisher
-from api.relay import OutboxRelay
 from api.response_headers import ResponseHeaders
 from api.routes import events, health, originals, pages, presets, tasks
 from api.schemas import DATABASE_UNAVAILABLE
@@ -51,7 +51,7 @@ from core.tasks import DatabaseUnavailable
 log = logging.getLogger(__name__)
 
 # Connections per API process (PostgreSQL allows 100 in all by default): uploads (16 at a time) and
-# their queued marks run on the driver pool (core.tasks); reads, deletes, the relay and callbacks
+# their inserts run on the driver pool (core.tasks); reads, deletes, the dispatcher and callbacks
 # on the engine's.
 UPLOAD_CONNECTIONS = 16
 SESSION_CONNECTIONS = 10
@@ -70,9 +70,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine = make_engine(settings.database_url, pool_size=SESSION_CONNECTIONS)
     sessions = make_sessionmaker(engine)
     driver_pool = await make_driver_pool(settings.database_url, max_size=UPLOAD_CONNECTIONS)
-    publisher = TaskPublisher(settings.nats_url, driver_pool, stream_replicas=settings.stream_replicas)
+    publisher = TaskPublisher(settings.nats_url, stream_replicas=settings.stream_replicas)
     publisher.start()
-    relay = OutboxRelay(sessions, publisher)
+    dispatcher = Dispatcher(
+        sessions, publisher, DispatchPolicy(settings.dispatch_window, settings.outbox_interval_seconds)
+    )
     sweeps = Sweeps(
         sessions,
         publisher,
@@ -82,7 +84,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     # Each loop stops on this event; closing it is bounded (core.loops), so SIGTERM ends the process.
     background = loops.Background("API loops")
-    background.start(relay.run(settings.outbox_interval_seconds, background.stop), name="outbox-relay")
+    background.start(dispatcher.run(background.stop), name="dispatcher")
     background.start(sweeps.run(background.stop), name="lease-sweep")
     callbacks = None
     if settings.webhook_secret:
@@ -98,7 +100,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         callbacks.start()
     app.state.services = Services(
-        settings, engine, sessions, driver_pool, storage, publisher, presets, callbacks
+        settings, engine, sessions, driver_pool, storage, publisher, dispatcher, presets, callbacks
     )
     try:
         yield

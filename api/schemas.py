@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.formats import CONTENT_TYPES
-from core.models import ImageTask, TaskStatus
+from core.models import DEFAULT_PRIORITY, ImageTask, Priority, TaskStatus
 from core.processing.outputs import OutputRecord
 
 DATABASE_UNAVAILABLE = "The database is unavailable; nothing was stored. Please try again shortly."
@@ -44,6 +44,7 @@ _EXAMPLE_TASK: dict[str, Any] = {
         }
     ],
     "callback": None,
+    "priority": "normal",
 }
 
 
@@ -145,6 +146,11 @@ class TaskStatusResponse(BaseModel):
     placeholder: PlaceholderResponse | None = Field(
         default=None, description="null until a worker has decoded the input (and on tasks from before it)."
     )
+    priority: Priority = Field(
+        default=DEFAULT_PRIORITY,
+        description="The upload's `priority`: waiting `interactive` tasks go to the workers before "
+        "`normal` ones, and those before `bulk` ones.",
+    )
 
 
 class TaskPage(BaseModel):
@@ -242,4 +248,5 @@ def task_status(task: ImageTask) -> TaskStatusResponse:
         if task.callback_url
         else None,
         placeholder=PlaceholderResponse.model_validate(task.placeholder) if task.placeholder else None,
+        priority=Priority(task.priority),
     )

@@ -15,8 +15,9 @@ Status machine (the only transitions the code makes, all in core/tasks.py):
 - A worker's result is recorded even if the sweep put its row back to `pending` meanwhile.
 
 `done` and `failed` are final: a redelivered message for such a row is acknowledged and ignored.
-`queued_at` is set once the task id is safely in JetStream; rows still NULL there are published
-again by the API's outbox relay, so an upload accepted while NATS was down is not lost.
+`queued_at` is set once the task id is safely in JetStream; rows still NULL there wait for the
+API's dispatcher (api/dispatcher.py), which publishes them as room in the stream's window allows,
+by priority and fairly between keys; an upload accepted while NATS was down is not lost either.
 """
 
 from __future__ import annotations
@@ -40,6 +41,19 @@ class TaskStatus(enum.StrEnum):
 
 
 FINAL_STATUSES = (TaskStatus.DONE, TaskStatus.FAILED)
+
+
+class Priority(enum.StrEnum):
+    """Which waiting task the dispatcher (api/dispatcher.py) puts in the stream first; in this
+    order, most urgent first."""
+
+    INTERACTIVE = "interactive"
+    NORMAL = "normal"
+    BULK = "bulk"
+
+
+DEFAULT_PRIORITY = Priority.NORMAL
+_PRIORITY_VALUES = ", ".join(f"'{priority.value}'" for priority in Priority)
 
 # The id column is a PostgreSQL integer: larger ids cannot exist, and asking the database would fail.
 MAX_TASK_ID = 2**31 - 1
@@ -71,6 +85,21 @@ class ImageTask(Base):
         CheckConstraint(f"status IN ({_STATUS_VALUES})", name="status_valid"),
         # The outbox relay scans only rows not yet in JetStream: keep that scan small.
         Index("ix_image_tasks_unqueued", "id", postgresql_where="queued_at IS NULL"),
+        CheckConstraint(f"priority IN ({_PRIORITY_VALUES})", name="priority_valid"),
+        # The dispatcher counts the tasks in the stream by key on every pass: only those rows.
+        Index(
+            "ix_image_tasks_in_window",
+            "owner",
+            postgresql_where="queued_at IS NOT NULL AND status IN ('pending', 'processing')",
+        ),
+        # ... and picks the next waiting ones by priority, then by key, oldest first.
+        Index(
+            "ix_image_tasks_waiting",
+            "priority",
+            "owner",
+            "id",
+            postgresql_where="queued_at IS NULL AND status = 'pending'",
+        ),
         CheckConstraint(f"callback_state IN ({_CALLBACK_VALUES})", name="callback_state_valid"),
         # The callback sender scans only deliveries still to make.
         Index(
@@ -118,3 +147,7 @@ class ImageTask(Base):
     callback_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     callback_next_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     callback_error: Mapped[str | None] = mapped_column(Text)
+    # Priority (interactive, normal, bulk): the order in which waiting tasks enter the stream.
+    priority: Mapped[str] = mapped_column(
+        String(16), default=DEFAULT_PRIORITY, server_default=DEFAULT_PRIORITY.value
+    )

@@ -34,7 +34,7 @@ from api.uploads import (
 )
 from core import tasks
 from core.formats import CONTENT_TYPES, EXTENSIONS, UNSUPPORTED_MESSAGE
-from core.models import ImageTask, TaskStatus
+from core.models import DEFAULT_PRIORITY, ImageTask, Priority, TaskStatus
 from core.processing.cost import cost_refusal, output_frames
 from core.processing.forms import resolve
 from core.processing.operations import ProcessingInvalid
@@ -57,7 +57,8 @@ IDEMPOTENCY_KEY_REUSED = "This Idempotency-Key was already used for a different 
 # Besides `file`: how to process it (core.processing), and where to report the end (callbacks).
 # Others are ignored and named in the answer, unless one looks like a misspelling (api.form_fields).
 PROCESSING_FIELDS = ("preset", "ops", "outputs", "focus")
-FORM_FIELDS = ("file", *PROCESSING_FIELDS, "callback_url")
+FORM_FIELDS = ("file", *PROCESSING_FIELDS, "callback_url", "priority")
+BAD_PRIORITY = "`priority` must be one of: interactive, normal, bulk."
 CALLBACKS_OFF = "This server sends no callbacks (its WEBHOOK_SECRET setting is empty)."
 
 PROCESSED_NOT_FOUND = "Processed image not found"
@@ -144,6 +145,18 @@ def _requested_processing(services: ServicesDep, upload: ReceivedUpload) -> Proc
     return processing
 
 
+def _requested_priority(upload: ReceivedUpload, caller: str | None) -> Priority:
+    """The form's `priority`, else the caller's default; 422 for a value that is not one."""
+    raw = upload.text_fields.get("priority")
+    if not raw:
+        # Hook for per-key policies (API_KEYS entries as objects): the caller's default goes here.
+        return DEFAULT_PRIORITY
+    try:
+        return Priority(raw)
+    except ValueError:
+        raise HTTPException(status_code=422, detail=BAD_PRIORITY) from None
+
+
 async def _create_task(
     services: ServicesDep,
     upload: ReceivedUpload,
@@ -151,6 +164,7 @@ async def _create_task(
     callback_url: str | None,
     key: str | None,
     owner: str | None,
+    priority: Priority,
 ) -> int:
     """Keep the upload's file, then insert its row; the new task's id."""
     input_name = new_stored_name(upload.info.extension)
@@ -175,6 +189,7 @@ async def _create_task(
         owner=owner,
         callback_url=callback_url,
         processing=processing.to_json(),
+        priority=priority,
     )
     return await tasks.insert_task(services.driver_pool, storage, new_task)
 
@@ -265,6 +280,9 @@ async def upload(
 ) -> Response:
     """Upload an image (multipart field `file`) and queue it for processing.
 
+    `priority` (`interactive`, `normal`, the default, or `bulk`) decides which waiting task is
+    processed first; between API keys, waiting tasks take turns.
+
     Optional fields choose the processing (one of them): `preset` (a name from `GET /presets`),
     `ops` (a JSON list of operations) or `outputs` (a JSON object of output name -> preset name or
     ops list, for several derivatives of one upload). Without any, the `default` preset. `focus`
@@ -289,11 +307,14 @@ async def upload(
         ignored = _ignored_fields(received)
         processing = _requested_processing(services, received)
         callback_url = await _requested_callback(services, received)
+        priority = _requested_priority(received, caller)
         # A session only for a keyed upload: the rest runs on the driver pool (see _create_task).
         existing = await _task_for_key(services, key, received, processing, callback_url) if key else None
         if existing is None:
             try:
-                task_id = await _create_task(services, received, processing, callback_url, key, caller)
+                task_id = await _create_task(
+                    services, received, processing, callback_url, key, caller, priority
+                )
             except tasks.TaskConflict:
                 # A concurrent request with the same key committed first.
                 existing = (
@@ -307,7 +328,7 @@ async def upload(
         return _answer(
             request, existing.id, existing.filename, UPLOAD_REPLAYED, replayed=True, ignored=ignored
         )
-    await services.publisher.publish_committed(task_id)
+    await services.dispatcher.dispatch_committed()
     return _answer(request, task_id, received.display_name, UPLOAD_ACCEPTED, replayed=False, ignored=ignored)
 
 
