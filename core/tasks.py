@@ -452,7 +452,9 @@ WITH in_window AS (
     FROM waiting LEFT JOIN in_window ON in_window.owner IS NOT DISTINCT FROM waiting.owner
 )
 SELECT id, priority, attempts FROM ranked WHERE place <= :limit ORDER BY place""")
-_MARK_DISPATCHED = text(f"UPDATE image_tasks SET queued_at = now() WHERE id = ANY(:ids) AND {_WAITING}")
+# Whatever the status: a worker may claim (even finish) a task between its publish and this mark,
+# and a claimed task left unmarked would be outside the window's count.
+_MARK_DISPATCHED = text("UPDATE image_tasks SET queued_at = now() WHERE id = ANY(:ids) AND queued_at IS NULL")
 
 
 class Unqueued(NamedTuple):
