@@ -110,6 +110,11 @@ def _parser() -> argparse.ArgumentParser:
         help='the point `gravity: "focus"` keeps: fractions 0-1 of the picture as displayed, from the '
         "top left, such as 0.3,0.6 (form field `focus`)",
     )
+    upload.add_argument(
+        "--priority",
+        choices=("interactive", "normal", "bulk"),
+        help="which waiting task the server processes first (form field `priority`; default normal)",
+    )
     upload.add_argument("--wait", action="store_true", help="follow each task until done or failed")
     upload.add_argument(
         "--concurrency", type=_positive_int, default=DEFAULT_CONCURRENCY, help="requests at once (default 4)"
@@ -139,6 +144,8 @@ def _form_fields(args: argparse.Namespace) -> dict[str, str]:
         fields["preset"] = args.preset
     if args.focus is not None:
         fields["focus"] = args.focus
+    if args.priority is not None:
+        fields["priority"] = args.priority
     for name in ("ops", "outputs"):
         text = getattr(args, name)
         if text is None:
