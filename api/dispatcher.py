@@ -22,9 +22,11 @@ mid-pass leaves its rows unmarked, and the next pass publishes them again under 
 
 An upload's request wakes its process's dispatcher and waits (bounded) for the pass that sees its
 row, so when the window has room the task is in the stream by the time the answer is sent, as
-before this module existed. Finishing tasks happens in the workers, which tell nobody: while tasks
-wait for room, the dispatcher looks again every BACKLOG_POLL_SECONDS; otherwise every
-OUTBOX_INTERVAL_SECONDS (for rows the lease sweep put back, or committed while NATS was away).
+before this module existed. A worker that lets go of a message says so on plain NATS
+(queue.SETTLED_SUBJECT), which wakes every replica's dispatcher to fill the freed place at once.
+That word can be lost (it is not stored), so while tasks wait for room the dispatcher also looks
+every BACKLOG_POLL_SECONDS; otherwise every OUTBOX_INTERVAL_SECONDS (for rows the lease sweep put
+back, or committed while NATS was away).
 """
 
 from __future__ import annotations
@@ -45,9 +47,9 @@ log = logging.getLogger(__name__)
 
 # Without a window (DISPATCH_WINDOW = 0), the most one pass publishes.
 UNLIMITED_BATCH = 200
-# While tasks wait for room: how soon a slot freed by a finished task is filled again. A window a
-# little larger than what the workers hold keeps them busy across this delay.
-BACKLOG_POLL_SECONDS = 0.05
+# While tasks wait for room and no worker's word arrives (lost, or a worker from before that word):
+# how soon a place freed by a finished task is filled anyway.
+BACKLOG_POLL_SECONDS = 0.1
 # The least part of the window each of `normal` and `bulk` is owed while it has tasks waiting.
 LOWER_CLASS_SHARE = 0.1
 # How long an upload's request waits for the pass that publishes its task; past it, the task is
@@ -93,22 +95,29 @@ class Dispatcher:
         self._wake = asyncio.Event()
         # Resolved by the next pass to start (and end): what a request waits for.
         self._next_pass: asyncio.Future[None] | None = None
+        # Whether the last pass left tasks waiting for room.
+        self._backlog = False
+
+    def wake(self) -> None:
+        """A worker let go of a message: look now, if tasks are waiting for room (otherwise there
+        is nothing to fill, and a pass per finished task would only load the database)."""
+        if self._backlog:
+            self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch when woken, while a backlog waits for room, and every interval, until `stop`."""
-        backlog = False
         while not stop.is_set():
-            pause = BACKLOG_POLL_SECONDS if backlog else self._policy.interval_seconds
+            pause = BACKLOG_POLL_SECONDS if self._backlog else self._policy.interval_seconds
             await _woken(stop, self._wake, pause)
             if stop.is_set():
                 break
             self._wake.clear()
             done, self._next_pass = self._next_pass, None
             try:
-                backlog = await self.dispatch_all()
+                self._backlog = await self.dispatch_all()
             except Exception as exc:  # the database or NATS is away: the next pass tries again
                 log.warning("dispatcher pass failed, retrying: %s", exc)
-                backlog = False
+                self._backlog = False
             finally:
                 if done is not None and not done.done():
                     done.set_result(None)

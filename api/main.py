@@ -71,10 +71,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     sessions = make_sessionmaker(engine)
     driver_pool = await make_driver_pool(settings.database_url, max_size=UPLOAD_CONNECTIONS)
     publisher = TaskPublisher(settings.nats_url, stream_replicas=settings.stream_replicas)
-    publisher.start()
     dispatcher = Dispatcher(
         sessions, publisher, DispatchPolicy(settings.dispatch_window, settings.outbox_interval_seconds)
     )
+    publisher.start(on_settled=dispatcher.wake)
     sweeps = Sweeps(
         sessions,
         publisher,

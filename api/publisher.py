@@ -1,12 +1,15 @@
 """The API's one NATS connection, for the dispatcher (api/dispatcher.py), /metrics and the sweeps.
 
-Tasks reach JetStream through the dispatcher alone: a request commits its row and wakes it.
+Tasks reach JetStream through the dispatcher alone: a request commits its row and wakes it, and so
+does a worker's word that it let go of a message (queue.SETTLED_SUBJECT), received here.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from core import loops, queue
@@ -41,11 +44,25 @@ class TaskPublisher:
         and the sweeps)."""
         return self._connection.jetstream if self.is_ready else None
 
-    def start(self) -> None:
-        """Connect in the background: the API serves (and accepts uploads) while NATS is down."""
-        self._background.start(
-            self._connection.open(self._background.stop, keep_trying=True), name="nats-connect"
-        )
+    def start(self, on_settled: Callable[[], None] | None = None) -> None:
+        """Connect in the background: the API serves (and accepts uploads) while NATS is down.
+        `on_settled` is called whenever a worker says it let go of a message."""
+        self._background.start(self._open(on_settled), name="nats-connect")
+
+    async def _open(self, on_settled: Callable[[], None] | None) -> None:
+        if not await self._connection.open(self._background.stop, keep_trying=True):
+            return
+        if on_settled is None or self._connection.nc is None:
+            return
+
+        async def settled(_msg: Msg) -> None:
+            on_settled()
+
+        # nats-py subscribes again by itself after a reconnect.
+        try:
+            await self._connection.nc.subscribe(queue.SETTLED_SUBJECT, cb=settled)
+        except Exception as exc:  # the dispatcher's own looks still fill the window
+            log.warning("could not subscribe to %s: %s", queue.SETTLED_SUBJECT, exc)
 
     async def close(self) -> None:
         """Stop connecting, close the connection: each bounded, so a NATS that does not answer

@@ -4,8 +4,9 @@ a queue of other work.
     .venv/bin/python -m bench.priorities [--workers 2] [--concurrency 2] [--bulk 5000] [--flood 10000]
                                          [--samples 20]
 
-On throwaway servers (bench.stack), one API and `--workers` workers of `--concurrency` each, with
-DISPATCH_WINDOW at what the workers hold (2 x concurrency each) unless `--window` says otherwise:
+On throwaway servers (bench.stack), one API and `--workers` workers of `--concurrency` each (by
+default one render per CPU: more would make every render slower when busy than idle, whatever the
+queue does), with DISPATCH_WINDOW at the renders they run at once unless `--window` says otherwise:
 
 1. idle: `--samples` `interactive` uploads one after another, nothing else queued;
 2. priority: `--bulk` `bulk` tasks queued (the workers busy with them), the same uploads again;
@@ -130,7 +131,7 @@ def _p95(values: list[float]) -> float:
 
 
 async def run(args: argparse.Namespace) -> None:
-    window = args.window if args.window is not None else args.workers * args.concurrency * 2
+    window = args.window if args.window is not None else args.workers * args.concurrency
     with tempfile.TemporaryDirectory(prefix="bench-priorities-") as scratch:
         stack = BenchStack(Path(scratch))
         await stack.start()
