@@ -14,6 +14,7 @@ A bad value stops start-up with a `ConfigError` that names the setting.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -80,10 +81,120 @@ _PLACEHOLDER_KEYS = ("change-me-change-me", "changeme-changeme", "xxxxxxxxxxxxxx
 _IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 
 
-def _key_list(raw: list[Any] | str) -> tuple[str, ...]:
-    """API_KEYS as a TOML list, or a comma-separated string (handier in an environment variable)."""
-    items = raw.split(",") if isinstance(raw, str) else raw
-    return tuple(str(item).strip() for item in items if str(item).strip())
+PRIORITIES = ("interactive", "normal", "bulk")
+Priority = Literal["interactive", "normal", "bulk"]
+# Bounds on a key's limits: large enough for any real client, small enough that the arithmetic on
+# them (core.api_keys) stays exact.
+MAX_UPLOADS_PER_MINUTE = 1_000_000
+MAX_PENDING_LIMIT = 10_000_000
+
+
+@dataclass(frozen=True)
+class KeyPolicy:
+    """One API_KEYS entry: the key, and what it may do. A limit of None is no limit; 0 refuses every
+    upload with that key (it can still read its tasks). `priority` is the default priority of the
+    key's uploads."""
+
+    # Out of the repr: a settings object printed in a log or a traceback must not show a key.
+    key: str = field(repr=False)
+    uploads_per_minute: int | None = None
+    max_pending: int | None = None
+    priority: Priority = "normal"
+
+    @property
+    def limited(self) -> bool:
+        return self.uploads_per_minute is not None or self.max_pending is not None
+
+
+_KEY_FIELDS = ("key", "uploads_per_minute", "max_pending", "priority")
+_BAD_KEYS = "invalid setting: API_KEYS must hold keys of at least 16 characters, none a placeholder"
+
+
+def _key_items(raw: list[Any] | str) -> list[Any]:
+    """API_KEYS as a TOML list, or a string: a JSON list (the environment cannot give TOML tables
+    any other way than `@json` or TOML's inline form), else comma-separated keys."""
+    if isinstance(raw, list):
+        return raw
+    if raw.lstrip().startswith("["):
+        try:
+            items = json.loads(raw)
+        except ValueError:
+            # Never the value itself: it holds keys.
+            raise ConfigError(
+                "invalid setting: API_KEYS starts with `[` but is not a JSON or TOML list"
+            ) from None
+        if not isinstance(items, list):
+            raise ConfigError("invalid setting: API_KEYS must be a list")
+        return items
+    return raw.split(",")
+
+
+def _limit(entry: int, name: str, value: object, most: int) -> int | None:
+    if value is None:
+        return None
+    if not _whole(value) or not 0 <= value <= most:  # type: ignore[operator]
+        raise ConfigError(
+            f"invalid setting: API_KEYS entry {entry}: `{name}` must be a whole number from 0 to {most}, "
+            f"got {value!r}"
+        )
+    return value  # type: ignore[return-value]
+
+
+def _key_policy(entry: int, item: object) -> KeyPolicy | None:
+    """One entry (1-based `entry` for messages) as a policy; None for an empty string entry. Errors
+    name the entry by position, never by key."""
+    if isinstance(item, str):
+        key = item.strip()
+        if not key:
+            return None
+        if not _real_key(key):
+            raise ConfigError(_BAD_KEYS)
+        return KeyPolicy(key)
+    if not isinstance(item, dict):
+        raise ConfigError(f"invalid setting: API_KEYS entry {entry} must be a key or a table with `key`")
+    unknown = sorted(set(item) - set(_KEY_FIELDS))
+    if unknown:
+        raise ConfigError(
+            f"invalid setting: API_KEYS entry {entry}: unknown field `{unknown[0]}` "
+            f"(the fields are {', '.join(_KEY_FIELDS)})"
+        )
+    given = item.get("key")
+    if not isinstance(given, str) or not _real_key(given.strip()):
+        raise ConfigError(
+            f"invalid setting: API_KEYS entry {entry}: `key` must be text of at least 16 characters, "
+            "not a placeholder"
+        )
+    priority = item.get("priority", "normal")
+    if priority not in PRIORITIES:
+        raise ConfigError(
+            f"invalid setting: API_KEYS entry {entry}: `priority` must be {_either(PRIORITIES)}, "
+            f"got {priority!r}"
+        )
+    return KeyPolicy(
+        key=given.strip(),
+        uploads_per_minute=_limit(
+            entry, "uploads_per_minute", item.get("uploads_per_minute"), MAX_UPLOADS_PER_MINUTE
+        ),
+        max_pending=_limit(entry, "max_pending", item.get("max_pending"), MAX_PENDING_LIMIT),
+        priority=priority,
+    )
+
+
+def _key_policies(raw: list[Any] | str) -> tuple[KeyPolicy, ...]:
+    """API_KEYS: each entry a key (text) or a table `{key, uploads_per_minute, max_pending,
+    priority}`. A key given twice with different limits is refused: which one applies would be a
+    guess."""
+    policies: dict[str, KeyPolicy] = {}
+    for entry, item in enumerate(_key_items(raw), start=1):
+        policy = _key_policy(entry, _plain(item))
+        if policy is None:
+            continue
+        if policies.get(policy.key, policy) != policy:
+            raise ConfigError(
+                f"invalid setting: API_KEYS entry {entry} repeats an earlier entry's key with other limits"
+            )
+        policies.setdefault(policy.key, policy)
+    return tuple(policies.values())
 
 
 def _asyncpg_url(url: str) -> str:
@@ -143,11 +254,12 @@ class Settings:
     lost_after_seconds: float = field(
         metadata=setting(300, ge=60, rule="be at least 60 (longer than any upload)")
     )
-    api_keys: tuple[str, ...] = field(
+    # Each entry a key, or a table with the key's limits and default priority (KeyPolicy).
+    api_keys: tuple[KeyPolicy, ...] = field(
         metadata=setting(
             [],
-            check=lambda keys: all(_real_key(key) for key in _key_list(keys)),
-            rule="hold keys of at least 16 characters, none a placeholder",
+            rule="be a list of keys of at least 16 characters, or tables with `key`",
+            convert=_key_policies,
             secret=True,
         )
     )
@@ -284,8 +396,8 @@ def _reading(hint: Any) -> _Reading:
     if get_origin(hint) is Literal:
         options = get_args(hint)
         return _Reading(lambda value: value in options, _either(options), str)
-    if hint == tuple[str, ...]:
-        return _Reading(lambda value: isinstance(value, list | str), "a list", _key_list)
+    if hint == tuple[KeyPolicy, ...]:
+        return _Reading(lambda value: isinstance(value, list | str), "a list", _key_policies)
     if hint == dict[str, Any]:
         return _Reading(lambda value: isinstance(value, dict), "a table", _plain)
     if hint == dict[str, Path]:

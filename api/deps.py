@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -12,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.state import Services
 from core import tasks
+from core.api_keys import KeyPolicy, fingerprint
 from core.models import MAX_TASK_ID, ImageTask
 
 TASK_NOT_FOUND = "Task not found"
@@ -35,26 +35,36 @@ _API_KEY_HEADER = Header(
 )
 
 
-def key_fingerprint(key: str) -> str:
-    """What a task records of the key that uploaded it (never the key itself)."""
-    return hashlib.sha256(key.encode()).hexdigest()[:32]
+key_fingerprint = fingerprint
 
 
-async def get_caller(
+async def get_key(
     services: ServicesDep, presented: Annotated[str | None, _API_KEY_HEADER] = None
-) -> str | None:
-    """The caller's key fingerprint, None when API keys are off; 401 for a missing or unknown key."""
-    keys = services.settings.api_keys
-    if not keys:
+) -> KeyPolicy | None:
+    """The caller's key and its policy, None when API keys are off; 401 for a missing or unknown key."""
+    policies = services.settings.api_keys
+    if not policies:
         return None
     # Compare against every key, in constant time, so timing reveals neither a key nor its position.
-    matches = [hmac.compare_digest(presented.encode(), key.encode()) for key in keys] if presented else []
-    if not any(matches):
+    found = None
+    if presented:
+        for policy in policies:
+            if hmac.compare_digest(presented.encode(), policy.key.encode()):
+                found = policy
+    if found is None:
         # An upload's body may still be unread: the HTTP layer's lingering close (api.http_limits)
         # lets the client read this answer before the connection goes.
         raise HTTPException(status_code=401, detail=API_KEY_REQUIRED, headers={"WWW-Authenticate": "ApiKey"})
-    assert presented is not None
-    return key_fingerprint(presented)
+    return found
+
+
+KeyDep = Annotated[KeyPolicy | None, Depends(get_key)]
+
+
+async def get_caller(key: KeyDep) -> str | None:
+    """The caller's key fingerprint, None when API keys are off (FastAPI resolves `get_key` once a
+    request, however many dependencies ask for it)."""
+    return None if key is None else fingerprint(key.key)
 
 
 CallerDep = Annotated[str | None, Depends(get_caller)]

@@ -6,6 +6,8 @@
   so following a thousand tasks never opens a thousand connections.
 - Every upload carries a fresh `Idempotency-Key`, so one retried after a 503 (database down) or a
   dropped connection returns the task the first try created instead of a second one.
+- A 429 (the API key's uploads_per_minute or max_pending) is waited out as its Retry-After says,
+  for up to RATE_LIMITED_SECONDS a file: the server refused it before reading the file.
 - Following a task polls `/status/{id}` with a growing interval (0.2 s up to 2 s); a passing
   failure while polling (503, a dropped connection) is retried until the wait's deadline.
 """
@@ -29,6 +31,8 @@ from client.progress import Progress, human_bytes
 
 UPLOAD_ATTEMPTS = 3
 RETRY_SECONDS = 1.0
+# How long one file may wait on its API key's limits (429 with Retry-After) before it is refused.
+RATE_LIMITED_SECONDS = 600.0
 FIRST_POLL_SECONDS = 0.2
 LONGEST_POLL_SECONDS = 2.0
 FINAL = ("done", "failed")
@@ -117,7 +121,12 @@ class Uploader:
     async def _upload(self, key: int, path: Path) -> UploadResult:
         idempotency_key = uuid.uuid4().hex
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        for attempt in range(1, UPLOAD_ATTEMPTS + 1):
+        attempt = 0
+        # Over the key's limits (429) the server read nothing of the file: waiting as it says is not
+        # an attempt, up to a bound.
+        limited_until = time.monotonic() + RATE_LIMITED_SECONDS
+        while True:
+            attempt += 1
             retry_after = RETRY_SECONDS * attempt
             meter = _Meter()
             try:
@@ -145,12 +154,17 @@ class Uploader:
                     self._progress.uploaded(key, task_id)
                     return UploadResult(str(path), task_id, ACCEPTED)
                 reason = describe(response)
+                if response.status_code == 429 and time.monotonic() < limited_until:
+                    attempt -= 1
+                    await asyncio.sleep(_retry_after(response, RETRY_SECONDS))
+                    continue
                 if response.status_code != 503:
                     self._progress.refused(key, path.name, reason)
                     return UploadResult(str(path), None, REFUSED, error=reason)
                 retry_after = _retry_after(response, retry_after)
-            if attempt < UPLOAD_ATTEMPTS:
-                await asyncio.sleep(retry_after)
+            if attempt >= UPLOAD_ATTEMPTS:
+                break
+            await asyncio.sleep(retry_after)
         self._progress.refused(key, path.name, reason)
         return UploadResult(str(path), None, REFUSED, error=reason)
 

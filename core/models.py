@@ -26,7 +26,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, DateTime, Index, Integer, String, Text, func
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, DateTime, Index, Integer, String, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -41,6 +41,8 @@ class TaskStatus(enum.StrEnum):
 
 
 FINAL_STATUSES = (TaskStatus.DONE, TaskStatus.FAILED)
+# What a key's `max_pending` counts (core.key_limits): its tasks not yet final.
+UNFINISHED_STATUSES = (TaskStatus.PENDING, TaskStatus.PROCESSING)
 
 
 class Priority(enum.StrEnum):
@@ -65,6 +67,7 @@ INTERRUPTED_REASON = (
 )
 
 _STATUS_VALUES = ", ".join(f"'{status.value}'" for status in TaskStatus)
+UNFINISHED_SQL = ", ".join(f"'{status.value}'" for status in UNFINISHED_STATUSES)
 
 
 class CallbackState(enum.StrEnum):
@@ -105,6 +108,8 @@ class ImageTask(Base):
         Index(
             "ix_image_tasks_callback_due", "callback_next_at", postgresql_where="callback_state = 'pending'"
         ),
+        # A key's unfinished tasks, counted before each of its uploads when it has a max_pending.
+        Index("ix_image_tasks_owner_unfinished", "owner", postgresql_where=f"status IN ({UNFINISHED_SQL})"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -151,3 +156,24 @@ class ImageTask(Base):
     priority: Mapped[str] = mapped_column(
         String(16), default=DEFAULT_PRIORITY, server_default=DEFAULT_PRIORITY.value
     )
+
+
+class KeyRate(Base):
+    """One API key's upload rate (core.key_limits): a GCRA cell, so one row and one atomic
+    statement an upload, whichever API process takes it. Keys without `uploads_per_minute` have
+    no row."""
+
+    __tablename__ = "api_key_rates"
+    # Unlogged: no WAL, so no WAL flush an upload (measured at ~0.25 ms of each admission:
+    # bench/key_limits.py). A crash of PostgreSQL empties the table, and a standby does not have it:
+    # every key then starts a fresh minute, which a limit on uploads a minute can afford.
+    __table_args__ = ({"prefixes": ["UNLOGGED"]},)
+
+    # The key's fingerprint (core.api_keys.fingerprint), as in `image_tasks.owner`.
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The theoretical arrival time: each admitted upload moves it one interval (60 s / the rate)
+    # later, from now if it is in the past; an upload is admitted while it stays within a minute of now.
+    tat: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Whether the statement that last touched the row admitted its upload (RETURNING cannot show
+    # the row as it was before the update, which a refusal needs to tell itself from an admission).
+    last_admitted: Mapped[bool] = mapped_column(Boolean)

@@ -1,7 +1,7 @@
 """task priority: interactive, normal or bulk, and the indexes the dispatcher reads
 
 Revision ID: 4f2a9e6c1d83
-Revises: 9c4e1b7d2f58
+Revises: 5b8d2e4f6a13
 Create Date: 2026-12-05 02:20:00
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "4f2a9e6c1d83"
-down_revision: str | None = "9c4e1b7d2f58"
+down_revision: str | None = "5b8d2e4f6a13"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

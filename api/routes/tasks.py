@@ -10,8 +10,9 @@ from fastapi import APIRouter, Header, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
 from api.callback_urls import CallbackRefused, vet_callback_url
-from api.deps import MAX_TASK_ID, CallerDep, ServicesDep, SessionDep, TaskDep
+from api.deps import MAX_TASK_ID, CallerDep, KeyDep, ServicesDep, SessionDep, TaskDep
 from api.form_fields import FieldMisspelt, ignored_fields
+from api.key_limits import LIMIT_FIELDS, UPLOAD_ANSWERS, AdmissionDep, limit_headers
 from api.openapi import IDEMPOTENCY_KEY_PATTERN, UPLOAD_BODY, error, errors, task_links
 from api.schemas import (
     TaskPage,
@@ -33,6 +34,7 @@ from api.uploads import (
     refuse_unread,
 )
 from core import tasks
+from core.api_keys import KeyPolicy
 from core.formats import CONTENT_TYPES, EXTENSIONS, UNSUPPORTED_MESSAGE
 from core.models import DEFAULT_PRIORITY, ImageTask, Priority, TaskStatus
 from core.processing.cost import cost_refusal, output_frames
@@ -145,12 +147,12 @@ def _requested_processing(services: ServicesDep, upload: ReceivedUpload) -> Proc
     return processing
 
 
-def _requested_priority(upload: ReceivedUpload, caller: str | None) -> Priority:
-    """The form's `priority`, else the caller's default; 422 for a value that is not one."""
+def _requested_priority(upload: ReceivedUpload, policy: KeyPolicy | None) -> Priority:
+    """The form's `priority`, else the key's default (its API_KEYS entry's `priority`); 422 for a
+    value that is not one."""
     raw = upload.text_fields.get("priority")
     if not raw:
-        # Hook for per-key policies (API_KEYS entries as objects): the caller's default goes here.
-        return DEFAULT_PRIORITY
+        return DEFAULT_PRIORITY if policy is None else Priority(policy.priority)
     try:
         return Priority(raw)
     except ValueError:
@@ -195,9 +197,18 @@ async def _create_task(
 
 
 def _answer(
-    request: Request, task_id: int, filename: str, message: str, *, replayed: bool, ignored: list[str]
+    request: Request,
+    task_id: int,
+    filename: str,
+    message: str,
+    *,
+    replayed: bool,
+    ignored: list[str],
+    limits: dict[str, str],
 ) -> Response:
     if wants_html(request):
+        # Without the key's limits: the draft warns that a client may hold back a redirect it is
+        # told it has no quota left for, and the result page is not an upload.
         return RedirectResponse(result_url(task_id), status_code=303)
     body = UploadResponse(
         task_id=task_id,
@@ -207,7 +218,7 @@ def _answer(
         result_url=result_url(task_id),
         ignored_fields=ignored,
     )
-    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    headers = {**limits, "Idempotent-Replayed": "true"} if replayed else limits
     return JSONResponse(body.model_dump(), headers=headers)
 
 
@@ -223,7 +234,8 @@ def _answer(
                     "description": "Present, `true`, when the answer is the task an earlier upload with "
                     "this Idempotency-Key created.",
                     "schema": {"type": "string", "enum": ["true"]},
-                }
+                },
+                **LIMIT_FIELDS,
             },
             "links": task_links("$response.body#/task_id"),
         },
@@ -239,6 +251,7 @@ def _answer(
         },
         400: error("The file is empty, or Idempotency-Key is malformed.", BAD_IDEMPOTENCY_KEY, html=True),
         401: errors(401)[401],
+        **UPLOAD_ANSWERS,
         413: error(
             "The upload, or one of its text fields, is over its limit.",
             TOO_LARGE.format(limit=10_000_000),
@@ -266,6 +279,8 @@ async def upload(
     request: Request,
     services: ServicesDep,
     caller: CallerDep,
+    key_policy: KeyDep,
+    admission: AdmissionDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -307,7 +322,7 @@ async def upload(
         ignored = _ignored_fields(received)
         processing = _requested_processing(services, received)
         callback_url = await _requested_callback(services, received)
-        priority = _requested_priority(received, caller)
+        priority = _requested_priority(received, key_policy)
         # A session only for a keyed upload: the rest runs on the driver pool (see _create_task).
         existing = await _task_for_key(services, key, received, processing, callback_url) if key else None
         if existing is None:
@@ -324,12 +339,27 @@ async def upload(
                     raise
     finally:
         remove_quietly(received.temp_path)
+    limits = limit_headers(admission)
     if existing is not None:
         return _answer(
-            request, existing.id, existing.filename, UPLOAD_REPLAYED, replayed=True, ignored=ignored
+            request,
+            existing.id,
+            existing.filename,
+            UPLOAD_REPLAYED,
+            replayed=True,
+            ignored=ignored,
+            limits=limits,
         )
     await services.dispatcher.dispatch_committed()
-    return _answer(request, task_id, received.display_name, UPLOAD_ACCEPTED, replayed=False, ignored=ignored)
+    return _answer(
+        request,
+        task_id,
+        received.display_name,
+        UPLOAD_ACCEPTED,
+        replayed=False,
+        ignored=ignored,
+        limits=limits,
+    )
 
 
 @router.get(

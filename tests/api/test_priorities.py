@@ -46,6 +46,8 @@ WINDOW = 4
 HELD = 2
 KEY_A = "fairshare-key-a-0123456789"
 KEY_B = "fairshare-key-b-0123456789"
+# An API_KEYS entry as an object: its uploads are `bulk` unless they say otherwise.
+KEY_C = "fairshare-key-c-0123456789"
 DATABASE = "imagequeue_priorities"
 # Slow enough (a blur over a 1200x900 photo) that a backlog lasts while the test looks at it.
 SLOW_OPS = json.dumps([{"op": "blur", "radius": 6}, {"op": "resize", "width": 1000}])
@@ -74,7 +76,7 @@ def stack(servers: LocalServers, stack_env: dict[str, str], workdir: Path) -> It
         "UPLOADS_DIR": str(home / "uploads"),
         "PROCESSED_DIR": str(home / "processed"),
         "DISPATCH_WINDOW": str(WINDOW),
-        "API_KEYS": f"{KEY_A},{KEY_B}",
+        "API_KEYS": json.dumps([KEY_A, KEY_B, {"key": KEY_C, "priority": "bulk"}]),
         "WORKER_CONCURRENCY": "1",
     }
     try:
@@ -209,7 +211,7 @@ async def _drained(db: AsyncSession) -> None:
     await eventually(nothing_left, timeout=120, what="the previous test's tasks finished")
 
 
-async def test_a_priority_that_is_not_one_is_refused_and_status_shows_the_priority(
+async def test_a_priority_that_is_not_one_is_refused_and_the_keys_default_applies_without_one(
     base_url: str,
 ) -> None:
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
@@ -222,10 +224,19 @@ async def test_a_priority_that_is_not_one_is_refused_and_status_shows_the_priori
         assert refused.status_code == 422, refused.text
         assert refused.json()["detail"] == BAD_PRIORITY
 
-        bulk = await _upload(client, KEY_A, "bulk.jpg", jpeg(32, 24), priority="bulk")
-        plain = await _upload(client, KEY_A, "plain.jpg", jpeg(32, 24))
-        for task_id, expected in ((bulk, "bulk"), (plain, "normal")):
-            status = await client.get(f"/status/{task_id}", headers={"X-API-Key": KEY_A})
+        uploads = [
+            (KEY_A, await _upload(client, KEY_A, "bulk.jpg", jpeg(32, 24), priority="bulk"), "bulk"),
+            (KEY_A, await _upload(client, KEY_A, "plain.jpg", jpeg(32, 24)), "normal"),
+            # The key's default, and the field over it.
+            (KEY_C, await _upload(client, KEY_C, "by-key.jpg", jpeg(32, 24)), "bulk"),
+            (
+                KEY_C,
+                await _upload(client, KEY_C, "urgent.jpg", jpeg(32, 24), priority="interactive"),
+                "interactive",
+            ),
+        ]
+        for key, task_id, expected in uploads:
+            status = await client.get(f"/status/{task_id}", headers={"X-API-Key": key})
             assert status.json()["priority"] == expected
 
 

@@ -187,6 +187,29 @@ def test_the_api_key_comes_from_the_option_or_the_environment(
     assert wrong.returncode == 1 and wrong.stderr == f"error: {API_KEY_REQUIRED}\n"
 
 
+def test_uploads_over_the_keys_rate_wait_as_retry_after_says_and_all_land(
+    stack_env: dict[str, str], workdir: Path, tmp_path: Path
+) -> None:
+    key = "client-limited-key-0123456789"
+    # 20 a minute: the first 20 at once, then one each 3 s.
+    api_keys = json.dumps([{"key": key, "uploads_per_minute": 20}])
+    files = []
+    for index in range(22):
+        files.append(tmp_path / f"photo-{index}.jpg")
+        files[-1].write_bytes(images.jpeg(32 + index, 32))
+    log_file = workdir / "client-limited-api.log"
+    with running_api({**stack_env, "API_KEYS": api_keys}, log_file=log_file) as url:
+        ran = run_client(
+            "upload", *map(str, files), "--json", "--concurrency", "4", "--api-key", key, url=url
+        )
+
+    assert ran.returncode == 0, ran.stderr
+    results = json.loads(ran.stdout)
+    assert [result["status"] for result in results] == ["accepted"] * 22
+    assert len({result["task_id"] for result in results}) == 22, "no file made two tasks"
+    assert '"POST /upload HTTP/1.1" 429' in log_file.read_text(), "the limit was met on the way"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -122,7 +122,10 @@ def test_text_settings_stay_text_even_when_they_look_like_numbers(monkeypatch: p
 def test_api_keys_come_as_a_list_or_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("API_KEYS", "first-key-0123456789, second-key-0123456789")
 
-    assert load_settings().api_keys == ("first-key-0123456789", "second-key-0123456789")
+    assert [policy.key for policy in load_settings().api_keys] == [
+        "first-key-0123456789",
+        "second-key-0123456789",
+    ]
 
 
 def test_configured_names_are_those_given_by_a_file_or_the_environment(
@@ -193,3 +196,91 @@ def test_a_bad_value_is_refused_in_words_that_say_what_is_wanted(
         load_settings()
 
     assert str(refused.value) == f"invalid setting: {message}"
+
+
+def test_an_api_key_may_be_a_table_with_its_limits_and_priority(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text(
+        'API_KEYS = ["plain-key-0123456789", '
+        '{key = "bulk-key-0123456789", uploads_per_minute = 60, max_pending = 500, priority = "bulk"}]\n'
+    )
+    monkeypatch.setenv("SETTINGS_FILE_FOR_DYNACONF", str(secrets))
+
+    plain, bulk = load_settings().api_keys
+
+    assert plain == config.KeyPolicy("plain-key-0123456789") and not plain.limited
+    assert (plain.uploads_per_minute, plain.max_pending, plain.priority) == (None, None, "normal")
+    assert bulk == config.KeyPolicy("bulk-key-0123456789", 60, 500, "bulk") and bulk.limited
+    # A settings object in a log or a traceback does not show the keys.
+    assert "0123456789" not in repr(load_settings())
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        '[{key="env-key-0123456789", uploads_per_minute=0}]',
+        '@json [{"key": "env-key-0123456789", "uploads_per_minute": 0}]',
+        '[{"key": "env-key-0123456789", "uploads_per_minute": 0}]',
+    ],
+    ids=["toml", "dynaconf-json", "plain-json"],
+)
+def test_key_tables_come_from_the_environment_as_toml_or_json(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("API_KEYS", value)
+
+    assert load_settings().api_keys == (config.KeyPolicy("env-key-0123456789", uploads_per_minute=0),)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            '[{key="short"}]',
+            "API_KEYS entry 1: `key` must be text of at least 16 characters, not a placeholder",
+        ),
+        (
+            "[{uploads_per_minute=5}]",
+            "API_KEYS entry 1: `key` must be text of at least 16 characters, not a placeholder",
+        ),
+        (
+            '["good-key-0123456789", {key="a-second-key-0123456789", uploads_per_minit=5}]',
+            "API_KEYS entry 2: unknown field `uploads_per_minit` (the fields are key, uploads_per_minute, "
+            "max_pending, priority)",
+        ),
+        (
+            '[{key="a-key-0123456789", uploads_per_minute=-1}]',
+            "API_KEYS entry 1: `uploads_per_minute` must be a whole number from 0 to 1000000, got -1",
+        ),
+        (
+            '[{key="a-key-0123456789", max_pending="lots"}]',
+            "API_KEYS entry 1: `max_pending` must be a whole number from 0 to 10000000, got 'lots'",
+        ),
+        (
+            '[{key="a-key-0123456789", max_pending=true}]',
+            "API_KEYS entry 1: `max_pending` must be a whole number from 0 to 10000000, got True",
+        ),
+        (
+            '[{key="a-key-0123456789", priority="urgent"}]',
+            "API_KEYS entry 1: `priority` must be `interactive`, `normal` or `bulk`, got 'urgent'",
+        ),
+        ("[5]", "API_KEYS entry 1 must be a key or a table with `key`"),
+        (
+            '["a-key-0123456789", {key="a-key-0123456789", max_pending=3}]',
+            "API_KEYS entry 2 repeats an earlier entry's key with other limits",
+        ),
+        ('[{"key": "a-key-0123456789",}]', "API_KEYS starts with `[` but is not a JSON or TOML list"),
+    ],
+)
+def test_a_bad_key_entry_stops_start_up_naming_the_entry_not_the_key(
+    monkeypatch: pytest.MonkeyPatch, value: str, message: str
+) -> None:
+    monkeypatch.setenv("API_KEYS", value)
+
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+
+    assert str(refused.value) == f"invalid setting: {message}"
+    assert "0123456789" not in str(refused.value)

@@ -1,0 +1,104 @@
+"""Per-key upload limits at the door: every ingest path asks `admit_upload` before it reads a byte
+of the body, so a key over its limit costs one statement, not an upload. The decision is
+core.key_limits' (in PostgreSQL, shared by every API replica); this module turns it into the
+answer: 429 with Retry-After, 403 for a key whose limit is 0, and the IETF draft's RateLimit-Policy
+and RateLimit fields on refusals and admitted uploads alike."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException
+
+from api.deps import KeyDep, ServicesDep
+from api.openapi import RETRY_AFTER, error
+from api.state import Services
+from core import key_limits
+from core.api_keys import KeyPolicy
+from core.key_limits import Refusal, Verdict
+
+UPLOADS_PER_MINUTE_REACHED = (
+    "This API key has used its {limit} uploads a minute; the next is accepted in {seconds} s."
+)
+MAX_PENDING_REACHED = (
+    "This API key already has {limit} images waiting or in processing, its most (max_pending); "
+    "upload more once some are done."
+)
+UPLOADS_FORBIDDEN = "This API key may not upload images (its {setting} is 0)."
+# When a pending task finishes cannot be known at the door: a hint, not a promise.
+PENDING_RETRY_SECONDS = 5
+
+
+# How /docs describes the fields (api/routes/tasks.py declares them on the upload's answers).
+LIMIT_FIELDS = {
+    "RateLimit-Policy": {
+        "description": "With a key that has limits: its quota policies (IETF httpapi-ratelimit-headers), "
+        '`"minute";q=<uploads_per_minute>;w=60` and `"pending";q=<max_pending>;qu="concurrent-requests"`.',
+        "schema": {"type": "string"},
+        "example": '"minute";q=60;w=60',
+    },
+    "RateLimit": {
+        "description": "With a key that has limits: what is left under each policy, `r` uploads, and for "
+        "`minute` `t`, the seconds within which no more than `r` can be made.",
+        "schema": {"type": "string"},
+        "example": '"minute";r=59;t=1',
+    },
+}
+UPLOAD_ANSWERS: dict[int | str, dict[str, Any]] = {
+    403: error(
+        "The API key's uploads_per_minute or max_pending is 0: it may not upload.",
+        UPLOADS_FORBIDDEN.format(setting="uploads_per_minute"),
+        headers=LIMIT_FIELDS,
+    ),
+    429: error(
+        "The API key is over its uploads_per_minute or max_pending; nothing was read or stored.",
+        UPLOADS_PER_MINUTE_REACHED.format(limit=60, seconds=12),
+        headers={**RETRY_AFTER, **LIMIT_FIELDS},
+    ),
+}
+
+
+def limit_headers(verdict: Verdict | None) -> dict[str, str]:
+    """The RateLimit-Policy and RateLimit fields for a verdict (none for a key without limits)."""
+    if verdict is None:
+        return {}
+    return {"RateLimit-Policy": verdict.quota_policies(), "RateLimit": verdict.service_limits()}
+
+
+def _refusal(verdict: Verdict) -> HTTPException:
+    # An HTTPException, not an UploadRefused: that one's `Connection: close` would have uvicorn
+    # close the socket at once, its unread body making the kernel reset it, which can lose the
+    # answer; without it, the HTTP layer's lingering close (api.http_limits) ends the connection
+    # after the client has read it, dropping what the client still sends.
+    policy = verdict.policy
+    headers = limit_headers(verdict)
+    if verdict.refusal is Refusal.FORBIDDEN:
+        setting = "uploads_per_minute" if policy.uploads_per_minute == 0 else "max_pending"
+        return HTTPException(403, UPLOADS_FORBIDDEN.format(setting=setting), headers)
+    if verdict.refusal is Refusal.RATE:
+        assert verdict.rate_wait is not None
+        # Rounded up: a client that waits Retry-After seconds finds the next upload admitted.
+        seconds = max(math.ceil(verdict.rate_wait), 1)
+        message = UPLOADS_PER_MINUTE_REACHED.format(limit=policy.uploads_per_minute, seconds=seconds)
+        return HTTPException(429, message, {**headers, "Retry-After": str(seconds)})
+    message = MAX_PENDING_REACHED.format(limit=policy.max_pending)
+    return HTTPException(429, message, {**headers, "Retry-After": str(PENDING_RETRY_SECONDS)})
+
+
+async def admit_upload(services: Services, key: KeyPolicy | None) -> Verdict | None:
+    """Count one upload against the caller's key, or refuse it (HTTPException: 429 or 403, with the
+    headers). None when the key has no limits, or keys are off. Call it before reading the body."""
+    verdict = None if key is None else await key_limits.admit(services.driver_pool, key)
+    if verdict is not None and not verdict.admitted:
+        raise _refusal(verdict)
+    return verdict
+
+
+async def get_admission(services: ServicesDep, key: KeyDep) -> Verdict | None:
+    return await admit_upload(services, key)
+
+
+# For a route that takes uploads: the admission, made before the route runs (and so before it
+# reads the body).
+AdmissionDep = Annotated[Verdict | None, Depends(get_admission)]

@@ -1,0 +1,273 @@
+"""Per-key limits on the real API: API_KEYS tables with uploads_per_minute and max_pending, answered
+with 429 (403 for a limit of 0), Retry-After, and the IETF draft's RateLimit-Policy and RateLimit
+fields; decided in PostgreSQL, so that two API processes share one limit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.key_limits import (
+    MAX_PENDING_REACHED,
+    PENDING_RETRY_SECONDS,
+    UPLOADS_FORBIDDEN,
+    UPLOADS_PER_MINUTE_REACHED,
+)
+from core.api_keys import fingerprint
+from core.models import ImageTask
+from devstack.servers import free_port
+from devstack.stack import running_api, start_api, stop_process
+from tests import images
+
+KEYS = {
+    "plain": "plain-key-0123456789",
+    "table": {"key": "table-key-0123456789", "priority": "bulk"},
+    "two": {"key": "two-a-minute-0123456789", "uploads_per_minute": 2},
+    "thirty": {"key": "thirty-a-minute-0123456789", "uploads_per_minute": 30},
+    "one": {"key": "one-a-minute-0123456789", "uploads_per_minute": 1},
+    "pending": {"key": "two-pending-0123456789", "max_pending": 2},
+    "both": {"key": "both-limits-0123456789", "uploads_per_minute": 60, "max_pending": 1},
+    "zero": {"key": "zero-a-minute-0123456789", "uploads_per_minute": 0},
+    "zero-pending": {"key": "zero-pending-0123456789", "max_pending": 0},
+    "shared": {"key": "shared-by-two-apis-0123456789", "uploads_per_minute": 4},
+}
+# As an operator would set it in the environment: a JSON list.
+API_KEYS = json.dumps(list(KEYS.values()))
+
+
+def key(name: str) -> dict[str, str]:
+    entry = KEYS[name]
+    return {"X-API-Key": entry if isinstance(entry, str) else entry["key"]}
+
+
+@pytest.fixture(scope="module")
+def limited_api(stack_env: dict[str, str], workdir: Path) -> Iterator[str]:
+    with running_api({**stack_env, "API_KEYS": API_KEYS}, log_file=workdir / "limited-api.log") as url:
+        yield url
+
+
+@pytest.fixture
+async def limited(limited_api: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=limited_api, timeout=30) as http:
+        yield http
+
+
+async def upload(client: httpx.AsyncClient, headers: dict[str, str]) -> httpx.Response:
+    return await client.post(
+        "/upload", files={"file": ("k.jpg", images.jpeg(), "image/jpeg")}, headers=headers
+    )
+
+
+def window(field: str, policy: str) -> int:
+    """The `t` of one policy's item in a RateLimit field."""
+    found = re.search(rf'"{policy}";r=\d+;t=(\d+)', field)
+    assert found, field
+    return int(found.group(1))
+
+
+async def test_a_rate_limited_upload_carries_the_headers_and_the_one_over_is_429(
+    limited: httpx.AsyncClient,
+) -> None:
+    first = await upload(limited, key("two"))
+    second = await upload(limited, key("two"))
+    third = await upload(limited, key("two"))
+
+    assert first.status_code == second.status_code == 200
+    for response in (first, second, third):
+        assert response.headers["ratelimit-policy"] == '"minute";q=2;w=60'
+    # A whole minute's quota at once, then one upload each 30 s: the second accrues in 30 s.
+    assert first.headers["ratelimit"] == '"minute";r=1;t=30'
+    assert re.fullmatch(r'"minute";r=0;t=(29|30)', second.headers["ratelimit"])
+
+    assert third.status_code == 429
+    retry_after = int(third.headers["retry-after"])
+    assert 28 <= retry_after <= 30
+    assert third.json() == {"detail": UPLOADS_PER_MINUTE_REACHED.format(limit=2, seconds=retry_after)}
+    assert third.json() == {
+        "detail": f"This API key has used its 2 uploads a minute; the next is accepted in {retry_after} s."
+    }
+    # Retry-After is never earlier than the end of the effective window (the draft's rule).
+    assert re.fullmatch(r'"minute";r=0;t=\d+', third.headers["ratelimit"])
+    assert retry_after - 1 <= window(third.headers["ratelimit"], "minute") <= retry_after
+
+
+async def test_waiting_retry_after_is_enough_and_not_much_more_than_needed(
+    limited: httpx.AsyncClient,
+) -> None:
+    # 30 a minute: one each 2 s once the burst is used.
+    deadline = time.monotonic() + 60
+    while (refused := await upload(limited, key("thirty"))).status_code == 200:
+        assert time.monotonic() < deadline, "the burst never ran out"
+    assert refused.status_code == 429
+    retry_after = int(refused.headers["retry-after"])
+    assert 1 <= retry_after <= 2
+
+    # Another try at once is still refused, told to wait no longer than before.
+    again = await upload(limited, key("thirty"))
+    assert again.status_code == 429 and int(again.headers["retry-after"]) <= retry_after
+
+    # The wait under test is the server's own promise: a client sleeping Retry-After is admitted.
+    await asyncio.sleep(int(again.headers["retry-after"]))
+    admitted = await upload(limited, key("thirty"))
+    assert admitted.status_code == 200, admitted.text
+    assert re.fullmatch(r'"minute";r=0;t=[0-2]', admitted.headers["ratelimit"])
+
+
+async def test_max_pending_counts_the_keys_unfinished_tasks(
+    limited: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    # No worker runs here: uploaded tasks stay pending.
+    first = await upload(limited, key("pending"))
+    second = await upload(limited, key("pending"))
+    third = await upload(limited, key("pending"))
+
+    assert first.status_code == second.status_code == 200
+    assert first.headers["ratelimit-policy"] == '"pending";q=2;qu="concurrent-requests"'
+    assert (first.headers["ratelimit"], second.headers["ratelimit"]) == ('"pending";r=1', '"pending";r=0')
+    assert third.status_code == 429
+    assert third.json() == {"detail": MAX_PENDING_REACHED.format(limit=2)}
+    assert third.json() == {
+        "detail": "This API key already has 2 images waiting or in processing, its most (max_pending); "
+        "upload more once some are done."
+    }
+    assert third.headers["retry-after"] == str(PENDING_RETRY_SECONDS)
+    assert third.headers["ratelimit"] == '"pending";r=0'
+
+    # One of them finishes: the key may upload one more.
+    await db.execute(update(ImageTask).where(ImageTask.id == first.json()["task_id"]).values(status="done"))
+    await db.commit()
+    fourth = await upload(limited, key("pending"))
+    assert fourth.status_code == 200 and fourth.headers["ratelimit"] == '"pending";r=0'
+
+
+async def test_both_limits_are_listed_and_a_pending_refusal_leaves_the_minute_untouched(
+    limited: httpx.AsyncClient,
+) -> None:
+    first = await upload(limited, key("both"))
+    refused = await upload(limited, key("both"))
+
+    policies = '"minute";q=60;w=60, "pending";q=1;qu="concurrent-requests"'
+    assert first.status_code == 200
+    assert first.headers["ratelimit-policy"] == refused.headers["ratelimit-policy"] == policies
+    assert first.headers["ratelimit"] == '"minute";r=59;t=1, "pending";r=0'
+    assert refused.status_code == 429
+    assert refused.json() == {"detail": MAX_PENDING_REACHED.format(limit=1)}
+    assert re.fullmatch(r'"minute";r=59;t=[01], "pending";r=0', refused.headers["ratelimit"])
+
+
+@pytest.mark.parametrize("name", ["plain", "table"])
+async def test_keys_without_limits_upload_as_before_without_the_headers(
+    limited: httpx.AsyncClient, db: AsyncSession, name: str
+) -> None:
+    for _ in range(5):
+        response = await upload(limited, key(name))
+        assert response.status_code == 200
+        assert "ratelimit" not in response.headers and "ratelimit-policy" not in response.headers
+    rows = await db.execute(
+        text("SELECT count(*) FROM api_key_rates WHERE owner = :owner"),
+        {"owner": fingerprint(key(name)["X-API-Key"])},
+    )
+    assert rows.scalar_one() == 0, "a key without limits costs no statement"
+
+
+@pytest.mark.parametrize(
+    ("name", "setting", "policy", "limit"),
+    [
+        ("zero", "uploads_per_minute", '"minute";q=0;w=60', '"minute";r=0'),
+        ("zero-pending", "max_pending", '"pending";q=0;qu="concurrent-requests"', '"pending";r=0'),
+    ],
+)
+async def test_a_limit_of_zero_forbids_uploads_but_not_reading(
+    limited: httpx.AsyncClient, name: str, setting: str, policy: str, limit: str
+) -> None:
+    refused = await upload(limited, key(name))
+
+    assert refused.status_code == 403
+    assert refused.json() == {"detail": UPLOADS_FORBIDDEN.format(setting=setting)}
+    assert refused.json() == {"detail": f"This API key may not upload images (its {setting} is 0)."}
+    assert "retry-after" not in refused.headers, "waiting would not help"
+    assert (refused.headers["ratelimit-policy"], refused.headers["ratelimit"]) == (policy, limit)
+    assert (await limited.get("/tasks", headers=key(name))).status_code == 200
+
+
+@pytest.mark.parametrize(("name", "status"), [("one", b"429"), ("zero", b"403")])
+async def test_a_key_over_its_limit_is_refused_before_its_body_is_read(
+    limited_api: str, limited: httpx.AsyncClient, name: str, status: bytes
+) -> None:
+    """Asked `Expect: 100-continue` for a 5 MB body, the refusal comes at once: no `100 Continue`,
+    so the client never sends the body (and a client that sends it anyway is not read)."""
+    if name == "one":
+        assert (await upload(limited, key(name))).status_code == 200
+    url = httpx.URL(limited_api)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            + f"X-API-Key: {key(name)['X-API-Key']}\r\n".encode()
+            + b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 5000000\r\n\r\n"
+        )
+        await writer.drain()
+        async with asyncio.timeout(10):
+            status_line = await reader.readline()
+    finally:
+        writer.close()
+
+    assert status_line.startswith(b"HTTP/1.1 " + status), status_line
+
+
+async def test_two_api_processes_share_one_limit(
+    stack_env: dict[str, str], workdir: Path, limited_api: str
+) -> None:
+    env = {**stack_env, "API_KEYS": API_KEYS}
+    with running_api(env, log_file=workdir / "limited-api-2.log") as second_api:
+        async with (
+            httpx.AsyncClient(base_url=limited_api, timeout=30) as one,
+            httpx.AsyncClient(base_url=second_api, timeout=30) as two,
+        ):
+            answers = [await upload(client, key("shared")) for client in (one, two) * 3]
+
+    # 4 a minute between them, whichever process each upload reached.
+    assert [answer.status_code for answer in answers] == [200, 200, 200, 200, 429, 429]
+    assert [answer.headers["ratelimit"].split(";t=")[0] for answer in answers[:4]] == [
+        f'"minute";r={left}' for left in (3, 2, 1, 0)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("api_keys", "message"),
+    [
+        (
+            '[{"key": "a-secret-key-0123456789", "uploads_per_minute": "sixty"}]',
+            "invalid setting: API_KEYS entry 1: `uploads_per_minute` must be a whole number from 0 to "
+            "1000000, got 'sixty'",
+        ),
+        (
+            '["fine-key-0123456789", {"key": "a-secret-key-0123456789", "max_pendng": 5}]',
+            "invalid setting: API_KEYS entry 2: unknown field `max_pendng` (the fields are key, "
+            "uploads_per_minute, max_pending, priority)",
+        ),
+    ],
+)
+async def test_a_bad_key_entry_stops_the_api_saying_why_without_the_key(
+    stack_env: dict[str, str], tmp_path: Path, api_keys: str, message: str
+) -> None:
+    log_file = tmp_path / "api.log"
+    process = start_api({**stack_env, "API_KEYS": api_keys}, free_port(), log_file=log_file)
+    try:
+        exit_code = await asyncio.to_thread(process.wait, 60)
+    finally:
+        stop_process(process)
+
+    logged = log_file.read_text()
+    assert exit_code != 0
+    assert message in logged
+    assert "a-secret-key" not in logged and "fine-key" not in logged
