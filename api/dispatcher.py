@@ -6,7 +6,7 @@ waiting there or being processed); the rest wait in the table, where their order
 Each pass fills the free part of the window:
 
 - by priority: `interactive` before `normal` before `bulk`. A task entering the stream is behind at
-  most the window, whatever the backlog: with the window about the size of what the workers hold,
+  most the window, whatever the backlog: with the window the size of the renders the workers run at once,
   an interactive upload waits for the images already being processed, not for 5,000 bulk ones.
 - without starving anyone: while `normal` or `bulk` tasks wait, each class is owed a share of the
   window (LOWER_CLASS_SHARE, at least one task), granted before the strict order, so a steady
