@@ -180,8 +180,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 1)
     parser.add_argument(
         "--window", type=int, default=None, help="DISPATCH_WINDOW (default: what the workers hold)"
     )
