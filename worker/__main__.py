@@ -10,6 +10,9 @@ PIPELINE_DEPTH times as many messages: while some images render, the others are 
 claimed, recorded and acknowledged, so the round trips to PostgreSQL and NATS and the output's
 fsyncs overlap with rendering instead of leaving a render slot idle.
 
+Each message let go of (settled either way) is announced on plain NATS (queue.SETTLED_SUBJECT):
+the API's dispatcher, holding tasks back to keep its window, fills the freed place at once.
+
 SIGTERM or SIGINT: stop fetching, let the images in flight finish and settle, flush, exit 0.
 """
 
