@@ -23,7 +23,7 @@ async def test_status_of_a_new_task_has_every_documented_field(client: httpx.Asy
     body = response.json()
     assert set(body) == {
         "task_id", "filename", "status", "upload_time", "error", "attempts", "started_at", "finished_at",
-        "processed_url", "processing", "focus", "outputs", "callback", "placeholder",
+        "processed_url", "processing", "focus", "outputs", "callback", "placeholder", "priority",
     }  # fmt: skip
     watermark = {
         "op": "watermark",
