@@ -7,7 +7,7 @@ WORKERS ?= 1
 PYTEST_ARGS ?=
 
 .PHONY: install run test test-compose lint format clean bench bench-quick bench-hostile bench-formats \
-	bench-sidebyside
+	bench-sidebyside bench-priorities
 
 # The venv is rebuilt only when a requirements file changes.
 $(VENV)/.installed: requirements.txt requirements-core.txt requirements-api.txt requirements-worker.txt \
@@ -68,6 +68,11 @@ bench-formats: $(VENV)/.bench-installed
 ## the raw generator, 3 interleaved runs, medians (about 20 min; bench/results/<date>-sidebyside.*)
 bench-sidebyside: $(VENV)/.bench-installed
 	$(PY) -m bench.sidebyside
+
+## bench-priorities: an interactive upload behind 5,000 queued bulk tasks, and one key's upload behind
+## another key's 10,000, against idle (a few minutes; prints p50/p95 for BENCHMARKS.md)
+bench-priorities: $(VENV)/.bench-installed
+	$(PY) -m bench.priorities
 
 ## clean: remove the local servers' data (.devdata) and runtime files; keeps the venv
 clean:

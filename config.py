@@ -257,6 +257,9 @@ class Settings:
     outbox_interval_seconds: float = field(metadata=setting(5, gt=0))
     # How often each API removes the outputs reprocessing replaced and steps its bulk jobs.
     reprocess_interval_seconds: float = field(metadata=setting(1, gt=0))
+    # Tasks not final yet that the API lets into the stream at once (api/dispatcher.py); the rest
+    # wait in PostgreSQL, where priority and fairness between keys choose the next. 0: no limit.
+    dispatch_window: int = field(metadata=setting(32, ge=0))
     lost_after_seconds: float = field(
         metadata=setting(300, ge=60, rule="be at least 60 (longer than any upload)")
     )

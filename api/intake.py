@@ -21,7 +21,8 @@ from api.openapi import IDEMPOTENCY_KEY_PATTERN
 from api.state import Services
 from api.uploads import STORAGE_FAILED, ReceivedUpload, UploadRefused
 from core import tasks, tracing
-from core.models import ImageTask
+from core.api_keys import KeyPolicy
+from core.models import DEFAULT_PRIORITY, ImageTask, Priority
 from core.processing.cost import cost_refusal, output_frames
 from core.processing.forms import resolve
 from core.processing.operations import ProcessingInvalid
@@ -31,8 +32,9 @@ from core.storage import STORAGE_UNAVAILABLE, StorageUnavailable, new_stored_nam
 BAD_IDEMPOTENCY_KEY = "Idempotency-Key must be 1 to 200 printable ASCII characters without spaces."
 IDEMPOTENCY_KEY_REUSED = "This Idempotency-Key was already used for a different file or processing."
 # Besides the file: how to process it (core.processing), and where to report the end (callbacks).
-PROCESSING_FIELDS = ("preset", "ops", "outputs", "focus")
+PROCESSING_FIELDS = ("preset", "ops", "outputs", "focus", "priority")
 CALLBACKS_OFF = "This server sends no callbacks (its WEBHOOK_SECRET setting is empty)."
+BAD_PRIORITY = "`priority` must be one of: interactive, normal, bulk."
 
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
@@ -84,6 +86,18 @@ def resolved_processing(services: Services, fields: dict[str, str]) -> Processin
         raise HTTPException(status_code=422, detail=str(exc)) from None
 
 
+def requested_priority(fields: dict[str, str], policy: KeyPolicy | None) -> Priority:
+    """The `priority` field, else the key's default (its API_KEYS entry's `priority`); 422 for a
+    value that is not one."""
+    raw = fields.get("priority")
+    if not raw:
+        return DEFAULT_PRIORITY if policy is None else Priority(policy.priority)
+    try:
+        return Priority(raw)
+    except ValueError:
+        raise HTTPException(status_code=422, detail=BAD_PRIORITY) from None
+
+
 def _check_cost(services: Services, upload: ReceivedUpload, processing: Processing) -> None:
     fields = upload.text_fields
     limit = services.settings.max_output_pixels
@@ -132,6 +146,7 @@ async def _create_task(
     key: str | None,
     owner: str | None,
     stored_name: str | None,
+    priority: Priority,
 ) -> int:
     """Keep the upload's file (unless it is stored already, as `stored_name`), then insert its row;
     the new task's id."""
@@ -162,6 +177,7 @@ async def _create_task(
         processing=processing.to_json(),
         # The upload's span, kept so that later spans (a relay's publish, the callback) join its trace.
         traceparent=tracing.current_traceparent(),
+        priority=priority,
     )
     return await tasks.insert_task(services.driver_pool, storage, new_task, keep_file=stored_name is not None)
 
@@ -174,6 +190,7 @@ async def make_task(
     key: str | None,
     owner: str | None,
     stored_name: str | None = None,
+    policy: KeyPolicy | None = None,
 ) -> Intake:
     """Check the upload's fields against its image and make it a task (or find the one its key
     made). The temporary file is gone afterwards, whatever happens. With `stored_name`, the file is
@@ -184,12 +201,13 @@ async def make_task(
         processing = resolved_processing(services, received.text_fields)
         _check_cost(services, received, processing)
         callback_url = await requested_callback(services, received.text_fields)
+        priority = requested_priority(received.text_fields, policy)
         # A session only for a keyed upload: the rest runs on the driver pool (see _create_task).
         existing = await _task_for_key(services, key, received, processing, callback_url) if key else None
         if existing is None:
             try:
                 task_id = await _create_task(
-                    services, received, processing, callback_url, key, owner, stored_name
+                    services, received, processing, callback_url, key, owner, stored_name, priority
                 )
             except tasks.TaskConflict:
                 # A concurrent request with the same key committed first.
@@ -203,5 +221,5 @@ async def make_task(
     if existing is not None:
         return Intake(existing.id, existing.filename, replayed=True, ignored=ignored)
     tracing.annotate(**{tracing.TASK_ID: task_id})
-    await services.publisher.publish_committed(task_id)
+    await services.dispatcher.dispatch_committed()
     return Intake(task_id, received.display_name, replayed=False, ignored=ignored)

@@ -21,12 +21,12 @@ from starlette.requests import ClientDisconnect
 
 from api.allowed_methods import method_not_allowed
 from api.callbacks import CallbackPolicy, CallbackSender
+from api.dispatcher import Dispatcher, DispatchPolicy
 from api.head_requests import HeadAsGet
 from api.metrics import ApiMetrics, UploadCounter
 from api.metrics import router as metrics_router
 from api.openapi import openapi_document
 from api.publisher import TaskPublisher
-from api.relay import OutboxRelay
 from api.reprocess_runner import ReprocessRunner
 from api.response_headers import ResponseHeaders
 from api.routes import (
@@ -67,7 +67,7 @@ from core.tasks import DatabaseUnavailable
 log = logging.getLogger(__name__)
 
 # Connections per API process (PostgreSQL allows 100 in all by default): uploads (16 at a time) and
-# their queued marks run on the driver pool (core.tasks); reads, deletes, the relay and callbacks
+# their inserts run on the driver pool (core.tasks); reads, deletes, the dispatcher and callbacks
 # on the engine's.
 UPLOAD_CONNECTIONS = 16
 SESSION_CONNECTIONS = 10
@@ -87,9 +87,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine = make_engine(settings.database_url, pool_size=SESSION_CONNECTIONS)
     sessions = make_sessionmaker(engine)
     driver_pool = await make_driver_pool(settings.database_url, max_size=UPLOAD_CONNECTIONS)
-    publisher = TaskPublisher(settings.nats_url, driver_pool, stream_replicas=settings.stream_replicas)
-    publisher.start()
-    relay = OutboxRelay(sessions, publisher)
+    publisher = TaskPublisher(settings.nats_url, stream_replicas=settings.stream_replicas)
+    dispatcher = Dispatcher(
+        sessions, publisher, DispatchPolicy(settings.dispatch_window, settings.outbox_interval_seconds)
+    )
+    publisher.start(on_settled=dispatcher.wake)
     sweeps = Sweeps(
         sessions,
         publisher,
@@ -99,7 +101,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     # Each loop stops on this event; closing it is bounded (core.loops), so SIGTERM ends the process.
     background = loops.Background("API loops")
-    background.start(relay.run(settings.outbox_interval_seconds, background.stop), name="outbox-relay")
+    background.start(dispatcher.run(background.stop), name="dispatcher")
     background.start(sweeps.run(background.stop), name="lease-sweep")
     reprocess_runner = ReprocessRunner(sessions, publisher, storage)
     background.start(
@@ -119,7 +121,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         callbacks.start()
     app.state.services = Services(
-        settings, engine, sessions, driver_pool, storage, publisher, presets, callbacks
+        settings, engine, sessions, driver_pool, storage, publisher, dispatcher, presets, callbacks
     )
     try:
         yield

@@ -188,6 +188,14 @@ UPLOAD_BODY: dict[str, Any] = {
                             "only when the server sets WEBHOOK_SECRET. Its host must resolve (and, unless "
                             "WEBHOOK_ALLOW_PRIVATE, to a public address).",
                         },
+                        "priority": {
+                            "type": "string",
+                            # Empty counts as not given: the default, `normal`.
+                            "enum": ["", "interactive", "normal", "bulk"],
+                            "description": "Which waiting task goes to the workers first: `interactive`, "
+                            "then `normal` (the default), then `bulk` (which is slowed, never stopped). "
+                            "Between API keys, waiting tasks take turns.",
+                        },
                     },
                     # One way of choosing the processing at most: a given (non-empty) processing field
                     # leaves the other two empty or out.

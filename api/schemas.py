@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.formats import CONTENT_TYPES
-from core.models import ImageTask, TaskStatus
+from core.models import DEFAULT_PRIORITY, ImageTask, Priority, TaskStatus
 from core.processing.outputs import OutputRecord
 from core.tracing import trace_id_of
 
@@ -46,6 +46,7 @@ _EXAMPLE_TASK: dict[str, Any] = {
     ],
     "callback": None,
     "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+    "priority": "normal",
 }
 
 
@@ -156,6 +157,11 @@ class TaskStatusResponse(BaseModel):
         "null when the upload was not traced (OTEL_EXPORTER_OTLP_ENDPOINT unset on the API).",
         examples=["4bf92f3577b34da6a3ce929d0e0e4736"],
     )
+    priority: Priority = Field(
+        default=DEFAULT_PRIORITY,
+        description="The upload's `priority`: waiting `interactive` tasks go to the workers before "
+        "`normal` ones, and those before `bulk` ones.",
+    )
 
 
 class TaskPage(BaseModel):
@@ -260,6 +266,7 @@ def task_status(task: ImageTask) -> TaskStatusResponse:
         else None,
         placeholder=PlaceholderResponse.model_validate(task.placeholder) if task.placeholder else None,
         trace_id=trace_id_of(task.traceparent),
+        priority=Priority(task.priority),
     )
 
 

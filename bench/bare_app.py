@@ -72,10 +72,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     _state["sessions"] = make_sessionmaker(engine)
     publisher = None
     if "publish" in STEPS:
-        from core.db import make_driver_pool
-
-        database = await make_driver_pool(settings.database_url, max_size=4)
-        publisher = TaskPublisher(settings.nats_url, database)
+        publisher = TaskPublisher(settings.nats_url)
         publisher.start()
         _state["publisher"] = publisher
     try:
@@ -141,7 +138,12 @@ async def upload(
     elif session is not None:
         task_id = await _insert(session, written)
     if "publish" in STEPS:
-        await _state["publisher"].publish_committed(task_id)
+        # The dispatcher's publish alone (api/dispatcher.py), without its pass around it.
+        from core import queue
+
+        js = _state["publisher"].jetstream
+        if js is not None:
+            await queue.publish_task(js, task_id)
     return JSONResponse({"task_id": task_id, "bytes": written})
 
 

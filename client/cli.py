@@ -135,6 +135,11 @@ def _parser() -> argparse.ArgumentParser:
         help="files of this size and more go in pieces through /files/ (tus) and resume after a "
         "dropped connection; 0 for never (default 8 MiB)",
     )
+    upload.add_argument(
+        "--priority",
+        choices=("interactive", "normal", "bulk"),
+        help="which waiting task the server processes first (form field `priority`; default normal)",
+    )
     upload.add_argument("--wait", action="store_true", help="follow each task to its end")
     upload.add_argument(
         "--concurrency", type=_positive_int, default=DEFAULT_CONCURRENCY, help="requests at once (default 4)"
@@ -175,6 +180,8 @@ def _form_fields(args: argparse.Namespace) -> dict[str, str]:
         fields["preset"] = args.preset
     if args.focus is not None:
         fields["focus"] = args.focus
+    if args.priority is not None:
+        fields["priority"] = args.priority
     for name in ("ops", "outputs"):
         text = getattr(args, name)
         if text is None:

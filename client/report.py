@@ -49,6 +49,7 @@ def task(out: TextIO, body: dict[str, Any], base_url: str, *, as_json: bool) -> 
         ("uploaded", body.get("upload_time")),
         ("attempts", body.get("attempts")),
         ("focus", _point(body.get("focus"))),
+        ("priority", body.get("priority")),
         ("started", body.get("started_at")),
         ("finished", body.get("finished_at")),
         ("processed", _absolute(base_url, body.get("processed_url"))),

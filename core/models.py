@@ -28,8 +28,9 @@ owner's controls in core/task_controls.py):
 `done`, `failed` and `cancelled` are final (but for a retry of `failed`): a redelivered message for
 such a row is acknowledged and ignored.
 
-`queued_at` is set once the task id is safely in JetStream; rows still NULL there are published
-again by the API's outbox relay, so an upload accepted while NATS was down is not lost.
+`queued_at` is set once the task id is safely in JetStream; rows still NULL there wait for the
+API's dispatcher (api/dispatcher.py), which publishes them as room in the stream's window allows,
+by priority and fairly between keys; an upload accepted while NATS was down is not lost either.
 """
 
 from __future__ import annotations
@@ -68,6 +69,19 @@ FINAL_STATUSES = (TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELLED)
 # What a key's `max_pending` counts (core.key_limits): its tasks not yet final.
 UNFINISHED_STATUSES = (TaskStatus.PENDING, TaskStatus.PROCESSING)
 
+
+class Priority(enum.StrEnum):
+    """Which waiting task the dispatcher (api/dispatcher.py) puts in the stream first; in this
+    order, most urgent first."""
+
+    INTERACTIVE = "interactive"
+    NORMAL = "normal"
+    BULK = "bulk"
+
+
+DEFAULT_PRIORITY = Priority.NORMAL
+_PRIORITY_VALUES = ", ".join(f"'{priority.value}'" for priority in Priority)
+
 # The id column is a PostgreSQL integer: larger ids cannot exist, and asking the database would fail.
 MAX_TASK_ID = 2**31 - 1
 
@@ -99,6 +113,21 @@ class ImageTask(Base):
         CheckConstraint(f"status IN ({_STATUS_VALUES})", name="status_valid"),
         # The outbox relay scans only rows not yet in JetStream: keep that scan small.
         Index("ix_image_tasks_unqueued", "id", postgresql_where="queued_at IS NULL"),
+        CheckConstraint(f"priority IN ({_PRIORITY_VALUES})", name="priority_valid"),
+        # The dispatcher counts the tasks in the stream by key on every pass: only those rows.
+        Index(
+            "ix_image_tasks_in_window",
+            "owner",
+            postgresql_where="queued_at IS NOT NULL AND status IN ('pending', 'processing')",
+        ),
+        # ... and picks the next waiting ones by priority, then by key, oldest first.
+        Index(
+            "ix_image_tasks_waiting",
+            "priority",
+            "owner",
+            "id",
+            postgresql_where="queued_at IS NULL AND status = 'pending'",
+        ),
         CheckConstraint(f"callback_state IN ({_CALLBACK_VALUES})", name="callback_state_valid"),
         # The callback sender scans only deliveries still to make.
         Index(
@@ -164,6 +193,10 @@ class ImageTask(Base):
     # The upload span's W3C `traceparent` (core/tracing.py), so the relay's publish and the callback
     # join the task's trace; None when the upload was not traced.
     traceparent: Mapped[str | None] = mapped_column(String(55))
+    # Priority (interactive, normal, bulk): the order in which waiting tasks enter the stream.
+    priority: Mapped[str] = mapped_column(
+        String(16), default=DEFAULT_PRIORITY, server_default=DEFAULT_PRIORITY.value
+    )
 
 
 class KeyRate(Base):

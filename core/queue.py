@@ -43,6 +43,9 @@ T = TypeVar("T")
 STREAM = "IMAGE_TASKS"
 SUBJECT = "imagequeue.tasks"
 DURABLE = "image-workers"
+# Plain NATS (not in the stream): a worker says it let go of a message, so that the API's
+# dispatcher fills the freed place in the window at once instead of at its next look.
+SETTLED_SUBJECT = "imagequeue.settled"
 
 # Long enough to catch a retried publish or the relay racing the request (seconds apart); shorter
 # than the shortest processing lease, so a task re-queued by the lease sweep is never taken for one.
@@ -299,6 +302,13 @@ async def publish_task(
             timeout=PUBLISH_TIMEOUT_SECONDS,
             headers={"Nats-Msg-Id": msg_id, **trace_headers},
         )
+
+
+async def announce_settled(nc: NATS) -> None:
+    """Tell the dispatchers a message was let go of (done, failed or handed back); never raises:
+    they also look on their own every fraction of a second."""
+    with contextlib.suppress(Exception):
+        await nc.publish(SETTLED_SUBJECT, b"")
 
 
 def parse_task_id(payload: bytes) -> int | None:

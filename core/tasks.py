@@ -3,7 +3,7 @@
 The status machine is drawn in core/models.py; this module is the only code that moves a row along
 it. Two ways to the database, each where it pays:
 
-- The statements run once per upload or per image (insert, queued mark, claim, lease renewal,
+- The statements run once per upload or per image (insert, claim, lease renewal,
   release, finish) are hand-written SQL run on asyncpg's own pool (core.db.make_driver_pool): one
   autocommit round trip each. Through a session (BEGIN, statement, COMMIT through the ORM and the
   async bridge) the worker drained at half the rate. Running them on the driver connection
@@ -34,7 +34,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from core.db import POOL_TIMEOUT_SECONDS, is_database_unavailable
-from core.models import FINAL_STATUSES, INTERRUPTED_REASON, CallbackState, ImageTask, TaskStatus
+from core.models import (
+    DEFAULT_PRIORITY,
+    FINAL_STATUSES,
+    INTERRUPTED_REASON,
+    CallbackState,
+    ImageTask,
+    Priority,
+    TaskStatus,
+)
 from core.storage import NOT_READY, Area, Storage, StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -123,11 +131,10 @@ FINISHED_SET = _FINISHED
 # Every value cast, as SQLAlchemy wrote them, so the statement's types never depend on inference.
 INSERT_TASK = """\
 INSERT INTO image_tasks (filename, content_type, size_bytes, width, height, sha256, input_name,
-                         idempotency_key, owner, callback_url, processing, traceparent)
+                         idempotency_key, owner, callback_url, processing, traceparent, priority)
 VALUES ($1::varchar, $2::varchar, $3::bigint, $4::integer, $5::integer, $6::varchar, $7::varchar,
         $8::varchar, $9::varchar, $10::text, $11::jsonb, $12::varchar)
 RETURNING id"""
-MARK_QUEUED = "UPDATE image_tasks SET queued_at = now() WHERE id = ANY($1::integer[])"
 # Mark a task `processing`, count the attempt and lease it; no row if it is missing, final, or
 # leased by a live worker.
 CLAIM = f"""\
@@ -192,6 +199,7 @@ class NewTask:
     processing: dict[str, Any]
     # The upload span's W3C trace context (core.tracing), None when not traced.
     traceparent: str | None = None
+    priority: Priority = DEFAULT_PRIORITY
 
 
 async def insert_task(pool: asyncpg.Pool, storage: Storage, task: NewTask, *, keep_file: bool = False) -> int:
@@ -211,6 +219,7 @@ async def insert_task(pool: asyncpg.Pool, storage: Storage, task: NewTask, *, ke
         task.callback_url,
         json.dumps(task.processing),
         task.traceparent,
+        task.priority.value,
     )
     sent = False
     try:
@@ -247,13 +256,6 @@ async def _forget_upload(storage: Storage, input_name: str) -> None:
         await storage.remove(Area.UPLOADS, [input_name])
     except StorageUnavailable as exc:
         log.warning("could not remove upload %s after a failed insert: %s", input_name, exc)
-
-
-@_mapping_errors
-async def mark_queued(pool: asyncpg.Pool, task_ids: Sequence[int]) -> None:
-    """Record that these tasks are in JetStream (the outbox relay then leaves them alone)."""
-    async with pool.acquire(timeout=POOL_TIMEOUT_SECONDS) as connection:
-        await connection.execute(MARK_QUEUED, list(task_ids))
 
 
 @dataclass(frozen=True)
@@ -449,6 +451,43 @@ async def newest(
 # ---- The outbox relay and the lease sweep (API), in the caller's transaction ----------------------
 
 
+# A task is "in the window" from its publish until it is final: in the stream, or being processed.
+_IN_WINDOW = "queued_at IS NOT NULL AND status IN ('pending', 'processing')"
+# Committed and waiting for the dispatcher: never published, or put back by the lease sweep.
+_WAITING = "queued_at IS NULL AND status = 'pending'"
+# Any constant of ours: the key of the advisory lock every API replica's dispatcher takes.
+DISPATCH_LOCK_KEY = 0x69716471
+
+_LOCK_DISPATCH = text("SELECT pg_advisory_xact_lock(:key)")
+_COUNT_IN_WINDOW = text(
+    f"SELECT priority, count(*) AS n FROM image_tasks WHERE {_IN_WINDOW} GROUP BY priority"
+)
+# For each priority, its first `limit` waiting tasks in fair order: a key's n-th waiting task
+# ranks after every other key's tasks with fewer in the window plus waiting ahead of them, so keys
+# take turns (round robin), and a key with many tasks in the window already waits for the others.
+_NEXT_WAITING = text(f"""\
+WITH in_window AS (
+    SELECT owner, count(*) AS n FROM image_tasks WHERE {_IN_WINDOW} GROUP BY owner
+), waiting AS (
+    SELECT id, owner, priority, attempts, retries, traceparent,
+           COALESCE((processing->>'generation')::int, 0) AS generation,
+           row_number() OVER (PARTITION BY priority, owner ORDER BY id) AS turn
+    FROM image_tasks WHERE {_WAITING}
+), ranked AS (
+    SELECT waiting.id, waiting.priority, waiting.attempts, waiting.retries, waiting.traceparent,
+           waiting.generation,
+           row_number() OVER (
+               PARTITION BY waiting.priority ORDER BY COALESCE(in_window.n, 0) + waiting.turn, waiting.id
+           ) AS place
+    FROM waiting LEFT JOIN in_window ON in_window.owner IS NOT DISTINCT FROM waiting.owner
+)
+SELECT id, priority, attempts, retries, traceparent, generation FROM ranked
+WHERE place <= :limit ORDER BY place""")
+# Whatever the status: a worker may claim (even finish) a task between its publish and this mark,
+# and a claimed task left unmarked would be outside the window's count.
+_MARK_DISPATCHED = text("UPDATE image_tasks SET queued_at = now() WHERE id = ANY(:ids) AND queued_at IS NULL")
+
+
 class Unqueued(NamedTuple):
     id: int
     attempts: int
@@ -456,40 +495,44 @@ class Unqueued(NamedTuple):
     # parts of the message id.
     generation: int = 0
     retries: int = 0
-    # The upload span's W3C traceparent, so a relay's publish joins the task's trace.
+    # The upload span's W3C traceparent, so the dispatcher's publish joins the task's trace.
     traceparent: str | None = None
+    priority: Priority = DEFAULT_PRIORITY
 
 
 @_mapping_errors
-async def lock_unqueued(session: AsyncSession, *, limit: int, grace: timedelta) -> list[Unqueued]:
-    """Up to `limit` pending rows committed more than `grace` ago and never confirmed queued, as
-    (id, attempts, generation, retries), locked until the transaction ends; rows another relay
-    holds are skipped."""
-    generation = func.coalesce(ImageTask.processing["generation"].as_integer(), 0)
-    result = await session.execute(
-        select(
-            ImageTask.id,
-            ImageTask.attempts,
-            generation.label("generation"),
-            ImageTask.retries,
-            ImageTask.traceparent,
+async def lock_dispatch(session: AsyncSession) -> None:
+    """Wait for the one dispatcher turn (across every API process), held until the transaction
+    ends: counting the window and filling it must not interleave with another replica's."""
+    await session.execute(_LOCK_DISPATCH, {"key": DISPATCH_LOCK_KEY})
+
+
+@_mapping_errors
+async def count_in_window(session: AsyncSession) -> dict[Priority, int]:
+    """How many tasks of each priority are published and not final yet."""
+    counts = {priority: 0 for priority in Priority}
+    for row in await session.execute(_COUNT_IN_WINDOW):
+        counts[Priority(row.priority)] = row.n
+    return counts
+
+
+@_mapping_errors
+async def next_waiting(session: AsyncSession, limit: int) -> dict[Priority, list[Unqueued]]:
+    """Up to `limit` waiting tasks of each priority, in the order they should be published (fair
+    between keys, oldest first within a key)."""
+    found: dict[Priority, list[Unqueued]] = {priority: [] for priority in Priority}
+    for row in await session.execute(_NEXT_WAITING, {"limit": limit}):
+        priority = Priority(row.priority)
+        found[priority].append(
+            Unqueued(row.id, row.attempts, row.generation, row.retries, row.traceparent, priority)
         )
-        .where(
-            ImageTask.queued_at.is_(None),
-            ImageTask.status == TaskStatus.PENDING,
-            ImageTask.upload_time < func.now() - grace,
-        )
-        .order_by(ImageTask.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    return [Unqueued(row.id, row.attempts, row.generation, row.retries, row.traceparent) for row in result]
+    return found
 
 
 @_mapping_errors
 async def mark_queued_in(session: AsyncSession, task_ids: Sequence[int]) -> None:
-    """`mark_queued` inside the caller's transaction (the relay's, which holds the rows)."""
-    await session.execute(update(ImageTask).where(ImageTask.id.in_(task_ids)).values(queued_at=func.now()))
+    """Record, in the dispatcher's transaction, that these tasks are in JetStream."""
+    await session.execute(_MARK_DISPATCHED, {"ids": list(task_ids)})
 
 
 _FAIL_EXPIRED = text(

@@ -10,6 +10,9 @@ PIPELINE_DEPTH times as many messages: while some images render, the others are 
 claimed, recorded and acknowledged, so the round trips to PostgreSQL and NATS and the output's
 fsyncs overlap with rendering instead of leaving a render slot idle.
 
+Each message let go of (settled either way) is announced on plain NATS (queue.SETTLED_SUBJECT):
+the API's dispatcher, holding tasks back to keep its window, fills the freed place at once.
+
 SIGTERM or SIGINT: stop fetching, let the images in flight finish and settle, flush, exit 0.
 """
 
@@ -24,6 +27,7 @@ import time
 from pathlib import Path
 
 import nats.errors
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -72,6 +76,7 @@ class _Subscription:
     def __init__(self, connection: queue.Connection[None]) -> None:
         # Opened: the stream and the consumer were ensured.
         self._connection = connection
+        self.nc = connection.nc
         self._js = connection.jetstream
         self._sub: JetStreamContext.PullSubscription | None = None
         self._ensure_again = False
@@ -218,14 +223,18 @@ async def _fetch_loop(
             continue
         last_message = time.monotonic()
         for message in messages:
-            task = asyncio.create_task(_handle_counted(processor, message, metrics))
+            task = asyncio.create_task(_handle_counted(processor, message, metrics, subscription.nc))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
 
 
-async def _handle_counted(processor: TaskProcessor, message: Msg, metrics: WorkerMetrics) -> None:
+async def _handle_counted(
+    processor: TaskProcessor, message: Msg, metrics: WorkerMetrics, nc: NATS | None
+) -> None:
     with metrics.handling():
         await processor.handle(message)
+    if nc is not None:
+        await queue.announce_settled(nc)
 
 
 async def _check_silence(subscription: _Subscription) -> None:

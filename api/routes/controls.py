@@ -77,14 +77,14 @@ async def retry_task(
     `?outputs=failed`, only the outputs that failed.
 
     Published at once; if NATS is unavailable the task stays queued in PostgreSQL and the outbox
-    relay publishes it when NATS is back, so a retry is never lost. 409 for any other status."""
+    dispatcher publishes it when NATS is back, so a retry is never lost. 409 for any other status."""
     try:
-        retries = await task_controls.retry(session, task.id, failed_outputs_only=outputs == "failed")
+        await task_controls.retry(session, task.id, failed_outputs_only=outputs == "failed")
     except task_controls.ControlRefused as exc:
         return _refused(request, task.id, 409, str(exc))
     except task_controls.TaskGone:
         return _refused(request, task.id, 404, TASK_NOT_FOUND)
-    await services.publisher.publish_committed(task.id, retries=retries)
+    await services.dispatcher.dispatch_committed()
     return await _answer(request, session, task, 202)
 
 

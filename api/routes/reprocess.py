@@ -142,7 +142,7 @@ async def reprocess_task(
         raise HTTPException(status_code=409, detail=str(exc)) from None
     if done is None:
         raise HTTPException(status_code=404, detail=TASK_NOT_FOUND)
-    await services.publisher.publish_committed(task_id, generation=done.generation)
+    await services.dispatcher.dispatch_committed()
     return ReprocessResponse(
         task_id=task_id,
         status=TaskStatus.PENDING,

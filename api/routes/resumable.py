@@ -46,6 +46,7 @@ from api.intake import (
     checked_fields,
     make_task,
     requested_callback,
+    requested_priority,
     resolved_processing,
     scoped_key,
     well_formed_key,
@@ -75,6 +76,7 @@ from api.uploads import (
     identify_file,
 )
 from core import resumable
+from core.api_keys import policy_of
 from core.models import ResumableUpload
 from core.storage import STORAGE_UNAVAILABLE, Area, StorageUnavailable, remove_quietly
 
@@ -199,6 +201,7 @@ async def create_upload(
     # What can be checked without the image, now: not after the client has sent 100 MB.
     checked_fields(fields, METADATA_FIELDS)
     resolved_processing(services, fields)
+    requested_priority(fields, None)
     await requested_callback(services, fields)
     async with services.sessions() as session:
         open_count = await resumable.count_open(session, caller)
@@ -454,7 +457,12 @@ async def _finish(services: Services, upload: ResumableUpload, pieces: list[str]
         text_fields=fields,
     )
     made = await make_task(
-        services, received, known=METADATA_FIELDS, key=upload.idempotency_key, owner=upload.owner
+        services,
+        received,
+        known=METADATA_FIELDS,
+        key=upload.idempotency_key,
+        owner=upload.owner,
+        policy=policy_of(services.settings.api_keys, upload.owner),
     )
     return made.task_id
 

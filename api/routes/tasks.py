@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
-from api.deps import MAX_TASK_ID, CallerDep, ServicesDep, SessionDep, TaskDep
+from api.deps import MAX_TASK_ID, CallerDep, KeyDep, ServicesDep, SessionDep, TaskDep
 from api.intake import (
     BAD_IDEMPOTENCY_KEY,
     CALLBACKS_OFF,
@@ -176,6 +176,7 @@ async def upload(
     request: Request,
     services: ServicesDep,
     caller: CallerDep,
+    key_policy: KeyDep,
     admission: AdmissionDep,
     idempotency_key: Annotated[
         str | None,
@@ -195,6 +196,9 @@ async def upload(
     public http(s) URL (at most 5 redirects, MAX_UPLOAD_BYTES, URL_IMPORT_TIMEOUT_SECONDS) and treat
     its bytes as an upload; a URL that cannot be fetched is refused at once (422 refused URL, 502
     the remote server failed, 504 too slow). Off, a `url` field is refused with 422.
+
+    `priority` (`interactive`, `normal`, the default, or `bulk`) decides which waiting task is
+    processed first; between API keys, waiting tasks take turns.
 
     Optional fields choose the processing (one of them): `preset` (a name from `GET /presets`),
     `ops` (a JSON list of operations) or `outputs` (a JSON object of output name -> preset name or
@@ -218,7 +222,7 @@ async def upload(
         fetch_url=_url_fetcher(services),
     )
     known = IMPORT_FORM_FIELDS if settings.url_import else FORM_FIELDS
-    made = await make_task(services, received, known=known, key=key, owner=caller)
+    made = await make_task(services, received, known=known, key=key, owner=caller, policy=key_policy)
     return answer(request, made, limit_headers(admission))
 
 

@@ -24,6 +24,7 @@ async def test_status_of_a_new_task_has_every_documented_field(client: httpx.Asy
     assert set(body) == {
         "task_id", "filename", "status", "upload_time", "error", "attempts", "started_at", "finished_at",
         "processed_url", "processing", "focus", "outputs", "callback", "placeholder", "trace_id",
+        "priority",
     }  # fmt: skip
     assert body["trace_id"] is None, "this API does not trace (OTEL_EXPORTER_OTLP_ENDPOINT unset)"
     watermark = {

@@ -18,7 +18,7 @@ from api.deps import TASK_NOT_FOUND
 from api.same_origin import CROSS_SITE
 from core import queue, tasks
 from core.db import make_driver_pool
-from core.models import ImageTask
+from core.models import ImageTask, Priority
 from core.storage import new_stored_name
 from core.task_controls import NOT_CANCELLABLE, NOT_RETRYABLE
 from tests import images
@@ -222,26 +222,26 @@ async def test_a_cancel_racing_the_workers_finish_has_one_winner(
     assert outcomes <= {"done", "cancelled"}
 
 
-async def test_a_retried_task_is_left_for_the_relay_with_a_message_id_of_its_own(
+async def test_a_retried_task_is_left_for_the_dispatcher_with_a_message_id_of_its_own(
     client: httpx.AsyncClient, db: AsyncSession, stack_env: dict[str, str]
 ) -> None:
-    """Were NATS away at the retry, the relay publishes the row; its message id differs from the
+    """Were NATS away at the retry, the dispatcher publishes the row; its message id differs from the
     upload's (same attempt count, 0), so JetStream's duplicate window cannot swallow it."""
     task_id = await failed_task(client, db)
     assert (await client.post(f"/tasks/{task_id}/retry")).status_code == 202
 
-    # As if its publish had failed; uncommitted, so the API's own relay cannot take it meanwhile.
+    # As if its publish had failed; uncommitted, so the API's own dispatcher cannot take it meanwhile.
     async with session_on(stack_env["DATABASE_URL"]) as session, session.begin():
         await session.execute(
             update(ImageTask)
             .where(ImageTask.id == task_id)
             .values(queued_at=None, upload_time=ImageTask.upload_time - timedelta(minutes=1))
         )
-        rows = await tasks.lock_unqueued(session, limit=10_000, grace=timedelta(seconds=2))
+        waiting = await tasks.next_waiting(session, 10_000)
         await session.rollback()
-    found = [row for row in rows if row.id == task_id]
+    found = [row for rows in waiting.values() for row in rows if row.id == task_id]
 
-    assert found == [tasks.Unqueued(task_id, 0, 0, 1)]
+    assert found == [tasks.Unqueued(task_id, 0, 0, 1, None, Priority.NORMAL)]
     assert queue.message_id(task_id, 0, retries=1) != queue.message_id(task_id, 0)
     assert queue.message_id(task_id, 2) == f"task-{task_id}-2", "ids of tasks never retried are unchanged"
 

@@ -115,6 +115,22 @@ def test_focus_is_sent_as_the_form_field_and_shown_in_the_status(
     assert typo.returncode == 2 and "--focus: must be two numbers x,y" in typo.stderr, typo.stderr
 
 
+def test_priority_is_sent_as_the_form_field_and_shown_in_the_status(
+    api_process: str, photos: list[Path]
+) -> None:
+    uploaded = run_client("upload", str(photos[0]), "--priority", "bulk", "--json", url=api_process)
+    assert uploaded.returncode == 0, uploaded.stderr
+    task_id = json.loads(uploaded.stdout)[0]["task_id"]
+
+    status = run_client("status", str(task_id), "--json", url=api_process)
+    assert json.loads(status.stdout)["priority"] == "bulk"
+    readable = run_client("status", str(task_id), url=api_process)
+    assert "  priority:  bulk\n" in readable.stdout, readable.stdout
+    # Not one of the three: a usage error before anything is sent.
+    typo = run_client("upload", str(photos[0]), "--priority", "urgent", url=api_process)
+    assert typo.returncode == 2 and "--priority: invalid choice" in typo.stderr, typo.stderr
+
+
 def test_status_list_and_delete(api_process: str, photos: list[Path]) -> None:
     uploaded = run_client("upload", *map(str, photos), "--json", url=api_process)
     assert uploaded.returncode == 0, uploaded.stderr

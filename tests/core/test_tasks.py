@@ -149,12 +149,7 @@ async def test_finishing_makes_a_callback_due_only_where_the_row_has_one(databas
     assert (await _row(database, with_callback))["status"] == "done"
 
 
-async def test_mark_queued_sets_every_given_row(database: asyncpg.Pool) -> None:
-    ids = [await _insert(database), await _insert(database)]
-
-    await tasks.mark_queued(database, ids)
-
-    assert all([(await _row(database, task_id))["queued_at"] is not None for task_id in ids])
+async def test_status_of_a_missing_row_is_none(database: asyncpg.Pool) -> None:
     assert await tasks.status_of(database, 2**31 - 1) is None
 
 

@@ -1,0 +1,189 @@
+"""The dispatcher: which committed task goes into JetStream next, by priority and fairly between keys.
+
+Every committed task waits in PostgreSQL (`queued_at IS NULL`: the outbox) until the dispatcher
+publishes it. The stream holds at most DISPATCH_WINDOW tasks that are not final yet (published,
+waiting there or being processed); the rest wait in the table, where their order can still change.
+Each pass fills the free part of the window:
+
+- by priority: `interactive` before `normal` before `bulk`. A task entering the stream is behind at
+  most the window, whatever the backlog: with the window the size of the renders the workers run at once,
+  an interactive upload waits for the images already being processed, not for 5,000 bulk ones.
+- without starving anyone: while `normal` or `bulk` tasks wait, each class is owed a share of the
+  window (LOWER_CLASS_SHARE, at least one task), granted before the strict order, so a steady
+  flow of interactive work slows bulk work down but never stops it.
+- fairly between keys: within a priority, keys take turns, and a key that already has many tasks
+  in the window goes after the others (core.tasks.next_waiting). A key that queued 10,000 images
+  delays another key's single upload by at most the window.
+
+Passes run one at a time across every API replica (a PostgreSQL advisory lock held by the pass's
+transaction), publish before they mark, and mark in the same transaction: a replica killed
+mid-pass leaves its rows unmarked, and the next pass publishes them again under the same
+`Nats-Msg-Id` (a copy JetStream drops), so nothing is lost and nothing runs twice.
+
+An upload's request wakes its process's dispatcher and waits (bounded) for the pass that sees its
+row, so when the window has room the task is in the stream by the time the answer is sent, as
+before this module existed. A worker that lets go of a message says so on plain NATS
+(queue.SETTLED_SUBJECT), which wakes every replica's dispatcher to fill the freed place at once.
+That word can be lost (it is not stored), so while tasks wait for room the dispatcher also looks
+every BACKLOG_POLL_SECONDS; otherwise every OUTBOX_INTERVAL_SECONDS (for rows the lease sweep put
+back, or committed while NATS was away).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from api.publisher import TaskPublisher
+from core import queue, tasks
+from core.models import Priority
+
+log = logging.getLogger(__name__)
+
+# Without a window (DISPATCH_WINDOW = 0), the most one pass publishes.
+UNLIMITED_BATCH = 200
+# While tasks wait for room and no worker's word arrives (lost, or a worker from before that word):
+# how soon a place freed by a finished task is filled anyway.
+BACKLOG_POLL_SECONDS = 0.1
+# The least part of the window each of `normal` and `bulk` is owed while it has tasks waiting.
+LOWER_CLASS_SHARE = 0.1
+# How long an upload's request waits for the pass that publishes its task; past it, the task is
+# published by a later pass, and the answer (already committed) is sent anyway.
+REQUEST_WAIT_SECONDS = queue.PUBLISH_TIMEOUT_SECONDS
+
+_ORDER = (Priority.INTERACTIVE, Priority.NORMAL, Priority.BULK)
+
+
+@dataclass(frozen=True)
+class DispatchPolicy:
+    # Tasks not final yet allowed in the stream at once (0: no limit, published as they come).
+    window: int
+    # Between passes while nothing waits for room.
+    interval_seconds: float
+
+
+def allocate(
+    free: int, window: int, in_window: Mapping[Priority, int], waiting: Mapping[Priority, int]
+) -> dict[Priority, int]:
+    """How many waiting tasks of each priority the next `free` places go to (see the module
+    docstring): first what `normal` and `bulk` are owed, then strictly by priority."""
+    granted = dict.fromkeys(_ORDER, 0)
+    owed = max(1, math.ceil(window * LOWER_CLASS_SHARE))
+    for priority in (Priority.NORMAL, Priority.BULK):
+        share = min(waiting.get(priority, 0), max(0, owed - in_window.get(priority, 0)), free)
+        granted[priority] += share
+        free -= share
+    for priority in _ORDER:
+        more = min(waiting.get(priority, 0) - granted[priority], free)
+        granted[priority] += more
+        free -= more
+    return granted
+
+
+class Dispatcher:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], publisher: TaskPublisher, policy: DispatchPolicy
+    ) -> None:
+        self._sessions = sessions
+        self._publisher = publisher
+        self._policy = policy
+        self._wake = asyncio.Event()
+        # Resolved by the next pass to start (and end): what a request waits for.
+        self._next_pass: asyncio.Future[None] | None = None
+        # Whether the last pass left tasks waiting for room.
+        self._backlog = False
+
+    def wake(self) -> None:
+        """A worker let go of a message: look now, if tasks are waiting for room (otherwise there
+        is nothing to fill, and a pass per finished task would only load the database)."""
+        if self._backlog:
+            self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Dispatch when woken, while a backlog waits for room, and every interval, until `stop`."""
+        while not stop.is_set():
+            pause = BACKLOG_POLL_SECONDS if self._backlog else self._policy.interval_seconds
+            await _woken(stop, self._wake, pause)
+            if stop.is_set():
+                break
+            self._wake.clear()
+            done, self._next_pass = self._next_pass, None
+            try:
+                self._backlog = await self.dispatch_all()
+            except Exception as exc:  # the database or NATS is away: the next pass tries again
+                log.warning("dispatcher pass failed, retrying: %s", exc)
+                self._backlog = False
+            finally:
+                if done is not None and not done.done():
+                    done.set_result(None)
+        if self._next_pass is not None and not self._next_pass.done():
+            self._next_pass.set_result(None)
+
+    async def dispatch_committed(self) -> None:
+        """Called once a task is committed: wake the dispatcher and wait for the pass that sees
+        the task (bounded; never raises). The task may still wait in the table for room."""
+        if self._publisher.jetstream is None:
+            return  # a pass would publish nothing; the first one after NATS is back will
+        if self._next_pass is None:
+            self._next_pass = asyncio.get_running_loop().create_future()
+        waiting = self._next_pass
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(waiting), REQUEST_WAIT_SECONDS)
+        except TimeoutError:
+            log.warning("dispatcher pass slower than %.0f s; the task stays queued", REQUEST_WAIT_SECONDS)
+
+    async def dispatch_all(self) -> bool:
+        """Fill the window (in batches, when there is none); whether tasks are left waiting for room."""
+        while True:
+            published, backlog = await self.dispatch_once()
+            if not (self._policy.window == 0 and published == UNLIMITED_BATCH):
+                return backlog
+
+    async def dispatch_once(self) -> tuple[int, bool]:
+        """One pass; returns (tasks published, whether tasks are left waiting for room)."""
+        js = self._publisher.jetstream
+        if js is None:
+            return 0, False
+        window = self._policy.window
+        async with self._sessions() as session, session.begin():
+            await tasks.lock_dispatch(session)
+            in_window = await tasks.count_in_window(session)
+            free = window - sum(in_window.values()) if window else UNLIMITED_BATCH
+            if free <= 0:
+                return 0, True
+            # One more than there is room for: whether any is left waiting.
+            candidates = await tasks.next_waiting(session, free + 1)
+            granted = allocate(free, window, in_window, {p: len(rows) for p, rows in candidates.items()})
+            chosen = [row for priority in _ORDER for row in candidates[priority][: granted[priority]]]
+            if not chosen:
+                return 0, False
+            # Started in order on one connection, so the stream stores them in this order.
+            await asyncio.gather(
+                *(
+                    # Into the task's trace, under its upload span, when it was traced.
+                    queue.publish_task(
+                        js, row.id, row.attempts, row.generation, row.retries, traceparent=row.traceparent
+                    )
+                    for row in chosen
+                )
+            )
+            await tasks.mark_queued_in(session, [row.id for row in chosen])
+        left = sum(len(rows) for rows in candidates.values()) > len(chosen)
+        log.debug("dispatched %d task(s); %s", len(chosen), "more waiting" if left else "none waiting")
+        return len(chosen), left
+
+
+async def _woken(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
+    """Until `stop` or `wake` is set, or `seconds` have passed."""
+    waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())}
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
