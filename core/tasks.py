@@ -133,7 +133,7 @@ INSERT_TASK = """\
 INSERT INTO image_tasks (filename, content_type, size_bytes, width, height, sha256, input_name,
                          idempotency_key, owner, callback_url, processing, traceparent, priority)
 VALUES ($1::varchar, $2::varchar, $3::bigint, $4::integer, $5::integer, $6::varchar, $7::varchar,
-        $8::varchar, $9::varchar, $10::text, $11::jsonb, $12::varchar)
+        $8::varchar, $9::varchar, $10::text, $11::jsonb, $12::varchar, $13::varchar)
 RETURNING id"""
 # Mark a task `processing`, count the attempt and lease it; no row if it is missing, final, or
 # leased by a live worker.
