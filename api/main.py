@@ -28,7 +28,7 @@ from api.publisher import TaskPublisher
 from api.relay import OutboxRelay
 from api.reprocess_runner import ReprocessRunner
 from api.response_headers import ResponseHeaders
-from api.routes import events, health, originals, pages, presets, reprocess, tasks
+from api.routes import events, health, jobs, originals, pages, presets, reprocess, tasks
 from api.schemas import DATABASE_UNAVAILABLE
 from api.state import Services
 from api.sweeps import Sweeps
@@ -162,6 +162,7 @@ def create_app() -> FastAPI:
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     app.include_router(tasks.router)
     app.include_router(reprocess.router)
+    app.include_router(jobs.router)
     app.include_router(presets.router)
     app.include_router(originals.router)
     app.include_router(events.router)

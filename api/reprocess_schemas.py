@@ -66,6 +66,13 @@ class JobRequest(ProcessingRequest):
     )
 
     where: JobFilter = Field(default_factory=JobFilter)
+    max_in_flight: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="At most this many of the job's tasks queued at once (capped by "
+        "REPROCESS_JOB_MAX_IN_FLIGHT, the default).",
+    )
 
 
 class JobResponse(BaseModel):
@@ -83,3 +90,7 @@ class JobResponse(BaseModel):
     updated_at: datetime
     finished_at: datetime | None
     events_url: str
+
+
+class JobPage(BaseModel):
+    items: list[JobResponse]
