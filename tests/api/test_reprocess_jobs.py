@@ -78,7 +78,6 @@ def api(job_env: dict[str, str], workdir: Path) -> Iterator[Api]:
     started.stop()
 
 
-
 @pytest.fixture(scope="module")
 def worker(job_env: dict[str, str], workdir: Path) -> Iterator[subprocess.Popen]:
     process = start_worker(job_env, log_file=workdir / "jobs-worker.log")
