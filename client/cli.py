@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from client import report
+from client import report, reprocess
 from client.connection import ApiError, checked, make_client, unreachable
 from client.progress import Progress
 from client.uploads import UploadOptions, upload_files
@@ -130,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
 
     delete = commands.add_parser("delete", parents=[common], help="delete a task and its files")
     delete.add_argument("task_id", type=_positive_int, metavar="ID")
+    reprocess.add_commands(commands, common, _positive_int, _focus_point)
     return parser
 
 
@@ -210,14 +211,21 @@ async def _delete(args: argparse.Namespace) -> int:
     return OK
 
 
-COMMANDS = {"upload": _upload, "status": _status, "list": _list, "delete": _delete}
+COMMANDS = {
+    "upload": _upload,
+    "status": _status,
+    "list": _list,
+    "delete": _delete,
+    "reprocess": reprocess.reprocess,
+    "jobs": reprocess.jobs,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)  # exits 2 on a usage error, as argparse does
     try:
         return asyncio.run(COMMANDS[args.command](args))
-    except UsageError as exc:
+    except (UsageError, reprocess.UsageError) as exc:
         print(f"python -m client: {exc}", file=sys.stderr)
         return USAGE
     except ApiError as exc:
