@@ -15,6 +15,9 @@ Status machine (the only transitions the code makes, all in core/tasks.py):
 - A worker's result is recorded even if the sweep put its row back to `pending` meanwhile.
 
 `done` and `failed` are final: a redelivered message for such a row is acknowledged and ignored.
+Only a reprocess (core/reprocessing.py, `POST /tasks/{id}/reprocess` or a bulk job) takes a final
+row back to `pending`, with new processing and a new generation; its previous outputs stay in
+`outputs` until the worker's finish replaces them.
 `queued_at` is set once the task id is safely in JetStream; rows still NULL there are published
 again by the API's outbox relay, so an upload accepted while NATS was down is not lost.
 """
