@@ -37,6 +37,23 @@ PROCESSING_BODY: dict[str, Any] = {
 }
 
 
+# Ours (a sentence) for the body, FastAPI's (a list) for a task id that is not a number.
+_UNPROCESSABLE: dict[str, Any] = {
+    "description": "No processing given, or a bad processing field (named in the message); or a task "
+    "id that is not a whole number.",
+    "content": {
+        "application/json": {
+            "schema": {
+                "anyOf": [
+                    {"$ref": "#/components/schemas/ErrorResponse"},
+                    {"$ref": "#/components/schemas/HTTPValidationError"},
+                ]
+            },
+        }
+    },
+}
+
+
 def requested_processing(services: ServicesDep, body: ProcessingRequest) -> Processing:
     """The body's processing fields, validated and resolved like the upload form's; 422 naming
     the field otherwise."""
@@ -110,9 +127,7 @@ async def _reprocess(
             reprocessing.NOT_REPROCESSABLE.format(status="processing"),
         ),
         413: error("The body is over its limit.", BODY_TOO_LARGE),
-        422: error(
-            "No processing given, or a bad processing field (named in the message).", PROCESSING_REQUIRED
-        ),
+        422: _UNPROCESSABLE,
     },
 )
 async def reprocess_task(
