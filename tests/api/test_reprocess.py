@@ -16,10 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deps import TASK_NOT_FOUND
 from api.routes.reprocess import PROCESSING_REQUIRED
+from core import queue
 from core.reprocessing import NOT_REPROCESSABLE
 from devstack.stack import start_worker, stop_process
 from tests import images
 from tests.api.test_api_keys import ALICE, BOB, keyed, keyed_api
+from tests.api.test_lease_sweep import last_message_id
 from tests.waiting import eventually, final_status, task_row, task_row_when
 
 __all__ = ["keyed", "keyed_api"]  # fixtures borrowed from the API-key tests
@@ -205,3 +207,27 @@ async def test_another_keys_task_cannot_be_reprocessed(keyed: httpx.AsyncClient,
 async def _is_final(client: httpx.AsyncClient, task_id: int) -> bool:
     status = (await client.get(f"/tasks/{task_id}", headers=ALICE)).json()
     return status["status"] in ("done", "failed")
+
+
+async def test_the_outbox_relay_queues_a_reprocess_under_its_generations_message_id(
+    client: httpx.AsyncClient, db: AsyncSession, stack_env: dict[str, str]
+) -> None:
+    # No worker: the row stays as the test leaves it. A reprocess whose own publish was lost
+    # (generation 3, queued_at unset) must not be taken by JetStream for a copy of the upload's
+    # message (`task-<id>-0`, still in the duplicate window): the relay's id carries the generation.
+    posted = await client.post("/upload", files={"file": ("g.jpg", images.jpeg(), "image/jpeg")})
+    task_id = posted.json()["task_id"]
+    await db.execute(
+        text(
+            "UPDATE image_tasks SET processing = processing || '{\"generation\": 3}'::jsonb, queued_at = NULL"
+            " WHERE id = :id"
+        ),
+        {"id": task_id},
+    )
+    await db.commit()
+
+    async def relayed() -> bool:
+        return await last_message_id(stack_env) == queue.message_id(task_id, 0, 3)
+
+    await eventually(relayed, timeout=20, what="the relay's message for generation 3")
+    assert queue.message_id(task_id, 0, 3) != queue.message_id(task_id, 0)
