@@ -22,6 +22,7 @@ from devstack.stack import start_worker, stop_process
 from tests import images
 from tests.api.test_api_keys import ALICE, BOB, keyed, keyed_api
 from tests.api.test_lease_sweep import last_message_id
+from tests.api.test_render_cost import BOMB_REFUSED, ENLARGE_AND_BACK
 from tests.waiting import eventually, final_status, task_row, task_row_when
 
 __all__ = ["keyed", "keyed_api"]  # fixtures borrowed from the API-key tests
@@ -231,3 +232,18 @@ async def test_the_outbox_relay_queues_a_reprocess_under_its_generations_message
 
     await eventually(relayed, timeout=20, what="the relay's message for generation 3")
     assert queue.message_id(task_id, 0, 3) != queue.message_id(task_id, 0)
+
+
+async def test_a_reprocess_over_the_render_cost_limit_is_refused_as_an_upload_would_be(
+    client: httpx.AsyncClient, workers: Workers
+) -> None:
+    workers.start()
+    before = await _done_task(client)
+    task_id = before["task_id"]
+
+    refused = await client.post(f"/tasks/{task_id}/reprocess", json={"ops": ENLARGE_AND_BACK})
+
+    assert refused.status_code == 422
+    assert refused.json()["detail"] == BOMB_REFUSED  # the upload's words, to the letter
+    after = (await client.get(f"/tasks/{task_id}")).json()
+    assert after["status"] == "done" and after["processed_url"] == before["processed_url"]
