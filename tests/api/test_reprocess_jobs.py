@@ -286,3 +286,24 @@ async def test_refusals(api: Api, batch: list[int]) -> None:
         listed = (await client.get("/jobs")).json()["items"]
         assert job_id in [job["job_id"] for job in listed]
         assert (await client.get("/jobs", headers=DAVE)).json()["items"] == []
+
+
+async def test_an_upload_during_a_job_does_not_wait_for_the_job(api: Api, batch: list[int]) -> None:
+    # The throttle's point: with one of the job's tasks in the queue at a time, an interactive
+    # upload waits behind at most that one, not behind the 30 still to come.
+    async with _client(api) as client:
+        made = await client.post(
+            "/tasks/reprocess",
+            json={"where": {"preset": "default"}, "ops": [{"op": "blur", "radius": 4}], "max_in_flight": 1},
+        )
+        assert made.status_code == 202, made.text
+        job_id = made.json()["job_id"]
+        await _job_when(client, job_id, lambda job: job["queued"] >= 1, "under way")
+        posted = await client.post(
+            "/upload", files={"file": ("now.jpg", images.jpeg(), "image/jpeg")}, data={"preset": "thumbnail"}
+        )
+        assert (await final_status(client, posted.json()["task_id"]))["status"] == "done"
+        job = await _job(client, job_id)
+        assert job["queued"] < job["matched"], job
+        assert (await client.post(f"/jobs/{job_id}/cancel")).status_code == 200
+        await _job_when(client, job_id, lambda job: job["in_flight"] == 0, "drained")
