@@ -203,6 +203,7 @@ async def test_another_keys_task_cannot_be_reprocessed(keyed: httpx.AsyncClient,
     assert nobody.status_code == 401
     alice = await keyed.post(f"/tasks/{task_id}/reprocess", json={"preset": "thumbnail"}, headers=ALICE)
     assert alice.status_code == 202, alice.text
+    await eventually(lambda: _is_final(keyed, task_id), timeout=60, what="alice's reprocess finished")
 
 
 async def _is_final(client: httpx.AsyncClient, task_id: int) -> bool:
@@ -232,6 +233,8 @@ async def test_the_outbox_relay_queues_a_reprocess_under_its_generations_message
 
     await eventually(relayed, timeout=20, what="the relay's message for generation 3")
     assert queue.message_id(task_id, 0, 3) != queue.message_id(task_id, 0)
+    # Nothing left for the workers of later tests to take up.
+    assert (await client.delete(f"/tasks/{task_id}")).status_code == 204
 
 
 async def test_a_reprocess_over_the_render_cost_limit_is_refused_as_an_upload_would_be(
