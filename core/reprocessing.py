@@ -27,7 +27,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from sqlalchemy import Row, Select, literal_column, null, select, update
+from sqlalchemy import ColumnElement, Row, Select, literal_column, null, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import ImageTask
@@ -90,7 +90,7 @@ async def reprocess_locked(session: AsyncSession, task: ImageTask, processing: P
     new = dataclasses.replace(with_focus_of(processing, task.processing), generation=generation)
     # Old records kept on the row (and still served) until the worker's finish replaces them.
     # jsonb_typeof: a JSON `null` written through the ORM is no SQL NULL for COALESCE.
-    superseded = literal_column(
+    superseded: ColumnElement[Any] = literal_column(
         "CASE WHEN jsonb_typeof(outputs) = 'array' THEN"
         " (CASE WHEN jsonb_typeof(superseded_outputs) = 'array' THEN superseded_outputs"
         " ELSE '[]'::jsonb END) || outputs ELSE superseded_outputs END"
