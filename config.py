@@ -260,6 +260,11 @@ class Settings:
     # Tasks not final yet that the API lets into the stream at once (api/dispatcher.py); the rest
     # wait in PostgreSQL, where priority and fairness between keys choose the next. 0: no limit.
     dispatch_window: int = field(metadata=setting(32, ge=0))
+    # A bulk reprocess job keeps at most this many of its tasks queued at once (a request may ask
+    # for fewer), so the workers take interactive uploads between them.
+    reprocess_job_max_in_flight: int = field(metadata=setting(4, gt=0, le=1000))
+    # The most tasks one bulk reprocess job may match; a larger match is refused (narrow it by date).
+    reprocess_job_max_tasks: int = field(metadata=setting(10_000, gt=0, le=1_000_000))
     lost_after_seconds: float = field(
         metadata=setting(300, ge=60, rule="be at least 60 (longer than any upload)")
     )

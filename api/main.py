@@ -35,6 +35,7 @@ from api.routes import (
     events,
     failed_page,
     health,
+    jobs,
     originals,
     pages,
     presets,
@@ -103,7 +104,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     background = loops.Background("API loops")
     background.start(dispatcher.run(background.stop), name="dispatcher")
     background.start(sweeps.run(background.stop), name="lease-sweep")
-    reprocess_runner = ReprocessRunner(sessions, publisher, storage)
+    reprocess_runner = ReprocessRunner(sessions, dispatcher, storage)
     background.start(
         reprocess_runner.run(settings.reprocess_interval_seconds, background.stop), name="reprocess"
     )
@@ -189,6 +190,7 @@ def create_app() -> FastAPI:
     app.include_router(controls.router)
     # The result page's Reprocess form posts there: refused when another site's page sent it.
     app.include_router(reprocess.router, dependencies=[Depends(refuse_cross_site)])
+    app.include_router(jobs.router)
     app.include_router(presets.router)
     app.include_router(originals.router)
     app.include_router(events.router)

@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from api.callback_urls import MAX_URL_CHARS
 from api.deps import API_KEY_REQUIRED, TASK_NOT_FOUND
+from api.reprocess_schemas import JobRequest, ProcessingRequest
 from api.schemas import DATABASE_UNAVAILABLE, ErrorResponse
 from core.formats import ALLOWED_FORMATS, CONTENT_TYPES
 from core.processing.operations import MAX_OPS, OPS
@@ -117,6 +118,7 @@ _EXAMPLE_BMP = (
 )
 
 _OPS_REF = {"$ref": "#/components/schemas/Ops"}
+BODY_MODELS: tuple[type[BaseModel], ...] = (ProcessingRequest, JobRequest)
 # Empty processing fields count as not given (core.processing.forms.resolve).
 _GIVEN = {"type": "string", "minLength": 1}
 _PROCESSING = ("preset", "ops", "outputs")
@@ -270,6 +272,11 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
         ops = OPS.json_schema(ref_template="#/components/schemas/{model}")
         components.update(ops.pop("$defs", {}))
         components["Ops"] = {**ops, "maxItems": MAX_OPS, "minItems": 1}
+        # The JSON bodies read by api.request_body (not by FastAPI, so not collected by it).
+        for model in BODY_MODELS:
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(schema.pop("$defs", {}))
+            components[model.__name__] = schema
         app.openapi_schema = document
     return app.openapi_schema
 

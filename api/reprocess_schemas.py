@@ -3,10 +3,10 @@ jobs (`POST /tasks/reprocess`, `/jobs/...`)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.models import JobState, TaskStatus
 
@@ -51,8 +51,21 @@ class JobFilter(BaseModel):
     preset: str | None = Field(
         default=None, max_length=64, description="Tasks whose (single) output was made with this preset."
     )
-    uploaded_after: datetime | None = None
-    uploaded_before: datetime | None = None
+    uploaded_after: datetime | None = Field(default=None, description="ISO 8601; without a zone, UTC.")
+    uploaded_before: datetime | None = Field(default=None, description="ISO 8601; without a zone, UTC.")
+
+    @field_validator("uploaded_after", "uploaded_before")
+    @classmethod
+    def _in_utc(cls, value: datetime | None) -> datetime | None:
+        # In UTC here, so a far date with an offset fails as a 422 rather than overflowing later.
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        try:
+            return value.astimezone(UTC)
+        except (OverflowError, ValueError):
+            raise ValueError("must be a date and time between the years 1 and 9999") from None
 
 
 class JobRequest(ProcessingRequest):
@@ -66,6 +79,13 @@ class JobRequest(ProcessingRequest):
     )
 
     where: JobFilter = Field(default_factory=JobFilter)
+    max_in_flight: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="At most this many of the job's tasks queued at once (capped by "
+        "REPROCESS_JOB_MAX_IN_FLIGHT, the default).",
+    )
 
 
 class JobResponse(BaseModel):
@@ -83,3 +103,7 @@ class JobResponse(BaseModel):
     updated_at: datetime
     finished_at: datetime | None
     events_url: str
+
+
+class JobPage(BaseModel):
+    items: list[JobResponse]

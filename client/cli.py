@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from client import report
+from client import report, reprocess
 from client.connection import ApiError, checked, make_client, unreachable
 from client.progress import Progress
 from client.resumable import RESUMABLE_FROM_BYTES
@@ -171,6 +171,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cancel = commands.add_parser("cancel", parents=[common], help="cancel a pending or processing task")
     cancel.add_argument("task_id", type=_positive_int, metavar="ID")
+    reprocess.add_commands(commands, common, _positive_int, _focus_point)
     return parser
 
 
@@ -283,6 +284,8 @@ COMMANDS = {
     "delete": _delete,
     "retry": _retry,
     "cancel": _cancel,
+    "reprocess": reprocess.reprocess,
+    "jobs": reprocess.jobs,
 }
 
 
@@ -290,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)  # exits 2 on a usage error, as argparse does
     try:
         return asyncio.run(COMMANDS[args.command](args))
-    except UsageError as exc:
+    except (UsageError, reprocess.UsageError) as exc:
         print(f"python -m client: {exc}", file=sys.stderr)
         return USAGE
     except ApiError as exc:

@@ -26,7 +26,9 @@ owner's controls in core/task_controls.py):
   or of two retries at once, PostgreSQL lets exactly one through.
 
 `done`, `failed` and `cancelled` are final (but for a retry of `failed`): a redelivered message for
-such a row is acknowledged and ignored.
+such a row is acknowledged and ignored. A reprocess (core/reprocessing.py, `POST /tasks/{id}/reprocess`
+or a bulk job) also takes a final row back to `pending`, with new processing and a new generation;
+its previous outputs stay in `outputs` until the worker's finish replaces them.
 
 `queued_at` is set once the task id is safely in JetStream; rows still NULL there wait for the
 API's dispatcher (api/dispatcher.py), which publishes them as room in the stream's window allows,
@@ -289,31 +291,34 @@ FINAL_JOB_STATES = (JobState.CANCELLED, JobState.DONE)
 _JOB_STATE_VALUES = ", ".join(f"'{state.value}'" for state in JobState)
 
 
+class JobTaskState(enum.StrEnum):
+    """One matched task of a job: `waiting` to be queued, `queued` (in flight), then `done` or
+    `failed` as the task ended, or `skipped` (gone, or not finished, when the job reached it)."""
+
+    WAITING = "waiting"
+    QUEUED = "queued"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+_JOB_TASK_STATE_VALUES = ", ".join(f"'{state.value}'" for state in JobTaskState)
+
+
 class ReprocessJob(Base):
-    """One bulk reprocess: a filter over the owner's tasks, walked by id (keyset) up to `upto_id`."""
+    """One bulk reprocess: the owner's tasks a filter matched when it was made, reprocessed a few
+    at a time (core/jobs.py)."""
 
     __tablename__ = "reprocess_jobs"
-    __table_args__ = (
-        CheckConstraint(f"state IN ({_JOB_STATE_VALUES})", name="reprocess_job_state_valid"),
-        Index("ix_reprocess_jobs_active", "id", postgresql_where="state = 'running'"),
-    )
+    __table_args__ = (CheckConstraint(f"state IN ({_JOB_STATE_VALUES})", name="reprocess_job_state_valid"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     owner: Mapped[str | None] = mapped_column(String(64), index=True)
     state: Mapped[str] = mapped_column(String(16))
-    # The request's filter, as given (api/routes/jobs.py JobFilter), and the processing to apply.
+    # The request's filter, as given (api/reprocess_schemas.py JobFilter), and the processing to apply.
     filter: Mapped[dict[str, Any]] = mapped_column(JSONB)
     processing: Mapped[dict[str, Any]] = mapped_column(JSONB)
-    # The newest task id when the job was made: later uploads are not part of it.
-    upto_id: Mapped[int] = mapped_column(Integer)
-    # The last task id the job has looked at (keyset: the next step starts after it).
-    cursor: Mapped[int] = mapped_column(Integer, server_default="0")
     matched: Mapped[int] = mapped_column(Integer)
-    queued: Mapped[int] = mapped_column(Integer, server_default="0")
-    done: Mapped[int] = mapped_column(Integer, server_default="0")
-    failed: Mapped[int] = mapped_column(Integer, server_default="0")
-    # Matched, but no longer reprocessable when the job reached it (deleted, or not final then).
-    skipped: Mapped[int] = mapped_column(Integer, server_default="0")
     max_in_flight: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
@@ -321,14 +326,16 @@ class ReprocessJob(Base):
 
 
 class ReprocessJobTask(Base):
-    """A task a job queued; `outcome` is NULL while it is in flight, then `done` or `failed`."""
+    """A task a job matched, and how far the job has taken it (JobTaskState)."""
 
     __tablename__ = "reprocess_job_tasks"
     __table_args__ = (
-        Index("ix_reprocess_job_tasks_in_flight", "job_id", postgresql_where="outcome IS NULL"),
+        CheckConstraint(f"state IN ({_JOB_TASK_STATE_VALUES})", name="reprocess_job_task_state_valid"),
+        # The job's next tasks (keyset by task id) and its counts by state.
+        Index("ix_reprocess_job_tasks_state", "job_id", "state", "task_id"),
     )
 
     job_id: Mapped[int] = mapped_column(ForeignKey("reprocess_jobs.id", ondelete="CASCADE"), primary_key=True)
     # No foreign key: a task deleted while its job runs is counted failed, not a broken job.
     task_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    outcome: Mapped[str | None] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))

@@ -27,8 +27,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from sqlalchemy import Row, func, literal, select, text, update
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import ColumnElement, Row, Select, literal_column, null, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import ImageTask
@@ -82,16 +81,22 @@ async def lock_for_reprocess(session: AsyncSession, task_id: int, owner: str | N
     return await session.scalar(query)
 
 
-async def reprocess_locked(session: AsyncSession, task: ImageTask, processing: Processing) -> Reprocessed:
-    """Put a locked task (lock_for_reprocess) back to `pending` with `processing`, in the caller's
-    transaction; NotReprocessable unless it is final. The caller commits, then publishes."""
+async def reprocess_locked(
+    session: AsyncSession, task: ImageTask, processing: Processing, priority: str | None = None
+) -> Reprocessed:
+    """Put a locked task (lock_for_reprocess) back to `pending` with `processing` (and `priority`,
+    when given: a bulk job's tasks wait behind interactive uploads), in the caller's transaction;
+    NotReprocessable unless it is final. The caller commits, then wakes the dispatcher."""
     if task.status not in REPROCESSABLE:
         raise NotReprocessable(task.status)
     generation = int(task.processing.get("generation", 0)) + 1
     new = dataclasses.replace(with_focus_of(processing, task.processing), generation=generation)
     # Old records kept on the row (and still served) until the worker's finish replaces them.
-    superseded = func.coalesce(ImageTask.superseded_outputs, literal([], JSONB)).op("||")(
-        func.coalesce(ImageTask.outputs, literal([], JSONB))
+    # jsonb_typeof: a JSON `null` written through the ORM is no SQL NULL for COALESCE.
+    superseded: ColumnElement[Any] = literal_column(
+        "CASE WHEN jsonb_typeof(outputs) = 'array' THEN"
+        " (CASE WHEN jsonb_typeof(superseded_outputs) = 'array' THEN superseded_outputs"
+        " ELSE '[]'::jsonb END) || outputs ELSE superseded_outputs END"
     )
     await session.execute(
         update(ImageTask)
@@ -110,17 +115,21 @@ async def reprocess_locked(session: AsyncSession, task: ImageTask, processing: P
             callback_next_at=None,
             callback_error=None,
             superseded_outputs=superseded,
+            priority=priority or task.priority,
         )
         .execution_options(synchronize_session=False)
     )
     return Reprocessed(task.id, generation)
 
 
-_FINAL_SUPERSEDED = text(
-    "SELECT id, outputs, superseded_outputs FROM image_tasks"
-    " WHERE superseded_outputs IS NOT NULL AND status IN ('done', 'failed', 'cancelled')"
-    " ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
-)
+def _final_superseded(limit: int) -> Select[tuple[int, Any, Any]]:
+    return (
+        select(ImageTask.id, ImageTask.outputs, ImageTask.superseded_outputs)
+        .where(ImageTask.superseded_outputs.is_not(None), ImageTask.status.in_(REPROCESSABLE))
+        .order_by(ImageTask.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
 
 
 async def remove_superseded(session: AsyncSession, storage: Storage, *, limit: int = SUPERSEDED_BATCH) -> int:
@@ -130,14 +139,16 @@ async def remove_superseded(session: AsyncSession, storage: Storage, *, limit: i
     if not storage.is_ready:
         raise StorageUnavailable(NOT_READY)
     async with session.begin():
-        rows = (await session.execute(_FINAL_SUPERSEDED, {"limit": limit})).all()
+        rows = (await session.execute(_final_superseded(limit))).all()
         for row in rows:
             await storage.remove(Area.PROCESSED, _left_behind(row))
         if rows:
             await session.execute(
                 update(ImageTask)
                 .where(ImageTask.id.in_([row.id for row in rows]))
-                .values(superseded_outputs=None)
+                # SQL NULL, not the JSON `null` the ORM would write for None (the scan's index
+                # and condition are on IS NOT NULL).
+                .values(superseded_outputs=null())
                 .execution_options(synchronize_session=False)
             )
     return len(rows)
@@ -145,4 +156,4 @@ async def remove_superseded(session: AsyncSession, storage: Storage, *, limit: i
 
 def _left_behind(row: Row[Any]) -> list[str]:
     current = {output["file"] for output in row.outputs or ()}
-    return sorted({output["file"] for output in row.superseded_outputs} - current)
+    return sorted({output["file"] for output in row.superseded_outputs or ()} - current)

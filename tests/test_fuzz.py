@@ -13,6 +13,7 @@ every route that touches the database, `Allow` on every path, examples that fit 
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,8 +21,10 @@ from pathlib import Path
 
 import pytest
 import requests
+from sqlalchemy import text
 
 from devstack.stack import running_api
+from tests.database import session_on
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 # Per operation and phase: about a minute in all here, for both runs together.
@@ -44,6 +47,13 @@ OPERATIONS = {
     "POST /tasks/{task_id}/reprocess",
     "GET /tasks/{task_id}/original",
     "GET /tasks/{task_id}/events",
+    "POST /tasks/reprocess",
+    "GET /jobs",
+    "GET /jobs/{job_id}",
+    "POST /jobs/{job_id}/pause",
+    "POST /jobs/{job_id}/resume",
+    "POST /jobs/{job_id}/cancel",
+    "GET /jobs/{job_id}/events",
     "GET /processed/{name}",
     "GET /presets",
     "GET /health",
@@ -55,6 +65,26 @@ OPERATIONS = {
 def keyed_api(stack_env: dict[str, str], workdir: Path) -> Iterator[str]:
     with running_api({**stack_env, "API_KEYS": API_KEY}, log_file=workdir / "fuzz-keyed-api.log") as url:
         yield url
+
+
+@pytest.fixture(autouse=True)
+def no_job_outlives_the_run(stack_env: dict[str, str]) -> Iterator[None]:
+    """Schemathesis makes real bulk reprocess jobs (with keys off, over every finished task), which
+    the suite's API would go on stepping for the rest of the session, queueing work for the workers
+    of later modules: whatever it left running is cancelled."""
+    yield
+    asyncio.run(_cancel_jobs(stack_env["DATABASE_URL"]))
+
+
+async def _cancel_jobs(database_url: str) -> None:
+    async with session_on(database_url) as session:
+        await session.execute(
+            text(
+                "UPDATE reprocess_jobs SET state = 'cancelled', finished_at = now()"
+                " WHERE state IN ('running', 'paused')"
+            )
+        )
+        await session.commit()
 
 
 def schemathesis(base_url: str, report_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:

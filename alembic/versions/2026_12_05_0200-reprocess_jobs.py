@@ -34,13 +34,7 @@ def upgrade() -> None:
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("filter", postgresql.JSONB(), nullable=False),
         sa.Column("processing", postgresql.JSONB(), nullable=False),
-        sa.Column("upto_id", sa.Integer(), nullable=False),
-        sa.Column("cursor", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("matched", sa.Integer(), nullable=False),
-        sa.Column("queued", sa.Integer(), nullable=False, server_default="0"),
-        sa.Column("done", sa.Integer(), nullable=False, server_default="0"),
-        sa.Column("failed", sa.Integer(), nullable=False, server_default="0"),
-        sa.Column("skipped", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("max_in_flight", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
@@ -49,9 +43,6 @@ def upgrade() -> None:
             "state IN ('running', 'paused', 'cancelled', 'done')", name="reprocess_job_state_valid"
         ),
     )
-    op.create_index(
-        "ix_reprocess_jobs_active", "reprocess_jobs", ["id"], postgresql_where=sa.text("state = 'running'")
-    )
     op.create_table(
         "reprocess_job_tasks",
         sa.Column(
@@ -59,15 +50,13 @@ def upgrade() -> None:
         ),
         # No foreign key: a task deleted while its job runs is counted failed, not a broken job.
         sa.Column("task_id", sa.Integer(), primary_key=True),
-        # NULL while the task is in flight; then 'done' or 'failed'.
-        sa.Column("outcome", sa.String(16), nullable=True),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.CheckConstraint(
+            "state IN ('waiting', 'queued', 'done', 'failed', 'skipped')",
+            name="reprocess_job_task_state_valid",
+        ),
     )
-    op.create_index(
-        "ix_reprocess_job_tasks_in_flight",
-        "reprocess_job_tasks",
-        ["job_id"],
-        postgresql_where=sa.text("outcome IS NULL"),
-    )
+    op.create_index("ix_reprocess_job_tasks_state", "reprocess_job_tasks", ["job_id", "state", "task_id"])
 
 
 def downgrade() -> None:

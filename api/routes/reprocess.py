@@ -15,7 +15,7 @@ from api.request_body import BODY_TOO_LARGE, json_body
 from api.schemas import status_url
 from core import reprocessing
 from core.formats import ImageRejected, probe_image
-from core.models import ImageTask, TaskStatus
+from core.models import TaskStatus
 from core.processing.cost import cost_refusal, output_frames
 from core.processing.forms import resolve
 from core.processing.operations import ProcessingInvalid
@@ -34,6 +34,23 @@ PROCESSING_BODY: dict[str, Any] = {
         "required": True,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ProcessingRequest"}}},
     }
+}
+
+
+# Ours (a sentence) for the body, FastAPI's (a list) for a task id that is not a number.
+_UNPROCESSABLE: dict[str, Any] = {
+    "description": "No processing given, or a bad processing field (named in the message); or a task "
+    "id that is not a whole number.",
+    "content": {
+        "application/json": {
+            "schema": {
+                "anyOf": [
+                    {"$ref": "#/components/schemas/ErrorResponse"},
+                    {"$ref": "#/components/schemas/HTTPValidationError"},
+                ]
+            },
+        }
+    },
 }
 
 
@@ -65,12 +82,12 @@ def _as_text(value: Any) -> str | None:
 
 
 async def _check_cost(
-    services: ServicesDep, task: ImageTask, processing: Processing, body: ProcessingRequest
+    services: ServicesDep, input_name: str, processing: Processing, body: ProcessingRequest
 ) -> None:
     """The upload's cost check, on the stored original's header (its frames are not in the row)."""
     settings = services.settings
     try:
-        async with services.storage.local_upload_path(task.input_name) as source:
+        async with services.storage.local_upload_path(input_name) as source:
             info = await asyncio.to_thread(
                 probe_image, source, max_pixels=settings.max_image_pixels, max_frames=settings.max_frames
             )
@@ -110,9 +127,7 @@ async def _reprocess(
             reprocessing.NOT_REPROCESSABLE.format(status="processing"),
         ),
         413: error("The body is over its limit.", BODY_TOO_LARGE),
-        422: error(
-            "No processing given, or a bad processing field (named in the message).", PROCESSING_REQUIRED
-        ),
+        422: _UNPROCESSABLE,
     },
 )
 async def reprocess_task(
@@ -129,13 +144,15 @@ async def reprocess_task(
     in one step and their files removed. A reprocess that fails leaves them in place. Only a
     finished task (`done`, `failed`, `cancelled`) can be reprocessed: otherwise 409.
     """
-    task_id = task.id
+    task_id, status, input_name = task.id, task.status, task.input_name
+    # The read ends here: no connection is held while the body arrives and the original is probed;
+    # the change runs in a transaction of its own, which checks the status again under the lock.
+    await session.rollback()
     body = await json_body(request, ProcessingRequest)
     processing = requested_processing(services, body)
-    if task.status not in reprocessing.REPROCESSABLE:
-        raise HTTPException(status_code=409, detail=reprocessing.NOT_REPROCESSABLE.format(status=task.status))
-    await _check_cost(services, task, processing, body)
-    await session.rollback()  # the read above ends here; the change runs in its own transaction
+    if status not in reprocessing.REPROCESSABLE:
+        raise HTTPException(status_code=409, detail=reprocessing.NOT_REPROCESSABLE.format(status=status))
+    await _check_cost(services, input_name, processing, body)
     try:
         done = await _reprocess(session, task_id, caller, processing)
     except reprocessing.NotReprocessable as exc:

@@ -15,7 +15,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.routing import Route
 
-from api import schemas
+from api import reprocess_schemas, schemas
 from api.deps import get_services, get_session
 from api.main import app
 from api.openapi import IDEMPOTENCY_KEY_PATTERN
@@ -199,7 +199,7 @@ async def test_a_browser_upload_gets_the_documented_303_and_location(
 
 
 def _model(name: str) -> type[BaseModel]:
-    for module in (schemas, presets):
+    for module in (schemas, presets, reprocess_schemas):
         model = getattr(module, name, None)
         if isinstance(model, type) and issubclass(model, BaseModel):
             return model

@@ -11,14 +11,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deps import TASK_NOT_FOUND
 from api.routes.reprocess import PROCESSING_REQUIRED
+from core import queue
 from core.reprocessing import NOT_REPROCESSABLE
 from devstack.stack import start_worker, stop_process
 from tests import images
 from tests.api.test_api_keys import ALICE, BOB, keyed, keyed_api
+from tests.api.test_lease_sweep import last_message_id
+from tests.api.test_render_cost import BOMB_REFUSED, ENLARGE_AND_BACK
 from tests.waiting import eventually, final_status, task_row, task_row_when
 
 __all__ = ["keyed", "keyed_api"]  # fixtures borrowed from the API-key tests
@@ -112,7 +116,11 @@ async def test_old_outputs_are_served_until_the_new_ones_replace_them(
 
     await eventually(old_removed, timeout=20, what="the replaced output removed")
     assert (await client.get(old_url)).status_code == 404
-    assert (await task_row(db, task_id)).superseded_outputs is None
+    # SQL NULL (not a JSON null), so the loop's scan passes the row by from now on.
+    cleared = await db.scalar(
+        text("SELECT superseded_outputs IS NULL FROM image_tasks WHERE id = :id"), {"id": task_id}
+    )
+    assert cleared is True
 
 
 async def test_a_worker_killed_mid_reprocess_loses_nothing(
@@ -195,8 +203,50 @@ async def test_another_keys_task_cannot_be_reprocessed(keyed: httpx.AsyncClient,
     assert nobody.status_code == 401
     alice = await keyed.post(f"/tasks/{task_id}/reprocess", json={"preset": "thumbnail"}, headers=ALICE)
     assert alice.status_code == 202, alice.text
+    await eventually(lambda: _is_final(keyed, task_id), timeout=60, what="alice's reprocess finished")
 
 
 async def _is_final(client: httpx.AsyncClient, task_id: int) -> bool:
     status = (await client.get(f"/tasks/{task_id}", headers=ALICE)).json()
     return status["status"] in ("done", "failed")
+
+
+async def test_the_outbox_relay_queues_a_reprocess_under_its_generations_message_id(
+    client: httpx.AsyncClient, db: AsyncSession, stack_env: dict[str, str]
+) -> None:
+    # No worker: the row stays as the test leaves it. A reprocess whose own publish was lost
+    # (generation 3, queued_at unset) must not be taken by JetStream for a copy of the upload's
+    # message (`task-<id>-0`, still in the duplicate window): the relay's id carries the generation.
+    posted = await client.post("/upload", files={"file": ("g.jpg", images.jpeg(), "image/jpeg")})
+    task_id = posted.json()["task_id"]
+    await db.execute(
+        text(
+            "UPDATE image_tasks SET processing = processing || '{\"generation\": 3}'::jsonb, queued_at = NULL"
+            " WHERE id = :id"
+        ),
+        {"id": task_id},
+    )
+    await db.commit()
+
+    async def relayed() -> bool:
+        return await last_message_id(stack_env) == queue.message_id(task_id, 0, 3)
+
+    await eventually(relayed, timeout=20, what="the relay's message for generation 3")
+    assert queue.message_id(task_id, 0, 3) != queue.message_id(task_id, 0)
+    # Nothing left for the workers of later tests to take up.
+    assert (await client.delete(f"/tasks/{task_id}")).status_code == 204
+
+
+async def test_a_reprocess_over_the_render_cost_limit_is_refused_as_an_upload_would_be(
+    client: httpx.AsyncClient, workers: Workers
+) -> None:
+    workers.start()
+    before = await _done_task(client)
+    task_id = before["task_id"]
+
+    refused = await client.post(f"/tasks/{task_id}/reprocess", json={"ops": ENLARGE_AND_BACK})
+
+    assert refused.status_code == 422
+    assert refused.json()["detail"] == BOMB_REFUSED  # the upload's words, to the letter
+    after = (await client.get(f"/tasks/{task_id}")).json()
+    assert after["status"] == "done" and after["processed_url"] == before["processed_url"]
