@@ -19,7 +19,7 @@ from api.callback_urls import CallbackRefused, vet_callback_url
 from api.form_fields import FieldMisspelt, ignored_fields
 from api.openapi import IDEMPOTENCY_KEY_PATTERN
 from api.state import Services
-from api.uploads import STORAGE_FAILED, ReceivedUpload, UploadRefused
+from api.uploads import ReceivedUpload, storage_refusals
 from core import tasks, tracing
 from core.api_keys import KeyPolicy
 from core.models import DEFAULT_PRIORITY, ImageTask, Priority
@@ -27,7 +27,7 @@ from core.processing.cost import cost_refusal, output_frames
 from core.processing.forms import resolve
 from core.processing.operations import ProcessingInvalid
 from core.processing.outputs import Processing
-from core.storage import STORAGE_UNAVAILABLE, StorageUnavailable, new_stored_name, remove_quietly
+from core.storage import new_stored_name, remove_quietly
 
 BAD_IDEMPOTENCY_KEY = "Idempotency-Key must be 1 to 200 printable ASCII characters without spaces."
 IDEMPOTENCY_KEY_REUSED = "This Idempotency-Key was already used for a different file or processing."
@@ -155,12 +155,8 @@ async def _create_task(
         input_name = stored_name
     else:
         input_name = new_stored_name(upload.info.extension)
-        try:
+        with storage_refusals():
             await storage.keep_upload(upload.temp_path, input_name)
-        except OSError as exc:
-            raise UploadRefused(503, STORAGE_FAILED) from exc
-        except StorageUnavailable as exc:
-            raise UploadRefused(503, STORAGE_UNAVAILABLE) from exc
     # The row in one autocommit round trip on the driver pool (core.tasks): the ORM's flush and
     # commit cost about 1.2 ms of the API's CPU per upload, a quarter of all it spends on one.
     new_task = tasks.NewTask(

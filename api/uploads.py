@@ -12,10 +12,11 @@ api/content_disposition.py) is kept as a display name only.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import unicodedata
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -26,7 +27,7 @@ from starlette.requests import Request
 
 from api.content_disposition import parse_disposition
 from core.formats import ImageInfo, ImageRejected, UnsupportedImage, probe_image
-from core.storage import Folders, remove_quietly
+from core.storage import STORAGE_UNAVAILABLE, Folders, StorageUnavailable, remove_quietly
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -65,6 +66,19 @@ class UploadRefused(Exception):
         super().__init__(message)
         self.status_code = status_code
         self.message = message
+
+
+@contextlib.contextmanager
+def storage_refusals(temp: Path | None = None) -> Iterator[None]:
+    """The file store's faults while keeping an upload, as the client's 503 (nothing was kept):
+    the disk failing or full, or the backend out of reach. `temp`: a temporary file to remove then."""
+    try:
+        yield
+    except (OSError, StorageUnavailable) as exc:
+        if temp is not None:
+            remove_quietly(temp)
+        message = STORAGE_UNAVAILABLE if isinstance(exc, StorageUnavailable) else STORAGE_FAILED
+        raise UploadRefused(503, message) from exc
 
 
 @dataclass

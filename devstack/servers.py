@@ -167,19 +167,10 @@ class LocalNats:
         wait_for_port(self.port, timeout=timeout, process=self._process)
 
     def stop(self, *, timeout: float = 10) -> None:
-        if self._process is None or self._process.poll() is not None:
-            return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        _stop_child(self._process, timeout)
 
     def kill(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
+        _kill_child(self._process)
 
     def healthy(self) -> bool:
         """`/healthz` answers 200: JetStream is up and this node is current with the cluster's meta
@@ -360,16 +351,25 @@ class LocalSeaweed:
         raise TimeoutError(f"SeaweedFS's S3 gateway did not serve within {timeout} s")
 
     def stop(self, *, timeout: float = 10) -> None:
-        if self._process is None or self._process.poll() is not None:
-            return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        _stop_child(self._process, timeout)
 
     def kill(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
+        _kill_child(self._process)
+
+
+def _stop_child(process: subprocess.Popen | None, timeout: float) -> None:
+    """Terminate a server we started, and kill it if it outstays `timeout`."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _kill_child(process: subprocess.Popen | None) -> None:
+    if process is not None and process.poll() is None:
+        process.kill()
+        process.wait()

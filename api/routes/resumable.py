@@ -74,11 +74,12 @@ from api.uploads import (
     UploadRefused,
     display_name,
     identify_file,
+    storage_refusals,
 )
 from core import resumable
 from core.api_keys import policy_of
 from core.models import ResumableUpload
-from core.storage import STORAGE_UNAVAILABLE, Area, StorageUnavailable, remove_quietly
+from core.storage import Area, StorageUnavailable, remove_quietly
 
 log = logging.getLogger(__name__)
 
@@ -323,15 +324,9 @@ async def _append(upload_id: str, request: Request, services: Services, caller: 
             raise ClientDisconnect
         return Response(status_code=204, headers=_upload_headers(upload))
     piece = resumable.new_piece_name()
-    try:
+    with storage_refusals(temp):
         await anyio.to_thread.run_sync(_sync, temp)
         await services.storage.keep(Area.RESUMABLE, temp, piece)
-    except OSError as exc:
-        remove_quietly(temp)
-        raise UploadRefused(503, STORAGE_FAILED) from exc
-    except StorageUnavailable as exc:
-        remove_quietly(temp)
-        raise UploadRefused(503, STORAGE_UNAVAILABLE) from exc
     answer = await _add_piece(
         services, upload_id, offset, count, piece, completes=offset + count == upload.length
     )
@@ -474,7 +469,7 @@ async def _join(services: Services, pieces: list[str]) -> tuple[Path, int, str]:
     digest = hashlib.sha256()
     size = 0
     try:
-        with open(temp, "wb") as target:  # noqa: ASYNC230
+        with storage_refusals(temp), open(temp, "wb") as target:  # noqa: ASYNC230
             for name in pieces:
                 found = await storage.find(Area.RESUMABLE, name)
                 if found is None:
@@ -487,12 +482,6 @@ async def _join(services: Services, pieces: list[str]) -> tuple[Path, int, str]:
                         digest.update(chunk)
                         target.write(chunk)
                         size += len(chunk)
-    except StorageUnavailable as exc:
-        remove_quietly(temp)
-        raise UploadRefused(503, STORAGE_UNAVAILABLE) from exc
-    except OSError as exc:
-        remove_quietly(temp)
-        raise UploadRefused(503, STORAGE_FAILED) from exc
     except BaseException:
         remove_quietly(temp)
         raise

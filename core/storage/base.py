@@ -173,6 +173,20 @@ class Storage(abc.ABC):
         handing them back for another thread hop each. None: use keep_output."""
         return None
 
+    @contextlib.asynccontextmanager
+    async def _written_to_temp(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[Path]:
+        """A stored object's chunks in a temporary upload file, for as long as the context lasts
+        (local_upload_path of a backend without local files)."""
+        temp = self.folders.temp_upload_path()
+        try:
+            # Page-cache writes of one chunk at a time cost less than handing each to a thread.
+            with open(temp, "wb") as target:  # noqa: ASYNC230
+                async for chunk in chunks:
+                    target.write(chunk)
+            yield temp
+        finally:
+            remove_quietly(temp)
+
     @abc.abstractmethod
     def local_upload_path(self, name: str) -> contextlib.AbstractAsyncContextManager[Path]:
         """A local file holding the stored upload, for as long as the context lasts (for Pillow).

@@ -223,15 +223,8 @@ class NatsStorage(Storage):
         info = await self._info(Area.UPLOADS, name)
         if info is None:
             raise StoredFileMissing(name)
-        temp = self.folders.temp_upload_path()
-        try:
-            # Page-cache writes of one chunk at a time cost less than handing each to a thread.
-            with open(temp, "wb") as target:  # noqa: ASYNC230
-                async for chunk in self._chunks(Area.UPLOADS, info):
-                    target.write(chunk)
+        async with self._written_to_temp(self._chunks(Area.UPLOADS, info)) as temp:
             yield temp
-        finally:
-            remove_quietly(temp)
 
     async def find(self, area: Area, name: str) -> Path | StoredObject | None:
         info = await self._info(area, name)

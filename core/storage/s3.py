@@ -318,15 +318,8 @@ class S3Storage(Storage):
 
     @contextlib.asynccontextmanager
     async def local_upload_path(self, name: str) -> AsyncIterator[Path]:
-        temp = self.folders.temp_upload_path()
-        try:
-            # Page-cache writes of one chunk at a time cost less than handing each to a thread.
-            with open(temp, "wb") as target:  # noqa: ASYNC230
-                async for chunk in self._body(Area.UPLOADS, name):
-                    target.write(chunk)
+        async with self._written_to_temp(self._body(Area.UPLOADS, name)) as temp:
             yield temp
-        finally:
-            remove_quietly(temp)
 
     async def find(self, area: Area, name: str) -> Path | StoredObject | None:
         head = await self._head(area, name)
