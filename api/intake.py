@@ -189,7 +189,8 @@ async def make_task(
     policy: KeyPolicy | None = None,
 ) -> Intake:
     """Check the upload's fields against its image and make it a task (or find the one its key
-    made). The temporary file is gone afterwards, whatever happens. With `stored_name`, the file is
+    made), committed but not yet handed to the dispatcher: then call queue_made. The temporary
+    file is gone afterwards, whatever happens. With `stored_name`, the file is
     in the store already (a direct upload) and only the row is made. Raises HTTPException or
     UploadRefused with the answer for the client."""
     try:
@@ -217,5 +218,12 @@ async def make_task(
     if existing is not None:
         return Intake(existing.id, existing.filename, replayed=True, ignored=ignored)
     tracing.annotate(**{tracing.TASK_ID: task_id})
-    await services.dispatcher.dispatch_committed()
     return Intake(task_id, received.display_name, replayed=False, ignored=ignored)
+
+
+async def queue_made(services: Services, made: Intake) -> None:
+    """Hand a new task to the dispatcher (a replayed one is queued already), waiting a bounded
+    while for the pass that sees it. Called once the caller holds no lock and no session: the pass
+    needs a pooled connection of its own."""
+    if not made.replayed:
+        await services.dispatcher.dispatch_committed()

@@ -294,6 +294,9 @@ class DirectUploadRequest(BaseModel):
     outputs: str | dict[str, Any] | None = None
     focus: str | None = Field(default=None, max_length=100)
     callback_url: str | None = Field(default=None, max_length=8192)
+    priority: Priority | None = Field(
+        default=None, description="As `/upload`'s `priority`; without it, the API key's default."
+    )
 
 
 class DirectUploadResponse(BaseModel):

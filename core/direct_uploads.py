@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.models import DirectUpload
+from core.models import DirectUpload, ImageTask
 
 # How long a finished row still answers a repeated completion.
 KEEP_FINISHED = timedelta(days=1)
@@ -61,13 +61,17 @@ async def record_refusal(session: AsyncSession, upload_id: str, status: int, mes
 
 
 async def lock_abandoned(session: AsyncSession, *, grace: timedelta, limit: int) -> Sequence[DirectUpload]:
-    """Rows never completed whose time ran out `grace` ago, locked (others' sweeps skip them)."""
+    """Rows never completed whose time ran out `grace` ago, locked (others' sweeps skip them).
+    Not one whose object a task already uses: its completion made the task, then could not record
+    it (the task commits apart), and the object is that task's original now."""
+    made_a_task = exists().where(ImageTask.input_name == DirectUpload.object_name)
     statement = (
         select(DirectUpload)
         .where(
             DirectUpload.task_id.is_(None),
             DirectUpload.refusal_status.is_(None),
             DirectUpload.expires_at < datetime.now(UTC) - grace,
+            ~made_a_task,
         )
         .order_by(DirectUpload.expires_at)
         .limit(limit)

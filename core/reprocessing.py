@@ -91,12 +91,15 @@ async def reprocess_locked(
         raise NotReprocessable(task.status)
     generation = int(task.processing.get("generation", 0)) + 1
     new = dataclasses.replace(with_focus_of(processing, task.processing), generation=generation)
-    # Old records kept on the row (and still served) until the worker's finish replaces them.
+    # Old records kept on the row (and still served) until the worker's finish replaces them, and
+    # the outputs a partly failed run made (core/task_controls.py), removed with them afterwards.
     # jsonb_typeof: a JSON `null` written through the ORM is no SQL NULL for COALESCE.
     superseded: ColumnElement[Any] = literal_column(
-        "CASE WHEN jsonb_typeof(outputs) = 'array' THEN"
-        " (CASE WHEN jsonb_typeof(superseded_outputs) = 'array' THEN superseded_outputs"
-        " ELSE '[]'::jsonb END) || outputs ELSE superseded_outputs END"
+        "NULLIF("
+        "(CASE WHEN jsonb_typeof(superseded_outputs) = 'array' THEN superseded_outputs ELSE '[]'::jsonb END)"
+        " || (CASE WHEN jsonb_typeof(outputs) = 'array' THEN outputs ELSE '[]'::jsonb END)"
+        " || (CASE WHEN jsonb_typeof(partial_outputs -> 'made') = 'array' THEN partial_outputs -> 'made'"
+        " ELSE '[]'::jsonb END), '[]'::jsonb)"
     )
     await session.execute(
         update(ImageTask)
@@ -115,6 +118,7 @@ async def reprocess_locked(
             callback_next_at=None,
             callback_error=None,
             superseded_outputs=superseded,
+            partial_outputs=null(),
             priority=priority or task.priority,
         )
         .execution_options(synchronize_session=False)

@@ -174,7 +174,8 @@ RETURNING id"""
 FINISH_FAILED = f"""\
 UPDATE image_tasks SET status = 'failed', error = $2,
     partial_outputs = COALESCE($3::jsonb, partial_outputs), {_FINISHED}
-WHERE id = $1 AND status NOT IN ('done', 'failed', 'cancelled')"""
+WHERE id = $1 AND status NOT IN ('done', 'failed', 'cancelled')
+RETURNING id"""
 
 
 async def _fetchrow(pool: asyncpg.Pool, sql: str, *args: Any) -> asyncpg.Record | None:
@@ -361,10 +362,13 @@ async def finish_done(
 @_mapping_errors
 async def finish_failed(
     pool: asyncpg.Pool, task_id: int, reason: str, partial: Mapping[str, Any] | None = None
-) -> None:
+) -> bool:
     """Mark the task `failed` for good, saying why, with the outputs it made and those it could
-    not (`partial`), if it made some; a final task is left as it is."""
-    await _fetchrow(pool, FINISH_FAILED, task_id, reason, None if partial is None else json.dumps(partial))
+    not (`partial`), if it made some; a final task is left as it is. Whether it was marked."""
+    row = await _fetchrow(
+        pool, FINISH_FAILED, task_id, reason, None if partial is None else json.dumps(partial)
+    )
+    return row is not None
 
 
 # ---- Reads, on a session ------------------------------------------------------------------------

@@ -360,7 +360,8 @@ class TaskProcessor:
             await self._release(task_id)
             await msg.nak(delay=self._policy.retry_delay_seconds)
             return
-        made = _in_order(claim.processing, [*claim.kept, *await self._keep_outputs(rendered.outputs)])
+        made_now = await self._keep_outputs(rendered.outputs)
+        made = _in_order(claim.processing, [*claim.kept, *made_now])
         failed = [
             {
                 "name": failure.name,
@@ -378,7 +379,8 @@ class TaskProcessor:
         log.info("task %s failed: %s", task_id, reason)
         partial = {"generation": claim.processing.generation, "made": made, "failed": failed}
         await placeholder.before_failing()
-        await self._finish_failed(task_id, reason, claim, partial)
+        if not await self._finish_failed(task_id, reason, claim, partial):
+            await self._remove_if_cancelled(task_id, [record["file"] for record in made_now])
         await msg.term()
 
     async def _discard(self, rendered: list[RenderedOutput]) -> None:
@@ -675,10 +677,18 @@ class TaskProcessor:
 
     async def _finish_failed(
         self, task_id: int, reason: str, claim: _Claim, partial: dict[str, Any] | None = None
-    ) -> None:
+    ) -> bool:
         tracing.fail(reason)  # the span it failed in (`render`, or the message's `process`)
-        await tasks.finish_failed(self._driver_pool, task_id, reason, partial)
+        marked = await tasks.finish_failed(self._driver_pool, task_id, reason, partial)
         self._record(claim, TaskStatus.FAILED)
+        return marked
+
+    async def _remove_if_cancelled(self, task_id: int, files: list[str]) -> None:
+        """A partly failed run whose task was cancelled meanwhile: nothing it made stays (were the
+        task finished elsewhere instead, its files are the same names, and stay)."""
+        if await self._status(task_id) in (None, TaskStatus.CANCELLED):
+            await self._storage.remove(Area.PROCESSED, files)
+            log.info("task %s was cancelled or deleted meanwhile; its outputs are removed", task_id)
 
 
 def _kept_outputs(partial: dict[str, Any] | None, processing: Processing) -> tuple[dict[str, Any], ...]:

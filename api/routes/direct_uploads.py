@@ -13,6 +13,7 @@ once, gives one task; a later completion answers the same task (or the same refu
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import json
@@ -30,13 +31,21 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deps import CallerDep, KeyDep, ServicesDep
-from api.intake import Intake, make_task, requested_callback, resolved_processing
+from api.intake import (
+    Intake,
+    make_task,
+    queue_made,
+    requested_callback,
+    requested_priority,
+    resolved_processing,
+)
 from api.key_limits import admit_upload, limit_headers
 from api.openapi import error, errors
 from api.routes.tasks import FORM_FIELDS, answer
 from api.schemas import DirectUploadRequest, DirectUploadResponse, UploadResponse
 from api.uploads import EMPTY_FILE, STORAGE_FAILED, TOO_LARGE, ReceivedUpload, UploadRefused, display_name
 from core import direct_uploads, tasks
+from core.api_keys import policy_of
 from core.formats import (
     CONTENT_TYPES,
     EXTENSIONS,
@@ -53,6 +62,12 @@ from core.storage import Area, StoredObject, new_stored_name, remove_quietly
 from core.storage.s3 import S3Storage
 
 router = APIRouter(tags=["direct uploads"])
+
+# Completions at once in one API process: each holds a pooled connection (its row's lock) while it
+# copies the object (up to MAX_UPLOAD_BYTES) and makes the task, so they queue here rather than for
+# the pool, whose connections the dispatcher and every other request need too.
+MAX_COMPLETING = 4
+_completing = asyncio.Semaphore(MAX_COMPLETING)  # binds to the running loop on first use
 
 # A declaration is a few small fields; a bigger body is not one.
 MAX_DECLARATION_BYTES = 64 * 1024
@@ -117,7 +132,7 @@ async def _declaration(request: Request) -> DirectUploadRequest:
 def _text_fields(body: DirectUploadRequest) -> dict[str, str]:
     """The processing fields as the form would send them (JSON values as JSON text)."""
     fields: dict[str, str] = {}
-    for name in ("preset", "ops", "outputs", "focus", "callback_url"):
+    for name in ("preset", "ops", "outputs", "focus", "callback_url", "priority"):
         value: Any = getattr(body, name)
         if value is not None:
             fields[name] = value if isinstance(value, str) else json.dumps(value)
@@ -159,6 +174,7 @@ async def declare_upload(
     # Checked now, so a bad field is refused before the file is sent; resolved again at completion.
     resolved_processing(services, fields)
     await requested_callback(services, fields)
+    requested_priority(fields, None)
     # Counted against the key's limits once, when declared (a 429 here costs the client nothing sent).
     response.headers.update(limit_headers(await admit_upload(services, key)))
     content_type = body.content_type.lower() if body.content_type.lower() in _KNOWN_TYPES else _FALLBACK_TYPE
@@ -223,7 +239,7 @@ async def complete_upload(
     storage = _s3(services)
     if not _UPLOAD_ID_FORMAT.fullmatch(upload_id):
         raise HTTPException(status_code=404, detail=UNKNOWN_UPLOAD)
-    async with services.sessions() as session, session.begin():
+    async with _completing, services.sessions() as session, session.begin():
         row = await direct_uploads.lock(session, upload_id, caller)
         if row is None:
             raise HTTPException(status_code=404, detail=UNKNOWN_UPLOAD)
@@ -247,11 +263,14 @@ async def complete_upload(
                 raise
             await storage.remove(Area.UPLOADS, [row.object_name])
             await direct_uploads.record_refusal(session, row.id, status, message)
-            refused = exc
+            refused: UploadRefused | HTTPException | None = exc
         else:
             await direct_uploads.record_task(session, row.id, queued.task_id)
-            return answer(request, queued)
-    raise refused  # after the transaction: the refusal is recorded
+            refused = None
+    if refused is not None:
+        raise refused  # after the transaction: the refusal is recorded
+    await queue_made(services, queued)  # with the row's lock and session let go
+    return answer(request, queued)
 
 
 async def _earlier_task(session: AsyncSession, task_id: int, filename: str) -> Intake:
@@ -294,7 +313,13 @@ async def _check_and_queue(
             text_fields=dict(row.fields),
         )
         return await make_task(
-            services, received, known=FORM_FIELDS, key=None, owner=caller, stored_name=row.object_name
+            services,
+            received,
+            known=FORM_FIELDS,
+            key=None,
+            owner=caller,
+            stored_name=row.object_name,
+            policy=policy_of(services.settings.api_keys, caller),
         )
     finally:
         remove_quietly(temp_path)

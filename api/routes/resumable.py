@@ -43,8 +43,10 @@ from api.deps import CallerDep, ServicesDep
 from api.intake import (
     BAD_IDEMPOTENCY_KEY,
     PROCESSING_FIELDS,
+    Intake,
     checked_fields,
     make_task,
+    queue_made,
     requested_callback,
     requested_priority,
     resolved_processing,
@@ -93,8 +95,9 @@ METADATA_FIELDS = ("filename", *PROCESSING_FIELDS, "callback_url")
 # may still finish the upload in one PATCH.
 MAX_PIECES = 1000
 # Uploads being completed at once by one API process: each holds two pooled connections (its row's
-# lock, and the Idempotency-Key lookup) and joins up to MAX_UPLOAD_BYTES on disk, so they queue here
-# rather than for the pool, whose 15 connections would then time out into 503s.
+# lock, and the Idempotency-Key lookup; the dispatcher is woken once both are let go) and joins up to
+# MAX_UPLOAD_BYTES on disk, so they queue here rather than for the pool, whose 15 connections would
+# then time out into 503s.
 MAX_FINISHING = 4
 _finishing = asyncio.Semaphore(MAX_FINISHING)  # binds to the running loop on first use
 
@@ -414,7 +417,7 @@ async def _add_piece_locked(
                 upload.pieces = pieces
                 await session.commit()
                 return Response(status_code=204, headers=_upload_headers(upload))
-            task_id = await _finish(services, upload, pieces)
+            made = await _finish(services, upload, pieces)
         except (TusRefused, UploadRefused, HTTPException) as exc:
             status = exc.status_code
             await session.rollback()
@@ -430,15 +433,16 @@ async def _add_piece_locked(
             raise
         upload.received = upload.length
         upload.pieces = []
-        upload.task_id = task_id
+        upload.task_id = made.task_id
         await session.commit()
         headers = _upload_headers(upload)
     await resumable.remove_pieces(storage, pieces)
+    await queue_made(services, made)  # with the row's lock and session let go
     return Response(status_code=204, headers=headers)
 
 
-async def _finish(services: Services, upload: ResumableUpload, pieces: list[str]) -> int:
-    """Join the pieces into one temporary file, identify it and make it a task; its id."""
+async def _finish(services: Services, upload: ResumableUpload, pieces: list[str]) -> Intake:
+    """Join the pieces into one temporary file, identify it and make it a task (not yet queued)."""
     settings = services.settings
     temp, size, sha256 = await _join(services, pieces)
     info = await identify_file(temp, max_pixels=settings.max_image_pixels, max_frames=settings.max_frames)
@@ -451,7 +455,7 @@ async def _finish(services: Services, upload: ResumableUpload, pieces: list[str]
         info=info,
         text_fields=fields,
     )
-    made = await make_task(
+    return await make_task(
         services,
         received,
         known=METADATA_FIELDS,
@@ -459,7 +463,6 @@ async def _finish(services: Services, upload: ResumableUpload, pieces: list[str]
         owner=upload.owner,
         policy=policy_of(services.settings.api_keys, upload.owner),
     )
-    return made.task_id
 
 
 async def _join(services: Services, pieces: list[str]) -> tuple[Path, int, str]:

@@ -18,6 +18,7 @@ from api.intake import (
     PROCESSING_FIELDS,
     Intake,
     make_task,
+    queue_made,
     scoped_key,
     well_formed_key,
 )
@@ -223,6 +224,7 @@ async def upload(
     )
     known = IMPORT_FORM_FIELDS if settings.url_import else FORM_FIELDS
     made = await make_task(services, received, known=known, key=key, owner=caller, policy=key_policy)
+    await queue_made(services, made)
     return answer(request, made, limit_headers(admission))
 
 

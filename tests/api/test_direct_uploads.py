@@ -28,6 +28,7 @@ from api.routes.direct_uploads import (
     UNKNOWN_UPLOAD,
 )
 from api.uploads import TOO_LARGE
+from core import direct_uploads
 from core.formats import UNSUPPORTED_MESSAGE
 from devstack.servers import SEAWEED_ACCESS_KEY, SEAWEED_REGION, SEAWEED_SECRET_KEY, LocalSeaweed
 from devstack.stack import running_api, start_worker, stop_process
@@ -256,6 +257,7 @@ async def test_a_declared_size_over_the_limit_is_refused(api: httpx.AsyncClient)
         {"ops": "not json"},
         {"presets": "thumbnail"},  # misspelt: unknown fields are refused
         {"callback_url": "ftp://example.com/hook"},
+        {"priority": "urgent"},
     ],
 )
 async def test_bad_fields_are_refused_before_anything_is_sent(
@@ -401,3 +403,35 @@ async def test_declared_uploads_waiting_for_completion_are_bounded_per_key(
     assert refused.json() == {"detail": TOO_MANY_OPEN}
     assert refused.headers["Retry-After"] == "60"
     assert other_key.status_code == 201
+
+
+async def test_the_priority_rides_along_to_the_task(api: httpx.AsyncClient) -> None:
+    data = images.jpeg(120, 90)
+    declared = await declare(api, data, priority="interactive")
+    await send(declared, data)
+
+    completed = await api.post(declared["complete_url"])
+
+    assert completed.status_code == 200, completed.text
+    status = await api.get(f"/status/{completed.json()['task_id']}")
+    assert status.json()["priority"] == "interactive"
+
+
+async def test_the_sweep_leaves_an_object_a_task_already_uses(
+    api: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    """A completion that made its task but could not record it (the task commits apart): the row
+    looks abandoned once expired, yet its object is the task's original now and must stay."""
+    data = images.jpeg(100, 80)
+    declared = await declare(api, data)
+    await send(declared, data)
+    assert (await api.post(declared["complete_url"])).status_code == 200
+    long_ago = datetime.now(UTC) - timedelta(days=2)
+    async with db.begin():
+        await db.execute(
+            text("UPDATE direct_uploads SET task_id = NULL, expires_at = :at WHERE id = :id"),
+            {"at": long_ago, "id": declared["upload_id"]},
+        )
+        abandoned = await direct_uploads.lock_abandoned(db, grace=timedelta(0), limit=1000)
+
+    assert declared["upload_id"] not in {row.id for row in abandoned}

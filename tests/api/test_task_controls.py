@@ -25,7 +25,7 @@ from tests import images
 from tests.api.test_callbacks import Receiver, callback_state, upload_with_callback, verify
 from tests.database import recorded_outputs, session_on
 from tests.sse import EventReader
-from tests.waiting import task_row
+from tests.waiting import eventually, task_row
 
 FAILED_REASON = "Processing failed 3 times; giving up. Last error: OSError"
 
@@ -321,3 +321,28 @@ async def test_deleting_a_partly_failed_task_removes_the_outputs_it_made(
     assert (await client.delete(f"/tasks/{task_id}")).status_code == 204
 
     assert not (processed_dir / name).exists()
+
+
+async def test_reprocessing_a_partly_failed_task_removes_what_the_failed_run_made(
+    client: httpx.AsyncClient, db: AsyncSession, processed_dir: Path
+) -> None:
+    task_id = await failed_task(client, db)
+    name = new_stored_name(".jpg")
+    processed_dir.mkdir(parents=True, exist_ok=True)
+    (processed_dir / name).write_bytes(images.jpeg())
+    partial = {"generation": 0, "made": recorded_outputs(name), "failed": [{"name": "b", "error": "x"}]}
+    await set_row(db, task_id, partial_outputs=partial)
+
+    reprocessed = await client.post(f"/tasks/{task_id}/reprocess", json={"preset": "thumbnail"})
+
+    assert reprocessed.status_code == 202, reprocessed.text
+    row = await task_row(db, task_id)
+    assert row.partial_outputs is None
+    assert [output["file"] for output in row.superseded_outputs or ()] == [name]
+    # Final again (here: failed, as if the new run failed whole): the reprocess loop removes it.
+    await set_row(db, task_id, status="failed", queued_at=None)
+
+    async def removed() -> bool:
+        return not (processed_dir / name).exists()
+
+    await eventually(removed, timeout=30, what=f"the reprocess loop to remove {name}")
