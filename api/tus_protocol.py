@@ -32,7 +32,7 @@ VERSION_UNSUPPORTED = "This server speaks tus 1.0.0: send `Tus-Resumable: 1.0.0`
 BAD_NUMBER = "{header} must be a whole number of bytes."
 BAD_METADATA = (
     "Upload-Metadata must be comma-separated `key base64value` pairs, each key once, at most "
-    f"{MAX_PARTS} of them, each value at most {MAX_TEXT_FIELD_BYTES} bytes of UTF-8."
+    f"{MAX_PARTS} of them, each value at most {MAX_TEXT_FIELD_BYTES} bytes of UTF-8 text (no NUL)."
 )
 BAD_CHECKSUM = "Upload-Checksum must be `<algorithm> <base64 digest>`, the algorithm one of {algorithms}."
 
@@ -88,9 +88,12 @@ def parse_metadata(value: str | None) -> dict[str, str]:
         if len(encoded) > (MAX_TEXT_FIELD_BYTES * 4) // 3 + 4:
             raise TusRefused(400, BAD_METADATA)
         try:
-            fields[parts[0]] = base64.b64decode(encoded, validate=True).decode("utf-8")
+            text = base64.b64decode(encoded, validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
             raise TusRefused(400, BAD_METADATA) from None
+        if "\x00" in text:  # no text field holds one, and PostgreSQL's JSONB cannot store it
+            raise TusRefused(400, BAD_METADATA)
+        fields[parts[0]] = text
     return fields
 
 

@@ -145,6 +145,9 @@ WHERE id = $1 AND {_CLAIMABLE}
 RETURNING input_name, attempts, processing, width, height, content_type, started_at,
           placeholder IS NOT NULL AS has_placeholder, partial_outputs"""
 STATUS = "SELECT status FROM image_tasks WHERE id = $1"
+GENERATION = (
+    "SELECT COALESCE((processing->>'generation')::int, 0) AS generation FROM image_tasks WHERE id = $1"
+)
 # A claim's `started_at` is its mark: a row claimed again since (its lease ran out, another worker
 # took it) is no longer the first claimant's to renew or to finish.
 RENEW_LEASE = """\
@@ -304,6 +307,13 @@ async def status_of(pool: asyncpg.Pool, task_id: int) -> str | None:
     """The task's status; None when there is no such row (never made, or deleted)."""
     row = await _fetchrow(pool, STATUS, task_id)
     return None if row is None else row["status"]
+
+
+@_mapping_errors
+async def generation_of(pool: asyncpg.Pool, task_id: int) -> int | None:
+    """The task's reprocess generation (core/reprocessing.py); None when there is no such row."""
+    row = await _fetchrow(pool, GENERATION, task_id)
+    return None if row is None else int(row["generation"])
 
 
 @_mapping_errors

@@ -380,7 +380,9 @@ class TaskProcessor:
         partial = {"generation": claim.processing.generation, "made": made, "failed": failed}
         await placeholder.before_failing()
         if not await self._finish_failed(task_id, reason, claim, partial):
-            await self._remove_if_cancelled(task_id, [record["file"] for record in made_now])
+            await self._remove_if_cancelled(
+                task_id, claim.processing.generation, [record["file"] for record in made_now]
+            )
         await msg.term()
 
     async def _discard(self, rendered: list[RenderedOutput]) -> None:
@@ -655,6 +657,11 @@ class TaskProcessor:
             await self._storage.remove(Area.PROCESSED, made_here)
             log.info("task %s was cancelled meanwhile; its outputs are removed", task_id)
             return TaskStatus.CANCELLED
+        elif await tasks.generation_of(self._driver_pool, task_id) != claim.processing.generation:
+            # Reprocessed meanwhile (after a cancel): the new generation's files have other names,
+            # and nothing refers to these.
+            await self._storage.remove(Area.PROCESSED, made_here)
+            log.info("task %s was reprocessed meanwhile; this run's outputs are removed", task_id)
         else:
             log.warning("task %s was finished elsewhere meanwhile; its outputs are the same files", task_id)
         return None
@@ -683,10 +690,13 @@ class TaskProcessor:
         self._record(claim, TaskStatus.FAILED)
         return marked
 
-    async def _remove_if_cancelled(self, task_id: int, files: list[str]) -> None:
-        """A partly failed run whose task was cancelled meanwhile: nothing it made stays (were the
-        task finished elsewhere instead, its files are the same names, and stay)."""
-        if await self._status(task_id) in (None, TaskStatus.CANCELLED):
+    async def _remove_if_cancelled(self, task_id: int, claim_generation: int, files: list[str]) -> None:
+        """A partly failed run whose task was cancelled (or reprocessed after a cancel) meanwhile:
+        nothing it made stays (were the task finished elsewhere instead, its files are the same
+        names, and stay)."""
+        generation = await tasks.generation_of(self._driver_pool, task_id)
+        status = await self._status(task_id)
+        if status in (None, TaskStatus.CANCELLED) or generation != claim_generation:
             await self._storage.remove(Area.PROCESSED, files)
             log.info("task %s was cancelled or deleted meanwhile; its outputs are removed", task_id)
 

@@ -326,6 +326,10 @@ async def _append(upload_id: str, request: Request, services: Services, caller: 
         if disconnected:
             raise ClientDisconnect
         return Response(status_code=204, headers=_upload_headers(upload))
+    if len(upload.pieces) >= MAX_PIECES and offset + count != upload.length:
+        # A chunked PATCH (no Content-Length) is judged once received: it must have been the rest.
+        remove_quietly(temp)
+        raise TusRefused(400, TOO_MANY_PIECES)
     piece = resumable.new_piece_name()
     with storage_refusals(temp):
         await anyio.to_thread.run_sync(_sync, temp)

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import hashlib
 import io
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -261,3 +262,35 @@ async def test_an_expired_upload_answers_410_then_is_swept_with_its_pieces(
 
     await eventually(swept, timeout=30, what="the sweep deleting the expired upload")
     assert piece not in pieces_on_disk(uploads_dir)
+
+
+async def test_metadata_holding_a_nul_is_refused_in_words(client: httpx.AsyncClient) -> None:
+    encoded = base64.b64encode(b"a\x00b").decode()
+
+    refused = await client.post(
+        "/files/", headers={**TUS, "Upload-Length": "100", "Upload-Metadata": f"filename {encoded}"}
+    )
+
+    assert refused.status_code == 400, refused.text
+    assert "no NUL" in refused.json()["detail"]
+
+
+async def test_the_piece_limit_holds_for_a_chunked_patch_too(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    location = (await create(client, 100)).headers["location"]
+    upload_id = location.rsplit("/", 1)[1]
+    # As if MAX_PIECES pieces had come already (names of nothing: the termination below removes none).
+    full = [f"{upload_id}-{index}" for index in range(resumable.MAX_PIECES)]
+    await db.execute(update(ResumableUpload).where(ResumableUpload.id == upload_id).values(pieces=full))
+    await db.commit()
+
+    async def one_byte() -> AsyncIterator[bytes]:  # no Content-Length: sent chunked
+        yield b"x"
+
+    refused = await client.patch(location, content=one_byte(), headers={**PATCH, "Upload-Offset": "0"})
+
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["detail"] == resumable.TOO_MANY_PIECES
+    assert (await client.head(location, headers=TUS)).headers["upload-offset"] == "0"
+    await client.delete(location, headers=TUS)

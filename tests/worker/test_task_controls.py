@@ -147,6 +147,31 @@ async def test_a_cancelled_light_render_ends_and_its_outputs_are_removed(
     assert outputs_of(processed_dir, row) == []
 
 
+async def test_a_render_cancelled_then_reprocessed_leaves_only_the_new_outputs(
+    client: httpx.AsyncClient,
+    db: AsyncSession,
+    worker: Worker,
+    processed_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="worker.consumer")
+    async with worker(heavy_render_pixels=10**12):
+        task_id = await upload(client, images.jpeg(*SLOW_SIZE), ops=json.dumps(LIGHT_OPS))
+        await task_row_when(db, task_id, lambda row: row.status == "processing", what="processing")
+        assert (await client.post(f"/tasks/{task_id}/cancel")).status_code == 200
+        reprocessed = await client.post(f"/tasks/{task_id}/reprocess", json={"preset": "thumbnail"})
+        assert reprocessed.status_code == 202, reprocessed.text
+
+        removed = f"task {task_id} was reprocessed meanwhile; this run's outputs are removed"
+        await eventually(lambda: _logged(caplog, removed), timeout=60, what=removed)
+        row = await final_row(db, task_id, timeout=60)
+
+    assert row.status == "done"
+    assert [path.name for path in outputs_of(processed_dir, row)] == sorted(
+        output["file"] for output in row.outputs or ()
+    )
+
+
 async def _logged(caplog: pytest.LogCaptureFixture, message: str) -> bool:
     return message in caplog.text
 
