@@ -259,7 +259,9 @@ class Settings:
     reprocess_interval_seconds: float = field(metadata=setting(1, gt=0))
     # Tasks not final yet that the API lets into the stream at once (api/dispatcher.py); the rest
     # wait in PostgreSQL, where priority and fairness between keys choose the next. 0: no limit.
-    dispatch_window: int = field(metadata=setting(32, ge=0))
+    # Off (0) by default: each pass ranks every waiting row, which costs PostgreSQL ~50 ms of CPU per
+    # image once thousands wait (BENCHMARKS.md, "Today's change judged"); on where priorities matter.
+    dispatch_window: int = field(metadata=setting(0, ge=0))
     # A bulk reprocess job keeps at most this many of its tasks queued at once (a request may ask
     # for fewer), so the workers take interactive uploads between them.
     reprocess_job_max_in_flight: int = field(metadata=setting(4, gt=0, le=1000))
