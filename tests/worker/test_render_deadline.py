@@ -3,18 +3,12 @@ its first attempt; light renders go on beside them. Run against the real API, Po
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import httpx
-import pytest
 from PIL import Image
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,7 +21,7 @@ from core.processing.presets import BUILTIN_PRESETS
 from core.storage.base import TEMP_PREFIX
 from tests import images
 from tests.waiting import final_row, task_row, task_row_when
-from worker.__main__ import run
+from tests.worker.in_process import Worker
 from worker.consumer import TOO_SLOW
 
 TIMEOUT = 3.0
@@ -37,23 +31,6 @@ SLOW_SIZE = (3000, 3000)
 SLOW_OPS = [{"op": "blur", "radius": 50}] * 20
 # Leeway past the deadline for killing the child, recording and the test's polling.
 LEEWAY = 5.0
-
-Worker = Callable[..., AbstractAsyncContextManager[None]]
-
-
-@pytest.fixture
-def worker(stack_env: dict[str, str]) -> Worker:
-    @asynccontextmanager
-    async def started(**changes: Any) -> AsyncIterator[None]:
-        stop = asyncio.Event()
-        task = asyncio.create_task(run(replace(get_settings(), **changes), stop))
-        try:
-            yield
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 60)
-
-    return started
 
 
 async def upload(client: httpx.AsyncClient, data: bytes, **form: str) -> int:

@@ -4,27 +4,21 @@ the next heartbeat and nothing it made stays."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from config import get_settings
 from core.models import ImageTask
 from core.storage.base import TEMP_PREFIX
 from tests import images
 from tests.waiting import eventually, final_row, task_row, task_row_when
-from worker.__main__ import run
+from tests.worker.in_process import Worker
 
 # Blurs of a 9 MP picture: seconds of work on any machine (about 40 ns a pixel and step).
 SLOW_SIZE = (3000, 3000)
@@ -32,23 +26,6 @@ HEAVY_OPS = [{"op": "blur", "radius": 50}] * 20
 LIGHT_OPS = [{"op": "blur", "radius": 50}] * 6
 # ACK_WAIT_SECONDS is 5 in the tests: a heartbeat every 1.7 s; then the kill and the next claim.
 ABANDONED_WITHIN = 8.0
-
-Worker = Callable[..., AbstractAsyncContextManager[None]]
-
-
-@pytest.fixture
-def worker(stack_env: dict[str, str]) -> Worker:
-    @asynccontextmanager
-    async def started(**changes: Any) -> AsyncIterator[None]:
-        stop = asyncio.Event()
-        task = asyncio.create_task(run(replace(get_settings(), **changes), stop))
-        try:
-            yield
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 60)
-
-    return started
 
 
 async def upload(client: httpx.AsyncClient, data: bytes, **form: str) -> int:
