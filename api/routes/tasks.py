@@ -65,7 +65,7 @@ _BINARY = {"type": "string", "format": "binary"}
 _PROCESSED_NAME = Path(max_length=255, examples=["0f8e1c2a9b7d4e6f8a1b2c3d4e5f6a7b.jpg"])
 
 
-async def _stored_key(request: Request, raw: str | None, caller: str | None) -> str | None:
+def _stored_key(raw: str | None, caller: str | None) -> str | None:
     """The Idempotency-Key as stored: scoped to the caller's API key, so keys cannot collide."""
     if raw is None:
         return None
@@ -212,7 +212,7 @@ async def upload(
     Other text fields (a submit button, a CSRF token) are ignored and named in `ignored_fields`;
     one that looks like a misspelt field of ours (`presets`, `op`) is refused with 422.
     """
-    key = await _stored_key(request, idempotency_key, caller)
+    key = _stored_key(idempotency_key, caller)
     settings = services.settings
     received = await receive_upload(
         request,
