@@ -159,25 +159,28 @@ RETURNING id"""
 RECORD_PLACEHOLDER = """\
 UPDATE image_tasks SET placeholder = $2::jsonb
 WHERE id = $1 AND status = 'processing' AND started_at = $3 AND placeholder IS NULL"""
-# After a failed attempt: back to `pending` until the message comes round again.
+# After a failed attempt: back to `pending` until the message comes round again. Only by the
+# claim made at $2: a worker whose lease ran out must not hand back a task another worker holds.
 RELEASE = """\
 UPDATE image_tasks SET status = 'pending', leased_until = NULL
-WHERE id = $1 AND status = 'processing'"""
+WHERE id = $1 AND status = 'processing' AND started_at = $2"""
 # After a file store outage: back to `pending` with the attempt not counted, as if never claimed.
 GIVE_BACK = """\
 UPDATE image_tasks SET status = 'pending', leased_until = NULL, attempts = attempts - 1
-WHERE id = $1 AND status = 'processing'"""
+WHERE id = $1 AND status = 'processing' AND started_at = $2"""
 FINISH_DONE = f"""\
 UPDATE image_tasks SET status = 'done', output_name = $2, outputs = $3::jsonb, error = NULL,
     placeholder = COALESCE(placeholder, $5::jsonb), partial_outputs = NULL, {_FINISHED}
 WHERE id = $1 AND status IN ('pending', 'processing') AND started_at = $4
 RETURNING id"""
 # A failure that made some outputs records them ($3, see core.task_controls); one that made none
-# keeps what an earlier run recorded (a retry of the failed outputs that failed whole).
+# keeps what an earlier run recorded (a retry of the failed outputs that failed whole). As strict as
+# FINISH_DONE: only the claim made at $4 may fail the task, so a worker whose lease ran out (the task
+# claimed again elsewhere, or retried or reprocessed since) cannot fail a run another worker holds.
 FINISH_FAILED = f"""\
 UPDATE image_tasks SET status = 'failed', error = $2,
     partial_outputs = COALESCE($3::jsonb, partial_outputs), {_FINISHED}
-WHERE id = $1 AND status NOT IN ('done', 'failed', 'cancelled')
+WHERE id = $1 AND status IN ('pending', 'processing') AND started_at = $4
 RETURNING id"""
 
 
@@ -334,15 +337,17 @@ async def record_placeholder(
 
 
 @_mapping_errors
-async def release(pool: asyncpg.Pool, task_id: int) -> None:
-    """End a failed attempt: back to `pending`, the attempt counted."""
-    await _fetchrow(pool, RELEASE, task_id)
+async def release(pool: asyncpg.Pool, task_id: int, started_at: datetime) -> None:
+    """End a failed attempt of the claim made at `started_at`: back to `pending`, the attempt
+    counted; nothing when the task is no longer that claim's."""
+    await _fetchrow(pool, RELEASE, task_id, started_at)
 
 
 @_mapping_errors
-async def give_back(pool: asyncpg.Pool, task_id: int) -> None:
-    """End an attempt stopped by a passing fault: back to `pending`, the attempt not counted."""
-    await _fetchrow(pool, GIVE_BACK, task_id)
+async def give_back(pool: asyncpg.Pool, task_id: int, started_at: datetime) -> None:
+    """End an attempt of the claim made at `started_at` stopped by a passing fault: back to
+    `pending`, the attempt not counted; nothing when the task is no longer that claim's."""
+    await _fetchrow(pool, GIVE_BACK, task_id, started_at)
 
 
 @_mapping_errors
@@ -371,12 +376,18 @@ async def finish_done(
 
 @_mapping_errors
 async def finish_failed(
-    pool: asyncpg.Pool, task_id: int, reason: str, partial: Mapping[str, Any] | None = None
+    pool: asyncpg.Pool,
+    task_id: int,
+    reason: str,
+    started_at: datetime,
+    partial: Mapping[str, Any] | None = None,
 ) -> bool:
-    """Mark the task `failed` for good, saying why, with the outputs it made and those it could
-    not (`partial`), if it made some; a final task is left as it is. Whether it was marked."""
+    """Mark the task `failed` for good by the claim made at `started_at`, saying why, with the
+    outputs it made and those it could not (`partial`), if it made some. Whether it was marked:
+    False when the task was not that claim's any more (deleted, finished, cancelled, or claimed
+    again elsewhere), which is left as it is."""
     row = await _fetchrow(
-        pool, FINISH_FAILED, task_id, reason, None if partial is None else json.dumps(partial)
+        pool, FINISH_FAILED, task_id, reason, None if partial is None else json.dumps(partial), started_at
     )
     return row is not None
 

@@ -300,7 +300,7 @@ class TaskProcessor:
         except StorageUnavailable as exc:
             # The store (NATS) is away: a passing fault like a database outage, so it costs no attempt.
             log.warning("task %s: file store unavailable (%s); retrying later", task_id, exc)
-            await self._give_back(task_id)
+            await self._give_back(task_id, claim)
             await msg.nak(delay=self._policy.retry_delay_seconds)
         except OSError as exc:
             if not _is_disk_full(exc):
@@ -309,7 +309,7 @@ class TaskProcessor:
             # it. Like a database outage: no attempt counted, and no new message for a while.
             log.warning("task %s: no space for its output (%s); handing it back", task_id, _describe(exc))
             self.paused_until = time.monotonic() + self._policy.retry_delay_seconds
-            await self._give_back(task_id)
+            await self._give_back(task_id, claim)
             await msg.nak(delay=self._policy.retry_delay_seconds)
         finally:
             heartbeat.cancel()
@@ -357,7 +357,7 @@ class TaskProcessor:
             errors = ", ".join(f"{failure.name}: {failure.error}" for failure in rendered.failures)
             log.warning("task %s: attempt %d failed (%s); retrying later", task_id, claim.attempts, errors)
             await self._discard(rendered.outputs)
-            await self._release(task_id)
+            await self._release(task_id, claim)
             await msg.nak(delay=self._policy.retry_delay_seconds)
             return
         made_now = await self._keep_outputs(rendered.outputs)
@@ -426,7 +426,7 @@ class TaskProcessor:
             # Waiting here would hold a message (a fetch slot) that a light task could use, and
             # keep the task from an idle worker: back to the queue, at no attempt's cost.
             log.info("task %s: heavy, and a heavy render is running; back to the queue", task_id)
-            await self._give_back(task_id)
+            await self._give_back(task_id, claim)
             await msg.nak(delay=self._policy.retry_delay_seconds)
             return None
         except _LeaseLost:
@@ -461,7 +461,7 @@ class TaskProcessor:
                 raise  # handed back by _handle_task
             if claim.attempts < max_attempts:
                 log.warning("task %s: attempt %d failed (%s); retrying later", task_id, claim.attempts, exc)
-                await self._release(task_id)
+                await self._release(task_id, claim)
                 await msg.nak(delay=self._policy.retry_delay_seconds)
                 return None
             log.exception(
@@ -631,11 +631,11 @@ class TaskProcessor:
             "task %s: still rendering after %d s; letting the task go", task_id, RENDER_DEADLINE_SECONDS
         )
 
-    async def _release(self, task_id: int) -> None:
-        await tasks.release(self._driver_pool, task_id)
+    async def _release(self, task_id: int, claim: _Claim) -> None:
+        await tasks.release(self._driver_pool, task_id, claim.started_at)
 
-    async def _give_back(self, task_id: int) -> None:
-        await tasks.give_back(self._driver_pool, task_id)
+    async def _give_back(self, task_id: int, claim: _Claim) -> None:
+        await tasks.give_back(self._driver_pool, task_id, claim.started_at)
 
     async def _finish_done(
         self, task_id: int, outputs: list[dict[str, Any]], claim: _Claim, placeholder: Placeholder | None
@@ -686,7 +686,7 @@ class TaskProcessor:
         self, task_id: int, reason: str, claim: _Claim, partial: dict[str, Any] | None = None
     ) -> bool:
         tracing.fail(reason)  # the span it failed in (`render`, or the message's `process`)
-        marked = await tasks.finish_failed(self._driver_pool, task_id, reason, partial)
+        marked = await tasks.finish_failed(self._driver_pool, task_id, reason, claim.started_at, partial)
         self._record(claim, TaskStatus.FAILED)
         return marked
 

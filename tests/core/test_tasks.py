@@ -112,13 +112,59 @@ async def test_a_processing_row_whose_lease_ran_out_is_claimable(database: async
     assert await tasks.renew_lease(database, task_id, _LEASE, claim.started_at)
 
 
+async def test_a_stale_claim_can_neither_fail_nor_hand_back_a_task_claimed_again(
+    database: asyncpg.Pool,
+) -> None:
+    """The first worker's lease ran out and a second worker claimed the task: the first one's
+    failure (or hand-back) must not touch the second one's run, exactly as its `done` would not."""
+    task_id = await _insert(database)
+    stale = await tasks.claim(database, task_id, -_LEASE)
+    live = await tasks.claim(database, task_id, _LEASE)
+    assert stale is not None and live is not None
+
+    assert not await tasks.finish_failed(database, task_id, "stale failure", stale.started_at)
+    await tasks.release(database, task_id, stale.started_at)
+    await tasks.give_back(database, task_id, stale.started_at)
+
+    row = await _row(database, task_id)
+    assert (row["status"], row["error"], row["attempts"]) == ("processing", None, 2)
+    assert row["started_at"] == live.started_at and row["leased_until"] is not None
+    assert await tasks.renew_lease(database, task_id, _LEASE, live.started_at), "still the live claim's"
+    assert await tasks.finish_failed(database, task_id, "live failure", live.started_at)
+    row = await _row(database, task_id)
+    assert (row["status"], row["error"]) == ("failed", "live failure")
+
+
+async def test_a_claim_fails_its_task_after_the_lease_sweep_put_it_back_but_not_after_a_retry(
+    database: asyncpg.Pool,
+) -> None:
+    """As for `done`: a task the sweep re-queued (still that claim's: not claimed since) may be
+    failed by it; one retried since (started_at cleared) may not."""
+    task_id = await _insert(database)
+    claim = await tasks.claim(database, task_id, _LEASE)
+    assert claim is not None
+    await database.execute(
+        "UPDATE image_tasks SET status = 'pending', leased_until = NULL WHERE id = $1", task_id
+    )
+    assert await tasks.finish_failed(database, task_id, "failed after the sweep", claim.started_at)
+
+    await database.execute(
+        "UPDATE image_tasks SET status = 'pending', started_at = NULL, finished_at = NULL WHERE id = $1",
+        task_id,
+    )
+    assert not await tasks.finish_failed(database, task_id, "stale", claim.started_at)
+    assert (await _row(database, task_id))["status"] == "pending"
+
+
 async def test_release_counts_the_attempt_and_give_back_does_not(database: asyncpg.Pool) -> None:
     task_id = await _insert(database)
-    await tasks.claim(database, task_id, _LEASE)
-    await tasks.release(database, task_id)
+    first = await tasks.claim(database, task_id, _LEASE)
+    assert first is not None
+    await tasks.release(database, task_id, first.started_at)
     released = await _row(database, task_id)
-    await tasks.claim(database, task_id, _LEASE)
-    await tasks.give_back(database, task_id)
+    second = await tasks.claim(database, task_id, _LEASE)
+    assert second is not None
+    await tasks.give_back(database, task_id, second.started_at)
     given_back = await _row(database, task_id)
 
     assert (released["status"], released["attempts"], released["leased_until"]) == ("pending", 1, None)
@@ -134,7 +180,8 @@ async def test_finishing_makes_a_callback_due_only_where_the_row_has_one(databas
     assert started_at is not None
 
     assert await tasks.finish_done(database, with_callback, outputs, started_at)
-    await tasks.finish_failed(database, without, "broken")
+    assert claims[1] is not None
+    assert await tasks.finish_failed(database, without, "broken", claims[1].started_at)
     done, failed = await _row(database, with_callback), await _row(database, without)
 
     assert (done["status"], done["output_name"], done["leased_until"]) == ("done", "x.jpg", None)
@@ -145,7 +192,7 @@ async def test_finishing_makes_a_callback_due_only_where_the_row_has_one(databas
     assert not await tasks.finish_done(database, with_callback, outputs, started_at), (
         "a final row stays as it is"
     )
-    await tasks.finish_failed(database, with_callback, "late")
+    assert not await tasks.finish_failed(database, with_callback, "late", started_at)
     assert (await _row(database, with_callback))["status"] == "done"
 
 
