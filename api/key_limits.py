@@ -1,5 +1,7 @@
 """Per-key upload limits at the door: every ingest path asks `admit_upload` before it reads a byte
-of the body, so a key over its limit costs one statement, not an upload. The decision is
+of the body, so a key over its limit costs one statement, not an upload, and after every check
+that needs no body (headers, fields known already, open-upload counts), so a request refused for
+one of those costs no quota. The decision is
 core.key_limits' (in PostgreSQL, shared by every API replica); this module turns it into the
 answer: 429 with Retry-After, 403 for a key whose limit is 0, and the IETF draft's RateLimit-Policy
 and RateLimit fields on refusals and admitted uploads alike."""
@@ -7,11 +9,10 @@ and RateLimit fields on refusals and admitted uploads alike."""
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, HTTPException
+from fastapi import HTTPException
 
-from api.deps import KeyDep, ServicesDep
 from api.openapi import RETRY_AFTER, error
 from api.state import Services
 from core import key_limits
@@ -91,12 +92,3 @@ async def admit_upload(services: Services, key: KeyPolicy | None) -> Verdict | N
     if verdict is not None and not verdict.admitted:
         raise _refusal(verdict)
     return verdict
-
-
-async def get_admission(services: ServicesDep, key: KeyDep) -> Verdict | None:
-    return await admit_upload(services, key)
-
-
-# For a route that takes uploads: the admission, made before the route runs (and so before it
-# reads the body).
-AdmissionDep = Annotated[Verdict | None, Depends(get_admission)]

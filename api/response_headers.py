@@ -4,6 +4,9 @@
   `Referrer-Policy: no-referrer` (user text is escaped as well).
 - `X-Request-ID`: taken from the request when a proxy sent a sane one, made up otherwise, and put
   on every log line written while the request is handled.
+- `Tus-Resumable: 1.0.0` on every answer under the tus endpoint (tus 1.0 asks it of all of them),
+  including those no tus route wrote: a refused API key (401), the key limits' 429/403, a 405 for
+  a method, a 503 from the database or the store.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.tus_protocol import TUS_PATH, TUS_VERSION
 from core.logs import request_context
 
 # HTML pages load nothing from elsewhere and cannot be framed. Scripts only as files from
@@ -37,6 +41,7 @@ def page_csp(*, connect_also: str = "") -> str:
 # /docs and /redoc load their scripts from a CDN by FastAPI's design; they get no page CSP.
 _CSP_EXEMPT = ("/docs", "/redoc")
 _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
+_TUS_VERSION = TUS_VERSION.encode()
 
 
 class ResponseHeaders:
@@ -47,7 +52,9 @@ class ResponseHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        exempt = scope["path"].startswith(_CSP_EXEMPT)
+        path: str = scope["path"]
+        exempt = path.startswith(_CSP_EXEMPT)
+        tus = path.startswith(TUS_PATH) or path == TUS_PATH.rstrip("/")
         given = dict(scope["headers"]).get(b"x-request-id", b"")
         request_id = given.decode() if _SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
 
@@ -62,6 +69,8 @@ class ResponseHeaders:
                     if b"content-security-policy" not in names:
                         headers.append((b"content-security-policy", PAGE_CSP.encode()))
                     headers.append((b"referrer-policy", b"no-referrer"))
+                if tus and b"tus-resumable" not in names:
+                    headers.append((b"tus-resumable", _TUS_VERSION))
                 headers.append((b"x-request-id", request_id.encode()))
                 message["headers"] = headers
             await send(message)

@@ -19,6 +19,8 @@ from typing import Any
 from api.uploads import MAX_PARTS, MAX_TEXT_FIELD_BYTES
 
 TUS_VERSION = "1.0.0"
+# Where the tus endpoint is served (api/routes/resumable.py): its answers all carry Tus-Resumable.
+TUS_PATH = "/files/"
 EXTENSIONS = "creation,termination,expiration,checksum"
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 # Upload-Checksum algorithms, as named in the header (the IANA hash names tus refers to).
@@ -40,10 +42,12 @@ BAD_CHECKSUM = "Upload-Checksum must be `<algorithm> <base64 digest>`, the algor
 class TusRefused(Exception):
     """A request the protocol refuses; `status_code` and `message` are what the client sees."""
 
-    def __init__(self, status_code: int, message: str) -> None:
+    def __init__(self, status_code: int, message: str, **headers: str) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.message = message
+        # Further headers the answer carries (a 405's Allow).
+        self.headers = headers
 
 
 def tus_headers(**extra: str) -> dict[str, str]:

@@ -7,7 +7,7 @@ Validate (the caller's task, 404 otherwise; a same-site request), decide in Post
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -23,6 +23,8 @@ from core.models import ImageTask
 router = APIRouter(tags=["tasks"], dependencies=[Depends(refuse_cross_site)])
 
 _REFUSED_TITLE = "Not possible now"
+RETRY_OUTPUTS = ("all", "failed")
+BAD_RETRY_OUTPUTS = f"`outputs` must be one of: {', '.join(RETRY_OUTPUTS)}."
 
 
 def _refused(request: Request, task_id: int, status_code: int, message: str) -> Response:
@@ -43,6 +45,23 @@ async def _answer(request: Request, session: SessionDep, task: ImageTask, status
     return JSONResponse(task_status(task).model_dump(mode="json"), status_code=status_code)
 
 
+# Ours (a sentence) for `outputs`, FastAPI's (a list) for a task id that is not a number.
+_BAD_OUTPUTS_OR_ID: dict[str, Any] = {
+    "description": "`outputs` is neither `all` nor `failed`; or a task id that is not a whole number.",
+    "content": {
+        "application/json": {
+            "schema": {
+                "anyOf": [
+                    {"$ref": "#/components/schemas/ErrorResponse"},
+                    {"$ref": "#/components/schemas/HTTPValidationError"},
+                ]
+            },
+            "example": {"detail": BAD_RETRY_OUTPUTS},
+        },
+        "text/html": {"schema": {"type": "string"}},
+    },
+}
+
 _CONTROL_ERRORS = {
     **errors(401, 404, 503),
     403: error("A browser sent this for another site's page (CSRF).", CROSS_SITE, html=True),
@@ -57,6 +76,7 @@ _CONTROL_ERRORS = {
         202: {"description": "The task is `pending` again, its attempts reset, and queued."},
         303: {"description": "Browser form posts are sent back to the task's result page."},
         409: error("The task is not `failed`.", task_controls.NOT_RETRYABLE.format(status="done"), html=True),
+        422: _BAD_OUTPUTS_OR_ID,
         **_CONTROL_ERRORS,
     },
 )
@@ -66,10 +86,12 @@ async def retry_task(
     session: SessionDep,
     services: ServicesDep,
     outputs: Annotated[
-        Literal["all", "failed"],
+        str,
         Query(
             description="`all`: every output is made again. `failed`: only the outputs that failed; "
-            "those the failed run made are kept (all are made again when it made none)."
+            "those the failed run made are kept (all are made again when it made none).",
+            # Checked below (422 with a sentence, as every bad field), not by FastAPI (a list).
+            json_schema_extra={"enum": list(RETRY_OUTPUTS)},
         ),
     ] = "all",
 ) -> Response:
@@ -78,6 +100,8 @@ async def retry_task(
 
     Published at once; if NATS is unavailable the task stays queued in PostgreSQL and the outbox
     dispatcher publishes it when NATS is back, so a retry is never lost. 409 for any other status."""
+    if outputs not in RETRY_OUTPUTS:
+        return _refused(request, task.id, 422, BAD_RETRY_OUTPUTS)
     try:
         await task_controls.retry(session, task.id, failed_outputs_only=outputs == "failed")
     except task_controls.ControlRefused as exc:
@@ -107,9 +131,13 @@ async def cancel_task(request: Request, task: TaskDep, session: SessionDep) -> R
     abandoned at its worker's next heartbeat and what it made is removed. Repeating it on a
     cancelled task answers 200 again; on a `done` or `failed` one, 409."""
     try:
-        await task_controls.cancel(session, task.id)
+        _, cancelled = await task_controls.cancel(session, task.id)
     except task_controls.ControlRefused as exc:
         return _refused(request, task.id, 409, str(exc))
     except task_controls.TaskGone:
         return _refused(request, task.id, 404, TASK_NOT_FOUND)
-    return await _answer(request, session, task, 200)
+    if wants_html(request):
+        return RedirectResponse(result_url(task.id), status_code=303)
+    # The row as the cancel left it, not re-read: a reprocess committed since must not show here
+    # as a 200 saying "pending".
+    return JSONResponse(task_status(cancelled).model_dump(mode="json"), status_code=200)

@@ -175,7 +175,11 @@ async def declare_upload(
     resolved_processing(services, fields)
     await requested_callback(services, fields)
     requested_priority(fields, None)
-    # Counted against the key's limits once, when declared (a 429 here costs the client nothing sent).
+    async with services.sessions() as session:
+        if await direct_uploads.count_open(session, caller) >= MAX_OPEN_UPLOADS:
+            raise HTTPException(status_code=429, detail=TOO_MANY_OPEN, headers={"Retry-After": "60"})
+    # Counted against the key's limits once, when declared (a 429 here costs the client nothing
+    # sent), and only once the declaration could be refused for nothing else of its own.
     response.headers.update(limit_headers(await admit_upload(services, key)))
     content_type = body.content_type.lower() if body.content_type.lower() in _KNOWN_TYPES else _FALLBACK_TYPE
     object_name = new_stored_name(_KNOWN_TYPES.get(content_type, ".bin"))
@@ -200,8 +204,6 @@ async def declare_upload(
         expires_at=expires_at,
     )
     async with services.sessions() as session, session.begin():
-        if await direct_uploads.count_open(session, caller) >= MAX_OPEN_UPLOADS:
-            raise HTTPException(status_code=429, detail=TOO_MANY_OPEN, headers={"Retry-After": "60"})
         await direct_uploads.declare(session, row)
     return DirectUploadResponse(
         upload_id=upload_id,

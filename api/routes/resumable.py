@@ -39,7 +39,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from api.allowed_methods import allowed_methods
-from api.deps import CallerDep, ServicesDep
+from api.deps import CallerDep, KeyDep, ServicesDep
 from api.intake import (
     BAD_IDEMPOTENCY_KEY,
     PROCESSING_FIELDS,
@@ -53,11 +53,12 @@ from api.intake import (
     scoped_key,
     well_formed_key,
 )
-from api.key_limits import AdmissionDep, limit_headers
+from api.key_limits import admit_upload, limit_headers
 from api.state import Services
 from api.tus_protocol import (
     OFFSET_CONTENT_TYPE,
     TASK_ID_HEADER,
+    TUS_PATH,
     TUS_VERSION,
     TusRefused,
     byte_count,
@@ -87,7 +88,7 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["resumable uploads"], include_in_schema=False)
 
-FILES = "/files/"
+FILES = TUS_PATH
 # Upload-Metadata keys of ours: the file's name and POST /upload's fields. Others (`filetype`,
 # `relativePath` from browser clients) are ignored, unless one looks like ours misspelt (422).
 METADATA_FIELDS = ("filename", *PROCESSING_FIELDS, "callback_url")
@@ -119,11 +120,16 @@ _TusVersion = Annotated[str | None, Header(alias="Tus-Resumable")]
 
 
 def _refusal(exc: TusRefused | UploadRefused | HTTPException) -> JSONResponse:
+    # An HTTPException's own headers stay (the key limits' Retry-After and RateLimit fields).
     if isinstance(exc, HTTPException):
         status, message = exc.status_code, str(exc.detail)
+        headers = {**(exc.headers or {}), **tus_headers()}
+    elif isinstance(exc, TusRefused):
+        status, message = exc.status_code, exc.message
+        headers = {**exc.headers, **tus_headers()}
     else:
         status, message = exc.status_code, exc.message
-    headers = tus_headers()
+        headers = tus_headers()
     if status == 412:
         headers["Tus-Version"] = TUS_VERSION
     if status == 503:  # nothing was stored; the same request will do once storage is back
@@ -183,12 +189,13 @@ async def create_upload(
     request: Request,
     services: ServicesDep,
     caller: CallerDep,
-    admission: AdmissionDep,
+    key: KeyDep,
     version: _TusVersion = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     """tus `creation`: a new upload of Upload-Length bytes; Location names it. Counted against the
-    key's limits (api.key_limits) here, once per upload, not per PATCH."""
+    key's limits (api.key_limits) here, once per upload, not per PATCH, and only once every other
+    check has passed: a request refused for its headers or for TUS_MAX_OPEN_UPLOADS costs no quota."""
     check_version(version)
     settings = services.settings
     if request.headers.get("upload-defer-length") is not None:
@@ -211,6 +218,7 @@ async def create_upload(
         open_count = await resumable.count_open(session, caller)
         if open_count >= settings.tus_max_open_uploads:
             raise TusRefused(429, TOO_MANY_OPEN.format(count=open_count, limit=settings.tus_max_open_uploads))
+        admission = await admit_upload(services, key)
         upload = ResumableUpload(
             id=resumable.new_upload_id(),
             owner=caller,
@@ -298,7 +306,11 @@ async def overridden(
     if method == "HEAD":
         upload = await _visible(services, upload_id, caller)
         return Response(status_code=200, headers=_upload_headers(upload))
-    raise TusRefused(405 if not method else 400, BAD_OVERRIDE)
+    if method:
+        raise TusRefused(400, BAD_OVERRIDE)
+    # POST itself is not a method of an upload (only a stand-in for one), so Allow leaves it out.
+    allowed = allowed_methods(request.app.router.routes, request.scope)
+    raise TusRefused(405, BAD_OVERRIDE, Allow=", ".join(method for method in allowed if method != "POST"))
 
 
 async def _append(upload_id: str, request: Request, services: Services, caller: str | None) -> Response:

@@ -22,7 +22,7 @@ from api.intake import (
     scoped_key,
     well_formed_key,
 )
-from api.key_limits import LIMIT_FIELDS, UPLOAD_ANSWERS, AdmissionDep, limit_headers
+from api.key_limits import LIMIT_FIELDS, UPLOAD_ANSWERS, admit_upload, limit_headers
 from api.openapi import IDEMPOTENCY_KEY_PATTERN, STORED_FILE_ANSWERS, UPLOAD_BODY, error, errors, task_links
 from api.schemas import (
     TaskPage,
@@ -178,7 +178,6 @@ async def upload(
     services: ServicesDep,
     caller: CallerDep,
     key_policy: KeyDep,
-    admission: AdmissionDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -213,6 +212,9 @@ async def upload(
     one that looks like a misspelt field of ours (`presets`, `op`) is refused with 422.
     """
     key = _stored_key(idempotency_key, caller)
+    # Counted once the headers are known good (a malformed Idempotency-Key costs no quota), and
+    # before a byte of the body is read (a key over its limit costs one statement, not an upload).
+    admission = await admit_upload(services, key_policy)
     settings = services.settings
     received = await receive_upload(
         request,

@@ -5,6 +5,7 @@ fields; decided in PostgreSQL, so that two API processes share one limit."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import time
@@ -40,7 +41,11 @@ KEYS = {
     "zero-pending": {"key": "zero-pending-0123456789", "max_pending": 0},
     "shared": {"key": "shared-by-two-apis-0123456789", "uploads_per_minute": 4},
     "resumable": {"key": "one-resumable-a-minute-0123456789", "uploads_per_minute": 1},
+    "tus-checks": {"key": "tus-checks-three-a-minute-0123456789", "uploads_per_minute": 3},
+    "form-checks": {"key": "form-checks-one-a-minute-0123456789", "uploads_per_minute": 1},
 }
+# Few, so that the open-upload refusal is reached in a test.
+TUS_MAX_OPEN_UPLOADS = 2
 # As an operator would set it in the environment: a JSON list.
 API_KEYS = json.dumps(list(KEYS.values()))
 
@@ -52,7 +57,8 @@ def key(name: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def limited_api(stack_env: dict[str, str], workdir: Path) -> Iterator[str]:
-    with running_api({**stack_env, "API_KEYS": API_KEYS}, log_file=workdir / "limited-api.log") as url:
+    env = {**stack_env, "API_KEYS": API_KEYS, "TUS_MAX_OPEN_UPLOADS": str(TUS_MAX_OPEN_UPLOADS)}
+    with running_api(env, log_file=workdir / "limited-api.log") as url:
         yield url
 
 
@@ -284,4 +290,66 @@ async def test_a_resumable_upload_counts_against_the_key_once_at_creation(limite
     second = await limited.post("/files/", headers={**key("resumable"), **tus})
     assert second.status_code == 429
     assert int(second.headers["retry-after"]) >= 1
+    assert second.headers["tus-resumable"] == "1.0.0", "tus asks it of every answer, refusals too"
+    assert second.headers["ratelimit"].startswith('"minute";r=0')
     assert (await upload(limited, key("resumable"))).status_code == 429
+
+
+async def test_tus_refusals_by_key_carry_the_tus_version(limited: httpx.AsyncClient) -> None:
+    tus = {"Tus-Resumable": "1.0.0", "Upload-Length": "100"}
+
+    forbidden = await limited.post("/files/", headers={**key("zero"), **tus})
+    no_key = await limited.post("/files/", headers=tus)
+
+    assert (forbidden.status_code, forbidden.json()) == (
+        403,
+        {"detail": UPLOADS_FORBIDDEN.format(setting="uploads_per_minute")},
+    )
+    assert forbidden.headers["ratelimit-policy"] == '"minute";q=0;w=60'
+    assert (no_key.status_code, no_key.headers["www-authenticate"]) == (401, "ApiKey")
+    for answer in (forbidden, no_key):
+        assert answer.headers["tus-resumable"] == "1.0.0"
+
+
+async def test_a_tus_creation_refused_for_its_headers_or_open_uploads_costs_no_quota(
+    limited: httpx.AsyncClient,
+) -> None:
+    """Three a minute: five refusals that need no body, and the open-upload limit, use none of them."""
+    headers = {**key("tus-checks"), "Tus-Resumable": "1.0.0", "Upload-Length": "100"}
+    unknown_preset = base64.b64encode(b"no-such-preset").decode()
+    refused = [
+        await limited.post("/files/", headers={**headers, "Tus-Resumable": "0.2.2"}),
+        await limited.post("/files/", headers={**headers, "Upload-Length": "ten"}),
+        await limited.post("/files/", headers={**headers, "Upload-Length": str(10**12)}),
+        await limited.post("/files/", headers={**headers, "Idempotency-Key": "has a space"}),
+        await limited.post("/files/", headers={**headers, "Upload-Metadata": f"preset {unknown_preset}"}),
+    ]
+    assert [answer.status_code for answer in refused] == [412, 400, 413, 400, 422]
+
+    created = [await limited.post("/files/", headers=headers) for _ in range(TUS_MAX_OPEN_UPLOADS)]
+    too_many = await limited.post("/files/", headers=headers)
+    assert [answer.status_code for answer in created] == [201] * TUS_MAX_OPEN_UPLOADS
+    assert too_many.status_code == 429 and "unfinished uploads already" in too_many.json()["detail"]
+    ended = await limited.delete(created[0].headers["location"], headers=headers)
+    assert ended.status_code == 204
+
+    third = await limited.post("/files/", headers=headers)
+    assert third.status_code == 201, "the minute's third upload: no refusal above cost one"
+    assert third.headers["ratelimit"].startswith('"minute";r=0')
+    await limited.delete(third.headers["location"], headers=headers)
+    over = await limited.post("/files/", headers=headers)
+    assert (over.status_code, over.headers["tus-resumable"]) == (429, "1.0.0")
+    assert "uploads a minute" in over.json()["detail"] and int(over.headers["retry-after"]) >= 1
+
+
+async def test_an_upload_refused_for_its_idempotency_key_costs_no_quota(limited: httpx.AsyncClient) -> None:
+    malformed = await limited.post(
+        "/upload",
+        files={"file": ("k.jpg", images.jpeg(), "image/jpeg")},
+        headers={**key("form-checks"), "Idempotency-Key": "has a space"},
+    )
+    admitted = await upload(limited, key("form-checks"))
+
+    assert malformed.status_code == 400
+    assert admitted.status_code == 200, "one a minute, and the refused upload did not use it"
+    assert (await upload(limited, key("form-checks"))).status_code == 429

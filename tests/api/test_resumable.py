@@ -198,6 +198,29 @@ async def test_method_override_stands_in_for_patch_and_delete(client: httpx.Asyn
     assert deleted.status_code == 204
 
 
+async def test_a_bare_post_to_an_upload_is_405_with_allow_and_every_tus_answer_has_the_version(
+    client: httpx.AsyncClient,
+) -> None:
+    """RFC 9110 asks Allow on a 405; tus asks Tus-Resumable on every answer, including those no tus
+    route writes (a method no route takes, Starlette's own 405)."""
+    location = (await create(client, 10)).headers["location"]
+
+    bare = await client.post(location, headers=TUS)
+    put = await client.put(location, headers=TUS)
+    bad_override = await client.post(location, headers={**TUS, "X-HTTP-Method-Override": "PUT"})
+    on_collection = await client.delete("/files/", headers=TUS)
+
+    assert (bare.status_code, bare.json()) == (405, {"detail": resumable.BAD_OVERRIDE})
+    assert bare.headers["allow"] == "GET, HEAD, PATCH, DELETE, OPTIONS", "POST is only a stand-in"
+    assert put.status_code == 405 and put.headers["allow"] == "GET, HEAD, POST, PATCH, DELETE, OPTIONS"
+    assert on_collection.status_code == 405 and on_collection.headers["allow"] == "POST, OPTIONS"
+    assert bad_override.status_code == 400
+    for answer in (bare, put, bad_override, on_collection):
+        assert answer.headers["tus-resumable"] == "1.0.0", answer.request.method
+        assert answer.headers.get_list("tus-resumable") == ["1.0.0"], "once"
+    assert "tus-resumable" not in (await client.get("/tasks")).headers, "only under /files/"
+
+
 async def test_a_file_that_is_not_an_image_is_refused_by_the_final_patch(client: httpx.AsyncClient) -> None:
     data = b"this is not an image at all" * 10
     location = (await create(client, len(data), filename="notes.txt")).headers["location"]
