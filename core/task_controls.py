@@ -3,8 +3,13 @@
 Each is one conditional UPDATE, so PostgreSQL decides every race: of two retries at once one finds
 the row still `failed` and the other finds it `pending` (refused); of a cancel and the worker's
 finish, whichever commits first holds and the other matches no row (the worker's finish requires
-`pending` or `processing`, the cancel the same). A refusal reads the status afterwards only to
-say why.
+`pending` or `processing`, the cancel the same). A refused retry reads the status afterwards only
+to say why.
+
+A cancel decides on the row locked (`FOR UPDATE`) and answers the row as it left it, before its
+commit lets anything else at it: a reprocess (allowed on a cancelled task) committed just after
+would otherwise show as a 200 saying "pending", and a refusal read afterwards could name a status
+the row did not have when the cancel was decided.
 
 A failed run that made some of a task's outputs records them (`partial_outputs`, written by the
 worker's finish), so a retry may make only the failed ones again (`?outputs=failed`).
@@ -18,9 +23,10 @@ from __future__ import annotations
 
 import enum
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.models import ImageTask
 from core.tasks import FINISHED_SET, mapping_errors
 
 NOT_RETRYABLE = "Only a failed task can be retried; this one is {status}."
@@ -82,17 +88,32 @@ async def retry(session: AsyncSession, task_id: int, *, failed_outputs_only: boo
 
 
 @mapping_errors
-async def cancel(session: AsyncSession, task_id: int) -> Cancelled:
-    """Cancel a `pending` or `processing` task, committed. A cancelled one stays so (ALREADY: a
-    repeated request is no error); ControlRefused for `done` or `failed`, TaskGone for no row."""
-    cancelled = await session.scalar(_CANCEL, {"id": task_id})
+async def cancel(session: AsyncSession, task_id: int) -> tuple[Cancelled, ImageTask]:
+    """Cancel a `pending` or `processing` task, committed; with the row as the cancel left it. A
+    cancelled one stays so (ALREADY: a repeated request is no error); ControlRefused for `done` or
+    `failed`, TaskGone for no row."""
+    task = await session.scalar(
+        select(ImageTask)
+        .where(ImageTask.id == task_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    refusal: Exception | None = None
+    outcome = Cancelled.ALREADY
+    if task is None:
+        refusal = TaskGone(task_id)
+    elif task.status in ("pending", "processing"):
+        await session.execute(_CANCEL, {"id": task_id})
+        await session.refresh(task)  # still under the lock: the row as this cancel made it
+        outcome = Cancelled.NOW
+    elif task.status != "cancelled":
+        refusal = ControlRefused(NOT_CANCELLABLE.format(status=task.status))
+    # Committed either way (a refusal wrote nothing): a rollback would expire the caller's rows.
     await session.commit()
-    if cancelled is not None:
-        return Cancelled.NOW
-    status = await _status(session, task_id)
-    if status == "cancelled":
-        return Cancelled.ALREADY
-    raise ControlRefused(NOT_CANCELLABLE.format(status=status))
+    if refusal is not None:
+        raise refusal
+    assert task is not None
+    return outcome, task
 
 
 async def _status(session: AsyncSession, task_id: int) -> str:

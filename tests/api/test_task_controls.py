@@ -15,6 +15,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deps import TASK_NOT_FOUND
+from api.routes.controls import BAD_RETRY_OUTPUTS
 from api.same_origin import CROSS_SITE
 from core import queue, tasks
 from core.db import make_driver_pool
@@ -135,9 +136,12 @@ async def test_controls_of_a_missing_task_are_404(client: httpx.AsyncClient, con
 async def test_retry_takes_only_the_outputs_it_knows(client: httpx.AsyncClient, db: AsyncSession) -> None:
     task_id = await failed_task(client, db)
 
-    response = await client.post(f"/tasks/{task_id}/retry", params={"outputs": "some"})
+    for bogus in ("some", "bogus", "ALL", ""):
+        response = await client.post(f"/tasks/{task_id}/retry", params={"outputs": bogus})
 
-    assert response.status_code == 422
+        # One sentence naming the field, as every bad field of the API is answered (not a list).
+        assert (response.status_code, response.json()) == (422, {"detail": BAD_RETRY_OUTPUTS})
+    assert BAD_RETRY_OUTPUTS == "`outputs` must be one of: all, failed."
     assert (await task_row(db, task_id)).status == "failed"
 
 
@@ -220,6 +224,47 @@ async def test_a_cancel_racing_the_workers_finish_has_one_winner(
     finally:
         await pool.close()
     assert outcomes <= {"done", "cancelled"}
+
+
+# (status before, (cancel's answer, reprocess's answer)) -> the row's (status, generation) after.
+FINAL_AFTER_RACE = {
+    ("pending", (200, 202)): ("pending", 1),  # cancelled, then reprocessed
+    ("pending", (200, 409)): ("cancelled", 0),  # the reprocess found it still pending
+    ("done", (409, 202)): ("pending", 1),  # the cancel found it done, then the reprocess
+    ("done", (200, 202)): ("cancelled", 1),  # reprocessed, then the new run cancelled
+}
+
+
+@pytest.mark.parametrize("start", ["pending", "done"])
+async def test_a_cancel_racing_a_reprocess_answers_what_it_decided(
+    client: httpx.AsyncClient, db: AsyncSession, start: str
+) -> None:
+    """A reprocess may follow a cancel at once (a cancelled task is final). Whichever order
+    PostgreSQL puts them in, the cancel's answer is the row as the cancel left it: a 200 says
+    `cancelled` (never the `pending` the reprocess made after it), and a 409 names the status the
+    row had when the cancel was refused."""
+    orders: set[tuple[int, int]] = set()
+    for _ in range(12):
+        task_id = await upload(client)
+        await set_row(db, task_id, status=start)
+
+        cancelled, reprocessed = await asyncio.gather(
+            client.post(f"/tasks/{task_id}/cancel"),
+            client.post(f"/tasks/{task_id}/reprocess", json={"preset": "thumbnail"}),
+        )
+
+        row = await task_row(db, task_id)
+        order = (cancelled.status_code, reprocessed.status_code)
+        orders.add(order)
+        if cancelled.status_code == 200:
+            assert cancelled.json()["status"] == "cancelled", cancelled.json()
+            assert cancelled.json()["finished_at"] is not None
+        else:
+            assert cancelled.json() == {"detail": NOT_CANCELLABLE.format(status=start)}
+        # The row ends as the order the answers tell implies.
+        assert (row.status, row.processing.get("generation", 0)) == FINAL_AFTER_RACE[start, order], order
+    # Which of the possible orders this run saw is chance.
+    assert orders <= {order for begun, order in FINAL_AFTER_RACE if begun == start}, orders
 
 
 async def test_a_retried_task_is_left_for_the_dispatcher_with_a_message_id_of_its_own(
