@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+import ssl
 from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
@@ -25,6 +27,8 @@ import httpx
 
 from api.public_urls import PublicTarget, UrlRefused, url_messages, vet_public_url
 from api.uploads import EMPTY_FILE, TOO_LARGE, FetchedFile, UploadRefused
+
+log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
 USER_AGENT = "imagequeue-import/1"
@@ -35,6 +39,18 @@ TOO_MANY_REDIRECTS = f"`url`: more than {MAX_REDIRECTS} redirects."
 REDIRECT_WITHOUT_LOCATION = "`url`: the server answered {status} without a Location to follow."
 REMOTE_STATUS = "`url`: the server answered {status}; no image was imported."
 REMOTE_FAILED = "`url`: the image could not be fetched ({reason})."
+# The reasons a 502 gives, by what failed (api.url_import.failure_category).
+CONNECT_FAILED = "the server could not be connected to"
+TLS_FAILED = "the TLS handshake with the server failed"
+NOT_HTTP = "the server did not answer in valid HTTP, or its answer ended early"
+READ_FAILED = "the connection broke while the answer was being read"
+WRITE_FAILED = "the connection broke while the request was being sent"
+UNREADABLE = "the answer of the server could not be read"
+_CATEGORIES: tuple[tuple[type[httpx.HTTPError], str], ...] = (
+    (httpx.RemoteProtocolError, NOT_HTTP),
+    (httpx.ReadError, READ_FAILED),
+    (httpx.WriteError, WRITE_FAILED),
+)
 INVALID_URL = "`url` (or a redirect's Location) is not a valid URL."
 REMOTE_TIMEOUT = "`url`: fetching the image took longer than {seconds:g} seconds."
 
@@ -56,8 +72,31 @@ async def fetch_image(url: str, target: BinaryIO, policy: UrlImportPolicy) -> Fe
     except httpx.InvalidURL:  # one the vetting let through but httpx cannot send (not an HTTPError)
         raise UploadRefused(422, INVALID_URL) from None
     except httpx.HTTPError as exc:
-        reason = f"{type(exc).__name__}: {exc}"[:300] if str(exc) else type(exc).__name__
-        raise UploadRefused(502, REMOTE_FAILED.format(reason=reason)) from None
+        # The raw text (what the remote side sent, addresses it resolved to) stays in the log.
+        log.info("url import failed: %s: %.300r", type(exc).__name__, str(exc))
+        raise UploadRefused(502, REMOTE_FAILED.format(reason=failure_category(exc))) from None
+
+
+def failure_category(exc: httpx.HTTPError) -> str:
+    """What went wrong, in our words: never the error's own text, which can quote what the remote
+    side sent (an arbitrary status line) or name an address inside the network."""
+    if isinstance(exc, httpx.ConnectError):
+        return TLS_FAILED if _caused_by(exc, ssl.SSLError) else CONNECT_FAILED
+    for kind, category in _CATEGORIES:
+        if isinstance(exc, kind):
+            return category
+    return UNREADABLE
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(10):  # a bounded walk: a chain may loop
+        if seen is None:
+            return False
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 async def _fetch(url: str, target: BinaryIO, policy: UrlImportPolicy) -> FetchedFile:

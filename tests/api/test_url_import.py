@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -20,9 +22,12 @@ import pytest
 
 from api.uploads import EMPTY_FILE, FILE_AND_URL, TOO_LARGE, URL_IMPORT_OFF
 from api.url_import import (
+    CONNECT_FAILED,
     IMPORT_URL,
     MAX_REDIRECTS,
+    NOT_HTTP,
     REDIRECT_WITHOUT_LOCATION,
+    REMOTE_FAILED,
     REMOTE_STATUS,
     REMOTE_TIMEOUT,
     TOO_MANY_REDIRECTS,
@@ -39,6 +44,7 @@ LIMIT = int(TEST_SETTINGS["MAX_UPLOAD_BYTES"])
 TIMEOUT_SECONDS = 2
 PHOTO = images.jpeg(320, 240)
 HUGE = images.png_claiming(20_000, 20_000)  # 400 MP declared, over MAX_IMAGE_PIXELS
+HOSTILE_STATUS_LINE = b"<script>alert(1)</script> from 10.20.30.40 db.internal:5432"
 
 
 @dataclass
@@ -102,6 +108,17 @@ class ImageServer:
                     self._redirect(f"/hops/{left - 1}" if left > 1 else "/photos/after-hops.jpg")
                 elif path == "/redirect":
                     self._redirect(query["to"][0])
+                elif path == "/not-http":
+                    # What a hostile or broken server might send: markup and an internal address.
+                    self.wfile.write(HOSTILE_STATUS_LINE + b"\r\n\r\n")
+                    self.close_connection = True
+                elif path == "/cut-short":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/jpeg")
+                    self.send_header("Content-Length", str(len(PHOTO)))
+                    self.end_headers()
+                    self.wfile.write(PHOTO[:100])
+                    self.close_connection = True
                 elif path == "/no-location":
                     self.send_response(302)
                     self.send_header("Content-Length", "0")
@@ -260,6 +277,41 @@ async def test_a_fetch_that_cannot_give_an_image_is_refused_at_once(
     assert response.json() == {"detail": detail}
     assert time.monotonic() - started < TIMEOUT_SECONDS + 5
     assert set(uploads_dir.iterdir()) == before
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then let go)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [("/not-http", NOT_HTTP), ("/cut-short", NOT_HTTP), (None, CONNECT_FAILED)],
+)
+async def test_a_remote_failure_is_502_in_our_words_never_quoting_the_remote_side(
+    import_api: str, remote: ImageServer, uploads_dir: Path, target: str | None, reason: str
+) -> None:
+    """The cause's category stays; what the remote side sent (markup, addresses) and the address
+    connected to are not reflected."""
+    url = remote.base + target if target else f"http://127.0.0.1:{closed_port()}/a.jpg"
+    before = set(uploads_dir.iterdir())
+
+    response = await import_url(import_api, url)
+    page = await import_url_as_browser(import_api, url)
+
+    assert (response.status_code, response.json()) == (502, {"detail": REMOTE_FAILED.format(reason=reason)})
+    assert page.status_code == 502 and escape(REMOTE_FAILED.format(reason=reason)) in page.text
+    for answer in (response, page):
+        for leaked in ("script", "10.20.30.40", "db.internal", "127.0.0.1", "Error"):
+            assert leaked not in answer.text.replace("/static/", ""), leaked
+    assert set(uploads_dir.iterdir()) == before
+
+
+async def import_url_as_browser(base_url: str, url: str) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        return await http.post("/upload", files=[("url", (None, url))], headers={"Accept": "text/html"})
 
 
 async def test_too_many_pixels_are_refused_as_for_an_upload(
