@@ -267,6 +267,9 @@ class Settings:
     reprocess_job_max_in_flight: int = field(metadata=setting(4, gt=0, le=1000))
     # The most tasks one bulk reprocess job may match; a larger match is refused (narrow it by date).
     reprocess_job_max_tasks: int = field(metadata=setting(10_000, gt=0, le=1_000_000))
+    # A bulk reprocess job that ended (done or cancelled) is deleted this long after, by the API's
+    # sweep (its tasks stay); 0 keeps jobs for ever. Default: 7 days.
+    job_retention_seconds: float = field(metadata=setting(7 * 24 * 3600, ge=0))
     lost_after_seconds: float = field(
         metadata=setting(300, ge=60, rule="be at least 60 (longer than any upload)")
     )

@@ -99,6 +99,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         storage,
         lost_after_seconds=settings.lost_after_seconds,
         max_attempts=settings.max_attempts,
+        job_retention_seconds=settings.job_retention_seconds,
     )
     # Each loop stops on this event; closing it is bounded (core.loops), so SIGTERM ends the process.
     background = loops.Background("API loops")

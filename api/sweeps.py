@@ -15,6 +15,8 @@
   files); the nats backend also purges the chunks of puts cut short (Storage.remove_stale).
 - Resumable uploads past TUS_EXPIRY_SECONDS (finished or not) are deleted with their stored pieces
   (core.resumable).
+- Bulk reprocess jobs that ended more than JOB_RETENTION_SECONDS ago are deleted (core.jobs; 0
+  keeps them), at most JOB_BATCH a sweep.
 
 Every API process sweeps, a tenth of LOST_AFTER_SECONDS apart; the statements are idempotent.
 """
@@ -28,7 +30,7 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.publisher import TaskPublisher
-from core import direct_uploads, loops, queue, resumable, tasks
+from core import direct_uploads, jobs, loops, queue, resumable, tasks
 from core.storage import Area, Storage
 from core.storage.s3 import S3Storage
 
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # Direct uploads swept in one transaction.
 DIRECT_UPLOAD_BATCH = 100
+# Ended jobs deleted a sweep: each may take up to REPROCESS_JOB_MAX_TASKS task rows with it.
+JOB_BATCH = 20
 
 
 class Sweeps:
@@ -47,12 +51,14 @@ class Sweeps:
         *,
         lost_after_seconds: float,
         max_attempts: int,
+        job_retention_seconds: float = 0,
     ) -> None:
         self._sessions = sessions
         self._publisher = publisher
         self._storage = storage
         self._lost_after = timedelta(seconds=lost_after_seconds)
         self._max_attempts = max_attempts
+        self._job_retention = timedelta(seconds=job_retention_seconds) if job_retention_seconds else None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Sweep now, then every tenth of LOST_AFTER_SECONDS, until `stop` is set."""
@@ -66,6 +72,7 @@ class Sweeps:
         message).
         """
         requeued, failed = await self._expire_leases()
+        await self.delete_ended_jobs()
         try:
             lost = await self._requeue_lost_messages()
         finally:  # a NATS hiccup above must not keep the temporary files forever
@@ -102,6 +109,16 @@ class Sweeps:
         if swept:
             log.info("swept %d direct uploads never completed", swept)
         return swept
+
+    async def delete_ended_jobs(self) -> int:
+        """Delete bulk jobs that ended more than JOB_RETENTION_SECONDS ago; how many."""
+        if self._job_retention is None:
+            return 0
+        async with self._sessions() as session:
+            deleted = await jobs.delete_ended(session, older_than=self._job_retention, limit=JOB_BATCH)
+        if deleted:
+            log.info("deleted %d bulk reprocess jobs ended more than %s ago", deleted, self._job_retention)
+        return deleted
 
     async def _expire_leases(self) -> tuple[int, int]:
         """Rows `processing` past their lease: failed if out of attempts, else back to `pending`.

@@ -19,15 +19,18 @@ restart the next step of any API goes on where the last one stopped.
 
 Pausing stops step 3 (in-flight tasks finish and are counted); resuming starts it again.
 Cancelling stops it for good: waiting tasks stay `waiting` (never queued), in-flight ones finish.
+
+A job that ended (`done` or `cancelled`) more than JOB_RETENTION_SECONDS ago is deleted, with its
+task list, by the API's sweep (`delete_ended`): the tasks themselves stay.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, insert, literal, select, text, update
+from sqlalchemy import ColumnElement, and_, delete, func, insert, literal, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import reprocessing
@@ -278,3 +281,23 @@ async def _queue_next(session: AsyncSession, job: ReprocessJob) -> list[reproces
             .values(state=state)
         )
     return queued
+
+
+async def delete_ended(session: AsyncSession, *, older_than: timedelta, limit: int) -> int:
+    """Delete up to `limit` jobs that ended more than `older_than` ago, their task lists with them
+    (ON DELETE CASCADE); how many. Jobs a step holds are skipped (next time). Commits."""
+    ended = (
+        select(ReprocessJob.id)
+        .where(
+            ReprocessJob.state.in_([state.value for state in FINAL_JOB_STATES]),
+            ReprocessJob.finished_at < func.now() - older_than,
+        )
+        .order_by(ReprocessJob.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    async with session.begin():
+        deleted = await session.scalars(
+            delete(ReprocessJob).where(ReprocessJob.id.in_(ended)).returning(ReprocessJob.id)
+        )
+        return len(deleted.all())

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import httpx
 import nats
-from sqlalchemy import func, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import queue
-from core.models import INTERRUPTED_REASON, ImageTask
+from core.models import INTERRUPTED_REASON, ImageTask, ReprocessJob, ReprocessJobTask
 from core.processing.forms import resolve
 from core.processing.presets import BUILTIN_PRESETS
 from core.storage import new_stored_name
@@ -152,3 +152,41 @@ async def test_a_queued_task_whose_message_was_lost_is_queued_again_once_the_que
 
     assert requeued.status == "pending"
     assert await last_message_id(stack_env) == queue.message_id(task_id, 0)
+
+
+async def new_job(client: httpx.AsyncClient) -> int:
+    """A job matching nothing (tasks uploaded before 2000): it ends `done` at once."""
+    body = {"where": {"status": "done", "uploaded_before": "2000-01-01T00:00:00Z"}, "preset": "thumbnail"}
+    response = await client.post("/tasks/reprocess", json=body)
+    assert response.status_code == 202, response.text
+    return response.json()["job_id"]
+
+
+async def test_jobs_that_ended_longer_ago_than_the_retention_are_deleted_with_their_task_lists(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    """JOB_RETENTION_SECONDS is 7 days by default: the sweep deletes a job done or cancelled 8 days
+    ago (and its task list), and keeps one done yesterday and one paused for 8 days."""
+    old_done, old_cancelled, recent, paused = [await new_job(client) for _ in range(4)]
+    eight_days_ago = datetime.now(UTC) - timedelta(days=8)
+    changes = {
+        old_done: {"finished_at": eight_days_ago},
+        old_cancelled: {"state": "cancelled", "finished_at": eight_days_ago},
+        recent: {"finished_at": datetime.now(UTC) - timedelta(days=1)},
+        paused: {"state": "paused", "finished_at": None, "created_at": eight_days_ago},
+    }
+    for job_id, values in changes.items():
+        await db.execute(update(ReprocessJob).where(ReprocessJob.id == job_id).values(**values))
+    # A task list entry: cascaded away with its job (no foreign key to the task itself).
+    await db.execute(insert(ReprocessJobTask).values(job_id=old_done, task_id=2**31 - 1, state="done"))
+    await db.commit()
+
+    async def old_ones_gone() -> bool:
+        answers = [(await client.get(f"/jobs/{job_id}")).status_code for job_id in (old_done, old_cancelled)]
+        return answers == [404, 404]
+
+    await eventually(old_ones_gone, timeout=SWEEP_DEADLINE_SECONDS, what="ended jobs deleted by the sweep")
+    for job_id in (recent, paused):
+        assert (await client.get(f"/jobs/{job_id}")).status_code == 200, job_id
+    left = await db.scalar(select(func.count()).where(ReprocessJobTask.job_id == old_done))
+    assert left == 0
