@@ -86,6 +86,13 @@ _IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 
 PRIORITIES = ("interactive", "normal", "bulk")
 Priority = Literal["interactive", "normal", "bulk"]
+
+
+def lower_priority(first: str, second: str) -> str:
+    """The lower of two priorities (PRIORITIES runs from the highest to the lowest)."""
+    return max(first, second, key=PRIORITIES.index)
+
+
 # Bounds on a key's limits: large enough for any real client, small enough that the arithmetic on
 # them (core.api_keys) stays exact.
 MAX_UPLOADS_PER_MINUTE = 1_000_000
@@ -96,20 +103,22 @@ MAX_PENDING_LIMIT = 10_000_000
 class KeyPolicy:
     """One API_KEYS entry: the key, and what it may do. A limit of None is no limit; 0 refuses every
     upload with that key (it can still read its tasks). `priority` is the default priority of the
-    key's uploads."""
+    key's uploads; an upload may ask for another, up to `max_priority` when the entry sets one (None:
+    any, as before that field existed)."""
 
     # Out of the repr: a settings object printed in a log or a traceback must not show a key.
     key: str = field(repr=False)
     uploads_per_minute: int | None = None
     max_pending: int | None = None
     priority: Priority = "normal"
+    max_priority: Priority | None = None
 
     @property
     def limited(self) -> bool:
         return self.uploads_per_minute is not None or self.max_pending is not None
 
 
-_KEY_FIELDS = ("key", "uploads_per_minute", "max_pending", "priority")
+_KEY_FIELDS = ("key", "uploads_per_minute", "max_pending", "priority", "max_priority")
 _BAD_KEYS = "invalid setting: API_KEYS must hold keys of at least 16 characters, none a placeholder"
 
 
@@ -167,11 +176,19 @@ def _key_policy(entry: int, item: object) -> KeyPolicy | None:
             f"invalid setting: API_KEYS entry {entry}: `key` must be text of at least 16 characters, "
             "not a placeholder"
         )
-    priority = item.get("priority", "normal")
-    if priority not in PRIORITIES:
+    for name in ("priority", "max_priority"):
+        if item.get(name, "normal") not in PRIORITIES:
+            raise ConfigError(
+                f"invalid setting: API_KEYS entry {entry}: `{name}` must be {_either(PRIORITIES)}, "
+                f"got {item[name]!r}"
+            )
+    most = item.get("max_priority")
+    # Without its own `priority`, a capped key's default is `normal`, or its cap when that is lower.
+    priority = item.get("priority", "normal" if most is None else lower_priority(most, "normal"))
+    if most is not None and PRIORITIES.index(priority) < PRIORITIES.index(most):
         raise ConfigError(
-            f"invalid setting: API_KEYS entry {entry}: `priority` must be {_either(PRIORITIES)}, "
-            f"got {priority!r}"
+            f"invalid setting: API_KEYS entry {entry}: `priority` {priority!r} is above its "
+            f"`max_priority` {most!r}"
         )
     return KeyPolicy(
         key=given.strip(),
@@ -180,6 +197,7 @@ def _key_policy(entry: int, item: object) -> KeyPolicy | None:
         ),
         max_pending=_limit(entry, "max_pending", item.get("max_pending"), MAX_PENDING_LIMIT),
         priority=priority,
+        max_priority=most,
     )
 
 

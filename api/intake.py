@@ -21,7 +21,7 @@ from api.openapi import IDEMPOTENCY_KEY_PATTERN
 from api.state import Services
 from api.uploads import ReceivedUpload, storage_refusals
 from core import tasks, tracing
-from core.api_keys import KeyPolicy
+from core.api_keys import PRIORITIES, KeyPolicy
 from core.models import DEFAULT_PRIORITY, ImageTask, Priority
 from core.processing.cost import cost_refusal, output_frames
 from core.processing.forms import resolve
@@ -35,6 +35,10 @@ IDEMPOTENCY_KEY_REUSED = "This Idempotency-Key was already used for a different 
 PROCESSING_FIELDS = ("preset", "ops", "outputs", "focus", "priority")
 CALLBACKS_OFF = "This server sends no callbacks (its WEBHOOK_SECRET setting is empty)."
 BAD_PRIORITY = "`priority` must be one of: interactive, normal, bulk."
+PRIORITY_ABOVE_CAP = (
+    "`priority`: this API key may ask for {most} at most (its max_priority); send one of: {allowed}, "
+    "or leave it out."
+)
 
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
@@ -88,14 +92,20 @@ def resolved_processing(services: Services, fields: dict[str, str]) -> Processin
 
 def requested_priority(fields: dict[str, str], policy: KeyPolicy | None) -> Priority:
     """The `priority` field, else the key's default (its API_KEYS entry's `priority`); 422 for a
-    value that is not one."""
+    value that is not one, or one above the key's `max_priority` (when its entry sets one)."""
     raw = fields.get("priority")
     if not raw:
         return DEFAULT_PRIORITY if policy is None else Priority(policy.priority)
     try:
-        return Priority(raw)
+        priority = Priority(raw)
     except ValueError:
         raise HTTPException(status_code=422, detail=BAD_PRIORITY) from None
+    most = None if policy is None else policy.max_priority
+    if most is not None and PRIORITIES.index(priority) < PRIORITIES.index(most):
+        # Refused, not lowered: an upload never runs at another priority than the one it asked for.
+        allowed = ", ".join(PRIORITIES[PRIORITIES.index(most) :])
+        raise HTTPException(status_code=422, detail=PRIORITY_ABOVE_CAP.format(most=most, allowed=allowed))
+    return priority
 
 
 def _check_cost(services: Services, upload: ReceivedUpload, processing: Processing) -> None:

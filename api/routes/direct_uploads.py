@@ -174,7 +174,7 @@ async def declare_upload(
     # Checked now, so a bad field is refused before the file is sent; resolved again at completion.
     resolved_processing(services, fields)
     await requested_callback(services, fields)
-    requested_priority(fields, None)
+    requested_priority(fields, key)
     async with services.sessions() as session:
         if await direct_uploads.count_open(session, caller) >= MAX_OPEN_UPLOADS:
             raise HTTPException(status_code=429, detail=TOO_MANY_OPEN, headers={"Retry-After": "60"})

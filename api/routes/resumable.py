@@ -212,7 +212,7 @@ async def create_upload(
     # What can be checked without the image, now: not after the client has sent 100 MB.
     checked_fields(fields, METADATA_FIELDS)
     resolved_processing(services, fields)
-    requested_priority(fields, None)
+    requested_priority(fields, key)
     await requested_callback(services, fields)
     async with services.sessions() as session:
         open_count = await resumable.count_open(session, caller)

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from api.intake import PRIORITY_ABOVE_CAP
 from api.key_limits import (
     MAX_PENDING_REACHED,
     PENDING_RETRY_SECONDS,
@@ -43,6 +44,7 @@ KEYS = {
     "resumable": {"key": "one-resumable-a-minute-0123456789", "uploads_per_minute": 1},
     "tus-checks": {"key": "tus-checks-three-a-minute-0123456789", "uploads_per_minute": 3},
     "form-checks": {"key": "form-checks-one-a-minute-0123456789", "uploads_per_minute": 1},
+    "capped": {"key": "capped-at-normal-0123456789", "max_priority": "normal"},
 }
 # Few, so that the open-upload refusal is reached in a test.
 TUS_MAX_OPEN_UPLOADS = 2
@@ -260,7 +262,7 @@ async def test_two_api_processes_share_one_limit(
         (
             '["fine-key-0123456789", {"key": "a-secret-key-0123456789", "max_pendng": 5}]',
             "invalid setting: API_KEYS entry 2: unknown field `max_pendng` (the fields are key, "
-            "uploads_per_minute, max_pending, priority)",
+            "uploads_per_minute, max_pending, priority, max_priority)",
         ),
     ],
 )
@@ -353,3 +355,41 @@ async def test_an_upload_refused_for_its_idempotency_key_costs_no_quota(limited:
     assert malformed.status_code == 400
     assert admitted.status_code == 200, "one a minute, and the refused upload did not use it"
     assert (await upload(limited, key("form-checks"))).status_code == 429
+
+
+async def test_a_key_with_max_priority_may_not_ask_for_more_on_any_ingest_path(
+    limited: httpx.AsyncClient,
+) -> None:
+    """An opt-in cap (`max_priority`): above it is a 422 naming the cap, at or below it (or without
+    the field) the upload goes through; keys without the field may ask for any (the default)."""
+    capped = key("capped")
+
+    async def upload_at(headers: dict[str, str], priority: str | None) -> httpx.Response:
+        data = {} if priority is None else {"priority": priority}
+        files = {"file": ("k.jpg", images.jpeg(), "image/jpeg")}
+        return await limited.post("/upload", files=files, data=data, headers=headers)
+
+    above = await upload_at(capped, "interactive")
+    tus_above = await limited.post(
+        "/files/",
+        headers={
+            **capped,
+            "Tus-Resumable": "1.0.0",
+            "Upload-Length": "100",
+            "Upload-Metadata": f"priority {base64.b64encode(b'interactive').decode()}",
+        },
+    )
+    at_cap, below, default = [await upload_at(capped, value) for value in ("normal", "bulk", None)]
+    uncapped = await upload_at(key("plain"), "interactive")
+
+    expected = {"detail": PRIORITY_ABOVE_CAP.format(most="normal", allowed="normal, bulk")}
+    assert (above.status_code, above.json()) == (422, expected)
+    assert (tus_above.status_code, tus_above.json()) == (422, expected)
+    assert tus_above.headers["tus-resumable"] == "1.0.0"
+    assert [answer.status_code for answer in (at_cap, below, default, uncapped)] == [200] * 4
+    made = ((at_cap, capped), (below, capped), (default, capped), (uncapped, key("plain")))
+    priorities = [
+        (await limited.get(f"/status/{answer.json()['task_id']}", headers=headers)).json()["priority"]
+        for answer, headers in made
+    ]
+    assert priorities == ["normal", "bulk", "normal", "interactive"]

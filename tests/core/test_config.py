@@ -228,6 +228,24 @@ def test_an_api_key_may_be_a_table_with_its_limits_and_priority(
     assert "0123456789" not in repr(load_settings())
 
 
+def test_a_key_may_cap_the_priority_its_uploads_ask_for_and_defaults_under_its_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(
+        "API_KEYS",
+        '[{key="capped-key-0123456789", max_priority="normal"},'
+        ' {key="bulk-only-key-0123456789", max_priority="bulk"},'
+        ' {key="low-default-key-0123456789", priority="bulk", max_priority="normal"}]',
+    )
+
+    capped, bulk_only, low_default = load_settings().api_keys
+
+    assert (capped.priority, capped.max_priority) == ("normal", "normal")
+    assert (bulk_only.priority, bulk_only.max_priority) == ("bulk", "bulk"), "the default is under the cap"
+    assert (low_default.priority, low_default.max_priority) == ("bulk", "normal")
+    assert config.KeyPolicy("plain-key-0123456789").max_priority is None, "no cap unless asked"
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -259,7 +277,7 @@ def test_key_tables_come_from_the_environment_as_toml_or_json(
         (
             '["good-key-0123456789", {key="a-second-key-0123456789", uploads_per_minit=5}]',
             "API_KEYS entry 2: unknown field `uploads_per_minit` (the fields are key, uploads_per_minute, "
-            "max_pending, priority)",
+            "max_pending, priority, max_priority)",
         ),
         (
             '[{key="a-key-0123456789", uploads_per_minute=-1}]',
@@ -276,6 +294,14 @@ def test_key_tables_come_from_the_environment_as_toml_or_json(
         (
             '[{key="a-key-0123456789", priority="urgent"}]',
             "API_KEYS entry 1: `priority` must be `interactive`, `normal` or `bulk`, got 'urgent'",
+        ),
+        (
+            '[{key="a-key-0123456789", max_priority="top"}]',
+            "API_KEYS entry 1: `max_priority` must be `interactive`, `normal` or `bulk`, got 'top'",
+        ),
+        (
+            '[{key="a-key-0123456789", priority="interactive", max_priority="normal"}]',
+            "API_KEYS entry 1: `priority` 'interactive' is above its `max_priority` 'normal'",
         ),
         ("[5]", "API_KEYS entry 1 must be a key or a table with `key`"),
         (
