@@ -322,8 +322,18 @@ async def identify_file(temp_path: Path, *, max_pixels: int, max_frames: int) ->
         raise UploadRefused(503, STORAGE_FAILED) from exc
 
 
+def upload_boundary(request: Request, max_file_bytes: int) -> bytes:
+    """The checks of an upload's headers alone, before a byte of its body is read (a client that
+    sent `Expect: 100-continue` is then never asked for the body): its multipart boundary, or
+    UploadRefused (413 for a declared length over the limit, 422 for a body that is not
+    multipart/form-data)."""
+    _check_declared_length(request, max_file_bytes + MULTIPART_OVERHEAD_BYTES, max_file_bytes)
+    return _boundary(request)
+
+
 async def receive_upload(
     request: Request,
+    boundary: bytes,
     *,
     folders: Folders,
     max_file_bytes: int,
@@ -332,16 +342,13 @@ async def receive_upload(
     fetch_url: UrlFetcher | None = None,
 ) -> ReceivedUpload:
     """Stream the request's `file` part (or, with `fetch_url`, the image its `url` field names) into
-    a temporary file and identify it.
+    a temporary file and identify it; `boundary` is `upload_boundary`'s, the headers checked.
 
     Raises UploadRefused (nothing left on disk) for anything that cannot become a task. A refusal
     may come with the body partly or wholly unread: the answer goes out at once, and the HTTP
     layer's lingering close (api.http_limits) lets the client read it while what it still sends
     is dropped, within bounds.
     """
-    # Refused before reading a byte: a client that sent `Expect: 100-continue` never sends the body.
-    _check_declared_length(request, max_file_bytes + MULTIPART_OVERHEAD_BYTES, max_file_bytes)
-    boundary = _boundary(request)
     return await _receive(
         request.stream(), boundary, folders, max_file_bytes, max_pixels, max_frames, fetch_url
     )

@@ -47,7 +47,8 @@ async def _answer(request: Request, session: SessionDep, task: ImageTask, status
 
 # Ours (a sentence) for `outputs`, FastAPI's (a list) for a task id that is not a number.
 _BAD_OUTPUTS_OR_ID: dict[str, Any] = {
-    "description": "`outputs` is neither `all` nor `failed`; or a task id that is not a whole number.",
+    "description": f"`outputs` is neither `all` nor `failed` (`{BAD_RETRY_OUTPUTS}`); or a task id that is "
+    "not a whole number.",
     "content": {
         "application/json": {
             "schema": {
@@ -56,7 +57,6 @@ _BAD_OUTPUTS_OR_ID: dict[str, Any] = {
                     {"$ref": "#/components/schemas/HTTPValidationError"},
                 ]
             },
-            "example": {"detail": BAD_RETRY_OUTPUTS},
         },
         "text/html": {"schema": {"type": "string"}},
     },

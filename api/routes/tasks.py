@@ -35,7 +35,7 @@ from api.schemas import (
 )
 from api.stored_files import image_cache_control, stored_file_answer
 from api.templating import wants_html
-from api.uploads import TOO_LARGE, UploadRefused, UrlFetcher, receive_upload
+from api.uploads import TOO_LARGE, UploadRefused, UrlFetcher, receive_upload, upload_boundary
 from api.url_import import REMOTE_STATUS, REMOTE_TIMEOUT, UrlImportPolicy, fetch_image
 from core import tasks
 from core.formats import CONTENT_TYPES, EXTENSIONS, UNSUPPORTED_MESSAGE
@@ -212,12 +212,15 @@ async def upload(
     one that looks like a misspelt field of ours (`presets`, `op`) is refused with 422.
     """
     key = _stored_key(idempotency_key, caller)
-    # Counted once the headers are known good (a malformed Idempotency-Key costs no quota), and
-    # before a byte of the body is read (a key over its limit costs one statement, not an upload).
-    admission = await admit_upload(services, key_policy)
     settings = services.settings
+    boundary = upload_boundary(request, settings.max_upload_bytes)
+    # Counted once the headers are known good (a malformed Idempotency-Key, a declared length over
+    # the limit or a body that is not multipart cost no quota), and before a byte of the body is
+    # read (a key over its limit costs one statement, not an upload).
+    admission = await admit_upload(services, key_policy)
     received = await receive_upload(
         request,
+        boundary,
         folders=services.storage.folders,
         max_file_bytes=settings.max_upload_bytes,
         max_pixels=settings.max_image_pixels,

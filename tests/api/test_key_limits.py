@@ -212,8 +212,9 @@ async def test_a_limit_of_zero_forbids_uploads_but_not_reading(
 async def test_a_key_over_its_limit_is_refused_before_its_body_is_read(
     limited_api: str, limited: httpx.AsyncClient, name: str, status: bytes
 ) -> None:
-    """Asked `Expect: 100-continue` for a 5 MB body, the refusal comes at once: no `100 Continue`,
-    so the client never sends the body (and a client that sends it anyway is not read)."""
+    """Asked `Expect: 100-continue` for a 0.9 MB body (within MAX_UPLOAD_BYTES: one over it is a 413
+    before the key is counted), the refusal comes at once: no `100 Continue`, so the client never
+    sends the body (and a client that sends it anyway is not read)."""
     if name == "one":
         assert (await upload(limited, key(name))).status_code == 200
     url = httpx.URL(limited_api)
@@ -222,7 +223,7 @@ async def test_a_key_over_its_limit_is_refused_before_its_body_is_read(
         writer.write(
             b"POST /upload HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
             + f"X-API-Key: {key(name)['X-API-Key']}\r\n".encode()
-            + b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 5000000\r\n\r\n"
+            + b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 900000\r\n\r\n"
         )
         await writer.drain()
         async with asyncio.timeout(10):
@@ -344,16 +345,35 @@ async def test_a_tus_creation_refused_for_its_headers_or_open_uploads_costs_no_q
     assert "uploads a minute" in over.json()["detail"] and int(over.headers["retry-after"]) >= 1
 
 
-async def test_an_upload_refused_for_its_idempotency_key_costs_no_quota(limited: httpx.AsyncClient) -> None:
+async def test_an_upload_refused_for_its_headers_costs_no_quota(limited: httpx.AsyncClient) -> None:
+    """One a minute: a malformed Idempotency-Key, a body that is not multipart, and a declared
+    length over the limit are refused on their headers alone, before anything is counted."""
+    checks = key("form-checks")
     malformed = await limited.post(
         "/upload",
         files={"file": ("k.jpg", images.jpeg(), "image/jpeg")},
-        headers={**key("form-checks"), "Idempotency-Key": "has a space"},
+        headers={**checks, "Idempotency-Key": "has a space"},
     )
-    admitted = await upload(limited, key("form-checks"))
+    not_multipart = await limited.post("/upload", content=images.jpeg(), headers=checks)
+    # Declared only (httpx would not send a body shorter than its Content-Length).
+    url = httpx.URL(str(limited.base_url))
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            + f"X-API-Key: {checks['X-API-Key']}\r\n".encode()
+            + b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 99999999\r\n\r\n"
+        )
+        await writer.drain()
+        async with asyncio.timeout(10):
+            too_large_status = await reader.readline()
+    finally:
+        writer.close()
+    admitted = await upload(limited, checks)
 
-    assert malformed.status_code == 400
-    assert admitted.status_code == 200, "one a minute, and the refused upload did not use it"
+    assert [answer.status_code for answer in (malformed, not_multipart)] == [400, 422]
+    assert too_large_status.startswith(b"HTTP/1.1 413"), too_large_status
+    assert admitted.status_code == 200, "one a minute, and the refused uploads did not use it"
     assert (await upload(limited, key("form-checks"))).status_code == 429
 
 
