@@ -5,6 +5,7 @@ backend."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -322,13 +323,14 @@ async def test_an_upload_never_completed_is_swept_with_its_object(
 
 
 KEYS = ("direct-key-one-0123456789", "direct-key-two-0123456789")
+# A key with one upload a minute: what costs it quota.
+ONE_A_MINUTE = "direct-key-one-a-minute-0123456789"
 
 
 @pytest.fixture(scope="module")
 def keyed_s3_api(s3_env: dict[str, str], workdir: Path) -> Iterator[str]:
-    with running_api(
-        {**s3_env, "API_KEYS": ",".join(KEYS)}, log_file=workdir / "direct-keyed-api.log"
-    ) as url:
+    api_keys = json.dumps([*KEYS, {"key": ONE_A_MINUTE, "uploads_per_minute": 1}])
+    with running_api({**s3_env, "API_KEYS": api_keys}, log_file=workdir / "direct-keyed-api.log") as url:
         yield url
 
 
@@ -376,20 +378,24 @@ async def test_a_malformed_upload_id_is_unknown(api: httpx.AsyncClient) -> None:
     assert response.json() == {"detail": UNKNOWN_UPLOAD}
 
 
-async def test_declared_uploads_waiting_for_completion_are_bounded_per_key(
-    keyed_s3_api: str, db: AsyncSession
-) -> None:
-    owner = key_fingerprint(KEYS[1])
-    # As if this key had declared the limit's worth of uploads and sent none.
+async def declare_the_most(db: AsyncSession, owner: str) -> None:
+    """As if the key of `owner` had declared the limit's worth of uploads and sent none."""
     await db.execute(
         text(
             "INSERT INTO direct_uploads (id, owner, object_name, filename, size_bytes, content_type, fields,"
-            " expires_at) SELECT md5('bound' || n), :owner, md5('bound' || n) || '.jpg', 'a.jpg', 10,"
+            " expires_at) SELECT md5(:owner || n), :owner, md5(:owner || n) || '.jpg', 'a.jpg', 10,"
             " 'image/jpeg', '{}', now() + interval '1 hour' FROM generate_series(1, :count) AS n"
         ),
         {"owner": owner, "count": MAX_OPEN_UPLOADS},
     )
     await db.commit()
+
+
+async def test_declared_uploads_waiting_for_completion_are_bounded_per_key(
+    keyed_s3_api: str, db: AsyncSession
+) -> None:
+    owner = key_fingerprint(KEYS[1])
+    await declare_the_most(db, owner)
     try:
         async with httpx.AsyncClient(base_url=keyed_s3_api, timeout=30) as http:
             body = {"filename": "a.jpg", "size": 10, "content_type": "image/jpeg"}
@@ -403,6 +409,30 @@ async def test_declared_uploads_waiting_for_completion_are_bounded_per_key(
     assert refused.json() == {"detail": TOO_MANY_OPEN}
     assert refused.headers["Retry-After"] == "60"
     assert other_key.status_code == 201
+
+
+async def test_a_declaration_refused_for_too_many_waiting_costs_no_quota(
+    keyed_s3_api: str, db: AsyncSession
+) -> None:
+    owner = key_fingerprint(ONE_A_MINUTE)
+    body = {"filename": "a.jpg", "size": 10, "content_type": "image/jpeg"}
+    await declare_the_most(db, owner)
+    try:
+        async with httpx.AsyncClient(base_url=keyed_s3_api, timeout=30) as http:
+            http.headers["X-API-Key"] = ONE_A_MINUTE
+            too_many = await http.post("/uploads", json=body)
+            await db.execute(text("DELETE FROM direct_uploads WHERE owner = :owner"), {"owner": owner})
+            await db.commit()
+            admitted = await http.post("/uploads", json=body)
+            over = await http.post("/uploads", json=body)
+    finally:
+        await db.execute(text("DELETE FROM direct_uploads WHERE owner = :owner"), {"owner": owner})
+        await db.commit()
+
+    assert (too_many.status_code, too_many.json()) == (429, {"detail": TOO_MANY_OPEN})
+    assert "ratelimit" not in too_many.headers, "refused before the key's limits were asked"
+    assert admitted.status_code == 201, "the minute's one upload was still there"
+    assert over.status_code == 429 and "uploads a minute" in over.json()["detail"]
 
 
 async def test_the_priority_rides_along_to_the_task(api: httpx.AsyncClient) -> None:
