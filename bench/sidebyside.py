@@ -1,6 +1,7 @@
 """Ours beside the original design, in one run, on the same PostgreSQL and NATS, with real clients.
 
-    .venv/bin/python -m bench.sidebyside [--quick] [--reps 3] [--out bench/results] [--name NAME]
+    .venv/bin/python -m bench.sidebyside [--quick] [--reps 3] [--only ingest-httpx] [--out bench/results]
+        [--name NAME]
 
 The original (../shared/original, see its README there) is started as its README says: `uvicorn
 api.main:app` and `python worker/worker.py`, PYTHONPATH at its folder, its four settings
@@ -16,7 +17,10 @@ of 400 small uploads at c16; ingest of 4000×3000 photos (3 MB) at c4 with each 
 end with httpx. CPU per upload or image is counted for every
 process: API, worker (and its children), PostgreSQL (postmaster and its backends), NATS and the client.
 The client's figures are its own (getrusage); a client that opens more connections than its
-concurrency had connections closed under it.
+concurrency had connections closed under it. `--only` keeps the scenarios whose label, spaces as
+hyphens, starts with it (`--only ingest-httpx`: httpx ingest at c16 and c64; repeatable). Each run
+records the machine's 1-minute load average as it starts: on a shared machine the rates move with it,
+the CPU per upload much less.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +68,10 @@ class Plan:
     e2e_uploads: int
     e2e_clients: tuple[str, ...]
     large_uploads: int
+    only: tuple[str, ...] = ()
+
+    def keeps(self, label: str) -> bool:
+        return not self.only or any(label.replace(" ", "-").startswith(prefix) for prefix in self.only)
 
     @classmethod
     def full(cls, reps: int) -> Plan:
@@ -272,17 +280,20 @@ class SideBySide:
         steps += [(f"ingest 12 MP {c} c4", False, c, "large", plan.large_uploads, 4) for c in plan.clients]
         steps += [(f"end to end {c} c16", True, c, "small", plan.e2e_uploads, 16) for c in plan.e2e_clients]
         steps.append(("12 MP end to end httpx c4", True, "httpx", "large", plan.large_uploads, 4))
+        steps = [step for step in steps if plan.keeps(step[0])]
         for rep in range(plan.reps):
             for label, worker, client, image, count, concurrency in steps:
                 for name in DESIGNS:
                     await self.empty()
                     async with self.design(name, worker=worker) as design:
+                        load = os.getloadavg()[0]
                         run = await self.measure(design, client, image, count, concurrency, until_done=worker)
-                    run.update(scenario=label, rep=rep)
+                    run.update(scenario=label, rep=rep, load_average=load)
                     runs.append(run)
                     print(
                         f"  {label:28} {name:8} {run['rate']:7.1f}/s p99 {run['p99_ms']:7.0f} ms "
-                        f"all {run['cpu_ms']['all']:6.1f} ms conns {run['connections']}",
+                        f"all {run['cpu_ms']['all']:6.1f} ms client {run['cpu_ms']['client']:5.1f} ms "
+                        f"conns {run['connections']} load {load:.1f}",
                         flush=True,
                     )
         return runs
@@ -369,6 +380,14 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def load_line(runs: list[dict[str, Any]]) -> str:
+    loads = [run["load_average"] for run in runs if "load_average" in run]
+    if not loads:
+        return ""
+    median = statistics.median(loads)
+    return f"1-minute load average as runs started: {min(loads):.1f}–{max(loads):.1f} (median {median:.1f})"
+
+
 async def on_stack(stack: BenchStack, quick: bool, reps: int) -> dict[str, Any]:
     """`make bench`'s scenario: on the suite's own servers (and its folder for the two images)."""
     if not (ORIGINAL_ROOT / "api" / "main.py").exists():
@@ -392,6 +411,7 @@ async def _images(folder: Path) -> dict[str, Path]:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     plan = Plan.smoke() if args.smoke else Plan.quick(args.reps) if args.quick else Plan.full(args.reps)
+    plan = replace(plan, only=tuple(args.only or ()))
     workdir = Path(tempfile.mkdtemp(prefix="sidebyside-"))
     files = await _images(workdir)
     stack = BenchStack(workdir)
@@ -422,6 +442,9 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--name", help="results file name (default: the date, -sidebyside)")
+    parser.add_argument(
+        "--only", action="append", metavar="PREFIX", help="only scenarios starting so (e.g. ingest-httpx)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, files)")
     args = parser.parse_args()
     if not (ORIGINAL_ROOT / "api" / "main.py").exists():
@@ -431,7 +454,7 @@ def main() -> int:
     name = args.name or datetime.date.today().isoformat() + "-sidebyside" + ("-quick" if args.quick else "")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=1))
-    text = table(result["summary"])
+    text = table(result["summary"]) + "\n\n" + load_line(result["runs"])
     (args.out / f"{name}.md").write_text(text + "\n")
     print(text)
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -20,12 +21,81 @@ class ApiError(Exception):
         self.status_code = status_code
 
 
+# httpx's pool (httpcore 1.0) can hand one idle connection to two waiting requests; the loser queues
+# again through a pass over every connection, and past about 16 connections these retries feed on
+# each other: at 64 the client spent 14 ms of CPU per upload instead of 2.6 (BENCHMARKS.md, "httpx at
+# c64"). So a run's connections are split into pools of at most this many.
+POOL_CONNECTIONS = 16
+
+
+class _Released(httpx.AsyncByteStream):
+    """A response's body that tells its pool when the response is closed (its connection is free)."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
+        self._stream = stream
+        self._release = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            self._release()
+
+
+class SpreadTransport(httpx.AsyncBaseTransport):
+    """`connections` connections as pools of at most POOL_CONNECTIONS; each request goes to the pool
+    with the fewest requests in the air for its size, so none of them queues while another has room."""
+
+    def __init__(self, connections: int) -> None:
+        full, rest = divmod(connections, POOL_CONNECTIONS)
+        self._sizes = [POOL_CONNECTIONS] * full + ([rest] if rest else [])
+        self._pools = [
+            httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
+            for n in self._sizes
+        ]
+        self._busy = [0] * len(self._sizes)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        index = min(range(len(self._pools)), key=lambda i: self._busy[i] / self._sizes[i])
+        self._busy[index] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._busy[index] -= 1
+
+        try:
+            response = await self._pools[index].handle_async_request(request)
+        except BaseException:
+            release()
+            raise
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return httpx.Response(
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=_Released(response.stream, release),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        for pool in self._pools:
+            await pool.aclose()
+
+
 def make_client(base_url: str, api_key: str | None, *, connections: int) -> httpx.AsyncClient:
     headers = {"X-API-Key": api_key} if api_key else {}
     return httpx.AsyncClient(
         base_url=base_url.rstrip("/"),
         headers=headers,
         timeout=NETWORK_TIMEOUT_SECONDS,
+        transport=SpreadTransport(connections),
+        # Used only by the proxy transports httpx mounts from the environment (HTTP_PROXY and so on).
         limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
     )
 
