@@ -1,6 +1,7 @@
 """Ours beside the original design, in one run, on the same PostgreSQL and NATS, with real clients.
 
     .venv/bin/python -m bench.sidebyside [--quick] [--reps 3] [--out bench/results] [--name NAME]
+        [--only small|large] [--large-uploads N]
 
 The original (../shared/original, see its README there) is started as its README says: `uvicorn
 api.main:app` and `python worker/worker.py`, PYTHONPATH at its folder, its four settings
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -64,6 +66,8 @@ class Plan:
     e2e_uploads: int
     e2e_clients: tuple[str, ...]
     large_uploads: int
+    # Which scenarios run: every one (None), the 600×450 ones ("small") or the 4000×3000 ones ("large").
+    only: str | None = None
 
     @classmethod
     def full(cls, reps: int) -> Plan:
@@ -272,6 +276,8 @@ class SideBySide:
         steps += [(f"ingest 12 MP {c} c4", False, c, "large", plan.large_uploads, 4) for c in plan.clients]
         steps += [(f"end to end {c} c16", True, c, "small", plan.e2e_uploads, 16) for c in plan.e2e_clients]
         steps.append(("12 MP end to end httpx c4", True, "httpx", "large", plan.large_uploads, 4))
+        if plan.only is not None:
+            steps = [step for step in steps if step[3] == plan.only]
         for rep in range(plan.reps):
             for label, worker, client, image, count, concurrency in steps:
                 for name in DESIGNS:
@@ -392,6 +398,7 @@ async def _images(folder: Path) -> dict[str, Path]:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     plan = Plan.smoke() if args.smoke else Plan.quick(args.reps) if args.quick else Plan.full(args.reps)
+    plan = dataclasses.replace(plan, only=args.only, large_uploads=args.large_uploads or plan.large_uploads)
     workdir = Path(tempfile.mkdtemp(prefix="sidebyside-"))
     files = await _images(workdir)
     stack = BenchStack(workdir)
@@ -423,12 +430,17 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--name", help="results file name (default: the date, -sidebyside)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, files)")
+    parser.add_argument(
+        "--only", choices=("small", "large"), help="only the 600×450 or only the 4000×3000 (12 MP) scenarios"
+    )
+    parser.add_argument("--large-uploads", type=int, help="uploads per 12 MP scenario (default: the plan's)")
     args = parser.parse_args()
     if not (ORIGINAL_ROOT / "api" / "main.py").exists():
         print(f"the original's code is not at {ORIGINAL_ROOT}", file=sys.stderr)
         return 2
     result = asyncio.run(run(args))
-    name = args.name or datetime.date.today().isoformat() + "-sidebyside" + ("-quick" if args.quick else "")
+    suffix = ("-quick" if args.quick else "") + (f"-{args.only}" if args.only else "")
+    name = args.name or datetime.date.today().isoformat() + "-sidebyside" + suffix
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=1))
     text = table(result["summary"])
