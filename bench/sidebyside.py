@@ -72,7 +72,9 @@ class Plan:
     @classmethod
     def full(cls, reps: int) -> Plan:
         clients = tuple(c for c in ("raw", "httpx", "requests", "aiohttp") if c == "raw" or available(c))
-        return cls(reps, clients, 600, (16, 64), 400, ("httpx", "requests"), 24)
+        # 60 photos of 12 MP (24 before): a 24-photo run lasts 2-5 s, of which the wait for the first
+        # upload and a last render alone (one core idle) take up to 0.2 s, and load spikes weigh more.
+        return cls(reps, clients, 600, (16, 64), 400, ("httpx", "requests"), 60)
 
     @classmethod
     def quick(cls, reps: int) -> Plan:
