@@ -7,7 +7,7 @@ WORKERS ?= 1
 PYTEST_ARGS ?=
 
 .PHONY: install run test test-compose lint format clean bench bench-quick bench-hostile bench-formats \
-	bench-sidebyside bench-priorities
+	bench-sidebyside bench-sidebyside-large bench-priorities
 
 # The venv is rebuilt only when a requirements file changes.
 $(VENV)/.installed: requirements.txt requirements-core.txt requirements-api.txt requirements-worker.txt \
@@ -68,6 +68,10 @@ bench-formats: $(VENV)/.bench-installed
 ## the raw generator, 3 interleaved runs, medians (about 20 min; bench/results/<date>-sidebyside.*)
 bench-sidebyside: $(VENV)/.bench-installed
 	$(PY) -m bench.sidebyside
+
+## bench-sidebyside-large: the 12 MP rows of bench-sidebyside alone (60 photos a run, 3 runs, about 5 min)
+bench-sidebyside-large: $(VENV)/.bench-installed
+	$(PY) -m bench.sidebyside --only large
 
 ## bench-priorities: an interactive upload behind 5,000 queued bulk tasks, and one key's upload behind
 ## another key's 10,000, against idle (a few minutes; prints p50/p95 for BENCHMARKS.md)
