@@ -7,7 +7,7 @@ WORKERS ?= 1
 PYTEST_ARGS ?=
 
 .PHONY: install run test test-compose lint format clean bench bench-quick bench-hostile bench-formats \
-	bench-sidebyside bench-priorities bench-httpx-pool
+	bench-sidebyside bench-sidebyside-large bench-priorities bench-httpx-pool
 
 # The venv is rebuilt only when a requirements file changes.
 $(VENV)/.installed: requirements.txt requirements-core.txt requirements-api.txt requirements-worker.txt \
@@ -73,6 +73,10 @@ bench-sidebyside: $(VENV)/.bench-installed
 ## that hands no connection twice, one client per task (about 2 min; issue 20's c64 cliff without us)
 bench-httpx-pool: $(VENV)/.bench-installed
 	$(PY) -m bench.httpx_pool
+
+## bench-sidebyside-large: the 12 MP rows of bench-sidebyside alone (60 photos a run, 3 runs, about 5 min)
+bench-sidebyside-large: $(VENV)/.bench-installed
+	$(PY) -m bench.sidebyside --only large
 
 ## bench-priorities: an interactive upload behind 5,000 queued bulk tasks, and one key's upload behind
 ## another key's 10,000, against idle (a few minutes; prints p50/p95 for BENCHMARKS.md)

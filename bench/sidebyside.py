@@ -1,7 +1,7 @@
 """Ours beside the original design, in one run, on the same PostgreSQL and NATS, with real clients.
 
-    .venv/bin/python -m bench.sidebyside [--quick] [--reps 3] [--only ingest-httpx] [--out bench/results]
-        [--name NAME]
+    .venv/bin/python -m bench.sidebyside [--quick] [--reps 3] [--out bench/results] [--name NAME]
+        [--only small|large|PREFIX ...] [--large-uploads N]
 
 The original (../shared/original, see its README there) is started as its README says: `uvicorn
 api.main:app` and `python worker/worker.py`, PYTHONPATH at its folder, its four settings
@@ -68,15 +68,21 @@ class Plan:
     e2e_uploads: int
     e2e_clients: tuple[str, ...]
     large_uploads: int
+    # Which scenarios run: every one (empty), else those whose image is named ("small": 600×450,
+    # "large": 4000×3000) or whose label, spaces as dashes, starts with a given prefix.
     only: tuple[str, ...] = ()
 
-    def keeps(self, label: str) -> bool:
-        return not self.only or any(label.replace(" ", "-").startswith(prefix) for prefix in self.only)
+    def keeps(self, label: str, image: str) -> bool:
+        return not self.only or any(
+            prefix == image or label.replace(" ", "-").startswith(prefix) for prefix in self.only
+        )
 
     @classmethod
     def full(cls, reps: int) -> Plan:
         clients = tuple(c for c in ("raw", "httpx", "requests", "aiohttp") if c == "raw" or available(c))
-        return cls(reps, clients, 600, (16, 64), 400, ("httpx", "requests"), 24)
+        # 60 photos of 12 MP (24 before): a 24-photo run lasts 2-5 s, of which the wait for the first
+        # upload and a last render alone (one core idle) take up to 0.2 s, and load spikes weigh more.
+        return cls(reps, clients, 600, (16, 64), 400, ("httpx", "requests"), 60)
 
     @classmethod
     def quick(cls, reps: int) -> Plan:
@@ -280,7 +286,7 @@ class SideBySide:
         steps += [(f"ingest 12 MP {c} c4", False, c, "large", plan.large_uploads, 4) for c in plan.clients]
         steps += [(f"end to end {c} c16", True, c, "small", plan.e2e_uploads, 16) for c in plan.e2e_clients]
         steps.append(("12 MP end to end httpx c4", True, "httpx", "large", plan.large_uploads, 4))
-        steps = [step for step in steps if plan.keeps(step[0])]
+        steps = [step for step in steps if plan.keeps(step[0], step[3])]
         for rep in range(plan.reps):
             for label, worker, client, image, count, concurrency in steps:
                 for name in DESIGNS:
@@ -411,7 +417,7 @@ async def _images(folder: Path) -> dict[str, Path]:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     plan = Plan.smoke() if args.smoke else Plan.quick(args.reps) if args.quick else Plan.full(args.reps)
-    plan = replace(plan, only=tuple(args.only or ()))
+    plan = replace(plan, only=tuple(args.only or ()), large_uploads=args.large_uploads or plan.large_uploads)
     workdir = Path(tempfile.mkdtemp(prefix="sidebyside-"))
     files = await _images(workdir)
     stack = BenchStack(workdir)
@@ -443,15 +449,20 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--name", help="results file name (default: the date, -sidebyside)")
     parser.add_argument(
-        "--only", action="append", metavar="PREFIX", help="only scenarios starting so (e.g. ingest-httpx)"
+        "--only",
+        action="append",
+        metavar="small|large|PREFIX",
+        help="only the 600×450 (small) or 4000×3000 (large) scenarios, or those starting so (ingest-httpx)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, files)")
+    parser.add_argument("--large-uploads", type=int, help="uploads per 12 MP scenario (default: the plan's)")
     args = parser.parse_args()
     if not (ORIGINAL_ROOT / "api" / "main.py").exists():
         print(f"the original's code is not at {ORIGINAL_ROOT}", file=sys.stderr)
         return 2
     result = asyncio.run(run(args))
-    name = args.name or datetime.date.today().isoformat() + "-sidebyside" + ("-quick" if args.quick else "")
+    suffix = ("-quick" if args.quick else "") + "".join(f"-{only}" for only in args.only or ())
+    name = args.name or datetime.date.today().isoformat() + "-sidebyside" + suffix
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=1))
     text = table(result["summary"]) + "\n\n" + load_line(result["runs"])

@@ -393,7 +393,7 @@ def _render_output(
                 if not srgb and not _keeps_colours(op):
                     # Colour matters from here on (a stamp's red, a pad's background, a grey
                     # conversion): sRGB first.
-                    converted, srgb = _in_srgb(source, frame), True
+                    converted, srgb = _in_srgb(source, frame, in_place=owned or owns_frames), True
                     owned, frame = owned or converted is not frame, converted
                 before = frame
                 with (
@@ -405,7 +405,7 @@ def _render_output(
                 size = frame.size if isinstance(op, Trim) else output_size((op,), *size)
                 owned = owned or frame is not before
             if not srgb:
-                frame = _in_srgb(source, frame)
+                frame = _in_srgb(source, frame, in_place=owned or owns_frames)
             frames.append(_encodable(frame, output_format))
     smallest_text = steps.smallest_text
 
@@ -456,10 +456,19 @@ def _keeps_colours(op: Any) -> bool:
     return isinstance(op, (Crop, Rotate, Flip, Trim, Format))
 
 
-def _in_srgb(source: _Source, frame: Image.Image) -> Image.Image:
-    """`frame` converted as source's _colour_plan says (a new image), or itself."""
-    if source.to_srgb is not None:
-        converted = ImageCms.applyTransform(frame, source.to_srgb) or frame
+def _in_srgb(source: _Source, frame: Image.Image, *, in_place: bool = False) -> Image.Image:
+    """`frame` converted as source's _colour_plan says (a new image), or itself. `in_place`: the
+    caller owns `frame`, which may then be converted where it is (when the transform keeps its mode)."""
+    transform = source.to_srgb
+    if transform is not None:
+        if in_place and not frame.readonly and transform.input_mode == transform.output_mode == frame.mode:
+            # A 12 MP Display P3 photo: 20 ms less of the conversion's ~160, and no second 48 MB
+            # frame (applyTransform's new image is zeroed, then Pillow copies its unused fourth
+            # byte pixel by pixel). Not on a read-only frame: that one maps the input file.
+            transform.apply_in_place(frame)
+            frame.info = {}
+            return frame
+        converted = ImageCms.applyTransform(frame, transform) or frame
         # ImageCms labels its result with the sRGB profile, which encoders would write: the output
         # is untagged, as before (viewers assume sRGB).
         converted.info = {}

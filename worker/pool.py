@@ -25,6 +25,8 @@ from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from typing import Any, Literal, TypeVar
 
+from PIL import Image
+
 from core.formats import configure_pillow
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # Niceness added to a heavy render's child process (0 normal, 19 lowest).
 HEAVY_NICENESS = 10
+# Freed image memory a render process keeps for its next render (Pillow's block cache, in its
+# 16 MB blocks). A child renders in its main thread, where glibc hands a freed 48 MB decode of a
+# 12 MP photo back to the kernel and the next render faults it in again: about 25 ms of system CPU
+# of a 115 ms render (BENCHMARKS.md, "12 MP photos end to end"). Four blocks hold one such decode,
+# so a pooled child keeps up to 64 MB between renders. The worker's own render threads need none:
+# glibc keeps their freed memory for reuse already.
+CHILD_CACHED_BLOCKS = 4
 PoolKind = Literal["threads", "processes"]
 # What a render reports while it runs (its placeholder), called on the event loop.
 Report = Callable[[Any], None]
@@ -204,3 +213,4 @@ def _start_child(max_pixels: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_pillow(max_pixels)
+    Image.core.set_blocks_max(CHILD_CACHED_BLOCKS)

@@ -3,17 +3,19 @@ the right place, colours as sRGB, the output format chosen for formats the servi
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image, ImageChops, ImageCms
 
 from core.formats import DAMAGED_MESSAGE, ImageRejected
 from core.processing.operations import OPS
 from core.processing.outputs import Output
 from core.processing.presets import BUILTIN_PRESETS
 from tests import input_formats
+from tests.images import photo
 from worker.imaging import EncoderSettings, ProcessedImage, RenderLimits, render
 
 LIMITS = RenderLimits(max_pixels=50_000_000, max_frames=500, max_output_pixels=50_000_000)
@@ -235,6 +237,60 @@ def test_a_red_stamp_on_a_cmyk_picture_is_red_after_conversion(tmp_path: Path) -
     reds = [pixel for pixel in out.crop((0, 0, 100, 60)).get_flattened_data() if near(pixel, RED, 40)]
     assert len(reds) > 200, "the stamp is red"
     assert near(out.getpixel((190, 140)), (255, 255, 255), 6)
+
+
+def _p3_photo_turned(width: int, height: int) -> tuple[bytes, Image.Image]:
+    """A phone-like JPEG (a photo in Display P3, EXIF orientation 6) and what its pixels are once
+    upright and in sRGB, converted apart (a new image, as ImageCms makes by default)."""
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    profile = input_formats.display_p3_profile()
+    data = input_formats.encode(photo(width, height), "JPEG", quality=95, icc_profile=profile, exif=exif)
+    with Image.open(io.BytesIO(data)) as decoded:
+        upright = decoded.transpose(Image.Transpose.ROTATE_270)
+    to_srgb = ImageCms.buildTransform(
+        ImageCms.ImageCmsProfile(io.BytesIO(profile)), ImageCms.createProfile("sRGB"), "RGB", "RGB"
+    )
+    return data, ImageCms.applyTransform(upright, to_srgb) or upright
+
+
+def test_a_p3_photo_converted_where_it_lies_has_the_pixels_of_a_separate_conversion(tmp_path: Path) -> None:
+    # The last output converts the decoded frame itself (nobody needs it afterwards); the first one
+    # converts a new image. Both are the same pixels as a conversion of their own, PNG keeps them
+    # exactly, and the first output's conversion did not change what the second one started from.
+    data, expected = _p3_photo_turned(320, 240)
+    src = tmp_path / "input"
+    src.write_bytes(data)
+    ops = OPS.validate_python(
+        [{"op": "watermark", "text": "AI magic added!"}, {"op": "format", "format": "png"}]
+    )
+    outputs = [(Output(name=name, ops=tuple(ops)), tmp_path / name) for name in ("first", "last")]
+    results = render(src, outputs, limits=LIMITS)
+    below_the_stamp = (0, 120, 240, 320)
+    for result, (_, dst) in zip(results, outputs, strict=True):
+        assert isinstance(result, ProcessedImage)
+        assert (result.width, result.height) == (240, 320), "upright: EXIF orientation 6 applied"
+        with Image.open(dst) as out:
+            assert "icc_profile" not in out.info and "exif" not in out.info
+            difference = ImageChops.difference(
+                out.convert("RGB").crop(below_the_stamp), expected.crop(below_the_stamp)
+            )
+            assert difference.getbbox() is None, "same pixels as a separate conversion"
+            top = (0, 0, 240, 40)
+            stamp = ImageChops.difference(out.convert("RGB").crop(top), expected.crop(top))
+            assert stamp.getbbox() is not None, "the stamp is drawn above"
+
+
+def test_a_read_only_frame_is_converted_into_a_new_image(tmp_path: Path) -> None:
+    # An uncompressed RGBA TIFF in one strip is mapped from the file read-only, not decoded: its
+    # conversion must not be written where it lies (the input stays as uploaded).
+    image = Image.new("RGBA", (40, 30), (*input_formats.P3_OF_SRGB_RED, 255))
+    data = input_formats.tiff(image, icc_profile=input_formats.display_p3_profile())
+    with Image.open(io.BytesIO(data)) as probe:
+        assert len(probe.tile) == 1 and probe.tile[0].codec_name == "raw"
+    result, out = rendered(tmp_path, data, [{"op": "watermark", "text": "x", "size": 12}])
+    assert result.format == "PNG" and near(out.getpixel((35, 25)), (*RED, 255), 6)
+    assert (tmp_path / "input").read_bytes() == data
 
 
 def test_a_thumbnail_of_a_p3_picture_is_converted_after_shrinking_and_still_right(tmp_path: Path) -> None:

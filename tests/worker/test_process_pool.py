@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -12,10 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from devstack.stack import start_worker, stop_process
 from tests import images
 from tests.waiting import eventually, final_status
+from worker.pool import RenderPool
 
 # Slow enough to be caught mid-render: several large outputs at the WebP encoder's highest effort.
 SLOW_OUTPUTS = {
@@ -100,3 +103,22 @@ async def test_a_render_process_killed_mid_image_costs_one_attempt(
     assert status["status"] == "done", status["error"]
     assert status["attempts"] == 2
     assert pool_worker.poll() is None, "the worker itself lives on"
+
+
+def _faults_of_a_second_12_mp_frame() -> int:
+    """In a render process: page faults while filling a 12 MP frame after another was freed."""
+    Image.new("RGB", (4000, 3000), (1, 2, 3)).close()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    Image.new("RGB", (4000, 3000), (1, 2, 3)).close()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+async def test_a_pooled_render_process_reuses_the_memory_of_its_last_picture() -> None:
+    # Without Pillow's block cache the second 48 MB frame is faulted in afresh: about 11,700 faults
+    # (4 KiB pages), 25 ms of system CPU a 12 MP render.
+    pool = RenderPool("processes", 1, max_pixels=50_000_000)
+    try:
+        faults = await pool.run(_faults_of_a_second_12_mp_frame)
+    finally:
+        pool.shutdown()
+    assert faults < 1_000
