@@ -153,13 +153,21 @@ class Dispatcher:
         window = self._policy.window
         async with self._sessions() as session, session.begin():
             await tasks.lock_dispatch(session)
-            in_window = await tasks.count_in_window(session)
-            free = window - sum(in_window.values()) if window else UNLIMITED_BATCH
+            if window:
+                # Counted up to the window: at the cap, it is full (and that is all a pass needs).
+                in_window = await tasks.count_in_window(session, window)
+                free = window - in_window.total
+            else:
+                # Nothing is held back, so there is no window to count (it would be every task in
+                # the stream): the keys take turns within each batch.
+                in_window, free = tasks.InWindow(dict.fromkeys(_ORDER, 0), {}), UNLIMITED_BATCH
             if free <= 0:
                 return 0, True
             # One more than there is room for: whether any is left waiting.
-            candidates = await tasks.next_waiting(session, free + 1)
-            granted = allocate(free, window, in_window, {p: len(rows) for p, rows in candidates.items()})
+            candidates = await tasks.next_waiting(session, free + 1, in_window.by_owner)
+            granted = allocate(
+                free, window, in_window.by_priority, {p: len(rows) for p, rows in candidates.items()}
+            )
             chosen = [row for priority in _ORDER for row in candidates[priority][: granted[priority]]]
             if not chosen:
                 return 0, False
