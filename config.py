@@ -258,12 +258,10 @@ class Settings:
     # How often each API removes the outputs reprocessing replaced and steps its bulk jobs.
     reprocess_interval_seconds: float = field(metadata=setting(1, gt=0))
     # Tasks not final yet that the API lets into the stream at once (api/dispatcher.py); the rest
-    # wait in PostgreSQL, where priority and fairness between keys choose the next. 0: no limit (and
-    # no priorities). 32 keeps the fetch-ahead of 8 two-core workers (WORKER_CONCURRENCY x 2 each)
-    # full, so the default deployment drains as fast as without a window, while an urgent upload
-    # waits for at most 32 tasks, never for the backlog; a pass costs the window and the keys, not
-    # the backlog (BENCHMARKS.md, "Priorities and fair share").
-    dispatch_window: int = field(metadata=setting(32, ge=0))
+    # wait in PostgreSQL, where priority and fairness between keys choose the next. 0: no limit.
+    # Off (0) by default: each pass ranks every waiting row, which costs PostgreSQL ~50 ms of CPU per
+    # image once thousands wait (BENCHMARKS.md, "Today's change judged"); on where priorities matter.
+    dispatch_window: int = field(metadata=setting(0, ge=0))
     # A bulk reprocess job keeps at most this many of its tasks queued at once (a request may ask
     # for fewer), so the workers take interactive uploads between them.
     reprocess_job_max_in_flight: int = field(metadata=setting(4, gt=0, le=1000))
