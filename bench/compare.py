@@ -2,6 +2,8 @@
 
     .venv/bin/python -m bench.compare --before HEAD~1 [--reps 5] [--what ingest --what drain]
     .venv/bin/python -m bench.compare --before HEAD --after-uvicorn-arg=--no-access-log
+    .venv/bin/python -m bench.compare --before HEAD --what drain \
+        --before-env DISPATCH_WINDOW=0 --after-env DISPATCH_WINDOW=32
 
 `--before` is any git ref: its tree is exported (`git archive`) to a temporary folder and its API and
 workers run from there, against the same throwaway PostgreSQL and NATS as the working tree's. The two
@@ -40,9 +42,11 @@ def export_tree(ref: str, into: Path) -> Path:
     return into
 
 
-async def ingest_once(suite: Suite, root: Path, uvicorn_args: list[str], concurrency: int) -> dict[str, Any]:
+async def ingest_once(
+    suite: Suite, root: Path, uvicorn_args: list[str], concurrency: int, env: dict[str, str]
+) -> dict[str, Any]:
     await suite.stack.empty()
-    async with suite.stack.api(root=root, uvicorn_args=uvicorn_args) as api:
+    async with suite.stack.api(root=root, uvicorn_args=uvicorn_args, env=env) as api:
         cpu_before = suite.cpu.snapshot()
         api_cpu = report_cpu(api.process.pid)
         sessions = await suite.stack.sessions_opened()
@@ -62,36 +66,53 @@ async def ingest_once(suite: Suite, root: Path, uvicorn_args: list[str], concurr
     }
 
 
-async def drain_once(suite: Suite, root: Path, uvicorn_args: list[str], tasks: int) -> dict[str, Any]:
+async def drain_once(
+    suite: Suite, root: Path, uvicorn_args: list[str], tasks: int, env: dict[str, str]
+) -> dict[str, Any]:
     await suite.stack.empty()
-    async with suite.stack.api(root=root, uvicorn_args=uvicorn_args) as api:
+    # The API stays up while the worker drains: with DISPATCH_WINDOW set, its dispatcher is what
+    # lets the waiting tasks into the stream (and what it costs is part of the drain's).
+    async with suite.stack.api(root=root, uvicorn_args=uvicorn_args, env=env) as api:
         await suite.load(api.port, "small", count=tasks, concurrency=16, max_seconds=120)
-    async with suite.stack.workers(1, root=root) as (pid,):
-        cpu = report_cpu(pid)
-        postgres = suite.services_cpu()["postgres"]
-        started = time.time()
-        counts = await suite.stack.wait_final(tasks, within=300)
-        last = await suite.stack.db.fetchval("SELECT extract(epoch FROM max(finished_at)) FROM image_tasks")
-        cpu = report_cpu(pid) - cpu
-        postgres = suite.services_cpu()["postgres"] - postgres
+        async with suite.stack.workers(1, root=root, env=env) as (pid,):
+            cpu, api_cpu = report_cpu(pid), report_cpu(api.process.pid)
+            postgres = suite.services_cpu()["postgres"]
+            started = time.time()
+            counts = await suite.stack.wait_final(tasks, within=300)
+            last = await suite.stack.db.fetchval(
+                "SELECT extract(epoch FROM max(finished_at)) FROM image_tasks"
+            )
+            cpu, api_cpu = report_cpu(pid) - cpu, report_cpu(api.process.pid) - api_cpu
+            postgres = suite.services_cpu()["postgres"] - postgres
+    # A drain that did not end is no figure: its idle minutes' CPU over the few images done read as
+    # 53 ms of PostgreSQL per image (the window's first run, with the API stopped meanwhile).
+    if counts.get("done", 0) + counts.get("failed", 0) < tasks:
+        raise RuntimeError(f"the drain did not end within 300 s: {counts}")
     done = max(counts.get("done", 0), 1)
     return {
         "rate": counts.get("done", 0) / (float(last) - started),
         # CPU time per image is far steadier than a rate on a machine shared with other work.
         "worker_cpu_ms": cpu / done * 1000,
         "postgres_cpu_ms": postgres / done * 1000,
+        "api_cpu_ms": api_cpu / done * 1000,
     }
 
 
-async def overhead_once(suite: Suite, root: Path, uvicorn_args: list[str]) -> dict[str, Any]:
+async def overhead_once(
+    suite: Suite, root: Path, uvicorn_args: list[str], env: dict[str, str]
+) -> dict[str, Any]:
     """Upload → done at concurrency 1 with one worker (the suite's queue-overhead scenario)."""
     await suite.stack.empty()
     async with (
-        suite.stack.api(root=root, uvicorn_args=uvicorn_args) as api,
-        suite.stack.workers(1, root=root),
+        suite.stack.api(root=root, uvicorn_args=uvicorn_args, env=env) as api,
+        suite.stack.workers(1, root=root, env=env),
     ):
         figures = await suite.overhead_once(api, 0, pillow_ms=0.0)
     return {key: figures[key] for key in ("server_p50_ms", "server_p99_ms", "client_p50_ms", "client_p99_ms")}
+
+
+def _settings(pairs: list[str]) -> dict[str, str]:
+    return dict(pair.split("=", 1) for pair in pairs)
 
 
 def report_cpu(pid: int) -> float:
@@ -111,26 +132,27 @@ async def compare(args: argparse.Namespace) -> None:
         plan = dataclasses.replace(Plan.quick(args.reps), overhead_uploads=args.overhead_uploads)
         suite = Suite(stack, plan, {"small": small})
         variants = {
-            "before": (before_root, list(args.before_uvicorn_arg)),
-            "after": (PROJECT_ROOT, list(args.after_uvicorn_arg)),
+            "before": (before_root, list(args.before_uvicorn_arg), _settings(args.before_env)),
+            "after": (PROJECT_ROOT, list(args.after_uvicorn_arg), _settings(args.after_env)),
         }
         runs: list[dict[str, Any]] = []
         for rep in range(args.reps):
-            for name, (root, uvicorn_args) in variants.items():
+            for name, (root, uvicorn_args, env) in variants.items():
                 if "ingest" in args.what:
                     for concurrency in args.concurrency:
-                        figures = await ingest_once(suite, root, uvicorn_args, concurrency)
+                        figures = await ingest_once(suite, root, uvicorn_args, concurrency, env)
                         runs.append(
                             {"rep": rep, "variant": name, "what": f"ingest c{concurrency}", **figures}
                         )
                 if "overhead" in args.what:
-                    figures = await overhead_once(suite, root, uvicorn_args)
+                    figures = await overhead_once(suite, root, uvicorn_args, env)
                     runs.append({"rep": rep, "variant": name, "what": "queue overhead c1", **figures})
                 if "drain" in args.what:
-                    figures = await drain_once(suite, root, uvicorn_args, args.drain_tasks)
+                    figures = await drain_once(suite, root, uvicorn_args, args.drain_tasks, env)
                     runs.append({"rep": rep, "variant": name, "what": "drain 1 worker", **figures})
             print(f"repetition {rep + 1} of {args.reps} done", flush=True)
-        before, after = args.before_uvicorn_arg, args.after_uvicorn_arg
+        before = [*args.before_uvicorn_arg, *args.before_env]
+        after = [*args.after_uvicorn_arg, *args.after_env]
         print(f"\nbefore: {args.before} {before}; after: working tree {after}\n")
         print(
             "| scenario | figure | before | after | after / before (per repetition) |\n|---|---|---|---|---|"
@@ -163,6 +185,10 @@ def main() -> int:
     parser.add_argument("--overhead-uploads", type=int, default=100)
     parser.add_argument("--before-uvicorn-arg", action="append", default=[])
     parser.add_argument("--after-uvicorn-arg", action="append", default=[])
+    # Settings for one side's API and worker, e.g. the same code with and without a dispatch window:
+    # --before HEAD --before-env DISPATCH_WINDOW=0 --after-env DISPATCH_WINDOW=32
+    parser.add_argument("--before-env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--after-env", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args()
     args.what = args.what or ["ingest"]
     args.concurrency = args.concurrency or [16]

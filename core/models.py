@@ -52,6 +52,7 @@ from sqlalchemy import (
     String,
     Text,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -122,11 +123,12 @@ class ImageTask(Base):
             "owner",
             postgresql_where="queued_at IS NOT NULL AND status IN ('pending', 'processing')",
         ),
-        # ... and picks the next waiting ones by priority, then by key, oldest first.
+        # ... and picks the next waiting ones by priority, then by key, oldest first (core.tasks walks
+        # it with row comparisons, which need no NULL: '' stands for the key-less queue).
         Index(
-            "ix_image_tasks_waiting",
+            "ix_image_tasks_waiting_heads",
             "priority",
-            "owner",
+            text("COALESCE(owner, '')"),
             "id",
             postgresql_where="queued_at IS NULL AND status = 'pending'",
         ),

@@ -33,11 +33,13 @@ from sqlalchemy import Row, delete, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from core import fair_order
 from core.db import POOL_TIMEOUT_SECONDS, is_database_unavailable
 from core.models import (
     DEFAULT_PRIORITY,
     FINAL_STATUSES,
     INTERRUPTED_REASON,
+    MAX_TASK_ID,
     CallbackState,
     ImageTask,
     Priority,
@@ -484,30 +486,52 @@ _WAITING = "queued_at IS NULL AND status = 'pending'"
 DISPATCH_LOCK_KEY = 0x69716471
 
 _LOCK_DISPATCH = text("SELECT pg_advisory_xact_lock(:key)")
-_COUNT_IN_WINDOW = text(
-    f"SELECT priority, count(*) AS n FROM image_tasks WHERE {_IN_WINDOW} GROUP BY priority"
+# The tasks in the window by priority and key, at most `cap` of them (ix_image_tasks_in_window): the
+# dispatcher only needs to know whether the window is full, and when it is not, it holds fewer.
+_COUNT_IN_WINDOW = text(f"""\
+SELECT priority, owner, count(*) AS n
+FROM (SELECT priority, owner FROM image_tasks WHERE {_IN_WINDOW} LIMIT :cap) AS held
+GROUP BY priority, owner""")
+# The key-less queue's owner in ix_image_tasks_waiting_heads (a key's is a 32-digit fingerprint).
+_KEYLESS = ""
+_WAITING_KEY = "COALESCE(t.owner, '')"
+_HEAD_COLUMNS = (
+    "t.id, t.attempts, t.retries, t.traceparent,"
+    " COALESCE((t.processing->>'generation')::int, 0) AS generation"
 )
-# For each priority, its first `limit` waiting tasks in fair order: a key's n-th waiting task
-# ranks after every other key's tasks with fewer in the window plus waiting ahead of them, so keys
-# take turns (round robin), and a key with many tasks in the window already waits for the others.
-_NEXT_WAITING = text(f"""\
-WITH in_window AS (
-    SELECT owner, count(*) AS n FROM image_tasks WHERE {_IN_WINDOW} GROUP BY owner
-), waiting AS (
-    SELECT id, owner, priority, attempts, retries, traceparent,
-           COALESCE((processing->>'generation')::int, 0) AS generation,
-           row_number() OVER (PARTITION BY priority, owner ORDER BY id) AS turn
-    FROM image_tasks WHERE {_WAITING}
-), ranked AS (
-    SELECT waiting.id, waiting.priority, waiting.attempts, waiting.retries, waiting.traceparent,
-           waiting.generation,
-           row_number() OVER (
-               PARTITION BY waiting.priority ORDER BY COALESCE(in_window.n, 0) + waiting.turn, waiting.id
-           ) AS place
-    FROM waiting LEFT JOIN in_window ON in_window.owner IS NOT DISTINCT FROM waiting.owner
+# Each (priority, key) with tasks waiting, one probe each on ix_image_tasks_waiting_heads: a skip
+# scan, the next pair after the last, rather than every waiting row. Its probes (and the heads'
+# below) are row comparisons and orders on that index's own columns, which no other index of the
+# table serves: with plain equalities the planner may walk another (the owner's, the unqueued ids')
+# and filter, through every waiting row of the other priorities or keys.
+# Each probe lands on the pair's oldest task, which comes along: all a pass needs of most keys.
+_WAITING_KEYS = text(f"""\
+WITH RECURSIVE keys AS (
+    (SELECT t.priority, {_WAITING_KEY} AS owner, {_HEAD_COLUMNS} FROM image_tasks AS t
+     WHERE {_WAITING} ORDER BY t.priority, {_WAITING_KEY}, t.id LIMIT 1)
+    UNION ALL
+    SELECT next.* FROM keys CROSS JOIN LATERAL (
+        SELECT t.priority, {_WAITING_KEY} AS owner, {_HEAD_COLUMNS} FROM image_tasks AS t
+        WHERE {_WAITING} AND (t.priority, {_WAITING_KEY}) > (keys.priority, keys.owner)
+        ORDER BY t.priority, {_WAITING_KEY}, t.id LIMIT 1
+    ) AS next
 )
-SELECT id, priority, attempts, retries, traceparent, generation FROM ranked
-WHERE place <= :limit ORDER BY place""")
+SELECT * FROM keys""")
+# The next `take` waiting tasks after id `after` of each (priority, key) asked for: one ordered range
+# of ix_image_tasks_waiting_heads each, bounded on both sides by row comparisons (as above).
+_QUEUE_HEADS = text(f"""\
+SELECT k.ord, head.*
+FROM unnest(
+    CAST(:priorities AS text[]), CAST(:owners AS text[]), CAST(:after AS int[]), CAST(:take AS int[])
+) WITH ORDINALITY AS k(priority, owner, after, take, ord)
+CROSS JOIN LATERAL (
+    SELECT {_HEAD_COLUMNS} FROM image_tasks AS t
+    WHERE {_WAITING}
+      AND (t.priority, {_WAITING_KEY}, t.id) > (k.priority, k.owner, k.after)
+      AND (t.priority, {_WAITING_KEY}) <= (k.priority, k.owner)
+    ORDER BY t.priority, {_WAITING_KEY}, t.id LIMIT k.take
+) AS head
+ORDER BY k.ord, head.id""")
 # Whatever the status: a worker may claim (even finish) a task between its publish and this mark,
 # and a claimed task left unmarked would be outside the window's count.
 _MARK_DISPATCHED = text("UPDATE image_tasks SET queued_at = now() WHERE id = ANY(:ids) AND queued_at IS NULL")
@@ -525,6 +549,18 @@ class Unqueued(NamedTuple):
     priority: Priority = DEFAULT_PRIORITY
 
 
+@dataclass(frozen=True)
+class InWindow:
+    """The tasks published and not final yet, counted up to a cap."""
+
+    by_priority: dict[Priority, int]
+    by_owner: dict[str | None, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_priority.values())
+
+
 @_mapping_errors
 async def lock_dispatch(session: AsyncSession) -> None:
     """Wait for the one dispatcher turn (across every API process), held until the transaction
@@ -533,25 +569,54 @@ async def lock_dispatch(session: AsyncSession) -> None:
 
 
 @_mapping_errors
-async def count_in_window(session: AsyncSession) -> dict[Priority, int]:
-    """How many tasks of each priority are published and not final yet."""
-    counts = {priority: 0 for priority in Priority}
-    for row in await session.execute(_COUNT_IN_WINDOW):
-        counts[Priority(row.priority)] = row.n
-    return counts
+async def count_in_window(session: AsyncSession, cap: int) -> InWindow:
+    """The tasks published and not final yet, by priority and by key; at most `cap` are counted
+    (a total of `cap` means at least that many)."""
+    by_priority = dict.fromkeys(Priority, 0)
+    by_owner: dict[str | None, int] = {}
+    for row in await session.execute(_COUNT_IN_WINDOW, {"cap": cap}):
+        by_priority[Priority(row.priority)] += row.n
+        by_owner[row.owner] = by_owner.get(row.owner, 0) + row.n
+    return InWindow(by_priority, by_owner)
 
 
 @_mapping_errors
-async def next_waiting(session: AsyncSession, limit: int) -> dict[Priority, list[Unqueued]]:
+async def next_waiting(
+    session: AsyncSession, limit: int, in_window: Mapping[str | None, int] | None = None
+) -> dict[Priority, list[Unqueued]]:
     """Up to `limit` waiting tasks of each priority, in the order they should be published (fair
-    between keys, oldest first within a key)."""
-    found: dict[Priority, list[Unqueued]] = {priority: [] for priority in Priority}
-    for row in await session.execute(_NEXT_WAITING, {"limit": limit}):
-        priority = Priority(row.priority)
-        found[priority].append(
-            Unqueued(row.id, row.attempts, row.generation, row.retries, row.traceparent, priority)
-        )
-    return found
+    between keys given each key's tasks `in_window`, oldest first within a key; core/fair_order.py).
+
+    Reads the keys that have tasks waiting and the heads of their queues only: a few statements
+    of O(limit + keys) rows, whatever the backlog. `in_window` defaults to every task in the window
+    (counted without a cap)."""
+    if in_window is None:
+        in_window = (await count_in_window(session, MAX_TASK_ID)).by_owner
+    queues: dict[Priority, list[fair_order.KeyQueue[Unqueued]]] = {priority: [] for priority in Priority}
+    for row in await session.execute(_WAITING_KEYS):
+        owner, priority = None if row.owner == _KEYLESS else row.owner, Priority(row.priority)
+        head = Unqueued(row.id, row.attempts, row.generation, row.retries, row.traceparent, priority)
+        queues[priority].append(fair_order.KeyQueue(owner, in_window.get(owner, 0), [head]))
+    while reads := [
+        (priority, queue, asked)
+        for priority, keyed in queues.items()
+        for queue, asked in fair_order.to_read(keyed, limit)
+    ]:
+        found: dict[int, list[Unqueued]] = {}
+        params = {
+            "priorities": [priority.value for priority, _, _ in reads],
+            "owners": [_KEYLESS if queue.owner is None else queue.owner for _, queue, _ in reads],
+            "after": [queue.rows[-1].id if queue.rows else 0 for _, queue, _ in reads],
+            "take": [asked for _, _, asked in reads],
+        }
+        for row in await session.execute(_QUEUE_HEADS, params):
+            priority = reads[row.ord - 1][0]
+            found.setdefault(row.ord, []).append(
+                Unqueued(row.id, row.attempts, row.generation, row.retries, row.traceparent, priority)
+            )
+        for ord_, (_, queue, asked) in enumerate(reads, start=1):
+            fair_order.read(queue, asked, found.get(ord_, []))
+    return {priority: fair_order.first(keyed, limit) for priority, keyed in queues.items()}
 
 
 @_mapping_errors

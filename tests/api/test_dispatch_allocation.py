@@ -1,8 +1,11 @@
-"""How the dispatcher shares free places in the window between priorities (api.dispatcher.allocate)."""
+"""How the dispatcher shares free places in the window between priorities (api.dispatcher.allocate),
+and which of the workers' words wake a pass."""
 
 from __future__ import annotations
 
-from api.dispatcher import allocate
+from api.dispatcher import Dispatcher, DispatchPolicy, allocate
+from api.publisher import TaskPublisher
+from core.db import make_engine, make_sessionmaker
 from core.models import Priority
 
 INTERACTIVE, NORMAL, BULK = Priority.INTERACTIVE, Priority.NORMAL, Priority.BULK
@@ -29,3 +32,31 @@ def test_a_small_window_still_owes_each_lower_class_one_place() -> None:
 def test_nothing_is_granted_beyond_what_waits_or_what_is_free() -> None:
     assert allocate(10, 32, {}, {NORMAL: 2}) == {INTERACTIVE: 0, NORMAL: 2, BULK: 0}
     assert sum(allocate(3, 32, {}, {INTERACTIVE: 9, NORMAL: 9, BULK: 9}).values()) == 3
+
+
+def _dispatcher(window: int) -> Dispatcher:
+    """A dispatcher not started: nothing connects until a pass runs."""
+    engine = make_engine("postgresql+asyncpg://nobody@/none?host=/nonexistent", pool_size=1)
+    return Dispatcher(
+        make_sessionmaker(engine), TaskPublisher("nats://127.0.0.1:1"), DispatchPolicy(window, 5)
+    )
+
+
+async def test_workers_words_wake_a_pass_per_eighth_of_a_large_window_and_each_for_a_small_one() -> None:
+    large, small = _dispatcher(32), _dispatcher(4)
+    for dispatcher in (large, small):
+        dispatcher._backlog = True  # the last pass left tasks waiting for room
+    for _ in range(3):
+        large.wake()
+    assert not large._wake.is_set(), "3 of 32 places freed: the stream still holds 29"
+    large.wake()
+    assert large._wake.is_set()
+    small.wake()
+    assert small._wake.is_set()
+
+
+async def test_without_tasks_waiting_for_room_a_workers_word_wakes_nothing() -> None:
+    dispatcher = _dispatcher(4)
+    for _ in range(10):
+        dispatcher.wake()
+    assert not dispatcher._wake.is_set()
