@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 WORKERS ?= 1
 PYTEST_ARGS ?=
+# pytest-xdist processes for `make test`, each with servers of its own (TEST_WORKERS=0: one process).
+TEST_WORKERS ?= 3
 
 .PHONY: install run test test-compose lint format clean bench bench-quick bench-hostile bench-formats \
 	bench-sidebyside bench-sidebyside-large bench-priorities bench-httpx-pool
@@ -22,9 +24,11 @@ install: $(VENV)/.installed
 run: install
 	$(PY) -m devstack --port $(PORT) --workers $(WORKERS)
 
-## test: the whole suite on throwaway PostgreSQL and NATS servers it starts itself
+## test: the whole suite on throwaway PostgreSQL and NATS servers it starts itself, in $(TEST_WORKERS)
+## processes (most of a test's time is spent waiting on servers, so 3 fit 2 cores); a file at a time
+## per process, so a module's fixtures are made once
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 ## test-compose: the Compose files run for real under Docker (installed and started if absent, as root),
 ## base images built locally when they cannot be pulled; 3-5 min, ends with `down -v`

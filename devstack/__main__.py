@@ -55,9 +55,7 @@ def main() -> int:
     settings = get_settings()
     seaweed = None
     if settings.storage_backend == "s3" and not settings.s3_endpoint_url:
-        seaweed = LocalSeaweed(
-            PROJECT_ROOT / ".devdata" / "seaweed", log_file=PROJECT_ROOT / ".devdata" / "seaweed.log"
-        )
+        seaweed = LocalSeaweed(args.data_dir / "seaweed", log_file=args.data_dir / "seaweed.log")
         seaweed.start()
         env.update(seaweed.environment())
         print(f"S3 (SeaweedFS) at {seaweed.endpoint_url}, bucket {settings.s3_bucket}", flush=True)

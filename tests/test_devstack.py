@@ -116,15 +116,17 @@ async def test_make_run_with_s3_and_no_endpoint_starts_its_own_seaweedfs(
 ) -> None:
     """STORAGE_BACKEND=s3 alone: `make run` starts SeaweedFS, creates the bucket and keeps images there."""
     bucket = f"devstack-{os.getpid()}"
+    data_dir = workdir / "devstack-data"
     with _running_devstack(
         stack_env,
         workdir / "devstack-s3.log",
-        *("--data-dir", str(workdir / "devstack-data")),  # the developer's .devdata stays untouched
+        *("--data-dir", str(data_dir)),  # the developer's .devdata stays untouched
         STORAGE_BACKEND="s3",
         S3_ENDPOINT_URL="",
         S3_BUCKET=bucket,
     ) as devstack:
         assert "S3 (SeaweedFS) at http://127.0.0.1:" in devstack.output()
+        assert (data_dir / "seaweed").is_dir(), "SeaweedFS keeps its data in --data-dir too"
         async with httpx.AsyncClient(base_url=devstack.base_url, timeout=30) as client:
             posted = await client.post("/upload", files={"file": ("a.jpg", images.jpeg(), "image/jpeg")})
             assert posted.status_code == 200, posted.text

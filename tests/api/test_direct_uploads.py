@@ -43,11 +43,14 @@ PREFIX = "direct/"
 
 
 @pytest.fixture(scope="module")
-def seaweed(workdir: Path) -> Iterator[LocalSeaweed]:
-    server = LocalSeaweed(workdir / "seaweed-direct", log_file=workdir / "seaweed-direct.log")
+def seaweed(workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSeaweed]:
+    # A store of each module's own, thrown away after it: killed, not stopped, at the end (weed's
+    # graceful stop takes about 25 s, a wait for nothing here).
+    store = tmp_path_factory.mktemp("seaweed-direct")
+    server = LocalSeaweed(store, log_file=workdir / f"{store.name}.log")
     server.start()
     yield server
-    server.stop()
+    server.kill()
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -184,7 +185,8 @@ async def test_a_task_whose_every_attempt_fails_ends_failed_after_max_attempts(
             return (await js.consumer_info(queue.STREAM, queue.DURABLE)).num_waiting > 0
 
         await eventually(fetching, what="the worker waiting for messages")
-        processed.rmdir()
+        # Not rmdir(): the worker may already have rendered tasks an earlier module left queued.
+        shutil.rmtree(processed)
         processed.write_bytes(b"not a folder")
         task_id = await upload(client, images.jpeg())
         task = await final_row(db, task_id)

@@ -3,14 +3,13 @@
 of a burst and started again, every upload the API accepted ends `done` exactly once, and no task
 paid an attempt for the outage (the worker handed its tasks back).
 
-On a stack of the module's own (tests/s3_stack.py), so killing its S3 server disturbs no other test.
+On a stack of the module's own (tests/s3/stack.py), so killing its S3 server disturbs no other test.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -19,40 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.models import ImageTask
 from core.storage import STORAGE_UNAVAILABLE, Area
-from devstack.stack import LocalServers, worker_process
 from tests import images
-from tests.database import session_on
 from tests.faults.burst import Burst, new_prefix
 from tests.faults.outcome import assert_outputs_once, wait_until_done, wait_until_settled
 from tests.nats_stack import scratch_files, upload
-from tests.s3_stack import PREFIX, S3Stack, object_keys, running_s3_stack, s3_client
+from tests.s3.stack import PREFIX, S3Stack, object_keys, s3_client
 from tests.waiting import eventually, final_status
 
 pytestmark = pytest.mark.timeout(150)
-
-
-@pytest.fixture(scope="module")
-def s3_stack(servers: LocalServers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Stack]:
-    with running_s3_stack(servers, tmp_path_factory.mktemp("s3-storage-outage")) as stack:
-        yield stack
-
-
-@pytest.fixture(scope="module")
-def s3_worker(s3_stack: S3Stack) -> Iterator[None]:
-    with worker_process(s3_stack.env, log_file=s3_stack.folders.uploads_dir.parent / "worker.log"):
-        yield
-
-
-@pytest.fixture
-async def api(s3_stack: S3Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=s3_stack.api_url, timeout=30) as http:
-        yield http
-
-
-@pytest.fixture
-async def db(s3_stack: S3Stack) -> AsyncIterator[AsyncSession]:
-    async with session_on(s3_stack.database_url) as session:
-        yield session
 
 
 async def _ready(api: httpx.AsyncClient) -> bool:

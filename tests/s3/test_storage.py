@@ -1,12 +1,12 @@
 """The `s3` storage backend end to end: a real API process and a real worker process with
 STORAGE_BACKEND=s3, on a real S3 server (SeaweedFS), a database of this module's own
-(tests/s3_stack.py), and the same promises as tests/test_nats_storage.py makes for `nats`.
+(tests/s3/stack.py), and the same promises as tests/test_nats_storage.py makes for `nats`.
 
 What must hold: stored files live in the bucket under S3_PREFIX, never in the folders (scratch space
 only, left empty); a file above the part size goes up in parts; outputs and originals are served
 from the bucket, streamed, with ETag, Range and HEAD, or (S3_PRESIGNED_DOWNLOADS) as a 302 that real
 clients follow; deleting a task, retention and a missing object behave as with local files; the
-sweep aborts multipart uploads a killed process left. S3 killed: tests/faults/test_s3_storage_outage.py.
+sweep aborts multipart uploads a killed process left. S3 killed: tests/s3/test_storage_outage.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,47 +33,16 @@ from core.db import make_engine, make_sessionmaker
 from core.models import ImageTask
 from core.storage import Area, Folders
 from core.storage.s3 import S3Storage
-from devstack.stack import LocalServers, running_api, worker_process
+from devstack.stack import running_api
 from tests import images
-from tests.database import session_on
 from tests.nats_stack import scratch_files, upload
 from tests.ranges import assert_ranges_served
-from tests.s3_stack import PART_SIZE, PREFIX, S3Stack, object_keys, running_s3_stack, s3_client
+from tests.s3.stack import PART_SIZE, PREFIX, S3Stack, object_keys
 from tests.waiting import final_status, task_row_when
 from worker.consumer import INPUT_MISSING
 from worker.retention import purge_expired
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture(scope="module")
-def s3_stack(servers: LocalServers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Stack]:
-    with running_s3_stack(servers, tmp_path_factory.mktemp("s3-storage")) as stack:
-        yield stack
-
-
-@pytest.fixture(scope="module")
-def s3_worker(s3_stack: S3Stack) -> Iterator[None]:
-    with worker_process(s3_stack.env, log_file=s3_stack.folders.uploads_dir.parent / "worker.log"):
-        yield
-
-
-@pytest.fixture
-async def api(s3_stack: S3Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=s3_stack.api_url, timeout=30) as http:
-        yield http
-
-
-@pytest.fixture
-async def db(s3_stack: S3Stack) -> AsyncIterator[AsyncSession]:
-    async with session_on(s3_stack.database_url) as session:
-        yield session
-
-
-@pytest.fixture
-async def s3(s3_stack: S3Stack) -> AsyncIterator[Any]:
-    async with s3_client(s3_stack.seaweed) as client:
-        yield client
 
 
 def noise_png(width: int, height: int) -> bytes:
