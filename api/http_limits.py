@@ -17,8 +17,9 @@ What a client sees (the README's "Security limits" table):
   bytes a second after that grace (a trickle that is never quite idle): 408 if no answer was
   started, connection closed; the application sees a disconnect, so the upload's temp file is
   removed. Time the application keeps the client waiting (not reading yet) is not counted;
-- a request answered before its body was read (a 401, 404, 413 refusal): the answer, then the end of
-  the connection (FIN); what the client still sends is dropped for up to LINGER_SECONDS and
+- a request answered before its body was read (a 401, 404, 413 refusal): the answer, which says
+  `Connection: close` (RFC 9112 §9.6: a client must not send another request on it), then the end
+  of the connection (FIN); what the client still sends is dropped for up to LINGER_SECONDS and
   LINGER_BYTES, then the connection is closed, so the client can read the answer;
 - a new connection beyond `max_connections`: the longest-idle connection that is between requests
   or still sending its head is closed to make room; if every one is inside a request, the new one
@@ -39,12 +40,15 @@ import asyncio
 import http
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httptools
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
+
+if TYPE_CHECKING:  # uvicorn's own name for what its cycle's send takes
+    from uvicorn._types import ASGISendEvent
 
 # How often a body being read is checked against its limits (so they act up to this much late).
 BODY_CHECK_SECONDS = 0.5
@@ -122,6 +126,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # Answered with the body unread: the bytes still allowed in before the close (see LINGER_*).
         self._linger_bytes_left: int | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
+        # An answer has said `Connection: close` (see _ClosingCycle): the connection ends with it.
+        self._close_after_response = False
 
     # --- connections ---------------------------------------------------------------------------
 
@@ -210,7 +216,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         self._head_bytes = None
         self._start_body()
+        previous = self.cycle
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle is not previous:
+            # uvicorn builds its cycle class by name; this one's answers may close (see _ClosingCycle).
+            cycle.__class__ = _ClosingCycle
+            cycle.protocol = self  # type: ignore[attr-defined]
 
     # --- the body ------------------------------------------------------------------------------
 
@@ -265,8 +277,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         self._idle_since = time.monotonic()
+        if self._close_after_response:
+            # The answer said the connection ends: a request pipelined behind it is not served.
+            self.pipeline.clear()
         super().on_response_complete()
-        if self._in_body and not self.transport.is_closing():
+        if (self._in_body or self._close_after_response) and not self.transport.is_closing():
             # Answered before its body was read in full (a 404, a refusal): the rest of it would
             # keep the connection busy for ever, and nothing is going to read it.
             self._cancel_body_timer()
@@ -391,3 +406,36 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             cycle.disconnected = True
             cycle.message_event.set()
         self.transport.close()
+
+
+class _ClosingCycle(RequestResponseCycle):
+    """uvicorn's request cycle, whose answer says `Connection: close` when it begins before the
+    request's body has all been received (a refusal before reading, a 413 or 503 part-way through).
+    Such a connection is going to end with that answer (the lingering close above): without the
+    header the answer reads as keep-alive, a client such as httpx puts the connection back in its
+    pool and sends its next request on it, which the closing server drops unanswered; the client
+    sees "Server disconnected without sending a response" (RFC 9112 §9.6: the server says close in
+    the answer that ends the connection). The protocol, not uvicorn, then closes it: uvicorn would
+    close the socket at once, with the body's rest unread, whose reset can destroy the answer."""
+
+    protocol: LimitedHttpToolsProtocol
+
+    async def send(self, message: ASGISendEvent) -> None:
+        if (
+            message["type"] != "http.response.start"
+            or self.response_started
+            or self.disconnected
+            or not self.more_body
+        ):
+            await super().send(message)
+            return
+        headers = list(message.get("headers", []))
+        said_close = any(
+            name.lower() == b"connection" and b"close" in value.lower() for name, value in headers
+        )
+        if not said_close:
+            headers.append((b"connection", b"close"))
+        self.protocol._close_after_response = True
+        await super().send({**message, "headers": headers})
+        # uvicorn closes at the answer's end when keep_alive is off; the protocol lingers instead.
+        self.keep_alive = True

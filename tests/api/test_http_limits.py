@@ -300,6 +300,47 @@ async def test_a_body_left_unread_by_its_answer_does_not_hold_the_connection(api
     assert _status(answer) == 404
 
 
+def _headers(answer: bytes) -> dict[bytes, bytes]:
+    """The answer's header fields by lower-case name."""
+    head = answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
+    return {name.strip().lower(): value.strip() for name, value in (line.split(b":", 1) for line in head)}
+
+
+async def test_an_answer_before_the_body_is_read_says_the_connection_closes(api: Api) -> None:
+    """The server ends a connection whose body it left unread: the answer must say so
+    (`Connection: close`, RFC 9112 §9.6), or a client takes it for keep-alive, sends its next request
+    on it and finds it dropped unanswered ("Server disconnected without sending a response", seen
+    under load from httpx after a 401 to an upload whose body had not all arrived)."""
+    reader, writer = await _connect(api)
+    writer.write(b"POST /no-such-page HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nx")
+    await writer.drain()
+
+    answer = await _answer(reader, timeout=api.settings.http_body_idle_timeout_seconds)
+    writer.close()
+
+    assert _status(answer) == 404
+    assert _headers(answer).get(b"connection") == b"close", answer[:500]
+
+
+async def test_an_answer_after_the_whole_body_keeps_the_connection(api: Api) -> None:
+    """Only an answer begun before its body arrived closes: one after it keeps the connection for the
+    next request, as before."""
+    reader, writer = await _connect(api)
+    writer.write(b"POST /no-such-page HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+    await writer.drain()
+    async with asyncio.timeout(10):
+        head = await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(int(_headers(head)[b"content-length"]))
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    second = await _answer(reader, timeout=10)
+    writer.close()
+
+    assert _status(head) == 404
+    assert b"connection" not in _headers(head)
+    assert _status(second) == 200
+
+
 async def test_a_client_that_sends_its_whole_body_before_reading_gets_the_early_answer(api: Api) -> None:
     """Most clients (httpx, requests) send the whole body before reading: answered early (here a 404)
     the server must not reset the connection under them, or the answer is lost to a ReadError."""
