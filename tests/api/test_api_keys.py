@@ -56,6 +56,27 @@ async def test_without_a_valid_key_tasks_are_401(keyed: httpx.AsyncClient, heade
         assert response.headers["www-authenticate"] == "ApiKey"
 
 
+async def test_an_upload_refused_before_its_body_arrived_says_the_connection_closes(keyed_api: str) -> None:
+    """The 401 comes before the body is read, and the connection ends after it: the answer says
+    `Connection: close`, so a client sends its next request on a new connection instead of on this
+    one (where it used to be dropped unanswered when the server's FIN came late: httpx's "Server
+    disconnected without sending a response" under load)."""
+    url = httpx.URL(keyed_api)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        b"Content-Length: 100000\r\n\r\n--b\r\n"
+    )
+    await writer.drain()
+    async with asyncio.timeout(30):
+        answer = await reader.read(-1)  # to the end of the connection, which comes with the answer
+    writer.close()
+
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.1 401 "), answer
+    assert b"\r\nconnection: close" in head, answer
+
+
 async def test_health_and_the_form_stay_open(keyed: httpx.AsyncClient) -> None:
     assert (await keyed.get("/health")).status_code == 200
     assert (await keyed.get("/")).status_code == 200
