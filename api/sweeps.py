@@ -72,7 +72,6 @@ class Sweeps:
         message).
         """
         requeued, failed = await self._expire_leases()
-        await self.delete_ended_jobs()
         try:
             lost = await self._requeue_lost_messages()
         finally:  # a NATS hiccup above must not keep the temporary files forever
@@ -80,7 +79,10 @@ class Sweeps:
                 await self._storage.remove_stale(self._lost_after.total_seconds())
                 await self._expire_resumable_uploads()
             finally:  # nor a storage hiccup there the abandoned direct uploads
-                await self.sweep_direct_uploads()
+                try:
+                    await self.sweep_direct_uploads()
+                finally:  # ended jobs last: a big cascade that fails must not hold up the rest
+                    await self.delete_ended_jobs()
         counts = (requeued, failed, lost)
         if any(counts):
             log.warning(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -51,6 +53,8 @@ class SpreadTransport(httpx.AsyncBaseTransport):
     with the fewest requests in the air for its size, so none of them queues while another has room."""
 
     def __init__(self, connections: int) -> None:
+        if connections < 1:
+            raise ValueError("a transport needs at least one connection")
         full, rest = divmod(connections, POOL_CONNECTIONS)
         self._sizes = [POOL_CONNECTIONS] * full + ([rest] if rest else [])
         self._pools = [
@@ -84,19 +88,27 @@ class SpreadTransport(httpx.AsyncBaseTransport):
         )
 
     async def aclose(self) -> None:
-        for pool in self._pools:
-            await pool.aclose()
+        # Every pool is closed even if one fails; the first failure is raised.
+        outcomes = await asyncio.gather(*(pool.aclose() for pool in self._pools), return_exceptions=True)
+        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if failures:
+            raise failures[0]
 
 
 def make_client(base_url: str, api_key: str | None, *, connections: int) -> httpx.AsyncClient:
     headers = {"X-API-Key": api_key} if api_key else {}
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    if urllib.request.getproxies():
+        # httpx reads HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY only when it makes its own
+        # transports, so behind a proxy the client keeps httpx's one pool (and its churn past 16).
+        return httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=NETWORK_TIMEOUT_SECONDS, limits=limits
+        )
     return httpx.AsyncClient(
         base_url=base_url.rstrip("/"),
         headers=headers,
         timeout=NETWORK_TIMEOUT_SECONDS,
         transport=SpreadTransport(connections),
-        # Used only by the proxy transports httpx mounts from the environment (HTTP_PROXY and so on).
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
     )
 
 

@@ -38,7 +38,9 @@ def upgrade() -> None:
             postgresql_where=sa.text(_WAITING),
             postgresql_concurrently=True,
         )
-        op.drop_index("ix_image_tasks_waiting", table_name="image_tasks", postgresql_concurrently=True)
+        op.drop_index(
+            "ix_image_tasks_waiting", table_name="image_tasks", postgresql_concurrently=True, if_exists=True
+        )
 
 
 def downgrade() -> None:
@@ -49,5 +51,11 @@ def downgrade() -> None:
             ["priority", "owner", "id"],
             postgresql_where=sa.text(_WAITING),
             postgresql_concurrently=True,
+            if_not_exists=True,
         )
-        op.drop_index("ix_image_tasks_waiting_heads", table_name="image_tasks", postgresql_concurrently=True)
+        op.drop_index(
+            "ix_image_tasks_waiting_heads",
+            table_name="image_tasks",
+            postgresql_concurrently=True,
+            if_exists=True,
+        )

@@ -55,3 +55,32 @@ async def test_a_request_that_fails_hands_its_slot_back() -> None:
             with pytest.raises(httpx.ConnectError):
                 await client.get("/health")
         assert _transport(client)._busy == [0, 0]
+
+
+async def test_a_proxy_named_in_the_environment_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY reaches the requests (httpx reads it only for transports it makes itself)."""
+    seen: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head.split(b"\r\n", 1)[0])
+        body = b'{"status": "ok"}'
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+        writer.write(head % len(body) + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    async with server, make_client("http://imagequeue.example", None, connections=64) as client:
+        response = await client.get("/health")
+    assert response.json() == {"status": "ok"}
+    assert seen == [b"GET http://imagequeue.example/health HTTP/1.1"]
+
+
+def test_a_transport_needs_a_connection() -> None:
+    with pytest.raises(ValueError, match="at least one connection"):
+        SpreadTransport(0)

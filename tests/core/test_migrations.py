@@ -233,3 +233,39 @@ def test_a_database_of_ours_is_not_touched_by_the_original_designs_takeover(empt
     assert after == before
     differences, tables = asyncio.run(_schema_report(empty_database))
     assert differences == [] and "image_tasks_original" not in tables
+
+
+async def _sql(url: str, *statements: str) -> list[str]:
+    """Run each statement on its own (autocommit); the first column of the last one's rows."""
+    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            rows: list[str] = []
+            for statement in statements:
+                result = await connection.execute(text(statement))
+                rows = [row[0] for row in result] if result.returns_rows else []
+            return rows
+    finally:
+        await engine.dispose()
+
+
+def test_the_waiting_index_upgrade_runs_again_after_dying_past_its_drop(empty_database: str) -> None:
+    """Each CONCURRENTLY statement commits on its own: a run killed after the old index's drop but
+    before the version row moved must not stop every later `alembic upgrade head`."""
+    config = alembic_config(empty_database)
+    command.upgrade(config, "head")
+    command.downgrade(config, "4f2a9e6c1d83")
+    # What such a run leaves: the new index built, the old one dropped, the version not moved.
+    asyncio.run(
+        _sql(
+            empty_database,
+            "CREATE INDEX ix_image_tasks_waiting_heads ON image_tasks (priority, COALESCE(owner, ''), id)"
+            " WHERE queued_at IS NULL AND status = 'pending'",
+            "DROP INDEX ix_image_tasks_waiting",
+        )
+    )
+    command.upgrade(config, "head")
+    waiting = asyncio.run(
+        _sql(empty_database, "SELECT indexname FROM pg_indexes WHERE indexname LIKE '%tasks_waiting%'")
+    )
+    assert waiting == ["ix_image_tasks_waiting_heads"]
