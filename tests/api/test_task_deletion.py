@@ -26,9 +26,9 @@ def workers(stack_env: dict[str, str], workdir: Path) -> Iterator[Workers]:
     started.stop_all()
 
 
-async def _upload(client: httpx.AsyncClient, **data: str) -> int:
+async def _upload(client: httpx.AsyncClient, size: tuple[int, int] = (200, 150), **data: str) -> int:
     posted = await client.post(
-        "/upload", files={"file": ("d.jpg", images.jpeg(200, 150), "image/jpeg")}, data=data
+        "/upload", files={"file": ("d.jpg", images.jpeg(*size), "image/jpeg")}, data=data
     )
     assert posted.status_code == 200, posted.text
     return posted.json()["task_id"]
@@ -67,7 +67,9 @@ async def test_a_task_being_processed_is_deleted(
     client: httpx.AsyncClient, db: AsyncSession, workers: Workers, uploads_dir: Path
 ) -> None:
     workers.start()
-    task_id = await _upload(client, ops=json.dumps(SLOW_OPS))
+    # Big enough to be rendering for seconds (as in tests/faults/test_worker_paused.py): a small
+    # one went from pending to done between two looks.
+    task_id = await _upload(client, (3000, 3000), ops=json.dumps(SLOW_OPS))
     row = await task_row_when(
         db, task_id, lambda task: task.status == "processing", timeout=60, what="processing"
     )
