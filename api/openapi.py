@@ -27,7 +27,7 @@ from pydantic import BaseModel
 from api.callback_urls import MAX_URL_CHARS
 from api.deps import API_KEY_REQUIRED, TASK_NOT_FOUND
 from api.reprocess_schemas import JobRequest, ProcessingRequest
-from api.schemas import DATABASE_UNAVAILABLE, ErrorResponse
+from api.schemas import DATABASE_UNAVAILABLE, DirectUploadRequest, ErrorResponse
 from core.formats import ALLOWED_FORMATS, CONTENT_TYPES
 from core.processing.operations import MAX_OPS, OPS
 from core.processing.outputs import MAX_OUTPUTS, USABLE_NAME
@@ -118,7 +118,7 @@ _EXAMPLE_BMP = (
 )
 
 _OPS_REF = {"$ref": "#/components/schemas/Ops"}
-BODY_MODELS: tuple[type[BaseModel], ...] = (ProcessingRequest, JobRequest)
+BODY_MODELS: tuple[type[BaseModel], ...] = (ProcessingRequest, JobRequest, DirectUploadRequest)
 # Empty processing fields count as not given (core.processing.forms.resolve).
 _GIVEN = {"type": "string", "minLength": 1}
 _PROCESSING = ("preset", "ops", "outputs")

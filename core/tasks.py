@@ -45,7 +45,7 @@ from core.models import (
     Priority,
     TaskStatus,
 )
-from core.storage import NOT_READY, Area, Storage, StorageUnavailable
+from core.storage import NOT_READY, Area, Storage, StorageUnavailable, is_stored_name
 
 log = logging.getLogger(__name__)
 
@@ -749,7 +749,7 @@ async def delete_finished(
 
 
 async def _remove_files(storage: Storage, rows: Sequence[Row[Any]]) -> None:
-    await storage.remove(Area.UPLOADS, [row.input_name for row in rows])
+    await storage.remove(Area.UPLOADS, _ours([row.input_name for row in rows]))
     # A reprocessed task's old files too, while they await removal (core/reprocessing.py).
     # And the outputs a failed run made, kept for a retry of the failed ones (core/task_controls.py).
     outputs = [
@@ -761,7 +761,17 @@ async def _remove_files(storage: Storage, rows: Sequence[Row[Any]]) -> None:
             *((row.partial_outputs or {}).get("made") or ()),
         )
     ]
-    await storage.remove(Area.PROCESSED, sorted({output["file"] for output in outputs}))
+    await storage.remove(Area.PROCESSED, _ours(sorted({output["file"] for output in outputs})))
+
+
+def _ours(names: list[str]) -> list[str]:
+    """The names we generated. A row written past the API (a script, a restore) may name a file
+    anything; such a name is not ours to resolve (it could point outside the folders), and the
+    storage backends refuse it, which would fail a delete whose row is already gone."""
+    kept = [name for name in names if is_stored_name(name)]
+    if len(kept) != len(names):
+        log.warning("not removing files with names we never generate: %s", sorted(set(names) - set(kept)))
+    return kept
 
 
 @_mapping_errors

@@ -7,6 +7,7 @@ environment gets them too, so in-process code (`get_settings()`) sees the same s
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ from config import get_settings
 from devstack.servers import free_port
 from devstack.stack import LocalServers, migrate, running_api, start_worker, stop_process
 from tests.database import session_on
+from tests.leftovers import clear_waiting_work
 
 # Small limits keep the refusal tests cheap; the worker tests shorten the redelivery delays.
 TEST_SETTINGS = {
@@ -87,6 +89,18 @@ def stack_env(servers: LocalServers, workdir: Path) -> Iterator[dict[str, str]]:
         else:
             os.environ[key] = value
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_work_left_by_earlier_modules(request: pytest.FixtureRequest) -> None:
+    """Before each module on the session's stack: end the work earlier modules left waiting
+    (tests/leftovers.py), so its workers, counts and queue depths see only its own. Modules that
+    never touch the stack do not start it for this."""
+    module_items = [item for item in request.session.items if item.module is request.module]
+    if not any("stack_env" in getattr(item, "fixturenames", ()) for item in module_items):
+        return
+    env: dict[str, str] = request.getfixturevalue("stack_env")
+    asyncio.run(clear_waiting_work(env["DATABASE_URL"], env["NATS_URL"]))
 
 
 @pytest.fixture(scope="session")

@@ -100,7 +100,9 @@ _RETRY_AFTER = {"description": "Seconds to wait.", "required": True, "schema": {
 _DECLARATION_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": DirectUploadRequest.model_json_schema()}},
+        # By reference, like every JSON body (api.openapi.BODY_MODELS): inlined, its `$defs`
+        # (Priority) were left behind and the `#/$defs/...` references resolved to nothing.
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DirectUploadRequest"}}},
     }
 }
 

@@ -99,3 +99,21 @@ async def test_deleting_an_unknown_task_is_404(client: httpx.AsyncClient) -> Non
     response = await client.delete("/tasks/2147483000")
 
     assert (response.status_code, response.json()) == (404, {"detail": TASK_NOT_FOUND})
+
+
+@pytest.mark.parametrize("input_name", ["a" * 32, "fair-order-row", "../../etc/passwd"])
+async def test_deleting_a_task_whose_file_name_was_never_one_we_made_is_204(
+    client: httpx.AsyncClient, db: AsyncSession, uploads_dir: Path, input_name: str
+) -> None:
+    # A row written past the API (a script, a restore, an old import) may name its file anything;
+    # the name was never ours to resolve, so only the row goes and nothing outside the folders is touched.
+    task_id = await upload(client)
+    await db.execute(update(ImageTask).where(ImageTask.id == task_id).values(input_name=input_name))
+    await db.commit()
+
+    deleted = await client.delete(f"/tasks/{task_id}")
+
+    assert deleted.status_code == 204
+    assert (await client.get(f"/tasks/{task_id}")).status_code == 404
+    db.expire_all()
+    assert await db.get(ImageTask, task_id) is None
