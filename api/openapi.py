@@ -81,6 +81,24 @@ _SHARED: dict[int, dict[str, Any]] = {
 }
 
 
+def sentence_or_list_422(description: str, *, html: bool = False) -> dict[str, Any]:
+    """A 422 that is ours (`{"detail": "a sentence"}`) for a field a route checks itself, and
+    FastAPI's (a list) for a path parameter it validates, e.g. a task id that is not a number."""
+    content: dict[str, Any] = {
+        "application/json": {
+            "schema": {
+                "anyOf": [
+                    {"$ref": "#/components/schemas/ErrorResponse"},
+                    {"$ref": "#/components/schemas/HTTPValidationError"},
+                ]
+            },
+        }
+    }
+    if html:
+        content["text/html"] = {"schema": {"type": "string"}}
+    return {"description": description, "content": content}
+
+
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The shared answers for `responses=`: 401 (API keys), 404 (task), 503 (outage)."""
     return {status: _SHARED[status] for status in statuses}

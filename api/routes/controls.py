@@ -7,13 +7,13 @@ Validate (the caller's task, 404 otherwise; a same-site request), decide in Post
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from api.deps import TASK_NOT_FOUND, ServicesDep, SessionDep, TaskDep
-from api.openapi import error, errors
+from api.openapi import error, errors, sentence_or_list_422
 from api.same_origin import CROSS_SITE, refuse_cross_site
 from api.schemas import TaskStatusResponse, result_url, task_status
 from api.templating import templates, wants_html
@@ -45,22 +45,11 @@ async def _answer(request: Request, session: SessionDep, task: ImageTask, status
     return JSONResponse(task_status(task).model_dump(mode="json"), status_code=status_code)
 
 
-# Ours (a sentence) for `outputs`, FastAPI's (a list) for a task id that is not a number.
-_BAD_OUTPUTS_OR_ID: dict[str, Any] = {
-    "description": f"`outputs` is neither `all` nor `failed` (`{BAD_RETRY_OUTPUTS}`); or a task id that is "
-    "not a whole number.",
-    "content": {
-        "application/json": {
-            "schema": {
-                "anyOf": [
-                    {"$ref": "#/components/schemas/ErrorResponse"},
-                    {"$ref": "#/components/schemas/HTTPValidationError"},
-                ]
-            },
-        },
-        "text/html": {"schema": {"type": "string"}},
-    },
-}
+_BAD_OUTPUTS_OR_ID = sentence_or_list_422(
+    f"`outputs` is neither `all` nor `failed` (`{BAD_RETRY_OUTPUTS}`); or a task id that is not a whole "
+    "number.",
+    html=True,
+)
 
 _CONTROL_ERRORS = {
     **errors(401, 404, 503),

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 
 from api.deps import TASK_NOT_FOUND, CallerDep, ServicesDep, SessionDep, TaskDep
-from api.openapi import error, errors
+from api.openapi import error, errors, sentence_or_list_422
 from api.reprocess_schemas import ProcessingRequest, ReprocessResponse
 from api.request_body import BODY_TOO_LARGE, json_body
 from api.schemas import status_url
@@ -37,21 +37,10 @@ PROCESSING_BODY: dict[str, Any] = {
 }
 
 
-# Ours (a sentence) for the body, FastAPI's (a list) for a task id that is not a number.
-_UNPROCESSABLE: dict[str, Any] = {
-    "description": "No processing given, or a bad processing field (named in the message); or a task "
-    "id that is not a whole number.",
-    "content": {
-        "application/json": {
-            "schema": {
-                "anyOf": [
-                    {"$ref": "#/components/schemas/ErrorResponse"},
-                    {"$ref": "#/components/schemas/HTTPValidationError"},
-                ]
-            },
-        }
-    },
-}
+_UNPROCESSABLE = sentence_or_list_422(
+    "No processing given, or a bad processing field (named in the message); or a task id that is not a "
+    "whole number."
+)
 
 
 def requested_processing(services: ServicesDep, body: ProcessingRequest) -> Processing:
