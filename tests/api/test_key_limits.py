@@ -208,6 +208,25 @@ async def test_a_limit_of_zero_forbids_uploads_but_not_reading(
     assert (await limited.get("/tasks", headers=key(name))).status_code == 200
 
 
+async def _status_line_of_declared_upload(base_url: str, api_key: str, length: int) -> bytes:
+    """The status line the API answers to an upload's headers alone (`Expect: 100-continue`, a
+    declared `length`, no body sent): what it decides before reading a byte of the body."""
+    url = httpx.URL(base_url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            + f"X-API-Key: {api_key}\r\n".encode()
+            + b"Content-Type: multipart/form-data; boundary=b\r\n"
+            + f"Content-Length: {length}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        async with asyncio.timeout(10):
+            return await reader.readline()
+    finally:
+        writer.close()
+
+
 @pytest.mark.parametrize(("name", "status"), [("one", b"429"), ("zero", b"403")])
 async def test_a_key_over_its_limit_is_refused_before_its_body_is_read(
     limited_api: str, limited: httpx.AsyncClient, name: str, status: bytes
@@ -217,19 +236,7 @@ async def test_a_key_over_its_limit_is_refused_before_its_body_is_read(
     sends the body (and a client that sends it anyway is not read)."""
     if name == "one":
         assert (await upload(limited, key(name))).status_code == 200
-    url = httpx.URL(limited_api)
-    reader, writer = await asyncio.open_connection(url.host, url.port)
-    try:
-        writer.write(
-            b"POST /upload HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
-            + f"X-API-Key: {key(name)['X-API-Key']}\r\n".encode()
-            + b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 900000\r\n\r\n"
-        )
-        await writer.drain()
-        async with asyncio.timeout(10):
-            status_line = await reader.readline()
-    finally:
-        writer.close()
+    status_line = await _status_line_of_declared_upload(limited_api, key(name)["X-API-Key"], 900_000)
 
     assert status_line.startswith(b"HTTP/1.1 " + status), status_line
 
@@ -356,19 +363,9 @@ async def test_an_upload_refused_for_its_headers_costs_no_quota(limited: httpx.A
     )
     not_multipart = await limited.post("/upload", content=images.jpeg(), headers=checks)
     # Declared only (httpx would not send a body shorter than its Content-Length).
-    url = httpx.URL(str(limited.base_url))
-    reader, writer = await asyncio.open_connection(url.host, url.port)
-    try:
-        writer.write(
-            b"POST /upload HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
-            + f"X-API-Key: {checks['X-API-Key']}\r\n".encode()
-            + b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 99999999\r\n\r\n"
-        )
-        await writer.drain()
-        async with asyncio.timeout(10):
-            too_large_status = await reader.readline()
-    finally:
-        writer.close()
+    too_large_status = await _status_line_of_declared_upload(
+        str(limited.base_url), checks["X-API-Key"], 99_999_999
+    )
     admitted = await upload(limited, checks)
 
     assert [answer.status_code for answer in (malformed, not_multipart)] == [400, 422]
