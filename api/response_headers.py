@@ -6,7 +6,11 @@
   on every log line written while the request is handled.
 - `Tus-Resumable: 1.0.0` on every answer under the tus endpoint (tus 1.0 asks it of all of them),
   including those no tus route wrote: a refused API key (401), the key limits' 429/403, a 405 for
-  a method, a 503 from the database or the store.
+  a method, a 503 from the database or the store, and a 500 for an unhandled exception.
+
+An unhandled exception is answered here (the same plain 500 Starlette's outermost error layer would
+write) and then re-raised, so the server still logs it: that layer sits outside every middleware and
+its answer would carry none of these headers.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import re
 import uuid
 
+from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.tus_protocol import TUS_PATH, TUS_VERSION
@@ -42,6 +47,9 @@ def page_csp(*, connect_also: str = "") -> str:
 _CSP_EXEMPT = ("/docs", "/redoc")
 _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 _TUS_VERSION = TUS_VERSION.encode()
+# `Connection: close` says what uvicorn does anyway after an exception (it closes the socket), so a
+# client does not send its next request down a connection that is going away.
+_SERVER_ERROR = PlainTextResponse("Internal Server Error", status_code=500, headers={"Connection": "close"})
 
 
 class ResponseHeaders:
@@ -75,5 +83,17 @@ class ResponseHeaders:
                 message["headers"] = headers
             await send(message)
 
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send_with_headers(message)
+
         with request_context(request_id):
-            await self.app(scope, receive, send_with_headers)
+            try:
+                await self.app(scope, receive, send_tracked)
+            except Exception:
+                if not started:
+                    await _SERVER_ERROR(scope, receive, send_with_headers)
+                raise

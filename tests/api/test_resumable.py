@@ -317,3 +317,27 @@ async def test_the_piece_limit_holds_for_a_chunked_patch_too(
     assert refused.json()["detail"] == resumable.TOO_MANY_PIECES
     assert (await client.head(location, headers=TUS)).headers["upload-offset"] == "0"
     await client.delete(location, headers=TUS)
+
+
+async def test_a_500_under_files_carries_tus_resumable_too(
+    client: httpx.AsyncClient, db: AsyncSession
+) -> None:
+    """tus asks Tus-Resumable on every answer, a server error's included. An exception no handler
+    takes is answered by Starlette's outermost layer, outside the one that adds the header: here a
+    stored Upload-Metadata no HTTP header can carry (not Latin-1) makes the GET answer fail to build."""
+    location = (await create(client, 100, filename="a.jpg")).headers["location"]
+    upload_id = location.rsplit("/", 1)[1]
+    await db.execute(
+        update(ResumableUpload)
+        .where(ResumableUpload.id == upload_id)
+        .values(metadata_header="filename \u20ac")
+    )
+    await db.commit()
+
+    failed = await client.get(location, headers=TUS)
+
+    assert failed.status_code == 500
+    assert failed.headers.get_list("tus-resumable") == ["1.0.0"]
+    assert failed.headers["x-content-type-options"] == "nosniff" and failed.headers["x-request-id"]
+    assert failed.headers["connection"] == "close", "uvicorn closes the socket after an exception"
+    await client.delete(location, headers=TUS)
