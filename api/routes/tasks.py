@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from pydantic import WithJsonSchema
 
 from api.deps import MAX_TASK_ID, CallerDep, KeyDep, ServicesDep, SessionDep, TaskDep
 from api.intake import (
@@ -23,7 +24,15 @@ from api.intake import (
     well_formed_key,
 )
 from api.key_limits import LIMIT_FIELDS, UPLOAD_ANSWERS, admit_upload, limit_headers
-from api.openapi import IDEMPOTENCY_KEY_PATTERN, STORED_FILE_ANSWERS, UPLOAD_BODY, error, errors, task_links
+from api.openapi import (
+    IDEMPOTENCY_KEY_PATTERN,
+    STORED_FILE_ANSWERS,
+    UPLOAD_BODY,
+    error,
+    errors,
+    sentence_or_list_422,
+    task_links,
+)
 from api.schemas import (
     TaskPage,
     TaskStatusResponse,
@@ -56,12 +65,18 @@ FORM_FIELDS = ("file", *PROCESSING_FIELDS, "callback_url")
 IMPORT_FORM_FIELDS = (*FORM_FIELDS, "url")
 
 PROCESSED_NOT_FOUND = "Processed image not found"
+_STATUSES = [status.value for status in TaskStatus]
+BAD_STATUS_FILTER = f"`status` must be one of: {', '.join(_STATUSES)}."
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 _READ_ERRORS = errors(401, 404, 503)
 _MEDIA_TYPES = {EXTENSIONS[fmt]: CONTENT_TYPES[fmt] for fmt in EXTENSIONS}
 _BINARY = {"type": "string", "format": "binary"}
+# `status` is checked by the route (422 with a sentence, as every field we check), not by FastAPI
+# (a list); the document still names the values it takes.
+_STATUS_FILTER = Query(description="Only tasks of this status.")
+_STATUS_SCHEMA = WithJsonSchema({"type": "string", "enum": _STATUSES})
 _PROCESSED_NAME = Path(max_length=255, examples=["0f8e1c2a9b7d4e6f8a1b2c3d4e5f6a7b.jpg"])
 
 
@@ -264,12 +279,18 @@ async def delete_task(task: TaskDep, session: SessionDep, services: ServicesDep)
 @router.get(
     "/tasks",
     response_model=TaskPage,
-    responses=errors(401, 503),
+    responses={
+        422: sentence_or_list_422(
+            "`status` is not a task status (the sentence names those it takes); or `limit` or `cursor` "
+            "out of range."
+        ),
+        **errors(401, 503),
+    },
 )
 async def list_tasks(
     session: SessionDep,
     caller: CallerDep,
-    status: TaskStatus | None = None,
+    status: Annotated[str | None, _STATUS_SCHEMA, _STATUS_FILTER] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, examples=[DEFAULT_PAGE_SIZE])] = DEFAULT_PAGE_SIZE,
     cursor: Annotated[
         int | None,
@@ -278,7 +299,10 @@ async def list_tasks(
 ) -> TaskPage:
     """Tasks, newest first, optionally of one status; pages of at most 100 (keyset pagination,
     so pages stay consistent while new tasks arrive). With API keys on, only the caller's tasks."""
-    found = await tasks.newest(session, limit=limit, cursor=cursor, status=status, owner=caller)
+    if status is not None and status not in _STATUSES:
+        raise HTTPException(status_code=422, detail=BAD_STATUS_FILTER)
+    wanted = None if status is None else TaskStatus(status)
+    found = await tasks.newest(session, limit=limit, cursor=cursor, status=wanted, owner=caller)
     return TaskPage(items=[task_status(task) for task in found.tasks], next_cursor=found.next_cursor)
 
 
