@@ -17,7 +17,6 @@ BAD_PORT = CALLBACK_URL.bad_port
 CONTROL_CHARACTERS = CALLBACK_URL.control_characters
 UNRESOLVED = CALLBACK_URL.unresolved
 PRIVATE = CALLBACK_URL.private
-PRIVATE_CARRIED = CALLBACK_URL.private_carried
 
 CallbackRefused = UrlRefused
 

@@ -10,18 +10,24 @@ inside; a redirect is a new URL, vetted again before it is followed.
 Some IPv6 addresses carry an IPv4 address and reach it (IPv4-mapped and -compatible, NAT64, 6to4,
 Teredo); Python's `is_global` judges them by their IPv6 range and calls `64:ff9b::a9fe:a9fe`
 (169.254.169.254 through NAT64) public. They are judged by the IPv4 address they carry instead.
+
+A refusal never names the address a host resolved to, only that it is not public: otherwise anyone
+could ask what a name resolves to inside the network (SSRF reconnaissance). The log keeps it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+
+log = logging.getLogger(__name__)
 
 MAX_URL_CHARS = 2000
 RESOLVE_TIMEOUT_SECONDS = 5.0
@@ -38,8 +44,7 @@ class UrlMessages:
     bad_port: str
     control_characters: str
     unresolved: str  # .format(host=...)
-    private: str  # .format(address=...)
-    private_carried: str  # .format(address=..., ipv4=...)
+    private: str
 
 
 def url_messages(field: str, public_only: str) -> UrlMessages:
@@ -52,9 +57,8 @@ def url_messages(field: str, public_only: str) -> UrlMessages:
         bad_port=f"`{field}` has an invalid port.",
         control_characters=f"`{field}` must not contain control characters.",
         unresolved=f"`{field}`: the host name {{host!r}} does not resolve.",
-        private=f"`{field}` points to {{address}}, a loopback, private or reserved address; {public_only}.",
-        private_carried=f"`{field}` points to {{address}}, which carries the IPv4 address {{ipv4}}, a "
-        f"loopback, private or reserved address; {public_only}.",
+        private=f"`{field}` points to a loopback, private or reserved address (or an IPv6 address "
+        f"carrying one); {public_only}.",
     )
 
 
@@ -112,24 +116,25 @@ async def vet_public_url(url: str, messages: UrlMessages, *, allow_private: bool
     addresses = await _resolve(host, port or (443 if parts.scheme == "https" else 80), messages)
     if not allow_private:
         for address in addresses:
-            refusal = _refusal(address, messages)
-            if refusal is not None:
-                raise UrlRefused(refusal)
+            reason = _not_public(address)
+            if reason is not None:
+                log.info("refused a URL: %r resolves to %s", host[:100], reason)
+                raise UrlRefused(messages.private)
     return PublicTarget(url=url, host=host, address=addresses[0])
 
 
-def _refusal(address: Address, messages: UrlMessages) -> str | None:
-    """Why `address` may not be reached, or None when it is public."""
+def _not_public(address: Address) -> str | None:
+    """Why `address` may not be reached (for the log alone), or None when it is public."""
     if isinstance(address, ipaddress.IPv6Address):
         if address in _LOCAL_NAT64:
-            return messages.private.format(address=address)
+            return f"{address} (local-use NAT64)"
         carried = carried_ipv4(address)
         for ipv4 in carried:
             if not _is_public(ipv4):
-                return messages.private_carried.format(address=address, ipv4=ipv4)
+                return f"{address}, which carries {ipv4}"
         if carried:
             return None
-    return None if _is_public(address) else messages.private.format(address=address)
+    return None if _is_public(address) else str(address)
 
 
 def carried_ipv4(address: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...]:

@@ -23,7 +23,6 @@ from api.callback_urls import (
     HAS_CREDENTIALS,
     NOT_HTTP,
     PRIVATE,
-    PRIVATE_CARRIED,
     CallbackRefused,
     vet_callback_url,
 )
@@ -194,19 +193,19 @@ async def test_a_redirect_is_not_followed(
 
 
 # Also refused as imports by URL (tests/api/test_url_import.py).
-PRIVATE_AND_ODD_URLS: list[tuple[str, str | None]] = [
-    ("http://127.0.0.1:9/hook", PRIVATE.format(address="127.0.0.1")),
-    ("http://localhost/hook", None),  # 127.0.0.1 or ::1, whichever resolves first
-    ("http://10.1.2.3/", PRIVATE.format(address="10.1.2.3")),
-    ("http://192.168.0.10/", PRIVATE.format(address="192.168.0.10")),
-    ("http://172.16.5.4/", PRIVATE.format(address="172.16.5.4")),
-    ("http://169.254.169.254/latest/meta-data/", PRIVATE.format(address="169.254.169.254")),
-    ("http://100.64.0.1/", PRIVATE.format(address="100.64.0.1")),
-    ("http://0.0.0.0/", PRIVATE.format(address="0.0.0.0")),
-    ("http://[::1]/", PRIVATE.format(address="::1")),
-    ("http://[::ffff:127.0.0.1]/", PRIVATE_CARRIED.format(address="::ffff:7f00:1", ipv4="127.0.0.1")),
-    ("http://[fd00::1]/", PRIVATE.format(address="fd00::1")),
-    ("http://224.0.0.1/", PRIVATE.format(address="224.0.0.1")),
+PRIVATE_AND_ODD_URLS: list[tuple[str, str]] = [
+    ("http://127.0.0.1:9/hook", PRIVATE),
+    ("http://localhost/hook", PRIVATE),  # 127.0.0.1 or ::1, neither named
+    ("http://10.1.2.3/", PRIVATE),
+    ("http://192.168.0.10/", PRIVATE),
+    ("http://172.16.5.4/", PRIVATE),
+    ("http://169.254.169.254/latest/meta-data/", PRIVATE),
+    ("http://100.64.0.1/", PRIVATE),
+    ("http://0.0.0.0/", PRIVATE),
+    ("http://[::1]/", PRIVATE),
+    ("http://[::ffff:127.0.0.1]/", PRIVATE),
+    ("http://[fd00::1]/", PRIVATE),
+    ("http://224.0.0.1/", PRIVATE),
     ("ftp://example.com/", NOT_HTTP),
     ("file:///etc/passwd", NOT_HTTP),
     ("gopher://127.0.0.1:6379/", NOT_HTTP),
@@ -216,35 +215,28 @@ PRIVATE_AND_ODD_URLS: list[tuple[str, str | None]] = [
 
 
 @pytest.mark.parametrize(("url", "detail"), PRIVATE_AND_ODD_URLS)
-async def test_private_and_odd_callback_urls_are_refused(url: str, detail: str | None) -> None:
+async def test_private_and_odd_callback_urls_are_refused(url: str, detail: str) -> None:
     with pytest.raises(CallbackRefused) as refused:
         await vet_callback_url(url, allow_private=False)
-    if detail is not None:
-        assert str(refused.value) == detail
+    assert str(refused.value) == detail
 
 
 # IPv6 addresses that carry an IPv4 address, which Python's is_global calls public by their range.
 PRIVATE_CARRYING_HOSTS: list[tuple[str, str]] = [
     # NAT64 (RFC 6052): the cloud metadata address through the well-known prefix.
-    ("64:ff9b::a9fe:a9fe", PRIVATE_CARRIED.format(address="64:ff9b::a9fe:a9fe", ipv4="169.254.169.254")),
-    ("64:ff9b::10.0.0.1", PRIVATE_CARRIED.format(address="64:ff9b::a00:1", ipv4="10.0.0.1")),
+    ("64:ff9b::a9fe:a9fe", PRIVATE),
+    ("64:ff9b::10.0.0.1", PRIVATE),
     # The local-use NAT64 prefix (RFC 8215) is refused whatever it carries.
-    ("64:ff9b:1::808:808", PRIVATE.format(address="64:ff9b:1::808:808")),
+    ("64:ff9b:1::808:808", PRIVATE),
     # IPv4-compatible (::/96, deprecated) and IPv4-mapped.
-    ("::127.0.0.1", PRIVATE_CARRIED.format(address="::7f00:1", ipv4="127.0.0.1")),
-    ("::ffff:192.168.1.1", PRIVATE_CARRIED.format(address="::ffff:c0a8:101", ipv4="192.168.1.1")),
+    ("::127.0.0.1", PRIVATE),
+    ("::ffff:192.168.1.1", PRIVATE),
     # 6to4 (2002::/16): the IPv4 address follows the prefix.
-    ("2002:7f00:1::", PRIVATE_CARRIED.format(address="2002:7f00:1::", ipv4="127.0.0.1")),
-    ("2002:a9fe:a9fe::1", PRIVATE_CARRIED.format(address="2002:a9fe:a9fe::1", ipv4="169.254.169.254")),
+    ("2002:7f00:1::", PRIVATE),
+    ("2002:a9fe:a9fe::1", PRIVATE),
     # Teredo (2001::/32): server, then the client bit-inverted in the last 32 bits.
-    (
-        "2001:0:4136:e378:8000:63bf:80ff:fffe",
-        PRIVATE_CARRIED.format(address="2001:0:4136:e378:8000:63bf:80ff:fffe", ipv4="127.0.0.1"),
-    ),
-    (
-        "2001:0:a00:1:8000:63bf:f7f7:f7f7",
-        PRIVATE_CARRIED.format(address="2001:0:a00:1:8000:63bf:f7f7:f7f7", ipv4="10.0.0.1"),
-    ),
+    ("2001:0:4136:e378:8000:63bf:80ff:fffe", PRIVATE),
+    ("2001:0:a00:1:8000:63bf:f7f7:f7f7", PRIVATE),
 ]
 
 
@@ -298,14 +290,14 @@ def api_without_callbacks(stack_env: dict[str, str], workdir: Path) -> Iterator[
 @pytest.mark.parametrize(
     ("url", "detail"),
     [
-        ("http://127.0.0.1:8000/admin", PRIVATE.format(address="127.0.0.1")),
-        ("http://169.254.169.254/", PRIVATE.format(address="169.254.169.254")),
+        ("http://127.0.0.1:8000/admin", PRIVATE),
+        ("http://169.254.169.254/", PRIVATE),
         (
             "http://[64:ff9b::a9fe:a9fe]/",
-            PRIVATE_CARRIED.format(address="64:ff9b::a9fe:a9fe", ipv4="169.254.169.254"),
+            PRIVATE,
         ),
-        ("http://[::127.0.0.1]:8000/", PRIVATE_CARRIED.format(address="::7f00:1", ipv4="127.0.0.1")),
-        ("http://[2002:7f00:1::]/", PRIVATE_CARRIED.format(address="2002:7f00:1::", ipv4="127.0.0.1")),
+        ("http://[::127.0.0.1]:8000/", PRIVATE),
+        ("http://[2002:7f00:1::]/", PRIVATE),
         ("javascript:alert(1)", NOT_HTTP),
     ],
 )
