@@ -4,7 +4,12 @@ that needs no body (headers, fields known already, open-upload counts), so a req
 one of those costs no quota. The decision is
 core.key_limits' (in PostgreSQL, shared by every API replica); this module turns it into the
 answer: 429 with Retry-After, 403 for a key whose limit is 0, and the IETF draft's RateLimit-Policy
-and RateLimit fields on refusals and admitted uploads alike."""
+and RateLimit fields on refusals and admitted uploads alike.
+
+An upload whose Idempotency-Key a task already holds is not counted: it can only be answered from
+that task (a replay: a client retrying an answer it lost) or refused (422, the key reused for a
+different upload), so it makes nothing. Its answer carries no RateLimit fields (nothing was decided).
+Two requests with one new key at the same moment are both counted (the second then replays)."""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from fastapi import HTTPException
 
 from api.openapi import RETRY_AFTER, error
 from api.state import Services
-from core import key_limits
+from core import key_limits, tasks
 from core.api_keys import KeyPolicy
 from core.key_limits import Refusal, Verdict
 
@@ -85,10 +90,19 @@ def _refusal(verdict: Verdict) -> HTTPException:
     return HTTPException(429, message, {**headers, "Retry-After": str(PENDING_RETRY_SECONDS)})
 
 
-async def admit_upload(services: Services, key: KeyPolicy | None) -> Verdict | None:
+async def admit_upload(
+    services: Services, key: KeyPolicy | None, *, idempotency_key: str | None = None
+) -> Verdict | None:
     """Count one upload against the caller's key, or refuse it (HTTPException: 429 or 403, with the
-    headers). None when the key has no limits, or keys are off. Call it before reading the body."""
-    verdict = None if key is None else await key_limits.admit(services.driver_pool, key)
+    headers). None when the key has no limits, or keys are off, or `idempotency_key` (as stored) is
+    held by a task already (a replay). Call it before reading the body."""
+    if key is None or not key.limited:
+        return None
+    if idempotency_key is not None:
+        async with services.sessions() as session:
+            if await tasks.idempotency_key_used(session, idempotency_key):
+                return None
+    verdict = await key_limits.admit(services.driver_pool, key)
     if verdict is not None and not verdict.admitted:
         raise _refusal(verdict)
     return verdict

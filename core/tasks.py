@@ -408,6 +408,14 @@ async def find_by_idempotency_key(session: AsyncSession, key: str) -> ImageTask 
 
 
 @_mapping_errors
+async def idempotency_key_used(session: AsyncSession, key: str) -> bool:
+    """Whether a task holds `key` (as stored, scoped to its API key)."""
+    return bool(
+        await session.scalar(select(select(ImageTask.id).where(ImageTask.idempotency_key == key).exists()))
+    )
+
+
+@_mapping_errors
 async def find_by_input_name(session: AsyncSession, input_name: str) -> ImageTask | None:
     return await session.scalar(select(ImageTask).where(ImageTask.input_name == input_name))
 

@@ -218,7 +218,9 @@ async def create_upload(
         open_count = await resumable.count_open(session, caller)
         if open_count >= settings.tus_max_open_uploads:
             raise TusRefused(429, TOO_MANY_OPEN.format(count=open_count, limit=settings.tus_max_open_uploads))
-        admission = await admit_upload(services, key)
+        stored_key = None if idempotency_key is None else scoped_key(idempotency_key, caller)
+        # Not counted when a task holds the key already: the upload can only replay it (or be refused).
+        admission = await admit_upload(services, key, idempotency_key=stored_key)
         upload = ResumableUpload(
             id=resumable.new_upload_id(),
             owner=caller,
@@ -226,7 +228,7 @@ async def create_upload(
             received=0,
             metadata_header=metadata_header,
             fields=fields,
-            idempotency_key=None if idempotency_key is None else scoped_key(idempotency_key, caller),
+            idempotency_key=stored_key,
             pieces=[],
             expires_at=await resumable.expires_at(session, timedelta(seconds=settings.tus_expiry_seconds)),
         )

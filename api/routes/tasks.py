@@ -231,8 +231,8 @@ async def upload(
     boundary = upload_boundary(request, settings.max_upload_bytes)
     # Counted once the headers are known good (a malformed Idempotency-Key, a declared length over
     # the limit or a body that is not multipart cost no quota), and before a byte of the body is
-    # read (a key over its limit costs one statement, not an upload).
-    admission = await admit_upload(services, key_policy)
+    # read (a key over its limit costs one statement, not an upload). A replay is not counted.
+    admission = await admit_upload(services, key_policy, idempotency_key=key)
     received = await receive_upload(
         request,
         boundary,

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.intake import PRIORITY_ABOVE_CAP
+from api.intake import IDEMPOTENCY_KEY_REUSED, PRIORITY_ABOVE_CAP
 from api.key_limits import (
     MAX_PENDING_REACHED,
     PENDING_RETRY_SECONDS,
@@ -45,6 +45,8 @@ KEYS = {
     "tus-checks": {"key": "tus-checks-three-a-minute-0123456789", "uploads_per_minute": 3},
     "form-checks": {"key": "form-checks-one-a-minute-0123456789", "uploads_per_minute": 1},
     "capped": {"key": "capped-at-normal-0123456789", "max_priority": "normal"},
+    "replay": {"key": "replay-one-a-minute-0123456789", "uploads_per_minute": 1},
+    "tus-replay": {"key": "tus-replay-one-a-minute-0123456789", "uploads_per_minute": 1},
 }
 # Few, so that the open-upload refusal is reached in a test.
 TUS_MAX_OPEN_UPLOADS = 2
@@ -303,6 +305,53 @@ async def test_a_resumable_upload_counts_against_the_key_once_at_creation(limite
     assert second.headers["tus-resumable"] == "1.0.0", "tus asks it of every answer, refusals too"
     assert second.headers["ratelimit"].startswith('"minute";r=0')
     assert (await upload(limited, key("resumable"))).status_code == 429
+
+
+async def test_an_idempotent_replay_is_not_counted_against_the_minute(limited: httpx.AsyncClient) -> None:
+    """A client retrying an upload whose answer it lost gets its task, not a 429: the replay makes
+    nothing. The key reused for another file is still the 422 that says so, not a 429."""
+    photo = images.jpeg(64, 48)
+    replay = {**key("replay"), "Idempotency-Key": "lost-answer-1"}
+
+    async def send(data: bytes, headers: dict[str, str]) -> httpx.Response:
+        return await limited.post("/upload", files={"file": ("r.jpg", data, "image/jpeg")}, headers=headers)
+
+    first = await send(photo, replay)
+    retried = [await send(photo, replay) for _ in range(3)]
+    other_file = await send(images.jpeg(65, 48), replay)
+    new_upload = await send(photo, key("replay"))
+
+    assert first.status_code == 200 and first.headers["ratelimit"].startswith('"minute";r=0')
+    for answer in retried:
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["idempotent-replayed"] == "true"
+        assert answer.json()["task_id"] == first.json()["task_id"]
+    assert other_file.status_code == 422 and other_file.json()["detail"] == IDEMPOTENCY_KEY_REUSED
+    assert new_upload.status_code == 429, "the minute's one upload was the first, and only it"
+
+
+async def test_a_tus_upload_replaying_a_key_is_not_counted_either(limited: httpx.AsyncClient) -> None:
+    photo = images.jpeg(66, 48)
+    headers = {
+        **key("tus-replay"),
+        "Tus-Resumable": "1.0.0",
+        "Upload-Length": str(len(photo)),
+        "Idempotency-Key": "lost-answer-2",
+    }
+    patch = {**key("tus-replay"), "Tus-Resumable": "1.0.0", "Content-Type": "application/offset+octet-stream"}
+    task_ids = []
+    for _ in range(2):
+        created = await limited.post("/files/", headers=headers)
+        assert created.status_code == 201, created.text
+        finished = await limited.patch(
+            created.headers["location"], content=photo, headers={**patch, "Upload-Offset": "0"}
+        )
+        assert finished.status_code == 204, finished.text
+        task_ids.append(finished.headers["imagequeue-task-id"])
+
+    assert task_ids[0] == task_ids[1]
+    fresh = await limited.post("/files/", headers={**headers, "Idempotency-Key": "lost-answer-3"})
+    assert fresh.status_code == 429, "the minute's one upload was the first creation"
 
 
 async def test_tus_refusals_by_key_carry_the_tus_version(limited: httpx.AsyncClient) -> None:
