@@ -100,6 +100,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         lost_after_seconds=settings.lost_after_seconds,
         max_attempts=settings.max_attempts,
         job_retention_seconds=settings.job_retention_seconds,
+        tus_expiry_seconds=settings.tus_expiry_seconds,
     )
     # Each loop stops on this event; closing it is bounded (core.loops), so SIGTERM ends the process.
     background = loops.Background("API loops")

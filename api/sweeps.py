@@ -14,7 +14,8 @@
   mid-write left behind (in the local folders, which every storage backend uses for its temporary
   files); the nats backend also purges the chunks of puts cut short (Storage.remove_stale).
 - Resumable uploads past TUS_EXPIRY_SECONDS (finished or not) are deleted with their stored pieces
-  (core.resumable).
+  (core.resumable); a stored piece no upload names (its PATCH's API process was killed before
+  adding it), once older than TUS_EXPIRY_SECONDS, is removed too.
 - Bulk reprocess jobs that ended more than JOB_RETENTION_SECONDS ago are deleted (core.jobs; 0
   keeps them), at most JOB_BATCH a sweep.
 
@@ -52,6 +53,7 @@ class Sweeps:
         lost_after_seconds: float,
         max_attempts: int,
         job_retention_seconds: float = 0,
+        tus_expiry_seconds: float,
     ) -> None:
         self._sessions = sessions
         self._publisher = publisher
@@ -59,6 +61,7 @@ class Sweeps:
         self._lost_after = timedelta(seconds=lost_after_seconds)
         self._max_attempts = max_attempts
         self._job_retention = timedelta(seconds=job_retention_seconds) if job_retention_seconds else None
+        self._tus_expiry = timedelta(seconds=tus_expiry_seconds)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Sweep now, then every tenth of LOST_AFTER_SECONDS, until `stop` is set."""
@@ -133,6 +136,7 @@ class Sweeps:
             return
         async with self._sessions() as session:
             expired = await resumable.delete_expired(session, self._storage)
+            await resumable.remove_orphan_pieces(session, self._storage, self._tus_expiry)
         if expired:
             log.info("resumable uploads: %d expired, deleted with their pieces", expired)
 

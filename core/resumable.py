@@ -8,8 +8,10 @@ held only for the short update, except by the PATCH that completes the upload (i
 under the lock, so no second PATCH can finish it twice).
 
 As in core.tasks, rows go first, committed, then their pieces: a crash between the two leaves
-pieces without rows (space, swept with the temporary files where the backend can tell), never rows
-pointing at nothing.
+pieces without rows, never rows pointing at nothing. So does an API process killed in a PATCH
+between storing its piece and adding it to the row. Such a piece is removed by the sweep once it is
+older than TUS_EXPIRY_SECONDS and no row names it (`remove_orphan_pieces`): by then the upload it
+was sent for has expired, so nothing can add it any more.
 """
 
 from __future__ import annotations
@@ -96,6 +98,21 @@ async def delete_expired(session: AsyncSession, storage: Storage) -> int:
     await session.commit()
     await remove_pieces(storage, [piece for row in rows for piece in row])
     return len(rows)
+
+
+async def remove_orphan_pieces(session: AsyncSession, storage: Storage, older_than: timedelta) -> int:
+    """Remove up to SWEEP_BATCH stored pieces older than `older_than` (the uploads' expiry) that no
+    row names; how many. A piece a row still names is left for the row's own sweep."""
+    old = await storage.stored_before(Area.RESUMABLE, older_than.total_seconds(), limit=SWEEP_BATCH)
+    if not old:
+        return 0
+    named = select(func.unnest(ResumableUpload.pieces)).where(ResumableUpload.pieces.overlap(old))
+    kept = set((await session.execute(named)).scalars().all())
+    orphans = [name for name in old if name not in kept]
+    if orphans:
+        log.warning("removing %d piece(s) of resumable uploads that no upload names", len(orphans))
+        await remove_pieces(storage, orphans)
+    return len(orphans)
 
 
 async def remove_pieces(storage: Storage, names: Sequence[str]) -> None:

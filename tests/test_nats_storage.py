@@ -34,6 +34,7 @@ from config import get_settings
 from core import queue
 from core.db import make_driver_pool, make_engine, make_sessionmaker
 from core.models import ImageTask
+from core.resumable import new_piece_name
 from core.storage import Area, Folders
 from core.storage.nats import BUCKETS, NatsStorage
 from devstack.stack import LocalServers
@@ -279,3 +280,26 @@ async def test_chunks_of_a_put_cut_short_are_purged_and_whole_objects_kept(
     finally:
         await storage.close()
         await nc.close()
+
+
+async def test_stored_before_lists_pieces_by_the_age_their_meta_gives(
+    nats_stack: NatsStack, tmp_path: Path
+) -> None:
+    """What the sweep of orphaned resumable pieces reads (core.resumable.remove_orphan_pieces)."""
+    storage = NatsStorage(
+        Folders(tmp_path / "u", tmp_path / "p"), nats_stack.nats.url, replicas=1, client_name="test-ages"
+    )
+    storage.folders.ensure_dirs()
+    piece = new_piece_name()
+    try:
+        await storage.connect(asyncio.Event())
+        temp = storage.folders.temp_upload_path()
+        temp.write_bytes(b"a piece")
+        await storage.keep(Area.RESUMABLE, temp, piece)
+
+        assert piece not in await storage.stored_before(Area.RESUMABLE, 3600, limit=100)
+        assert piece in await storage.stored_before(Area.RESUMABLE, 0, limit=100)
+        await storage.remove(Area.RESUMABLE, [piece])
+        assert piece not in await storage.stored_before(Area.RESUMABLE, 0, limit=100)
+    finally:
+        await storage.close()

@@ -23,6 +23,7 @@ import abc
 import asyncio
 import contextlib
 import enum
+import os
 import re
 import time
 import uuid
@@ -108,6 +109,21 @@ class Folders:
 
     def temp_processed_path(self) -> Path:
         return self.processed_dir / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+
+    def stored_before(self, area: Area, older_than_seconds: float, limit: int) -> list[str]:
+        """Stored names in `area`'s folder last written more than that long ago, at most `limit`."""
+        cutoff = time.time() - older_than_seconds
+        found: list[str] = []
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.folder(area)) as entries:
+            for entry in entries:
+                if len(found) >= limit:
+                    break
+                if not is_stored_name(entry.name):  # temporary files are remove_stale_partials'
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.stat().st_mtime < cutoff:
+                        found.append(entry.name)
+        return found
 
     def remove_stale_partials(self, older_than_seconds: float) -> int:
         """Delete temporary files a killed process left behind; live writers finish long before."""
@@ -210,6 +226,11 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def remove_stale(self, older_than_seconds: float) -> int:
         """Delete what writers killed mid-write left behind, older than that; returns how many."""
+
+    @abc.abstractmethod
+    async def stored_before(self, area: Area, older_than_seconds: float, *, limit: int) -> list[str]:
+        """Up to `limit` names of files in `area` stored more than that long ago: for a sweep of
+        what no row names any more (core.resumable.remove_orphan_pieces)."""
 
 
 def new_stored_name(extension: str) -> str:

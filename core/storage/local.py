@@ -50,6 +50,9 @@ class LocalStorage(Storage):
     async def remove_stale(self, older_than_seconds: float) -> int:
         return await anyio.to_thread.run_sync(self.folders.remove_stale_partials, older_than_seconds)
 
+    async def stored_before(self, area: Area, older_than_seconds: float, *, limit: int) -> list[str]:
+        return await anyio.to_thread.run_sync(self.folders.stored_before, area, older_than_seconds, limit)
+
 
 def _keep_in(synced_temp: Path, final: Path) -> None:
     final.parent.mkdir(exist_ok=True)  # RESUMABLE's folder is made on first use (Folders.resumable_dir)

@@ -254,6 +254,20 @@ class NatsStorage(Storage):
                 removed += await self._remove_orphan_chunks(area, older_than_seconds)
         return removed
 
+    async def stored_before(self, area: Area, older_than_seconds: float, *, limit: int) -> list[str]:
+        """From every object's meta (its `mtime`, which the writer sets when the put completes)."""
+        if not self.is_ready:
+            return []
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
+        try:
+            infos = await self._store(area).list(ignore_deletes=True)
+        except NotFoundError:  # no live object at all
+            return []
+        except _UNAVAILABLE as exc:
+            raise StorageUnavailable(f"listing {BUCKETS[area]}: {_describe(exc)}") from exc
+        found = [info.name for info in infos if info.name and _stored_at(info) < cutoff]
+        return found[:limit]
+
     async def _remove_orphan_chunks(self, area: Area, older_than_seconds: float) -> int:
         """Purge chunk subjects that no object's meta names and whose first chunk is older than that
         (younger ones may belong to a put still under way)."""
@@ -284,3 +298,13 @@ class NatsStorage(Storage):
 
 def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
+
+
+def _stored_at(info: api.ObjectInfo) -> datetime:
+    """When the object was put; an mtime that does not parse (another client's) reads as now, so
+    such an object is never taken for an old one."""
+    try:
+        stored = datetime.fromisoformat(info.mtime or "")
+    except ValueError:
+        return datetime.now(UTC)
+    return stored if stored.tzinfo is not None else stored.replace(tzinfo=UTC)

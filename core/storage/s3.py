@@ -73,7 +73,12 @@ _UNAVAILABLE = (
 def object_key(prefix: str, area: Area, name: str) -> str:
     if not _SAFE_NAME.fullmatch(name):
         raise ValueError(f"not a storable name: {name!r}")
-    return f"{prefix}{area.value}/{name}"
+    return f"{area_prefix(prefix, area)}{name}"
+
+
+def area_prefix(prefix: str, area: Area) -> str:
+    """What every key of the area starts with."""
+    return f"{prefix}{area.value}/"
 
 
 def _is_missing(exc: botocore.exceptions.ClientError) -> bool:
@@ -371,6 +376,23 @@ class S3Storage(Storage):
             ExpiresIn=expires_seconds,
         )
         return post["url"], {str(k): str(v) for k, v in post["fields"].items()}
+
+    async def stored_before(self, area: Area, older_than_seconds: float, *, limit: int) -> list[str]:
+        """From one page of the area's listing (LastModified: when the put completed)."""
+        if not self.is_ready:
+            return []
+        client = self._ready_client()
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
+        prefix = area_prefix(self.prefix, area)
+        async with self._faults(f"listing {area.value}"):
+            listing = await client.list_objects_v2(
+                Bucket=self.bucket, Prefix=prefix, MaxKeys=min(limit, _SWEEP_PAGE)
+            )
+        return [
+            entry["Key"].removeprefix(prefix)
+            for entry in listing.get("Contents") or ()
+            if entry["LastModified"] < cutoff
+        ]
 
     async def remove_stale(self, older_than_seconds: float) -> int:
         """Temporary files in the folders, and multipart uploads under our prefix begun longer ago

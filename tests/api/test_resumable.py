@@ -7,6 +7,8 @@ import asyncio
 import base64
 import hashlib
 import io
+import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,12 +23,15 @@ from api.routes import resumable
 from api.tus_protocol import VERSION_UNSUPPORTED
 from api.uploads import TOO_LARGE
 from core.models import ImageTask, ResumableUpload
+from core.resumable import new_piece_name
 from tests import images
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(90)
 
 TUS = {"Tus-Resumable": "1.0.0"}
+# The test stack leaves TUS_EXPIRY_SECONDS at its default.
+DEFAULT_TUS_EXPIRY_SECONDS = 24 * 3600
 PATCH = {**TUS, "Content-Type": "application/offset+octet-stream"}
 
 
@@ -341,3 +346,34 @@ async def test_a_500_under_files_carries_tus_resumable_too(
     assert failed.headers["x-content-type-options"] == "nosniff" and failed.headers["x-request-id"]
     assert failed.headers["connection"] == "close", "uvicorn closes the socket after an exception"
     await client.delete(location, headers=TUS)
+
+
+async def test_a_piece_left_by_an_api_killed_mid_patch_is_swept_once_older_than_the_expiry(
+    client: httpx.AsyncClient, db: AsyncSession, uploads_dir: Path
+) -> None:
+    """An API process killed between storing a PATCH's piece and adding it to its upload leaves a
+    stored piece no upload names; once older than TUS_EXPIRY_SECONDS (its upload has expired by
+    then) the sweep removes it. A younger one, or an old one an upload still names, stays."""
+    location = (await create(client, 1000)).headers["location"]
+    assert (await patch(client, location, 0, b"x" * 10)).status_code == 204
+    upload_id = location.rsplit("/", 1)[1]
+    named = (await db.get(ResumableUpload, upload_id)).pieces[0]  # type: ignore[union-attr]
+    folder = uploads_dir / "resumable"
+    # Left as the killed process leaves it: stored under a piece's name, in no row.
+    orphan, young_orphan = (folder / new_piece_name() for _ in range(2))
+    orphan.write_bytes(b"y" * 10)
+    young_orphan.write_bytes(b"z" * 10)
+    long_ago = time.time() - 2 * DEFAULT_TUS_EXPIRY_SECONDS
+    for path in (orphan, folder / named):
+        os.utime(path, (long_ago, long_ago))
+
+    async def swept() -> bool:
+        return not orphan.exists()
+
+    await eventually(swept, timeout=30, what="the sweep removing the orphaned piece")
+    assert young_orphan.exists(), "younger than the expiry: its upload may still add it"
+    assert (folder / named).exists(), "an upload names it"
+    resumed = await patch(client, location, 10, b"x" * 10)
+    assert resumed.status_code == 204 and resumed.headers["upload-offset"] == "20"
+    await client.delete(location, headers=TUS)
+    young_orphan.unlink()

@@ -31,6 +31,7 @@ from api.routes.originals import ORIGINAL_NOT_FOUND
 from api.routes.tasks import PROCESSED_NOT_FOUND
 from core.db import make_engine, make_sessionmaker
 from core.models import ImageTask
+from core.resumable import new_piece_name
 from core.storage import Area, Folders
 from core.storage.s3 import S3Storage
 from devstack.stack import running_api
@@ -356,3 +357,26 @@ async def test_a_resumable_upload_keeps_its_pieces_as_objects_and_becomes_a_task
     assert original.status_code == 200 and original.content == data
     left = {key for key in await object_keys(s3, s3_stack.bucket) if key.startswith(resumable_prefix)}
     assert left == set(), "the pieces are removed once joined"
+
+
+async def test_stored_before_lists_pieces_by_their_last_modified(
+    s3_stack: S3Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the sweep of orphaned resumable pieces reads (core.resumable.remove_orphan_pieces)."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, s3_stack.env[name])
+    storage = _storage(s3_stack, Folders(tmp_path / "u", tmp_path / "p"))
+    storage.folders.ensure_dirs()
+    piece = new_piece_name()
+    try:
+        await storage.connect(asyncio.Event())
+        temp = storage.folders.temp_upload_path()
+        temp.write_bytes(b"a piece")
+        await storage.keep(Area.RESUMABLE, temp, piece)
+
+        assert piece not in await storage.stored_before(Area.RESUMABLE, 3600, limit=100)
+        assert piece in await storage.stored_before(Area.RESUMABLE, 0, limit=100)
+        await storage.remove(Area.RESUMABLE, [piece])
+        assert piece not in await storage.stored_before(Area.RESUMABLE, 0, limit=100)
+    finally:
+        await storage.close()
