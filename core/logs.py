@@ -64,6 +64,28 @@ class _ContextFilter(logging.Filter):
         return True
 
 
+class _NamedFailures(logging.Filter):
+    """An exception logged as an argument (`log.warning("... failed: %s", exc)`) whose text is empty,
+    as a TimeoutError's or a CancelledError's is, is logged by its type instead: every logged
+    failure says what failed, whichever call site wrote it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(_unnamed(arg) for arg in args):
+            record.args = tuple(_named(arg) for arg in args)
+        elif isinstance(args, dict) and any(_unnamed(arg) for arg in args.values()):
+            record.args = {key: _named(arg) for key, arg in args.items()}
+        return True
+
+
+def _unnamed(arg: object) -> bool:
+    return isinstance(arg, BaseException) and not str(arg)
+
+
+def _named(arg: object) -> object:
+    return type(arg).__name__ if _unnamed(arg) else arg
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -84,6 +106,7 @@ def configure_logging(level: str, *, json_lines: bool) -> None:
     """One handler on the root logger, for the process's whole life (called once at start-up)."""
     handler = logging.StreamHandler()
     handler.addFilter(_ContextFilter())
+    handler.addFilter(_NamedFailures())
     handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]

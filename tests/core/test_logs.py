@@ -47,3 +47,21 @@ def test_json_lines_carry_task_and_request_ids(
     entry = json.loads(capsys.readouterr().err)
     assert (entry["level"], entry["logger"], entry["message"]) == ("WARNING", "api.main", "téléversé")
     assert (entry["task_id"], entry["request_id"]) == (9, "req-1")
+
+
+@pytest.mark.parametrize("json_lines", [False, True])
+def test_an_exception_without_text_is_logged_by_its_type(
+    restore_root_logger: None, capsys: pytest.CaptureFixture[str], json_lines: bool
+) -> None:
+    configure_logging("INFO", json_lines=json_lines)
+    log = logging.getLogger("worker.consumer")
+
+    log.warning("renewal failed: %s", TimeoutError())
+    log.warning("pass failed: %s", ConnectionResetError("peer gone"))
+    log.warning("step %(step)s failed: %(error)s", {"step": "claim", "error": TimeoutError()})
+
+    lines = capsys.readouterr().err.splitlines()
+    messages = [json.loads(line)["message"] for line in lines] if json_lines else lines
+    assert messages[0].endswith("renewal failed: TimeoutError")
+    assert messages[1].endswith("pass failed: peer gone"), "an exception with text keeps it"
+    assert messages[2].endswith("step claim failed: TimeoutError")
