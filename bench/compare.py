@@ -84,10 +84,8 @@ async def drain_once(
             )
             cpu, api_cpu = report_cpu(pid) - cpu, report_cpu(api.process.pid) - api_cpu
             postgres = suite.services_cpu()["postgres"] - postgres
-    # A drain that did not end is no figure: its idle minutes' CPU over the few images done read as
-    # 53 ms of PostgreSQL per image (the window's first run, with the API stopped meanwhile).
-    if counts.get("done", 0) + counts.get("failed", 0) < tasks:
-        raise RuntimeError(f"the drain did not end within 300 s: {counts}")
+    # wait_final raised if the drain did not end: its idle minutes' CPU over the few images done
+    # read as 53 ms of PostgreSQL per image once (the window's first run, with the API stopped).
     done = max(counts.get("done", 0), 1)
     return {
         "rate": counts.get("done", 0) / (float(last) - started),

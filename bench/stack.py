@@ -192,12 +192,19 @@ class BenchStack:
         return {row["status"]: row["n"] for row in rows}
 
     async def wait_final(self, expected: int, *, within: float, poll: float = 0.05) -> dict[str, int]:
-        """Wait until `expected` rows are done or failed (or `within` seconds); returns the counts."""
+        """Wait until `expected` rows are done or failed; returns the counts. Raises TimeoutError,
+        with the counts seen last, after `within` seconds: a drain that did not end is no figure
+        (its idle time's CPU over the few images done would read as a cost per image)."""
         deadline = time.monotonic() + within
         while True:
             counts = await self.counts()
-            if counts.get("done", 0) + counts.get("failed", 0) >= expected or time.monotonic() > deadline:
+            final = counts.get("done", 0) + counts.get("failed", 0)
+            if final >= expected:
                 return counts
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{final} of {expected} tasks done or failed within {within:g} s; by status: {counts}"
+                )
             await asyncio.sleep(poll)
 
     async def unqueued(self) -> int:
