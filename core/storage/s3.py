@@ -114,6 +114,8 @@ class S3Storage(Storage):
         self._reachable = False
         self._problem: str | None = None
         self._background: loops.Background | None = None
+        # Where stored_before's next page starts, per area ("" or absent: from the beginning).
+        self._listed_up_to: dict[Area, str] = {}
 
     # ---- life cycle -------------------------------------------------------------------------
 
@@ -378,21 +380,25 @@ class S3Storage(Storage):
         return post["url"], {str(k): str(v) for k, v in post["fields"].items()}
 
     async def stored_before(self, area: Area, older_than_seconds: float, *, limit: int) -> list[str]:
-        """From one page of the area's listing (LastModified: when the put completed)."""
+        """From one page of the area's listing (LastModified: when the put completed). Each call
+        reads the page after the last one read, from the start again after the end: a sweep costs
+        one request however many objects there are, and every object is seen within a few sweeps."""
         if not self.is_ready:
             return []
         client = self._ready_client()
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
         prefix = area_prefix(self.prefix, area)
+        after = self._listed_up_to.get(area)
         async with self._faults(f"listing {area.value}"):
             listing = await client.list_objects_v2(
-                Bucket=self.bucket, Prefix=prefix, MaxKeys=min(limit, _SWEEP_PAGE)
+                Bucket=self.bucket,
+                Prefix=prefix,
+                MaxKeys=min(limit, _SWEEP_PAGE),
+                **({"StartAfter": after} if after else {}),
             )
-        return [
-            entry["Key"].removeprefix(prefix)
-            for entry in listing.get("Contents") or ()
-            if entry["LastModified"] < cutoff
-        ]
+        contents = listing.get("Contents") or ()
+        self._listed_up_to[area] = contents[-1]["Key"] if contents and listing.get("IsTruncated") else ""
+        return [entry["Key"].removeprefix(prefix) for entry in contents if entry["LastModified"] < cutoff]
 
     async def remove_stale(self, older_than_seconds: float) -> int:
         """Temporary files in the folders, and multipart uploads under our prefix begun longer ago

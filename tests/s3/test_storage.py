@@ -376,7 +376,20 @@ async def test_stored_before_lists_pieces_by_their_last_modified(
 
         assert piece not in await storage.stored_before(Area.RESUMABLE, 3600, limit=100)
         assert piece in await storage.stored_before(Area.RESUMABLE, 0, limit=100)
-        await storage.remove(Area.RESUMABLE, [piece])
+        # A page at a time, each call the next page: a second piece is seen by a later call.
+        second = new_piece_name()
+        temp = storage.folders.temp_upload_path()
+        temp.write_bytes(b"another piece")
+        await storage.keep(Area.RESUMABLE, temp, second)
+        seen: set[str] = set()
+        for _ in range(50):
+            page = await storage.stored_before(Area.RESUMABLE, 0, limit=1)
+            assert len(page) <= 1
+            seen.update(page)
+            if {piece, second} <= seen:
+                break
+        assert {piece, second} <= seen
+        await storage.remove(Area.RESUMABLE, [piece, second])
         assert piece not in await storage.stored_before(Area.RESUMABLE, 0, limit=100)
     finally:
         await storage.close()
