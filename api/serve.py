@@ -19,10 +19,9 @@ from typing import Any
 import uvicorn
 
 from api.http_limits import HttpLimits, limited_protocol
-from config import ConfigError, Settings, get_settings
+from api.supervisor import Supervisor, make_metrics_dir, remove_metrics_dir
+from config import MAX_API_PROCESSES, ConfigError, Settings, get_settings
 
-# The bounds of API_PROCESSES (config.py), for --processes too.
-MIN_PROCESSES, MAX_PROCESSES = 1, 64
 # How long a child may leave the supervisor's health check unanswered before it counts as hung and
 # is replaced (uvicorn's default is 5 s; a loaded machine can starve a process longer than that).
 HEALTHCHECK_SECONDS = 10
@@ -94,11 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--processes",
         type=int,
-        help=f"API processes on the one socket, {MIN_PROCESSES} to {MAX_PROCESSES} (default: API_PROCESSES)",
+        help=f"API processes on the one socket, 1 to {MAX_API_PROCESSES} (default: API_PROCESSES)",
     )
     args = parser.parse_args(argv)
-    if args.processes is not None and not MIN_PROCESSES <= args.processes <= MAX_PROCESSES:
-        parser.error(f"--processes must be a whole number from {MIN_PROCESSES} to {MAX_PROCESSES}")
+    if args.processes is not None and not 1 <= args.processes <= MAX_API_PROCESSES:
+        parser.error(f"--processes must be a whole number from 1 to {MAX_API_PROCESSES}")
     try:
         settings = get_settings()
     except ConfigError as exc:
@@ -134,9 +133,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve_in_processes(config: ServeConfig) -> int:
-    # Imported here: one process never loads the supervisor (nor prometheus_client before the app).
-    from api.supervisor import Supervisor, make_metrics_dir, remove_metrics_dir
-
     metrics_dir = make_metrics_dir()
     try:
         sock = config.bind_socket()
