@@ -46,6 +46,7 @@ from typing import Any
 import asyncpg
 
 from bench import machine, report
+from bench.api_processes import accepted_per_process
 from bench.clients import available
 from bench.images import photo_jpeg
 from bench.stack import BenchStack
@@ -225,6 +226,10 @@ class SideBySide:
             "nats": machine.process_cpu(self.stack.nats_pid()),
         }
 
+    def served(self, design: Design) -> dict[int, float]:
+        """Uploads each of our API's processes has accepted so far (none with one process)."""
+        return accepted_per_process(design.api_pid) if design.name == "ours" else {}
+
     async def client(self, design: Design, client: str, image: str, count: int, concurrency: int) -> dict:
         first, self.next_index = self.next_index, self.next_index + count
         if client == "raw":
@@ -245,6 +250,7 @@ class SideBySide:
         self, design: Design, client: str, image: str, count: int, concurrency: int, *, until_done: bool
     ) -> dict[str, Any]:
         before = self.cpu(design)
+        served_before = self.served(design)
         started = time.monotonic()
         result = await self.client(design, client, image, count, concurrency)
         ok = result["statuses"].get("200", 0)
@@ -254,6 +260,8 @@ class SideBySide:
                 await asyncio.sleep(0.05)
         elapsed = time.monotonic() - started if until_done else result["elapsed"]
         after = self.cpu(design)
+        # With API_PROCESSES > 1: how the uploads split between the processes (the kernel's choice).
+        served = [count - served_before.get(pid, 0.0) for pid, count in self.served(design).items()]
         cpu = {name: (after[name] - before[name]) * 1000 / max(ok, 1) for name in before}
         cpu["client"] = result["cpu_seconds"] * 1000 / max(ok, 1)
         cpu["all"] = sum(cpu.values())
@@ -273,6 +281,7 @@ class SideBySide:
             "p50_ms": report.percentile(result["latencies"], 0.5) * 1000,
             "p99_ms": report.percentile(result["latencies"], 0.99) * 1000,
             "cpu_ms": {name: round(value, 2) for name, value in cpu.items()},
+            "accepted_per_process": served,
         }
 
     # -- scenarios ------------------------------------------------------------------------------
@@ -303,7 +312,8 @@ class SideBySide:
                     print(
                         f"  {label:28} {name:8} {run['rate']:7.1f}/s p99 {run['p99_ms']:7.0f} ms "
                         f"all {run['cpu_ms']['all']:6.1f} ms client {run['cpu_ms']['client']:5.1f} ms "
-                        f"conns {run['connections']} load {load:.1f}",
+                        f"conns {run['connections']} load {load:.1f}"
+                        + (f" split {run['accepted_per_process']}" if run["accepted_per_process"] else ""),
                         flush=True,
                     )
         return runs
