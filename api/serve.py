@@ -4,7 +4,7 @@ What Dockerfile.api's CMD, `make run` (devstack) and the tests all start, so eac
 limits: they come from the HTTP_* settings (config.py), whose defaults hold where nothing sets them.
 The options are uvicorn's own names for the few the deployments choose.
 
-API_PROCESSES (or `--processes N`) > 1 serves the one socket from N processes under a supervisor
+API_PROCESSES (or `--processes N`) > 1 serves the port from N processes under a supervisor
 (api/supervisor.py); 1, the default, is one uvicorn server in this process, as before.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 import uvicorn
 
 from api.http_limits import HttpLimits, limited_protocol
-from api.supervisor import Supervisor, make_metrics_dir, remove_metrics_dir
+from api.supervisor import Supervisor, listening_sockets, make_metrics_dir, remove_metrics_dir
 from config import MAX_API_PROCESSES, ConfigError, Settings, get_settings
 
 # How long a child may leave the supervisor's health check unanswered before it counts as hung and
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--processes",
         type=int,
-        help=f"API processes on the one socket, 1 to {MAX_API_PROCESSES} (default: API_PROCESSES)",
+        help=f"API processes serving the port, 1 to {MAX_API_PROCESSES} (default: API_PROCESSES)",
     )
     args = parser.parse_args(argv)
     if args.processes is not None and not 1 <= args.processes <= MAX_API_PROCESSES:
@@ -135,11 +135,12 @@ def main(argv: list[str] | None = None) -> int:
 def _serve_in_processes(config: ServeConfig) -> int:
     metrics_dir = make_metrics_dir()
     try:
-        sock = config.bind_socket()
+        sockets = listening_sockets(config, config.workers)
         try:
-            return Supervisor(config, [sock], metrics_dir).run()
+            return Supervisor(config, sockets, metrics_dir).run()
         finally:
-            sock.close()
+            for sock in sockets:
+                sock.close()
     finally:
         remove_metrics_dir(metrics_dir)
 
