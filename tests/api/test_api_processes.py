@@ -162,6 +162,24 @@ async def test_concurrent_uploads_all_succeed_and_both_processes_answer_some(
     assert all(count > 0 for count in served.values()), f"one process answered them all: {served}"
 
 
+async def test_a_burst_of_kept_alive_connections_is_spread_over_the_processes(api: Api) -> None:
+    """16 connections opened at once and kept alive, as a client's pool opens them: on one shared
+    listening socket the first process to wake accepted them all (600/0 in 2 runs of 4); with a
+    socket per process the kernel spreads them (all 16 on one process: 1 chance in 32,768)."""
+    children = api.children()
+    before = {child: api.accepted_by(child) for child in children}
+    data = images.jpeg(64, 48)
+    pool = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+    async with httpx.AsyncClient(base_url=api.base_url, timeout=30, limits=pool) as http:
+        for _ in range(2):  # the second round goes down the 16 connections the first one opened
+            responses = await asyncio.gather(*(_upload(http, data, index) for index in range(16)))
+            assert [response.status_code for response in responses] == [200] * 16
+
+    served = {child: api.accepted_by(child) - before[child] for child in children}
+    assert sum(served.values()) == 32, served
+    assert all(count > 0 for count in served.values()), f"one process took every connection: {served}"
+
+
 async def test_metrics_count_every_accepted_upload_once_whichever_process_answers(
     api: Api, client: httpx.AsyncClient
 ) -> None:
