@@ -21,6 +21,8 @@ $(VENV)/.installed: requirements.txt requirements-core.txt requirements-api.txt 
 install: $(VENV)/.installed
 
 ## run: start PostgreSQL, NATS, migrations, the API on :$(PORT) and a worker; Ctrl-C stops all
+## (settings come from .secrets.toml or the environment: `make run API_PROCESSES=2` serves the API
+## from two processes)
 run: install
 	$(PY) -m devstack --port $(PORT) --workers $(WORKERS)
 

@@ -29,6 +29,8 @@ from dynaconf import Dynaconf
 PROJECT_ROOT = Path(__file__).resolve().parent
 # JetStream refuses more than 5 replicas of a stream.
 MAX_REPLICAS = 5
+# API_PROCESSES: more than a large host's cores is a typo, not a plan.
+MAX_API_PROCESSES = 64
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +256,10 @@ class Settings:
     # creation, and how many unfinished ones each API key (or all callers without one) may hold.
     tus_expiry_seconds: float = field(metadata=setting(24 * 3600, ge=60))
     tus_max_open_uploads: int = field(metadata=setting(20, gt=0))
+    # uvicorn processes `python -m api.serve` runs on one socket (api/supervisor.py). Every per-process
+    # bound below (connections, the database pools, uploads in progress) is each process's: the
+    # totals are this many times them. Default 1: one process, no supervisor.
+    api_processes: int = field(metadata=setting(1, ge=1, le=MAX_API_PROCESSES))
     # The API's HTTP limits (api/http_limits.py), per API process.
     http_max_header_bytes: int = field(metadata=setting(32 * 1024, ge=1024))
     http_max_headers: int = field(metadata=setting(100, ge=10))

@@ -213,7 +213,7 @@ def create_app() -> FastAPI:
     for error in database_errors:
         app.add_exception_handler(error, _database_error)
 
-    app.state.metrics = ApiMetrics()
+    app.state.metrics = ApiMetrics.for_this_process()
     app.add_middleware(UploadCounter, metrics=app.state.metrics)
     app.add_middleware(ResponseHeaders)
     # Every layer inside sees the GET it answers.

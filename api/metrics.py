@@ -8,15 +8,20 @@
   bounded by SCRAPE_TIMEOUT_SECONDS. A dependency that fails or is slow shows as
   `imagequeue_database_up 0` or `imagequeue_nats_up 0`, and the scrape itself still answers 200:
   an outage must show up on the dashboard, not as a hole in it.
-- Counters live in the process that answered. Run one uvicorn process per scrape target (scale with
-  replicas, not `--workers`); Prometheus adds `instance` and sums across targets. The database and
-  queue figures are the same whichever process answers.
+- One API process (API_PROCESSES=1): the counters are this process's own, with its process_* and
+  python_gc_* series. Several on one socket (api/supervisor.py): the parent hands each child
+  PROMETHEUS_MULTIPROC_DIR, prometheus_client keeps every child's counts in a file there, and any
+  child answers the scrape with the sum over all of them (a child that was replaced included), so
+  the totals are the same whichever one Prometheus reaches. process_* and python_gc_* are then left
+  out: each describes only the child that happened to answer. The database and queue figures are
+  read at scrape time, the same from any process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
@@ -29,12 +34,14 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import ServicesDep
 from api.state import Services
+from api.supervisor import METRICS_DIR_VARIABLE
 from core import queue, tasks
 from core.models import TaskStatus
 
@@ -46,21 +53,34 @@ SCRAPE_TIMEOUT_SECONDS = 2.0
 
 
 class ApiMetrics:
-    """What this API process counts, in its own registry (building two apps in one process, as
-    tests do, never collides in prometheus_client's global registry)."""
+    """What the API counts, in a registry of its own (building two apps in one process, as tests do,
+    never collides in prometheus_client's global registry). `registry` is what a scrape shows."""
 
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
         self.registry = CollectorRegistry()
-        ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
-        GCCollector(registry=self.registry)
+        counted_in: CollectorRegistry | None = self.registry
+        if multiprocess_dir is None:
+            ProcessCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+        else:
+            # The counter writes to this process's file; the scrape reads every process's.
+            MultiProcessCollector(self.registry, path=multiprocess_dir)
+            counted_in = None
         self._uploads = Counter(
             "imagequeue_uploads",
-            "Upload requests answered by this process, by outcome "
+            "Upload requests answered by the API, by outcome "
             "(accepted, replayed, refused, unavailable) and status code.",
             ["outcome", "code"],
-            registry=self.registry,
+            registry=counted_in,
         )
+
+    @classmethod
+    def for_this_process(cls) -> ApiMetrics:
+        """Summed over the API's processes when the supervisor started this one among several:
+        prometheus_client itself reads PROMETHEUS_MULTIPROC_DIR when first imported, to put its
+        counters in files there, so the scrape must read the same folder."""
+        return cls(os.environ.get(METRICS_DIR_VARIABLE) or None)
 
     def upload_answered(self, status: int, *, replayed: bool) -> None:
         self._uploads.labels(outcome=upload_outcome(status, replayed=replayed), code=str(status)).inc()
@@ -211,7 +231,8 @@ router = APIRouter(include_in_schema=False)
 
 @router.get("/metrics")
 async def metrics(request: Request, services: ServicesDep, api_metrics: MetricsDep) -> Response:
-    """This process's counters and, read now, the tasks by status and the queue's depth."""
+    """The upload counters (every API process's) and, read now, the tasks by status and the queue's
+    depth."""
     readings = await read_dependencies(services)
     # The format Prometheus asks for (its Accept header), as prometheus_client's own exporters do.
     encode, content_type = choose_encoder(request.headers.get("accept", ""))

@@ -3,6 +3,9 @@
 What Dockerfile.api's CMD, `make run` (devstack) and the tests all start, so each runs the same
 limits: they come from the HTTP_* settings (config.py), whose defaults hold where nothing sets them.
 The options are uvicorn's own names for the few the deployments choose.
+
+API_PROCESSES (or `--processes N`) > 1 serves the port from N processes under a supervisor
+(api/supervisor.py); 1, the default, is one uvicorn server in this process, as before.
 """
 
 from __future__ import annotations
@@ -11,11 +14,17 @@ import argparse
 import dataclasses
 import resource
 import sys
+from typing import Any
 
 import uvicorn
 
 from api.http_limits import HttpLimits, limited_protocol
-from config import ConfigError, Settings, get_settings
+from api.supervisor import Supervisor, listening_sockets, make_metrics_dir, remove_metrics_dir
+from config import MAX_API_PROCESSES, ConfigError, Settings, get_settings
+
+# How long a child may leave the supervisor's health check unanswered before it counts as hung and
+# is replaced (uvicorn's default is 5 s; a loaded machine can starve a process longer than that).
+HEALTHCHECK_SECONDS = 10
 
 # The settings the limits come from (read by http_limits below).
 LIMIT_SETTINGS = (
@@ -39,6 +48,21 @@ def http_limits(settings: Settings) -> HttpLimits:
         body_min_rate=settings.http_body_min_bytes_per_second,
         max_connections=settings.http_max_connections,
     )
+
+
+class ServeConfig(uvicorn.Config):
+    """uvicorn's Config serving our limited httptools protocol. The protocol class is made from
+    `limits` when the config is loaded, in the process that serves: with several processes this
+    config is pickled to each child, and a class made at run time does not pickle (a frozen
+    dataclass of limits does)."""
+
+    def __init__(self, app: str, *, limits: HttpLimits, **options: Any) -> None:
+        super().__init__(app, http="httptools", **options)
+        self.limits = limits
+
+    def load(self) -> None:
+        super().load()
+        self.http_protocol_class = limited_protocol(self.limits)
 
 
 def _open_files_for(connections: int) -> int:
@@ -66,12 +90,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-keep-alive", type=int, default=30)
     parser.add_argument("--timeout-graceful-shutdown", type=int, default=20)
     parser.add_argument("--no-access-log", dest="access_log", action="store_false")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        help=f"API processes serving the port, 1 to {MAX_API_PROCESSES} (default: API_PROCESSES)",
+    )
     args = parser.parse_args(argv)
+    if args.processes is not None and not 1 <= args.processes <= MAX_API_PROCESSES:
+        parser.error(f"--processes must be a whole number from 1 to {MAX_API_PROCESSES}")
     try:
-        limits = http_limits(get_settings())
+        settings = get_settings()
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    limits = http_limits(settings)
+    processes = args.processes or settings.api_processes
     connections = _open_files_for(limits.max_connections)
     if connections < limits.max_connections:
         print(
@@ -80,19 +113,36 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         limits = dataclasses.replace(limits, max_connections=connections)
-    config = uvicorn.Config(
+    config = ServeConfig(
         args.app,
+        limits=limits,
         host=args.host,
         port=args.port,
-        http=limited_protocol(limits),
         proxy_headers=args.proxy_headers,
         timeout_keep_alive=args.timeout_keep_alive,
         timeout_graceful_shutdown=args.timeout_graceful_shutdown,
+        timeout_worker_healthcheck=HEALTHCHECK_SECONDS,
         access_log=args.access_log,
+        workers=processes,
     )
+    if processes > 1:
+        return _serve_in_processes(config)
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 3  # uvicorn's own exit code for a failed start-up
+
+
+def _serve_in_processes(config: ServeConfig) -> int:
+    metrics_dir = make_metrics_dir()
+    try:
+        sockets = listening_sockets(config, config.workers)
+        try:
+            return Supervisor(config, sockets, metrics_dir).run()
+        finally:
+            for sock in sockets:
+                sock.close()
+    finally:
+        remove_metrics_dir(metrics_dir)
 
 
 if __name__ == "__main__":

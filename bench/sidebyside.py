@@ -1,7 +1,7 @@
 """Ours beside the original design, in one run, on the same PostgreSQL and NATS, with real clients.
 
     .venv/bin/python -m bench.sidebyside [--quick] [--reps 3] [--out bench/results] [--name NAME]
-        [--only small|large|PREFIX ...] [--large-uploads N]
+        [--only small|large|PREFIX ...] [--large-uploads N] [--api-processes N]
 
 The original (../shared/original, see its README there) is started as its README says: `uvicorn
 api.main:app` and `python worker/worker.py`, PYTHONPATH at its folder, its four settings
@@ -15,7 +15,8 @@ reporting the median: ingest (API alone, no worker) of a 600×450 JPEG at c16 an
 (bench.load's raw generator, httpx, requests, aiohttp when installed); end to end (API and one worker)
 of 400 small uploads at c16; ingest of 4000×3000 photos (3 MB) at c4 with each client, and their end to
 end with httpx. CPU per upload or image is counted for every
-process: API, worker (and its children), PostgreSQL (postmaster and its backends), NATS and the client.
+process: API (the launcher and, with `--api-processes N` > 1, its N children), worker (and its
+children), PostgreSQL (postmaster and its backends), NATS and the client.
 The client's figures are its own (getrusage); a client that opens more connections than its
 concurrency had connections closed under it. `--only` keeps the scenarios whose label, spaces as
 hyphens, starts with it (`--only ingest-httpx`: httpx ingest at c16 and c64; repeatable). Each run
@@ -45,6 +46,7 @@ from typing import Any
 import asyncpg
 
 from bench import machine, report
+from bench.api_processes import accepted_per_process
 from bench.clients import available
 from bench.images import photo_jpeg
 from bench.stack import BenchStack
@@ -71,6 +73,9 @@ class Plan:
     # Which scenarios run: every one (empty), else those whose image is named ("small": 600×450,
     # "large": 4000×3000) or whose label, spaces as dashes, starts with a given prefix.
     only: tuple[str, ...] = ()
+    # API_PROCESSES for ours (the original runs as its README says: one uvicorn process). The API's
+    # CPU is its launcher's whole tree, so with N > 1 the supervisor and every child count.
+    api_processes: int = 1
 
     def keeps(self, label: str, image: str) -> bool:
         return not self.only or any(
@@ -150,7 +155,7 @@ class SideBySide:
         port = free_port()
         log = self.stack.workdir / f"{name}.log"
         if name == "ours":
-            async with self.stack.api() as api:
+            async with self.stack.api(env={"API_PROCESSES": str(self.plan.api_processes)}) as api:
                 design = Design(name, api.process.pid, api.port)
                 if worker:
                     async with self.stack.workers(1) as pids:
@@ -221,6 +226,10 @@ class SideBySide:
             "nats": machine.process_cpu(self.stack.nats_pid()),
         }
 
+    def served(self, design: Design) -> dict[int, float]:
+        """Uploads each of our API's processes has accepted so far (none with one process)."""
+        return accepted_per_process(design.api_pid) if design.name == "ours" else {}
+
     async def client(self, design: Design, client: str, image: str, count: int, concurrency: int) -> dict:
         first, self.next_index = self.next_index, self.next_index + count
         if client == "raw":
@@ -241,6 +250,7 @@ class SideBySide:
         self, design: Design, client: str, image: str, count: int, concurrency: int, *, until_done: bool
     ) -> dict[str, Any]:
         before = self.cpu(design)
+        served_before = self.served(design)
         started = time.monotonic()
         result = await self.client(design, client, image, count, concurrency)
         ok = result["statuses"].get("200", 0)
@@ -250,6 +260,8 @@ class SideBySide:
                 await asyncio.sleep(0.05)
         elapsed = time.monotonic() - started if until_done else result["elapsed"]
         after = self.cpu(design)
+        # With API_PROCESSES > 1: how the uploads split between the processes (the kernel's choice).
+        served = [count - served_before.get(pid, 0.0) for pid, count in self.served(design).items()]
         cpu = {name: (after[name] - before[name]) * 1000 / max(ok, 1) for name in before}
         cpu["client"] = result["cpu_seconds"] * 1000 / max(ok, 1)
         cpu["all"] = sum(cpu.values())
@@ -269,6 +281,7 @@ class SideBySide:
             "p50_ms": report.percentile(result["latencies"], 0.5) * 1000,
             "p99_ms": report.percentile(result["latencies"], 0.99) * 1000,
             "cpu_ms": {name: round(value, 2) for name, value in cpu.items()},
+            "accepted_per_process": served,
         }
 
     # -- scenarios ------------------------------------------------------------------------------
@@ -299,7 +312,8 @@ class SideBySide:
                     print(
                         f"  {label:28} {name:8} {run['rate']:7.1f}/s p99 {run['p99_ms']:7.0f} ms "
                         f"all {run['cpu_ms']['all']:6.1f} ms client {run['cpu_ms']['client']:5.1f} ms "
-                        f"conns {run['connections']} load {load:.1f}",
+                        f"conns {run['connections']} load {load:.1f}"
+                        + (f" split {run['accepted_per_process']}" if run["accepted_per_process"] else ""),
                         flush=True,
                     )
         return runs
@@ -417,7 +431,12 @@ async def _images(folder: Path) -> dict[str, Path]:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     plan = Plan.smoke() if args.smoke else Plan.quick(args.reps) if args.quick else Plan.full(args.reps)
-    plan = replace(plan, only=tuple(args.only or ()), large_uploads=args.large_uploads or plan.large_uploads)
+    plan = replace(
+        plan,
+        only=tuple(args.only or ()),
+        large_uploads=args.large_uploads or plan.large_uploads,
+        api_processes=args.api_processes,
+    )
     workdir = Path(tempfile.mkdtemp(prefix="sidebyside-"))
     files = await _images(workdir)
     stack = BenchStack(workdir)
@@ -456,12 +475,16 @@ def main() -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, files)")
     parser.add_argument("--large-uploads", type=int, help="uploads per 12 MP scenario (default: the plan's)")
+    parser.add_argument(
+        "--api-processes", type=int, default=1, metavar="N", help="API_PROCESSES for ours (default 1)"
+    )
     args = parser.parse_args()
     if not (ORIGINAL_ROOT / "api" / "main.py").exists():
         print(f"the original's code is not at {ORIGINAL_ROOT}", file=sys.stderr)
         return 2
     result = asyncio.run(run(args))
     suffix = ("-quick" if args.quick else "") + "".join(f"-{only}" for only in args.only or ())
+    suffix += f"-{args.api_processes}procs" if args.api_processes != 1 else ""
     name = args.name or datetime.date.today().isoformat() + "-sidebyside" + suffix
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=1))
