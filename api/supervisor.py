@@ -131,7 +131,7 @@ class Supervisor(Multiprocess):
                 return
             old.terminate()
             old.join()
-            mark_process_dead(old.pid, str(self.metrics_dir))  # type: ignore[arg-type]
+            mark_process_dead(old.pid, str(self.metrics_dir))
             self.processes[index] = new
 
     def handle_ttin(self) -> None:
