@@ -239,6 +239,36 @@ async def test_a_killed_process_is_replaced_and_the_server_keeps_answering(
     assert await _accepted_total(client) >= before_total + 1
 
 
+async def test_sighup_replaces_every_process_on_its_socket_and_sigttin_adds_none(
+    api: Api, client: httpx.AsyncClient
+) -> None:
+    """uvicorn's rolling restart, each newcomer on its predecessor's listening socket; SIGTTIN (one
+    more process in uvicorn) is ignored, as the count is API_PROCESSES."""
+    await eventually(lambda: _both_serving(api), timeout=60, what=lambda: f"children {api.children()}")
+    before = api.children()
+
+    api.process.send_signal(signal.SIGTTIN)
+    api.process.send_signal(signal.SIGHUP)
+
+    async def all_replaced() -> bool:
+        assert (await client.get("/health")).status_code == 200  # answered throughout
+        now = api.children()
+        return len(now) == PROCESSES and not now & before
+
+    await eventually(all_replaced, timeout=90, what=lambda: f"children {api.children()}:\n{api.log_tail()}")
+    newcomers = api.children()
+    counts = {child: api.accepted_by(child) for child in newcomers}
+    data = images.jpeg(64, 48)
+
+    async def each_served() -> bool:
+        assert (await _upload(client, data, 0)).status_code == 200
+        return all(api.accepted_by(child) > counts[child] for child in newcomers)
+
+    # Each newcomer serves a socket of its own: fresh connections reach both.
+    await eventually(each_served, timeout=60, what="a replaced process never answered an upload")
+    assert api.children() == newcomers
+
+
 # --- stopping and refusing -------------------------------------------------------------------------
 
 
