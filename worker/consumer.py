@@ -51,7 +51,7 @@ from core import tasks, tracing
 from core.db import DriverPool
 from core.formats import CONTENT_TYPES, EXTENSIONS, ImageRejected, probe_image
 from core.logs import task_context
-from core.models import INTERRUPTED_REASON, TaskStatus
+from core.models import INTERRUPTED_REASON, Priority, TaskStatus
 from core.processing.cost import ANIMATED_OUTPUT_FORMATS, render_pixels
 from core.processing.outputs import Processing
 from core.queue import DURABLE, parse_task_id
@@ -121,6 +121,8 @@ class _Claim:
     has_placeholder: bool = False
     # Outputs an earlier, failed run made and this one keeps (a retry of the failed outputs only).
     kept: tuple[dict[str, Any], ...] = ()
+    # An interactive task's light render may take the urgent lane (worker/lanes.py).
+    urgent: bool = False
     claimed_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -480,9 +482,10 @@ class TaskProcessor:
     async def _render_in_lane(
         self, task_id: int, claim: _Claim, source: Path, lease: _Lease, placeholder: _PlaceholderWrite
     ) -> RenderedTask:
-        """A light render in the pool; a heavy one in its own process, abandoned (killed) if the
-        lease is lost meanwhile. A light render cannot be stopped and is short: it ends, and
-        finishing it records nothing once the task is no longer this claim's (_finish_done)."""
+        """A light render in the pool, in a lane (an interactive one may take the urgent lane); a
+        heavy one in its own process, abandoned (killed) if the lease is lost meanwhile. A light
+        render cannot be stopped and is short: it ends, and finishing it records nothing once the
+        task is no longer this claim's (_finish_done)."""
         if not await self._is_heavy(claim, source):
             return await self._pool.run(
                 render_task,
@@ -490,6 +493,7 @@ class TaskProcessor:
                 None,
                 claim.kept_names,
                 report=placeholder.report,
+                urgent=claim.urgent,
             )
         return await _unless_lost(lease, self._render_heavy(task_id, claim, source, placeholder))
 
@@ -587,6 +591,7 @@ class TaskProcessor:
             started_at=claim.started_at,
             has_placeholder=claim.has_placeholder,
             kept=_kept_outputs(claim.partial_outputs, processing),
+            urgent=claim.priority is Priority.INTERACTIVE,
         )
 
     async def _status(self, task_id: int) -> str | None:

@@ -1,5 +1,6 @@
 """Where Pillow runs: a pool of threads, or of single-threaded child processes (WORKER_POOL), for
-light renders; a child process of its own, killed at its deadline, for each heavy one.
+light renders, each in a lane (worker/lanes.py: the regular ones and the urgent ones for interactive
+tasks); a child process of its own, killed at its deadline, for each heavy one.
 
 Threads share one interpreter; Pillow releases the GIL inside its codecs and resamplers, but not
 everywhere (drawing text, Python-level loops over frames), so processes can use the cores better.
@@ -28,6 +29,7 @@ from typing import Any, Literal, TypeVar
 from PIL import Image
 
 from core.formats import configure_pillow
+from worker.lanes import Lane, Lanes
 
 log = logging.getLogger(__name__)
 
@@ -61,28 +63,50 @@ class RenderTimedOut(Exception):
 
 
 class RenderPool:
-    def __init__(self, kind: PoolKind, size: int, *, max_pixels: int) -> None:
+    def __init__(
+        self,
+        kind: PoolKind,
+        size: int,
+        *,
+        max_pixels: int,
+        urgent_lanes: int = 0,
+        on_lane: Callable[[Lane], None] | None = None,
+    ) -> None:
         self.kind = kind
         self.size = size
         self._max_pixels = max_pixels
+        # `size` regular lanes and the urgent ones (worker/lanes.py); the executor has a thread or
+        # child for each, so a render admitted to a lane never queues behind another.
+        self.lanes = Lanes(size, urgent_lanes)
+        self._on_lane = on_lane
         self._executor = self._new_executor()
 
     def _new_executor(self) -> Executor:
+        workers = self.lanes.total
         if self.kind == "threads":
-            return ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="pillow")
+            return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pillow")
         # forkserver: children are forked from a clean single-threaded server, never from this
         # process with its event loop, threads and sockets.
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["worker.render_job"])
         return ProcessPoolExecutor(
-            max_workers=self.size, mp_context=context, initializer=_start_child, initargs=(self._max_pixels,)
+            max_workers=workers, mp_context=context, initializer=_start_child, initargs=(self._max_pixels,)
         )
 
-    async def run(self, function: Callable[..., T], *args: Any, report: Report | None = None) -> T:
-        """`function(*args)` in the pool. With `report`, the function is also given a `report`
-        keyword argument, and what it reports reaches `report` on this event loop while it runs: in a
-        thread only; a child process of the pool cannot call back, so the function gets no `report`
-        there and must return what it would have reported."""
+    async def run(
+        self, function: Callable[..., T], *args: Any, report: Report | None = None, urgent: bool = False
+    ) -> T:
+        """`function(*args)` in the pool, once a lane is free: a regular one, or for an `urgent`
+        (interactive) render an urgent one when every regular lane is busy. With `report`, the
+        function is also given a `report` keyword argument, and what it reports reaches `report` on
+        this event loop while it runs: in a thread only; a child process of the pool cannot call
+        back, so the function gets no `report` there and must return what it would have reported."""
+        async with self.lanes.taken(urgent=urgent) as lane:
+            if self._on_lane is not None:
+                self._on_lane(lane)
+            return await self._run(function, *args, report=report)
+
+    async def _run(self, function: Callable[..., T], *args: Any, report: Report | None) -> T:
         executor = self._executor
         loop = asyncio.get_running_loop()
         kwargs: dict[str, Any] = {}
