@@ -1,10 +1,12 @@
 """The worker's render lanes (worker/lanes.py): WORKER_CONCURRENCY regular ones for every light
-render, and urgent ones that only an interactive render takes, when the regular ones are busy. In
-the worker's own pool (worker/pool.py), with renders that hold their thread until told to end."""
+render, below the urgent ones in CPU priority, and urgent ones that only an interactive render
+takes, when the regular ones are busy. In the worker's own pool (worker/pool.py), with renders that
+hold their thread until told to end."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import AsyncIterator
 
@@ -12,7 +14,7 @@ import pytest
 
 from tests.waiting import eventually
 from worker.lanes import REGULAR, URGENT, Lane, Lanes
-from worker.pool import RenderPool
+from worker.pool import REGULAR_NICENESS, RenderPool
 
 
 class Renders:
@@ -145,3 +147,30 @@ async def test_a_render_cancelled_while_waiting_leaves_the_line_and_a_lane_hande
     # Every lane back: a new render takes one at once.
     async with asyncio.timeout(1), lanes.taken(urgent=False) as lane:
         assert lane == REGULAR
+
+
+def _niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+async def test_regular_lanes_run_below_the_urgent_ones_in_cpu_priority(pool: RenderPool) -> None:
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    renders = Renders()
+    bulk = asyncio.create_task(pool.run(renders.render, "bulk"))
+
+    async def running() -> bool:
+        return renders.running == 1
+
+    await eventually(running, timeout=10, what="a bulk render in the regular lane")
+    in_urgent_lane = await pool.run(_niceness, urgent=True)
+    renders.release.set()
+    await bulk
+    assert (await pool.run(_niceness), in_urgent_lane) == (base + REGULAR_NICENESS, base)
+
+
+async def test_without_urgent_lanes_renders_keep_the_workers_cpu_priority() -> None:
+    pool = RenderPool("threads", 2, max_pixels=1_000_000)
+    try:
+        assert await pool.run(_niceness) == os.getpriority(os.PRIO_PROCESS, 0)
+    finally:
+        pool.shutdown()
