@@ -151,3 +151,33 @@ async def test_a_bulk_task_never_runs_in_the_urgent_lane(
 
     assert _statuses(rows) == {"done": 15}
     assert lanes == {"regular": 15.0}, lanes
+
+
+async def test_an_interactive_render_too_large_for_the_urgent_lane_waits_for_a_regular_one(
+    stack: Stack, base_url: str, db: AsyncSession
+) -> None:
+    # A 12 MP photo's `default` render, 36 M pixel-steps: over a quarter of HEAVY_RENDER_PIXELS
+    # (worker.consumer.URGENT_RENDER_SHARE), so it must not add its memory beside two regular lanes.
+    port = free_port()
+    env = {**stack.env, "WORKER_METRICS_PORT": str(port)}
+    async with (
+        running_worker(env, log_file=stack.workdir / "urgent-too-large.log"),
+        httpx.AsyncClient(base_url=base_url, timeout=60) as client,
+    ):
+        await _drained(db)
+        backlog = await _upload_bulk(client, 2)
+
+        async def both_lanes_busy() -> bool:
+            return _statuses(await _rows(db, backlog)).get("processing", 0) == 2
+
+        await eventually(both_lanes_busy, timeout=60, what="two bulk renders processing")
+        large = await _upload(client, KEY, "large.jpg", jpeg(4000, 3000), priority="interactive")
+        [large_row] = await _wait_done(db, [large], timeout=120)
+        bulk_rows = await _rows(db, backlog)
+        lanes = await _renders_by_lane(port)
+        await _wait_done(db, backlog, timeout=300)
+
+    assert "urgent" not in lanes, lanes
+    # It rendered once a bulk render had ended and freed its regular lane.
+    bulk_done = [row.finished_at for row in bulk_rows if row.finished_at is not None]
+    assert bulk_done and large_row.finished_at > min(bulk_done), _timeline([large_row, *bulk_rows])  # type: ignore[operator]
