@@ -1,6 +1,7 @@
 """An interactive upload never waits for a bulk render to end (issue 18): the dispatcher lets it past a
 full window (DISPATCH_URGENT_PLACES) and the worker renders it in its urgent lane
-(WORKER_URGENT_LANES) beside the bulk renders; and no bulk task ever takes that lane. Through a real
+(WORKER_URGENT_LANES) beside the bulk renders; no bulk task ever takes that lane, nor does an
+interactive render too large for it (worker.consumer.URGENT_RENDER_SHARE). Through a real
 API, PostgreSQL, NATS and worker processes, on a database and NATS server of this module's own (the
 window is about every task in them).
 
