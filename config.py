@@ -287,6 +287,11 @@ class Settings:
     # 2,000 on one 2-core machine still measured 0.67x the rate of none (the dispatcher's passes and
     # publishes share the CPUs; BENCHMARKS.md, "Priorities and fair share"); on where priorities matter.
     dispatch_window: int = field(metadata=setting(0, ge=0))
+    # Places past a full window that only `interactive` tasks may take (api/dispatcher.py), so an
+    # urgent upload enters the stream at once instead of when a render ends; best at the number of
+    # workers, each of which runs one in its urgent lane (WORKER_URGENT_LANES). 0: none (the window
+    # alone, as before). Only meaningful with DISPATCH_WINDOW > 0.
+    dispatch_urgent_places: int = field(metadata=setting(1, ge=0, le=1000))
     # A bulk reprocess job keeps at most this many of its tasks queued at once (a request may ask
     # for fewer), so the workers take interactive uploads between them.
     reprocess_job_max_in_flight: int = field(metadata=setting(4, gt=0, le=1000))
@@ -335,6 +340,10 @@ class Settings:
     # 4.4× faster than Pillow's default 4, for a file 3% larger.
     webp_method: int = field(metadata=setting(0, ge=0, le=6))
     worker_pool: Literal["threads", "processes"] = field(metadata=setting("threads"))
+    # Renders beyond WORKER_CONCURRENCY that only an `interactive` task may take, when the regular
+    # ones are all busy (worker/lanes.py): an urgent upload never waits for a bulk render to end.
+    # 0: none. Each is one more light render's memory at most (README, "Priorities and fair share").
+    worker_urgent_lanes: int = field(metadata=setting(1, ge=0, le=16))
     # A render estimated to touch more pixels than this (decode, every step and encode, every frame:
     # core.processing.cost.render_pixels) is heavy: it runs in a child process of its own, one at a
     # time, and is killed past RENDER_TIMEOUT_SECONDS. At ~35 ns a pixel-step (BENCHMARKS.md,

@@ -2,15 +2,21 @@
 
 Every committed task waits in PostgreSQL (`queued_at IS NULL`: the outbox) until the dispatcher
 publishes it. The stream holds at most DISPATCH_WINDOW tasks that are not final yet (published,
-waiting there or being processed); the rest wait in the table, where their order can still change.
+waiting there or being processed), and DISPATCH_URGENT_PLACES more for interactive ones (below); the
+rest wait in the table, where their order can still change.
 Each pass fills the free part of the window:
 
 - by priority: `interactive` before `normal` before `bulk`. A task entering the stream is behind at
   most the window, whatever the backlog: with the window the size of the renders the workers run at once,
   an interactive upload waits for the images already being processed, not for 5,000 bulk ones.
+- past a full window for urgent work: `interactive` tasks may take DISPATCH_URGENT_PLACES more
+  places, so an urgent upload enters the stream at once, where a worker's urgent lane
+  (WORKER_URGENT_LANES) renders it beside the bulk renders instead of after one of them. With the
+  places at the number of workers, each worker has at most one such task to take.
 - without starving anyone: while `normal` or `bulk` tasks wait, each class is owed a share of the
-  window (LOWER_CLASS_SHARE, at least one task), granted before the strict order, so a steady
-  flow of interactive work slows bulk work down but never stops it.
+  window (LOWER_CLASS_SHARE, at least one task), granted before the strict order (past the window
+  too, in the places interactive tasks hold), so a steady flow of interactive work slows bulk work
+  down but never stops it.
 - fairly between keys: within a priority, keys take turns, and a key that already has many tasks
   in the window goes after the others (core.tasks.next_waiting). A key that queued 10,000 images
   delays another key's single upload by at most the window.
@@ -78,24 +84,52 @@ class DispatchPolicy:
     window: int
     # Between passes while nothing waits for room.
     interval_seconds: float
+    # Places past a full window for `interactive` tasks only (DISPATCH_URGENT_PLACES); none
+    # without a window.
+    urgent_places: int = 0
 
 
 def allocate(
-    free: int, window: int, in_window: Mapping[Priority, int], waiting: Mapping[Priority, int]
+    free: int,
+    window: int,
+    in_window: Mapping[Priority, int],
+    waiting: Mapping[Priority, int],
+    urgent: int = 0,
 ) -> dict[Priority, int]:
-    """How many waiting tasks of each priority the next `free` places go to (see the module
-    docstring): first what `normal` and `bulk` are owed, then strictly by priority."""
+    """How many waiting tasks of each priority go into the stream now (see the module docstring):
+    first what `normal` and `bulk` are owed, then strictly by priority.
+
+    `free`: the window's places not taken (negative while urgent places are in use); `urgent`: the
+    places past the window, which only `interactive` tasks take. Past the window, what a lower
+    class is owed may take an urgent place only as far as interactive tasks hold the window's: so
+    a steady flow of interactive work cannot keep the lower classes out, and otherwise an urgent
+    place stays free for the next interactive upload (a normal or bulk task there would only wait
+    in the stream, as no worker's urgent lane takes it)."""
     granted = dict.fromkeys(_ORDER, 0)
+    room = _room(free, urgent)
+    # The window's places that interactive tasks hold (those past it are in urgent places).
+    lent = min(room - max(0, free), in_window.get(Priority.INTERACTIVE, 0) - max(0, -free))
     owed = max(1, math.ceil(window * LOWER_CLASS_SHARE))
     for priority in (Priority.NORMAL, Priority.BULK):
-        share = min(waiting.get(priority, 0), max(0, owed - in_window.get(priority, 0)), free)
+        share = min(waiting.get(priority, 0), max(0, owed - in_window.get(priority, 0)), max(0, free) + lent)
+        lent -= share - min(share, max(0, free))
         granted[priority] += share
+        room -= share
         free -= share
     for priority in _ORDER:
-        more = min(waiting.get(priority, 0) - granted[priority], free)
+        # Past the window, interactive tasks only.
+        places = room if priority is Priority.INTERACTIVE else min(room, free)
+        more = max(0, min(waiting.get(priority, 0) - granted[priority], places))
         granted[priority] += more
+        room -= more
         free -= more
     return granted
+
+
+def _room(free: int, urgent: int) -> int:
+    """Places a pass may fill: the window's free ones, and the urgent places past it not taken
+    (`free` is negative by the urgent places in use)."""
+    return max(0, free) + max(0, min(urgent, urgent + free))
 
 
 class Dispatcher:
@@ -171,26 +205,32 @@ class Dispatcher:
         if js is None:
             return 0, False
         window = self._policy.window
+        urgent = self._policy.urgent_places if window else 0
         async with self._sessions() as session, session.begin():
             await tasks.lock_dispatch(session)
             if window:
-                # Counted up to the window: at the cap, it is full (and that is all a pass needs).
-                in_window = await tasks.count_in_window(session, window)
+                # Counted up to the window and its urgent places: at the cap, both are full (and
+                # that is all a pass needs).
+                in_window = await tasks.count_in_window(session, window + urgent)
                 free = window - in_window.total
             else:
                 # Nothing is held back, so there is no window to count (it would be every task in
                 # the stream): the keys take turns within each batch.
                 in_window, free = tasks.InWindow(dict.fromkeys(_ORDER, 0), {}), UNLIMITED_BATCH
-            if free <= 0:
+            room = _room(free, urgent)
+            if room <= 0:
                 return 0, True
             # One more than there is room for: whether any is left waiting.
-            candidates = await tasks.next_waiting(session, free + 1, in_window.by_owner)
+            candidates = await tasks.next_waiting(session, room + 1, in_window.by_owner)
             granted = allocate(
-                free, window, in_window.by_priority, {p: len(rows) for p, rows in candidates.items()}
+                free, window, in_window.by_priority, {p: len(rows) for p, rows in candidates.items()}, urgent
             )
             chosen = [row for priority in _ORDER for row in candidates[priority][: granted[priority]]]
+            # Whether tasks are left waiting (with only urgent places free, every normal and bulk one
+            # is: the pass must go on looking for room, as with a full window).
+            left = sum(len(rows) for rows in candidates.values()) > len(chosen)
             if not chosen:
-                return 0, False
+                return 0, left
             # Started in order on one connection, so the stream stores them in this order.
             await asyncio.gather(
                 *(
@@ -202,7 +242,6 @@ class Dispatcher:
                 )
             )
             await tasks.mark_queued_in(session, [row.id for row in chosen])
-        left = sum(len(rows) for rows in candidates.values()) > len(chosen)
         log.debug("dispatched %d task(s); %s", len(chosen), "more waiting" if left else "none waiting")
         return len(chosen), left
 

@@ -90,7 +90,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     driver_pool = await make_driver_pool(settings.database_url, max_size=UPLOAD_CONNECTIONS)
     publisher = TaskPublisher(settings.nats_url, stream_replicas=settings.stream_replicas)
     dispatcher = Dispatcher(
-        sessions, publisher, DispatchPolicy(settings.dispatch_window, settings.outbox_interval_seconds)
+        sessions,
+        publisher,
+        DispatchPolicy(
+            settings.dispatch_window, settings.outbox_interval_seconds, settings.dispatch_urgent_places
+        ),
     )
     publisher.start(on_settled=dispatcher.wake)
     sweeps = Sweeps(

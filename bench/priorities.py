@@ -2,11 +2,14 @@
 a queue of other work.
 
     .venv/bin/python -m bench.priorities [--workers 2] [--concurrency 2] [--bulk 5000] [--flood 10000]
-                                         [--samples 20]
+                                         [--samples 20] [--window N] [--urgent-places N]
+                                         [--urgent-lanes N]
 
 On throwaway servers (bench.stack), one API and `--workers` workers of `--concurrency` each (by
 default one render per CPU: more would make every render slower when busy than idle, whatever the
-queue does), with DISPATCH_WINDOW at the renders they run at once unless `--window` says otherwise:
+queue does), with DISPATCH_WINDOW at the renders they run at once unless `--window` says otherwise,
+DISPATCH_URGENT_PLACES at the workers unless `--urgent-places` says otherwise, and WORKER_URGENT_LANES
+1 unless `--urgent-lanes` says otherwise (0 and 0: the window alone, as before those settings):
 
 1. idle: `--samples` `interactive` uploads one after another, nothing else queued;
 2. priority: `--bulk` `bulk` tasks queued (the workers busy with them), the same uploads again;
@@ -132,20 +135,24 @@ def _p95(values: list[float]) -> float:
 
 async def run(args: argparse.Namespace) -> None:
     window = args.window if args.window is not None else args.workers * args.concurrency
+    places = args.urgent_places if args.urgent_places is not None else args.workers
     with tempfile.TemporaryDirectory(prefix="bench-priorities-") as scratch:
         stack = BenchStack(Path(scratch))
         await stack.start()
         settings = {
             "DISPATCH_WINDOW": str(window),
+            "DISPATCH_URGENT_PLACES": str(places),
             "WORKER_CONCURRENCY": str(args.concurrency),
+            "WORKER_URGENT_LANES": str(args.urgent_lanes),
             "API_KEYS": f"{KEY_A},{KEY_B}",
         }
         stack.env.update(settings)
         sample = photo_jpeg(*SAMPLE_SIZE)
         backlog = photo_jpeg(*BACKLOG_SIZE)
         lines = [
-            f"{args.workers} worker(s) x {args.concurrency}, DISPATCH_WINDOW {window}, "
-            f"{args.samples} samples a phase, {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}"
+            f"{args.workers} worker(s) x {args.concurrency} (+{args.urgent_lanes} urgent lane(s)), "
+            f"DISPATCH_WINDOW {window} (+{places} urgent place(s)), {args.samples} samples a phase, "
+            f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}"
         ]
         try:
             async with (
@@ -171,6 +178,7 @@ async def run(args: argparse.Namespace) -> None:
                 lines.append(_figures(f"key A's {args.flood} queued, key B normal", fair, idle_p95))
                 left = (await stack.counts()).get("pending", 0)
                 lines.append(f"(key A's tasks still waiting at the end: {left})")
+                lines.append(f"load average at the end {os.getloadavg()[0]:.1f}")
         finally:
             await stack.stop()
     print("\n".join(lines))
@@ -185,6 +193,13 @@ def main() -> None:
     parser.add_argument(
         "--window", type=int, default=None, help="DISPATCH_WINDOW (default: what the workers hold)"
     )
+    parser.add_argument(
+        "--urgent-places",
+        type=int,
+        default=None,
+        help="DISPATCH_URGENT_PLACES (default: the workers)",
+    )
+    parser.add_argument("--urgent-lanes", type=int, default=1, help="WORKER_URGENT_LANES")
     parser.add_argument("--bulk", type=int, default=5000)
     parser.add_argument("--flood", type=int, default=10_000)
     parser.add_argument("--samples", type=int, default=20)

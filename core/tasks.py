@@ -145,7 +145,7 @@ SET status = 'processing', attempts = attempts + 1, started_at = now(),
     leased_until = now() + $2::interval, error = NULL
 WHERE id = $1 AND {_CLAIMABLE}
 RETURNING input_name, attempts, processing, width, height, content_type, started_at,
-          placeholder IS NOT NULL AS has_placeholder, partial_outputs"""
+          placeholder IS NOT NULL AS has_placeholder, partial_outputs, priority"""
 STATUS = "SELECT status FROM image_tasks WHERE id = $1"
 GENERATION = (
     "SELECT COALESCE((processing->>'generation')::int, 0) AS generation FROM image_tasks WHERE id = $1"
@@ -285,6 +285,8 @@ class Claim:
     # What an earlier run made and failed to make, when only its failed outputs are retried
     # (core.task_controls.PartialOutputs as JSON); None otherwise.
     partial_outputs: dict[str, Any] | None = None
+    # Which lane may render it (an interactive task may take the worker's urgent lane).
+    priority: Priority = DEFAULT_PRIORITY
 
 
 @_mapping_errors
@@ -304,6 +306,7 @@ async def claim(pool: asyncpg.Pool, task_id: int, lease: timedelta) -> Claim | N
         started_at=row["started_at"],
         has_placeholder=row["has_placeholder"],
         partial_outputs=None if row["partial_outputs"] is None else json.loads(row["partial_outputs"]),
+        priority=Priority(row["priority"]),
     )
 
 

@@ -8,7 +8,8 @@ server restart) is re-created.
 Pillow renders WORKER_CONCURRENCY images at a time (its thread pool), but the loop holds up to
 PIPELINE_DEPTH times as many messages: while some images render, the others are being fetched,
 claimed, recorded and acknowledged, so the round trips to PostgreSQL and NATS and the output's
-fsyncs overlap with rendering instead of leaving a render slot idle.
+fsyncs overlap with rendering instead of leaving a render slot idle. Each urgent lane
+(WORKER_URGENT_LANES, for interactive tasks: worker/lanes.py) adds one render and one message held.
 
 Each message let go of (settled either way) is announced on plain NATS (queue.SETTLED_SUBJECT):
 the API's dispatcher, holding tasks back to keep its window, fills the freed place at once.
@@ -115,11 +116,15 @@ async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | 
     # one for a lease renewal), so a full pipeline never waits for one. A dead connection
     # (PostgreSQL restarted) fails its statement, which the consumer treats as an outage (nak,
     # pause fetching), and asyncpg replaces it on the next checkout. The engine serves retention.
-    database = await make_driver_pool(
-        settings.database_url, max_size=settings.worker_concurrency * PIPELINE_DEPTH + 1
-    )
+    database = await make_driver_pool(settings.database_url, max_size=messages_held(settings) + 1)
     engine = make_engine(settings.database_url, pool_size=1, pre_ping=False)
-    pool = RenderPool(settings.worker_pool, settings.worker_concurrency, max_pixels=settings.max_image_pixels)
+    pool = RenderPool(
+        settings.worker_pool,
+        settings.worker_concurrency,
+        max_pixels=settings.max_image_pixels,
+        urgent_lanes=settings.worker_urgent_lanes,
+        on_lane=metrics.render_started,
+    )
     sessions = make_sessionmaker(engine)
     processor = TaskProcessor(
         driver_pool=database,
@@ -179,6 +184,15 @@ async def run(settings: Settings, stop: asyncio.Event, metrics: WorkerMetrics | 
             await asyncio.to_thread(tracing.shutdown_tracing)
 
 
+def messages_held(settings: Settings) -> int:
+    """The most messages the fetch loop holds: PIPELINE_DEPTH per regular lane, and one per urgent
+    lane. With DISPATCH_WINDOW at the renders the workers run and DISPATCH_URGENT_PLACES at the
+    workers, the stream holds fewer than a worker's regular lanes and its urgent lane can take, so
+    the interactive task let past a full window always finds a free slot, even beside a heavy
+    render (which holds a slot but no lane)."""
+    return settings.worker_concurrency * PIPELINE_DEPTH + settings.worker_urgent_lanes
+
+
 async def _fetch_loop(
     subscription: _Subscription,
     processor: TaskProcessor,
@@ -187,12 +201,14 @@ async def _fetch_loop(
     in_flight: set[asyncio.Task],
     metrics: WorkerMetrics,
 ) -> None:
-    concurrency = settings.worker_concurrency * PIPELINE_DEPTH
+    concurrency = messages_held(settings)
     last_message = time.monotonic()
     liveness = _LivenessFile(settings.worker_heartbeat_file)
     log.info(
-        "worker ready: up to %d image(s) rendering at a time, %d message(s) held",
+        "worker ready: up to %d image(s) rendering at a time (and %d for interactive tasks), "
+        "%d message(s) held",
         settings.worker_concurrency,
+        settings.worker_urgent_lanes,
         concurrency,
     )
     while not stop.is_set():

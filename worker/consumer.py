@@ -51,7 +51,7 @@ from core import tasks, tracing
 from core.db import DriverPool
 from core.formats import CONTENT_TYPES, EXTENSIONS, ImageRejected, probe_image
 from core.logs import task_context
-from core.models import INTERRUPTED_REASON, TaskStatus
+from core.models import INTERRUPTED_REASON, Priority, TaskStatus
 from core.processing.cost import ANIMATED_OUTPUT_FORMATS, render_pixels
 from core.processing.outputs import Processing
 from core.queue import DURABLE, parse_task_id
@@ -92,6 +92,13 @@ FINISH_RETRIES = 10
 # every 0.3 s (api/routes/events.py), so a shorter wait would rarely show it sooner, and most
 # renders (a 12 MP thumbnail takes 25 ms) then cost no extra round trip.
 PLACEHOLDER_WRITE_DELAY_SECONDS = 0.1
+# The largest render the urgent lane takes, as a share of HEAVY_RENDER_PIXELS: a light render at the
+# full threshold (a 33 MP photo blurred) peaked at 380 MB, a third of the worker's 1 GiB limit in
+# deploy/k8s, and the regular lanes and the heavy one may hold theirs meanwhile; a quarter keeps the
+# extra lane's memory under 100 MB (tests/worker/test_lane_memory.py). Interactive uploads are small
+# (a 12 MP photo's thumbnail, web or avatar render is 12-21 M pixel-steps); a larger one waits for a
+# regular lane, as it did before the urgent lane existed.
+URGENT_RENDER_SHARE = 0.25
 # Longest a worker holds a task it is rendering; far beyond any image within MAX_IMAGE_PIXELS.
 RENDER_DEADLINE_SECONDS = 600
 
@@ -121,6 +128,8 @@ class _Claim:
     has_placeholder: bool = False
     # Outputs an earlier, failed run made and this one keeps (a retry of the failed outputs only).
     kept: tuple[dict[str, Any], ...] = ()
+    # An interactive task's light render may take the urgent lane (worker/lanes.py).
+    urgent: bool = False
     claimed_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -480,16 +489,20 @@ class TaskProcessor:
     async def _render_in_lane(
         self, task_id: int, claim: _Claim, source: Path, lease: _Lease, placeholder: _PlaceholderWrite
     ) -> RenderedTask:
-        """A light render in the pool; a heavy one in its own process, abandoned (killed) if the
-        lease is lost meanwhile. A light render cannot be stopped and is short: it ends, and
-        finishing it records nothing once the task is no longer this claim's (_finish_done)."""
-        if not await self._is_heavy(claim, source):
+        """A light render in the pool, in a lane (an interactive one may take the urgent lane); a
+        heavy one in its own process, abandoned (killed) if the lease is lost meanwhile. A light
+        render cannot be stopped and is short: it ends, and finishing it records nothing once the
+        task is no longer this claim's (_finish_done)."""
+        cost = await self._render_cost(claim, source)
+        threshold = self._policy.heavy_render_pixels
+        if cost <= threshold:
             return await self._pool.run(
                 render_task,
                 *self._render_args(claim, source),
                 None,
                 claim.kept_names,
                 report=placeholder.report,
+                urgent=claim.urgent and cost <= threshold * URGENT_RENDER_SHARE,
             )
         return await _unless_lost(lease, self._render_heavy(task_id, claim, source, placeholder))
 
@@ -504,26 +517,28 @@ class TaskProcessor:
             self._output_placer,
         )
 
-    async def _is_heavy(self, claim: _Claim, source: Path) -> bool:
-        """Whether the render may be costly enough to need its own killable process. Decided from
-        the row's size; an image that could be animated is opened (its header only) where the
-        count of frames decides it."""
+    async def _render_cost(self, claim: _Claim, source: Path) -> int:
+        """The render's estimated pixel-steps (core.processing.cost.render_pixels), which say
+        whether it is heavy (over HEAVY_RENDER_PIXELS: a killable process of its own) and whether it
+        may take the urgent lane. From the row's size; for an image that could be animated, with
+        the most frames it could have, or, where that would make it heavy, with the count of frames
+        read from its header."""
         threshold = self._policy.heavy_render_pixels
         estimate = functools.partial(
             render_pixels, claim.processing, claim.width, claim.height, input_format=claim.input_format
         )
-        if estimate(frames=1) > threshold:
-            return True
-        if claim.input_format not in ANIMATED_OUTPUT_FORMATS:
-            return False
+        cost = estimate(frames=1)
+        if cost > threshold or claim.input_format not in ANIMATED_OUTPUT_FORMATS:
+            return cost
         limits = self._render_settings.limits
         most_frames = min(limits.max_frames, max(1, limits.max_pixels // max(1, claim.width * claim.height)))
-        if estimate(frames=most_frames) <= threshold:
-            return False
+        cost = estimate(frames=most_frames)
+        if cost <= threshold:
+            return cost
         info = await asyncio.to_thread(
             probe_image, source, max_pixels=limits.max_pixels, max_frames=limits.max_frames
         )
-        return estimate(frames=info.frames) > threshold
+        return estimate(frames=info.frames)
 
     async def _render_heavy(
         self, task_id: int, claim: _Claim, source: Path, placeholder: _PlaceholderWrite
@@ -587,6 +602,7 @@ class TaskProcessor:
             started_at=claim.started_at,
             has_placeholder=claim.has_placeholder,
             kept=_kept_outputs(claim.partial_outputs, processing),
+            urgent=claim.priority is Priority.INTERACTIVE,
         )
 
     async def _status(self, task_id: int) -> str | None:

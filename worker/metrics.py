@@ -60,6 +60,13 @@ class WorkerMetrics:
             buckets=PROCESSING_BUCKETS,
             registry=self.registry,
         )
+        self._renders = Counter(
+            "imagequeue_worker_renders",
+            "Light renders this worker started, by lane: regular, or urgent (interactive tasks when "
+            "every regular lane was busy; WORKER_URGENT_LANES).",
+            ["lane"],
+            registry=self.registry,
+        )
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -72,6 +79,10 @@ class WorkerMetrics:
         `seconds` of work."""
         self._finished.labels(status=status, preset=preset).inc()
         self._seconds.labels(preset=preset).observe(seconds)
+
+    def render_started(self, lane: str) -> None:
+        """A light render took a lane (worker/lanes.py)."""
+        self._renders.labels(lane=lane).inc()
 
     def serve(self, port: int) -> int:
         """Serve /metrics on `port` (0: any free port) from a daemon thread; returns the port bound."""

@@ -1,5 +1,6 @@
 """Where Pillow runs: a pool of threads, or of single-threaded child processes (WORKER_POOL), for
-light renders; a child process of its own, killed at its deadline, for each heavy one.
+light renders, each in a lane (worker/lanes.py: the regular ones and the urgent ones for interactive
+tasks); a child process of its own, killed at its deadline, for each heavy one.
 
 Threads share one interpreter; Pillow releases the GIL inside its codecs and resamplers, but not
 everywhere (drawing text, Python-level loops over frames), so processes can use the cores better.
@@ -28,12 +29,18 @@ from typing import Any, Literal, TypeVar
 from PIL import Image
 
 from core.formats import configure_pillow
+from worker.lanes import REGULAR, URGENT, Lane, Lanes
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 # Niceness added to a heavy render's child process (0 normal, 19 lowest).
 HEAVY_NICENESS = 10
+# Niceness added to the regular lanes' threads or children when the worker has urgent lanes: an
+# interactive render in an urgent lane, the worker's event loop (claims, acks) and, on a shared host,
+# the API and PostgreSQL, go first when the CPUs are busy with bulk renders; with the CPUs free it
+# changes nothing. Between the urgent lanes (0) and the heavy lane.
+REGULAR_NICENESS = 5
 # Freed image memory a render process keeps for its next render (Pillow's block cache, in its
 # 16 MB blocks). A child renders in its main thread, where glibc hands a freed 48 MB decode of a
 # 12 MP photo back to the kernel and the next render faults it in again: about 25 ms of system CPU
@@ -61,29 +68,68 @@ class RenderTimedOut(Exception):
 
 
 class RenderPool:
-    def __init__(self, kind: PoolKind, size: int, *, max_pixels: int) -> None:
+    def __init__(
+        self,
+        kind: PoolKind,
+        size: int,
+        *,
+        max_pixels: int,
+        urgent_lanes: int = 0,
+        on_lane: Callable[[Lane], None] | None = None,
+    ) -> None:
         self.kind = kind
         self.size = size
         self._max_pixels = max_pixels
-        self._executor = self._new_executor()
+        # `size` regular lanes and the urgent ones (worker/lanes.py); the executor has a thread or
+        # child for each, so a render admitted to a lane never queues behind another.
+        self.lanes = Lanes(size, urgent_lanes)
+        self._on_lane = on_lane
+        # With urgent lanes, each kind of lane has threads or children of its own, the regular ones
+        # below the urgent ones in CPU priority; without, one executor as before.
+        self._executors: dict[Lane, Executor] = {REGULAR: self._new_executor(REGULAR)}
+        if urgent_lanes:
+            self._executors[URGENT] = self._new_executor(URGENT)
 
-    def _new_executor(self) -> Executor:
+    def _new_executor(self, lane: Lane) -> Executor:
+        if not self.lanes.urgent:
+            workers, niceness = self.lanes.regular, 0
+        elif lane == REGULAR:
+            workers, niceness = self.lanes.regular, REGULAR_NICENESS
+        else:
+            workers, niceness = self.lanes.urgent, 0
         if self.kind == "threads":
-            return ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="pillow")
+            return ThreadPoolExecutor(
+                max_workers=workers,
+                thread_name_prefix=f"pillow-{lane}",
+                initializer=_lower_this_thread,
+                initargs=(niceness,),
+            )
         # forkserver: children are forked from a clean single-threaded server, never from this
         # process with its event loop, threads and sockets.
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["worker.render_job"])
         return ProcessPoolExecutor(
-            max_workers=self.size, mp_context=context, initializer=_start_child, initargs=(self._max_pixels,)
+            max_workers=workers,
+            mp_context=context,
+            initializer=_start_child,
+            initargs=(self._max_pixels, niceness),
         )
 
-    async def run(self, function: Callable[..., T], *args: Any, report: Report | None = None) -> T:
-        """`function(*args)` in the pool. With `report`, the function is also given a `report`
-        keyword argument, and what it reports reaches `report` on this event loop while it runs: in a
-        thread only; a child process of the pool cannot call back, so the function gets no `report`
-        there and must return what it would have reported."""
-        executor = self._executor
+    async def run(
+        self, function: Callable[..., T], *args: Any, report: Report | None = None, urgent: bool = False
+    ) -> T:
+        """`function(*args)` in the pool, once a lane is free: a regular one, or for an `urgent`
+        (interactive) render an urgent one when every regular lane is busy. With `report`, the
+        function is also given a `report` keyword argument, and what it reports reaches `report` on
+        this event loop while it runs: in a thread only; a child process of the pool cannot call
+        back, so the function gets no `report` there and must return what it would have reported."""
+        async with self.lanes.taken(urgent=urgent) as lane:
+            if self._on_lane is not None:
+                self._on_lane(lane)
+            return await self._run(lane, function, *args, report=report)
+
+    async def _run(self, lane: Lane, function: Callable[..., T], *args: Any, report: Report | None) -> T:
+        executor = self._executors[lane]
         loop = asyncio.get_running_loop()
         kwargs: dict[str, Any] = {}
         if report is not None and self.kind == "threads":
@@ -96,9 +142,9 @@ class RenderPool:
         try:
             return await loop.run_in_executor(executor, partial(function, *args, **kwargs))
         except BrokenProcessPool as exc:
-            if self._executor is executor:  # the first of its casualties replaces it
+            if self._executors[lane] is executor:  # the first of its casualties replaces it
                 log.error("a render process died (killed or out of memory); starting a new pool")
-                self._executor = self._new_executor()
+                self._executors[lane] = self._new_executor(lane)
                 executor.shutdown(wait=False, cancel_futures=True)
             raise RenderInterrupted(str(exc) or "render process died") from exc
 
@@ -146,7 +192,8 @@ class RenderPool:
         return value
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=True)
+        for executor in self._executors.values():
+            executor.shutdown(wait=True)
 
 
 async def _answer(
@@ -209,8 +256,18 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, name="worker-watch", daemon=True).start()
 
 
-def _start_child(max_pixels: int) -> None:
+def _lower_this_thread(niceness: int) -> None:
+    """A render thread's CPU priority (Linux keeps a niceness per thread)."""
+    if niceness:
+        os.setpriority(
+            os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + niceness
+        )
+
+
+def _start_child(max_pixels: int, niceness: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if niceness:
+        os.nice(niceness)
     configure_pillow(max_pixels)
     Image.core.set_blocks_max(CHILD_CACHED_BLOCKS)

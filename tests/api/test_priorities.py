@@ -41,14 +41,14 @@ from tests.images import jpeg, photo_like
 from tests.waiting import eventually
 
 WINDOW = 4
-# What the one worker holds at once (WORKER_CONCURRENCY 1 x worker.PIPELINE_DEPTH): messages it took
-# together are processed side by side, in any order.
-HELD = 2
+# What the one worker holds at once (WORKER_CONCURRENCY 1 x worker.PIPELINE_DEPTH, and one for its
+# urgent lane: worker.__main__.messages_held): messages it took together are processed side by side,
+# in any order.
+HELD = 3
 KEY_A = "fairshare-key-a-0123456789"
 KEY_B = "fairshare-key-b-0123456789"
 # An API_KEYS entry as an object: its uploads are `bulk` unless they say otherwise.
 KEY_C = "fairshare-key-c-0123456789"
-DATABASE = "imagequeue_priorities"
 # Slow enough (a blur over a 1200x900 photo) that a backlog lasts while the test looks at it.
 SLOW_OPS = json.dumps([{"op": "blur", "radius": 6}, {"op": "resize", "width": 1000}])
 UPLOADS_AT_ONCE = 8
@@ -61,13 +61,18 @@ class Stack:
     nats_url: str
 
 
-@pytest.fixture(scope="module")
-def stack(servers: LocalServers, stack_env: dict[str, str], workdir: Path) -> Iterator[Stack]:
-    home = workdir / "priorities"
-    servers.postgres.psql(f"DROP DATABASE IF EXISTS {DATABASE}; CREATE DATABASE {DATABASE};")
-    database_url = servers.postgres.url(DATABASE)
+@contextlib.contextmanager
+def own_stack(
+    servers: LocalServers, stack_env: dict[str, str], workdir: Path, name: str, **settings: str
+) -> Iterator[Stack]:
+    """A database and a NATS server of their own, named `name`, and the environment to reach them
+    with these settings."""
+    home = workdir / name
+    database = f"imagequeue_{name}"
+    servers.postgres.psql(f"DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database};")
+    database_url = servers.postgres.url(database)
     migrate(database_url)
-    nats_server = LocalNats(home / "nats", free_port(), log_file=workdir / "priorities-nats.log")
+    nats_server = LocalNats(home / "nats", free_port(), log_file=workdir / f"{name}-nats.log")
     nats_server.start()
     env = {
         **stack_env,
@@ -75,14 +80,26 @@ def stack(servers: LocalServers, stack_env: dict[str, str], workdir: Path) -> It
         "NATS_URL": nats_server.url,
         "UPLOADS_DIR": str(home / "uploads"),
         "PROCESSED_DIR": str(home / "processed"),
-        "DISPATCH_WINDOW": str(WINDOW),
-        "API_KEYS": json.dumps([KEY_A, KEY_B, {"key": KEY_C, "priority": "bulk"}]),
-        "WORKER_CONCURRENCY": "1",
+        **settings,
     }
     try:
         yield Stack(env, workdir, nats_server.url)
     finally:
         nats_server.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(servers: LocalServers, stack_env: dict[str, str], workdir: Path) -> Iterator[Stack]:
+    with own_stack(
+        servers,
+        stack_env,
+        workdir,
+        "priorities",
+        DISPATCH_WINDOW=str(WINDOW),
+        API_KEYS=json.dumps([KEY_A, KEY_B, {"key": KEY_C, "priority": "bulk"}]),
+        WORKER_CONCURRENCY="1",
+    ) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
