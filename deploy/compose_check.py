@@ -428,12 +428,15 @@ def check_served(client: httpx.Client, task: dict[str, Any]) -> None:
 
 
 @contextmanager
-def stack_of(compose: list[str], file: str, override: Path, keep: bool) -> Iterator[Stack]:
-    """A stack built and started from `file`; always `down -v` afterwards (unless --keep), with the
-    containers' last log lines when the check failed."""
+def stack_of(
+    compose: list[str], file: str, override: Path, keep: bool, settings: dict[str, str] | None = None
+) -> Iterator[Stack]:
+    """A stack built and started from `file` (with `settings` in the environment Compose reads the
+    file's `${...}` from); always `down -v` afterwards (unless --keep), with the containers' last log
+    lines when the check failed."""
     name = f"{PROJECT_PREFIX}-{Path(file).stem.split('.')[-1]}"
     # A password of the run's own, so the postgres image's first-start contract is really exercised.
-    env = {**os.environ, "POSTGRES_PASSWORD": secrets.token_hex(12)}
+    env = {**os.environ, **(settings or {}), "POSTGRES_PASSWORD": secrets.token_hex(12)}
     # The classic builder unless told otherwise: BuildKit first fetches the Dockerfiles'
     # `# syntax=docker/dockerfile:1` frontend from a registry, which CI here cannot reach (the classic
     # builder ignores the line). A user's `docker compose up --build` uses BuildKit.
@@ -516,10 +519,18 @@ def check_cluster(compose: list[str], override: Path, image: bytes, keep: bool) 
 def check_s3(compose: list[str], override: Path, image: bytes, keep: bool) -> None:
     file = "docker-compose.s3.yml"
     replicas = {"postgres": 1, "nats": 1, "s3": 1, "api": 1, "worker": 1}
-    with stack_of(compose, file, override, keep) as stack:
+    # This file runs its API as two processes (API_PROCESSES, as its comment tells users to set it),
+    # so the supervisor runs in the shipped image: read-only root, /tmp a tmpfs, the app's own user.
+    with stack_of(compose, file, override, keep, {"API_PROCESSES": "2"}) as stack:
         containers = wait_until_up(stack, replicas, {"migrate"})
         say(f"{file}: every service healthy (SeaweedFS S3 gateway included), migrate exited 0")
         check_hardening(containers)
+        servers = [
+            line
+            for line in stack.run("top", "api").splitlines()
+            if "api.serve" in line or "spawn_main" in line
+        ]
+        expect(len(servers) == 3, f"API_PROCESSES=2: expected the supervisor and 2 children, saw {servers}")
         uploads = Uploads(api_addresses(containers), image)
         before = [task_id for index in range(10) if (task_id := uploads.one(index)) is not None]
         expect(len(before) == 10, f"uploads refused before any fault: {uploads.refused}")
@@ -540,6 +551,15 @@ def check_s3(compose: list[str], override: Path, image: bytes, keep: bool) -> No
             for task in done.values():
                 check_served(client, task)
         say(f"{file}: all {len(done)} accepted uploads done across an S3 stop, each image served")
+        with uploads.client() as client:
+            scrape = client.get("/metrics").text
+        accepted = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in scrape.splitlines()
+            if line.startswith("imagequeue_uploads_total{") and 'outcome="accepted"' in line
+        )
+        expect(accepted == len(done), f"/metrics counts {accepted} accepted uploads of {len(done)}")
+        say(f"{file}: two API processes; /metrics counts all {len(done)} accepted uploads once")
 
 
 def main() -> int:
