@@ -17,6 +17,7 @@ from fastapi import HTTPException
 
 from api.callback_urls import CallbackRefused, vet_callback_url
 from api.form_fields import FieldMisspelt, ignored_fields
+from api.key_limits import admit_upload
 from api.openapi import IDEMPOTENCY_KEY_PATTERN
 from api.state import Services
 from api.uploads import ReceivedUpload, storage_refusals
@@ -197,12 +198,15 @@ async def make_task(
     owner: str | None,
     stored_name: str | None = None,
     policy: KeyPolicy | None = None,
+    count_if_new: bool = False,
 ) -> Intake:
     """Check the upload's fields against its image and make it a task (or find the one its key
     made), committed but not yet handed to the dispatcher: then call queue_made. The temporary
     file is gone afterwards, whatever happens. With `stored_name`, the file is
-    in the store already (a direct upload) and only the row is made. Raises HTTPException or
-    UploadRefused with the answer for the client."""
+    in the store already (a direct upload) and only the row is made. With `count_if_new`, the upload
+    was not counted against the key's limits when it started (a task held its Idempotency-Key then,
+    so it looked like a replay): if it makes a task after all (that task was deleted meanwhile), it is
+    counted now, or refused. Raises HTTPException or UploadRefused with the answer for the client."""
     try:
         ignored = checked_fields(received.text_fields, known)
         processing = resolved_processing(services, received.text_fields)
@@ -212,6 +216,8 @@ async def make_task(
         # A session only for a keyed upload: the rest runs on the driver pool (see _create_task).
         existing = await _task_for_key(services, key, received, processing, callback_url) if key else None
         if existing is None:
+            if count_if_new:
+                await admit_upload(services, policy)
             try:
                 task_id = await _create_task(
                     services, received, processing, callback_url, key, owner, stored_name, priority

@@ -219,8 +219,10 @@ async def create_upload(
         if open_count >= settings.tus_max_open_uploads:
             raise TusRefused(429, TOO_MANY_OPEN.format(count=open_count, limit=settings.tus_max_open_uploads))
         stored_key = None if idempotency_key is None else scoped_key(idempotency_key, caller)
-        # Not counted when a task holds the key already: the upload can only replay it (or be refused).
-        admission = await admit_upload(services, key, idempotency_key=stored_key)
+        # Counted even when a task holds the key: nothing records that until the upload completes,
+        # when the task may be gone (deleted) and a new one made. A client that lost an answer resumes
+        # its upload (HEAD, PATCH), which is not counted.
+        admission = await admit_upload(services, key)
         upload = ResumableUpload(
             id=resumable.new_upload_id(),
             owner=caller,

@@ -243,7 +243,11 @@ async def upload(
         fetch_url=_url_fetcher(services),
     )
     known = IMPORT_FORM_FIELDS if settings.url_import else FORM_FIELDS
-    made = await make_task(services, received, known=known, key=key, owner=caller, policy=key_policy)
+    # Not counted above as a replay, it is counted if it makes a task after all.
+    count_if_new = admission is None and key is not None
+    made = await make_task(
+        services, received, known=known, key=key, owner=caller, policy=key_policy, count_if_new=count_if_new
+    )
     await queue_made(services, made)
     return answer(request, made, limit_headers(admission))
 

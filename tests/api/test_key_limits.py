@@ -47,6 +47,7 @@ KEYS = {
     "capped": {"key": "capped-at-normal-0123456789", "max_priority": "normal"},
     "replay": {"key": "replay-one-a-minute-0123456789", "uploads_per_minute": 1},
     "tus-replay": {"key": "tus-replay-one-a-minute-0123456789", "uploads_per_minute": 1},
+    "deleted-replay": {"key": "deleted-replay-one-a-minute-0123456789", "uploads_per_minute": 1},
 }
 # Few, so that the open-upload refusal is reached in a test.
 TUS_MAX_OPEN_UPLOADS = 2
@@ -330,7 +331,50 @@ async def test_an_idempotent_replay_is_not_counted_against_the_minute(limited: h
     assert new_upload.status_code == 429, "the minute's one upload was the first, and only it"
 
 
-async def test_a_tus_upload_replaying_a_key_is_not_counted_either(limited: httpx.AsyncClient) -> None:
+async def test_an_upload_that_looked_like_a_replay_is_counted_once_it_makes_a_task(
+    limited: httpx.AsyncClient,
+) -> None:
+    """The quota cannot be dodged by deleting the task that holds the key while the next upload's
+    body is on its way: that upload was not counted when it started (a replay, it seemed), and is
+    counted, here refused, when it would make a task."""
+    photo = images.jpeg(67, 48)
+    headers = {**key("deleted-replay"), "Idempotency-Key": "dodge-1"}
+    first = await limited.post("/upload", files={"file": ("d.jpg", photo, "image/jpeg")}, headers=headers)
+    assert first.status_code == 200, first.text
+    encoded = (
+        b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="d.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n" + photo + b"\r\n--b0undary--\r\n"
+    )
+    content_type = "multipart/form-data; boundary=b0undary"
+    headers_sent = asyncio.Event()
+    deleted = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield encoded[:100]
+        headers_sent.set()
+        await deleted.wait()
+        yield encoded[100:]
+
+    second = asyncio.create_task(
+        limited.post("/upload", content=slow_body(), headers={**headers, "Content-Type": content_type})
+    )
+    await headers_sent.wait()
+    # The headers are out; the server admits on them before it reads the body. There is no event
+    # to wait for on its side: if the delete came first, the upload is counted at its start and
+    # refused all the same, so the wait only decides whether the late count is what is tested.
+    await asyncio.sleep(0.5)
+    gone = await limited.delete(f"/tasks/{first.json()['task_id']}", headers=key("deleted-replay"))
+    assert gone.status_code == 204, gone.text
+    deleted.set()
+    answer = await second
+
+    assert answer.status_code == 429, answer.text
+    assert "uploads a minute" in answer.json()["detail"], answer.text
+
+
+async def test_a_new_tus_creation_is_counted_even_with_a_key_a_task_holds(limited: httpx.AsyncClient) -> None:
+    """What completes a tus upload may no longer find the task holding its key (deleted meanwhile),
+    so a creation is always counted; a client that lost an answer resumes its upload instead."""
     photo = images.jpeg(66, 48)
     headers = {
         **key("tus-replay"),
@@ -339,19 +383,15 @@ async def test_a_tus_upload_replaying_a_key_is_not_counted_either(limited: httpx
         "Idempotency-Key": "lost-answer-2",
     }
     patch = {**key("tus-replay"), "Tus-Resumable": "1.0.0", "Content-Type": "application/offset+octet-stream"}
-    task_ids = []
-    for _ in range(2):
-        created = await limited.post("/files/", headers=headers)
-        assert created.status_code == 201, created.text
-        finished = await limited.patch(
-            created.headers["location"], content=photo, headers={**patch, "Upload-Offset": "0"}
-        )
-        assert finished.status_code == 204, finished.text
-        task_ids.append(finished.headers["imagequeue-task-id"])
+    created = await limited.post("/files/", headers=headers)
+    assert created.status_code == 201, created.text
+    finished = await limited.patch(
+        created.headers["location"], content=photo, headers={**patch, "Upload-Offset": "0"}
+    )
+    assert finished.status_code == 204, finished.text
 
-    assert task_ids[0] == task_ids[1]
-    fresh = await limited.post("/files/", headers={**headers, "Idempotency-Key": "lost-answer-3"})
-    assert fresh.status_code == 429, "the minute's one upload was the first creation"
+    again = await limited.post("/files/", headers=headers)
+    assert again.status_code == 429, "the minute's one upload was the first creation"
 
 
 async def test_tus_refusals_by_key_carry_the_tus_version(limited: httpx.AsyncClient) -> None:
