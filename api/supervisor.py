@@ -13,25 +13,38 @@ parent only watches them. What this module adds to it:
   predecessor's socket, so the connections the kernel queued on it while it was away are served,
   not refused. Where `SO_REUSEPORT` does not spread connections (not Linux), one shared socket.
 
+- A child whose event loop is stuck is replaced: uvicorn's health check is answered by a thread of
+  the child, which answers a stuck loop too, and with a socket per process the kernel would go on
+  queueing that process's share of connections for nobody. Here the check is answered only once the
+  loop has ticked within LOOP_STALL_SECONDS, so a loop stuck past the health check's timeout gets
+  the child killed and replaced.
+- A child dies with the parent (PR_SET_PDEATHSIG, Linux): a supervisor killed outright leaves no
+  process serving the port.
 - Start-up failures stop everything instead of spinning: a child that exits with uvicorn's code
-  for a failed start-up (an unimportable app, a lifespan that failed), or any child that dies while
-  none has served yet (an app that raises as it is built, a crash), makes the parent stop the
-  others and exit STARTUP_FAILED, as one process would have. uvicorn stops only on its code 3 and
-  replaces the others for ever.
+  for a failed start-up (an unimportable app, a lifespan that failed), or dies before serving,
+  while no other child serves, makes the parent stop the others and exit STARTUP_FAILED, as one
+  process would have. uvicorn stops only on its code 3 and replaces the others for ever. With a
+  sibling serving, the death counts towards the crash-loop bound below instead.
 - A child that dies after serving is replaced, at most MAX_REPLACEMENTS in REPLACEMENT_WINDOW_SECONDS
   (then the parent stops with CRASH_LOOP: an orchestrator restarting the whole thing with its
   back-off is better than a loop here). Its Prometheus files are marked dead.
-- Stopping (SIGTERM, SIGINT) is bounded: the children get SIGTERM and finish in-flight requests
-  within --timeout-graceful-shutdown; one still running SHUTDOWN_SLACK_SECONDS later is killed.
+- Stopping (SIGTERM, SIGINT) is bounded: the parent closes its copies of the listening sockets (so
+  once the children stop accepting, new connections are refused, not queued for nobody), the
+  children get SIGTERM and finish in-flight requests within --timeout-graceful-shutdown; one still
+  running SHUTDOWN_SLACK_SECONDS later is killed. A SIGHUP's rolling restart waits as long for each.
+- Another server already on the port is an error (EADDRINUSE), as with one process: a probe binds
+  it without SO_REUSEPORT first, as a second copy started by mistake would otherwise join the group.
 - Metrics: the parent makes a private folder for prometheus_client's multiprocess files, hands it to
   the children in PROMETHEUS_MULTIPROC_DIR (api/metrics.py reads it), and removes it when it exits.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -41,6 +54,7 @@ from pathlib import Path
 
 from prometheus_client.multiprocess import mark_process_dead
 from uvicorn.config import STARTUP_FAILURE, Config
+from uvicorn.server import Server
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 log = logging.getLogger("uvicorn.error")
@@ -52,6 +66,54 @@ CRASH_LOOP = 1
 MAX_REPLACEMENTS = 10
 REPLACEMENT_WINDOW_SECONDS = 60.0
 SHUTDOWN_SLACK_SECONDS = 10.0
+# A child's loop that has not ticked (uvicorn's main loop ticks every 0.1 s) for this long holds its
+# health check's answer back.
+LOOP_STALL_SECONDS = 1.0
+_PR_SET_PDEATHSIG = 1
+
+
+class _TickingServer(Server):
+    """uvicorn's server, noting when its main loop last ticked."""
+
+    last_tick = 0.0
+
+    async def on_tick(self, counter: int) -> bool:
+        self.last_tick = time.monotonic()
+        return await super().on_tick(counter)
+
+
+class ServedProcess(Process):
+    """One child: uvicorn's, with a health check that vouches for the event loop, and dying with
+    the parent (see the module docstring)."""
+
+    def __init__(self, config: Config, sockets: list[socket.socket]) -> None:
+        super().__init__(config, sockets)
+        self.parent_pid = os.getpid()
+
+    @property
+    def server(self) -> Server:
+        if self._server is None:
+            self._server = _TickingServer(config=self.config)
+        return self._server
+
+    def pong(self) -> None:
+        self.child_conn.recv()
+        while self._loop_stuck():
+            time.sleep(0.1)
+        self.child_conn.send(self.server.started)
+
+    def _loop_stuck(self) -> bool:
+        server = self.server
+        assert isinstance(server, _TickingServer)
+        started = server.started and server.last_tick > 0 and not server.should_exit
+        return started and time.monotonic() - server.last_tick > LOOP_STALL_SECONDS
+
+    def target(self, sockets: list[socket.socket] | None = None) -> None:  # pragma: no cover (child)
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != self.parent_pid:  # the parent died before the prctl
+                return
+        super().target(sockets)
 
 
 class Supervisor(Multiprocess):
@@ -92,8 +154,9 @@ class Supervisor(Multiprocess):
             process.join()
             code = process.exitcode
             # uvicorn's own code for a failed start-up (the app, its lifespan, the socket), or a death
-            # before any process ever served: each replacement would fail the same way.
-            if code == STARTUP_FAILED or (pid not in self._served and not self._any_serving()):
+            # before serving, while no sibling serves: each replacement would fail the same way.
+            # With a sibling serving (a config file edited since?), the crash-loop bound decides.
+            if (code == STARTUP_FAILED or pid not in self._served) and not self._any_serving():
                 self._stop(STARTUP_FAILED, f"API process {pid} exited with code {code} before serving")
                 return
             self._served.discard(pid)
@@ -107,13 +170,13 @@ class Supervisor(Multiprocess):
                 self._stop(CRASH_LOOP, f"API processes died {len(self._replaced)} times within {window}")
                 return
             log.warning("API process %s died (exit code %s); starting another", pid, code)
-            replacement = Process(self.config, self._sockets_of(index))
+            replacement = ServedProcess(self.config, self._sockets_of(index))
             replacement.start()
             self.processes[index] = replacement
 
     def init_processes(self) -> None:
         for index in range(self.processes_num):
-            process = Process(self.config, self._sockets_of(index))
+            process = ServedProcess(self.config, self._sockets_of(index))
             process.start()
             self.processes.append(process)
 
@@ -122,7 +185,7 @@ class Supervisor(Multiprocess):
         for index, old in enumerate(self.processes):
             if self.should_exit.is_set():
                 return
-            new = Process(self.config, self._sockets_of(index))
+            new = ServedProcess(self.config, self._sockets_of(index))
             new.start()
             if not new.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
                 new.kill()
@@ -130,7 +193,7 @@ class Supervisor(Multiprocess):
                 log.error("API process %s was not ready in time; keeping %s", new.pid, old.pid)
                 return
             old.terminate()
-            old.join()
+            self._join_or_kill(old, self._stop_deadline())
             mark_process_dead(old.pid, str(self.metrics_dir))
             self.processes[index] = new
 
@@ -154,15 +217,27 @@ class Supervisor(Multiprocess):
                 return True
         return False
 
+    def terminate_all(self) -> None:
+        for sock in self.sockets:
+            sock.close()  # the children hold theirs until they stop accepting
+        super().terminate_all()
+
     def join_all(self) -> None:
         """Wait for the children's graceful shutdown, bounded; kill what outlives it."""
-        deadline = time.monotonic() + (self.config.timeout_graceful_shutdown or 0) + SHUTDOWN_SLACK_SECONDS
+        deadline = self._stop_deadline()
         for process in self.processes:
-            process.process.join(max(0.0, deadline - time.monotonic()))
-            if process.exitcode is None:
-                log.warning("API process %s did not stop in time; killing it", process.pid)
-                process.kill()
-                process.join()
+            self._join_or_kill(process, deadline)
+
+    def _stop_deadline(self) -> float:
+        return time.monotonic() + (self.config.timeout_graceful_shutdown or 0) + SHUTDOWN_SLACK_SECONDS
+
+    @staticmethod
+    def _join_or_kill(process: Process, deadline: float) -> None:
+        process.process.join(max(0.0, deadline - time.monotonic()))
+        if process.exitcode is None:
+            log.warning("API process %s did not stop in time; killing it", process.pid)
+            process.kill()
+            process.join()
 
     def _stop(self, code: int, reason: str) -> None:
         self.failure = (code, reason)
@@ -178,6 +253,11 @@ def listening_sockets(config: Config, count: int) -> list[socket.socket]:
     port = config.port
     sockets: list[socket.socket] = []
     try:
+        if port:
+            # Without SO_REUSEPORT: fails if anything listens there already (another copy of us).
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((config.host, port))
         for _ in range(count):
             sock = socket.socket(family, socket.SOCK_STREAM)
             sockets.append(sock)

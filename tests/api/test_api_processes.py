@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -362,3 +363,59 @@ def test_processes_that_cannot_start_stop_the_server_instead_of_being_restarted(
     assert code == 3, log[-3000:]
     assert "exited with code 3 before serving; stopped the API processes" in log
     assert log.count("Error loading ASGI app") <= PROCESSES  # none was started again
+
+
+def test_a_second_server_on_the_same_port_is_refused(
+    api: Api, stack_env: dict[str, str], workdir: Path
+) -> None:
+    """SO_REUSEPORT would let a second copy join the port and take half the connections: the probe
+    bind without it makes that the usual `address in use`."""
+    log_file = workdir / "second-api.log"
+    env = {**stack_env, "API_PROCESSES": str(PROCESSES)}
+    process = start_api(env, api.port, log_file=log_file)
+    try:
+        code = process.wait(60)
+    finally:
+        stop_process(process)
+
+    assert code == 3, log_file.read_text()[-3000:]
+    assert "Address already in use" in log_file.read_text()
+
+
+def test_the_processes_die_with_a_killed_supervisor(stack_env: dict[str, str], workdir: Path) -> None:
+    """A supervisor killed outright (SIGKILL, OOM) leaves nothing serving the port."""
+    with _running(stack_env, workdir, "orphaned-api", API_PROCESSES=str(PROCESSES)) as api:
+        children = api.children()
+        assert len(children) == PROCESSES
+        api.process.kill()
+        api.process.wait(10)
+
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{child}").exists() for child in children):
+            assert time.monotonic() < deadline, f"children outlived their supervisor: {children}"
+            time.sleep(0.1)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{api.base_url}/health", timeout=5)
+
+
+def test_a_child_whose_event_loop_is_stuck_does_not_answer_the_health_check() -> None:
+    """uvicorn's health check is answered by a thread of the child, which would vouch for a child
+    whose event loop is stuck (a loop cannot be stuck from outside the process: the check is driven
+    here through its real pipe, with the server's tick as the loop would leave it)."""
+    from api.serve import ServeConfig, http_limits
+    from api.supervisor import LOOP_STALL_SECONDS, ServedProcess
+    from config import get_settings
+
+    config = ServeConfig("api.main:app", limits=http_limits(get_settings()), workers=2)
+    child = ServedProcess(config, [])
+    server = child.server
+    server.started = True
+    server.last_tick = time.monotonic() - 2 * LOOP_STALL_SECONDS  # type: ignore[attr-defined]
+    answering = threading.Thread(target=child.pong, daemon=True)
+    answering.start()
+
+    child.parent_conn.send(b"ping")
+    assert not child.parent_conn.poll(3 * LOOP_STALL_SECONDS), "a stuck loop was vouched for"
+    server.last_tick = time.monotonic()  # type: ignore[attr-defined]  # the loop ticks again
+    assert child.parent_conn.poll(5) and child.parent_conn.recv() is True
+    answering.join(5)
