@@ -108,10 +108,14 @@ def allocate(
     granted = dict.fromkeys(_ORDER, 0)
     room = _room(free, urgent)
     # The window's places that interactive tasks hold (those past it are in urgent places).
-    lent = min(room - max(0, free), in_window.get(Priority.INTERACTIVE, 0) - max(0, -free))
+    # Never below 0: with more normal and bulk tasks in the stream than the window (after the window
+    # was lowered, or beside a replica with another window) nothing is lent.
+    lent = max(0, min(room - max(0, free), in_window.get(Priority.INTERACTIVE, 0) - max(0, -free)))
     owed = max(1, math.ceil(window * LOWER_CLASS_SHARE))
     for priority in (Priority.NORMAL, Priority.BULK):
-        share = min(waiting.get(priority, 0), max(0, owed - in_window.get(priority, 0)), max(0, free) + lent)
+        share = max(
+            0, min(waiting.get(priority, 0), max(0, owed - in_window.get(priority, 0)), max(0, free) + lent)
+        )
         lent -= share - min(share, max(0, free))
         granted[priority] += share
         room -= share

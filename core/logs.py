@@ -79,7 +79,12 @@ class _NamedFailures(logging.Filter):
 
 
 def _unnamed(arg: object) -> bool:
-    return isinstance(arg, BaseException) and not str(arg)
+    if not isinstance(arg, BaseException):
+        return False
+    try:
+        return not str(arg)
+    except Exception:  # an exception whose __str__ raises: left to the formatter's own handling
+        return False
 
 
 def _named(arg: object) -> object:

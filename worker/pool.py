@@ -259,15 +259,21 @@ def _die_with_parent() -> None:
 def _lower_this_thread(niceness: int) -> None:
     """A render thread's CPU priority (Linux keeps a niceness per thread)."""
     if niceness:
-        os.setpriority(
-            os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + niceness
-        )
+        try:
+            os.setpriority(
+                os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + niceness
+            )
+        except OSError as exc:  # a seccomp profile that forbids it: render at the usual priority
+            log.warning("could not lower a render thread's CPU priority: %s", exc)
 
 
 def _start_child(max_pixels: int, niceness: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if niceness:
-        os.nice(niceness)
+        try:
+            os.nice(niceness)
+        except OSError as exc:
+            log.warning("could not lower a render process's CPU priority: %s", exc)
     configure_pillow(max_pixels)
     Image.core.set_blocks_max(CHILD_CACHED_BLOCKS)

@@ -121,3 +121,16 @@ async def test_without_tasks_waiting_for_room_a_workers_word_wakes_nothing() -> 
     for _ in range(10):
         dispatcher.wake()
     assert not dispatcher._wake.is_set()
+
+
+def test_with_more_lower_class_tasks_in_the_stream_than_the_window_nothing_is_granted_negative() -> None:
+    """After DISPATCH_WINDOW is lowered (or beside a replica with another window) normal and bulk
+    may hold more than the window: found by review, that once granted -1 each, and a slice end of
+    -1 published nearly every candidate."""
+    # Window 2, 2 urgent places, 3 bulk tasks in the stream: one urgent place left, interactive's.
+    granted = allocate(-1, 2, {BULK: 3}, {INTERACTIVE: 5, NORMAL: 5, BULK: 5}, urgent=2)
+    assert granted == {INTERACTIVE: 1, NORMAL: 0, BULK: 0}
+    for free in range(-6, 3):
+        for held in range(0, 8):
+            granted = allocate(free, 2, {BULK: held}, {INTERACTIVE: 9, NORMAL: 9, BULK: 9}, urgent=2)
+            assert min(granted.values()) >= 0, (free, held, granted)
