@@ -221,6 +221,13 @@ def test_driver_errors_are_told_apart_from_an_unavailable_database() -> None:
     assert is_database_unavailable(asyncpg.CannotConnectNowError("the database system is starting up"))
     assert is_database_unavailable(asyncpg.InterfaceError("connection is closed"))
     assert is_database_unavailable(asyncpg.InterfaceError("pool is closing"))
+    assert is_database_unavailable(asyncpg.InterfaceError("cannot perform operation: connection is closed"))
+    # The server closed a pooled connection between its checkout and its statement.
+    assert is_database_unavailable(
+        asyncpg.InterfaceError(
+            "cannot call Connection.fetchval(): connection has been released back to the pool"
+        )
+    )
     assert not is_database_unavailable(
         asyncpg.InterfaceError("cannot perform operation: another operation is in progress")
     )
