@@ -64,6 +64,13 @@ _CLOSED_UNDER_US = ("connection is closed", "pool is closing", "pool is closed")
 # call with "cannot call Connection.fetchval(): connection has been released back to the pool".
 # core.tasks uses a proxy only inside its `async with pool.acquire()`, where nothing else releases it.
 _RELEASED_UNDER_US = "connection has been released back to the pool"
+# A connection the server ended while it sat idle in a pool (a restart's terminated sessions): asyncpg
+# reads the server's FATAL message a loop turn before the end of the stream, and in between the
+# connection looks open while its protocol waits out that error (state 2), refusing any statement
+# with InternalClientError "cannot switch to state 11; another operation (2) is in progress". Only
+# a message the server sent unasked leaves it so: a second statement on a busy connection is
+# refused earlier, by the InterfaceError above that stays a bug.
+_WAITING_OUT_A_SERVER_ERROR = "another operation (2) is in progress"
 
 
 # SQLSTATE classes of a server that cannot serve us right now: 08 connection exception, 53 out of
@@ -79,7 +86,7 @@ def is_database_unavailable(exc: BaseException) -> bool:
     """
     if isinstance(exc, DATABASE_UNAVAILABLE_ERRORS):
         return True
-    if isinstance(exc, asyncpg.InterfaceError):
+    if isinstance(exc, (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError)):
         return closed_under_us(exc)
     if isinstance(exc, DBAPIError):
         sqlstate = getattr(exc.orig, "sqlstate", None) or ""
@@ -90,7 +97,10 @@ def is_database_unavailable(exc: BaseException) -> bool:
 
 
 def closed_under_us(exc: BaseException) -> bool:
-    """Whether asyncpg refused a statement, unsent, because its connection or pool was closed."""
+    """Whether asyncpg refused a statement, unsent, because the server or the pool had closed its
+    connection (or the pool) under it."""
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        return str(exc).endswith(_WAITING_OUT_A_SERVER_ERROR)
     if not isinstance(exc, asyncpg.InterfaceError):
         return False
     message = str(exc)
