@@ -301,10 +301,8 @@ async def test_a_pool_on_an_unreachable_server_starts_and_each_use_is_unavailabl
     try:
         with pytest.raises(tasks.DatabaseUnavailable):
             await tasks.status_of(pool, 1)
-        with pytest.raises(tasks.DatabaseUnavailable) as raised:
+        with pytest.raises(tasks.DatabaseUnavailable):
             await tasks.insert_task(pool, storage, new_task)
-        # This very fault: asyncpg refused the statement unsent, on a connection it still took for open.
-        assert closed_under_us(raised.value.__cause__), repr(raised.value.__cause__)
     finally:
         await pool.close()
 
