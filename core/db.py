@@ -55,9 +55,22 @@ DATABASE_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     TimeoutError,
 )
 # The driver's own pool (core.tasks) reports a connection or a pool closed under it as a bare
-# InterfaceError; its other InterfaceErrors (an argument of the wrong type, a missing feature) are
-# bugs, which must not pass for an outage.
+# InterfaceError, before the statement is sent ("cannot perform operation: connection is closed" when
+# the protocol noticed first); its other InterfaceErrors (an argument of the wrong type, a missing
+# feature) are bugs, which must not pass for an outage.
 _CLOSED_UNDER_US = ("connection is closed", "pool is closing", "pool is closed")
+# A pooled connection the server closed between its checkout and its statement (a restart's
+# terminated sessions): the pool takes it back at once, and the caller's proxy then refuses every
+# call with "cannot call Connection.fetchval(): connection has been released back to the pool".
+# core.tasks uses a proxy only inside its `async with pool.acquire()`, where nothing else releases it.
+_RELEASED_UNDER_US = "connection has been released back to the pool"
+# A connection the server ended while it sat idle in a pool (a restart's terminated sessions): asyncpg
+# reads the server's FATAL message a loop turn before the end of the stream, and in between the
+# connection looks open while its protocol waits out that error (state 2), refusing any statement
+# with InternalClientError "cannot switch to state 11; another operation (2) is in progress". Only
+# a message the server sent unasked leaves it so: a second statement on a busy connection is
+# refused earlier, by the InterfaceError above that stays a bug.
+_WAITING_OUT_A_SERVER_ERROR = "another operation (2) is in progress"
 
 
 # SQLSTATE classes of a server that cannot serve us right now: 08 connection exception, 53 out of
@@ -73,14 +86,27 @@ def is_database_unavailable(exc: BaseException) -> bool:
     """
     if isinstance(exc, DATABASE_UNAVAILABLE_ERRORS):
         return True
-    if isinstance(exc, asyncpg.InterfaceError):
-        return str(exc) in _CLOSED_UNDER_US
+    if isinstance(exc, (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError)):
+        return closed_under_us(exc)
     if isinstance(exc, DBAPIError):
         sqlstate = getattr(exc.orig, "sqlstate", None) or ""
         return exc.connection_invalidated or sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
     if isinstance(exc, asyncpg.PostgresError):  # raised unwrapped on the driver's own connections
         return (exc.sqlstate or "")[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
     return False
+
+
+def closed_under_us(exc: BaseException) -> bool:
+    """Whether asyncpg refused a statement, unsent, because the server or the pool had closed its
+    connection (or the pool) under it."""
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        return str(exc).endswith(_WAITING_OUT_A_SERVER_ERROR)
+    if not isinstance(exc, asyncpg.InterfaceError):
+        return False
+    message = str(exc)
+    return message.removeprefix("cannot perform operation: ") in _CLOSED_UNDER_US or message.endswith(
+        _RELEASED_UNDER_US
+    )
 
 
 class Base(DeclarativeBase):

@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from core import fair_order
-from core.db import POOL_TIMEOUT_SECONDS, is_database_unavailable
+from core.db import POOL_TIMEOUT_SECONDS, closed_under_us, is_database_unavailable
 from core.models import (
     DEFAULT_PRIORITY,
     FINAL_STATUSES,
@@ -237,10 +237,10 @@ async def insert_task(pool: asyncpg.Pool, storage: Storage, task: NewTask, *, ke
             return await connection.fetchval(INSERT_TASK, *values)
     except BaseException as exc:
         # Remove the file only when the row surely does not exist: the statement never left (no
-        # connection), or the server answered it with an error. A connection lost mid-statement
-        # may have committed it: keep the file its row would need (at worst a file with no row;
-        # deleting it could leave a row with no file).
-        if (not sent or _refused_by_server(exc)) and not keep_file:
+        # connection, or one closed before it was sent), or the server answered it with an error.
+        # A connection lost mid-statement may have committed it: keep the file its row would need
+        # (at worst a file with no row; deleting it could leave a row with no file).
+        if (not sent or _refused_by_server(exc) or closed_under_us(exc)) and not keep_file:
             await _forget_upload(storage, task.input_name)
         mapped = _mapped(exc) if isinstance(exc, Exception) else exc
         if mapped is exc:

@@ -3,8 +3,10 @@ the driver errors it maps to our own exceptions."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,9 +14,10 @@ import asyncpg
 import pytest
 
 from core import tasks
-from core.db import is_database_unavailable, make_driver_pool
+from core.db import closed_under_us, is_database_unavailable, make_driver_pool
 from core.storage import Folders, LocalStorage, new_stored_name
 from devstack.servers import free_port
+from tests.waiting import eventually
 
 _TEST_ROW = "task-statement-"
 _LEASE = timedelta(minutes=5)
@@ -221,9 +224,65 @@ def test_driver_errors_are_told_apart_from_an_unavailable_database() -> None:
     assert is_database_unavailable(asyncpg.CannotConnectNowError("the database system is starting up"))
     assert is_database_unavailable(asyncpg.InterfaceError("connection is closed"))
     assert is_database_unavailable(asyncpg.InterfaceError("pool is closing"))
+    assert is_database_unavailable(asyncpg.InterfaceError("cannot perform operation: connection is closed"))
+    # The server ended a pooled connection: asyncpg read its FATAL message but not yet the end of the
+    # stream, or the pool took the connection back between its checkout and its statement.
+    assert is_database_unavailable(
+        asyncpg.exceptions.InternalClientError(
+            "cannot switch to state 11; another operation (2) is in progress"
+        )
+    )
+    assert is_database_unavailable(
+        asyncpg.InterfaceError(
+            "cannot call Connection.fetchval(): connection has been released back to the pool"
+        )
+    )
     assert not is_database_unavailable(
         asyncpg.InterfaceError("cannot perform operation: another operation is in progress")
     )
+
+
+async def _terminated_and_gone(dsn: str, pid: int) -> None:
+    other = await asyncpg.connect(dsn)
+    try:
+        await other.execute("SELECT pg_terminate_backend($1)", pid)
+
+        async def gone() -> bool:
+            return not await other.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid)
+
+        await eventually(gone, timeout=10, what=f"backend {pid} still running after its termination")
+    finally:
+        await other.close()
+
+
+async def test_a_connection_terminated_between_checkout_and_insert_is_unavailable(
+    stack_env: dict[str, str], storage: LocalStorage
+) -> None:
+    """A PostgreSQL restart terminates the pool's sessions. One whose end asyncpg reads after the
+    pool handed it out, before the INSERT was sent, is taken back by the pool under its caller, whose
+    proxy then refuses the call: the database is unavailable (503), not a bug (500); no row was made."""
+    pool = await make_driver_pool(stack_env["DATABASE_URL"], max_size=1)
+    dsn = stack_env["DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://", 1)
+    new_task = _kept_upload(storage)
+    try:
+        async with pool.acquire() as held:
+            pid = await held.fetchval("SELECT pg_backend_pid()")
+            # The insert waits for the pool's only connection, held here.
+            inserting = asyncio.create_task(tasks.insert_task(pool, storage, new_task))
+            for _ in range(3):  # yields, not a wait: the insert's acquire reaches the pool's queue
+                await asyncio.sleep(0)
+            # Terminated and gone while this event loop is held on purpose: handing the connection
+            # over still finds it open, and asyncpg reads the server's goodbye only after that.
+            with ThreadPoolExecutor(max_workers=1) as thread:
+                thread.submit(asyncio.run, _terminated_and_gone(dsn, pid)).result()
+        with pytest.raises(tasks.DatabaseUnavailable) as raised:
+            await inserting
+        # This very fault: asyncpg refused the statement unsent, on a connection it still took for open.
+        assert closed_under_us(raised.value.__cause__), repr(raised.value.__cause__)
+    finally:
+        await pool.close()
+
+    assert not _stored(storage, new_task), "the statement never left: its upload goes"
 
 
 async def test_a_driver_error_that_is_a_bug_passes_through_as_it_is(database: asyncpg.Pool) -> None:

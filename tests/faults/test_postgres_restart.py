@@ -84,6 +84,9 @@ class Restart:
     outcomes: list[Outcome]
     accepted: set[int]
     files_without_row_before: set[str]
+    # What the API logged during the burst: the traceback behind an unexpected answer, which is
+    # gone with the suite's work directory once the run ends.
+    api_log: str
 
 
 async def files_without_row(database_url: str, uploads_dir: Path) -> set[str]:
@@ -96,9 +99,10 @@ async def files_without_row(database_url: str, uploads_dir: Path) -> set[str]:
 
 
 async def burst_across_a_restart(
-    servers: LocalServers, stack_env: dict[str, str], base_url: str, worker: Started
+    servers: LocalServers, stack_env: dict[str, str], base_url: str, worker: Started, api_log: Path
 ) -> Restart:
     prefix = new_prefix("postgres-restart")
+    api_log_start = api_log.stat().st_size
     uploads_dir = Path(stack_env["UPLOADS_DIR"])
     dsn = plain_dsn(stack_env["DATABASE_URL"])
     await worker_ready(worker)
@@ -113,7 +117,10 @@ async def burst_across_a_restart(
             await burst.wait_for_more(10)
     finally:
         servers.postgres.start()  # no-op when it runs
-    return Restart(prefix, burst.outcomes, burst.accepted, before)
+    with api_log.open(errors="replace") as log:
+        log.seek(api_log_start)
+        logged = log.read()
+    return Restart(prefix, burst.outcomes, burst.accepted, before, logged)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +134,8 @@ def restart(
     try:
         with ThreadPoolExecutor(max_workers=1) as thread:
             yield thread.submit(
-                asyncio.run, burst_across_a_restart(servers, stack_env, api_process, worker)
+                asyncio.run,
+                burst_across_a_restart(servers, stack_env, api_process, worker, workdir / "api.log"),
             ).result()
     finally:
         assert stop_process(worker.process) == 0, worker.log_tail()
@@ -135,7 +143,9 @@ def restart(
 
 def test_uploads_meeting_a_postgres_restart_are_answered_200_or_503_never_500(restart: Restart) -> None:
     unexpected = [outcome for outcome in restart.outcomes if outcome.status not in (200, 503)]
-    assert unexpected == []
+    assert unexpected == [], (
+        f"{unexpected}\nthe API's log of the burst (last 20000 characters):\n{restart.api_log[-20000:]}"
+    )
 
 
 async def test_uploads_refused_during_a_postgres_restart_say_so_and_leave_no_file(
