@@ -255,10 +255,8 @@ async def test_sighup_replaces_every_process_on_its_socket_and_sigttin_adds_none
         # Answered throughout, but a connection an old process had accepted without reading its
         # request yet is closed by its graceful stop (uvicorn closes idle connections): such a
         # request is sent again, as clients do with one that got no answer.
-        try:
+        with contextlib.suppress(httpx.RemoteProtocolError):
             assert (await client.get("/health")).status_code == 200
-        except httpx.RemoteProtocolError:
-            pass
         now = api.children()
         return len(now) == PROCESSES and not now & before
 
