@@ -15,9 +15,9 @@ parent only watches them. What this module adds to it:
 
 - A child whose event loop is stuck is replaced: uvicorn's health check is answered by a thread of
   the child, which answers a stuck loop too, and with a socket per process the kernel would go on
-  queueing that process's share of connections for nobody. Here the check is answered only once the
-  loop has ticked within LOOP_STALL_SECONDS, so a loop stuck past the health check's timeout gets
-  the child killed and replaced.
+  queueing that process's share of connections for nobody. Here the answer also says how long ago
+  the loop last ticked, at once (a late answer would be read by the next check), and a child whose
+  loop has not ticked for LOOP_STALL_SECONDS counts as hung, whether it has served yet or not.
 - A child dies with the parent (PR_SET_PDEATHSIG, Linux): a supervisor killed outright leaves no
   process serving the port.
 - Start-up failures stop everything instead of spinning: a child that exits with uvicorn's code
@@ -43,6 +43,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import pickle
 import shutil
 import signal
 import socket
@@ -66,20 +67,33 @@ CRASH_LOOP = 1
 MAX_REPLACEMENTS = 10
 REPLACEMENT_WINDOW_SECONDS = 60.0
 SHUTDOWN_SLACK_SECONDS = 10.0
-# A child's loop that has not ticked (uvicorn's main loop ticks every 0.1 s) for this long holds its
-# health check's answer back.
-LOOP_STALL_SECONDS = 1.0
+# A child whose loop has not ticked (uvicorn's main loop ticks every 0.1 s) for this long is hung:
+# the health check's own timeout (api.serve's HEALTHCHECK_SECONDS), as a silent child would be.
+LOOP_STALL_SECONDS = 10.0
 _PR_SET_PDEATHSIG = 1
 
 
 class _TickingServer(Server):
-    """uvicorn's server, noting when its main loop last ticked."""
+    """uvicorn's server, noting when its main loop last ticked, and when it has left it."""
 
     last_tick = 0.0
+    loop_done = False
 
     async def on_tick(self, counter: int) -> bool:
         self.last_tick = time.monotonic()
         return await super().on_tick(counter)
+
+    async def main_loop(self) -> None:
+        try:
+            await super().main_loop()
+        finally:
+            self.loop_done = True  # stopping (however it was asked): no longer ticking is right
+
+    def stalled_for(self) -> float:
+        """Seconds since the serving loop last ticked; 0 before it started and once it has left."""
+        if not self.started or self.last_tick == 0 or self.loop_done or self.should_exit:
+            return 0.0
+        return time.monotonic() - self.last_tick
 
 
 class ServedProcess(Process):
@@ -97,22 +111,40 @@ class ServedProcess(Process):
         return self._server
 
     def pong(self) -> None:
+        """In the child: answer a ping at once with (started, seconds the loop has been stalled)."""
         self.child_conn.recv()
-        while self._loop_stuck():
-            time.sleep(0.1)
-        self.child_conn.send(self.server.started)
-
-    def _loop_stuck(self) -> bool:
         server = self.server
         assert isinstance(server, _TickingServer)
-        started = server.started and server.last_tick > 0 and not server.should_exit
-        return started and time.monotonic() - server.last_tick > LOOP_STALL_SECONDS
+        self.child_conn.send((server.started, server.stalled_for()))
+
+    def _healthcheck(self, timeout: float) -> bool | None:
+        """In the parent: whether the child has started serving, or None if it is hung (no answer in
+        `timeout`, or its loop stalled for LOOP_STALL_SECONDS). Answers a timed-out ping left in
+        the pipe are read and dropped first, so each check reads its own."""
+        try:
+            while self.parent_conn.poll():
+                self.parent_conn.recv()
+            self.parent_conn.send(b"ping")
+            if not self.parent_conn.poll(timeout):
+                return None
+            started, stalled = self.parent_conn.recv()
+        except (OSError, EOFError, pickle.UnpicklingError, TypeError, ValueError):
+            return None
+        if stalled >= LOOP_STALL_SECONDS:
+            log.warning("API process %s: its event loop has not run for %.0f s", self.pid, stalled)
+            return None
+        return bool(started)
 
     def target(self, sockets: list[socket.socket] | None = None) -> None:  # pragma: no cover (child)
         if sys.platform.startswith("linux"):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            # Sent when the thread that spawned this child ends: the parent spawns from its main
+            # thread only.
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGTERM)) != 0:
+                log.warning("PR_SET_PDEATHSIG failed (errno %d)", ctypes.get_errno())
             if os.getppid() != self.parent_pid:  # the parent died before the prctl
                 return
+        _ = self.server  # made here, before the health-check thread could make a second one
         super().target(sockets)
 
 
@@ -143,14 +175,14 @@ class Supervisor(Multiprocess):
         for index, process in enumerate(self.processes):
             pid = process.pid
             assert pid is not None  # started
-            if pid in self._served:
-                if process.is_alive(timeout=timeout):
-                    continue
-            elif process.process.is_alive():
-                if process.is_ready(timeout=timeout):
+            if process.process.is_alive():
+                health = process._healthcheck(timeout)
+                if health is True:
                     self._served.add(pid)
-                continue  # still starting (its start-up has its own timeouts: the app's)
-            process.kill()  # dead, or alive and not answering (hung): gone either way
+                    continue
+                if health is False and pid not in self._served:
+                    continue  # still starting (its start-up has its own timeouts: the app's)
+            process.kill()  # dead, or alive and not answering or stalled (hung): gone either way
             process.join()
             code = process.exitcode
             # uvicorn's own code for a failed start-up (the app, its lifespan, the socket), or a death
@@ -192,6 +224,7 @@ class Supervisor(Multiprocess):
                 new.join()
                 log.error("API process %s was not ready in time; keeping %s", new.pid, old.pid)
                 return
+            self._served.add(new.pid)  # type: ignore[arg-type]  # started
             old.terminate()
             self._join_or_kill(old, self._stop_deadline())
             mark_process_dead(old.pid, str(self.metrics_dir))

@@ -402,10 +402,11 @@ def test_the_processes_die_with_a_killed_supervisor(stack_env: dict[str, str], w
             httpx.get(f"{api.base_url}/health", timeout=5)
 
 
-def test_a_child_whose_event_loop_is_stuck_does_not_answer_the_health_check() -> None:
+def test_a_child_whose_event_loop_is_stuck_counts_as_hung_in_the_health_check() -> None:
     """uvicorn's health check is answered by a thread of the child, which would vouch for a child
     whose event loop is stuck (a loop cannot be stuck from outside the process: the check is driven
-    here through its real pipe, with the server's tick as the loop would leave it)."""
+    here through its real pipe, with the server's tick as a stuck loop leaves it). An answer left
+    in the pipe by an earlier, timed-out check is not read as this one's."""
     from api.serve import ServeConfig, http_limits
     from api.supervisor import LOOP_STALL_SECONDS, ServedProcess
     from config import get_settings
@@ -414,12 +415,19 @@ def test_a_child_whose_event_loop_is_stuck_does_not_answer_the_health_check() ->
     child = ServedProcess(config, [])
     server = child.server
     server.started = True
-    server.last_tick = time.monotonic() - 2 * LOOP_STALL_SECONDS  # type: ignore[attr-defined]
-    answering = threading.Thread(target=child.pong, daemon=True)
-    answering.start()
 
-    child.parent_conn.send(b"ping")
-    assert not child.parent_conn.poll(3 * LOOP_STALL_SECONDS), "a stuck loop was vouched for"
+    def check() -> bool | None:
+        answering = threading.Thread(target=child.pong, daemon=True)
+        answering.start()
+        health = child._healthcheck(5)
+        answering.join(5)
+        return health
+
+    server.last_tick = time.monotonic() - LOOP_STALL_SECONDS - 1  # type: ignore[attr-defined]
+    child.child_conn.send((True, 0.0))  # a late answer to an earlier ping
+    assert check() is None, "a stuck loop was vouched for"
     server.last_tick = time.monotonic()  # type: ignore[attr-defined]  # the loop ticks again
-    assert child.parent_conn.poll(5) and child.parent_conn.recv() is True
-    answering.join(5)
+    assert check() is True
+    server.loop_done = True  # type: ignore[attr-defined]  # stopping: the loop has ended on purpose
+    server.last_tick = time.monotonic() - LOOP_STALL_SECONDS - 1  # type: ignore[attr-defined]
+    assert check() is True
