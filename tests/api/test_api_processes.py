@@ -1,10 +1,9 @@
-"""API_PROCESSES=2: one socket served by two processes under `python -m api.serve`'s supervisor.
+"""API_PROCESSES=2: one port served by two processes under `python -m api.serve`'s supervisor.
 
 Started as every API in the suite is (devstack's `start_api`, the launcher Dockerfile.api's CMD
-runs), with API_PROCESSES in its environment. Who answered what is read without any debug hook:
-the parent's children from /proc, and each child's own upload count from the file prometheus_client
-keeps for it in the folder the parent gave the children (PROMETHEUS_MULTIPROC_DIR in their
-environment), beside the summed total that /metrics serves.
+runs), with API_PROCESSES in its environment. Who answered what is read without any debug hook
+(bench.api_processes: the children from /proc, each one's own upload count from its metrics file),
+beside the summed total that /metrics serves.
 """
 
 from __future__ import annotations
@@ -22,10 +21,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.supervisor import METRICS_DIR_VARIABLE
+from bench.api_processes import accepted_by, metrics_dir, serving_children
 from core.storage import TEMP_PREFIX
 from devstack.servers import free_port
 from devstack.stack import start_api, stop_process, wait_until_ready
@@ -49,36 +48,16 @@ class Api:
         return f"http://127.0.0.1:{self.port}"
 
     def children(self) -> set[int]:
-        """The serving children (the spawned servers; not multiprocessing's resource tracker)."""
-        found = set()
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-                cmdline = (stat.parent / "cmdline").read_bytes()
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue  # gone meanwhile
-            if int(fields[1]) == self.process.pid and b"spawn_main" in cmdline:
-                found.add(int(stat.parent.name))
-        return found
+        return serving_children(self.process.pid)
 
     def metrics_dir(self, child: int) -> Path:
-        for entry in Path(f"/proc/{child}/environ").read_bytes().split(b"\0"):
-            name, _, value = entry.partition(b"=")
-            if name.decode() == METRICS_DIR_VARIABLE:
-                return Path(value.decode())
-        raise AssertionError(f"child {child} was not given {METRICS_DIR_VARIABLE}")
+        folder = metrics_dir(child)
+        assert folder is not None, f"child {child} was not given {METRICS_DIR_VARIABLE}"
+        return folder
 
-    def accepted_by(self, child: int) -> float:
-        """Uploads `child` answered as accepted, from its own metrics file (0 before its first)."""
-        own = self.metrics_dir(child) / f"counter_{child}.db"
-        if not own.exists():
-            return 0.0
-        return sum(
-            sample.value
-            for metric in MultiProcessCollector.merge([str(own)])
-            for sample in metric.samples
-            if sample.name == "imagequeue_uploads_total" and sample.labels.get("outcome") == "accepted"
-        )
+    @staticmethod
+    def accepted_by(child: int) -> float:
+        return accepted_by(child)
 
     def log_tail(self) -> str:
         return self.log_file.read_text(errors="replace")[-4000:]
