@@ -93,6 +93,19 @@ async def _upload_bulk(client: httpx.AsyncClient, count: int) -> list[int]:
     ]
 
 
+async def _both_lanes_busy(db: AsyncSession, backlog: list[int]) -> list[Row]:
+    """Once two of `backlog` are processing (the worker's two regular lanes): those rows."""
+    rendering: list[Row] = []
+
+    async def busy() -> bool:
+        nonlocal rendering
+        rendering = [row for row in await _rows(db, backlog) if row.status == "processing"]
+        return len(rendering) == 2
+
+    await eventually(busy, timeout=60, what="two bulk renders processing")
+    return rendering
+
+
 async def test_an_interactive_upload_is_done_while_both_bulk_renders_are_still_processing(
     stack: Stack, base_url: str, db: AsyncSession
 ) -> None:
@@ -104,14 +117,7 @@ async def test_an_interactive_upload_is_done_while_both_bulk_renders_are_still_p
     ):
         await _drained(db)
         backlog = await _upload_bulk(client, 4)
-        rendering: list[Row] = []
-
-        async def both_lanes_busy() -> bool:
-            nonlocal rendering
-            rendering = [row for row in await _rows(db, backlog) if row.status == "processing"]
-            return len(rendering) == 2
-
-        await eventually(both_lanes_busy, timeout=60, what="two bulk renders processing")
+        rendering = await _both_lanes_busy(db, backlog)
         # The same key as the bulk work: only the priority can put it ahead.
         urgent = await _upload(client, KEY, "urgent.jpg", jpeg(640, 480), priority="interactive")
         [urgent_row] = await _wait_done(db, [urgent], timeout=60)
@@ -167,11 +173,7 @@ async def test_an_interactive_render_too_large_for_the_urgent_lane_waits_for_a_r
     ):
         await _drained(db)
         backlog = await _upload_bulk(client, 2)
-
-        async def both_lanes_busy() -> bool:
-            return _statuses(await _rows(db, backlog)).get("processing", 0) == 2
-
-        await eventually(both_lanes_busy, timeout=60, what="two bulk renders processing")
+        await _both_lanes_busy(db, backlog)
         large = await _upload(client, KEY, "large.jpg", jpeg(4000, 3000), priority="interactive")
         [large_row] = await _wait_done(db, [large], timeout=120)
         bulk_rows = await _rows(db, backlog)
