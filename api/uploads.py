@@ -13,8 +13,8 @@ api/content_disposition.py) is kept as a display name only.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
-import os
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,6 +41,8 @@ MAX_TEXT_FIELD_BYTES = 8 * 1024
 MAX_PARTS = 16
 MAX_PART_HEADER_BYTES = 8 * 1024
 DISPLAY_NAME_MAX_CHARS = 255
+# The largest file identified on the event loop (see _probe_off_loop).
+PROBE_ON_LOOP_MAX_BYTES = 1024 * 1024
 # How much of the body is read looking for its first boundary line (past a preamble and padding).
 MAX_PREAMBLE_BYTES = 16 * 1024
 
@@ -293,24 +295,31 @@ async def _stream_to(
     return receiver
 
 
-def _finish_file(target: BinaryIO, temp_path: Path, max_pixels: int, max_frames: int) -> ImageInfo:
-    """Runs in a worker thread: make the bytes durable, then identify them (header only)."""
-    target.flush()
-    os.fsync(target.fileno())
+def _probe_off_loop(size_bytes: int) -> bool:
+    """Whether identifying a file of this size is worth a thread hop. Identifying reads the header,
+    and for some formats walks the file's structure (a progressive JPEG's scans, a GIF's frames): in
+    Python, holding the GIL, so a thread does not run it beside the event loop; it only lets the loop
+    have the GIL back every switch interval. Up to PROBE_ON_LOOP_MAX_BYTES the walk takes at most
+    about a millisecond (BENCHMARKS.md), less than the hop costs; above, it is run in a thread."""
+    return size_bytes > PROBE_ON_LOOP_MAX_BYTES
+
+
+async def identify(temp_path: Path, size_bytes: int, *, max_pixels: int, max_frames: int) -> ImageInfo:
+    """Identify a complete temporary file from its bytes (just written, so read from the page
+    cache). Not synced here: the file store makes it durable when it keeps it (Storage.keep_upload),
+    so a refused upload costs no disk sync. Raises UnsupportedImage, ImageRejected or OSError."""
+    if _probe_off_loop(size_bytes):
+        return await anyio.to_thread.run_sync(
+            functools.partial(probe_image, temp_path, max_pixels=max_pixels, max_frames=max_frames)
+        )
     return probe_image(temp_path, max_pixels=max_pixels, max_frames=max_frames)
 
 
-def _sync_and_probe(temp_path: Path, max_pixels: int, max_frames: int) -> ImageInfo:
-    with open(temp_path, "rb+") as handle:
-        os.fsync(handle.fileno())
-    return probe_image(temp_path, max_pixels=max_pixels, max_frames=max_frames)
-
-
-async def identify_file(temp_path: Path, *, max_pixels: int, max_frames: int) -> ImageInfo:
-    """Make a complete temporary file (joined from elsewhere: a resumable upload's pieces) durable
-    and identify it, with the answers `_receive` gives; the file is removed when it is refused."""
+async def identify_file(temp_path: Path, size_bytes: int, *, max_pixels: int, max_frames: int) -> ImageInfo:
+    """Identify a complete temporary file joined from elsewhere (a resumable upload's pieces), with
+    the answers `_receive` gives; the file is removed when it is refused."""
     try:
-        return await anyio.to_thread.run_sync(_sync_and_probe, temp_path, max_pixels, max_frames)
+        return await identify(temp_path, size_bytes, max_pixels=max_pixels, max_frames=max_frames)
     except UnsupportedImage as exc:
         remove_quietly(temp_path)
         raise UploadRefused(415, str(exc)) from None
@@ -382,7 +391,8 @@ async def _receive(
                 if receiver.file_bytes == 0:
                     raise UploadRefused(400, EMPTY_FILE)
                 fetched = FetchedFile(receiver.raw_filename, receiver.file_bytes, receiver.digest.hexdigest())
-            info = await anyio.to_thread.run_sync(_finish_file, target, temp_path, max_pixels, max_frames)
+            target.flush()
+            info = await identify(temp_path, fetched.size_bytes, max_pixels=max_pixels, max_frames=max_frames)
     except UnsupportedImage as exc:
         remove_quietly(temp_path)
         raise UploadRefused(415, str(exc)) from None

@@ -27,7 +27,6 @@ import asyncio
 import functools
 import hashlib
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -348,7 +347,6 @@ async def _append(upload_id: str, request: Request, services: Services, caller: 
         raise TusRefused(400, TOO_MANY_PIECES)
     piece = resumable.new_piece_name()
     with storage_refusals(temp):
-        await anyio.to_thread.run_sync(_sync, temp)
         await services.storage.keep(Area.RESUMABLE, temp, piece)
     answer = await _add_piece(
         services, upload_id, offset, count, piece, completes=offset + count == upload.length
@@ -401,11 +399,6 @@ async def _receive_piece(
             remove_quietly(temp)
             raise TusRefused(460, CHECKSUM_MISMATCH)
     return temp, count, disconnected
-
-
-def _sync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
 
 
 async def _add_piece(
@@ -465,7 +458,9 @@ async def _finish(services: Services, upload: ResumableUpload, pieces: list[str]
     """Join the pieces into one temporary file, identify it and make it a task (not yet queued)."""
     settings = services.settings
     temp, size, sha256 = await _join(services, pieces)
-    info = await identify_file(temp, max_pixels=settings.max_image_pixels, max_frames=settings.max_frames)
+    info = await identify_file(
+        temp, size, max_pixels=settings.max_image_pixels, max_frames=settings.max_frames
+    )
     fields = dict(upload.fields)
     received = ReceivedUpload(
         temp_path=temp,

@@ -169,14 +169,15 @@ class Storage(abc.ABC):
         return None
 
     @abc.abstractmethod
-    async def keep_upload(self, synced_temp: Path, name: str) -> None:
-        """Store an upload's temporary file (already synced to disk) under `name`; the temporary
-        file is gone afterwards."""
+    async def keep_upload(self, temp: Path, name: str) -> None:
+        """Store an upload's temporary file under `name`, durably: once this returns, the file
+        survives a crash (the backend syncs what it needs to; the caller need not sync `temp`).
+        The temporary file is gone afterwards."""
 
     @abc.abstractmethod
-    async def keep(self, area: Area, synced_temp: Path, name: str) -> None:
-        """Store a temporary file (already synced to disk) under `name` in any area, replacing any
-        earlier one; the temporary file is gone afterwards."""
+    async def keep(self, area: Area, temp: Path, name: str) -> None:
+        """Store a temporary file under `name` in any area, durably as keep_upload does, replacing
+        any earlier one; the temporary file is gone afterwards."""
 
     @abc.abstractmethod
     async def keep_output(self, temp: Path, name: str) -> None:

@@ -13,17 +13,26 @@ from pathlib import Path
 import anyio.to_thread
 
 from core.storage.base import Area, Folders, Storage, StoredFileMissing, StoredObject, remove_quietly
+from core.storage.group_sync import GroupSync
 
 
 class LocalStorage(Storage):
     """Stored files are files in the two folders, which every API and worker process must share."""
 
-    async def keep_upload(self, synced_temp: Path, name: str) -> None:
-        # Off the event loop: the folder sync waits for the disk.
-        await anyio.to_thread.run_sync(rename_durably, synced_temp, self.folders.upload_path(name))
+    def __init__(self, folders: Folders) -> None:
+        super().__init__(folders)
+        # Off the event loop (the syncs wait for the disk), and batched: see core/storage/group_sync.py.
+        self._group_sync = GroupSync()
 
-    async def keep(self, area: Area, synced_temp: Path, name: str) -> None:
-        await anyio.to_thread.run_sync(_keep_in, synced_temp, self.folders.path(area, name))
+    async def keep_upload(self, temp: Path, name: str) -> None:
+        await self._group_sync.place(temp, self.folders.upload_path(name))
+
+    async def keep(self, area: Area, temp: Path, name: str) -> None:
+        # RESUMABLE's folder is made on first use (Folders.resumable_dir).
+        await self._group_sync.place(temp, self.folders.path(area, name), make_folder=True)
+
+    async def close(self) -> None:
+        self._group_sync.close()
 
     async def keep_output(self, temp: Path, name: str) -> None:
         await anyio.to_thread.run_sync(place_output, self.folders, temp, name)
@@ -52,11 +61,6 @@ class LocalStorage(Storage):
 
     async def stored_before(self, area: Area, older_than_seconds: float, *, limit: int) -> list[str]:
         return await anyio.to_thread.run_sync(self.folders.stored_before, area, older_than_seconds, limit)
-
-
-def _keep_in(synced_temp: Path, final: Path) -> None:
-    final.parent.mkdir(exist_ok=True)  # RESUMABLE's folder is made on first use (Folders.resumable_dir)
-    rename_durably(synced_temp, final)
 
 
 def place_output(folders: Folders, temp: Path, name: str) -> None:

@@ -151,14 +151,14 @@ class NatsStorage(Storage):
             raise StorageUnavailable(NOT_READY)
         return stores[area]
 
-    async def keep_upload(self, synced_temp: Path, name: str) -> None:
-        await self._put(Area.UPLOADS, synced_temp, name)
+    async def keep_upload(self, temp: Path, name: str) -> None:
+        await self._put(Area.UPLOADS, temp, name)
 
     async def keep_output(self, temp: Path, name: str) -> None:
         await self._put(Area.PROCESSED, temp, name)
 
-    async def keep(self, area: Area, synced_temp: Path, name: str) -> None:
-        await self._put(area, synced_temp, name)
+    async def keep(self, area: Area, temp: Path, name: str) -> None:
+        await self._put(area, temp, name)
 
     async def _put(self, area: Area, temp: Path, name: str) -> None:
         """Store the file's bytes under `name`, then delete the file. A failed put leaves no object

@@ -244,15 +244,15 @@ class S3Storage(Storage):
             self._mark(reachable=False, problem=f"S3 bucket {self.bucket}: {_describe(exc)}")
             raise StorageUnavailable(f"{doing}: {_describe(exc)}") from exc
 
-    async def keep_upload(self, synced_temp: Path, name: str) -> None:
-        await self._put(Area.UPLOADS, synced_temp, name)
+    async def keep_upload(self, temp: Path, name: str) -> None:
+        await self._put(Area.UPLOADS, temp, name)
 
     async def keep_output(self, temp: Path, name: str) -> None:
         await self._put(Area.PROCESSED, temp, name)
 
-    async def keep(self, area: Area, synced_temp: Path, name: str) -> None:
+    async def keep(self, area: Area, temp: Path, name: str) -> None:
         """Store a local file under `name` in `area` (any area: tus pieces too), then delete the file."""
-        await self._put(area, synced_temp, name)
+        await self._put(area, temp, name)
 
     async def _put(self, area: Area, temp: Path, name: str) -> None:
         client = self._ready_client()
