@@ -198,8 +198,7 @@ class SideBySide:
             await nc.close()
         work = self.stack.workdir / "original"
         for folder in ("uploads", "processed"):
-            shutil.rmtree(work / folder, ignore_errors=True)
-            (work / folder).mkdir(parents=True)
+            self.stack.set_aside(work / folder)
 
     async def _original_db(self) -> asyncpg.Connection:
         return await asyncpg.connect(
