@@ -62,9 +62,11 @@ class GroupSync:
                 self._thread = None
 
     def _ensure_thread(self) -> None:
-        if self._thread is None:
+        # Not alive: started before this process was forked from its parent (threads do not cross
+        # a fork), or ended by close().
+        if self._thread is None or not self._thread.is_alive():
             with self._start:
-                if self._thread is None:
+                if self._thread is None or not self._thread.is_alive():
                     # A daemon: a process that exits without closing its storage is not held up by it.
                     self._thread = threading.Thread(target=self._run, name="group-sync", daemon=True)
                     self._thread.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -103,3 +104,23 @@ def test_one_thread_serves_event_loops_in_turn_and_ends_when_closed(tmp_path: Pa
     asyncio.run(sync.place(again, tmp_path / "third"))
     sync.close()
     assert (tmp_path / "first").exists() and (tmp_path / "second").exists() and (tmp_path / "third").exists()
+
+
+def _place_in_forked_child(sync: GroupSync, temp: Path, final: Path) -> None:
+    asyncio.run(asyncio.wait_for(sync.place(temp, final), timeout=10))
+
+
+def test_a_forked_child_starts_its_own_thread(tmp_path: Path) -> None:
+    """A process forked after the thread started has no such thread: its first placement starts one
+    instead of waiting forever for a thread that is not there."""
+    sync = GroupSync()
+    first, second = _temps(tmp_path, 2)
+    asyncio.run(sync.place(first, tmp_path / "parent"))
+    child = multiprocessing.get_context("fork").Process(
+        target=_place_in_forked_child, args=(sync, second, tmp_path / "child")
+    )
+    child.start()
+    child.join(timeout=30)
+    sync.close()
+    assert child.exitcode == 0
+    assert (tmp_path / "child").read_bytes() == b"file 1" * 100
