@@ -13,8 +13,8 @@ api/content_disposition.py) is kept as a display name only.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
+import os
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +27,7 @@ from starlette.requests import Request
 
 from api.content_disposition import parse_disposition
 from core.formats import ImageInfo, ImageRejected, UnsupportedImage, probe_image
+from core.image_structure import QuickProbeSpent
 from core.storage import STORAGE_UNAVAILABLE, Folders, StorageUnavailable, remove_quietly
 
 if TYPE_CHECKING:
@@ -41,8 +42,8 @@ MAX_TEXT_FIELD_BYTES = 8 * 1024
 MAX_PARTS = 16
 MAX_PART_HEADER_BYTES = 8 * 1024
 DISPLAY_NAME_MAX_CHARS = 255
-# The largest file identified on the event loop (see _probe_off_loop).
-PROBE_ON_LOOP_MAX_BYTES = 1024 * 1024
+# The largest file identified on the event loop (see identify).
+PROBE_ON_LOOP_MAX_BYTES = 512 * 1024
 # How much of the body is read looking for its first boundary line (past a preamble and padding).
 MAX_PREAMBLE_BYTES = 16 * 1024
 
@@ -295,23 +296,32 @@ async def _stream_to(
     return receiver
 
 
-def _probe_off_loop(size_bytes: int) -> bool:
-    """Whether identifying a file of this size is worth a thread hop. Identifying reads the header,
-    and for some formats walks the file's structure (a progressive JPEG's scans, a GIF's frames): in
-    Python, holding the GIL, so a thread does not run it beside the event loop; it only lets the loop
-    have the GIL back every switch interval. Up to PROBE_ON_LOOP_MAX_BYTES the walk takes at most
-    about a millisecond (BENCHMARKS.md), less than the hop costs; above, it is run in a thread."""
-    return size_bytes > PROBE_ON_LOOP_MAX_BYTES
-
-
-async def identify(temp_path: Path, size_bytes: int, *, max_pixels: int, max_frames: int) -> ImageInfo:
+async def identify(
+    temp_path: Path, size_bytes: int, *, max_pixels: int, max_frames: int, handle: BinaryIO | None = None
+) -> ImageInfo:
     """Identify a complete temporary file from its bytes (just written, so read from the page
-    cache). Not synced here: the file store makes it durable when it keeps it (Storage.keep_upload),
-    so a refused upload costs no disk sync. Raises UnsupportedImage, ImageRejected or OSError."""
-    if _probe_off_loop(size_bytes):
-        return await anyio.to_thread.run_sync(
-            functools.partial(probe_image, temp_path, max_pixels=max_pixels, max_frames=max_frames)
-        )
+    cache). Raises UnsupportedImage, ImageRejected or OSError.
+
+    On the event loop when that is cheap: the probe is Python holding the GIL, so a thread would not
+    run it beside the loop anyway, and a hop costs the API more than an ordinary probe (BENCHMARKS.md,
+    "One thread puts uploads in place"). Cheap means a file of at most PROBE_ON_LOOP_MAX_BYTES (a
+    progressive JPEG's scans are walked byte by byte) whose probe passes within QUICK_PROBE_READS
+    reads (a file of many small parts does not). Otherwise in a thread, where the loop gets the GIL
+    back every switch interval; `handle`, the file still open for writing, is then synced there too,
+    so closing it on the loop flushes nothing (a network filesystem would send the pages then).
+    On the loop it is not synced: the file store makes it durable when it keeps it
+    (Storage.keep_upload), so a refused upload costs no disk sync."""
+    if size_bytes <= PROBE_ON_LOOP_MAX_BYTES:
+        try:
+            return probe_image(temp_path, max_pixels=max_pixels, max_frames=max_frames, quick=True)
+        except QuickProbeSpent:
+            pass
+    return await anyio.to_thread.run_sync(_sync_and_probe, temp_path, handle, max_pixels, max_frames)
+
+
+def _sync_and_probe(temp_path: Path, handle: BinaryIO | None, max_pixels: int, max_frames: int) -> ImageInfo:
+    if handle is not None:
+        os.fsync(handle.fileno())
     return probe_image(temp_path, max_pixels=max_pixels, max_frames=max_frames)
 
 
@@ -392,7 +402,9 @@ async def _receive(
                     raise UploadRefused(400, EMPTY_FILE)
                 fetched = FetchedFile(receiver.raw_filename, receiver.file_bytes, receiver.digest.hexdigest())
             target.flush()
-            info = await identify(temp_path, fetched.size_bytes, max_pixels=max_pixels, max_frames=max_frames)
+            info = await identify(
+                temp_path, fetched.size_bytes, max_pixels=max_pixels, max_frames=max_frames, handle=target
+            )
     except UnsupportedImage as exc:
         remove_quietly(temp_path)
         raise UploadRefused(415, str(exc)) from None

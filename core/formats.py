@@ -26,6 +26,8 @@ from core.image_structure import (
     PNG_SIGNATURE,
     PROBE_BYTES_SLACK,
     BoundedReader,
+    QuickProbeSpent,
+    QuickReader,
     StructureTooCostly,
     check_jpeg_scans,
     check_png_chunks,
@@ -225,17 +227,23 @@ def has_image_signature(head: bytes) -> bool:
     )
 
 
-def probe_image(path: Path, *, max_pixels: int, max_frames: int) -> ImageInfo:
+def probe_image(path: Path, *, max_pixels: int, max_frames: int, quick: bool = False) -> ImageInfo:
     """Identify the image at `path` from its bytes and check its limits; no pixel is decoded.
 
     The work is bounded whatever the bytes: PNG chunks and GIF blocks are walked first within
     limits, frames are counted no further than one past `max_frames`, and Pillow reads the header
     through a reader that refuses past MAX_PROBE_READS reads (core.image_structure). A progressive
     JPEG's scans are counted, since each one costs the decoder a pass over the whole picture.
+
+    `quick`: give up (QuickProbeSpent) past QUICK_PROBE_READS reads and seeks in all, for a caller
+    that can afford about a millisecond here and probes again with the full limits elsewhere.
     """
-    with open(path, "rb") as file:
+    with open(path, "rb") as raw:
+        file = cast("BinaryIO", QuickReader(raw)) if quick else raw
         try:
             return _probe(file, max_pixels=max_pixels, max_frames=max_frames)
+        except QuickProbeSpent:
+            raise
         except StructureTooCostly as exc:
             raise TooCostlyToIdentify(str(exc)) from None
 

@@ -17,6 +17,7 @@ import mmap
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from typing import BinaryIO
 
 from PIL.PngImagePlugin import MAX_TEXT_CHUNK, MAX_TEXT_MEMORY
@@ -42,6 +43,12 @@ JPEG_HEAD_BYTES = 64 * 1024
 # Python code) and bytes (at most each byte twice, plus the little it reads more than once).
 MAX_PROBE_READS = 100_000
 PROBE_BYTES_SLACK = 64 * 1024
+# A quick probe's reads and seeks (and JPEG segments walked), for an identification cheap enough to
+# run on an event loop: an ordinary JPEG, PNG, WebP, TIFF or AVIF takes 7 to 110 (BENCHMARKS.md); a
+# file of many small parts (PNG chunks, GIF blocks, JPEG segments, TIFF tags, HEIF boxes) passes
+# this within about 2 ms, and is then probed again with the full limits elsewhere (api/uploads.py).
+# A GIF's frames are walked block by block, thousands of reads: a GIF always goes there.
+QUICK_PROBE_READS = 250
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GIF_SIGNATURES = (b"GIF87a", b"GIF89a")
@@ -205,18 +212,22 @@ def check_jpeg_scans(file: BinaryIO) -> None:
         return
     file.seek(0)
     head = file.read(JPEG_HEAD_BYTES)
-    if _walk_jpeg(head, whole=len(head) == size):
+    # Under a quick probe (QuickReader) each segment walked counts too: they are walked in memory.
+    spend = file.spend if isinstance(file, QuickReader) else None
+    if _walk_jpeg(head, whole=len(head) == size, spend=spend):
         return
     with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        _walk_jpeg(data, whole=True)
+        _walk_jpeg(data, whole=True, spend=spend)
 
 
-def _walk_jpeg(data: bytes | mmap.mmap, *, whole: bool) -> bool:
+def _walk_jpeg(data: bytes | mmap.mmap, *, whole: bool, spend: Callable[[], None] | None) -> bool:
     """check_jpeg_scans' walk over `data`, the whole file or its beginning; False when the walk
     needs more of the file than its beginning."""
     size = len(data)
     position = 2
     for _ in range(JPEG_MAX_SEGMENTS):
+        if spend is not None:
+            spend()
         found = _MARKER.match(data, position)
         if found is None or found.end() + 2 > size:
             # The end of the bytes here: of the file (malformed or cut short: Pillow judges it), of
@@ -240,6 +251,45 @@ def _walk_jpeg(data: bytes | mmap.mmap, *, whole: bool) -> bool:
         (length,) = struct.unpack_from(">H", data, position)
         position += length
     raise StructureTooCostly(JPEG_TOO_MANY_SEGMENTS)
+
+
+class QuickProbeSpent(StructureTooCostly):
+    """A quick probe used up QUICK_PROBE_READS: not a refusal, the file needs the full probe."""
+
+
+class QuickReader:
+    """The file under a quick probe: every read and seek counts against QUICK_PROBE_READS, and past
+    it QuickProbeSpent is raised (a StructureTooCostly, so every walker lets it through)."""
+
+    def __init__(self, file: BinaryIO, budget: int = QUICK_PROBE_READS) -> None:
+        self._file = file
+        self._left = budget
+
+    def spend(self) -> None:
+        """Count one unit of work (check_jpeg_scans' walk counts its segments here)."""
+        self._left -= 1
+        if self._left < 0:
+            raise QuickProbeSpent("identifying this file takes more than a quick probe")
+
+    def read(self, size: int = -1) -> bytes:
+        self.spend()
+        return self._file.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.spend()
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
 
 
 class BoundedReader:

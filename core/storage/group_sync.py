@@ -26,7 +26,7 @@ class _Placement:
     temp: Path
     final: Path
     make_folder: bool
-    error: OSError | None = None
+    error: BaseException | None = None
 
 
 class GroupSync:
@@ -43,14 +43,14 @@ class GroupSync:
     async def place(self, temp: Path, final: Path, *, make_folder: bool = False) -> None:
         """Sync `temp`, rename it to `final` (same filesystem; an earlier `final` is replaced) and
         sync `final`'s folder, so `final` is complete and survives a crash; `temp` is gone after.
-        `make_folder`: create `final`'s folder first if missing. Raises the OSError that stopped it
-        (then `final` is not there: a rename whose folder could not be synced is undone)."""
+        `make_folder`: create `final`'s folder first if missing. Raises what stopped it, an OSError
+        as a rule (then `final` is not there: a rename whose folder could not be synced is undone)."""
         loop = asyncio.get_running_loop()
         placement = _Placement(loop, loop.create_future(), temp, final, make_folder)
         self._ensure_thread()
         self._waiting.put(placement)
-        # Shielded: a cancelled caller does not stop a placement under way; the file's fate is the
-        # same as it would be with a thread of its own.
+        # Shielded: a cancelled caller does not stop a placement under way (it is answered at once,
+        # where a thread hop of its own made it wait; the file is placed or not either way).
         await asyncio.shield(placement.done)
 
     def close(self) -> None:
@@ -87,10 +87,15 @@ class GroupSync:
                     ending = True
                 else:
                     batch.append(more)
-            _place_all(batch)
-            self.files += len(batch)
-            self.batches += 1
-            _settle_in_loops(batch)
+            try:
+                _place_all(batch)
+            except BaseException as exc:  # a bug, not the disk: fail the batch, never leave it waiting
+                for placement in batch:
+                    placement.error = placement.error or exc
+            finally:
+                self.files += len(batch)
+                self.batches += 1
+                _settle_in_loops(batch)
             if ending:
                 return
 
@@ -103,7 +108,7 @@ def _place_all(batch: list[_Placement]) -> None:
                 placement.final.parent.mkdir(exist_ok=True)
             _sync(placement.temp, os.O_RDONLY)
             os.replace(placement.temp, placement.final)
-        except OSError as exc:
+        except Exception as exc:  # OSError, or ValueError for a path no file can have
             placement.error = exc
         else:
             folders.setdefault(placement.final.parent, []).append(placement)

@@ -1,8 +1,8 @@
 """The request path keeps off anyio's thread pool except for real blocking work, and keeps connections.
 
-FastAPI runs a plain `def` endpoint or dependency in anyio's default thread pool (40 threads, shared
-with every upload's fsync and probe); two such trivial dependencies once cost every upload two extra
-thread hops, queued behind the fsyncs of 64 concurrent uploads (issue 20). And under that load no
+FastAPI runs a plain `def` endpoint or dependency in anyio's default thread pool (40 threads, then
+shared with every upload's fsync and probe); two such trivial dependencies once cost every upload two
+extra thread hops, queued behind the fsyncs of 64 concurrent uploads (issue 20). And under that load no
 keep-alive connection may be closed by the server.
 """
 

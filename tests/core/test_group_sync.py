@@ -124,3 +124,23 @@ def test_a_forked_child_starts_its_own_thread(tmp_path: Path) -> None:
     sync.close()
     assert child.exitcode == 0
     assert (tmp_path / "child").read_bytes() == b"file 1" * 100
+
+
+async def test_a_placement_no_path_can_have_fails_alone_and_the_thread_goes_on(tmp_path: Path) -> None:
+    sync = GroupSync()
+    good, later = _temps(tmp_path, 2)
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                sync.place(tmp_path / "bad\0name", tmp_path / "x"),
+                sync.place(good, tmp_path / "good"),
+                return_exceptions=True,
+            ),
+            timeout=10,
+        )
+        assert isinstance(results[0], ValueError)
+        assert results[1] is None and (tmp_path / "good").exists()
+        await asyncio.wait_for(sync.place(later, tmp_path / "later"), timeout=10)
+    finally:
+        sync.close()
+    assert (tmp_path / "later").exists()
