@@ -307,8 +307,9 @@ async def identify(
     "One thread puts uploads in place"). Cheap means a file of at most PROBE_ON_LOOP_MAX_BYTES (a
     progressive JPEG's scans are walked byte by byte) whose probe passes within QUICK_PROBE_READS
     reads (a file of many small parts does not). Otherwise in a thread, where the loop gets the GIL
-    back every switch interval; `handle`, the file still open for writing, is then synced there too,
-    so closing it on the loop flushes nothing (a network filesystem would send the pages then).
+    back every switch interval, and where the file is synced too (`handle`: the file, still open
+    for writing; so closing it on the loop flushes nothing, where a network filesystem would send
+    its pages then).
     On the loop it is not synced: the file store makes it durable when it keeps it
     (Storage.keep_upload), so a refused upload costs no disk sync."""
     if size_bytes <= PROBE_ON_LOOP_MAX_BYTES:
@@ -320,8 +321,14 @@ async def identify(
 
 
 def _sync_and_probe(temp_path: Path, handle: BinaryIO | None, max_pixels: int, max_frames: int) -> ImageInfo:
+    """In a thread: sync the file here (the store's sync then finds nothing to write; a large file
+    would otherwise hold up the small ones synced in the same batch, core/storage/group_sync.py),
+    then identify it."""
     if handle is not None:
         os.fsync(handle.fileno())
+    else:
+        with open(temp_path, "rb") as opened:
+            os.fsync(opened.fileno())
     return probe_image(temp_path, max_pixels=max_pixels, max_frames=max_frames)
 
 

@@ -27,6 +27,7 @@ import asyncio
 import functools
 import hashlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -347,6 +348,9 @@ async def _append(upload_id: str, request: Request, services: Services, caller: 
         raise TusRefused(400, TOO_MANY_PIECES)
     piece = resumable.new_piece_name()
     with storage_refusals(temp):
+        # Synced in a thread of its own, as large as a PATCH may be: not in the store's batch of small
+        # uploads (core/storage/group_sync.py), whose syncs would wait for its pages.
+        await anyio.to_thread.run_sync(_sync, temp)
         await services.storage.keep(Area.RESUMABLE, temp, piece)
     answer = await _add_piece(
         services, upload_id, offset, count, piece, completes=offset + count == upload.length
@@ -399,6 +403,11 @@ async def _receive_piece(
             remove_quietly(temp)
             raise TusRefused(460, CHECKSUM_MISMATCH)
     return temp, count, disconnected
+
+
+def _sync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 async def _add_piece(

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,17 +103,39 @@ class GroupSync:
 
 
 def _place_all(batch: list[_Placement]) -> None:
+    # First every file's write-out is started, then each is synced: on a journalled filesystem the
+    # first sync's commit then carries the others' data too, where syncing them one by one from
+    # scratch made one commit each (a thread per file let the journal merge them; one thread
+    # syncing in turn was 0.5-0.8x as fast on ext4 with a journal, BENCHMARKS.md).
+    opened: list[tuple[_Placement, int]] = []
     folders: dict[Path, list[_Placement]] = {}
-    for placement in batch:
-        try:
-            if placement.make_folder:
-                placement.final.parent.mkdir(exist_ok=True)
-            _sync(placement.temp, os.O_RDONLY)
-            os.replace(placement.temp, placement.final)
-        except Exception as exc:  # OSError, or ValueError for a path no file can have
-            placement.error = exc
-        else:
-            folders.setdefault(placement.final.parent, []).append(placement)
+    try:
+        for placement in batch:
+            try:
+                if placement.make_folder:
+                    placement.final.parent.mkdir(exist_ok=True)
+                descriptor = os.open(placement.temp, os.O_RDONLY)
+            except Exception as exc:  # OSError, or ValueError for a path no file can have
+                placement.error = exc
+            else:
+                opened.append((placement, descriptor))
+                _start_writing_out(descriptor)
+        while opened:
+            placement, descriptor = opened.pop(0)
+            try:
+                try:
+                    os.fsync(descriptor)
+                finally:
+                    os.close(descriptor)
+                os.replace(placement.temp, placement.final)
+            except Exception as exc:
+                placement.error = exc
+            else:
+                folders.setdefault(placement.final.parent, []).append(placement)
+    finally:
+        for _, descriptor in opened:  # only after an unexpected exception
+            with contextlib.suppress(OSError):
+                os.close(descriptor)
     for folder, placed in folders.items():
         try:
             _sync(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -120,6 +144,22 @@ def _place_all(batch: list[_Placement]) -> None:
                 placement.error = exc
                 with contextlib.suppress(OSError):
                     placement.final.unlink()
+
+
+def _writing_out_starter() -> Callable[[int], None]:
+    """sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE): start writing a file's dirty pages out,
+    without waiting (Linux; Python has no binding). Elsewhere, or without it in the C library, a
+    function that does nothing: each sync then writes its own file out, as before."""
+    function = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
+    if function is None:
+        return lambda descriptor: None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return lambda descriptor: function(descriptor, 0, 0, _SYNC_FILE_RANGE_WRITE)  # a hint: no check
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+_start_writing_out = _writing_out_starter()
 
 
 def _sync(path: Path, flags: int) -> None:
