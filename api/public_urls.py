@@ -12,7 +12,10 @@ Teredo); Python's `is_global` judges them by their IPv6 range and calls `64:ff9b
 (169.254.169.254 through NAT64) public. They are judged by the IPv4 address they carry instead.
 
 A refusal never names the address a host resolved to, only that it is not public: otherwise anyone
-could ask what a name resolves to inside the network (SSRF reconnaissance). The log keeps it.
+could ask what a name resolves to inside the network (SSRF reconnaissance). The log keeps it. For the
+same reason a name that does not resolve gets the same refusal as one that points inside: two answers
+would tell which internal names exist. (Only with *_ALLOW_PRIVATE, where inside is allowed, does
+"does not resolve" get words of its own.)
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ class UrlMessages:
     has_credentials: str
     bad_port: str
     control_characters: str
-    unresolved: str  # .format(host=...)
+    unresolved: str  # .format(host=...); only when private addresses are allowed
+    # A host that does not resolve, or not only to public addresses: one answer for both.
     private: str
 
 
@@ -57,8 +61,8 @@ def url_messages(field: str, public_only: str) -> UrlMessages:
         bad_port=f"`{field}` has an invalid port.",
         control_characters=f"`{field}` must not contain control characters.",
         unresolved=f"`{field}`: the host name {{host!r}} does not resolve.",
-        private=f"`{field}` points to a loopback, private or reserved address (or an IPv6 address "
-        f"carrying one); {public_only}.",
+        private=f"`{field}`: its host does not resolve, or not only to public addresses (loopback, "
+        f"private and reserved ones are refused, and IPv6 addresses carrying one); {public_only}.",
     )
 
 
@@ -113,7 +117,12 @@ async def vet_public_url(url: str, messages: UrlMessages, *, allow_private: bool
     host = parts.hostname
     if not host:
         raise UrlRefused(messages.no_host)
-    addresses = await _resolve(host, port or (443 if parts.scheme == "https" else 80), messages)
+    addresses = await _resolve(host, port or (443 if parts.scheme == "https" else 80))
+    if not addresses:
+        if allow_private:
+            raise UrlRefused(messages.unresolved.format(host=host[:100]))
+        log.info("refused a URL: %r does not resolve", host[:100])
+        raise UrlRefused(messages.private)
     if not allow_private:
         for address in addresses:
             reason = _not_public(address)
@@ -155,7 +164,8 @@ def _is_public(address: Address) -> bool:
     return address.is_global and not address.is_multicast
 
 
-async def _resolve(host: str, port: int, messages: UrlMessages) -> list[Address]:
+async def _resolve(host: str, port: int) -> list[Address]:
+    """The host's addresses; none when it does not resolve (in time)."""
     try:
         return [ipaddress.ip_address(host)]
     except ValueError:
@@ -164,8 +174,5 @@ async def _resolve(host: str, port: int, messages: UrlMessages) -> list[Address]
         async with asyncio.timeout(RESOLVE_TIMEOUT_SECONDS):
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, TimeoutError, UnicodeError):
-        raise UrlRefused(messages.unresolved.format(host=host[:100])) from None
-    addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
-    if not addresses:
-        raise UrlRefused(messages.unresolved.format(host=host[:100]))
-    return addresses
+        return []
+    return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]

@@ -62,7 +62,9 @@ _CLOSED_UNDER_US = ("connection is closed", "pool is closing", "pool is closed")
 # A pooled connection the server closed between its checkout and its statement (a restart's
 # terminated sessions): the pool takes it back at once, and the caller's proxy then refuses every
 # call with "cannot call Connection.fetchval(): connection has been released back to the pool".
-# core.tasks uses a proxy only inside its `async with pool.acquire()`, where nothing else releases it.
+# That is an outage only where a proxy is used inside its own `async with pool.acquire()` (core.tasks,
+# core.key_limits), where nothing of ours releases it; anywhere else it is a proxy used after its
+# release, a bug of ours, so `is_database_unavailable` does not match it (see `released_under_us`).
 _RELEASED_UNDER_US = "connection has been released back to the pool"
 # A connection the server ended while it sat idle in a pool (a restart's terminated sessions): asyncpg
 # reads the server's FATAL message a loop turn before the end of the stream, and in between the
@@ -103,10 +105,15 @@ def closed_under_us(exc: BaseException) -> bool:
         return str(exc).endswith(_WAITING_OUT_A_SERVER_ERROR)
     if not isinstance(exc, asyncpg.InterfaceError):
         return False
-    message = str(exc)
-    return message.removeprefix("cannot perform operation: ") in _CLOSED_UNDER_US or message.endswith(
-        _RELEASED_UNDER_US
-    )
+    return str(exc).removeprefix("cannot perform operation: ") in _CLOSED_UNDER_US
+
+
+def released_under_us(exc: BaseException) -> bool:
+    """Whether asyncpg refused a call, unsent, because the pool had taken its connection back.
+
+    Only a caller that made the call inside its own `async with pool.acquire()` may read this as
+    "the server closed the connection under us" (an outage); anywhere else it is a bug."""
+    return isinstance(exc, asyncpg.InterfaceError) and str(exc).endswith(_RELEASED_UNDER_US)
 
 
 class Base(DeclarativeBase):

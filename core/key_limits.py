@@ -26,7 +26,7 @@ from enum import StrEnum
 import asyncpg
 
 from core.api_keys import KeyPolicy, fingerprint
-from core.db import POOL_TIMEOUT_SECONDS, is_database_unavailable
+from core.db import POOL_TIMEOUT_SECONDS, is_database_unavailable, released_under_us
 from core.models import UNFINISHED_SQL
 from core.tasks import DatabaseUnavailable
 
@@ -184,7 +184,9 @@ async def admit(pool: asyncpg.Pool, policy: KeyPolicy) -> Verdict | None:
                     row = await connection.fetchrow(_ADMIT_BOTH, owner, step, span, most)
                     pending = row["pending"]
     except Exception as exc:
-        if is_database_unavailable(exc):
+        # The connection is used only inside its own `async with` above: released under it, it was
+        # closed by the server (a restart), not by us.
+        if is_database_unavailable(exc) or released_under_us(exc):
             raise DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
         raise
     pending_refused = pending is not None and most is not None and pending >= most

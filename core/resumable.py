@@ -51,6 +51,37 @@ async def count_open(session: AsyncSession, owner: str | None) -> int:
     return (await session.execute(query)).scalar_one()
 
 
+# The advisory lock class of keyed creations (a two-int lock: apart from core.tasks' one-bigint
+# DISPATCH_LOCK_KEY, whatever the key's hash); any constant of ours.
+_CREATION_LOCK_CLASS = 0x74757363
+
+
+async def unstarted_with_key(
+    session: AsyncSession, owner: str | None, key: str, length: int, metadata_header: str
+) -> ResumableUpload | None:
+    """The owner's open upload created with this Idempotency-Key (as stored), this length and this
+    metadata, to which no byte has been added: what a creation whose answer was lost made. None
+    otherwise. First locks the key until the session's transaction ends, so a creation with it that
+    runs at the same moment (any replica) waits for this one's row to be committed, and finds it."""
+    await session.execute(select(func.pg_advisory_xact_lock(_CREATION_LOCK_CLASS, func.hashtext(key))))
+    which = ResumableUpload.owner.is_(None) if owner is None else ResumableUpload.owner == owner
+    query = (
+        select(ResumableUpload)
+        .where(
+            which,
+            ResumableUpload.idempotency_key == key,
+            ResumableUpload.length == length,
+            ResumableUpload.metadata_header == metadata_header,
+            ResumableUpload.received == 0,
+            ResumableUpload.task_id.is_(None),
+            ResumableUpload.expires_at > func.now(),
+        )
+        .order_by(ResumableUpload.created_at.desc())
+        .limit(1)
+    )
+    return (await session.execute(query)).scalar_one_or_none()
+
+
 async def get(session: AsyncSession, upload_id: str) -> ResumableUpload | None:
     return await session.get(ResumableUpload, upload_id)
 

@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from core import fair_order
-from core.db import POOL_TIMEOUT_SECONDS, closed_under_us, is_database_unavailable
+from core.db import POOL_TIMEOUT_SECONDS, closed_under_us, is_database_unavailable, released_under_us
 from core.models import (
     DEFAULT_PRIORITY,
     FINAL_STATUSES,
@@ -86,7 +86,9 @@ mapping_errors = _mapping_errors
 
 
 def _mapped(exc: Exception) -> Exception:
-    if is_database_unavailable(exc):
+    # This module uses a driver pool's connection only inside its own `async with pool.acquire()`,
+    # where nothing of ours releases it: there, a connection released under us is an outage.
+    if is_database_unavailable(exc) or released_under_us(exc):
         return DatabaseUnavailable(str(exc) or type(exc).__name__)
     orig = exc.orig if isinstance(exc, IntegrityError) else exc
     if getattr(orig, "sqlstate", None) == _UNIQUE_VIOLATION:
@@ -214,7 +216,8 @@ class NewTask:
 async def insert_task(pool: asyncpg.Pool, storage: Storage, task: NewTask, *, keep_file: bool = False) -> int:
     """Insert the upload's row; the new task's id. If the row surely was not made, its upload file
     is removed (unless `keep_file`: a direct upload's object outlives a failed try, to be completed
-    again); TaskConflict when another request committed the same Idempotency-Key first."""
+    again); TaskConflict when another request committed the same Idempotency-Key first. A statement
+    refused unsent on a connection closed under it (a PostgreSQL restart) is tried once more."""
     values = (
         task.filename,
         task.content_type,
@@ -230,22 +233,46 @@ async def insert_task(pool: asyncpg.Pool, storage: Storage, task: NewTask, *, ke
         task.traceparent,
         task.priority.value,
     )
-    sent = False
-    try:
-        async with pool.acquire(timeout=POOL_TIMEOUT_SECONDS) as connection:
-            sent = True
-            return await connection.fetchval(INSERT_TASK, *values)
-    except BaseException as exc:
-        # Remove the file only when the row surely does not exist: the statement never left (no
-        # connection, or one closed before it was sent), or the server answered it with an error.
-        # A connection lost mid-statement may have committed it: keep the file its row would need
-        # (at worst a file with no row; deleting it could leave a row with no file).
-        if (not sent or _refused_by_server(exc) or closed_under_us(exc)) and not keep_file:
-            await _forget_upload(storage, task.input_name)
-        mapped = _mapped(exc) if isinstance(exc, Exception) else exc
-        if mapped is exc:
-            raise
-        raise mapped from exc
+    retried = False
+    while True:
+        sent = False
+        try:
+            async with pool.acquire(timeout=POOL_TIMEOUT_SECONDS) as connection:
+                sent = True
+                try:
+                    return await connection.fetchval(INSERT_TASK, *values)
+                except asyncpg.exceptions.InternalClientError as exc:
+                    # Waiting out a dead server's goodbye: ended now, so that the pool opens a new
+                    # connection for the next try instead of handing this one out again.
+                    if closed_under_us(exc):
+                        connection.terminate()
+                    raise
+        except BaseException as exc:
+            unsent = _refused_unsent(exc)
+            # Refused unsent on a connection the server had closed while it sat in the pool (a
+            # restart's terminated sessions): no row was made, so a second try cannot make two.
+            # Only one: a database still going down refuses that too, and that is the answer (503).
+            if unsent and not retried:
+                retried = True
+                log.info("insert refused unsent on a closed connection; trying once more: %s", exc)
+                continue
+            # Remove the file only when the row surely does not exist: the statement never left (no
+            # connection, or one closed before it was sent), or the server answered it with an error.
+            # A connection lost mid-statement may have committed it: keep the file its row would need
+            # (at worst a file with no row; deleting it could leave a row with no file).
+            if (not sent or _refused_by_server(exc) or unsent) and not keep_file:
+                await _forget_upload(storage, task.input_name)
+            mapped = _mapped(exc) if isinstance(exc, Exception) else exc
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+
+def _refused_unsent(exc: BaseException) -> bool:
+    """Whether asyncpg refused INSERT_TASK before sending it, on a connection (or a pool) closed
+    under it. The pool taking back a connection under its own `async with` is one such case here,
+    and nowhere else (core.db.released_under_us)."""
+    return closed_under_us(exc) or released_under_us(exc)
 
 
 def _refused_by_server(exc: BaseException) -> bool:

@@ -81,6 +81,7 @@ from api.uploads import (
 )
 from core import resumable
 from core.api_keys import policy_of
+from core.key_limits import Verdict
 from core.models import ResumableUpload
 from core.storage import Area, StorageUnavailable, remove_quietly
 
@@ -195,7 +196,11 @@ async def create_upload(
 ) -> Response:
     """tus `creation`: a new upload of Upload-Length bytes; Location names it. Counted against the
     key's limits (api.key_limits) here, once per upload, not per PATCH, and only once every other
-    check has passed: a request refused for its headers or for TUS_MAX_OPEN_UPLOADS costs no quota."""
+    check has passed: a request refused for its headers or for TUS_MAX_OPEN_UPLOADS costs no quota.
+
+    A creation repeated with its Idempotency-Key, length and metadata while the upload it made has
+    no byte yet (the client lost the 201, so never had its Location) is answered with that upload,
+    not counted again and not made twice."""
     check_version(version)
     settings = services.settings
     if request.headers.get("upload-defer-length") is not None:
@@ -215,10 +220,14 @@ async def create_upload(
     requested_priority(fields, key)
     await requested_callback(services, fields)
     async with services.sessions() as session:
+        stored_key = None if idempotency_key is None else scoped_key(idempotency_key, caller)
+        if stored_key is not None:
+            made = await resumable.unstarted_with_key(session, caller, stored_key, length, metadata_header)
+            if made is not None:
+                return _created(made, admission=None)
         open_count = await resumable.count_open(session, caller)
         if open_count >= settings.tus_max_open_uploads:
             raise TusRefused(429, TOO_MANY_OPEN.format(count=open_count, limit=settings.tus_max_open_uploads))
-        stored_key = None if idempotency_key is None else scoped_key(idempotency_key, caller)
         # Counted even when a task holds the key: nothing records that until the upload completes,
         # when the task may be gone (deleted) and a new one made. A client that lost an answer resumes
         # its upload (HEAD, PATCH), which is not counted.
@@ -236,11 +245,15 @@ async def create_upload(
         )
         session.add(upload)
         await session.commit()
-        headers = tus_headers(
-            Location=f"{FILES}{upload.id}",
-            Upload_Offset="0",
-            Upload_Expires=http_date(upload.expires_at),
-        )
+    return _created(upload, admission=admission)
+
+
+def _created(upload: ResumableUpload, *, admission: Verdict | None) -> Response:
+    headers = tus_headers(
+        Location=f"{FILES}{upload.id}",
+        Upload_Offset=str(upload.received),
+        Upload_Expires=http_date(upload.expires_at),
+    )
     return Response(status_code=201, headers={**headers, **limit_headers(admission)})
 
 

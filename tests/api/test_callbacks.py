@@ -23,6 +23,7 @@ from api.callback_urls import (
     HAS_CREDENTIALS,
     NOT_HTTP,
     PRIVATE,
+    UNRESOLVED,
     CallbackRefused,
     vet_callback_url,
 )
@@ -206,6 +207,9 @@ PRIVATE_AND_ODD_URLS: list[tuple[str, str]] = [
     ("http://[::ffff:127.0.0.1]/", PRIVATE),
     ("http://[fd00::1]/", PRIVATE),
     ("http://224.0.0.1/", PRIVATE),
+    # A name that does not resolve: the same words as one pointing inside, or the answer would tell
+    # which internal names exist (.invalid never resolves, RFC 6761).
+    ("http://no-such-host.invalid/hook", PRIVATE),
     ("ftp://example.com/", NOT_HTTP),
     ("file:///etc/passwd", NOT_HTTP),
     ("gopher://127.0.0.1:6379/", NOT_HTTP),
@@ -219,6 +223,26 @@ async def test_private_and_odd_callback_urls_are_refused(url: str, detail: str) 
     with pytest.raises(CallbackRefused) as refused:
         await vet_callback_url(url, allow_private=False)
     assert str(refused.value) == detail
+
+
+async def test_a_name_that_does_not_resolve_is_refused_as_one_that_points_inside() -> None:
+    """Two answers would let a client probe which internal names exist; the log tells them apart."""
+    answers = []
+    for url in ("http://no-such-host.invalid/hook", "http://localhost/hook", "http://10.1.2.3/hook"):
+        with pytest.raises(CallbackRefused) as refused:
+            await vet_callback_url(url, allow_private=False)
+        answers.append(str(refused.value))
+
+    assert answers == [PRIVATE] * 3
+    assert "resolve" in PRIVATE and "localhost" not in PRIVATE
+
+
+async def test_with_private_addresses_allowed_a_name_that_does_not_resolve_says_so() -> None:
+    """Allowed to reach inside, a client learns nothing more from being told the name is unknown."""
+    with pytest.raises(CallbackRefused) as refused:
+        await vet_callback_url("http://no-such-host.invalid/hook", allow_private=True)
+
+    assert str(refused.value) == UNRESOLVED.format(host="no-such-host.invalid")
 
 
 # IPv6 addresses that carry an IPv4 address, which Python's is_global calls public by their range.

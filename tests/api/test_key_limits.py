@@ -48,6 +48,8 @@ KEYS = {
     "replay": {"key": "replay-one-a-minute-0123456789", "uploads_per_minute": 1},
     "tus-replay": {"key": "tus-replay-one-a-minute-0123456789", "uploads_per_minute": 1},
     "deleted-replay": {"key": "deleted-replay-one-a-minute-0123456789", "uploads_per_minute": 1},
+    "tus-lost": {"key": "tus-lost-201-one-a-minute-0123456789", "uploads_per_minute": 1},
+    "tus-lost-race": {"key": "tus-lost-201-race-one-a-minute-0123456789", "uploads_per_minute": 1},
 }
 # Few, so that the open-upload refusal is reached in a test.
 TUS_MAX_OPEN_UPLOADS = 2
@@ -392,6 +394,68 @@ async def test_a_new_tus_creation_is_counted_even_with_a_key_a_task_holds(limite
 
     again = await limited.post("/files/", headers=headers)
     assert again.status_code == 429, "the minute's one upload was the first creation"
+
+
+async def test_a_tus_creation_repeated_after_its_lost_201_is_the_same_upload_counted_once(
+    limited: httpx.AsyncClient,
+) -> None:
+    """A client that lost its creation's 201 never had the Location, so it repeats the POST: with
+    its Idempotency-Key (and the same length and metadata) it gets the upload it made, not counted
+    again. Once a byte of it has arrived, its Location was known: a POST is a new upload again."""
+    photo = images.jpeg(67, 48)
+    metadata = f"filename {base64.b64encode(b'lost.jpg').decode()}"
+    headers = {
+        **key("tus-lost"),
+        "Tus-Resumable": "1.0.0",
+        "Upload-Length": str(len(photo)),
+        "Upload-Metadata": metadata,
+        "Idempotency-Key": "lost-201-1",
+    }
+    patch = {**key("tus-lost"), "Tus-Resumable": "1.0.0", "Content-Type": "application/offset+octet-stream"}
+
+    created = await limited.post("/files/", headers=headers)
+    repeated = await limited.post("/files/", headers=headers)
+
+    assert (created.status_code, repeated.status_code) == (201, 201), (created.text, repeated.text)
+    assert repeated.headers["location"] == created.headers["location"]
+    assert (repeated.headers["upload-offset"], repeated.headers["upload-expires"]) == (
+        "0",
+        created.headers["upload-expires"],
+    )
+    assert "ratelimit" in created.headers and "ratelimit" not in repeated.headers, "counted once"
+    other_length = await limited.post("/files/", headers={**headers, "Upload-Length": str(len(photo) + 1)})
+    assert other_length.status_code == 429, "another upload under the key: the minute's one is used"
+
+    location = created.headers["location"]
+    started = await limited.patch(location, content=photo[:100], headers={**patch, "Upload-Offset": "0"})
+    assert started.status_code == 204, started.text
+    after_a_byte = await limited.post("/files/", headers=headers)
+    assert after_a_byte.status_code == 429, "its Location was known: a new upload, counted"
+    finished = await limited.patch(location, content=photo[100:], headers={**patch, "Upload-Offset": "100"})
+    assert finished.status_code == 204, finished.text
+
+
+async def test_tus_creations_repeated_at_once_make_one_upload_counted_once(
+    limited: httpx.AsyncClient,
+) -> None:
+    """The key is locked while a creation looks for what an earlier one made: the same POST sent
+    four times at once (a client's retries racing its first try) makes one upload and one count."""
+    headers = {
+        **key("tus-lost-race"),
+        "Tus-Resumable": "1.0.0",
+        "Upload-Length": "1000",
+        "Idempotency-Key": "lost-201-race",
+    }
+
+    answers = await asyncio.gather(*(limited.post("/files/", headers=headers) for _ in range(4)))
+
+    assert [answer.status_code for answer in answers] == [201] * 4, [answer.text for answer in answers]
+    assert len({answer.headers["location"] for answer in answers}) == 1
+    assert sum("ratelimit" in answer.headers for answer in answers) == 1
+    gone = await limited.delete(
+        answers[0].headers["location"], headers={**key("tus-lost-race"), "Tus-Resumable": "1.0.0"}
+    )
+    assert gone.status_code == 204
 
 
 async def test_tus_refusals_by_key_carry_the_tus_version(limited: httpx.AsyncClient) -> None:

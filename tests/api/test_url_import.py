@@ -404,6 +404,24 @@ async def test_a_refusal_never_names_the_address_a_host_resolved_to(
     await eventually(logged, timeout=10, what="the API logging the address it refused")
 
 
+async def test_a_name_that_does_not_resolve_is_answered_as_one_that_points_inside(
+    public_only_api: str, workdir: Path
+) -> None:
+    """Were the answers different, a client could learn which internal names exist (SSRF
+    reconnaissance); the log tells the two apart for the operator."""
+    log_file = workdir / "public-import-api.log"
+    unknown = await import_url(public_only_api, "http://no-such-host.invalid/photo.jpg")
+    inside = await import_url(public_only_api, "http://localhost:9/photo.jpg")
+
+    assert (unknown.status_code, unknown.json()) == (inside.status_code, inside.json())
+    assert (unknown.status_code, unknown.json()) == (422, {"detail": IMPORT_URL.private})
+
+    async def logged() -> bool:
+        return "refused a URL: 'no-such-host.invalid' does not resolve" in log_file.read_text()
+
+    await eventually(logged, timeout=10, what="the API logging the name that did not resolve")
+
+
 def test_the_cli_imports_a_url_and_follows_it_to_done(
     import_api: str, remote: ImageServer, worker_process: subprocess.Popen
 ) -> None:

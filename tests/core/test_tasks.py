@@ -12,9 +12,16 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from sqlalchemy.engine import make_url
 
 from core import tasks
-from core.db import closed_under_us, is_database_unavailable, make_driver_pool
+from core.db import (
+    CouldNotConnect,
+    closed_under_us,
+    is_database_unavailable,
+    make_driver_pool,
+    released_under_us,
+)
 from core.storage import Folders, LocalStorage, new_stored_name
 from devstack.servers import free_port
 from tests.waiting import eventually
@@ -232,19 +239,29 @@ def test_driver_errors_are_told_apart_from_an_unavailable_database() -> None:
             "cannot switch to state 11; another operation (2) is in progress"
         )
     )
-    assert is_database_unavailable(
-        asyncpg.InterfaceError(
-            "cannot call Connection.fetchval(): connection has been released back to the pool"
-        )
-    )
     assert not is_database_unavailable(
         asyncpg.InterfaceError("cannot perform operation: another operation is in progress")
     )
 
 
-async def _terminated_and_gone(dsn: str, pid: int) -> None:
+async def test_a_connection_used_after_its_release_is_a_bug_not_an_outage(database: asyncpg.Pool) -> None:
+    """Outside core.tasks' own `async with pool.acquire()`, a proxy refused as released back to the
+    pool was used after its release by our code: a bug (500, logged), never "unavailable" (503)."""
+    async with database.acquire() as connection:
+        pass
+    with pytest.raises(asyncpg.InterfaceError) as raised:
+        await connection.fetchval("SELECT 1")
+
+    assert released_under_us(raised.value), repr(raised.value)
+    assert not is_database_unavailable(raised.value)
+    assert not closed_under_us(raised.value)
+
+
+async def _terminated_and_gone(dsn: str, pid: int, before: str = "") -> None:
     other = await asyncpg.connect(dsn)
     try:
+        if before:
+            await other.execute(before)
         await other.execute("SELECT pg_terminate_backend($1)", pid)
 
         async def gone() -> bool:
@@ -255,32 +272,75 @@ async def _terminated_and_gone(dsn: str, pid: int) -> None:
         await other.close()
 
 
-async def test_a_connection_terminated_between_checkout_and_insert_is_unavailable(
-    stack_env: dict[str, str], storage: LocalStorage
+async def _insert_on_a_connection_terminated_after_checkout(
+    stack_env: dict[str, str],
+    pool: asyncpg.Pool,
+    new_task: tasks.NewTask,
+    storage: LocalStorage,
+    *,
+    before: str = "",
+) -> int:
+    """Insert `new_task` on `pool` (max_size=1) whose only connection PostgreSQL terminates after
+    the pool handed it to the insert, before the INSERT is sent: what a restart does to idle pooled
+    connections. `before` runs (as the test's superuser) just before the termination."""
+    dsn = stack_env["DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://", 1)
+    async with pool.acquire() as held:
+        pid = await held.fetchval("SELECT pg_backend_pid()")
+        # The insert waits for the pool's only connection, held here.
+        inserting = asyncio.create_task(tasks.insert_task(pool, storage, new_task))
+        for _ in range(3):  # yields, not a wait: the insert's acquire reaches the pool's queue
+            await asyncio.sleep(0)
+        # Terminated and gone while this event loop is held on purpose: handing the connection
+        # over still finds it open, and asyncpg reads the server's goodbye only after that.
+        with ThreadPoolExecutor(max_workers=1) as thread:
+            thread.submit(asyncio.run, _terminated_and_gone(dsn, pid, before)).result()
+    return await inserting
+
+
+async def test_an_insert_refused_unsent_on_a_terminated_connection_is_tried_once_more(
+    stack_env: dict[str, str], database: asyncpg.Pool, storage: LocalStorage
 ) -> None:
     """A PostgreSQL restart terminates the pool's sessions. One whose end asyncpg reads after the
-    pool handed it out, before the INSERT was sent, is taken back by the pool under its caller, whose
-    proxy then refuses the call: the database is unavailable (503), not a bug (500); no row was made."""
+    pool handed it out, before the INSERT was sent, refuses the statement unsent: nothing was made,
+    so it is tried once more on a new connection, and the upload is made, not answered 503."""
     pool = await make_driver_pool(stack_env["DATABASE_URL"], max_size=1)
-    dsn = stack_env["DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://", 1)
     new_task = _kept_upload(storage)
     try:
-        async with pool.acquire() as held:
-            pid = await held.fetchval("SELECT pg_backend_pid()")
-            # The insert waits for the pool's only connection, held here.
-            inserting = asyncio.create_task(tasks.insert_task(pool, storage, new_task))
-            for _ in range(3):  # yields, not a wait: the insert's acquire reaches the pool's queue
-                await asyncio.sleep(0)
-            # Terminated and gone while this event loop is held on purpose: handing the connection
-            # over still finds it open, and asyncpg reads the server's goodbye only after that.
-            with ThreadPoolExecutor(max_workers=1) as thread:
-                thread.submit(asyncio.run, _terminated_and_gone(dsn, pid)).result()
-        with pytest.raises(tasks.DatabaseUnavailable) as raised:
-            await inserting
-        # This very fault: asyncpg refused the statement unsent, on a connection it still took for open.
-        assert closed_under_us(raised.value.__cause__), repr(raised.value.__cause__)
+        task_id = await _insert_on_a_connection_terminated_after_checkout(stack_env, pool, new_task, storage)
     finally:
         await pool.close()
+
+    row = await _row(database, task_id)
+    assert (row["status"], row["input_name"]) == ("pending", new_task.input_name)
+    assert _stored(storage, new_task), "its row was made: its upload stays"
+
+
+async def test_an_insert_refused_unsent_twice_is_unavailable(
+    stack_env: dict[str, str], database: asyncpg.Pool, storage: LocalStorage
+) -> None:
+    """The second try finds the database still refusing (here: the pool's role may no longer log
+    in, as a server going down refuses connections): the database is unavailable (503), not a bug
+    (500), and no row was made, so the upload goes. One more try, not a loop."""
+    role = f"iq_retry_{uuid.uuid4().hex[:12]}"
+    url = make_url(stack_env["DATABASE_URL"])
+    await database.execute(f'CREATE ROLE "{role}" LOGIN')
+    await database.execute(f'GRANT INSERT, SELECT ON image_tasks TO "{role}"')
+    await database.execute(f'GRANT USAGE ON SEQUENCE image_tasks_id_seq TO "{role}"')
+    pool = await make_driver_pool(
+        url.set(username=role, password=None).render_as_string(hide_password=False), max_size=1
+    )
+    new_task = _kept_upload(storage)
+    try:
+        with pytest.raises(tasks.DatabaseUnavailable) as raised:
+            await _insert_on_a_connection_terminated_after_checkout(
+                stack_env, pool, new_task, storage, before=f'ALTER ROLE "{role}" NOLOGIN'
+            )
+        assert isinstance(raised.value.__cause__, CouldNotConnect), repr(raised.value.__cause__)
+    finally:
+        await pool.close()
+        await database.execute(f'REVOKE ALL ON image_tasks FROM "{role}"')
+        await database.execute(f'REVOKE ALL ON SEQUENCE image_tasks_id_seq FROM "{role}"')
+        await database.execute(f'DROP ROLE "{role}"')
 
     assert not _stored(storage, new_task), "the statement never left: its upload goes"
 
