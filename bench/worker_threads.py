@@ -1,7 +1,7 @@
 """What a worker spends around each image, thread by thread: a drain of small tasks by one worker.
 
     .venv/bin/python -m bench.worker_threads [--tasks 2000] [--reps 2] [--ref main]
-        [--strace-seconds 4] [--perf-seconds 4] [--env NAME=VALUE ...]
+        [--count-seconds 4] [--strace-seconds 4] [--perf-seconds 4] [--env NAME=VALUE ...]
 
 Uploads `--tasks` small (0.27 MP) tasks through the API, then starts one worker with the default
 settings (WORKER_CONCURRENCY, lanes, pool) and, while it empties the queue, reads from
@@ -10,10 +10,12 @@ per image, grouped by thread name: the event loop (`main`), the render threads (
 `pillow-urgent_*`), and any other. With `--ref`, that git ref's tree is exported and drained in turns
 with the working tree's (as bench.compare does).
 
-With `--strace-seconds` / `--perf-seconds`, one more drain each is traced for that long (strace
-slows the worker: its figures are counts per image, not times): syscalls per image by name
-(`strace -f -c`), and perf's hottest symbols, with the share under futex and the scheduler's switch
-(what a cross-thread hand-over costs in the kernel). Needs strace, perf, and the right to trace.
+With `--count-seconds` / `--strace-seconds` / `--perf-seconds`, one more drain each is traced for
+that long: context switches and system calls per image from `perf stat` (futex, the GIL's and the
+queues' hand-overs, among them; it hardly slows the worker), syscalls per image by name
+(`strace -f -c`: strace slows the worker, and so multiplies its GIL contention: read its futex count
+as an upper bound), and perf's hottest symbols, with the share in the scheduler's switch (what a
+cross-thread hand-over costs in the kernel). Needs perf, strace, and the right to trace.
 """
 
 from __future__ import annotations
@@ -39,6 +41,16 @@ from bench.suite import SMALL, Plan, Suite
 from devstack.stack import PROJECT_ROOT
 
 TICKS = os.sysconf("SC_CLK_TCK")
+# Counted by `perf stat` over the worker's threads: context switches, every system call, and the
+# ones that make or wait for a hand-over between threads (futex: the GIL, locks, queues).
+COUNTED_EVENTS = (
+    "context-switches",
+    "raw_syscalls:sys_enter",
+    "syscalls:sys_enter_futex",
+    "syscalls:sys_enter_epoll_wait",
+    "syscalls:sys_enter_sendto",
+    "syscalls:sys_enter_getpid",
+)
 
 
 def thread_group(pid: int, tid: str, name: str) -> str:
@@ -49,9 +61,35 @@ def thread_group(pid: int, tid: str, name: str) -> str:
 
 
 def threads(pid: int) -> dict[str, tuple[str, int, int, int, int]]:
-    """tid -> (group, user ticks, system ticks, voluntary switches, involuntary switches)."""
+    """tid -> (group, user ticks, system ticks, voluntary switches, involuntary switches), for the
+    worker's threads and its child processes' (WORKER_POOL=processes, the fork server)."""
+    found = _threads_of(pid, pid)
+    for child in _descendants(pid):
+        found.update(
+            {tid: ("child processes", *figures) for tid, (_, *figures) in _threads_of(child, -1).items()}
+        )
+    return found
+
+
+def _descendants(pid: int) -> list[int]:
+    try:
+        children = [
+            int(child)
+            for task in os.listdir(f"/proc/{pid}/task")
+            for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+        ]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    return children + [grandchild for child in children for grandchild in _descendants(child)]
+
+
+def _threads_of(pid: int, main: int) -> dict[str, tuple[str, int, int, int, int]]:
     found = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return {}
+    for tid in tids:
         try:
             stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
             status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
@@ -61,7 +99,7 @@ def threads(pid: int) -> dict[str, tuple[str, int, int, int, int]]:
         fields = stat[stat.rindex(")") + 2 :].split()
         switches = dict(re.findall(r"^(\w+ctxt_switches):\s+(\d+)", status, re.M))
         found[tid] = (
-            thread_group(pid, tid, name),
+            thread_group(main, tid, name),
             int(fields[11]),
             int(fields[12]),
             int(switches["voluntary_ctxt_switches"]),
@@ -119,6 +157,10 @@ async def _trace(kind: str, pid: int, seconds: float, out: Path) -> str:
     if kind == "strace":
         target = out / "strace.txt"
         command = ["strace", "-f", "-c", "-o", str(target), "-p", str(pid)]
+    elif kind == "counts":
+        target = out / "counts.txt"
+        events = ",".join(COUNTED_EVENTS)
+        command = ["perf", "stat", "-x", ",", "-e", events, "-o", str(target), "-p", str(pid)]
     else:
         target = out / "perf.data"
         command = ["perf", "record", "-g", "-o", str(target), "-p", str(pid)]
@@ -128,7 +170,7 @@ async def _trace(kind: str, pid: int, seconds: float, out: Path) -> str:
     await asyncio.sleep(seconds)
     process.send_signal(signal.SIGINT)
     await asyncio.wait_for(process.wait(), 30)
-    if kind == "strace":
+    if kind in ("strace", "counts"):
         return target.read_text()
     report = await asyncio.create_subprocess_exec(
         *("perf", "report", "-i", str(target), "--stdio", "--no-children", "--sort", "comm,sym"),
@@ -170,6 +212,14 @@ def show_strace(images: int, text: str) -> None:
             print(f"  {int(parts[2]) / max(images, 1):7.2f}  total")
 
 
+def show_counts(images: int, text: str) -> None:
+    print(f"\nper image ({images} images while counted; perf stat, which hardly slows the worker):")
+    for line in text.splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[0].strip().isdigit():
+            print(f"  {int(fields[0]) / max(images, 1):8.2f}  {fields[2]}")
+
+
 def show_perf(text: str, top: int = 30) -> None:
     print("\nperf, by share of samples (self):")
     shown = 0
@@ -206,13 +256,16 @@ async def main_async(args: argparse.Namespace) -> None:
                 result = await drain(suite, root, args.tasks, env, None, 0, args.out)
                 show_groups(f"{label}, repetition {rep + 1}", result)
                 print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-        for kind, seconds in (("strace", args.strace_seconds), ("perf", args.perf_seconds)):
+        traces = {"counts": args.count_seconds, "strace": args.strace_seconds, "perf": args.perf_seconds}
+        for kind, seconds in traces.items():
             if not seconds:
                 continue
             for label, root in roots.items():
                 result = await drain(suite, root, max(args.tasks, 3000), env, kind, seconds, args.out)
                 print(f"\n{label}, {kind}:")
-                if kind == "strace":
+                if kind == "counts":
+                    show_counts(result["images"], result["trace"])
+                elif kind == "strace":
                     show_strace(result["images"], result["trace"])
                 else:
                     show_perf(result["trace"])
@@ -226,6 +279,7 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--ref", help="also drain this git ref's code, in turns with the working tree")
+    parser.add_argument("--count-seconds", type=float, default=0.0, help="perf stat: switches, syscalls")
     parser.add_argument("--strace-seconds", type=float, default=0.0)
     parser.add_argument("--perf-seconds", type=float, default=0.0)
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
