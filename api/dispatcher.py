@@ -51,9 +51,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.publisher import TaskPublisher
+from api.queued_marks import QueuedMarks
 from core import queue, tasks
 from core.models import Priority
 
@@ -138,11 +140,16 @@ def _room(free: int, urgent: int) -> int:
 
 class Dispatcher:
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], publisher: TaskPublisher, policy: DispatchPolicy
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        publisher: TaskPublisher,
+        policy: DispatchPolicy,
+        driver_pool: asyncpg.Pool,
     ) -> None:
         self._sessions = sessions
         self._publisher = publisher
         self._policy = policy
+        self._marks = QueuedMarks(driver_pool)
         self._wake = asyncio.Event()
         # Resolved by the next pass to start (and end): what a request waits for.
         self._next_pass: asyncio.Future[None] | None = None
@@ -181,6 +188,30 @@ class Dispatcher:
                     done.set_result(None)
         if self._next_pass is not None and not self._next_pass.done():
             self._next_pass.set_result(None)
+
+    async def queue_new(self, task_id: int) -> None:
+        """Called once a new task is committed (never raises). With a window: wake the dispatcher
+        and wait for the pass that sees the task (dispatch_committed). Without one nothing is held
+        back, so the request publishes its task itself and waits for its queued mark's group commit
+        (api/queued_marks.py): a pass per upload cost a transaction, the advisory lock and the
+        fair-order query for nothing (BENCHMARKS.md, "What would move the figures next"). A publish
+        that fails leaves the row to the next pass, as does a process killed in between (JetStream
+        drops a second publish under the same `Nats-Msg-Id`)."""
+        if self._policy.window:
+            await self.dispatch_committed()
+            return
+        js = self._publisher.jetstream
+        if js is None:
+            return  # the first pass after NATS is back publishes it
+        try:
+            await queue.publish_task(js, task_id)
+        except Exception as exc:
+            log.warning("publishing task %s failed; the next pass publishes it: %s", task_id, exc)
+            return
+        await self._marks.mark(task_id)
+
+    async def close(self) -> None:
+        await self._marks.close()
 
     async def dispatch_committed(self) -> None:
         """Called once a task is committed: wake the dispatcher and wait for the pass that sees

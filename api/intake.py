@@ -242,4 +242,4 @@ async def queue_made(services: Services, made: Intake) -> None:
     while for the pass that sees it. Called once the caller holds no lock and no session: the pass
     needs a pooled connection of its own."""
     if not made.replayed:
-        await services.dispatcher.dispatch_committed()
+        await services.dispatcher.queue_new(made.task_id)

@@ -95,6 +95,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         DispatchPolicy(
             settings.dispatch_window, settings.outbox_interval_seconds, settings.dispatch_urgent_places
         ),
+        driver_pool,
     )
     publisher.start(on_settled=dispatcher.wake)
     sweeps = Sweeps(
@@ -138,6 +139,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if callbacks is not None:
             await callbacks.close()
         await publisher.close()
+        await dispatcher.close()  # its last queued marks, before the pool goes
         await storage.close()
         await driver_pool.close()
         await engine.dispose()

@@ -663,6 +663,17 @@ async def mark_queued_in(session: AsyncSession, task_ids: Sequence[int]) -> None
     await session.execute(_MARK_DISPATCHED, {"ids": list(task_ids)})
 
 
+_MARK_QUEUED = "UPDATE image_tasks SET queued_at = now() WHERE id = ANY($1::integer[]) AND queued_at IS NULL"
+
+
+@_mapping_errors
+async def mark_queued(pool: asyncpg.Pool, task_ids: Sequence[int]) -> None:
+    """Record that these tasks, published by the requests that made them, are in JetStream: one
+    autocommit statement on the driver pool (api/queued_marks.py)."""
+    async with pool.acquire(timeout=POOL_TIMEOUT_SECONDS) as connection:
+        await connection.execute(_MARK_QUEUED, list(task_ids))
+
+
 _FAIL_EXPIRED = text(
     f"UPDATE image_tasks SET status = 'failed', error = :reason, {_FINISHED}"
     f" WHERE {_LEASE_EXPIRED} AND attempts >= :max_attempts"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+import asyncpg
+
 from api.dispatcher import Dispatcher, DispatchPolicy, allocate
 from api.publisher import TaskPublisher
 from core.db import make_engine, make_sessionmaker
@@ -98,8 +100,10 @@ def test_the_stream_never_holds_more_than_the_window_and_its_urgent_places() -> 
 def _dispatcher(window: int) -> Dispatcher:
     """A dispatcher not started: nothing connects until a pass runs."""
     engine = make_engine("postgresql+asyncpg://nobody@/none?host=/nonexistent", pool_size=1)
+    # An asyncpg pool not awaited is not started either.
+    pool = asyncpg.create_pool("postgresql://nobody@/none?host=/nonexistent", min_size=0)
     return Dispatcher(
-        make_sessionmaker(engine), TaskPublisher("nats://127.0.0.1:1"), DispatchPolicy(window, 5)
+        make_sessionmaker(engine), TaskPublisher("nats://127.0.0.1:1"), DispatchPolicy(window, 5), pool
     )
 
 
