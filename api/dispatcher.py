@@ -256,7 +256,10 @@ class Dispatcher:
             if room <= 0:
                 return 0, True
             # One more than there is room for: whether any is left waiting.
-            candidates = await tasks.next_waiting(session, room + 1, in_window.by_owner)
+            # Without a window, new tasks are their requests' to publish (queue_new): a pass takes
+            # only what a failed publish or a killed process left, not a row a request still owns.
+            young = 0 if window else REQUEST_WAIT_SECONDS + 1
+            candidates = await tasks.next_waiting(session, room + 1, in_window.by_owner, young_seconds=young)
             granted = allocate(
                 free, window, in_window.by_priority, {p: len(rows) for p, rows in candidates.items()}, urgent
             )

@@ -520,6 +520,14 @@ async def newest(
 _IN_WINDOW = "queued_at IS NOT NULL AND status IN ('pending', 'processing')"
 # Committed and waiting for the dispatcher: never published, or put back by the lease sweep.
 _WAITING = "queued_at IS NULL AND status = 'pending'"
+# Waiting, and for a pass that leaves new tasks to the requests that publish them (`:young`, seconds;
+# 0: every row): not new (put back by a sweep, a retry or a reprocessing), or committed longer ago
+# than a request's publish may take.
+_WAITING_FOR_A_PASS = (
+    f"{_WAITING} AND (CAST(:young AS float) = 0 OR t.attempts > 0 OR t.retries > 0"
+    " OR COALESCE((t.processing->>'generation')::int, 0) > 0"
+    " OR t.upload_time < now() - make_interval(secs => CAST(:young AS float)))"
+)
 # Any constant of ours: the key of the advisory lock every API replica's dispatcher takes.
 DISPATCH_LOCK_KEY = 0x69716471
 
@@ -546,11 +554,11 @@ _HEAD_COLUMNS = (
 _WAITING_KEYS = text(f"""\
 WITH RECURSIVE keys AS (
     (SELECT t.priority, {_WAITING_KEY} AS owner, {_HEAD_COLUMNS} FROM image_tasks AS t
-     WHERE {_WAITING} ORDER BY t.priority, {_WAITING_KEY}, t.id LIMIT 1)
+     WHERE {_WAITING_FOR_A_PASS} ORDER BY t.priority, {_WAITING_KEY}, t.id LIMIT 1)
     UNION ALL
     SELECT next.* FROM keys CROSS JOIN LATERAL (
         SELECT t.priority, {_WAITING_KEY} AS owner, {_HEAD_COLUMNS} FROM image_tasks AS t
-        WHERE {_WAITING} AND (t.priority, {_WAITING_KEY}) > (keys.priority, keys.owner)
+        WHERE {_WAITING_FOR_A_PASS} AND (t.priority, {_WAITING_KEY}) > (keys.priority, keys.owner)
         ORDER BY t.priority, {_WAITING_KEY}, t.id LIMIT 1
     ) AS next
 )
@@ -564,7 +572,7 @@ FROM unnest(
 ) WITH ORDINALITY AS k(priority, owner, after, take, ord)
 CROSS JOIN LATERAL (
     SELECT {_HEAD_COLUMNS} FROM image_tasks AS t
-    WHERE {_WAITING}
+    WHERE {_WAITING_FOR_A_PASS}
       AND (t.priority, {_WAITING_KEY}, t.id) > (k.priority, k.owner, k.after)
       AND (t.priority, {_WAITING_KEY}) <= (k.priority, k.owner)
     ORDER BY t.priority, {_WAITING_KEY}, t.id LIMIT k.take
@@ -620,10 +628,16 @@ async def count_in_window(session: AsyncSession, cap: int) -> InWindow:
 
 @_mapping_errors
 async def next_waiting(
-    session: AsyncSession, limit: int, in_window: Mapping[str | None, int] | None = None
+    session: AsyncSession,
+    limit: int,
+    in_window: Mapping[str | None, int] | None = None,
+    *,
+    young_seconds: float = 0,
 ) -> dict[Priority, list[Unqueued]]:
     """Up to `limit` waiting tasks of each priority, in the order they should be published (fair
     between keys given each key's tasks `in_window`, oldest first within a key; core/fair_order.py).
+    With `young_seconds`, only tasks committed longer ago than that: younger ones are their own
+    requests' to publish (api/dispatcher.py `queue_new`).
 
     Reads the keys that have tasks waiting and the heads of their queues only: a few statements
     of O(limit + keys) rows, whatever the backlog. `in_window` defaults to every task in the window
@@ -631,7 +645,7 @@ async def next_waiting(
     if in_window is None:
         in_window = (await count_in_window(session, MAX_TASK_ID)).by_owner
     queues: dict[Priority, list[fair_order.KeyQueue[Unqueued]]] = {priority: [] for priority in Priority}
-    for row in await session.execute(_WAITING_KEYS):
+    for row in await session.execute(_WAITING_KEYS, {"young": young_seconds}):
         owner, priority = None if row.owner == _KEYLESS else row.owner, Priority(row.priority)
         head = Unqueued(row.id, row.attempts, row.generation, row.retries, row.traceparent, priority)
         queues[priority].append(fair_order.KeyQueue(owner, in_window.get(owner, 0), [head]))
@@ -646,6 +660,7 @@ async def next_waiting(
             "owners": [_KEYLESS if queue.owner is None else queue.owner for _, queue, _ in reads],
             "after": [queue.rows[-1].id if queue.rows else 0 for _, queue, _ in reads],
             "take": [asked for _, _, asked in reads],
+            "young": young_seconds,
         }
         for row in await session.execute(_QUEUE_HEADS, params):
             priority = reads[row.ord - 1][0]

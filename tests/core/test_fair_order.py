@@ -108,11 +108,18 @@ async def test_the_pick_walks_the_waiting_index_not_the_table(session: AsyncSess
     await session.execute(text("ANALYZE image_tasks"))
     plans = [
         "\n".join(row[0] for row in await session.execute(text(f"EXPLAIN {statement.text}"), params))
+        for young in (0, 6)  # with a window; without one, where new tasks are their requests'
         for statement, params in (
-            (tasks._WAITING_KEYS, {}),
+            (tasks._WAITING_KEYS, {"young": young}),
             (
                 tasks._QUEUE_HEADS,
-                {"priorities": ["bulk", "bulk"], "owners": ["a" * 32, ""], "after": [0, 0], "take": [5, 5]},
+                {
+                    "priorities": ["bulk", "bulk"],
+                    "owners": ["a" * 32, ""],
+                    "after": [0, 0],
+                    "take": [5, 5],
+                    "young": young,
+                },
             ),
         )
     ]
@@ -129,3 +136,26 @@ def test_the_least_score_counts_what_an_exhausted_key_has() -> None:
     assert fair_order.least_score([many, few], 3) == 2
     assert fair_order.least_score([few], 2) is None
     assert fair_order.to_read([many, few], 3) == [(many, 2)]
+
+
+async def test_a_pass_without_a_window_leaves_new_tasks_to_the_requests_publishing_them(
+    session: AsyncSession,
+) -> None:
+    """api/dispatcher.py `queue_new`: a new task (no attempt, retry or reprocessing yet) committed
+    less than `young_seconds` ago is its request's to publish; anything else waiting is the pass's."""
+    await _insert(session, [(None, Priority.NORMAL)] * 2)
+    newest = "SELECT id FROM image_tasks WHERE filename = 'fair-order.jpg' ORDER BY id DESC LIMIT 2"
+    retried, new = [row.id for row in (await session.execute(text(newest))).all()]
+    await session.execute(text("UPDATE image_tasks SET retries = 1 WHERE id = :id"), {"id": retried})
+
+    async def picked(young_seconds: float) -> set[int]:
+        waiting = await tasks.next_waiting(session, 10_000, young_seconds=young_seconds)
+        return {task.id for task in waiting[Priority.NORMAL]}
+
+    assert {retried, new} <= await picked(0)
+    by_a_pass = await picked(6)
+    assert retried in by_a_pass and new not in by_a_pass
+    await session.execute(
+        text("UPDATE image_tasks SET upload_time = now() - interval '7 seconds' WHERE id = :id"), {"id": new}
+    )
+    assert new in await picked(6)
