@@ -30,18 +30,19 @@ transaction), publish before they mark, and mark in the same transaction: a repl
 mid-pass leaves its rows unmarked, and the next pass publishes them again under the same
 `Nats-Msg-Id` (a copy JetStream drops), so nothing is lost and nothing runs twice.
 
-An upload's request wakes its process's dispatcher and waits (bounded) for the pass that sees its
-row, so when the window has room the task is in the stream by the time the answer is sent, as
-before this module existed. A worker that lets go of a message says so on plain NATS
-(queue.SETTLED_SUBJECT), which wakes every replica's dispatcher to fill the freed place at once.
-That word can be lost (it is not stored), so while tasks wait for room the dispatcher also looks
-every BACKLOG_POLL_SECONDS; otherwise every OUTBOX_INTERVAL_SECONDS (for rows the lease sweep put
-back, or committed while NATS was away). Wake-ups coalesce: one pass at a time per process, and
-the words and uploads that arrive while it runs set one event, which the next pass clears as it
-starts, so a burst of them costs one more pass, not one each. With a window of 16 or more, the
-workers' words wake a pass only once an eighth of the window is freed (the rest of it is still in
-the stream, so no worker waits): at 200 images/s and a window of 32, 50 passes a second, not 200.
-"""
+With a window, an upload's request wakes its process's dispatcher and waits (bounded) for the pass
+that sees its row, so when the window has room the task is in the stream by the time the answer is
+sent, as before this module existed. Without one the request publishes its own task (`queue_new`):
+passes then only pick up what a failed publish or a killed process left. A worker that lets go of a
+message says so on plain NATS (queue.SETTLED_SUBJECT), which wakes every replica's dispatcher to
+fill the freed place at once. That word can be lost (it is not stored), so while tasks wait for room
+the dispatcher also looks every BACKLOG_POLL_SECONDS; otherwise every OUTBOX_INTERVAL_SECONDS (for
+rows the lease sweep put back, or committed while NATS was away). Wake-ups coalesce: one pass at a
+time per process, and the words and uploads that arrive while it runs set one event, which the next
+pass clears as it starts, so a burst of them costs one more pass, not one each. With a window of 16
+or more, the workers' words wake a pass only once an eighth of the window is freed (the rest of it
+is still in the stream, so no worker waits): at 200 images/s and a window of 32, 50 passes a second,
+not 200."""
 
 from __future__ import annotations
 

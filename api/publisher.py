@@ -1,7 +1,8 @@
 """The API's one NATS connection, for the dispatcher (api/dispatcher.py), /metrics and the sweeps.
 
-Tasks reach JetStream through the dispatcher alone: a request commits its row and wakes it, and so
-does a worker's word that it let go of a message (queue.SETTLED_SUBJECT), received here.
+Tasks reach JetStream through the dispatcher (api/dispatcher.py): with a window, a request commits
+its row and wakes it, and so does a worker's word that it let go of a message (queue.SETTLED_SUBJECT),
+received here; without one, a request publishes its new task through it itself.
 """
 
 from __future__ import annotations
