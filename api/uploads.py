@@ -28,7 +28,7 @@ from starlette.requests import Request
 from api.content_disposition import parse_disposition
 from core.formats import ImageInfo, ImageRejected, UnsupportedImage, probe_image
 from core.image_structure import QuickProbeSpent
-from core.storage import STORAGE_UNAVAILABLE, Folders, StorageUnavailable, remove_quietly
+from core.storage import STORAGE_UNAVAILABLE, Folders, StorageUnavailable, remove_quietly, sync_path
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -327,8 +327,7 @@ def _sync_and_probe(temp_path: Path, handle: BinaryIO | None, max_pixels: int, m
     if handle is not None:
         os.fsync(handle.fileno())
     else:
-        with open(temp_path, "rb") as opened:
-            os.fsync(opened.fileno())
+        sync_path(temp_path)
     return probe_image(temp_path, max_pixels=max_pixels, max_frames=max_frames)
 
 

@@ -27,7 +27,6 @@ import asyncio
 import functools
 import hashlib
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -83,7 +82,7 @@ from core import resumable
 from core.api_keys import policy_of
 from core.key_limits import Verdict
 from core.models import ResumableUpload
-from core.storage import Area, StorageUnavailable, remove_quietly
+from core.storage import Area, StorageUnavailable, remove_quietly, sync_path
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +362,7 @@ async def _append(upload_id: str, request: Request, services: Services, caller: 
     with storage_refusals(temp):
         # Synced in a thread of its own, as large as a PATCH may be: not in the store's batch of small
         # uploads (core/storage/group_sync.py), whose syncs would wait for its pages.
-        await anyio.to_thread.run_sync(_sync, temp)
+        await anyio.to_thread.run_sync(sync_path, temp)
         await services.storage.keep(Area.RESUMABLE, temp, piece)
     answer = await _add_piece(
         services, upload_id, offset, count, piece, completes=offset + count == upload.length
@@ -416,11 +415,6 @@ async def _receive_piece(
             remove_quietly(temp)
             raise TusRefused(460, CHECKSUM_MISMATCH)
     return temp, count, disconnected
-
-
-def _sync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
 
 
 async def _add_piece(

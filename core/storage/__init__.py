@@ -18,6 +18,7 @@ from core.storage.base import (
     new_stored_name,
     output_name_for,
     remove_quietly,
+    sync_path,
 )
 from core.storage.local import LocalStorage, move_into_place, place_output, rename_durably
 
@@ -40,6 +41,7 @@ __all__ = [
     "place_output",
     "remove_quietly",
     "rename_durably",
+    "sync_path",
 ]
 
 

@@ -252,6 +252,17 @@ def is_stored_name(name: str) -> bool:
     return bool(STORED_NAME.fullmatch(name))
 
 
+def sync_path(path: Path, *, folder: bool = False) -> None:
+    """fsync a file (or, with `folder`, a folder: its renames) through a bare descriptor: Python's
+    buffered open() adds an fstat, an isatty ioctl and a seek, each a system call that also lets go
+    of the GIL, which render threads, the batching thread and the event loop contend for."""
+    descriptor = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if folder else 0))
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def remove_quietly(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()

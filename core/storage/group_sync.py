@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.storage.base import sync_path
+
 
 @dataclass
 class _Placement:
@@ -138,7 +140,7 @@ def _place_all(batch: list[_Placement]) -> None:
                 os.close(descriptor)
     for folder, placed in folders.items():
         try:
-            _sync(folder, os.O_RDONLY | os.O_DIRECTORY)
+            sync_path(folder, folder=True)
         except OSError as exc:
             for placement in placed:
                 placement.error = exc
@@ -160,14 +162,6 @@ def _writing_out_starter() -> Callable[[int], None]:
 
 _SYNC_FILE_RANGE_WRITE = 2
 _start_writing_out = _writing_out_starter()
-
-
-def _sync(path: Path, flags: int) -> None:
-    descriptor = os.open(path, flags)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _settle_in_loops(batch: list[_Placement]) -> None:

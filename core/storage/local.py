@@ -12,7 +12,15 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from core.storage.base import Area, Folders, Storage, StoredFileMissing, StoredObject, remove_quietly
+from core.storage.base import (
+    Area,
+    Folders,
+    Storage,
+    StoredFileMissing,
+    StoredObject,
+    remove_quietly,
+    sync_path,
+)
 from core.storage.group_sync import GroupSync
 
 
@@ -69,21 +77,11 @@ def place_output(folders: Folders, temp: Path, name: str) -> None:
 
 def move_into_place(temp: Path, final: Path) -> None:
     """Publish a finished file atomically (same folder, so same filesystem) and durably."""
-    # A bare descriptor: Python's buffered open() adds an fstat, an isatty ioctl and a seek, each a
-    # system call that also lets go of the GIL, which the render threads and the loop contend for.
-    handle = os.open(temp, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
+    sync_path(temp)
     rename_durably(temp, final)
 
 
 def rename_durably(synced_temp: Path, final: Path) -> None:
     """Rename an already-synced file into place, and sync the folder so the rename survives a crash."""
     os.replace(synced_temp, final)
-    folder = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    sync_path(final.parent, folder=True)
