@@ -195,7 +195,8 @@ class Dispatcher:
         and wait for the pass that sees the task (dispatch_committed). Without one nothing is held
         back, so the request publishes its task itself and waits for its queued mark's group commit
         (api/queued_marks.py): a pass per upload cost a transaction, the advisory lock and the
-        fair-order query for nothing (BENCHMARKS.md, "What would move the figures next"). A publish
+        fair-order query for nothing (BENCHMARKS.md, "The upload's own publish when there is no
+        window"). A publish
         that fails leaves the row to the next pass, as does a process killed in between (JetStream
         drops a second publish under the same `Nats-Msg-Id`)."""
         if self._policy.window:

@@ -238,8 +238,9 @@ async def make_task(
 
 
 async def queue_made(services: Services, made: Intake) -> None:
-    """Hand a new task to the dispatcher (a replayed one is queued already), waiting a bounded
-    while for the pass that sees it. Called once the caller holds no lock and no session: the pass
-    needs a pooled connection of its own."""
+    """Hand a new task to the dispatcher (a replayed one is queued already), which publishes it
+    (without a window) or waits a bounded while for the pass that sees it (api/dispatcher.py
+    `queue_new`). Called once the caller holds no lock and no session: the pass, or the queued
+    mark's write, needs a pooled connection of its own."""
     if not made.replayed:
         await services.dispatcher.queue_new(made.task_id)
